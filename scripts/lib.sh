@@ -1,0 +1,309 @@
+# shellcheck shell=bash
+# Set-up and service management for hubctl. Sourced, not run.
+#
+# Every environment (demo, test, bench) has its own data directory var/<env>/ and its own
+# loopback ports, so a test run never touches the demo's data and none of them clash with
+# system services on the standard ports (5432, 1883, 80).
+
+# Ports per environment: (postgres mqtt http). Away from the standard ports on purpose.
+declare -A PG_PORTS=([demo]=54381 [test]=54382 [bench]=54383)
+declare -A MQTT_PORTS=([demo]=18831 [test]=18832 [bench]=18833)
+declare -A HTTP_PORTS=([demo]=8081 [test]=8082 [bench]=8083)
+
+log() { printf '\033[1;34m[hubctl]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31m[hubctl] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+hub_env() {
+  ENVNAME="$1"
+  [ -n "${PG_PORTS[$ENVNAME]:-}" ] || die "unknown environment $ENVNAME (demo, test or bench)"
+  VAR="$ROOT/var/$ENVNAME"
+  VENV="$ROOT/.venv"
+  PG_PORT="${PG_PORTS[$ENVNAME]}"
+  MQTT_PORT="${MQTT_PORTS[$ENVNAME]}"
+  HTTP_PORT="${HUB_HTTP_PORT:-${HTTP_PORTS[$ENVNAME]}}"
+  # Existing services named by the caller win: nothing is installed or started for them.
+  EXTERNAL_DB="${HUB_DATABASE_URL:-}"
+  EXTERNAL_MQTT="${HUB_MQTT_URL:-}"
+  mkdir -p "$VAR"
+}
+
+# The account that owns the private PostgreSQL cluster and runs Mosquitto. PostgreSQL
+# refuses to run as root, so root hands both to an unprivileged system user.
+service_user() {
+  if [ "$(id -u)" -ne 0 ]; then id -un; return; fi
+  if ! id gridhub >/dev/null 2>&1; then
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin gridhub
+  fi
+  echo gridhub
+}
+
+as_service() {
+  local u; u="$(service_user)"
+  if [ "$(id -un)" = "$u" ]; then "$@"; else runuser -u "$u" -- "$@"; fi
+}
+
+pg_bindir() {
+  local major
+  major="$(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1)"
+  [ -n "$major" ] && echo "/usr/lib/postgresql/$major/bin"
+}
+
+# ---------------------------------------------------------------- packages
+apt_missing() {
+  local p missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  echo "${missing[@]:-}"
+}
+
+apt_install() {
+  local missing
+  missing="$(apt_missing "$@")"
+  [ -n "${missing// /}" ] || return 0
+  log "installing Debian packages: $missing"
+  if [ ! -f "$ROOT/var/.apt-updated" ] || [ -n "$(find "$ROOT/var/.apt-updated" -mmin +1440)" ]; then
+    as_root apt-get update -q >/dev/null
+    touch "$ROOT/var/.apt-updated"
+  fi
+  # shellcheck disable=SC2086
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
+}
+
+python_bin() {
+  local c
+  for c in python3 python3.13 python3.12 python3.11; do
+    if command -v "$c" >/dev/null 2>&1 && "$c" -c "import sys; sys.exit(sys.version_info < (3, 11))" 2>/dev/null; then
+      command -v "$c"; return 0
+    fi
+  done
+  die "Python 3.11 or newer is required"
+}
+
+setup_packages() {
+  local envname="$1" pkgs=()
+  [ -n "$EXTERNAL_DB" ] || pkgs+=(postgresql)
+  [ -n "$EXTERNAL_MQTT" ] || pkgs+=(mosquitto)
+  pkgs+=(mosquitto-clients)
+  if [ "$envname" = test ]; then pkgs+=(chromium fonts-noto-cjk); fi
+  # venv and ensurepip come separately on Debian's own Python.
+  if ! "$(python_bin)" -c 'import ensurepip, venv' 2>/dev/null; then pkgs+=(python3-venv); fi
+  apt_install "${pkgs[@]}"
+  [ -n "$EXTERNAL_DB" ] || setup_timescaledb
+}
+
+# TimescaleDB: a binary package where one exists for the installed server, else Debian's own
+# source package (in trixie) built against it. Skipped when the extension is installed.
+setup_timescaledb() {
+  local bindir major sharedir
+  bindir="$(pg_bindir)" || die "PostgreSQL server not found"
+  major="$(basename "$(dirname "$bindir")")"
+  sharedir="/usr/share/postgresql/$major"
+  [ -f "$sharedir/extension/timescaledb.control" ] && return 0
+  local bin
+  for bin in "postgresql-$major-timescaledb" "timescaledb-2-postgresql-$major"; do
+    if apt-cache policy "$bin" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+      apt_install "$bin"
+      [ -f "$sharedir/extension/timescaledb.control" ] && return 0
+    fi
+  done
+  log "building TimescaleDB (Apache edition) from Debian's source package for PostgreSQL $major"
+  apt_install "postgresql-server-dev-$major" cmake make gcc dpkg-dev
+  as_root bash "$ROOT/scripts/build-timescaledb.sh" "$ROOT/var/build" "$bindir/pg_config"
+  [ -f "$sharedir/extension/timescaledb.control" ] || die "TimescaleDB build did not install the extension"
+}
+
+setup_venv() {
+  local stamp="$VENV/.gridhub-stamp" want
+  want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+  log "installing the Python environment in .venv"
+  [ -x "$VENV/bin/python" ] || "$(python_bin)" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]" >"$ROOT/var/pip.log" 2>&1 \
+    || { tail -30 "$ROOT/var/pip.log" >&2; die "pip install failed (var/pip.log)"; }
+  echo "$want" > "$stamp"
+}
+
+setup_all() {
+  setup_packages "$1"
+  setup_venv
+  export_env
+}
+
+# ---------------------------------------------------------------- secrets and env
+secret() {
+  # A random secret generated on first use and kept under var/<env>/secrets/.
+  local name="$1" f="$VAR/secrets/$1"
+  if [ ! -s "$f" ]; then
+    mkdir -p "$VAR/secrets"; chmod 700 "$VAR/secrets"
+    head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' > "$f"
+    chmod 600 "$f"
+  fi
+  cat "$f"
+}
+
+export_env() {
+  if [ -n "$EXTERNAL_DB" ]; then
+    export HUB_DATABASE_URL="$EXTERNAL_DB"
+  else
+    export HUB_DATABASE_URL="postgresql://gridhub:$(secret db-password)@127.0.0.1:$PG_PORT/gridhub"
+    # Superuser URL over the private socket: used by tests to create scratch databases.
+    export HUB_ADMIN_DATABASE_URL="postgresql://postgres@/postgres?host=$VAR/run&port=$PG_PORT"
+  fi
+  if [ -n "$EXTERNAL_MQTT" ]; then
+    export HUB_MQTT_URL="$EXTERNAL_MQTT"
+  else
+    export HUB_MQTT_URL="mqtt://127.0.0.1:$MQTT_PORT"
+  fi
+  export HUB_HTTP_PORT="$HTTP_PORT"
+  export HUB_ENV="$ENVNAME"
+  export HUB_VAR_DIR="$VAR"
+}
+
+print_env() {
+  export_env
+  local v
+  for v in $(compgen -e | grep '^HUB_' | sort); do printf 'export %s=%q\n' "$v" "${!v}"; done
+}
+
+# ---------------------------------------------------------------- services
+pg_start() {
+  [ -z "$EXTERNAL_DB" ] || return 0
+  local bindir u data="$VAR/pg" run="$VAR/run"
+  bindir="$(pg_bindir)"; u="$(service_user)"
+  mkdir -p "$run" "$VAR/log"; chown "$u" "$run" "$VAR/log"; chmod 700 "$run"
+  if [ ! -f "$data/PG_VERSION" ]; then
+    log "creating the PostgreSQL cluster in $data"
+    mkdir -p "$data"; chown "$u" "$data"; chmod 700 "$data"
+    as_service "$bindir/initdb" -D "$data" -U postgres -A trust --encoding=UTF8 --locale=C.UTF-8 >/dev/null
+    cat >> "$data/postgresql.conf" <<EOF
+# gridhub private cluster
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$run'
+shared_preload_libraries = 'timescaledb'
+timescaledb.telemetry_level = off
+max_connections = 200
+shared_buffers = 512MB
+# COPY bursts of telemetry: fewer checkpoints under load.
+max_wal_size = 4GB
+EOF
+    # Loopback only; the application role authenticates with its password.
+    cat > "$data/pg_hba.conf" <<EOF
+local all postgres trust
+local all all scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
+EOF
+  fi
+  if ! as_service "$bindir/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    as_service "$bindir/pg_ctl" -D "$data" -l "$VAR/log/pg.log" -w -t 60 start >/dev/null \
+      || { tail -20 "$VAR/log/pg.log" >&2; die "PostgreSQL did not start"; }
+  fi
+  local pw; pw="$(secret db-password)"
+  as_service "$bindir/psql" -U postgres -h "$run" -p "$PG_PORT" -d postgres -qAt -v ON_ERROR_STOP=1 >/dev/null <<EOF
+SELECT 'ok';
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'gridhub') THEN
+    CREATE ROLE gridhub LOGIN CREATEDB;
+  END IF;
+END \$\$;
+ALTER ROLE gridhub PASSWORD '$pw';
+\c template1
+CREATE EXTENSION IF NOT EXISTS timescaledb;
+EOF
+  if ! as_service "$bindir/psql" -U postgres -h "$run" -p "$PG_PORT" -d postgres -qAt \
+      -c "SELECT 1 FROM pg_database WHERE datname='gridhub'" | grep -q 1; then
+    as_service "$bindir/psql" -U postgres -h "$run" -p "$PG_PORT" -d postgres -q -c "CREATE DATABASE gridhub OWNER gridhub" >/dev/null
+  fi
+}
+
+pg_stop() {
+  [ -z "$EXTERNAL_DB" ] || return 0
+  [ -f "$VAR/pg/PG_VERSION" ] || return 0
+  as_service "$(pg_bindir)/pg_ctl" -D "$VAR/pg" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+mqtt_start() {
+  [ -z "$EXTERNAL_MQTT" ] || return 0
+  local u conf="$VAR/mqtt/mosquitto.conf"
+  u="$(service_user)"
+  mkdir -p "$VAR/mqtt/data"
+  chown -R "$u" "$VAR/mqtt"
+  sed -e "s|@PORT@|$MQTT_PORT|g" -e "s|@DATA@|$VAR/mqtt/data/|g" -e "s|@USER@|$u|g" \
+      -e "s|@LOG@|$VAR/mqtt/mosquitto.log|g" -e "s|@PID@|$VAR/mqtt/mosquitto.pid|g" \
+      "$ROOT/scripts/mosquitto.conf.in" > "$conf"
+  if [ -f "$VAR/mqtt/mosquitto.pid" ] && kill -0 "$(cat "$VAR/mqtt/mosquitto.pid")" 2>/dev/null; then
+    return 0
+  fi
+  as_service mosquitto -c "$conf" -d
+  local i
+  for i in $(seq 1 50); do
+    mosquitto_pub -h 127.0.0.1 -p "$MQTT_PORT" -t gridhub/healthcheck -n -q 1 2>/dev/null && return 0
+    sleep 0.1
+  done
+  tail -20 "$VAR/mqtt/mosquitto.log" >&2 || true
+  die "Mosquitto did not start on port $MQTT_PORT"
+}
+
+mqtt_stop() {
+  [ -z "$EXTERNAL_MQTT" ] || return 0
+  local pidf="$VAR/mqtt/mosquitto.pid" pid i
+  [ -f "$pidf" ] || return 0
+  pid="$(cat "$pidf")"
+  kill "$pid" 2>/dev/null || true
+  for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$pidf"
+}
+
+services_start() { pg_start; mqtt_start; }
+services_stop() { mqtt_stop; pg_stop; }
+services_status() {
+  export_env
+  echo "database: $HUB_DATABASE_URL"
+  echo "mqtt:     $HUB_MQTT_URL"
+  [ -n "$EXTERNAL_DB" ] || as_service "$(pg_bindir)/pg_ctl" -D "$VAR/pg" status | head -1 || true
+  if [ -z "$EXTERNAL_MQTT" ] && [ -f "$VAR/mqtt/mosquitto.pid" ] && kill -0 "$(cat "$VAR/mqtt/mosquitto.pid")" 2>/dev/null; then
+    echo "mosquitto: running (pid $(cat "$VAR/mqtt/mosquitto.pid"))"
+  fi
+}
+
+# ---------------------------------------------------------------- commands
+DEMO_PIDS=()
+demo_stop() {
+  trap - INT TERM EXIT
+  log "stopping"
+  local p
+  for p in "${DEMO_PIDS[@]:-}"; do [ -n "$p" ] && kill -INT "$p" 2>/dev/null || true; done
+  for p in "${DEMO_PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+  services_stop
+  exit 0
+}
+
+run_demo() {
+  local py="$VENV/bin/python"
+  "$py" -m hub migrate
+  "$py" -m hub load-town --if-empty
+  "$py" -m hub serve &
+  DEMO_PIDS+=($!)
+  "$py" -m hub wait-ready --timeout 60
+  "$py" -m simulators.run "$@" &
+  DEMO_PIDS+=($!)
+  log "console: http://127.0.0.1:$HTTP_PORT/   (Ctrl-C stops everything)"
+  wait
+}
+
+run_tests() {
+  local py="$VENV/bin/python" rc=0
+  log "ruff"
+  "$VENV/bin/ruff" check . || rc=1
+  log "mypy (strict on core/ and dispatch/)"
+  "$VENV/bin/mypy" || rc=1
+  log "pytest"
+  "$py" -m pytest "$@" || rc=$?
+  return $rc
+}
