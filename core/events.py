@@ -1,0 +1,147 @@
+"""The event catalogue: every fact the hub publishes, as frozen dataclasses.
+
+Names are past tense. Each event carries the full new state of the entities it changed
+(``alarm``, ``incident``, ``unit``, ``assignment`` views as JSON-ready dicts), so that a
+client applying events to a snapshot ends with exactly the next snapshot (see
+``apply_to_state``). Events are written to the ``events`` table in the transaction that
+makes the fact true and published on the bus only after commit (``core.outbox``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgspec
+
+Entity = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base: ``kind`` names the event on the wire and in the events table."""
+
+    kind: ClassVar[str] = "event"
+
+    def payload(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmRaised(Event):
+    kind: ClassVar[str] = "alarm.raised"
+    alarm: Entity
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmRepeated(Event):
+    """An open alarm's condition was seen again: its count and last-seen moved."""
+
+    kind: ClassVar[str] = "alarm.repeated"
+    alarm: Entity
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmAcknowledged(Event):
+    kind: ClassVar[str] = "alarm.acknowledged"
+    alarm: Entity
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmCleared(Event):
+    kind: ClassVar[str] = "alarm.cleared"
+    alarm: Entity
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentOpened(Event):
+    kind: ClassVar[str] = "incident.opened"
+    incident: Entity
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentUpdated(Event):
+    """A case moved a step (or its flags changed); ``action`` is the workflow action."""
+
+    kind: ClassVar[str] = "incident.updated"
+    incident: Entity
+    action: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UnitAssigned(Event):
+    kind: ClassVar[str] = "unit.assigned"
+    incident: Entity
+    unit: Entity
+    assignment: Entity
+
+
+@dataclass(frozen=True, slots=True)
+class UnitStatusChanged(Event):
+    kind: ClassVar[str] = "unit.status_changed"
+    unit: Entity
+
+
+CATALOGUE: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (
+        AlarmRaised,
+        AlarmRepeated,
+        AlarmAcknowledged,
+        AlarmCleared,
+        IncidentOpened,
+        IncidentUpdated,
+        UnitAssigned,
+        UnitStatusChanged,
+    )
+}
+
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A committed event with its global sequence number, serialised once for all clients."""
+
+    seq: int
+    ts: float
+    kind: str
+    payload: Mapping[str, Any]
+    wire: bytes = field(default=b"", compare=False)
+
+    @staticmethod
+    def make(seq: int, ts: float, kind: str, payload: Mapping[str, Any]) -> Envelope:
+        wire = _encoder.encode({"seq": seq, "ts": ts, "kind": kind, "data": payload})
+        return Envelope(seq, ts, kind, payload, wire)
+
+
+# ------------------------------------------------------------------ live state projection
+# The open picture the console shows: alarms not cleared, incidents not archived or
+# cancelled, every unit. Snapshot + apply(events after it) == a fresh snapshot.
+CLOSED_INCIDENT_STATES = frozenset({"archived", "cancelled"})
+
+
+def entity_is_open(collection: str, entity: Entity) -> bool:
+    if collection == "alarms":
+        return entity.get("state") != "cleared"
+    if collection == "incidents":
+        return entity.get("state") not in CLOSED_INCIDENT_STATES
+    return True
+
+
+ENTITY_COLLECTIONS = {"alarm": "alarms", "incident": "incidents", "unit": "units"}
+
+
+def apply_to_state(state: dict[str, dict[str, dict[str, Any]]], payload: Entity) -> None:
+    """Apply one event's entities to a ``{collection: {id: entity}}`` state, in place."""
+    for key, collection in ENTITY_COLLECTIONS.items():
+        entity = payload.get(key)
+        if entity is None:
+            continue
+        bucket = state.setdefault(collection, {})
+        ident = str(entity["id"])
+        if entity_is_open(collection, entity):
+            bucket[ident] = dict(entity)
+        else:
+            bucket.pop(ident, None)

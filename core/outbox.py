@@ -1,0 +1,122 @@
+"""Events table writer and the feed that publishes committed events on the bus.
+
+Writing: ``record(conn, event)`` inside the transaction that makes the fact true. It takes
+a transaction-level advisory lock before taking the next ``seq``, so sequence order is
+commit order, and issues ``NOTIFY`` (delivered by PostgreSQL only on commit).
+
+Reading: ``EventFeed`` LISTENs on its own connection; each notification (and a slow poll,
+as a backstop for a lost connection) fetches every event after the last one it published,
+in order, and publishes them on the bus. Because seq order is commit order, "everything
+after N" never skips a fact that commits later. Every process (ingest, web node, all-in-one)
+runs the same feed, so several web nodes see the same sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+
+from core.bus import Bus
+from core.db import connect
+from core.events import Envelope, Event
+
+log = logging.getLogger("core.outbox")
+
+CHANNEL = "gridhub_events"
+# Serialises event writers (any fixed number, distinct from other advisory keys).
+EVENTS_LOCK_KEY = 4_710_002
+# Backstop poll: bounds the delay if a notification is lost with a dropped connection.
+POLL_INTERVAL_S = 1.0
+# Fetch at most this many events per round trip while catching up.
+FETCH_LIMIT = 2000
+
+
+async def record(conn: asyncpg.Connection, event: Event) -> int:
+    """Append ``event`` to the events table in the caller's transaction; return its seq.
+
+    Call it last in the transaction: the lock it takes is held until commit.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK_KEY)
+    seq: int = await conn.fetchval(
+        "INSERT INTO events (kind, payload) VALUES ($1, $2) RETURNING seq",
+        event.kind,
+        event.payload(),
+    )
+    await conn.execute(f"NOTIFY {CHANNEL}")
+    return seq
+
+
+def envelope_from_row(row: Any) -> Envelope:
+    return Envelope.make(row["seq"], row["ts"].timestamp(), row["kind"], row["payload"])
+
+
+async def events_after(
+    conn: asyncpg.Connection | asyncpg.Pool, after: int, limit: int = FETCH_LIMIT
+) -> list[Envelope]:
+    rows = await conn.fetch(
+        "SELECT seq, ts, kind, payload FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        after,
+        limit,
+    )
+    return [envelope_from_row(r) for r in rows]
+
+
+async def last_seq(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
+
+
+class EventFeed:
+    """Publishes every committed event on ``bus`` exactly once and in seq order."""
+
+    def __init__(self, url: str, bus: Bus) -> None:
+        self.url = url
+        self.bus = bus
+        self._wake = asyncio.Event()
+        self._conn: asyncpg.Connection | None = None
+        self.published = 0
+
+    def _notified(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def start_from(self, seq: int) -> None:
+        self.bus.last_seq = max(self.bus.last_seq, seq)
+
+    async def run(self) -> None:
+        """Run until cancelled; reconnects on its own."""
+        while True:
+            try:
+                self._conn = await connect(self.url)
+                await self._conn.add_listener(CHANNEL, self._notified)
+                self._wake.set()  # catch up on whatever committed while disconnected
+                while True:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL_S)
+                    except TimeoutError:
+                        pass
+                    self._wake.clear()
+                    await self._catch_up()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                log.warning("event feed lost the database (%s); retrying", e)
+                await asyncio.sleep(1.0)
+            finally:
+                if self._conn is not None:
+                    conn, self._conn = self._conn, None
+                    try:
+                        await asyncio.wait_for(conn.close(), 2)
+                    except Exception:  # closing a broken connection may fail too
+                        conn.terminate()
+
+    async def _catch_up(self) -> None:
+        assert self._conn is not None
+        while True:
+            batch = await events_after(self._conn, self.bus.last_seq)
+            for env in batch:
+                self.bus.publish(env)
+                self.published += 1
+            if len(batch) < FETCH_LIMIT:
+                return

@@ -1,0 +1,136 @@
+"""The hub's command line: ``python -m hub [serve|migrate|load-town|import-geojson|wait-ready]``.
+
+Settings are built once here from ``HUB_*`` variables and passed down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from core import log as hub_log
+from core.db import connect, migrate
+from core.errors import HubError
+from core.settings import Settings
+
+RULES_FILE = Path(__file__).resolve().parent.parent / "simulators" / "data" / "rules.toml"
+
+
+async def _migrate(settings: Settings) -> None:
+    conn = await connect(settings.database_url)
+    try:
+        applied = await migrate(conn)
+        print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
+    finally:
+        await conn.close()
+
+
+async def _load_town(settings: Settings, path: Path, if_empty: bool, rules: Path) -> None:
+    from hub import town
+
+    conn = await connect(settings.database_url)
+    try:
+        await migrate(conn)
+        if if_empty and await conn.fetchval("SELECT count(*) FROM grids"):
+            print("town already loaded; keeping it")
+            return
+        counts = await town.load_town(conn, town.read_town(path))
+        counts["rules"] = await town.load_rules(conn, town.read_rules(rules))
+        print("loaded " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    finally:
+        await conn.close()
+
+
+async def _import_geojson(settings: Settings, grids: Path, roads: Path, name: str) -> None:
+    from hub import town
+    from simulators.geojson_import import town_from_geojson
+
+    doc = town_from_geojson(json.loads(grids.read_text(encoding="utf-8")),
+                            json.loads(roads.read_text(encoding="utf-8")), name)
+    conn = await connect(settings.database_url)
+    try:
+        await migrate(conn)
+        counts = await town.load_town(conn, doc)
+        print("imported " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    finally:
+        await conn.close()
+
+
+def _serve(settings: Settings, roles: frozenset[str]) -> None:
+    import uvicorn
+
+    from hub.app import create_app
+
+    uvicorn.run(create_app(settings, roles), host=settings.http_host, port=settings.http_port,
+                ws="websockets-sansio", ws_per_message_deflate=False, log_config=None,
+                lifespan="on")
+
+
+def _wait_ready(settings: Settings, timeout: float) -> int:
+    url = f"http://127.0.0.1:{settings.http_port}/api/health"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if json.loads(r.read()).get("status") == "ok":
+                    return 0
+        except OSError:
+            pass
+        time.sleep(0.2)
+    print(f"hub not ready at {url} after {timeout:.0f}s", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hub", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd")
+    p_serve = sub.add_parser("serve", help="run the hub (all roles by default)")
+    p_serve.add_argument("--roles", default="ingest,dispatch,web",
+                         help="comma-separated subset of ingest,dispatch,web")
+    sub.add_parser("migrate", help="apply database migrations")
+    p_town = sub.add_parser("load-town", help="load a gridhub-town/1 JSON file and rules")
+    p_town.add_argument("file", nargs="?", type=Path)
+    p_town.add_argument("--rules", type=Path, default=RULES_FILE)
+    p_town.add_argument("--if-empty", action="store_true", help="skip if a town is loaded")
+    p_geo = sub.add_parser("import-geojson", help="import a real town's grids and roads")
+    p_geo.add_argument("grids", type=Path)
+    p_geo.add_argument("roads", type=Path)
+    p_geo.add_argument("--name", required=True)
+    p_wait = sub.add_parser("wait-ready", help="wait until the hub answers /api/health")
+    p_wait.add_argument("--timeout", type=float, default=60)
+    args = parser.parse_args(argv)
+
+    hub_log.setup()
+    try:
+        settings = Settings()  # type: ignore[call-arg]  # database_url comes from HUB_*
+    except Exception as e:
+        print(f"settings: {e}", file=sys.stderr)
+        return 2
+    try:
+        if args.cmd in (None, "serve"):
+            roles = frozenset((getattr(args, "roles", None) or "ingest,dispatch,web").split(","))
+            # Refuse to start, in one line, without a database or without TimescaleDB.
+            asyncio.run(_migrate(settings))
+            _serve(settings, roles)
+        elif args.cmd == "migrate":
+            asyncio.run(_migrate(settings))
+        elif args.cmd == "load-town":
+            asyncio.run(_load_town(settings, args.file or settings.town_file, args.if_empty,
+                                   args.rules))
+        elif args.cmd == "import-geojson":
+            asyncio.run(_import_geojson(settings, args.grids, args.roads, args.name))
+        elif args.cmd == "wait-ready":
+            return _wait_ready(settings, args.timeout)
+    except HubError as e:
+        print(f"error [{e.code}]: {e.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

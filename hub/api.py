@@ -1,0 +1,210 @@
+"""Thin REST routes: validate, call a service, return its view. No decisions here."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+
+from core import outbox
+from core.db import row_view
+from core.errors import NotFound
+from dispatch import service as dispatch_service
+from hub.live import INCIDENT_COLUMNS, UNIT_COLUMNS
+from ingest import alarms
+
+router = APIRouter(prefix="/api")
+
+Actor = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[\w.:@-]+$")]
+Reason = Annotated[str, Field(max_length=500)]
+
+
+def _hub(request: Request) -> Any:
+    return request.app.state.hub
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    hub = _hub(request)
+    return {
+        "status": "ok" if hub.ready else "starting",
+        "roles": sorted(hub.roles),
+        "seq": hub.live.seq,
+        "clients": hub.feed.clients,
+        "ingest": hub.ingest.pipeline.stats() if hub.ingest and hub.ingest.pipeline else None,
+        "kpis": hub.kpis,
+    }
+
+
+@router.get("/town")
+async def town(request: Request) -> dict[str, Any]:
+    """The town's grids (both levels) and roads as GeoJSON, for maps with no tile server."""
+    hub = _hub(request)
+    cached = getattr(hub, "_town_cache", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    meta = await hub.pool.fetchval("SELECT value FROM town WHERE key = 'meta'") or {}
+    grids = await hub.pool.fetch(
+        "SELECT id, level, parent_id, name, zone, geometry, center_lon, center_lat "
+        "FROM grids ORDER BY level, id")
+    roads = await hub.pool.fetch("SELECT id, name, class, speed_kmh, geometry FROM roads")
+    doc = {
+        "meta": meta,
+        "grids": {"type": "FeatureCollection", "features": [
+            {"type": "Feature", "geometry": g["geometry"],
+             "properties": {"id": g["id"], "level": g["level"], "parent": g["parent_id"],
+                            "name": g["name"], "zone": g["zone"],
+                            "center": [g["center_lon"], g["center_lat"]]}} for g in grids]},
+        "roads": {"type": "FeatureCollection", "features": [
+            {"type": "Feature", "geometry": r["geometry"],
+             "properties": {"id": r["id"], "name": r["name"], "class": r["class"],
+                            "speed_kmh": r["speed_kmh"]}} for r in roads]},
+    }
+    if grids:
+        hub._town_cache = doc
+    return doc
+
+
+@router.get("/snapshot")
+async def snapshot(request: Request) -> dict[str, Any]:
+    """The live picture the websocket feed starts from."""
+    return _hub(request).live.snapshot()  # type: ignore[no-any-return]
+
+
+@router.get("/events")
+async def events(request: Request, after: Annotated[int, Query(ge=0)] = 0,
+                 limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> dict[str, Any]:
+    envs = await outbox.events_after(_hub(request).pool, after, limit)
+    return {"events": [{"seq": e.seq, "ts": e.ts, "kind": e.kind, "data": e.payload}
+                       for e in envs]}
+
+
+@router.get("/devices")
+async def devices(request: Request) -> list[dict[str, Any]]:
+    rows = await _hub(request).pool.fetch(
+        "SELECT id, kind, model, name, lon, lat, grid_id, metrics, interval_s FROM devices "
+        "WHERE revoked_at IS NULL ORDER BY id")
+    return [row_view(r) for r in rows]
+
+
+@router.get("/devices/{device_id}/latest")
+async def device_latest(request: Request, device_id: str) -> dict[str, Any]:
+    rows = await _hub(request).pool.fetch(
+        "SELECT metric, ts, value, received_at FROM telemetry_latest WHERE device_id = $1",
+        device_id)
+    if not rows:
+        raise NotFound(f"no readings for device {device_id}", code="device.no_data")
+    return {"device_id": device_id, "metrics": {r["metric"]: row_view(r) for r in rows}}
+
+
+@router.get("/units")
+async def units(request: Request) -> list[dict[str, Any]]:
+    rows = await _hub(request).pool.fetch(f"SELECT {UNIT_COLUMNS} FROM units u ORDER BY u.id")
+    return [row_view(r) for r in rows]
+
+
+# ---------------------------------------------------------------- alarms
+@router.get("/alarms")
+async def list_alarms(request: Request, state: Annotated[str, Query(pattern="^(open|all)$")]
+                      = "open", limit: Annotated[int, Query(ge=1, le=1000)] = 200
+                      ) -> list[dict[str, Any]]:
+    where = "WHERE a.state <> 'cleared'" if state == "open" else ""
+    rows = await _hub(request).pool.fetch(
+        f"SELECT {alarms.ALARM_COLUMNS} FROM alarms a {where} ORDER BY a.id DESC LIMIT $1",
+        limit)
+    return [row_view(r) for r in rows]
+
+
+class AckBody(BaseModel):
+    by: Actor
+
+
+class ClearBody(BaseModel):
+    by: Actor
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+@router.post("/alarms/{alarm_id}/ack")
+async def ack_alarm(request: Request, alarm_id: int, body: AckBody) -> dict[str, Any]:
+    return await alarms.acknowledge(_hub(request).pool, alarm_id, body.by)
+
+
+@router.post("/alarms/{alarm_id}/clear")
+async def clear_alarm(request: Request, alarm_id: int, body: ClearBody) -> dict[str, Any]:
+    return await alarms.clear_by_operator(_hub(request).pool, alarm_id, body.by, body.reason)
+
+
+# ---------------------------------------------------------------- incidents
+@router.get("/incidents")
+async def list_incidents(request: Request, state: Annotated[str, Query(
+        pattern="^(open|all)$")] = "open", limit: Annotated[int, Query(ge=1, le=1000)] = 200
+        ) -> list[dict[str, Any]]:
+    where = "WHERE i.state NOT IN ('archived', 'cancelled')" if state == "open" else ""
+    rows = await _hub(request).pool.fetch(
+        f"SELECT {INCIDENT_COLUMNS} FROM incidents i {where} ORDER BY i.id DESC LIMIT $1",
+        limit)
+    return [row_view(r) for r in rows]
+
+
+@router.get("/incidents/{incident_id}")
+async def get_incident(request: Request, incident_id: int) -> dict[str, Any]:
+    return await dispatch_service.incident_detail(_hub(request).pool, incident_id)
+
+
+class IncidentBody(BaseModel):
+    category: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
+    qualification: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
+    priority: Annotated[int, Field(ge=1, le=4)] = 3
+    title: Annotated[str, Field(min_length=1, max_length=200)]
+    description: Reason = ""
+    lon: Annotated[float, Field(ge=-180, le=180)]
+    lat: Annotated[float, Field(ge=-90, le=90)]
+    source: Annotated[str, Field(pattern="^(operator|grid_worker|hotline)$")] = "operator"
+    reporter: Actor
+
+
+@router.post("/incidents", status_code=201)
+async def create_incident(request: Request, body: IncidentBody) -> dict[str, Any]:
+    hub = _hub(request)
+    return await dispatch_service.open_incident(
+        hub.pool, category=body.category, qualification=body.qualification,
+        priority=body.priority, title=body.title, description=body.description,
+        lon=body.lon, lat=body.lat, source=body.source, reporter=body.reporter)
+
+
+class ActionBody(BaseModel):
+    action: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z_]+$")]
+    actor: Actor
+    reason: Reason | None = None
+
+
+@router.post("/incidents/{incident_id}/actions")
+async def incident_action(request: Request, incident_id: int, body: ActionBody
+                          ) -> dict[str, Any]:
+    return await dispatch_service.apply_action(
+        _hub(request).pool, incident_id, body.action, body.actor, body.reason)
+
+
+@router.get("/incidents/{incident_id}/log/verify")
+async def verify_log(request: Request, incident_id: int) -> dict[str, Any]:
+    return await dispatch_service.verify_case_log(_hub(request).pool, incident_id)
+
+
+# ---------------------------------------------------------------- dead letters
+@router.get("/dead-letters")
+async def dead_letters(request: Request, reason: Annotated[str | None, Query(max_length=64)]
+                       = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+                       ) -> dict[str, Any]:
+    pool = _hub(request).pool
+    counts = await pool.fetch(
+        "SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason ORDER BY reason")
+    rows = await pool.fetch(
+        "SELECT id, received_at, topic, payload, size, reason, detail FROM dead_letters "
+        "WHERE $1::text IS NULL OR reason = $1 ORDER BY id DESC LIMIT $2", reason, limit)
+    items = []
+    for r in rows:
+        v = row_view(r)
+        v["payload"] = bytes(r["payload"]).decode("utf-8", errors="replace")
+        items.append(v)
+    return {"counts": {r["reason"]: r["n"] for r in counts}, "items": items}

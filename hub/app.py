@@ -1,0 +1,107 @@
+"""The FastAPI app factory and its lifespan.
+
+The lifespan starts, names and cancels every background task of the roles this process
+runs (all of them by default): the event feed (every role), ingest, the dispatcher and the
+scheduled jobs. Nothing starts at import time; ``create_app(settings)`` is all there is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from core.bus import Bus
+from core.db import connect, create_pool, migrate
+from core.outbox import EventFeed
+from core.settings import Settings
+from dispatch.service import Dispatcher
+from hub import api, errors, jobs, views
+from hub.live import LiveFeed, LiveState
+from ingest.service import IngestRole
+
+log = logging.getLogger("hub.app")
+
+FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
+ALL_ROLES = frozenset({"ingest", "dispatch", "web"})
+
+
+@dataclass
+class Hub:
+    """Everything the routes need, built in the lifespan and kept on ``app.state.hub``."""
+
+    settings: Settings
+    roles: frozenset[str]
+    bus: Bus
+    pool: asyncpg.Pool
+    live: LiveState
+    feed: LiveFeed
+    ingest: IngestRole | None = None
+    dispatcher: Dispatcher | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    kpis: dict[str, Any] = field(default_factory=dict)
+    ready: bool = False
+
+
+def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        conn = await connect(settings.database_url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        pool = await create_pool(settings.database_url, settings.db_pool_min,
+                                 settings.db_pool_max)
+        bus = Bus()
+        live = LiveState(bus)
+        await live.load(pool)
+        hub = Hub(settings=settings, roles=roles, bus=bus, pool=pool, live=live,
+                  feed=LiveFeed(live, bus, pool, replay_limit=settings.feed_replay_limit,
+                                queue_size=settings.feed_client_queue,
+                                tick_s=settings.feed_tick_s))
+        app.state.hub = hub
+        event_feed = EventFeed(settings.database_url, bus)
+        hub.tasks.append(asyncio.create_task(event_feed.run(), name="core.event_feed"))
+        if "dispatch" in roles:
+            hub.dispatcher = Dispatcher(settings, pool, bus)
+            await hub.dispatcher.start()
+        if "ingest" in roles:
+            hub.ingest = IngestRole(settings, pool)
+            await hub.ingest.start()
+            assert hub.ingest.pipeline is not None
+            hub.ingest.pipeline.on_position = live.on_position
+        scheduler = jobs.start(hub)
+        hub.ready = True
+        log.info("hub ready: roles %s, http://%s:%s/", ",".join(sorted(roles)),
+                 settings.http_host, settings.http_port)
+        try:
+            yield
+        finally:
+            hub.ready = False
+            scheduler.shutdown(wait=False)
+            if hub.ingest:
+                await hub.ingest.stop()
+            if hub.dispatcher:
+                await hub.dispatcher.stop()
+            for t in hub.tasks:
+                t.cancel()
+            await asyncio.gather(*hub.tasks, return_exceptions=True)
+            await pool.close()
+
+    app = FastAPI(title="gridhub", version="0.1.0", lifespan=lifespan,
+                  description="Township command-center hub: telemetry, alarms, dispatch, cases.")
+    errors.install(app)
+    app.include_router(api.router)
+    app.include_router(views.router)
+    app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
+    views.mount_vendor(app)
+    return app

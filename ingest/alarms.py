@@ -1,0 +1,111 @@
+"""Alarm persistence: raise, repeat, acknowledge and clear, each with its event.
+
+De-duplication is the database's job: the partial unique index ``alarms_one_open`` allows
+one open alarm per (rule, device), and raising is one ``INSERT ... ON CONFLICT`` that either
+opens the alarm or bumps the open one's count, atomically, whatever races in Python.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from core import outbox
+from core.db import row_view
+from core.errors import Conflict, NotFound
+from core.events import AlarmAcknowledged, AlarmCleared, AlarmRaised, AlarmRepeated
+
+ALARM_COLUMNS = """a.id, a.rule_id, a.device_id, a.grid_id, a.severity, a.state, a.value,
+    a.message, a.raised_at, a.last_seen, a.count, a.acked_by, a.acked_at, a.cleared_at,
+    a.cleared_by, a.clear_reason, a.incident_id"""
+
+
+def _ts(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+async def raise_alarm(
+    pool: asyncpg.Pool, *, rule_id: str, device_id: str, grid_id: str | None,
+    severity: str, value: float, message: str, ts: float,
+) -> tuple[dict[str, Any], bool, int]:
+    """Open an alarm or count a repeat of the open one. Returns (alarm, opened_now, seq)."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"""INSERT INTO alarms AS a (rule_id, device_id, grid_id, severity, value, message,
+                                        raised_at, last_seen)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+                ON CONFLICT (rule_id, device_id) WHERE state <> 'cleared'
+                DO UPDATE SET count = a.count + 1, value = excluded.value,
+                              last_seen = greatest(a.last_seen, excluded.last_seen)
+                RETURNING {ALARM_COLUMNS}, (xmax = 0) AS inserted""",
+            rule_id, device_id, grid_id, severity, value, message, _ts(ts),
+        )
+        view = row_view(row)
+        opened = bool(view.pop("inserted"))
+        event = AlarmRaised(alarm=view) if opened else AlarmRepeated(alarm=view)
+        seq = await outbox.record(conn, event)
+    return view, opened, seq
+
+
+async def clear_alarm_for(
+    pool: asyncpg.Pool, *, rule_id: str, device_id: str, ts: float,
+    by: str = "system", reason: str = "condition cleared",
+) -> dict[str, Any] | None:
+    """Clear the open alarm of (rule, device), if there is one."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"""UPDATE alarms a SET state = 'cleared', cleared_at = $3, cleared_by = $4,
+                                    clear_reason = $5
+                WHERE rule_id = $1 AND device_id = $2 AND state <> 'cleared'
+                RETURNING {ALARM_COLUMNS}""",
+            rule_id, device_id, _ts(ts), by, reason,
+        )
+        if row is None:
+            return None
+        view = row_view(row)
+        await outbox.record(conn, AlarmCleared(alarm=view))
+    return view
+
+
+async def acknowledge(pool: asyncpg.Pool, alarm_id: int, who: str) -> dict[str, Any]:
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"""UPDATE alarms a SET state = 'acknowledged', acked_by = $2, acked_at = now()
+                WHERE id = $1 AND state = 'active' RETURNING {ALARM_COLUMNS}""",
+            alarm_id, who,
+        )
+        if row is None:
+            exists = await conn.fetchval("SELECT state FROM alarms WHERE id = $1", alarm_id)
+            if exists is None:
+                raise NotFound(f"alarm {alarm_id} not found", code="alarm.not_found")
+            raise Conflict(f"alarm {alarm_id} is {exists}", code="alarm.not_active")
+        view = row_view(row)
+        await outbox.record(conn, AlarmAcknowledged(alarm=view))
+    return view
+
+
+async def clear_by_operator(pool: asyncpg.Pool, alarm_id: int, who: str, reason: str
+                            ) -> dict[str, Any]:
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"""UPDATE alarms a SET state = 'cleared', cleared_at = now(), cleared_by = $2,
+                                    clear_reason = $3
+                WHERE id = $1 AND state <> 'cleared' RETURNING {ALARM_COLUMNS}""",
+            alarm_id, who, reason,
+        )
+        if row is None:
+            exists = await conn.fetchval("SELECT state FROM alarms WHERE id = $1", alarm_id)
+            if exists is None:
+                raise NotFound(f"alarm {alarm_id} not found", code="alarm.not_found")
+            raise Conflict(f"alarm {alarm_id} is already cleared", code="alarm.already_cleared")
+        view = row_view(row)
+        await outbox.record(conn, AlarmCleared(alarm=view))
+    return view
+
+
+async def open_alarms(conn: asyncpg.Connection | asyncpg.Pool) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f"SELECT {ALARM_COLUMNS} FROM alarms a WHERE a.state <> 'cleared' ORDER BY a.id")
+    return [row_view(r) for r in rows]

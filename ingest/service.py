@@ -1,0 +1,58 @@
+"""The ingest role: MQTT adapter + pipeline + writer as one unit of background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from core.settings import Settings
+from ingest import wire
+from ingest.mqtt import MqttIngest
+from ingest.pipeline import Pipeline, Registry
+from ingest.writer import BatchWriter
+
+log = logging.getLogger("ingest.service")
+
+
+@dataclass
+class IngestRole:
+    settings: Settings
+    pool: asyncpg.Pool
+    registry: Registry = field(default_factory=Registry)
+    pipeline: Pipeline | None = None
+    mqtt: MqttIngest | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        await self.registry.load(self.pool)
+        writer = BatchWriter(
+            self.pool, ack=lambda acks: self.mqtt.ack(acks) if self.mqtt else None,
+            batch_size=s.ingest_batch_size, flush_interval_s=s.ingest_flush_interval_s,
+            dead_letter_max_bytes=s.dead_letter_max_bytes)
+        self.pipeline = Pipeline(self.pool, writer, self.registry)
+        await self.pipeline.restore_rule_state()
+        self.mqtt = MqttIngest(
+            s.mqtt_url, s.mqtt_client_id, wire.SUBSCRIPTIONS, loop, self.pipeline.on_delivery,
+            share_group=s.mqtt_share_group, receive_maximum=s.mqtt_receive_maximum,
+            session_expiry_s=s.mqtt_session_expiry_s)
+        self.tasks = [
+            asyncio.create_task(writer.run(), name="ingest.writer"),
+            asyncio.create_task(self.pipeline.run_alarms(), name="ingest.alarms"),
+        ]
+        self.mqtt.start()
+        log.info("ingest started (client %s, group %s)", s.mqtt_client_id, s.mqtt_share_group)
+
+    async def stop(self) -> None:
+        if self.mqtt:
+            self.mqtt.stop()
+        # Give the writer one flush interval to commit what it holds; anything not
+        # acknowledged is redelivered by the broker on the next start.
+        await asyncio.sleep(self.settings.ingest_flush_interval_s * 2)
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
