@@ -15,10 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from core.errors import ConfigError, MissingTimescaleDB
 
 log = logging.getLogger("core.db")
+
+# A connection, whether taken from a pool or opened alone; ``Querier`` adds the pool itself
+# (for one-statement reads that need no transaction).
+Conn = asyncpg.Connection | PoolConnectionProxy
+Querier = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 

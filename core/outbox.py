@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from core.bus import Bus
-from core.db import connect
+from core.db import Conn, Querier, connect
 from core.events import Envelope, Event
 
 log = logging.getLogger("core.outbox")
@@ -34,7 +34,7 @@ POLL_INTERVAL_S = 1.0
 FETCH_LIMIT = 2000
 
 
-async def record(conn: asyncpg.Connection, event: Event) -> int:
+async def record(conn: Conn, event: Event) -> int:
     """Append ``event`` to the events table in the caller's transaction; return its seq.
 
     Call it last in the transaction: the lock it takes is held until commit.
@@ -54,7 +54,7 @@ def envelope_from_row(row: Any) -> Envelope:
 
 
 async def events_after(
-    conn: asyncpg.Connection | asyncpg.Pool, after: int, limit: int = FETCH_LIMIT
+    conn: Querier, after: int, limit: int = FETCH_LIMIT
 ) -> list[Envelope]:
     rows = await conn.fetch(
         "SELECT seq, ts, kind, payload FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -64,7 +64,7 @@ async def events_after(
     return [envelope_from_row(r) for r in rows]
 
 
-async def last_seq(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+async def last_seq(conn: Querier) -> int:
     return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
 
 
@@ -75,7 +75,7 @@ class EventFeed:
         self.url = url
         self.bus = bus
         self._wake = asyncio.Event()
-        self._conn: asyncpg.Connection | None = None
+        self._conn: Conn | None = None
         self.published = 0
 
     def _notified(self, *_: Any) -> None:

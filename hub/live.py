@@ -29,7 +29,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from core import outbox
 from core.bus import Bus, Subscription
-from core.db import row_view
+from core.db import Conn, row_view
 from core.events import Envelope, apply_to_state
 from ingest.alarms import ALARM_COLUMNS
 
@@ -48,7 +48,7 @@ UNIT_COLUMNS = """u.id, u.name, u.type, u.qualifications, u.home_grid, u.members
 _enc = msgspec.json.Encoder()
 
 
-async def fetch_picture(conn: asyncpg.Connection) -> tuple[int, dict[str, dict[str, Any]]]:
+async def fetch_picture(conn: Conn) -> tuple[int, dict[str, dict[str, Any]]]:
     """The open picture and the seq it is current to, from one consistent snapshot."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         seq = await outbox.last_seq(conn)

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from core import outbox
-from core.db import row_view
+from core.db import Querier, row_view
 from core.errors import Conflict, NotFound
 from core.events import AlarmAcknowledged, AlarmCleared, AlarmRaised, AlarmRepeated
 
@@ -105,7 +105,7 @@ async def clear_by_operator(pool: asyncpg.Pool, alarm_id: int, who: str, reason:
     return view
 
 
-async def open_alarms(conn: asyncpg.Connection | asyncpg.Pool) -> list[dict[str, Any]]:
+async def open_alarms(conn: Querier) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         f"SELECT {ALARM_COLUMNS} FROM alarms a WHERE a.state <> 'cleared' ORDER BY a.id")
     return [row_view(r) for r in rows]

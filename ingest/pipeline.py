@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from core.db import Querier
 from ingest import alarms, rules, wire
 from ingest.mqtt import Delivery
 from ingest.writer import BatchWriter, ts_of
@@ -43,7 +44,7 @@ class Registry:
         self.units: set[str] = set()
         self.rules_by_metric: dict[str, list[rules.Rule]] = defaultdict(list)
 
-    async def load(self, conn: asyncpg.Connection | asyncpg.Pool) -> None:
+    async def load(self, conn: Querier) -> None:
         devs = await conn.fetch(
             "SELECT id, model, grid_id FROM devices WHERE revoked_at IS NULL")
         self.devices = {r["id"]: DeviceInfo(r["id"], r["model"], r["grid_id"]) for r in devs}

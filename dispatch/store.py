@@ -1,0 +1,156 @@
+"""Dispatch I/O: read engine values from the database, append to the case log.
+
+Thin: converts rows to the pure model's values and back. Decisions are in engine.py and
+workflow.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from core.db import Conn, Querier, row_view
+from dispatch import workflow
+from dispatch.model import IncidentState, UnitState
+
+INCIDENT_COLUMNS = """i.id, i.category, i.priority, i.qualification, i.title, i.description,
+    i.lon, i.lat, i.grid_id, i.source, i.reporter, i.state, i.opened_at, i.updated_at,
+    i.assigned_unit, i.rework_count, i.extension_count, i.handler, i.alarms_cleared"""
+UNIT_COLUMNS = """u.id, u.name, u.type, u.qualifications, u.home_grid, u.members, u.status,
+    u.duty_since, u.current_incident, u.lon, u.lat, u.speed, u.heading, u.position_ts"""
+
+
+def ts(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _epoch(v: datetime | None) -> float | None:
+    return v.timestamp() if v is not None else None
+
+
+async def unit_states(conn: Querier) -> list[UnitState]:
+    """Every unit as the engine sees it, with today's case count and current priority."""
+    rows = await conn.fetch(
+        """SELECT u.id, u.type, u.qualifications, u.status, u.lon, u.lat, u.position_ts,
+                  u.home_grid, u.duty_since, u.current_incident, ci.priority AS cur_priority,
+                  (SELECT count(*) FROM assignments a WHERE a.unit_id = u.id
+                     AND a.assigned_at >= date_trunc('day', now())) AS cases_today
+           FROM units u LEFT JOIN incidents ci ON ci.id = u.current_incident"""
+    )
+    return [
+        UnitState(
+            id=r["id"],
+            kind=r["type"],
+            qualifications=frozenset(r["qualifications"]),
+            status=r["status"],
+            lon=r["lon"] if r["position_ts"] else None,
+            lat=r["lat"] if r["position_ts"] else None,
+            position_ts=_epoch(r["position_ts"]),
+            home_grid=r["home_grid"],
+            duty_since=_epoch(r["duty_since"]),
+            cases_today=int(r["cases_today"]),
+            current_incident=str(r["current_incident"]) if r["current_incident"] else None,
+            current_priority=int(r["cur_priority"]) if r["cur_priority"] else None,
+        )
+        for r in rows
+    ]
+
+
+def incident_state(row: Mapping[str, Any]) -> IncidentState:
+    opened = row["opened_at"]
+    return IncidentState(
+        id=str(row["id"]),
+        category=row["category"],
+        priority=int(row["priority"]),
+        qualification=row["qualification"],
+        lon=float(row["lon"]),
+        lat=float(row["lat"]),
+        grid=row["grid_id"] or "",
+        opened_at=opened if isinstance(opened, float) else opened.timestamp(),
+        assigned_unit=row["assigned_unit"],
+    )
+
+
+def case_state(row: Mapping[str, Any]) -> workflow.CaseState:
+    return workflow.CaseState(
+        state=row["state"],
+        rework_count=int(row["rework_count"]),
+        extension_count=int(row["extension_count"]),
+        handler=row["handler"],
+    )
+
+
+async def incident_row(
+    conn: Conn, incident_id: int, *, lock: bool = False
+) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        f"SELECT {INCIDENT_COLUMNS} FROM incidents i WHERE i.id = $1"
+        + (" FOR UPDATE" if lock else ""),
+        incident_id,
+    )
+    return dict(row) if row is not None else None
+
+
+async def unit_view(conn: Conn, unit_id: str) -> dict[str, Any]:
+    return row_view(
+        await conn.fetchrow(f"SELECT {UNIT_COLUMNS} FROM units u WHERE u.id = $1", unit_id)
+    )
+
+
+async def incident_view(conn: Conn, incident_id: int) -> dict[str, Any]:
+    return row_view(
+        await conn.fetchrow(
+            f"SELECT {INCIDENT_COLUMNS} FROM incidents i WHERE i.id = $1", incident_id
+        )
+    )
+
+
+async def append_log(
+    conn: Conn,
+    incident_id: int,
+    action: str,
+    from_state: str | None,
+    to_state: str,
+    actor: str,
+    at: float,
+    reason: str | None,
+) -> None:
+    """Append one entry to the incident's hash chain. Caller holds the incident's row lock."""
+    last = await conn.fetchrow(
+        "SELECT seq, hash FROM case_log WHERE incident_id = $1 ORDER BY seq DESC LIMIT 1",
+        incident_id,
+    )
+    seq = (last["seq"] + 1) if last else 1
+    prev = last["hash"] if last else workflow.GENESIS_HASH
+    # timestamptz keeps microseconds: hash exactly what is stored, so it can be re-checked.
+    at = round(at, 6)
+    digest = workflow.entry_hash(
+        prev, str(incident_id), seq, action, from_state, to_state, actor, at, reason
+    )
+    await conn.execute(
+        """INSERT INTO case_log (incident_id, seq, action, from_state, to_state, actor, ts,
+                                 reason, prev_hash, hash)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)""",
+        incident_id,
+        seq,
+        action,
+        from_state,
+        to_state,
+        actor,
+        ts(at),
+        reason,
+        prev,
+        digest,
+    )
+
+
+async def case_log(
+    conn: Querier, incident_id: int
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT seq, action, from_state, to_state, actor, ts, reason, prev_hash, hash "
+        "FROM case_log WHERE incident_id = $1 ORDER BY seq",
+        incident_id,
+    )
+    return [row_view(r) for r in rows]
