@@ -1,0 +1,211 @@
+"""Shared fixtures: real PostgreSQL+TimescaleDB, real Mosquitto, a real hub process.
+
+``./hubctl test`` starts the private services and exports HUB_DATABASE_URL and
+HUB_MQTT_URL. Each test session works in a scratch database of its own (created from
+template1, which carries the timescaledb extension) and its own MQTT client ids and
+shared-subscription group, so it never disturbs the demo or another run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+import pytest_asyncio
+
+from core.db import connect
+from ingest.mqtt import BrokerAddress, make_client
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "var" / "test" / "artifacts"
+
+
+def _require_env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.exit(f"{name} is not set: run the tests with ./hubctl test", returncode=2)
+    return value
+
+
+def with_database(url: str, dbname: str) -> str:
+    u = urlsplit(url)
+    return urlunsplit((u.scheme, u.netloc, "/" + dbname, u.query, u.fragment))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def base_db_url() -> str:
+    return _require_env("HUB_DATABASE_URL")
+
+
+@pytest.fixture(scope="session")
+def mqtt_url() -> str:
+    return _require_env("HUB_MQTT_URL")
+
+
+async def create_database(base_url: str, name: str, template: str = "template1") -> str:
+    conn = await asyncpg.connect(base_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {template}')
+    finally:
+        await conn.close()
+    return with_database(base_url, name)
+
+
+async def drop_database(base_url: str, name: str) -> None:
+    conn = await asyncpg.connect(base_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def db_url(base_db_url: str) -> AsyncIterator[str]:
+    """A scratch database with the schema and the demo town loaded."""
+    name = f"gridhub_t{os.getpid()}"
+    url = await create_database(base_db_url, name)
+    env = {**os.environ, "HUB_DATABASE_URL": url}
+    subprocess.run([sys.executable, "-m", "hub", "load-town"], env=env, check=True,
+                   cwd=ROOT, capture_output=True)
+    yield url
+    await drop_database(base_db_url, name)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def db(db_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await connect(db_url)
+    yield conn
+    await conn.close()
+
+
+class HubProcess:
+    """``python -m hub serve`` as a child process on its own port and MQTT identity."""
+
+    def __init__(self, db_url: str, mqtt_url: str, *, roles: str = "ingest,dispatch,web",
+                 client_id: str | None = None, share_group: str | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        tag = uuid.uuid4().hex[:8]
+        self.env = {
+            **os.environ,
+            "HUB_DATABASE_URL": db_url,
+            "HUB_MQTT_URL": mqtt_url,
+            "HUB_HTTP_PORT": str(self.port),
+            "HUB_MQTT_CLIENT_ID": client_id or f"gridhub-test-{tag}",
+            "HUB_MQTT_SHARE_GROUP": share_group or f"test-{tag}",
+            **(extra_env or {}),
+        }
+        self.roles = roles
+        self.proc: subprocess.Popen[bytes] | None = None
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.log_path = ARTIFACTS / f"hub-{tag}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> HubProcess:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hub", "serve", "--roles", self.roles], env=self.env,
+            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hub exited with {self.proc.returncode}: "
+                                   f"{self.log_path.read_text()[-2000:]}")
+            try:
+                r = httpx.get(self.url + "/api/health", timeout=1)
+                if r.status_code == 200 and r.json()["status"] == "ok":
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"hub not ready: {self.log_path.read_text()[-2000:]}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def hub(db_url: str, mqtt_url: str) -> Iterator[HubProcess]:
+    proc = HubProcess(db_url, mqtt_url).start()
+    yield proc
+    proc.stop()
+
+
+class Publisher:
+    """A QoS1 MQTT 5 publisher that waits for each PUBACK (tests publish little)."""
+
+    def __init__(self, url: str) -> None:
+        self.client = make_client(f"test-pub-{uuid.uuid4().hex[:8]}", BrokerAddress.parse(url),
+                                  persistent=False)
+        self.client.loop_start()
+        deadline = time.monotonic() + 10
+        while not self.client.is_connected():
+            if time.monotonic() > deadline:
+                raise RuntimeError("test publisher could not connect to Mosquitto")
+            time.sleep(0.02)
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
+        info = self.client.publish(topic, payload, qos=qos)
+        info.wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture(scope="session")
+def publisher(mqtt_url: str) -> Iterator[Publisher]:
+    pub = Publisher(mqtt_url)
+    yield pub
+    pub.close()
+
+
+async def wait_for(fn: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Await ``fn()`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def town_doc() -> dict[str, Any]:
+    return json.loads((ROOT / "simulators" / "data" / "xuxiake.json").read_text("utf-8"))
