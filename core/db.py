@@ -84,7 +84,9 @@ async def require_timescaledb(conn: asyncpg.Connection) -> str:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     except asyncpg.PostgresError as e:
         raise MissingTimescaleDB(f"{TIMESCALEDB_HOWTO} ({e})") from e
-    return str(await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname='timescaledb'"))
+    version = await conn.fetchval(
+        "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+    return str(version)
 
 
 def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     feed_tick_s: float = 0.05
 
     # Demo town data loaded by `hub load-town`.
-    town_file: Path = Path(__file__).resolve().parent.parent / "simulators" / "data" / "xuxiake.json"
+    town_file: Path = (
+        Path(__file__).resolve().parent.parent / "simulators" / "data" / "xuxiake.json")
     # A tile server URL for the console map, where one exists; empty draws our own data only.
     map_tile_url: str = ""

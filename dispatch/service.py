@@ -76,7 +76,7 @@ def _inside(x: float, y: float, ring: list[list[float]]) -> bool:
 async def _step(conn: Conn, inc: dict[str, Any], action: str, actor: str,
                 now: float, reason: str | None) -> workflow.CaseState:
     """Apply a workflow action to a locked incident row and log it (no event yet)."""
-    before = store.case_state(inc)
+    before = await store.case_state(conn, inc["id"])
     after = workflow.apply(before, action, actor, now, reason)
     await conn.execute(
         """UPDATE incidents SET state = $2, rework_count = $3, extension_count = $4,
@@ -257,7 +257,8 @@ async def incident_detail(pool: asyncpg.Pool, incident_id: int) -> dict[str, Any
         log_entries = await store.case_log(conn, incident_id)
     return {
         "incident": row_view(inc),
-        "allowed_actions": list(workflow.allowed_actions(store.case_state(inc))),
+        "allowed_actions": list(workflow.allowed_actions(
+            await store.case_state(conn, incident_id))),
         "assignments": [row_view(a) for a in assignments],
         "alarms": [row_view(a) for a in alarms],
         "log": log_entries,

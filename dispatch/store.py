@@ -72,13 +72,13 @@ def incident_state(row: Mapping[str, Any]) -> IncidentState:
     )
 
 
-def case_state(row: Mapping[str, Any]) -> workflow.CaseState:
-    return workflow.CaseState(
-        state=row["state"],
-        rework_count=int(row["rework_count"]),
-        extension_count=int(row["extension_count"]),
-        handler=row["handler"],
-    )
+async def case_state(conn: Querier, incident_id: int) -> workflow.CaseState:
+    """The case's workflow state, rebuilt from its log: the log is the record, the columns
+    on ``incidents`` are a copy for queries."""
+    rows = await conn.fetch(
+        "SELECT action, actor, ts, reason FROM case_log WHERE incident_id = $1 ORDER BY seq",
+        incident_id)
+    return workflow.replay([{**dict(r), "ts": r["ts"].timestamp()} for r in rows])
 
 
 async def incident_row(

@@ -123,7 +123,7 @@ setup_venv() {
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
   log "installing the Python environment in .venv"
   [ -x "$VENV/bin/python" ] || "$(python_bin)" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]" >"$ROOT/var/pip.log" 2>&1 \
     || { tail -30 "$ROOT/var/pip.log" >&2; die "pip install failed (var/pip.log)"; }
   echo "$want" > "$stamp"
