@@ -1,0 +1,1 @@
+"""Dispatch: the pure engine (model, geo, engine, workflow, sla) and its I/O shell."""

@@ -1,0 +1,459 @@
+"""The dispatch engine: which unit goes to which incident.
+
+Pure functions over snapshots (``dispatch/model.py``): no I/O, no clock; ``now``
+is passed in. Three entry points:
+
+- ``rank(incident, units, graph, now, policy)``: the ranked candidate list for
+  one incident, with reasons, for the operator's console and the audit trail.
+- ``assign_jointly(incidents, units, graph, now, policy)``: one plan for every
+  waiting incident at once (a min-cost assignment), so that two incidents do not
+  both grab the unit that only one of them needs.
+- ``closest_idle(incident, units, now)``: the naive baseline (closest free
+  qualified unit by straight line), kept for benchmarks.
+
+Scoring, shared by ``rank`` and ``assign_jointly`` so that they agree on a single
+incident. A unit's *score* for an incident is, in seconds:
+
+    ETA by road
+    + workload_s_per_case x min(cases_today, workload_cases_cap)        (*)
+    + coverage_penalty_s if it is the last free holder of a qualification
+      in its home grid and the incident is outside that grid            (*)
+    + preempt_penalty_s if it is pulled off a less urgent incident
+
+    (*) only for incidents with priority >= soft_terms_from_priority: a
+        critical incident is ranked on time alone.
+
+``rank`` sorts units with a known position by (score, cases today, longest on
+duty, id) and puts units whose position is unknown or older than
+``policy.stale_after_s`` after all of them, never using their last fix as if it
+were current. ``assign_jointly`` minimises the sum over incidents of
+``priority weight x score`` (a stale unit counts as ``stale_eta_s`` away) plus
+``priority weight x unserved_cost_s`` for every incident left waiting.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from itertools import chain
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import linear_sum_assignment
+
+from dispatch.geo import RoadGraph, haversine_m, haversine_m_np, travel_time_matrix
+from dispatch.model import (
+    DEFAULT_POLICY,
+    PREEMPTABLE_STATUSES,
+    Assignment,
+    Candidate,
+    DispatchPolicy,
+    IncidentState,
+    Recommendation,
+    UnitState,
+)
+
+FloatArray = NDArray[np.float64]
+
+
+# ---------------------------------------------------------------------- unit pools
+_FREE = frozenset({"available"})
+_FREE_WITH_RETURNING = frozenset({"available", "returning"})
+
+
+def _free_statuses(policy: DispatchPolicy) -> frozenset[str]:
+    """Statuses in which a unit counts as free under ``policy``."""
+    return _FREE_WITH_RETURNING if policy.dispatch_returning else _FREE
+
+
+def _may_preempt(incident: IncidentState, unit: UnitState, policy: DispatchPolicy) -> bool:
+    """True if ``incident`` may pull ``unit`` off its current, strictly less urgent case."""
+    return (
+        incident.priority <= policy.preempt_up_to_priority
+        and unit.status in PREEMPTABLE_STATUSES
+        and unit.current_incident is not None
+        and unit.current_incident != incident.id
+        and unit.current_priority is not None
+        and unit.current_priority > incident.priority
+    )
+
+
+def _fresh(unit: UnitState, now: float, policy: DispatchPolicy) -> bool:
+    return (
+        unit.lon is not None
+        and unit.lat is not None
+        and unit.position_ts is not None
+        and now - unit.position_ts <= policy.stale_after_s
+    )
+
+
+class _Coverage:
+    """Which qualifications each home grid holds in exactly one free unit."""
+
+    __slots__ = ("_free", "_ones")
+
+    def __init__(self, units: Iterable[UnitState], policy: DispatchPolicy) -> None:
+        self._free = _free_statuses(policy)
+        self._ones: dict[str, frozenset[str]] = {}
+        if policy.coverage_penalty_s <= 0:
+            return
+        by_grid: dict[str, list[frozenset[str]]] = {}
+        for u in units:
+            if u.status in self._free:
+                by_grid.setdefault(u.home_grid, []).append(u.qualifications)
+        for grid, quals in by_grid.items():
+            counts = Counter(chain.from_iterable(quals))
+            ones = frozenset(q for q, c in counts.items() if c == 1)
+            if ones:
+                self._ones[grid] = ones
+
+    def lost(self, unit: UnitState) -> tuple[str, ...]:
+        """Qualifications the unit's home grid has no other free holder of (if it leaves)."""
+        ones = self._ones.get(unit.home_grid)
+        if ones is None or unit.status not in self._free:
+            return ()
+        alone = ones & unit.qualifications
+        return tuple(sorted(alone)) if alone else ()
+
+
+def _terms(
+    incident: IncidentState, unit: UnitState, coverage: _Coverage, policy: DispatchPolicy
+) -> tuple[float, bool, tuple[str, ...]]:
+    """Seconds added to the ETA for one pair: (extra, preempts?, qualifications lost)."""
+    extra = 0.0
+    preempts = _may_preempt(incident, unit, policy)
+    if preempts:
+        extra += policy.preempt_penalty_s
+    lost: tuple[str, ...] = ()
+    if incident.priority >= policy.soft_terms_from_priority:
+        extra += policy.workload_s_per_case * min(unit.cases_today, policy.workload_cases_cap)
+        if unit.home_grid != incident.grid:
+            lost = coverage.lost(unit)
+            if lost:
+                extra += policy.coverage_penalty_s
+    return extra, preempts, lost
+
+
+def _reasons(head: str, unit: UnitState, preempts: bool, lost: tuple[str, ...]) -> list[str]:
+    """Human-readable reason codes for one candidate, the ETA statement first."""
+    reasons = [head]
+    if preempts:
+        reasons.append(f"preempts {unit.current_incident} (p{unit.current_priority})")
+    if lost:
+        reasons.append(f"last free {'/'.join(lost)} unit in {unit.home_grid}")
+    reasons.append(f"cases today {unit.cases_today}")
+    return reasons
+
+
+# ---------------------------------------------------------------------- ranking
+def _duty_key(unit: UnitState) -> float:
+    # Fairness tie-break: among equal scores and equal case counts, the unit on duty
+    # longest has had the fewest cases per hour, so it goes first. Unknown duty start
+    # sorts last.
+    return unit.duty_since if unit.duty_since is not None else float("inf")
+
+
+def rank(
+    incident: IncidentState,
+    units: Sequence[UnitState],
+    graph: RoadGraph | None,
+    now: float,
+    policy: DispatchPolicy = DEFAULT_POLICY,
+) -> Recommendation:
+    """Rank the units that could take ``incident``; best first.
+
+    Candidates: on-duty units holding ``incident.qualification`` that are free
+    (``available``; also ``returning`` if the policy allows), plus, for incidents
+    at ``policy.preempt_up_to_priority`` or more urgent, units dispatched/en route
+    to a strictly less urgent incident (reason "preempts ..."). Units on scene are
+    never candidates. Units with an unknown or stale position come after every
+    unit with a known one, with ``eta_s = None`` and ``distance_m = None``, ranked
+    among themselves by workload and fairness. Known ones are sorted by (score,
+    cases today, longest on duty, id). At most ``policy.max_candidates`` are
+    returned; ``pick`` is the first candidate.
+    """
+    free_statuses = _free_statuses(policy)
+    pool = [
+        u
+        for u in units
+        if incident.qualification in u.qualifications
+        and (u.status in free_statuses or _may_preempt(incident, u, policy))
+    ]
+    if not pool:
+        return Recommendation(
+            incident.id, (), None, f"no on-duty unit qualified for {incident.qualification}"
+        )
+    coverage = _Coverage(units, policy)
+    fresh = [u for u in pool if _fresh(u, now, policy)]
+    stale = [u for u in pool if not _fresh(u, now, policy)]
+    times = np.zeros((1, 0))
+    by_road = np.zeros((1, 0), dtype=np.bool_)
+    dists = np.zeros(0)
+    if fresh:
+        lons = np.array([u.lon for u in fresh], dtype=np.float64)
+        lats = np.array([u.lat for u in fresh], dtype=np.float64)
+        times, by_road = travel_time_matrix(graph, [incident.lon], [incident.lat], lons, lats)
+        dists = haversine_m_np(lons, lats, incident.lon, incident.lat)
+
+    # Score everything cheaply, sort, and spell out reasons only for the shortlist.
+    keyed: list[tuple[tuple[int, float, int, float, str], int]] = []
+    for k, (unit, t) in enumerate(zip(fresh, times[0].tolist(), strict=True)):
+        extra = _terms(incident, unit, coverage, policy)[0]
+        keyed.append(((0, t + extra, unit.cases_today, _duty_key(unit), unit.id), k))
+    for k, unit in enumerate(stale, start=len(fresh)):
+        extra = _terms(incident, unit, coverage, policy)[0]
+        keyed.append(
+            ((1, policy.stale_eta_s + extra, unit.cases_today, _duty_key(unit), unit.id), k)
+        )
+    keyed.sort()
+
+    ranked: list[Candidate] = []
+    for key, k in keyed[: policy.max_candidates]:
+        unit = fresh[k] if k < len(fresh) else stale[k - len(fresh)]
+        _, preempts, lost = _terms(incident, unit, coverage, policy)
+        if k < len(fresh):
+            eta: float | None = float(times[0, k])
+            dist: float | None = float(dists[k])
+            how = "by road" if by_road[0, k] else "straight-line estimate"
+            head = f"eta {eta:.0f}s {how}"
+        else:
+            eta = dist = None
+            if unit.position_ts is None or unit.lon is None or unit.lat is None:
+                head = "position unknown"
+            else:
+                head = f"stale position (last fix {now - unit.position_ts:.0f}s ago)"
+        ranked.append(
+            Candidate(
+                unit.id,
+                eta,
+                dist,
+                key[1],
+                tuple(_reasons(head, unit, preempts, lost)),
+                unit.current_incident if preempts else None,
+            )
+        )
+    best = ranked[0]
+    if best.eta_s is None:
+        why = "no qualified unit with a known position; confirm by radio"
+    elif best.preempts is not None:
+        why = f"best score, preempting {best.preempts}"
+    else:
+        why = "best score"
+    return Recommendation(incident.id, tuple(ranked), best.unit_id, why)
+
+
+def closest_idle(incident: IncidentState, units: Sequence[UnitState], now: float) -> str | None:
+    """Baseline: the ``available`` qualified unit closest by straight line.
+
+    Uses the same staleness cut as the default policy (a unit without a fresh fix
+    is skipped) so that a comparison with ``rank`` isolates road distance and the
+    soft terms. ``None`` if there is none.
+    """
+    best: tuple[float, str] | None = None
+    for u in units:
+        if (
+            u.status != "available"
+            or incident.qualification not in u.qualifications
+            or not _fresh(u, now, DEFAULT_POLICY)
+        ):
+            continue
+        assert u.lon is not None and u.lat is not None
+        d = haversine_m(u.lon, u.lat, incident.lon, incident.lat)
+        if best is None or (d, u.id) < best:
+            best = (d, u.id)
+    return best[1] if best else None
+
+
+# ---------------------------------------------------------------------- joint assignment
+# One solved row: (index of the unit in the pool or -1, eta or None, reason).
+_Row = tuple[int, float | None, str]
+
+
+def _solve(
+    incidents: Sequence[IncidentState],
+    units: Sequence[UnitState],
+    graph: RoadGraph | None,
+    now: float,
+    policy: DispatchPolicy,
+    coverage: _Coverage,
+) -> list[_Row]:
+    """Min-cost assignment of ``incidents`` (rows) to ``units`` (columns), one row each.
+
+    Minimises sum(weight x score) over served incidents + sum(weight x
+    unserved_cost_s) over waiting ones. Subtracting the constant sum(weight x
+    unserved_cost_s) turns that into a matrix of *benefits*: weight x (score -
+    unserved_cost_s), always negative for a feasible pair, 0 for an infeasible one
+    (the same as staying unserved). So no "stay waiting" columns are needed and
+    the matrix is only incidents x units; a row matched at cost 0 is unserved.
+    """
+    n, m = len(incidents), len(units)
+    if m == 0:
+        return [(-1, None, f"no qualified unit free for {i.qualification}") for i in incidents]
+
+    # Travel times: fresh units by road, stale ones at the flat stale_eta_s.
+    fresh = np.array([_fresh(u, now, policy) for u in units], dtype=np.bool_)
+    eta = np.full((n, m), policy.stale_eta_s, dtype=np.float64)
+    by_road = np.zeros((n, m), dtype=np.bool_)
+    if fresh.any():
+        fidx = np.nonzero(fresh)[0]
+        fresh_units = [units[j] for j in fidx.tolist()]
+        t, r = travel_time_matrix(
+            graph,
+            [i.lon for i in incidents],
+            [i.lat for i in incidents],
+            np.array([u.lon for u in fresh_units], dtype=np.float64),
+            np.array([u.lat for u in fresh_units], dtype=np.float64),
+        )
+        if fresh.all():
+            eta, by_road = t, r
+        else:
+            eta[:, fidx] = t
+            by_road[:, fidx] = r
+
+    # Feasibility: the qualification, and for busy units the preemption rule.
+    free_statuses = _free_statuses(policy)
+    free_col = np.array([u.status in free_statuses for u in units], dtype=np.bool_)
+    quals = sorted({i.qualification for i in incidents})
+    has = np.array([[q in u.qualifications for u in units] for q in quals], dtype=np.bool_)
+    row_qual = np.array([quals.index(i.qualification) for i in incidents], dtype=np.intp)
+    feasible = has[row_qual] & free_col[None, :]
+    busy_cols = np.nonzero(~free_col)[0].tolist()
+    if busy_cols:
+        for i, inc in enumerate(incidents):
+            if inc.priority <= policy.preempt_up_to_priority:
+                for j in busy_cols:
+                    feasible[i, j] = bool(has[row_qual[i], j]) and _may_preempt(
+                        inc, units[j], policy
+                    )
+
+    # Soft terms, vectorised: per column, applied to the rows they concern.
+    prio = np.array([i.priority for i in incidents])
+    soft_rows = prio >= policy.soft_terms_from_priority
+    cases = np.array([min(u.cases_today, policy.workload_cases_cap) for u in units], dtype=float)
+    score = eta + np.where(soft_rows[:, None], policy.workload_s_per_case * cases[None, :], 0.0)
+    sole = np.array([bool(coverage.lost(u)) for u in units], dtype=np.bool_)
+    if sole.any():
+        grid_ids: dict[str, int] = {}
+        inc_grid = np.array([grid_ids.setdefault(i.grid, len(grid_ids)) for i in incidents])
+        home = np.array([grid_ids.setdefault(u.home_grid, len(grid_ids)) for u in units])
+        hit = (inc_grid[:, None] != home[None, :]) & sole[None, :] & soft_rows[:, None]
+        score[hit] += policy.coverage_penalty_s
+    if busy_cols:
+        score[:, busy_cols] += policy.preempt_penalty_s
+
+    weights = np.array([policy.weight(p) for p in prio.tolist()], dtype=np.float64)
+    benefit = np.where(feasible, weights[:, None] * (score - policy.unserved_cost_s), 0.0)
+    rows, cols = linear_sum_assignment(benefit)
+
+    out: list[_Row] = []
+    matched = dict(zip(rows.tolist(), cols.tolist(), strict=True))
+    for i, inc in enumerate(incidents):
+        j = matched.get(i, -1)
+        if j < 0 or not feasible[i, j]:
+            if feasible[i].any():
+                out.append((-1, None, "qualified units all taken by more urgent incidents"))
+            else:
+                out.append((-1, None, f"no qualified unit free for {inc.qualification}"))
+            continue
+        unit = units[j]
+        _, preempts, lost = _terms(inc, unit, coverage, policy)
+        if fresh[j]:
+            how = "by road" if by_road[i, j] else "straight-line estimate"
+            head = f"eta {eta[i, j]:.0f}s {how}"
+            out.append(
+                (j, float(eta[i, j]), "joint: " + "; ".join(_reasons(head, unit, preempts, lost)))
+            )
+        else:
+            head = "position unknown or stale; confirm by radio"
+            out.append((j, None, "joint: " + "; ".join(_reasons(head, unit, preempts, lost))))
+    return out
+
+
+def _priority_order(incident: IncidentState) -> tuple[int, float, str]:
+    return (incident.priority, incident.opened_at, incident.id)
+
+
+def _line(incident: IncidentState, pool: Sequence[UnitState], row: _Row, note: str) -> Assignment:
+    j, eta, why = row
+    why = note + why
+    if j < 0:
+        return Assignment(incident.id, None, None, None, why)
+    unit = pool[j]
+    preempted = unit.current_incident if unit.status in PREEMPTABLE_STATUSES else None
+    return Assignment(incident.id, unit.id, eta, preempted, why)
+
+
+def assign_jointly(
+    incidents: Sequence[IncidentState],
+    units: Sequence[UnitState],
+    graph: RoadGraph | None,
+    now: float,
+    policy: DispatchPolicy = DEFAULT_POLICY,
+) -> list[Assignment]:
+    """A plan for every waiting incident, minimising priority-weighted response time.
+
+    ``incidents`` are the open incidents; those with ``assigned_unit is None`` wait
+    and get one ``Assignment`` each (``unit_id=None`` if none can be served). The
+    others are only consulted when a critical incident preempts their unit: the
+    displaced incident then waits again and is re-planned in the same call (its
+    line starts "displaced by ..."); if it is not among ``incidents`` its line says
+    to re-queue it. Works with more incidents than units and the reverse. Lines
+    are ordered by priority, then age, then id.
+
+    Two solves: the first over free and preemptable units; if it preempts, those
+    preemptions are kept and everything else (including displaced incidents) is
+    solved again over the free units. Displaced incidents are less urgent than
+    the incident that displaced them, so they never preempt in turn. The coverage
+    term is computed once from the free units before the solve (it does not see
+    two units leaving the same grid in one plan).
+    """
+    waiting = sorted((i for i in incidents if i.assigned_unit is None), key=_priority_order)
+    if not waiting:
+        return []
+    by_id = {i.id: i for i in incidents}
+    quals = {i.qualification for i in waiting}
+    coverage = _Coverage(units, policy)
+    free_statuses = _free_statuses(policy)
+    all_free = [u for u in units if u.status in free_statuses]
+    free = [u for u in all_free if u.qualifications & quals]
+    urgent = [i.priority for i in waiting if i.priority <= policy.preempt_up_to_priority]
+    busy = [
+        u
+        for u in units
+        if urgent
+        and u.status in PREEMPTABLE_STATUSES
+        and u.current_priority is not None
+        and u.current_priority > min(urgent)
+        and u.qualifications & quals
+    ]
+    pool = free + busy
+    first = _solve(waiting, pool, graph, now, policy, coverage)
+    preempting = {i: row for i, row in enumerate(first) if row[0] >= len(free)}
+    if not preempting:
+        return [_line(inc, pool, row, "") for inc, row in zip(waiting, first, strict=True)]
+
+    lines: list[tuple[tuple[int, float, str], Assignment]] = []
+    displaced_by: dict[str, str] = {}
+    for i, row in preempting.items():
+        lines.append((_priority_order(waiting[i]), _line(waiting[i], pool, row, "")))
+        victim_id = pool[row[0]].current_incident
+        assert victim_id is not None
+        displaced_by[victim_id] = waiting[i].id
+        if victim_id not in by_id:
+            why = f"displaced by {waiting[i].id}; not in the open set, re-queue it"
+            lines.append(((9, 0.0, victim_id), Assignment(victim_id, None, None, None, why)))
+    displaced = [replace(by_id[v], assigned_unit=None) for v in displaced_by if v in by_id]
+    rest = sorted(
+        [inc for i, inc in enumerate(waiting) if i not in preempting] + displaced,
+        key=_priority_order,
+    )
+    # Displaced incidents may need qualifications no waiting incident needed.
+    rest_quals = {i.qualification for i in rest}
+    rest_free = [u for u in all_free if u.qualifications & rest_quals]
+    second = _solve(rest, rest_free, graph, now, policy, coverage)
+    for inc, row in zip(rest, second, strict=True):
+        note = f"displaced by {displaced_by[inc.id]}; " if inc.id in displaced_by else ""
+        lines.append((_priority_order(inc), _line(inc, rest_free, row, note)))
+    lines.sort(key=lambda kl: kl[0])
+    return [line for _, line in lines]
