@@ -205,8 +205,8 @@ EOF
       || { tail -20 "$VAR/log/pg.log" >&2; die "PostgreSQL did not start"; }
   fi
   local pw; pw="$(secret db-password)"
-  as_service "$bindir/psql" -U postgres -h "$run" -p "$PG_PORT" -d postgres -qAt -v ON_ERROR_STOP=1 >/dev/null <<EOF
-SELECT 'ok';
+  as_service env PGOPTIONS='-c client_min_messages=warning' \
+    "$bindir/psql" -U postgres -h "$run" -p "$PG_PORT" -d postgres -qAt -v ON_ERROR_STOP=1 >/dev/null <<EOF
 DO \$\$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'gridhub') THEN
     CREATE ROLE gridhub LOGIN CREATEDB;

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -12,7 +15,7 @@ import pytest
 
 from core.db import connect, migrate, migration_files
 from core.errors import MissingTimescaleDB
-from tests.conftest import create_database, drop_database
+from tests.conftest import create_database, drop_database, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,28 +43,49 @@ async def test_migrations_apply_once_and_create_hypertables(base_db_url: str) ->
         await drop_database(base_db_url, name)
 
 
-async def test_hub_refuses_database_without_timescaledb(base_db_url: str) -> None:
-    # template0 has no timescaledb, and the application role may not create it.
-    name = f"gridhub_nots{os.getpid()}"
-    url = await create_database(base_db_url, name, template="template0")
+@pytest.fixture
+def plain_postgres() -> Iterator[str]:
+    """A throw-away PostgreSQL cluster that does not load TimescaleDB."""
+    bindir = sorted(Path("/usr/lib/postgresql").iterdir(), key=lambda p: int(p.name))[-1] / "bin"
+    # Under var/test rather than /tmp/pytest-of-root, which the services' account cannot enter.
+    (ROOT / "var" / "test").mkdir(parents=True, exist_ok=True)
+    data = Path(tempfile.mkdtemp(prefix="plainpg-", dir=ROOT / "var" / "test"))
+    port = free_port()
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL will not run as root: use the services' account
+        shutil.chown(data, "gridhub")
+        prefix = ["runuser", "-u", "gridhub", "--"]
+    subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data / "pg"), "-U", "postgres",
+                    "-A", "trust"], check=True, capture_output=True)
+    subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data / "pg"), "-w", "-l",
+                    str(data / "log"), "-o", f"-p {port} -k {data} -c listen_addresses=''",
+                    "start"], check=True, capture_output=True)
     try:
-        conn = await connect(url)
-        try:
-            with pytest.raises(MissingTimescaleDB) as err:
-                await migrate(conn)
-            assert err.value.code == "config.timescaledb_missing"
-        finally:
-            await conn.close()
-        proc = subprocess.run(
-            [sys.executable, "-m", "hub", "serve"], cwd=ROOT, capture_output=True, text=True,
-            env={**os.environ, "HUB_DATABASE_URL": url, "HUB_HTTP_PORT": "1"}, timeout=60)
-        assert proc.returncode != 0
-        lines = [ln for ln in proc.stderr.strip().splitlines() if "config.timescaledb" in ln]
-        assert len(lines) == 1 and "TimescaleDB is required" in lines[0], proc.stderr
-        conn = await asyncpg.connect(url)
-        try:
-            assert await conn.fetchval("SELECT to_regclass('telemetry')") is None
-        finally:
-            await conn.close()
+        yield f"postgresql://postgres@/postgres?host={data}&port={port}"
     finally:
-        await drop_database(base_db_url, name)
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data / "pg"), "-m",
+                        "immediate", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+async def test_hub_refuses_database_without_timescaledb(plain_postgres: str) -> None:
+    conn = await connect(plain_postgres)
+    try:
+        with pytest.raises(MissingTimescaleDB) as err:
+            await migrate(conn)
+        assert err.value.code == "config.timescaledb_missing"
+    finally:
+        await conn.close()
+    proc = subprocess.run(
+        [sys.executable, "-m", "hub", "serve"], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "HUB_DATABASE_URL": plain_postgres, "HUB_HTTP_PORT": "1"},
+        timeout=60)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "config.timescaledb_missing" in lines[0] and "TimescaleDB is required" in lines[0]
+    conn = await asyncpg.connect(plain_postgres)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('telemetry')") is None
+    finally:
+        await conn.close()
