@@ -15,7 +15,7 @@ from pathlib import Path
 
 from core import log as hub_log
 from core.db import connect, migrate
-from core.errors import HubError
+from core.errors import HubError, InvalidInput
 from core.settings import Settings
 
 RULES_FILE = Path(__file__).resolve().parent.parent / "simulators" / "data" / "rules.toml"
@@ -50,8 +50,11 @@ async def _import_geojson(settings: Settings, grids: Path, roads: Path, name: st
     from hub import town
     from simulators.geojson_import import town_from_geojson
 
-    doc = town_from_geojson(json.loads(grids.read_text(encoding="utf-8")),
-                            json.loads(roads.read_text(encoding="utf-8")), name)
+    try:
+        doc = town_from_geojson(json.loads(grids.read_text(encoding="utf-8")),
+                                json.loads(roads.read_text(encoding="utf-8")), name)
+    except (ValueError, OSError) as e:  # json.JSONDecodeError is a ValueError
+        raise InvalidInput(str(e), code="town.invalid_geojson") from e
     conn = await connect(settings.database_url)
     try:
         await migrate(conn)
