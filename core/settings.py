@@ -46,6 +46,22 @@ class Settings(BaseSettings):
     # Payload bytes kept in a dead letter: enough to see what was wrong, bounded storage.
     dead_letter_max_bytes: int = 4096
 
+    # Retention, in days, per table (drop_chunks by a scheduled job). Raw readings serve
+    # recent charts and backtests; the rollups serve reports for years.
+    retention_telemetry_days: int = 30
+    retention_positions_days: int = 90
+    retention_rollup_1m_days: int = 180
+    retention_rollup_1h_days: int = 1825
+    retention_dead_letters_days: int = 30
+
+    # Event time. Readings are handed to the rules in device-time order per device; one
+    # older than the newest already evaluated by more than this is stored, marked late and
+    # not evaluated. 0 means "in order or late": MQTT keeps one device's messages in order.
+    reorder_window_s: float = 2.0
+    # A device whose clock (received minus device time, smoothed) is off by more than this
+    # is flagged: its readings are stored by device time but operators are told.
+    clock_skew_limit_s: float = 60.0
+
     # Dispatch: a GPS fix older than this is "position unknown" (Resgrid-style staleness).
     position_stale_after_s: float = 120.0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -9,12 +10,15 @@ from pydantic import BaseModel, Field
 
 from core import outbox
 from core.db import row_view
-from core.errors import NotFound
+from core.errors import InvalidInput, NotFound
 from dispatch import service as dispatch_service
 from hub.live import INCIDENT_COLUMNS, UNIT_COLUMNS
 from ingest import alarms
 
 router = APIRouter(prefix="/api")
+
+# Raw readings are for short ranges; longer ones come from the rollups.
+RAW_SERIES_MAX_S = 24 * 3600
 
 Actor = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[\w.:@-]+$")]
 Reason = Annotated[str, Field(max_length=500)]
@@ -35,6 +39,21 @@ async def health(request: Request) -> dict[str, Any]:
         "ingest": hub.ingest.pipeline.stats() if hub.ingest and hub.ingest.pipeline else None,
         "kpis": hub.kpis,
     }
+
+
+@router.get("/ingest/stats")
+async def ingest_stats(request: Request, reset: bool = False) -> dict[str, Any]:
+    """Ingest counters, dead letters by reason, and publish-to-commit latency percentiles
+    (device time to commit) over the last million readings; ``reset`` empties the window."""
+    hub = _hub(request)
+    if hub.ingest is None or hub.ingest.pipeline is None:
+        raise NotFound("no ingest role in this process", code="ingest.not_running")
+    stats = hub.ingest.pipeline.stats()
+    writer_stats = hub.ingest.pipeline.writer.stats
+    stats["latency"] = writer_stats.latency_percentiles()
+    if reset:
+        writer_stats.latencies.clear()
+    return stats
 
 
 @router.get("/town")
@@ -96,6 +115,48 @@ async def device_latest(request: Request, device_id: str) -> dict[str, Any]:
     if not rows:
         raise NotFound(f"no readings for device {device_id}", code="device.no_data")
     return {"device_id": device_id, "metrics": {r["metric"]: row_view(r) for r in rows}}
+
+
+SERIES_TABLES = {"1m": "telemetry_1m", "1h": "telemetry_1h"}
+
+
+@router.get("/devices/{device_id}/series")
+async def device_series(
+    request: Request, device_id: str,
+    metric: Annotated[str, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")],
+    since: Annotated[float, Query(description="UNIX seconds")],
+    until: Annotated[float | None, Query(description="UNIX seconds; default now")] = None,
+    resolution: Annotated[str, Query(pattern="^(raw|1m|1h)$")] = "1m",
+) -> dict[str, Any]:
+    """A metric over a time range, from the rollups (min/max/avg/count per bucket) or raw."""
+    pool = _hub(request).pool
+    until = until if until is not None else time.time()
+    if until <= since:
+        raise InvalidInput("until must be after since", code="series.bad_range")
+    if resolution == "raw":
+        if until - since > RAW_SERIES_MAX_S:
+            raise InvalidInput("raw series are limited to 24 hours; use 1m or 1h",
+                               code="series.range_too_long")
+        rows = await pool.fetch(
+            "SELECT ts, value, late FROM telemetry WHERE device_id = $1 AND metric = $2 "
+            "AND ts >= to_timestamp($3) AND ts < to_timestamp($4) ORDER BY ts",
+            device_id, metric, since, until)
+    else:
+        rows = await pool.fetch(
+            f"SELECT bucket, min, max, avg, count FROM {SERIES_TABLES[resolution]} "
+            "WHERE device_id = $1 AND metric = $2 AND bucket >= to_timestamp($3) "
+            "AND bucket < to_timestamp($4) ORDER BY bucket", device_id, metric, since, until)
+    return {"device_id": device_id, "metric": metric, "resolution": resolution,
+            "points": [row_view(r) for r in rows]}
+
+
+@router.get("/devices/clocks")
+async def device_clocks(request: Request, flagged: bool = False) -> list[dict[str, Any]]:
+    """Per-device clock skew (received minus device time) and late readings."""
+    rows = await _hub(request).pool.fetch(
+        "SELECT device_id, skew_s, last_skew_s, samples, late, flagged, updated_at "
+        "FROM device_clocks WHERE NOT $1 OR flagged ORDER BY abs(skew_s) DESC", flagged)
+    return [row_view(r) for r in rows]
 
 
 @router.get("/units")

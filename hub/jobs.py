@@ -7,9 +7,12 @@ heap (dispatch). These are the periodic housekeeping and figures.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from ingest import retention
 
 if TYPE_CHECKING:
     from hub.app import Hub
@@ -35,20 +38,63 @@ async def refresh_kpis(hub: Hub) -> None:
     hub.kpis.update(devices=row["devices"], devices_online=row["online"])
 
 
+async def save_clocks(hub: Hub) -> None:
+    if hub.ingest is not None:
+        await hub.ingest.save_clocks()
+
+
+def _leads(hub: Hub) -> bool:
+    return hub.dispatcher is not None and hub.dispatcher.is_leader
+
+
+async def rollups(hub: Hub) -> None:
+    if not _leads(hub):
+        return
+    for r in retention.ROLLUPS:
+        await retention.run_rollup(hub.pool, r)
+
+
+async def apply_retention(hub: Hub) -> None:
+    if not _leads(hub):
+        return
+    s = hub.settings
+    for table, days in (("telemetry", s.retention_telemetry_days),
+                        ("positions", s.retention_positions_days),
+                        ("telemetry_1m", s.retention_rollup_1m_days),
+                        ("telemetry_1h", s.retention_rollup_1h_days)):
+        await retention.drop_old_chunks(hub.pool, table, timedelta(days=days))
+    await hub.pool.execute(
+        "DELETE FROM dead_letters WHERE received_at < now() - make_interval(days => $1)",
+        s.retention_dead_letters_days)
+
+
 async def reload_registry(hub: Hub) -> None:
     if hub.ingest is not None:
         await hub.ingest.registry.load(hub.pool)
 
 
-JOBS: list[tuple[str, Any, int]] = [
-    ("kpi.refresh", refresh_kpis, KPI_INTERVAL_S),
-    ("ingest.registry_reload", reload_registry, REGISTRY_RELOAD_S),
+# Minute buckets are final a minute after they close; running every 30 s keeps charts at
+# most ~90 s behind. Retention deals in whole days: hourly is plenty.
+ROLLUP_INTERVAL_S = 30
+RETENTION_INTERVAL_S = 3600
+CLOCKS_INTERVAL_S = 30
+
+# (name, coroutine function, every seconds, roles that run it)
+JOBS: list[tuple[str, Any, int, str]] = [
+    ("kpi.refresh", refresh_kpis, KPI_INTERVAL_S, "web"),
+    ("ingest.registry_reload", reload_registry, REGISTRY_RELOAD_S, "ingest"),
+    ("ingest.device_clocks", save_clocks, CLOCKS_INTERVAL_S, "ingest"),
+    # Upkeep of shared tables: done by the dispatch leader's process, one of which runs.
+    ("timeseries.rollups", rollups, ROLLUP_INTERVAL_S, "dispatch"),
+    ("timeseries.retention", apply_retention, RETENTION_INTERVAL_S, "dispatch"),
 ]
 
 
 def start(hub: Hub) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(timezone="UTC")
-    for name, fn, every_s in JOBS:
+    for name, fn, every_s, role in JOBS:
+        if role not in hub.roles:
+            continue
         scheduler.add_job(fn, "interval", seconds=every_s, args=[hub], id=name, name=name,
                           max_instances=1, coalesce=True, misfire_grace_time=every_s)
     scheduler.start()

@@ -57,9 +57,40 @@ class Registry:
         self.rules_by_metric = by_metric
 
 
+# Smoothing of a device's clock skew: each reading moves the estimate 10% of the way, so
+# one delayed message does not flag a device but a clock that is really off does within
+# a few dozen readings.
+SKEW_ALPHA = 0.1
+
+
+@dataclass(slots=True)
+class DeviceClock:
+    """What the hub knows of one device's clock and ordering."""
+
+    newest_ts: float = float("-inf")  # newest device time seen
+    skew_s: float = 0.0               # smoothed received - device time
+    last_skew_s: float = 0.0
+    samples: int = 0
+    late: int = 0
+    flagged: bool = False
+
+    def observe(self, ts: float, received_at: float, limit_s: float) -> None:
+        skew = received_at - ts
+        self.skew_s = skew if self.samples == 0 else (
+            self.skew_s + SKEW_ALPHA * (skew - self.skew_s))
+        self.last_skew_s = skew
+        self.samples += 1
+        self.flagged = abs(self.skew_s) > limit_s
+
+
+def _by_ts(r: wire.Reading) -> float:
+    return r.ts
+
+
 class Pipeline:
     def __init__(self, pool: asyncpg.Pool, writer: BatchWriter, registry: Registry,
-                 limits: wire.Limits = wire.DEFAULT_LIMITS) -> None:
+                 limits: wire.Limits = wire.DEFAULT_LIMITS, *, reorder_window_s: float = 2.0,
+                 clock_skew_limit_s: float = 60.0) -> None:
         self.pool = pool
         self.writer = writer
         self.registry = registry
@@ -68,7 +99,14 @@ class Pipeline:
         self.alarm_queue: asyncio.Queue[tuple[str, rules.Rule, str, float, float]] = (
             asyncio.Queue(ALARM_QUEUE_MAX))
         self.decoded = 0
+        self.late = 0
         self.rejected: dict[str, int] = defaultdict(int)
+        self.reorder_window_s = reorder_window_s
+        self.clock_skew_limit_s = clock_skew_limit_s
+        self.clocks: dict[str, DeviceClock] = {}
+        self.dirty_clocks: set[str] = set()
+        # Readings of the current burst waiting to be evaluated in device-time order.
+        self._to_evaluate: list[wire.Reading] = []
         # Live positions for the console (set by the hub when a web role runs here too).
         self.on_position: (
             Callable[[str, float, float, float, float | None, float | None], None] | None
@@ -80,6 +118,13 @@ class Pipeline:
         for topic, payload, mid, received_at, gen in deliveries:
             self.handle(topic, payload, received_at)
             w.add_ack(mid, gen)
+        if self._to_evaluate:
+            # Everything that arrived together (a gateway batch, a backlog after a
+            # reconnect) reaches the rules in device-time order; the sort is stable, so
+            # each device's readings keep their order among equal times.
+            burst, self._to_evaluate = self._to_evaluate, []
+            burst.sort(key=_by_ts)
+            self.evaluate(burst)
 
     def handle(self, topic: str, payload: bytes, received_at: float) -> None:
         res = wire.decode(topic, payload, received_at, self.limits)
@@ -98,9 +143,26 @@ class Pipeline:
         self.decoded += 1
         rcv = ts_of(received_at)
         if res.readings:
-            self.writer.add_telemetry(
-                (ts_of(r.ts), r.device_id, r.metric, r.value, rcv, False) for r in res.readings)
-            self.evaluate(res.readings)
+            rows = []
+            clocks = self.clocks
+            window = self.reorder_window_s
+            for r in res.readings:
+                clock = clocks.get(r.device_id)
+                if clock is None:
+                    clock = clocks[r.device_id] = DeviceClock()
+                clock.observe(r.ts, received_at, self.clock_skew_limit_s)
+                late = r.ts < clock.newest_ts - window
+                if late:
+                    # Stored by device time, but too old to change what the rules decided.
+                    clock.late += 1
+                    self.late += 1
+                else:
+                    if r.ts > clock.newest_ts:
+                        clock.newest_ts = r.ts
+                    self._to_evaluate.append(r)
+                rows.append((ts_of(r.ts), r.device_id, r.metric, r.value, rcv, late))
+            self.dirty_clocks.update(r.device_id for r in res.readings)
+            self.writer.add_telemetry(rows)
         if res.positions:
             self.writer.add_positions(
                 (ts_of(p.ts), p.unit_id, p.lat, p.lon, p.speed, p.heading, p.accuracy, rcv)
@@ -108,6 +170,10 @@ class Pipeline:
             if self.on_position is not None:
                 for p in res.positions:
                     self.on_position(p.unit_id, p.ts, p.lon, p.lat, p.speed, p.heading)
+
+    def take_dirty_clocks(self) -> list[tuple[str, DeviceClock]]:
+        ids, self.dirty_clocks = self.dirty_clocks, set()
+        return [(i, self.clocks[i]) for i in ids]
 
     def reject(self, topic: str, payload: bytes, code: str, detail: str, received_at: float
                ) -> None:
@@ -165,6 +231,8 @@ class Pipeline:
         s = self.writer.stats
         return {
             "decoded": self.decoded,
+            "late": self.late,
+            "devices_clock_flagged": sum(1 for c in self.clocks.values() if c.flagged),
             "rejected": dict(self.rejected),
             "pending_rows": self.writer.pending(),
             "telemetry_rows": s.telemetry_rows,

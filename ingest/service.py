@@ -34,7 +34,9 @@ class IngestRole:
             self.pool, ack=lambda acks: self.mqtt.ack(acks) if self.mqtt else None,
             batch_size=s.ingest_batch_size, flush_interval_s=s.ingest_flush_interval_s,
             dead_letter_max_bytes=s.dead_letter_max_bytes)
-        self.pipeline = Pipeline(self.pool, writer, self.registry)
+        self.pipeline = Pipeline(self.pool, writer, self.registry,
+                                 reorder_window_s=s.reorder_window_s,
+                                 clock_skew_limit_s=s.clock_skew_limit_s)
         await self.pipeline.restore_rule_state()
         self.mqtt = MqttIngest(
             s.mqtt_url, s.mqtt_client_id, wire.SUBSCRIPTIONS, loop, self.pipeline.on_delivery,
@@ -46,6 +48,22 @@ class IngestRole:
         ]
         self.mqtt.start()
         log.info("ingest started (client %s, group %s)", s.mqtt_client_id, s.mqtt_share_group)
+
+    async def save_clocks(self) -> int:
+        """Persist the clocks that moved since the last call (a scheduled job)."""
+        if self.pipeline is None:
+            return 0
+        dirty = self.pipeline.take_dirty_clocks()
+        if dirty:
+            await self.pool.executemany(
+                """INSERT INTO device_clocks (device_id, skew_s, last_skew_s, samples, late,
+                                              flagged, updated_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, now())
+                   ON CONFLICT (device_id) DO UPDATE SET skew_s = excluded.skew_s,
+                     last_skew_s = excluded.last_skew_s, samples = excluded.samples,
+                     late = excluded.late, flagged = excluded.flagged, updated_at = now()""",
+                [(i, c.skew_s, c.last_skew_s, c.samples, c.late, c.flagged) for i, c in dirty])
+        return len(dirty)
 
     async def stop(self) -> None:
         if self.mqtt:

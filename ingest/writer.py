@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -88,6 +89,11 @@ class Batch:
         return not (self.telemetry or self.positions or self.dead or self.acks)
 
 
+# Publish-to-commit latencies kept for percentiles (device time is the publisher's clock on
+# this machine in benchmarks): the last million readings, about 8 MB.
+LATENCY_SAMPLES = 1_000_000
+
+
 @dataclass
 class WriterStats:
     flushed_batches: int = 0
@@ -97,6 +103,17 @@ class WriterStats:
     failures: int = 0
     last_commit_ms: float = 0.0
     db_ok: bool = True
+    # seconds from device time to commit, per telemetry row and position
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+
+    def latency_percentiles(self) -> dict[str, float | int]:
+        data = sorted(self.latencies)
+        if not data:
+            return {"samples": 0}
+        def pick(q: float) -> float:
+            return round(data[min(len(data) - 1, int(q * len(data)))] * 1000.0, 2)
+        return {"samples": len(data), "p50_ms": pick(0.5), "p90_ms": pick(0.9),
+                "p99_ms": pick(0.99), "max_ms": round(data[-1] * 1000.0, 2)}
 
 
 class BatchWriter:
@@ -205,6 +222,10 @@ class BatchWriter:
                 await conn.copy_records_to_table(
                     "dead_letters", records=batch.dead,
                     columns=("received_at", "topic", "payload", "size", "reason", "detail"))
+        committed = time.time()
+        lat = self.stats.latencies
+        lat.extend(committed - r[0].timestamp() for r in batch.telemetry)
+        lat.extend(committed - r[0].timestamp() for r in batch.positions)
         self.stats.flushed_batches += 1
         self.stats.telemetry_rows += len(batch.telemetry)
         self.stats.position_rows += len(batch.positions)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -205,6 +207,47 @@ async def wait_for(fn: Any, timeout: float = 10.0, interval: float = 0.05) -> An
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+class ThrowawayPostgres:
+    """A private PostgreSQL cluster for one test, with or without TimescaleDB loaded, that the
+    test may stop and start (a fault test) without touching the shared test cluster."""
+
+    def __init__(self, *, timescaledb: bool) -> None:
+        bindir = sorted(Path("/usr/lib/postgresql").iterdir(), key=lambda p: int(p.name))[-1]
+        self.bin = bindir / "bin"
+        # Under var/test rather than /tmp/pytest-of-root, which the services' account
+        # cannot enter.
+        (ROOT / "var" / "test").mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix="pg-", dir=ROOT / "var" / "test"))
+        self.port = free_port()
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:  # PostgreSQL will not run as root: use the services' account
+            shutil.chown(self.dir, "gridhub")
+            self.prefix = ["runuser", "-u", "gridhub", "--"]
+        subprocess.run([*self.prefix, str(self.bin / "initdb"), "-D", str(self.dir / "pg"),
+                        "-U", "postgres", "-A", "trust"], check=True, capture_output=True)
+        if timescaledb:
+            with (self.dir / "pg" / "postgresql.conf").open("a") as f:
+                f.write("shared_preload_libraries = 'timescaledb'\n"
+                        "timescaledb.telemetry_level = off\n")
+        self.url = f"postgresql://postgres@/postgres?host={self.dir}&port={self.port}"
+
+    def start(self) -> ThrowawayPostgres:
+        subprocess.run([*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.dir / "pg"),
+                        "-w", "-l", str(self.dir / "log"), "-o",
+                        f"-p {self.port} -k {self.dir} -c listen_addresses=''", "start"],
+                       check=True, capture_output=True)
+        return self
+
+    def stop(self) -> None:
+        subprocess.run([*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.dir / "pg"),
+                        "-m", "fast", "-w", "stop"], capture_output=True)
+
+    def destroy(self) -> None:
+        subprocess.run([*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.dir / "pg"),
+                        "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def town_doc() -> dict[str, Any]:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 
 from core.db import connect, migrate, migration_files
 from core.errors import MissingTimescaleDB
-from tests.conftest import create_database, drop_database, free_port
+from tests.conftest import ThrowawayPostgres, create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,26 +44,9 @@ async def test_migrations_apply_once_and_create_hypertables(base_db_url: str) ->
 @pytest.fixture
 def plain_postgres() -> Iterator[str]:
     """A throw-away PostgreSQL cluster that does not load TimescaleDB."""
-    bindir = sorted(Path("/usr/lib/postgresql").iterdir(), key=lambda p: int(p.name))[-1] / "bin"
-    # Under var/test rather than /tmp/pytest-of-root, which the services' account cannot enter.
-    (ROOT / "var" / "test").mkdir(parents=True, exist_ok=True)
-    data = Path(tempfile.mkdtemp(prefix="plainpg-", dir=ROOT / "var" / "test"))
-    port = free_port()
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL will not run as root: use the services' account
-        shutil.chown(data, "gridhub")
-        prefix = ["runuser", "-u", "gridhub", "--"]
-    subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data / "pg"), "-U", "postgres",
-                    "-A", "trust"], check=True, capture_output=True)
-    subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data / "pg"), "-w", "-l",
-                    str(data / "log"), "-o", f"-p {port} -k {data} -c listen_addresses=''",
-                    "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql://postgres@/postgres?host={data}&port={port}"
-    finally:
-        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data / "pg"), "-m",
-                        "immediate", "stop"], capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
+    pg = ThrowawayPostgres(timescaledb=False).start()
+    yield pg.url
+    pg.destroy()
 
 
 async def test_hub_refuses_database_without_timescaledb(plain_postgres: str) -> None:
