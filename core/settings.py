@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # A device whose clock (received minus device time, smoothed) is off by more than this
     # is flagged: its readings are stored by device time but operators are told.
     clock_skew_limit_s: float = 60.0
+    # How often the device clocks are written to the database (a scheduled job).
+    clock_save_interval_s: float = 30.0
 
     # Dispatch: a GPS fix older than this is "position unknown" (Resgrid-style staleness).
     position_stale_after_s: float = 120.0

@@ -7,11 +7,13 @@ heap (dispatch). These are the periodic housekeeping and figures.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from core.settings import Settings
 from ingest import retention
 
 if TYPE_CHECKING:
@@ -77,25 +79,30 @@ async def reload_registry(hub: Hub) -> None:
 # most ~90 s behind. Retention deals in whole days: hourly is plenty.
 ROLLUP_INTERVAL_S = 30
 RETENTION_INTERVAL_S = 3600
-CLOCKS_INTERVAL_S = 30
 
-# (name, coroutine function, every seconds, roles that run it)
-JOBS: list[tuple[str, Any, int, str]] = [
-    ("kpi.refresh", refresh_kpis, KPI_INTERVAL_S, "web"),
-    ("ingest.registry_reload", reload_registry, REGISTRY_RELOAD_S, "ingest"),
-    ("ingest.device_clocks", save_clocks, CLOCKS_INTERVAL_S, "ingest"),
-    # Upkeep of shared tables: done by the dispatch leader's process, one of which runs.
-    ("timeseries.rollups", rollups, ROLLUP_INTERVAL_S, "dispatch"),
-    ("timeseries.retention", apply_retention, RETENTION_INTERVAL_S, "dispatch"),
+
+def _every(seconds: float) -> Callable[[Settings], float]:
+    return lambda _settings: seconds
+
+
+# (name, coroutine function, interval from settings, role that runs it)
+JOBS: list[tuple[str, Any, Callable[[Settings], float], str]] = [
+    ("kpi.refresh", refresh_kpis, _every(KPI_INTERVAL_S), "web"),
+    ("ingest.registry_reload", reload_registry, _every(REGISTRY_RELOAD_S), "ingest"),
+    ("ingest.device_clocks", save_clocks, lambda s: s.clock_save_interval_s, "ingest"),
+    # Upkeep of shared tables: done by the dispatch leader's process only.
+    ("timeseries.rollups", rollups, _every(ROLLUP_INTERVAL_S), "dispatch"),
+    ("timeseries.retention", apply_retention, _every(RETENTION_INTERVAL_S), "dispatch"),
 ]
 
 
 def start(hub: Hub) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(timezone="UTC")
-    for name, fn, every_s, role in JOBS:
+    for name, fn, interval, role in JOBS:
         if role not in hub.roles:
             continue
+        every_s = interval(hub.settings)
         scheduler.add_job(fn, "interval", seconds=every_s, args=[hub], id=name, name=name,
-                          max_instances=1, coalesce=True, misfire_grace_time=every_s)
+                          max_instances=1, coalesce=True, misfire_grace_time=max(1, int(every_s)))
     scheduler.start()
     return scheduler

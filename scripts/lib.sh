@@ -214,11 +214,16 @@ DO \$\$ BEGIN
 END \$\$;
 ALTER ROLE gridhub PASSWORD '$pw';
 \c template1
-CREATE EXTENSION IF NOT EXISTS timescaledb;
+DROP EXTENSION IF EXISTS timescaledb;
 EOF
-  if ! as_service "$bindir/psql" -U postgres -h "$run" -p "$PG_PORT" -d postgres -qAt \
+  # The hub creates the timescaledb extension in its own database when it migrates; no
+  # template carries it, because TimescaleDB's background scheduler sits in every database
+  # that has it and a busy template makes CREATE DATABASE fail.
+  local psql_su=("$bindir/psql" -U postgres -h "$run" -p "$PG_PORT" -qAt -v ON_ERROR_STOP=1)
+  if ! as_service "${psql_su[@]}" -d postgres \
       -c "SELECT 1 FROM pg_database WHERE datname='gridhub'" | grep -q 1; then
-    as_service "$bindir/psql" -U postgres -h "$run" -p "$PG_PORT" -d postgres -q -c "CREATE DATABASE gridhub OWNER gridhub" >/dev/null
+    as_service "${psql_su[@]}" -d postgres \
+      -c "CREATE DATABASE gridhub OWNER gridhub" >/dev/null
   fi
 }
 

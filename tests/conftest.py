@@ -1,9 +1,9 @@
 """Shared fixtures: real PostgreSQL+TimescaleDB, real Mosquitto, a real hub process.
 
 ``./hubctl test`` starts the private services and exports HUB_DATABASE_URL and
-HUB_MQTT_URL. Each test session works in a scratch database of its own (created from
-template1, which carries the timescaledb extension) and its own MQTT client ids and
-shared-subscription group, so it never disturbs the demo or another run.
+HUB_MQTT_URL. Each test session works in a scratch database of its own (the migrations
+create the timescaledb extension in it) and its own MQTT client ids and shared-subscription
+group, so it never disturbs the demo or another run.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def mqtt_url() -> str:
     return _require_env("HUB_MQTT_URL")
 
 
-async def create_database(base_url: str, name: str, template: str = "template1") -> str:
+async def create_database(base_url: str, name: str, template: str = "template0") -> str:
+    """An empty scratch database; the hub's migrations create the timescaledb extension."""
     conn = await asyncpg.connect(base_url)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
