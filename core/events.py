@@ -55,6 +55,14 @@ class AlarmCleared(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class AlarmAttached(Event):
+    """An alarm was joined to an incident (the one it opened, or an open one nearby)."""
+
+    kind: ClassVar[str] = "alarm.attached"
+    alarm: Entity
+
+
+@dataclass(frozen=True, slots=True)
 class IncidentOpened(Event):
     kind: ClassVar[str] = "incident.opened"
     incident: Entity
@@ -90,6 +98,7 @@ CATALOGUE: dict[str, type[Event]] = {
         AlarmRepeated,
         AlarmAcknowledged,
         AlarmCleared,
+        AlarmAttached,
         IncidentOpened,
         IncidentUpdated,
         UnitAssigned,

@@ -22,8 +22,9 @@ import asyncpg
 from core import outbox
 from core.bus import Bus
 from core.db import Conn, connect, row_view
+from core.entities import ALARM_COLUMNS
 from core.errors import InvalidInput, NotFound
-from core.events import Envelope, IncidentOpened, IncidentUpdated, UnitAssigned
+from core.events import AlarmAttached, Envelope, IncidentOpened, IncidentUpdated, UnitAssigned
 from core.settings import Settings
 from dispatch import engine, store, workflow
 from dispatch.geo import RoadGraph
@@ -73,6 +74,13 @@ def _inside(x: float, y: float, ring: list[list[float]]) -> bool:
     return inside
 
 
+async def _attach(conn: Conn, alarm_id: int, incident_id: int) -> None:
+    row = await conn.fetchrow(
+        f"UPDATE alarms a SET incident_id = $2 WHERE id = $1 RETURNING {ALARM_COLUMNS}",
+        alarm_id, incident_id)
+    await outbox.record(conn, AlarmAttached(alarm=row_view(row)))
+
+
 async def _step(conn: Conn, inc: dict[str, Any], action: str, actor: str,
                 now: float, reason: str | None) -> workflow.CaseState:
     """Apply a workflow action to a locked incident row and log it (no event yet)."""
@@ -112,11 +120,10 @@ async def open_incident(pool: asyncpg.Pool, *, category: str, qualification: str
         if source in ("alarm", "operator"):
             await _step(conn, inc, "register", reporter if source == "operator"
                         else SYSTEM_ACTOR, now, None)
-        if alarm_id is not None:
-            await conn.execute("UPDATE alarms SET incident_id = $1 WHERE id = $2", iid,
-                               alarm_id)
         view = await store.incident_view(conn, iid)
         await outbox.record(conn, IncidentOpened(incident=view))
+        if alarm_id is not None:
+            await _attach(conn, alarm_id, iid)
     return view
 
 
@@ -144,8 +151,7 @@ async def open_incident_for_alarm(pool: asyncpg.Pool, alarm: dict[str, Any]
                ORDER BY id DESC LIMIT 1""", row["grid_id"], row["incident_category"],
             float(ATTACH_WINDOW_S))
         if existing is not None:
-            await conn.execute("UPDATE alarms SET incident_id = $1 WHERE id = $2",
-                               existing["id"], row["id"])
+            await _attach(conn, int(row["id"]), int(existing["id"]))
             return None
     return await open_incident(
         pool, category=row["incident_category"], qualification=row["qualification"] or "",

@@ -11,14 +11,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.db import Conn, Querier, row_view
+from core.entities import INCIDENT_COLUMNS, UNIT_COLUMNS
 from dispatch import workflow
 from dispatch.model import IncidentState, UnitState
-
-INCIDENT_COLUMNS = """i.id, i.category, i.priority, i.qualification, i.title, i.description,
-    i.lon, i.lat, i.grid_id, i.source, i.reporter, i.state, i.opened_at, i.updated_at,
-    i.assigned_unit, i.rework_count, i.extension_count, i.handler, i.alarms_cleared"""
-UNIT_COLUMNS = """u.id, u.name, u.type, u.qualifications, u.home_grid, u.members, u.status,
-    u.duty_since, u.current_incident, u.lon, u.lat, u.speed, u.heading, u.position_ts"""
 
 
 def ts(seconds: float) -> datetime:

@@ -10,9 +10,9 @@ from pydantic import BaseModel, Field
 
 from core import outbox
 from core.db import row_view
+from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS, UNIT_COLUMNS
 from core.errors import InvalidInput, NotFound
 from dispatch import service as dispatch_service
-from hub.live import INCIDENT_COLUMNS, UNIT_COLUMNS
 from ingest import alarms
 
 router = APIRouter(prefix="/api")
@@ -31,8 +31,11 @@ def _hub(request: Request) -> Any:
 @router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
     hub = _hub(request)
+    mqtt_ok = hub.ingest is None or (hub.ingest.mqtt is not None
+                                      and hub.ingest.mqtt.subscribed.is_set())
     return {
         "status": "ok" if hub.ready else "starting",
+        "mqtt": "subscribed" if mqtt_ok else "disconnected",
         "roles": sorted(hub.roles),
         "seq": hub.live.seq,
         "clients": hub.feed.clients,
@@ -172,7 +175,7 @@ async def list_alarms(request: Request, state: Annotated[str, Query(pattern="^(o
                       ) -> list[dict[str, Any]]:
     where = "WHERE a.state <> 'cleared'" if state == "open" else ""
     rows = await _hub(request).pool.fetch(
-        f"SELECT {alarms.ALARM_COLUMNS} FROM alarms a {where} ORDER BY a.id DESC LIMIT $1",
+        f"SELECT {ALARM_COLUMNS} FROM alarms a {where} ORDER BY a.id DESC LIMIT $1",
         limit)
     return [row_view(r) for r in rows]
 

@@ -30,8 +30,8 @@ from fastapi import WebSocket, WebSocketDisconnect
 from core import outbox
 from core.bus import Bus, Subscription
 from core.db import Conn, row_view
+from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS, UNIT_COLUMNS
 from core.events import Envelope, apply_to_state
-from ingest.alarms import ALARM_COLUMNS
 
 log = logging.getLogger("hub.live")
 
@@ -39,11 +39,6 @@ log = logging.getLogger("hub.live")
 # 400,000 deliveries/s to 200 clients.
 POSITION_MIN_INTERVAL_S = 1.0
 
-INCIDENT_COLUMNS = """i.id, i.category, i.priority, i.qualification, i.title, i.description,
-    i.lon, i.lat, i.grid_id, i.source, i.reporter, i.state, i.opened_at, i.updated_at,
-    i.assigned_unit, i.rework_count, i.extension_count, i.handler, i.alarms_cleared"""
-UNIT_COLUMNS = """u.id, u.name, u.type, u.qualifications, u.home_grid, u.members, u.status,
-    u.duty_since, u.current_incident, u.lon, u.lat, u.speed, u.heading, u.position_ts"""
 
 _enc = msgspec.json.Encoder()
 

@@ -14,12 +14,9 @@ import asyncpg
 
 from core import outbox
 from core.db import Querier, row_view
+from core.entities import ALARM_COLUMNS
 from core.errors import Conflict, NotFound
 from core.events import AlarmAcknowledged, AlarmCleared, AlarmRaised, AlarmRepeated
-
-ALARM_COLUMNS = """a.id, a.rule_id, a.device_id, a.grid_id, a.severity, a.state, a.value,
-    a.message, a.raised_at, a.last_seen, a.count, a.acked_by, a.acked_at, a.cleared_at,
-    a.cleared_by, a.clear_reason, a.incident_id"""
 
 
 def _ts(seconds: float) -> datetime:

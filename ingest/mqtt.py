@@ -120,6 +120,7 @@ class MqttIngest:
         self.on_delivery = on_delivery
         self.share_group = share_group
         self.connected = threading.Event()
+        self.subscribed = threading.Event()
         self.received = 0
         self.generation = 0
         # Messages from paho's thread are gathered here and handed over in one
@@ -138,6 +139,7 @@ class MqttIngest:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
 
     def subscription_filters(self) -> list[str]:
         if self.share_group:
@@ -171,9 +173,18 @@ class MqttIngest:
         log.info("MQTT connected to %s:%s", self.addr.host, self.addr.port)
         self.connected.set()
 
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
+                      reason_codes: list[mqtt.ReasonCode], properties: object) -> None:
+        failed = [str(rc) for rc in reason_codes if rc.is_failure]
+        if failed:
+            log.error("MQTT subscription refused: %s", ", ".join(failed))
+            return
+        self.subscribed.set()
+
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
                        reason_code: mqtt.ReasonCode, properties: object) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         log.warning("MQTT disconnected: %s (paho reconnects)", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:

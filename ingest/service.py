@@ -16,6 +16,9 @@ from ingest.writer import BatchWriter
 
 log = logging.getLogger("ingest.service")
 
+# How long start() waits for the broker to confirm the subscriptions.
+SUBSCRIBE_WAIT_S = 15.0
+
 
 @dataclass
 class IngestRole:
@@ -47,6 +50,10 @@ class IngestRole:
             asyncio.create_task(self.pipeline.run_alarms(), name="ingest.alarms"),
         ]
         self.mqtt.start()
+        # Ready means subscribed: a message published after start() returns is ours.
+        if not await asyncio.to_thread(self.mqtt.subscribed.wait, SUBSCRIBE_WAIT_S):
+            log.error("not subscribed to MQTT after %ss; going on, paho keeps trying",
+                      SUBSCRIBE_WAIT_S)
         log.info("ingest started (client %s, group %s)", s.mqtt_client_id, s.mqtt_share_group)
 
     async def save_clocks(self) -> int:

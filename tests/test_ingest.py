@@ -68,8 +68,9 @@ async def test_every_payload_format_is_stored(hub: HubProcess, publisher: Publis
     async def stored() -> bool:
         n = await _count(db, "SELECT count(*) FROM telemetry WHERE device_id = ANY($1) "
                          "AND ts >= to_timestamp($2)", [d1, d2, d3], now - 61)
-        p = await _count(db, "SELECT count(*) FROM positions WHERE unit_id = ANY($1) "
-                         "AND ts >= to_timestamp($2)", [unit_a, unit_b], now - 1)
+        p = await _count(db, "SELECT count(*) FROM positions WHERE (unit_id = $1 AND "
+                         "ts = to_timestamp($2)) OR (unit_id = $3 AND ts = to_timestamp($4))",
+                         unit_a, now, unit_b, int(now))
         return n == 8 and p == 2
 
     await wait_for(stored)
