@@ -17,8 +17,6 @@ import asyncio
 import logging
 from typing import Any
 
-import asyncpg
-
 from core.bus import Bus
 from core.db import Conn, Querier, connect
 from core.events import Envelope, Event
@@ -100,8 +98,9 @@ class EventFeed:
                     await self._catch_up()
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-                log.warning("event feed lost the database (%s); retrying", e)
+            except Exception as e:  # any failure: reconnect and catch up from the table
+                log.warning("event feed lost the database (%s: %s); retrying",
+                            type(e).__name__, e)
                 await asyncio.sleep(1.0)
             finally:
                 if self._conn is not None:

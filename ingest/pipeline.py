@@ -217,8 +217,8 @@ class Pipeline:
                         await alarms.clear_alarm_for(
                             self.pool, rule_id=rule.id, device_id=device_id, ts=ts)
                     break
-                except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as e:
-                    log.warning("alarm write failed (%s); retrying", e)
+                except Exception as e:  # retried until it lands: a transition is a fact
+                    log.warning("alarm write failed (%s: %s); retrying", type(e).__name__, e)
                     await asyncio.sleep(0.5)
 
     async def restore_rule_state(self) -> None:

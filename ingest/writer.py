@@ -26,6 +26,9 @@ log = logging.getLogger("ingest.writer")
 # Retry back-off while the database is away: fast first retries, then a calm pace.
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
+# A flush that has not committed in this long is abandoned and retried: a connection cut
+# mid-COPY (database restart) may otherwise never answer. Healthy flushes take milliseconds.
+FLUSH_TIMEOUT_S = 10.0
 
 STAGING_SQL = """
 CREATE TEMP TABLE IF NOT EXISTS stage_telemetry (
@@ -184,14 +187,18 @@ class BatchWriter:
             batch, self.current = self.current, Batch()
             while True:
                 try:
-                    await self.write(batch)
+                    async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                        await self.write(batch)
                     break
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                        TimeoutError) as e:
+                except Exception as e:
+                    # Whatever failed (connection refused or cut mid-COPY, server shutting
+                    # down, a timeout), the batch is kept and retried: the writer must
+                    # never die, or nothing would be acknowledged again.
                     self.stats.failures += 1
                     self.stats.db_ok = False
-                    log.warning("flush of %d rows failed (%s); retrying in %.1fs, "
-                                "nothing acknowledged meanwhile", batch.size(), e, delay)
+                    log.warning("flush of %d rows failed (%s: %s); retrying in %.1fs, "
+                                "nothing acknowledged meanwhile", batch.size(),
+                                type(e).__name__, e, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RETRY_MAX_S)
             delay = RETRY_MIN_S

@@ -242,8 +242,9 @@ class ThrowawayPostgres:
         return self
 
     def stop(self) -> None:
-        subprocess.run([*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.dir / "pg"),
-                        "-m", "fast", "-w", "stop"], capture_output=True)
+        r = subprocess.run([*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.dir / "pg"),
+                            "-m", "fast", "-w", "stop"], capture_output=True, text=True)
+        assert r.returncode == 0, f"pg_ctl stop failed: {r.stdout} {r.stderr}"
 
     def destroy(self) -> None:
         subprocess.run([*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.dir / "pg"),
