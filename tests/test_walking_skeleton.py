@@ -39,7 +39,10 @@ async def test_reading_to_alarm_to_assignment_live(
 ) -> None:
     town = town_doc()
     gas = next(d for d in town["devices"] if d["model"] == "gas_detector")
-    squads = [u for u in town["units"] if "work_safety" in u["qualifications"]]
+    # Other tests in the session may have sent some squads out: use the free ones.
+    free = {r["id"] for r in await db.fetch(
+        "SELECT id FROM units WHERE status = 'available' AND 'work_safety' = ANY(qualifications)")}
+    squads = [u for u in town["units"] if u["id"] in free]
     assert len(squads) >= 2
     near, far = squads[0], squads[1:]
     now = time.time()
