@@ -11,7 +11,7 @@ ALARM_COLUMNS = """a.id, a.rule_id, a.device_id, a.grid_id, a.severity, a.state,
 
 INCIDENT_COLUMNS = """i.id, i.category, i.priority, i.qualification, i.title, i.description,
     i.lon, i.lat, i.grid_id, i.source, i.reporter, i.state, i.opened_at, i.updated_at,
-    i.assigned_unit, i.rework_count, i.extension_count, i.handler, i.alarms_cleared"""
+    i.assigned_unit, i.rework_count, i.extension_count, i.handler, i.alarms_cleared, i.sla"""
 
 UNIT_COLUMNS = """u.id, u.name, u.type, u.qualifications, u.home_grid, u.members, u.status,
     u.duty_since, u.current_incident, u.lon, u.lat, u.speed, u.heading, u.position_ts"""

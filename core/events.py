@@ -91,6 +91,31 @@ class UnitStatusChanged(Event):
     unit: Entity
 
 
+@dataclass(frozen=True, slots=True)
+class SlaWarned(Event):
+    """A stage's SLA clock passed its warning share (amber on the console)."""
+
+    kind: ClassVar[str] = "sla.warned"
+    incident: Entity
+    stage: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SlaBreached(Event):
+    kind: ClassVar[str] = "sla.breached"
+    incident: Entity
+    stage: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorAlerted(Event):
+    """Something needs a supervisor: an escalated dispatch, a preemption, an override."""
+
+    kind: ClassVar[str] = "supervisor.alerted"
+    alert: Entity
+    incident: Entity | None = None
+
+
 CATALOGUE: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (
@@ -103,6 +128,9 @@ CATALOGUE: dict[str, type[Event]] = {
         IncidentUpdated,
         UnitAssigned,
         UnitStatusChanged,
+        SlaWarned,
+        SlaBreached,
+        SupervisorAlerted,
     )
 }
 

@@ -1,17 +1,15 @@
 """Dispatch I/O shell: opens incidents, runs the engine, records assignments and steps.
 
-Every change happens in one transaction with its case-log entries and its event
-(core.outbox), after taking the incident's row lock, so concurrent callers (two hub
-processes, an operator and the dispatcher) cannot dispatch one case twice; the unique
-index ``assignments_one_live`` backs that up in the database.
-
-``Dispatcher`` is the dispatch role: it leads while it holds a PostgreSQL advisory lock,
-reacts to alarms that should open incidents and to incidents waiting for a unit.
+Every change happens in one transaction with its case-log entries, its SLA clocks and its
+events (core.outbox), after taking the incident's row lock, so concurrent callers (two hub
+processes, an operator and the dispatcher) cannot dispatch one case twice; the unique index
+``assignments_one_live`` backs that up in the database. Decisions are the pure engine's
+(``engine.rank``) and the pure workflow's (``workflow.apply``); this module only carries
+them out. The leader-elected role that calls it is ``dispatch/leader.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
@@ -20,25 +18,42 @@ from typing import Any
 import asyncpg
 
 from core import outbox
-from core.bus import Bus
-from core.db import Conn, connect, row_view
+from core.db import Conn, row_view
 from core.entities import ALARM_COLUMNS
 from core.errors import InvalidInput, NotFound
-from core.events import AlarmAttached, Envelope, IncidentOpened, IncidentUpdated, UnitAssigned
-from core.settings import Settings
-from dispatch import engine, store, workflow
+from core.events import (
+    AlarmAttached,
+    IncidentOpened,
+    IncidentUpdated,
+    SupervisorAlerted,
+    UnitAssigned,
+    UnitStatusChanged,
+)
+from dispatch import clocks, engine, store, workflow
 from dispatch.geo import RoadGraph
-from dispatch.model import DispatchPolicy
+from dispatch.model import DispatchPolicy, UnitState
 
 log = logging.getLogger("dispatch.service")
 
-# One dispatcher leads at a time (any fixed number, distinct from other advisory keys).
-LEADER_LOCK_KEY = 4_710_003
-LEADER_RETRY_S = 2.0
 # Alarms of one category in one grid within this window join the open incident instead of
 # opening another: one gas leak seen by three detectors is one case.
 ATTACH_WINDOW_S = 30 * 60
 SYSTEM_ACTOR = "system:dispatch"
+
+# A squad must sign for a dispatch within this long, by priority, or the case goes to the
+# next candidate and the supervisor is told: two minutes for a critical case is a phone
+# call's worth; low-priority work may wait for the end of the current task.
+ACCEPT_TIMEOUT_S: dict[int, float] = {1: 120.0, 2: 300.0, 3: 900.0, 4: 1800.0}
+
+# Why an operator may override the engine's pick (the console offers these).
+OVERRIDE_REASONS: dict[str, str] = {
+    "closer_known": "已知更近的力量（定位不准或未上报）",
+    "special_skill": "需要特定专长或装备",
+    "local_knowledge": "熟悉现场/当事人",
+    "workload": "平衡工作量",
+    "supervisor_order": "领导指定",
+    "other": "其他（见说明）",
+}
 
 # Unit status after each workflow action that moves the unit (other actions leave it be).
 UNIT_STATUS_AFTER = {
@@ -47,11 +62,16 @@ UNIT_STATUS_AFTER = {
     "give_feedback": "returning",
     "close": "available",
     "decline": "available",
+    "withdraw": "available",
     "cancel": "available",
     "shelve": "available",
 }
+# What happens to the live assignment on those actions.
+ASSIGNMENT_STATUS_AFTER = {"accept": "accepted", "decline": "declined",
+                           "withdraw": "superseded"}
 
 
+# ---------------------------------------------------------------- helpers
 async def _grid_at(conn: Conn, lon: float, lat: float) -> str | None:
     """The level-2 grid containing the point (bounding box, then the polygon in Python)."""
     rows = await conn.fetch(
@@ -83,9 +103,13 @@ async def _attach(conn: Conn, alarm_id: int, incident_id: int) -> None:
 
 async def _step(conn: Conn, inc: dict[str, Any], action: str, actor: str,
                 now: float, reason: str | None) -> workflow.CaseState:
-    """Apply a workflow action to a locked incident row and log it (no event yet)."""
+    """Apply a workflow action to a locked incident row, log it and move its SLA clocks
+    (no event yet: the caller records one with the final view)."""
     before = await store.case_state(conn, inc["id"])
-    after = workflow.apply(before, action, actor, now, reason)
+    try:
+        after = workflow.apply(before, action, actor, now, reason)
+    except workflow.TransitionError as e:
+        raise InvalidInput(e.message, code=e.code) from e
     await conn.execute(
         """UPDATE incidents SET state = $2, rework_count = $3, extension_count = $4,
                                 handler = $5, updated_at = $6 WHERE id = $1""",
@@ -95,15 +119,48 @@ async def _step(conn: Conn, inc: dict[str, Any], action: str, actor: str,
                            reason)
     inc.update(state=after.state, rework_count=after.rework_count,
                extension_count=after.extension_count, handler=after.handler)
+    await clocks.update_clocks(conn, inc, after, action, now)
     return after
 
 
+async def _release_unit(conn: Conn, incident_id: int, action: str, actor: str, now: float,
+                        reason: str, assignment_status: str) -> str | None:
+    """Take the unit off a case (withdraw/decline): the case goes back to registered, the
+    assignment ends with ``assignment_status`` and the unit is free. Returns the unit id."""
+    inc = await store.incident_row(conn, incident_id, lock=True)
+    if inc is None:
+        raise NotFound(f"incident {incident_id} not found", code="incident.not_found")
+    unit_id = inc["assigned_unit"]
+    await _step(conn, inc, action, actor, now, reason)
+    await conn.execute(
+        "UPDATE assignments SET status = $2 WHERE incident_id = $1 AND status IN "
+        "('active', 'accepted')", incident_id, assignment_status)
+    await conn.execute("UPDATE incidents SET assigned_unit = NULL WHERE id = $1", incident_id)
+    if unit_id:
+        await conn.execute(
+            """UPDATE units SET status = 'available', current_incident = NULL,
+               updated_at = now() WHERE id = $1 AND current_incident = $2""",
+            unit_id, incident_id)
+    await outbox.record(conn, IncidentUpdated(
+        incident=await store.incident_view(conn, incident_id), action=action))
+    return str(unit_id) if unit_id else None
+
+
+async def _alert(conn: Conn, incident_id: int | None, kind: str, message: str) -> None:
+    row = await conn.fetchrow(
+        """INSERT INTO supervisor_alerts (incident_id, kind, message) VALUES ($1, $2, $3)
+           RETURNING *""", incident_id, kind, message)
+    inc = await store.incident_view(conn, incident_id) if incident_id is not None else None
+    await outbox.record(conn, SupervisorAlerted(alert=row_view(row), incident=inc))
+
+
+# ---------------------------------------------------------------- incidents
 async def open_incident(pool: asyncpg.Pool, *, category: str, qualification: str,
                         priority: int, title: str, description: str, lon: float, lat: float,
                         source: str, reporter: str, alarm_id: int | None = None,
                         grid_id: str | None = None) -> dict[str, Any]:
     """Report a case; alarm and operator reports are registered at once (already verified),
-    grid-worker and hotline reports wait for an operator to register them."""
+    grid-worker, hotline and Open311 reports wait for an operator to register them."""
     now = time.time()
     async with pool.acquire() as conn, conn.transaction():
         grid = grid_id or await _grid_at(conn, lon, lat)
@@ -117,6 +174,7 @@ async def open_incident(pool: asyncpg.Pool, *, category: str, qualification: str
         await store.append_log(conn, iid, "report", None, "reported", reporter, now, None)
         inc = await store.incident_row(conn, iid, lock=True)
         assert inc is not None
+        await clocks.update_clocks(conn, inc, workflow.CaseState(), "report", now)
         if source in ("alarm", "operator"):
             await _step(conn, inc, "register", reporter if source == "operator"
                         else SYSTEM_ACTOR, now, None)
@@ -161,6 +219,7 @@ async def open_incident_for_alarm(pool: asyncpg.Pool, alarm: dict[str, Any]
         grid_id=row["grid_id"])
 
 
+# ---------------------------------------------------------------- assignments
 def _recommendation_json(rec: Any) -> dict[str, Any]:
     return {
         "pick": rec.pick, "reason": rec.reason,
@@ -168,35 +227,64 @@ def _recommendation_json(rec: Any) -> dict[str, Any]:
     }
 
 
+async def _tried_units(conn: Conn, incident_id: int) -> set[str]:
+    """Units that already declined, timed out on or were taken off this case."""
+    rows = await conn.fetch(
+        "SELECT unit_id FROM assignments WHERE incident_id = $1 AND status IN "
+        "('declined', 'escalated')", incident_id)
+    return {r["unit_id"] for r in rows}
+
+
 async def dispatch_incident(pool: asyncpg.Pool, incident_id: int, graph: RoadGraph | None,
                             policy: DispatchPolicy, *, unit_id: str | None = None,
                             actor: str = SYSTEM_ACTOR, override_reason: str | None = None
                             ) -> dict[str, Any] | None:
     """Assign the engine's pick (or ``unit_id``, an operator override) to a registered
-    incident. Returns the assignment view, or None when no unit can take it now."""
+    incident. A pick that preempts a lower-priority case takes the unit off that case first
+    (which then waits for its own re-dispatch). Returns the assignment view, or None when
+    no unit can take the incident now."""
     now = time.time()
     async with pool.acquire() as conn, conn.transaction():
         inc = await store.incident_row(conn, incident_id, lock=True)
         if inc is None:
             raise NotFound(f"incident {incident_id} not found", code="incident.not_found")
         if inc["state"] != "registered":
+            if unit_id is not None:
+                raise InvalidInput(f"incident {incident_id} is {inc['state']}",
+                                   code="dispatch.not_waiting")
             return None
-        units = await store.unit_states(conn)
+        tried = await _tried_units(conn, incident_id)
+        units: list[UnitState] = [u for u in await store.unit_states(conn)
+                                  if u.id not in tried or u.id == unit_id]
         rec = engine.rank(store.incident_state(inc), units, graph, now, policy)
         pick = unit_id or rec.pick
         if pick is None:
             return None
-        if unit_id is not None and not override_reason:
-            raise InvalidInput("an override needs a reason", code="dispatch.override_reason")
         cand = next((c for c in rec.candidates if c.unit_id == pick), None)
-        reason = (f"override by {actor}: {override_reason}" if unit_id is not None
-                  else rec.reason)
+        if unit_id is not None:
+            unit = next((u for u in units if u.id == unit_id), None)
+            if unit is None:
+                raise NotFound(f"unit {unit_id} not found", code="unit.not_found")
+            if unit.status not in ("available", "returning"):
+                raise InvalidInput(f"unit {unit_id} is {unit.status}", code="unit.busy")
+            reason = f"override by {actor}: {override_reason}"
+        else:
+            reason = rec.reason
+        if cand is not None and cand.preempts and unit_id is None:
+            displaced = int(cand.preempts)
+            await _release_unit(conn, displaced, "withdraw", SYSTEM_ACTOR, now,
+                                f"改派至更紧急案件 #{incident_id} (preempted by p"
+                                f"{inc['priority']} #{incident_id})", "preempted")
+            await _alert(conn, displaced, "preempted",
+                         f"{pick} 由案件 #{displaced} 改派至特急案件 #{incident_id}；"
+                         f"#{displaced} 重新派遣")
         assignment = await conn.fetchrow(
             """INSERT INTO assignments (incident_id, unit_id, assigned_at, eta_s, reason,
-                                        override_reason, recommendation)
-               VALUES ($1,$2,$3,$4,$5,$6,$7) RETURNING *""",
+                                        override_reason, recommendation, accept_due)
+               VALUES ($1,$2,$3,$4,$5,$6,$7,$8) RETURNING *""",
             incident_id, pick, store.ts(now), cand.eta_s if cand else None, reason,
-            override_reason, _recommendation_json(rec))
+            override_reason, _recommendation_json(rec),
+            store.ts(now + ACCEPT_TIMEOUT_S.get(int(inc["priority"]), 900.0)))
         await conn.execute(
             """UPDATE units SET status = 'dispatched', current_incident = $2, updated_at = now()
                WHERE id = $1""", pick, incident_id)
@@ -211,6 +299,58 @@ async def dispatch_incident(pool: asyncpg.Pool, incident_id: int, graph: RoadGra
     return a_view
 
 
+async def override_assignment(pool: asyncpg.Pool, incident_id: int, unit_id: str, actor: str,
+                              reason_code: str, note: str, graph: RoadGraph | None,
+                              policy: DispatchPolicy) -> dict[str, Any]:
+    """An operator sends ``unit_id`` instead of the engine's pick, with a reason code. A
+    unit already on the case is withdrawn first; both legs are in the case log."""
+    if reason_code not in OVERRIDE_REASONS:
+        raise InvalidInput(f"unknown override reason {reason_code!r}; one of "
+                           f"{', '.join(OVERRIDE_REASONS)}", code="dispatch.override_reason")
+    if reason_code == "other" and not note.strip():
+        raise InvalidInput("reason 'other' needs a note", code="dispatch.override_reason")
+    reason = f"{reason_code}: {OVERRIDE_REASONS[reason_code]}" + (f" — {note}" if note else "")
+    now = time.time()
+    async with pool.acquire() as conn, conn.transaction():
+        inc = await store.incident_row(conn, incident_id, lock=True)
+        if inc is None:
+            raise NotFound(f"incident {incident_id} not found", code="incident.not_found")
+        if inc["assigned_unit"] == unit_id:
+            raise InvalidInput(f"{unit_id} already has this case", code="dispatch.same_unit")
+        if inc["state"] in ("dispatched", "accepted"):
+            await _release_unit(conn, incident_id, "withdraw", actor, now,
+                                f"人工改派 override: {reason}", "superseded")
+    result = await dispatch_incident(pool, incident_id, graph, policy, unit_id=unit_id,
+                                     actor=actor, override_reason=reason)
+    assert result is not None
+    return result
+
+
+async def escalate_assignment(pool: asyncpg.Pool, assignment_id: int) -> bool:
+    """An assignment not accepted in time: take it back (the case goes to the next
+    candidate) and alert the supervisor. Returns whether it escalated now."""
+    now = time.time()
+    async with pool.acquire() as conn, conn.transaction():
+        a = await conn.fetchrow(
+            "SELECT * FROM assignments WHERE id = $1 AND status = 'active' "
+            "AND accept_due <= now() FOR UPDATE", assignment_id)
+        if a is None:
+            return False
+        waited = now - a["assigned_at"].timestamp()
+        await conn.execute("UPDATE assignments SET escalated_at = now() WHERE id = $1",
+                           assignment_id)
+        unit_id = await _release_unit(
+            conn, int(a["incident_id"]), "decline", SYSTEM_ACTOR, now,
+            f"{a['unit_id']} 未在 {waited:.0f} 秒内签收，升级改派 (not accepted in time)",
+            "escalated")
+        await _alert(conn, int(a["incident_id"]), "escalated",
+                     f"{unit_id} 未在时限内签收案件 #{a['incident_id']}，已改派下一候选力量")
+        if unit_id:
+            await outbox.record(conn, UnitStatusChanged(unit=await store.unit_view(conn,
+                                                                                   unit_id)))
+    return True
+
+
 async def apply_action(pool: asyncpg.Pool, incident_id: int, action: str, actor: str,
                        reason: str | None) -> dict[str, Any]:
     """Move a case one step (accept, start_handling, give_feedback, verify_ok, ...)."""
@@ -220,33 +360,29 @@ async def apply_action(pool: asyncpg.Pool, incident_id: int, action: str, actor:
         if inc is None:
             raise NotFound(f"incident {incident_id} not found", code="incident.not_found")
         unit_id = inc["assigned_unit"]
-        try:
+        if action in ("decline", "withdraw"):
+            await _release_unit(conn, incident_id, action, actor, now, reason or "",
+                                ASSIGNMENT_STATUS_AFTER[action])
+            view = await store.incident_view(conn, incident_id)
+        else:
             await _step(conn, inc, action, actor, now, reason)
-        except workflow.TransitionError as e:
-            raise InvalidInput(e.message, code=e.code) from e
-        unit_view = None
+            if unit_id and action in UNIT_STATUS_AFTER:
+                status = UNIT_STATUS_AFTER[action]
+                freed = status == "available"
+                await conn.execute(
+                    """UPDATE units SET status = $2, updated_at = now(),
+                           current_incident = CASE WHEN $3 THEN NULL ELSE current_incident END
+                       WHERE id = $1""", unit_id, status, freed)
+                a_status = ASSIGNMENT_STATUS_AFTER.get(action, "done" if freed else None)
+                if a_status:
+                    await conn.execute(
+                        "UPDATE assignments SET status = $2 WHERE incident_id = $1 AND "
+                        "status IN ('active', 'accepted')", incident_id, a_status)
+            view = await store.incident_view(conn, incident_id)
+            await outbox.record(conn, IncidentUpdated(incident=view, action=action))
         if unit_id and action in UNIT_STATUS_AFTER:
-            status = UNIT_STATUS_AFTER[action]
-            freed = status == "available"
-            await conn.execute(
-                """UPDATE units SET status = $2, updated_at = now(),
-                       current_incident = CASE WHEN $3 THEN NULL ELSE current_incident END
-                   WHERE id = $1""", unit_id, status, freed)
-            a_status = {"accept": "accepted", "decline": "declined"}.get(
-                action, "done" if freed else None)
-            if a_status:
-                await conn.execute(
-                    "UPDATE assignments SET status = $2 WHERE incident_id = $1 AND status IN "
-                    "('active', 'accepted')", incident_id, a_status)
-            if action == "decline":
-                await conn.execute(
-                    "UPDATE incidents SET assigned_unit = NULL WHERE id = $1", incident_id)
-            unit_view = await store.unit_view(conn, unit_id)
-        view = await store.incident_view(conn, incident_id)
-        await outbox.record(conn, IncidentUpdated(incident=view, action=action))
-        if unit_view is not None:
-            from core.events import UnitStatusChanged
-            await outbox.record(conn, UnitStatusChanged(unit=unit_view))
+            await outbox.record(conn, UnitStatusChanged(unit=await store.unit_view(conn,
+                                                                                   unit_id)))
     return view
 
 
@@ -261,10 +397,11 @@ async def incident_detail(pool: asyncpg.Pool, incident_id: int) -> dict[str, Any
             "SELECT id, rule_id, device_id, severity, state, value, message, raised_at "
             "FROM alarms WHERE incident_id = $1 ORDER BY id", incident_id)
         log_entries = await store.case_log(conn, incident_id)
+        case = await store.case_state(conn, incident_id)
     return {
         "incident": row_view(inc),
-        "allowed_actions": list(workflow.allowed_actions(
-            await store.case_state(conn, incident_id))),
+        "allowed_actions": list(workflow.allowed_actions(case)),
+        "flags": list(case.flags),
         "assignments": [row_view(a) for a in assignments],
         "alarms": [row_view(a) for a in alarms],
         "log": log_entries,
@@ -272,101 +409,14 @@ async def incident_detail(pool: asyncpg.Pool, incident_id: int) -> dict[str, Any
 
 
 async def verify_case_log(pool: asyncpg.Pool, incident_id: int) -> dict[str, Any]:
+    """Recompute the incident's hash chain; also check its head against the incident row,
+    which catches deleted newest entries that the chain alone cannot show."""
     entries = await store.case_log(pool, incident_id)
     if not entries:
         raise NotFound(f"incident {incident_id} has no case log", code="incident.not_found")
-    for e in entries:
-        e["incident_id"] = str(incident_id)
-    bad = workflow.verify_chain(entries)
-    return {"incident_id": incident_id, "entries": len(entries), "ok": bad is None,
+    bad = workflow.verify_chain(entries, incident_id=str(incident_id))
+    head = await pool.fetchval("SELECT log_head FROM incidents WHERE id = $1", incident_id)
+    head_ok = head == entries[-1]["hash"]
+    return {"incident_id": incident_id, "entries": len(entries),
+            "ok": bad is None and head_ok, "head_ok": head_ok,
             "first_bad_seq": entries[bad]["seq"] if bad is not None else None}
-
-
-class Dispatcher:
-    """The dispatch role. Acts only while it holds the leader lock."""
-
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, bus: Bus) -> None:
-        self.settings = settings
-        self.pool = pool
-        self.bus = bus
-        self.policy = DispatchPolicy(stale_after_s=settings.position_stale_after_s)
-        self.graph: RoadGraph | None = None
-        self.is_leader = False
-        self._task: asyncio.Task[None] | None = None
-        self._lock_conn: Conn | None = None
-
-    async def start(self) -> None:
-        roads = await self.pool.fetch("SELECT id, name, class, speed_kmh, geometry FROM roads")
-        if roads:
-            self.graph = RoadGraph.from_geojson({"type": "FeatureCollection", "features": [
-                {"type": "Feature", "geometry": r["geometry"],
-                 "properties": {"id": r["id"], "name": r["name"], "class": r["class"],
-                                "speed_kmh": r["speed_kmh"]}} for r in roads]})
-        self._task = asyncio.create_task(self._run(), name="dispatch.leader")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._lock_conn is not None:
-            await self._lock_conn.close()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                self._lock_conn = await connect(self.settings.database_url)
-                while not await self._lock_conn.fetchval(
-                        "SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY):
-                    await asyncio.sleep(LEADER_RETRY_S)
-                self.is_leader = True
-                log.info("dispatcher is leader")
-                sub = self.bus.subscribe(100_000)
-                try:
-                    await self.catch_up()
-                    while True:
-                        await sub.wake.wait()
-                        sub.wake.clear()
-                        for env in sub.drain():
-                            await self.on_event(env)
-                        if sub.overflowed:
-                            self.bus.unsubscribe(sub)
-                            sub = self.bus.subscribe(100_000)
-                            await self.catch_up()
-                finally:
-                    self.bus.unsubscribe(sub)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("dispatcher failed; restarting")
-                self.is_leader = False
-                if self._lock_conn is not None:
-                    self._lock_conn.terminate()
-                    self._lock_conn = None
-                await asyncio.sleep(LEADER_RETRY_S)
-
-    async def catch_up(self) -> None:
-        """Act on whatever waited while no dispatcher led: alarms without their incident,
-        registered incidents without a unit."""
-        alarms = await self.pool.fetch(
-            """SELECT a.id FROM alarms a JOIN rules r ON r.id = a.rule_id
-               WHERE a.state <> 'cleared' AND a.incident_id IS NULL
-               AND r.incident_category IS NOT NULL ORDER BY a.id""")
-        for a in alarms:
-            await open_incident_for_alarm(self.pool, {"id": a["id"]})
-        await self.dispatch_waiting()
-
-    async def dispatch_waiting(self) -> None:
-        rows = await self.pool.fetch(
-            "SELECT id FROM incidents WHERE state = 'registered' ORDER BY priority, id")
-        for r in rows:
-            await dispatch_incident(self.pool, r["id"], self.graph, self.policy)
-
-    async def on_event(self, env: Envelope) -> None:
-        if env.kind == "alarm.raised":
-            await open_incident_for_alarm(self.pool, dict(env.payload["alarm"]))
-        elif env.kind in ("incident.opened", "incident.updated"):
-            inc = env.payload["incident"]
-            if inc["state"] == "registered":
-                await dispatch_incident(self.pool, int(inc["id"]), self.graph, self.policy)
-        elif env.kind == "unit.status_changed" and env.payload["unit"]["status"] == "available":
-            await self.dispatch_waiting()

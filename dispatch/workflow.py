@@ -16,6 +16,9 @@ register                  reported                         registered
 dispatch                  registered                       dispatched
 accept                    dispatched                       accepted   (handler := actor)
 decline *                 dispatched                       registered (re-dispatch)
+withdraw *                dispatched, accepted             registered (re-dispatch: the
+                                                           unit is recalled, e.g. preempted
+                                                           by a critical case or overridden)
 start_handling            accepted                         handling
 give_feedback             handling                         feedback   (feedback_by := actor)
 verify_ok  (not handler)  feedback                         verified
@@ -94,6 +97,7 @@ ACTIONS: tuple[str, ...] = (
     "dispatch",
     "accept",
     "decline",
+    "withdraw",
     "start_handling",
     "give_feedback",
     "verify_ok",
@@ -115,6 +119,7 @@ ACTION_LABELS: dict[str, str] = {
     "dispatch": "派遣",
     "accept": "签收",
     "decline": "退回",
+    "withdraw": "撤回派遣",
     "start_handling": "开始处置",
     "give_feedback": "反馈",
     "verify_ok": "核查通过",
@@ -139,6 +144,7 @@ _MOVES: dict[str, tuple[frozenset[str], str | None]] = {
     "dispatch": (frozenset({"registered"}), "dispatched"),
     "accept": (frozenset({"dispatched"}), "accepted"),
     "decline": (frozenset({"dispatched"}), "registered"),
+    "withdraw": (frozenset({"dispatched", "accepted"}), "registered"),
     "start_handling": (frozenset({"accepted"}), "handling"),
     "give_feedback": (frozenset({"handling"}), "feedback"),
     "verify_ok": (frozenset({"feedback"}), "verified"),
@@ -157,7 +163,15 @@ _MOVES: dict[str, tuple[frozenset[str], str | None]] = {
 
 # Actions that must say why: each undoes or holds up work someone else will look at.
 REASON_REQUIRED: frozenset[str] = frozenset(
-    {"decline", "verify_fail", "request_extension", "reject_extension", "shelve", "cancel"}
+    {
+        "decline",
+        "withdraw",
+        "verify_fail",
+        "request_extension",
+        "reject_extension",
+        "shelve",
+        "cancel",
+    }
 )
 
 # Actions after which an open pause ends (besides resume/reopen): work visibly goes on.
@@ -307,7 +321,7 @@ def apply(
         changes["extension_count"] = case.extension_count + 1
     elif action == "reject_extension":
         changes["extension_requested"] = False
-    elif action == "reopen":
+    elif action in ("reopen", "withdraw"):
         # Back to the queue for a fresh dispatch: whoever had it before is not assumed.
         changes["handler"] = None
         changes["feedback_by"] = None

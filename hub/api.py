@@ -13,6 +13,7 @@ from core.db import row_view
 from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS, UNIT_COLUMNS
 from core.errors import InvalidInput, NotFound
 from dispatch import service as dispatch_service
+from dispatch.model import DispatchPolicy
 from ingest import alarms
 
 router = APIRouter(prefix="/api")
@@ -248,6 +249,50 @@ async def incident_action(request: Request, incident_id: int, body: ActionBody
                           ) -> dict[str, Any]:
     return await dispatch_service.apply_action(
         _hub(request).pool, incident_id, body.action, body.actor, body.reason)
+
+
+class OverrideBody(BaseModel):
+    unit_id: Annotated[str, Field(min_length=1, max_length=64)]
+    actor: Actor
+    reason_code: Annotated[str, Field(min_length=1, max_length=32)]
+    note: Reason = ""
+
+
+@router.get("/dispatch/override-reasons")
+async def override_reasons() -> dict[str, str]:
+    """The reason codes an operator picks from when overriding the engine."""
+    return dispatch_service.OVERRIDE_REASONS
+
+
+@router.post("/incidents/{incident_id}/assign")
+async def override(request: Request, incident_id: int, body: OverrideBody) -> dict[str, Any]:
+    """Send a unit of the operator's choice instead of the engine's pick, with a reason."""
+    hub = _hub(request)
+    d = hub.dispatcher
+    return await dispatch_service.override_assignment(
+        hub.pool, incident_id, body.unit_id, body.actor, body.reason_code, body.note,
+        d.graph if d else None, d.policy if d else DispatchPolicy())
+
+
+@router.get("/supervisor/alerts")
+async def supervisor_alerts(request: Request, open_only: bool = True,
+                            limit: Annotated[int, Query(ge=1, le=500)] = 100
+                            ) -> list[dict[str, Any]]:
+    rows = await _hub(request).pool.fetch(
+        "SELECT * FROM supervisor_alerts WHERE NOT $1 OR acked_at IS NULL "
+        "ORDER BY id DESC LIMIT $2", open_only, limit)
+    return [row_view(r) for r in rows]
+
+
+@router.post("/supervisor/alerts/{alert_id}/ack")
+async def ack_supervisor_alert(request: Request, alert_id: int, body: AckBody
+                               ) -> dict[str, Any]:
+    row = await _hub(request).pool.fetchrow(
+        "UPDATE supervisor_alerts SET acked_by = $2, acked_at = now() WHERE id = $1 "
+        "AND acked_at IS NULL RETURNING *", alert_id, body.by)
+    if row is None:
+        raise NotFound(f"open alert {alert_id} not found", code="alert.not_found")
+    return row_view(row)
 
 
 @router.get("/incidents/{incident_id}/log/verify")

@@ -23,8 +23,8 @@ from core.bus import Bus
 from core.db import connect, create_pool, migrate
 from core.outbox import EventFeed
 from core.settings import Settings
-from dispatch.service import Dispatcher
-from hub import api, errors, jobs, views
+from dispatch.leader import Dispatcher
+from hub import api, errors, jobs, open311, views
 from hub.live import LiveFeed, LiveState
 from ingest.service import IngestRole
 
@@ -101,6 +101,7 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
                   description="Township command-center hub: telemetry, alarms, dispatch, cases.")
     errors.install(app)
     app.include_router(api.router)
+    app.include_router(open311.router)
     app.include_router(views.router)
     app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
     views.mount_vendor(app)

@@ -1,0 +1,221 @@
+"""SLA clocks: deadlines kept in the database, and the timer that fires them.
+
+``update_clocks`` runs inside every case-step transaction: it recomputes the deadlines of
+the incident's stages from the pure ``dispatch.sla`` (limits per category and priority, the
+working calendar, the case's pauses) and marks the stage a step completes. The rows in
+``sla_clocks`` are the record; ``incidents.sla`` is a copy that travels with the incident's
+view to the console.
+
+``SlaTimer`` keeps a heap of due times (warnings, breaches, accept deadlines of
+assignments), rebuilt from the database when its dispatcher becomes leader and fed by the
+events that change deadlines. Firing is a conditional UPDATE (``warned_at IS NULL``,
+``breached_at IS NULL``), so each warning and breach is published exactly once, also
+across restarts: a restart fires everything that fell due while the hub was down, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from core import outbox
+from core.db import Conn
+from core.events import Envelope, SlaBreached, SlaWarned
+from dispatch import sla, store, workflow
+
+log = logging.getLogger("dispatch.clocks")
+
+# The action that completes each stage.
+STAGE_DONE_BY: dict[str, str] = {
+    "register": "register",
+    "dispatch": "dispatch",
+    "accept": "accept",
+    "arrive": "start_handling",  # arrival on scene is when handling starts
+    "resolve": "close",
+}
+DONE_STAGE = {action: stage for stage, action in STAGE_DONE_BY.items()}
+# States in which no clock runs any more.
+STOPPED_STATES = frozenset({"cancelled", "closed", "evaluated", "archived"})
+
+# The timer wakes at least this often even with nothing due, to pick up deadlines set by
+# another process that it may not have heard of (belt and braces; events normally wake it).
+TIMER_IDLE_S = 30.0
+
+SLA_TABLE = sla.SlaTable()
+CALENDAR = sla.DEFAULT_CALENDAR
+
+
+def _ts(v: float | None) -> datetime | None:
+    return None if v is None or math.isinf(v) else datetime.fromtimestamp(v, UTC)
+
+
+def _sec(v: datetime | None) -> float | None:
+    return None if v is None else v.timestamp()
+
+
+async def update_clocks(conn: Conn, inc: dict[str, Any], case: workflow.CaseState,
+                        action: str, now: float) -> dict[str, Any]:
+    """Recompute the incident's stage deadlines after ``action``; return the sla summary."""
+    opened = inc["opened_at"]
+    opened_at = opened if isinstance(opened, float) else opened.timestamp()
+    limits = SLA_TABLE.limits(inc["category"], int(inc["priority"]))
+    due = sla.deadlines(limits, CALENDAR, opened_at, case.all_pauses())
+    rows = {r["stage"]: r for r in await conn.fetch(
+        "SELECT stage, met_at, warned_at, breached_at FROM sla_clocks WHERE incident_id = $1",
+        inc["id"])}
+    done_now = DONE_STAGE.get(action)
+    stopped = case.state in STOPPED_STATES
+    summary: dict[str, Any] = {}
+    for stage in sla.STAGES:
+        prev = rows.get(stage)
+        met = _sec(prev["met_at"]) if prev else None
+        if met is None and stage == done_now:
+            met = now
+        deadline: float | None = due[stage]
+        if stopped and met is None:
+            deadline = None  # a cancelled or closed case has no running clocks
+        assert deadline is None or isinstance(deadline, float)
+        warn_at = (None if deadline is None or math.isinf(deadline)
+                   else opened_at + sla.DEFAULT_WARN_SHARE * (deadline - opened_at))
+        await conn.execute(
+            """INSERT INTO sla_clocks (incident_id, stage, started_at, deadline, warn_at, met_at)
+               VALUES ($1, $2, $3, $4, $5, $6)
+               ON CONFLICT (incident_id, stage) DO UPDATE SET deadline = excluded.deadline,
+                 warn_at = excluded.warn_at, met_at = excluded.met_at""",
+            inc["id"], stage, _ts(opened_at), _ts(deadline), _ts(warn_at), _ts(met))
+        summary[stage] = {
+            "deadline": None if deadline is None or math.isinf(deadline) else deadline,
+            "warn_at": warn_at,
+            "met_at": met,
+            "state": _state(deadline, opened_at, met, now, prev),
+        }
+    await conn.execute("UPDATE incidents SET sla = $2 WHERE id = $1", inc["id"], summary)
+    return summary
+
+
+def _state(deadline: float | None, started: float, met: float | None, now: float,
+           prev: Any) -> str:
+    if deadline is None:
+        return "met" if met is not None else "stopped"
+    if met is not None:
+        return "met" if met <= deadline else "breached"
+    if prev is not None and prev["breached_at"] is not None:
+        return "breached"
+    if prev is not None and prev["warned_at"] is not None:
+        return "warning"
+    return "ok"
+
+
+async def fire(pool: asyncpg.Pool, incident_id: int, stage: str, kind: str) -> bool:
+    """Publish a due warning or breach once. Returns whether this call fired it."""
+    column, cond = (("warned_at", "warn_at") if kind == "warn" else ("breached_at", "deadline"))
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"""UPDATE sla_clocks SET {column} = now()
+                WHERE incident_id = $1 AND stage = $2 AND met_at IS NULL
+                  AND {column} IS NULL AND {cond} IS NOT NULL AND {cond} <= now()
+                RETURNING stage""", incident_id, stage)
+        if row is None:
+            return False
+        new_state = "warning" if kind == "warn" else "breached"
+        await conn.execute(
+            """UPDATE incidents SET sla = jsonb_set(sla, ARRAY[$2::text, 'state'],
+                                                   to_jsonb($3::text)) WHERE id = $1""",
+            incident_id, stage, new_state)
+        view = await store.incident_view(conn, incident_id)
+        event = (SlaWarned(incident=view, stage=stage) if kind == "warn"
+                 else SlaBreached(incident=view, stage=stage))
+        await outbox.record(conn, event)
+    return True
+
+
+# (due time, incident id, stage or assignment id, kind: warn | breach | escalate)
+Due = tuple[float, int, str, str]
+
+
+class SlaTimer:
+    """An in-process heap of due times; ``escalate`` handles unaccepted assignments."""
+
+    def __init__(self, pool: asyncpg.Pool,
+                 escalate: Callable[[int], Awaitable[None]]) -> None:
+        self.pool = pool
+        self.escalate = escalate
+        self.heap: list[Due] = []
+        self._queued: set[Due] = set()  # every event repeats the deadlines: queue each once
+        self.wake = asyncio.Event()
+        self.fired = 0
+
+    def push(self, item: Due) -> None:
+        if item in self._queued:
+            return
+        self._queued.add(item)
+        heapq.heappush(self.heap, item)
+        if self.heap[0] is item:
+            self.wake.set()
+
+    async def rebuild(self) -> None:
+        """Load every pending deadline from the database (at start or on leadership)."""
+        self.heap = []
+        self._queued = set()
+        rows = await self.pool.fetch(
+            """SELECT incident_id, stage, warn_at, deadline, warned_at FROM sla_clocks
+               WHERE met_at IS NULL AND breached_at IS NULL AND deadline IS NOT NULL""")
+        for r in rows:
+            if r["warned_at"] is None and r["warn_at"] is not None:
+                self.heap.append((r["warn_at"].timestamp(), r["incident_id"], r["stage"],
+                                  "warn"))
+            self.heap.append((r["deadline"].timestamp(), r["incident_id"], r["stage"],
+                              "breach"))
+        for a in await self.pool.fetch(
+                "SELECT id, incident_id, accept_due FROM assignments "
+                "WHERE status = 'active' AND accept_due IS NOT NULL"):
+            self.heap.append((a["accept_due"].timestamp(), a["incident_id"], str(a["id"]),
+                              "escalate"))
+        heapq.heapify(self.heap)
+        self._queued = set(self.heap)
+        self.wake.set()
+
+    def observe(self, env: Envelope) -> None:
+        """Schedule the deadlines an event carries (incident views and assignments)."""
+        inc = env.payload.get("incident")
+        if isinstance(inc, dict):
+            for stage, c in (inc.get("sla") or {}).items():
+                if c.get("met_at") is None and c.get("deadline") is not None:
+                    if c.get("warn_at") is not None and c.get("state") == "ok":
+                        self.push((float(c["warn_at"]), int(inc["id"]), stage, "warn"))
+                    if c.get("state") != "breached":
+                        self.push((float(c["deadline"]), int(inc["id"]), stage, "breach"))
+        a = env.payload.get("assignment")
+        if isinstance(a, dict) and a.get("accept_due") and a.get("status") == "active":
+            self.push((float(a["accept_due"]), int(a["incident_id"]), str(a["id"]),
+                       "escalate"))
+
+    async def run(self) -> None:
+        while True:
+            now = time.time()
+            while self.heap and self.heap[0][0] <= now:
+                item = heapq.heappop(self.heap)
+                self._queued.discard(item)
+                _, incident_id, what, kind = item
+                try:
+                    if kind == "escalate":
+                        await self.escalate(int(what))
+                    elif await fire(self.pool, incident_id, what, kind):
+                        self.fired += 1
+                except Exception:
+                    log.exception("SLA timer failed on %s %s of #%s", kind, what, incident_id)
+                now = time.time()
+            delay = min(TIMER_IDLE_S, self.heap[0][0] - now) if self.heap else TIMER_IDLE_S
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), max(0.0, delay))
+            except TimeoutError:
+                pass
