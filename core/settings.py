@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # How often the device clocks are written to the database (a scheduled job).
     clock_save_interval_s: float = 30.0
 
+    # SLA limits and accept time-outs run at this fraction of their real length. 1 in
+    # production; demos and tests shrink a day's clocks into seconds.
+    sla_time_scale: float = 1.0
+
     # Dispatch: a GPS fix older than this is "position unknown" (Resgrid-style staleness).
     position_stale_after_s: float = 120.0
 

@@ -49,8 +49,26 @@ STOPPED_STATES = frozenset({"cancelled", "closed", "evaluated", "archived"})
 # another process that it may not have heard of (belt and braces; events normally wake it).
 TIMER_IDLE_S = 30.0
 
-SLA_TABLE = sla.SlaTable()
 CALENDAR = sla.DEFAULT_CALENDAR
+
+
+class SlaConfig:
+    """The limits in force, set once at start (``configure``) from the settings."""
+
+    table = sla.SlaTable()
+    scale = 1.0
+
+
+def configure(time_scale: float) -> None:
+    """Run every limit at ``time_scale`` of its length (demos and tests)."""
+    SlaConfig.scale = time_scale
+    if time_scale != 1.0:
+        SlaConfig.table = sla.SlaTable(by_priority={
+            p: sla.SlaLimits(
+                lim.register_s * time_scale, lim.dispatch_s * time_scale,
+                lim.accept_s * time_scale, lim.arrive_s * time_scale,
+                lim.resolve_s * time_scale, lim.resolve_working)
+            for p, lim in sla.DEFAULT_LIMITS_BY_PRIORITY.items()})
 
 
 def _ts(v: float | None) -> datetime | None:
@@ -66,7 +84,7 @@ async def update_clocks(conn: Conn, inc: dict[str, Any], case: workflow.CaseStat
     """Recompute the incident's stage deadlines after ``action``; return the sla summary."""
     opened = inc["opened_at"]
     opened_at = opened if isinstance(opened, float) else opened.timestamp()
-    limits = SLA_TABLE.limits(inc["category"], int(inc["priority"]))
+    limits = SlaConfig.table.limits(inc["category"], int(inc["priority"]))
     due = sla.deadlines(limits, CALENDAR, opened_at, case.all_pauses())
     rows = {r["stage"]: r for r in await conn.fetch(
         "SELECT stage, met_at, warned_at, breached_at FROM sla_clocks WHERE incident_id = $1",

@@ -284,7 +284,8 @@ async def dispatch_incident(pool: asyncpg.Pool, incident_id: int, graph: RoadGra
                VALUES ($1,$2,$3,$4,$5,$6,$7,$8) RETURNING *""",
             incident_id, pick, store.ts(now), cand.eta_s if cand else None, reason,
             override_reason, _recommendation_json(rec),
-            store.ts(now + ACCEPT_TIMEOUT_S.get(int(inc["priority"]), 900.0)))
+            store.ts(now + ACCEPT_TIMEOUT_S.get(int(inc["priority"]), 900.0)
+                     * clocks.SlaConfig.scale))
         await conn.execute(
             """UPDATE units SET status = 'dispatched', current_incident = $2, updated_at = now()
                WHERE id = $1""", pick, incident_id)

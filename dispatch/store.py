@@ -138,6 +138,7 @@ async def append_log(
         prev,
         digest,
     )
+    await conn.execute("UPDATE incidents SET log_head = $2 WHERE id = $1", incident_id, digest)
 
 
 async def case_log(

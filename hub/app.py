@@ -23,6 +23,7 @@ from core.bus import Bus
 from core.db import connect, create_pool, migrate
 from core.outbox import EventFeed
 from core.settings import Settings
+from dispatch import clocks
 from dispatch.leader import Dispatcher
 from hub import api, errors, jobs, open311, views
 from hub.live import LiveFeed, LiveState
@@ -61,6 +62,7 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
             await conn.close()
         pool = await create_pool(settings.database_url, settings.db_pool_min,
                                  settings.db_pool_max)
+        clocks.configure(settings.sla_time_scale)
         bus = Bus()
         live = LiveState(bus)
         await live.load(pool)
