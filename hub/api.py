@@ -60,6 +60,12 @@ async def ingest_stats(request: Request, reset: bool = False) -> dict[str, Any]:
     return stats
 
 
+@router.get("/kpis")
+async def kpis(request: Request) -> dict[str, Any]:
+    """The console's KPI tiles (refreshed by a job every few seconds)."""
+    return dict(_hub(request).kpis)
+
+
 @router.get("/town")
 async def town(request: Request) -> dict[str, Any]:
     """The town's grids (both levels) and roads as GeoJSON, for maps with no tile server."""
@@ -167,6 +173,32 @@ async def device_clocks(request: Request, flagged: bool = False) -> list[dict[st
 async def units(request: Request) -> list[dict[str, Any]]:
     rows = await _hub(request).pool.fetch(f"SELECT {UNIT_COLUMNS} FROM units u ORDER BY u.id")
     return [row_view(r) for r in rows]
+
+
+# A track longer than this is thinned evenly: playback needs shape, not every fix.
+TRACK_MAX_POINTS = 20_000
+
+
+@router.get("/units/{unit_id}/track")
+async def unit_track(request: Request, unit_id: str,
+                     since: Annotated[float, Query(description="UNIX seconds")],
+                     until: Annotated[float | None, Query()] = None) -> dict[str, Any]:
+    """GPS fixes of a unit over a time range, for track playback (轨迹回放)."""
+    until = until if until is not None else time.time()
+    if until <= since or until - since > 31 * 86400:
+        raise InvalidInput("range must be positive and at most 31 days",
+                           code="track.bad_range")
+    pool = _hub(request).pool
+    n = await pool.fetchval(
+        "SELECT count(*) FROM positions WHERE unit_id = $1 AND ts >= to_timestamp($2) "
+        "AND ts < to_timestamp($3)", unit_id, since, until)
+    step = max(1, -(-int(n) // TRACK_MAX_POINTS))
+    rows = await pool.fetch(
+        """SELECT ts, lon, lat, speed, heading, accuracy FROM (
+               SELECT *, row_number() OVER (ORDER BY ts) AS k FROM positions
+               WHERE unit_id = $1 AND ts >= to_timestamp($2) AND ts < to_timestamp($3)) p
+           WHERE (k - 1) % $4 = 0 ORDER BY ts""", unit_id, since, until, step)
+    return {"unit_id": unit_id, "thinned_every": step, "points": [row_view(r) for r in rows]}
 
 
 # ---------------------------------------------------------------- alarms

@@ -7,6 +7,7 @@ heap (dispatch). These are the periodic housekeeping and figures.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -25,10 +26,13 @@ log = logging.getLogger("hub.jobs")
 # reading is noise, three in a row is a device that is down.
 ONLINE_INTERVALS = 3
 KPI_INTERVAL_S = 10
+# Ingest rate shown on the console: readings of the last minute, per second.
+INGEST_RATE_WINDOW_S = 60
 REGISTRY_RELOAD_S = 30
 
 
 async def refresh_kpis(hub: Hub) -> None:
+    """The console's figures: devices online, cases, today's SLA results, ingest rate."""
     row = await hub.pool.fetchrow(
         f"""SELECT count(*) AS devices,
                   count(*) FILTER (WHERE l.ts > now() - make_interval(
@@ -38,6 +42,32 @@ async def refresh_kpis(hub: Hub) -> None:
                               WHERE t.device_id = d.id) l ON true
            WHERE d.revoked_at IS NULL""")
     hub.kpis.update(devices=row["devices"], devices_online=row["online"])
+    cases = await hub.pool.fetch(
+        "SELECT priority, count(*) AS n FROM incidents WHERE state NOT IN "
+        "('closed', 'evaluated', 'archived', 'cancelled') GROUP BY priority")
+    # "Today" is the township's day (UTC+8), not UTC's.
+    sla_today = await hub.pool.fetchrow(
+        """SELECT count(*) FILTER (WHERE stage = 'resolve') AS closed,
+                  count(*) FILTER (WHERE stage = 'resolve' AND met_at <= deadline) AS on_time,
+                  percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM
+                      met_at - started_at)) FILTER (WHERE stage = 'arrive') AS p90_arrive_s
+           FROM sla_clocks
+           WHERE met_at >= date_trunc('day', now() AT TIME ZONE 'Asia/Shanghai')
+                             AT TIME ZONE 'Asia/Shanghai'
+             AND stage IN ('resolve', 'arrive')""")
+    points = await hub.pool.fetchval(
+        f"SELECT count(*) FROM telemetry WHERE ts > now() - interval '{INGEST_RATE_WINDOW_S} s'")
+    alarms = await hub.pool.fetchval("SELECT count(*) FROM alarms WHERE state <> 'cleared'")
+    closed = sla_today["closed"]
+    hub.kpis.update(
+        open_cases={str(r["priority"]): r["n"] for r in cases},
+        closed_today=closed,
+        on_time_rate_today=(sla_today["on_time"] / closed) if closed else None,
+        p90_response_s_today=sla_today["p90_arrive_s"],
+        active_alarms=alarms,
+        ingest_points_per_s=round(points / INGEST_RATE_WINDOW_S, 1),
+        updated_at=time.time(),
+    )
 
 
 async def save_clocks(hub: Hub) -> None:

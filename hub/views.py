@@ -1,7 +1,10 @@
-"""Server-rendered pages (Jinja2) and the vendored front-end libraries.
+"""Server-rendered pages (Jinja2, translated with gettext catalogs) and the vendored
+front-end libraries.
 
 Front-end libraries come from Python packages (XStatic) installed by the set-up, never from
-a CDN: command centres are often offline.
+a CDN: command centres are often offline. Every page gets ``lang`` (zh_CN by default, see
+``hub/i18n.py``), the language menu and the map tile URL; the data comes from the API and
+the live feed.
 """
 
 from __future__ import annotations
@@ -11,27 +14,75 @@ from typing import Any
 
 import xstatic.pkg.leaflet as xleaflet
 from fastapi import APIRouter, FastAPI, Request, WebSocket
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from hub import i18n
+
 TEMPLATES = Jinja2Templates(
     directory=Path(__file__).resolve().parent.parent / "frontend" / "templates")
+i18n.install(TEMPLATES.env)
 
 router = APIRouter()
+
+# The language choice is remembered for a year: a console stays on its language.
+LANG_COOKIE_MAX_AGE = 365 * 24 * 3600
 
 
 def mount_vendor(app: FastAPI) -> None:
     app.mount("/vendor/leaflet", StaticFiles(directory=xleaflet.BASE_DIR), name="leaflet")
 
 
-@router.get("/", response_class=HTMLResponse)
-async def console(request: Request) -> Any:
+def page(request: Request, template: str, **context: Any) -> Response:
+    """Render a page in the request's language (and remember an explicit ?lang=)."""
+    query = request.query_params.get("lang")
+    lang = i18n.pick_language(query, request.cookies.get("lang"))
     hub = request.app.state.hub
-    return TEMPLATES.TemplateResponse(request, "console.html", {
+    response = TEMPLATES.TemplateResponse(request, template, {
+        "lang": lang,
+        "html_lang": i18n.HTML_LANG[lang],
+        "languages": i18n.LANGUAGES,
         "tile_url": hub.settings.map_tile_url,
-        "town_name": "徐霞客镇",
+        "town_name": "徐霞客镇" if lang == "zh_CN" else "Xuxiake Town",
+        **context,
     })
+    if query in i18n.LANGUAGES:
+        response.set_cookie("lang", lang, max_age=LANG_COOKIE_MAX_AGE, samesite="lax",
+                            httponly=True)
+    return response
+
+
+@router.get("/", response_class=HTMLResponse)
+async def console(request: Request) -> Response:
+    return page(request, "console.html")
+
+
+@router.get("/cases/{incident_id}", response_class=HTMLResponse)
+async def case_page(request: Request, incident_id: int) -> Response:
+    return page(request, "case.html", incident_id=incident_id)
+
+
+@router.get("/units/{unit_id}", response_class=HTMLResponse)
+async def unit_page(request: Request, unit_id: str) -> Response:
+    """Track playback; ``?also=U2,U3`` puts several units on one timeline."""
+    also = [u for u in request.query_params.get("also", "").split(",") if u][:20]
+    return page(request, "unit.html", unit_ids=[unit_id, *also])
+
+
+@router.get("/devices/{device_id}", response_class=HTMLResponse)
+async def device_page(request: Request, device_id: str) -> Response:
+    return page(request, "device.html", device_id=device_id)
+
+
+@router.get("/reports", response_class=HTMLResponse)
+async def reports_page(request: Request) -> Response:
+    return page(request, "reports.html")
+
+
+@router.get("/inspections", response_class=HTMLResponse)
+async def inspections_page(request: Request) -> Response:
+    return page(request, "inspections.html")
 
 
 @router.websocket("/ws/live")
