@@ -30,8 +30,15 @@ router = APIRouter()
 LANG_COOKIE_MAX_AGE = 365 * 24 * 3600
 
 
+NODE_MODULES = Path(__file__).resolve().parent.parent / "frontend" / "node_modules"
+
+
 def mount_vendor(app: FastAPI) -> None:
     app.mount("/vendor/leaflet", StaticFiles(directory=xleaflet.BASE_DIR), name="leaflet")
+    # Installed by the set-up from frontend/package-lock.json (npm ci).
+    uplot = NODE_MODULES / "uplot" / "dist"
+    if uplot.is_dir():
+        app.mount("/vendor/uplot", StaticFiles(directory=uplot), name="uplot")
 
 
 def page(request: Request, template: str, **context: Any) -> Response:

@@ -129,9 +129,24 @@ setup_venv() {
   echo "$want" > "$stamp"
 }
 
+# Front-end libraries other than Leaflet (XStatic) come from the npm registry, pinned by
+# frontend/package-lock.json, and are served from frontend/node_modules: never a CDN.
+setup_frontend() {
+  [ -f "$ROOT/frontend/package-lock.json" ] || return 0
+  command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  local stamp="$ROOT/frontend/node_modules/.gridhub-stamp" want
+  want="$(sha256sum "$ROOT/frontend/package-lock.json" | cut -c1-16)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+  log "installing front-end libraries (npm ci)"
+  (cd "$ROOT/frontend" && npm ci --no-audit --no-fund --ignore-scripts >"$ROOT/var/npm.log" 2>&1) \
+    || { tail -20 "$ROOT/var/npm.log" >&2; die "npm ci failed (var/npm.log)"; }
+  echo "$want" > "$stamp"
+}
+
 setup_all() {
   setup_packages "$1"
   setup_venv
+  setup_frontend
   export_env
 }
 
