@@ -221,6 +221,8 @@ def _stats(key: str | None, cases: Sequence[CaseFacts], now: float, table: sla.S
         if c.extension_count:
             ext_cases += 1
             exts += c.extension_count
+        # Clamped at 0: a step logged a moment before the report (clock skew between
+        # writers) is an instant response, not a negative one.
         if c.arrived_at is not None:
             responses.append(max(0.0, c.arrived_at - c.opened_at))
         if c.accepted_at is not None:
@@ -236,6 +238,11 @@ def _stats(key: str | None, cases: Sequence[CaseFacts], now: float, table: sla.S
         accept_n=len(accepts), accept_p50_s=percentile(accepts, 50),
         accept_p90_s=percentile(accepts, 90),
     )
+
+
+def empty_group(key: str | None) -> GroupStats:
+    """The figures of a group with no cases (counts 0, rates and percentiles ``None``)."""
+    return _stats(key, [], 0.0, sla.SlaTable(), sla.DEFAULT_CALENDAR)
 
 
 def assess(

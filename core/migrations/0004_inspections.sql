@@ -79,3 +79,21 @@ CREATE TABLE inspection_results (
     recorded_at  timestamptz NOT NULL,
     PRIMARY KEY (draw_id, entity_id)
 );
+
+-- Patrol figures per unit and China-time day (dispatch/reports.py rollup_patrol, from the
+-- positions hypertable through dispatch/assessment.py patrol_stats): assessment reports
+-- sum days instead of reading every GPS fix of a month.
+CREATE TABLE patrol_daily (
+    unit_id        text NOT NULL,
+    day            date NOT NULL,
+    distance_m     double precision NOT NULL,
+    moving_s       double precision NOT NULL,
+    stopped_s      double precision NOT NULL,
+    duty_s         double precision NOT NULL,
+    trips          integer NOT NULL,
+    stops          integer NOT NULL,
+    dropped_jumps  integer NOT NULL,
+    fixes          integer NOT NULL,
+    computed_at    timestamptz NOT NULL,
+    PRIMARY KEY (unit_id, day)
+);
