@@ -7,7 +7,7 @@ from __future__ import annotations
 
 ALARM_COLUMNS = """a.id, a.rule_id, a.device_id, a.grid_id, a.severity, a.state, a.value,
     a.message, a.raised_at, a.last_seen, a.count, a.acked_by, a.acked_at, a.cleared_at,
-    a.cleared_by, a.clear_reason, a.incident_id"""
+    a.cleared_by, a.clear_reason, a.incident_id, a.flapping, a.situation, a.members"""
 
 INCIDENT_COLUMNS = """i.id, i.category, i.priority, i.qualification, i.title, i.description,
     i.lon, i.lat, i.grid_id, i.source, i.reporter, i.state, i.opened_at, i.updated_at,

@@ -55,6 +55,14 @@ class AlarmCleared(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class AlarmUpdated(Event):
+    """An open alarm's flags changed (flapping on or off, a situation's member count)."""
+
+    kind: ClassVar[str] = "alarm.updated"
+    alarm: Entity
+
+
+@dataclass(frozen=True, slots=True)
 class AlarmAttached(Event):
     """An alarm was joined to an incident (the one it opened, or an open one nearby)."""
 
@@ -124,6 +132,7 @@ CATALOGUE: dict[str, type[Event]] = {
         AlarmAcknowledged,
         AlarmCleared,
         AlarmAttached,
+        AlarmUpdated,
         IncidentOpened,
         IncidentUpdated,
         UnitAssigned,

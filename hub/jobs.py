@@ -101,8 +101,9 @@ async def apply_retention(hub: Hub) -> None:
 
 
 async def reload_registry(hub: Hub) -> None:
-    if hub.ingest is not None:
+    if hub.ingest is not None and hub.ingest.pipeline is not None:
         await hub.ingest.registry.load(hub.pool)
+        hub.ingest.pipeline.configure_rules()
 
 
 # Minute buckets are final a minute after they close; running every 30 s keeps charts at

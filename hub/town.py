@@ -97,6 +97,12 @@ async def load_town(conn: asyncpg.Connection, doc: dict[str, Any]) -> dict[str, 
                ON CONFLICT (id) DO UPDATE SET name=excluded.name, type=excluded.type,
                  qualifications=excluded.qualifications, home_grid=excluded.home_grid,
                  members=excluded.members""", unit_rows)
+        # Default patrol area (geofence): the second-level grids of the home first-level grid.
+        await conn.execute(
+            """UPDATE units u SET patrol_grids = ARRAY(
+                   SELECT c.id FROM grids h JOIN grids c ON c.parent_id = h.parent_id
+                   WHERE h.id = u.home_grid ORDER BY c.id)
+               WHERE cardinality(u.patrol_grids) = 0""")
     return {"grids": len(grid_rows), "roads": len(road_rows), "devices": len(dev_rows),
             "units": len(unit_rows)}
 
@@ -109,7 +115,8 @@ def read_rules(path: Path) -> list[dict[str, Any]]:
                "device_model": r.get("device_model"), "params": r.get("params", {}),
                "severity": r["severity"], "incident_category": r.get("incident_category"),
                "qualification": r.get("qualification"), "priority": int(r.get("priority", 3)),
-               "source": r.get("source", "")}
+               "source": r.get("source", ""), "device_filter": r.get("device_filter", {}),
+               "hours": r.get("hours"), "applies_to": r.get("applies_to", "devices")}
         rule_eval.validate(rule_eval.Rule.from_row(row))
         out.append(row)
     return out
@@ -118,14 +125,17 @@ def read_rules(path: Path) -> list[dict[str, Any]]:
 async def load_rules(conn: asyncpg.Connection, rows: list[dict[str, Any]]) -> int:
     await conn.executemany(
         """INSERT INTO rules (id, name, kind, metric, device_model, params, severity,
-                              incident_category, qualification, priority, source)
-           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)
+                              incident_category, qualification, priority, source,
+                              device_filter, hours, applies_to)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)
            ON CONFLICT (id) DO UPDATE SET name=excluded.name, kind=excluded.kind,
              metric=excluded.metric, device_model=excluded.device_model, params=excluded.params,
              severity=excluded.severity, incident_category=excluded.incident_category,
              qualification=excluded.qualification, priority=excluded.priority,
-             source=excluded.source, updated_at=now()""",
+             source=excluded.source, device_filter=excluded.device_filter,
+             hours=excluded.hours, applies_to=excluded.applies_to, updated_at=now()""",
         [(r["id"], r["name"], r["kind"], r["metric"], r["device_model"], r["params"],
           r["severity"], r["incident_category"], r["qualification"], r["priority"],
-          r["source"]) for r in rows])
+          r["source"], r.get("device_filter") or {}, r.get("hours"),
+          r.get("applies_to", "devices")) for r in rows])
     return len(rows)

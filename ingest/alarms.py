@@ -13,10 +13,17 @@ from typing import Any
 import asyncpg
 
 from core import outbox
-from core.db import Querier, row_view
-from core.entities import ALARM_COLUMNS
+from core.db import Conn, Querier, row_view
+from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS
 from core.errors import Conflict, NotFound
-from core.events import AlarmAcknowledged, AlarmCleared, AlarmRaised, AlarmRepeated
+from core.events import (
+    AlarmAcknowledged,
+    AlarmCleared,
+    AlarmRaised,
+    AlarmRepeated,
+    AlarmUpdated,
+    IncidentUpdated,
+)
 
 
 def _ts(seconds: float) -> datetime:
@@ -25,19 +32,25 @@ def _ts(seconds: float) -> datetime:
 
 async def raise_alarm(
     pool: asyncpg.Pool, *, rule_id: str, device_id: str, grid_id: str | None,
-    severity: str, value: float, message: str, ts: float,
+    severity: str, value: float | None, message: str, ts: float,
+    situation: str | None = None, members: int | None = None,
 ) -> tuple[dict[str, Any], bool, int]:
-    """Open an alarm or count a repeat of the open one. Returns (alarm, opened_now, seq)."""
+    """Open an alarm or count a repeat of the open one. Returns (alarm, opened_now, seq).
+
+    ``situation``/``members``: a storm group's alarm for a whole grid (``device_id`` is then
+    the group key); a repeat updates the member count."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             f"""INSERT INTO alarms AS a (rule_id, device_id, grid_id, severity, value, message,
-                                        raised_at, last_seen)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+                                        raised_at, last_seen, situation, members)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)
                 ON CONFLICT (rule_id, device_id) WHERE state <> 'cleared'
                 DO UPDATE SET count = a.count + 1, value = excluded.value,
-                              last_seen = greatest(a.last_seen, excluded.last_seen)
+                              last_seen = greatest(a.last_seen, excluded.last_seen),
+                              members = coalesce(excluded.members, a.members),
+                              message = excluded.message
                 RETURNING {ALARM_COLUMNS}, (xmax = 0) AS inserted""",
-            rule_id, device_id, grid_id, severity, value, message, _ts(ts),
+            rule_id, device_id, grid_id, severity, value, message, _ts(ts), situation, members,
         )
         view = row_view(row)
         opened = bool(view.pop("inserted"))
@@ -63,7 +76,38 @@ async def clear_alarm_for(
             return None
         view = row_view(row)
         await outbox.record(conn, AlarmCleared(alarm=view))
+        await _note_incident_alarms(conn, view)
     return view
+
+
+async def set_flapping(pool: asyncpg.Pool, rule_id: str, device_id: str, flapping: bool
+                       ) -> dict[str, Any] | None:
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"""UPDATE alarms a SET flapping = $3
+                WHERE rule_id = $1 AND device_id = $2 AND state <> 'cleared'
+                  AND flapping <> $3 RETURNING {ALARM_COLUMNS}""", rule_id, device_id, flapping)
+        if row is None:
+            return None
+        view = row_view(row)
+        await outbox.record(conn, AlarmUpdated(alarm=view))
+    return view
+
+
+async def _note_incident_alarms(conn: Conn, alarm: dict[str, Any]) -> None:
+    """When every alarm attached to an incident has cleared, the incident shows it. It is
+    not closed: a person closes cases."""
+    iid = alarm.get("incident_id")
+    if iid is None:
+        return
+    row = await conn.fetchrow(
+        f"""UPDATE incidents i SET alarms_cleared = true, updated_at = now()
+            WHERE id = $1 AND NOT alarms_cleared AND NOT EXISTS (
+                SELECT 1 FROM alarms WHERE incident_id = $1 AND state <> 'cleared')
+            RETURNING {INCIDENT_COLUMNS}""", iid)
+    if row is not None:
+        await outbox.record(conn, IncidentUpdated(incident=row_view(row),
+                                                  action="alarms_cleared"))
 
 
 async def acknowledge(pool: asyncpg.Pool, alarm_id: int, who: str) -> dict[str, Any]:
@@ -99,6 +143,7 @@ async def clear_by_operator(pool: asyncpg.Pool, alarm_id: int, who: str, reason:
             raise Conflict(f"alarm {alarm_id} is already cleared", code="alarm.already_cleared")
         view = row_view(row)
         await outbox.record(conn, AlarmCleared(alarm=view))
+        await _note_incident_alarms(conn, view)
     return view
 
 

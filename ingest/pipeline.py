@@ -8,7 +8,6 @@ within milliseconds of the reading.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -18,16 +17,12 @@ from typing import Any
 import asyncpg
 
 from core.db import Querier
-from ingest import alarms, rules, wire
+from ingest import rules, wire
 from ingest.mqtt import Delivery
+from ingest.watch import AlarmWatch, Subject, Watched
 from ingest.writer import BatchWriter, ts_of
 
 log = logging.getLogger("ingest.pipeline")
-
-# Alarm writes waiting for the database; beyond this the oldest transitions would be
-# delayed, never dropped: the queue applies backpressure to nothing but itself.
-ALARM_QUEUE_MAX = 10000
-
 
 @dataclass(frozen=True, slots=True)
 class DeviceInfo:
@@ -37,24 +32,32 @@ class DeviceInfo:
 
 
 class Registry:
-    """Known devices and units, and the rules by metric; reloaded when they change."""
+    """Known devices and units, and the alarm rules over them; reloaded when they change."""
 
     def __init__(self) -> None:
         self.devices: dict[str, DeviceInfo] = {}
         self.units: set[str] = set()
-        self.rules_by_metric: dict[str, list[rules.Rule]] = defaultdict(list)
+        self.watched: list[Watched] = []
+        self.device_subjects: dict[str, Subject] = {}
+        self.unit_subjects: dict[str, Subject] = {}
 
     async def load(self, conn: Querier) -> None:
-        devs = await conn.fetch(
-            "SELECT id, model, grid_id FROM devices WHERE revoked_at IS NULL")
+        devs = await conn.fetch("SELECT id, model, grid_id, props, interval_s FROM devices "
+                                "WHERE revoked_at IS NULL")
         self.devices = {r["id"]: DeviceInfo(r["id"], r["model"], r["grid_id"]) for r in devs}
-        self.units = {r["id"] for r in await conn.fetch("SELECT id FROM units")}
-        by_metric: dict[str, list[rules.Rule]] = defaultdict(list)
-        for r in await conn.fetch("SELECT * FROM rules WHERE enabled ORDER BY id"):
-            rule = rules.Rule.from_row(r)
-            if rule.metric:
-                by_metric[rule.metric].append(rule)
-        self.rules_by_metric = by_metric
+        self.device_subjects = {
+            r["id"]: Subject(r["id"], r["model"], r["grid_id"], dict(r["props"] or {}),
+                             float(r["interval_s"])) for r in devs}
+        grids = {r["id"]: rules.Polygon.of(r["geometry"]["coordinates"][0])
+                 for r in await conn.fetch("SELECT id, geometry FROM grids WHERE level = 2")}
+        units = await conn.fetch("SELECT id, type, home_grid, patrol_grids FROM units")
+        self.units = {r["id"] for r in units}
+        self.unit_subjects = {
+            r["id"]: Subject(r["id"], r["type"], r["home_grid"],
+                             fence=tuple(grids[g] for g in r["patrol_grids"] if g in grids))
+            for r in units}
+        self.watched = [Watched.from_row(r) for r in await conn.fetch(
+            "SELECT * FROM rules WHERE enabled ORDER BY id")]
 
 
 # Smoothing of a device's clock skew: each reading moves the estimate 10% of the way, so
@@ -95,9 +98,8 @@ class Pipeline:
         self.writer = writer
         self.registry = registry
         self.limits = limits
-        self.rule_state: dict[tuple[str, str], rules.RuleState] = {}
-        self.alarm_queue: asyncio.Queue[tuple[str, rules.Rule, str, float, float]] = (
-            asyncio.Queue(ALARM_QUEUE_MAX))
+        self.watch = AlarmWatch(pool)
+        self.configure_rules()
         self.decoded = 0
         self.late = 0
         self.rejected: dict[str, int] = defaultdict(int)
@@ -167,6 +169,8 @@ class Pipeline:
             self.writer.add_positions(
                 (ts_of(p.ts), p.unit_id, p.lat, p.lon, p.speed, p.heading, p.accuracy, rcv)
                 for p in res.positions)
+            for p in res.positions:
+                self.watch.position(p.unit_id, p.lon, p.lat, p.ts)
             if self.on_position is not None:
                 for p in res.positions:
                     self.on_position(p.unit_id, p.ts, p.lon, p.lat, p.speed, p.heading)
@@ -180,57 +184,19 @@ class Pipeline:
         self.rejected[code] += 1
         self.writer.add_dead_letter(topic, payload, code, detail, received_at)
 
+    def configure_rules(self) -> None:
+        r = self.registry
+        self.watch.configure(r.watched, r.device_subjects, r.unit_subjects)
+
     def evaluate(self, readings: list[wire.Reading]) -> None:
-        by_metric = self.registry.rules_by_metric
-        for r in readings:
-            candidates = by_metric.get(r.metric)
-            if not candidates:
-                continue
-            dev = self.registry.devices[r.device_id]
-            for rule in candidates:
-                if rule.device_model and rule.device_model != dev.model:
-                    continue
-                key = (rule.id, r.device_id)
-                state = self.rule_state.get(key, rules.INITIAL)
-                new_state, verdict = rules.evaluate(rule, state, r.value, r.ts)
-                self.rule_state[key] = new_state
-                if verdict is not None:
-                    try:
-                        self.alarm_queue.put_nowait((verdict, rule, r.device_id, r.value, r.ts))
-                    except asyncio.QueueFull:
-                        log.error("alarm queue full: transition of %s on %s delayed",
-                                  rule.id, r.device_id)
-
-    async def run_alarms(self) -> None:
-        """Write alarm transitions in the order they were seen."""
-        while True:
-            verdict, rule, device_id, value, ts = await self.alarm_queue.get()
-            dev = self.registry.devices.get(device_id)
-            while True:
-                try:
-                    if verdict == "raise":
-                        await alarms.raise_alarm(
-                            self.pool, rule_id=rule.id, device_id=device_id,
-                            grid_id=dev.grid_id if dev else None, severity=rule.severity,
-                            value=value, message=rules.describe(rule, value), ts=ts)
-                    else:
-                        await alarms.clear_alarm_for(
-                            self.pool, rule_id=rule.id, device_id=device_id, ts=ts)
-                    break
-                except Exception as e:  # retried until it lands: a transition is a fact
-                    log.warning("alarm write failed (%s: %s); retrying", type(e).__name__, e)
-                    await asyncio.sleep(0.5)
-
-    async def restore_rule_state(self) -> None:
-        """Open alarms mean active rule state: a restart does not re-fire them."""
-        for a in await alarms.open_alarms(self.pool):
-            self.rule_state[(a["rule_id"], a["device_id"])] = rules.RuleState(
-                True, float(a["last_seen"]))
+        self.watch.readings(readings)
 
     def stats(self) -> dict[str, Any]:
         s = self.writer.stats
         return {
             "decoded": self.decoded,
+            "alarm_writes": self.watch.written,
+            "alarm_backlog": self.watch.queue.qsize(),
             "late": self.late,
             "devices_clock_flagged": sum(1 for c in self.clocks.values() if c.flagged),
             "rejected": dict(self.rejected),

@@ -40,14 +40,16 @@ class IngestRole:
         self.pipeline = Pipeline(self.pool, writer, self.registry,
                                  reorder_window_s=s.reorder_window_s,
                                  clock_skew_limit_s=s.clock_skew_limit_s)
-        await self.pipeline.restore_rule_state()
+        await self.pipeline.watch.restore()
         self.mqtt = MqttIngest(
             s.mqtt_url, s.mqtt_client_id, wire.SUBSCRIPTIONS, loop, self.pipeline.on_delivery,
             share_group=s.mqtt_share_group, receive_maximum=s.mqtt_receive_maximum,
             session_expiry_s=s.mqtt_session_expiry_s)
         self.tasks = [
             asyncio.create_task(writer.run(), name="ingest.writer"),
-            asyncio.create_task(self.pipeline.run_alarms(), name="ingest.alarms"),
+            asyncio.create_task(self.pipeline.watch.run(), name="ingest.alarms"),
+            asyncio.create_task(self.pipeline.watch.persist(), name="ingest.rule_state"),
+            asyncio.create_task(self.pipeline.watch.clock(), name="ingest.alarm_clock"),
         ]
         self.mqtt.start()
         # Ready means subscribed: a message published after start() returns is ours.
@@ -78,6 +80,8 @@ class IngestRole:
         # Give the writer one flush interval to commit what it holds; anything not
         # acknowledged is redelivered by the broker on the next start.
         await asyncio.sleep(self.settings.ingest_flush_interval_s * 2)
+        if self.pipeline is not None:
+            await self.pipeline.watch.save()
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
