@@ -39,8 +39,11 @@ async def _load_town(settings: Settings, path: Path, if_empty: bool, rules: Path
         if if_empty and await conn.fetchval("SELECT count(*) FROM grids"):
             print("town already loaded; keeping it")
             return
+        from simulators.registry import load_registry
+
         counts = await town.load_town(conn, town.read_town(path))
         counts["rules"] = await town.load_rules(conn, town.read_rules(rules))
+        await load_registry(conn)
         print("loaded " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     finally:
         await conn.close()

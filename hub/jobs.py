@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from core.settings import Settings
+from dispatch import reports
 from ingest import retention
 
 if TYPE_CHECKING:
@@ -100,6 +101,16 @@ async def apply_retention(hub: Hub) -> None:
         s.retention_dead_letters_days)
 
 
+async def monthly_draws(hub: Hub) -> None:
+    if _leads(hub):
+        await reports.scheduled_draw(hub.pool, time.time())
+
+
+async def patrol_rollup(hub: Hub) -> None:
+    if _leads(hub):
+        await reports.rollup_patrol(hub.pool, time.time())
+
+
 async def reload_registry(hub: Hub) -> None:
     if hub.ingest is not None and hub.ingest.pipeline is not None:
         await hub.ingest.registry.load(hub.pool)
@@ -109,6 +120,8 @@ async def reload_registry(hub: Hub) -> None:
 # Minute buckets are final a minute after they close; running every 30 s keeps charts at
 # most ~90 s behind. Retention deals in whole days: hourly is plenty.
 ROLLUP_INTERVAL_S = 30
+PATROL_ROLLUP_S = 3600
+DAY_S = 86400
 RETENTION_INTERVAL_S = 3600
 
 
@@ -124,6 +137,11 @@ JOBS: list[tuple[str, Any, Callable[[Settings], float], str]] = [
     # Upkeep of shared tables: done by the dispatch leader's process only.
     ("timeseries.rollups", rollups, _every(ROLLUP_INTERVAL_S), "dispatch"),
     ("timeseries.retention", apply_retention, _every(RETENTION_INTERVAL_S), "dispatch"),
+    # Mileage and duty time per unit and day, for the assessment reports.
+    ("reports.patrol_rollup", patrol_rollup, _every(PATROL_ROLLUP_S), "dispatch"),
+    # "Double random": the draw itself skips a matter already drawn this month, so a
+    # daily check makes it monthly and catches up after downtime.
+    ("inspections.monthly_draw", monthly_draws, _every(DAY_S), "dispatch"),
 ]
 
 

@@ -1,0 +1,174 @@
+"""Alarm rules through the API: list, edit (validated by the pure rules module), disable,
+and backtest a rule (stored or new) over a stored time range without raising anything."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from core.db import row_view
+from core.errors import InvalidInput, NotFound
+from ingest import backtest as bt
+from ingest import rules
+from ingest.watch import parse_hours
+
+router = APIRouter(prefix="/api/rules")
+
+# A backtest reads at most this many readings: about a second of work; longer ranges are
+# for the rollups, not for re-running rules.
+BACKTEST_MAX_ROWS = 2_000_000
+BACKTEST_MAX_RANGE_S = 31 * 86400
+
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class RuleBody(BaseModel):
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    kind: Annotated[str, Field(pattern="^(threshold|duration|rate|nodata|geofence)$")]
+    metric: Annotated[str | None, Field(max_length=64)] = None
+    device_model: Annotated[str | None, Field(max_length=64)] = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    severity: Annotated[str, Field(pattern="^(critical|major|minor|warning)$")] = "major"
+    incident_category: Annotated[str | None, Field(max_length=64)] = None
+    qualification: Annotated[str | None, Field(max_length=64)] = None
+    priority: Annotated[int, Field(ge=1, le=4)] = 3
+    source: Annotated[str, Field(max_length=500)] = ""
+    device_filter: dict[str, str] = Field(default_factory=dict)
+    hours: Annotated[str | None, Field(pattern=r"^\d{1,2}:\d{2}-\d{1,2}:\d{2}$")] = None
+    applies_to: Annotated[str, Field(pattern="^(devices|units)$")] = "devices"
+    enabled: bool = True
+
+    def to_rule(self, rule_id: str) -> rules.Rule:
+        rule = rules.Rule(id=rule_id, name=self.name, kind=self.kind, metric=self.metric,
+                          device_model=self.device_model, params=self.params,
+                          severity=self.severity, incident_category=self.incident_category,
+                          qualification=self.qualification, priority=self.priority)
+        try:
+            rules.validate(rule)
+            parse_hours(self.hours)
+        except (rules.RuleError, ValueError) as e:
+            raise InvalidInput(str(e), code="rule.invalid") from e
+        if self.incident_category and not self.qualification:
+            raise InvalidInput("a rule that opens cases needs the qualification they need",
+                               code="rule.invalid")
+        return rule
+
+
+def _hub(request: Request) -> Any:
+    return request.app.state.hub
+
+
+@router.get("")
+async def list_rules(request: Request) -> list[dict[str, Any]]:
+    rows = await _hub(request).pool.fetch(
+        """SELECT r.*, (SELECT count(*) FROM alarms a WHERE a.rule_id = r.id
+                        AND a.state <> 'cleared') AS open_alarms
+           FROM rules r ORDER BY r.id""")
+    return [row_view(r) for r in rows]
+
+
+@router.get("/{rule_id}")
+async def get_rule(request: Request, rule_id: str) -> dict[str, Any]:
+    row = await _hub(request).pool.fetchrow("SELECT * FROM rules WHERE id = $1", rule_id)
+    if row is None:
+        raise NotFound(f"rule {rule_id} not found", code="rule.not_found")
+    return row_view(row)
+
+
+async def _reload(request: Request) -> None:
+    """This process applies the change at once; other ingest processes within their
+    registry reload interval (hub/jobs.py)."""
+    hub = _hub(request)
+    if hub.ingest is not None and hub.ingest.pipeline is not None:
+        await hub.ingest.registry.load(hub.pool)
+        hub.ingest.pipeline.configure_rules()
+
+
+@router.put("/{rule_id}")
+async def put_rule(request: Request, rule_id: Id, body: RuleBody) -> dict[str, Any]:
+    """Create or replace a rule. A changed rule starts with fresh state."""
+    body.to_rule(rule_id)
+    row = await _hub(request).pool.fetchrow(
+        """INSERT INTO rules (id, name, kind, metric, device_model, params, severity,
+                              incident_category, qualification, priority, source,
+                              device_filter, hours, applies_to, enabled)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)
+           ON CONFLICT (id) DO UPDATE SET name=excluded.name, kind=excluded.kind,
+             metric=excluded.metric, device_model=excluded.device_model, params=excluded.params,
+             severity=excluded.severity, incident_category=excluded.incident_category,
+             qualification=excluded.qualification, priority=excluded.priority,
+             source=excluded.source, device_filter=excluded.device_filter,
+             hours=excluded.hours, applies_to=excluded.applies_to, enabled=excluded.enabled,
+             updated_at=now()
+           RETURNING *""",
+        rule_id, body.name, body.kind, body.metric, body.device_model, body.params,
+        body.severity, body.incident_category, body.qualification, body.priority, body.source,
+        body.device_filter, body.hours, body.applies_to, body.enabled)
+    await _reload(request)
+    return row_view(row)
+
+
+@router.delete("/{rule_id}")
+async def disable_rule(request: Request, rule_id: str) -> dict[str, Any]:
+    """Rules are disabled, not deleted: their alarms keep pointing at them."""
+    row = await _hub(request).pool.fetchrow(
+        "UPDATE rules SET enabled = false, updated_at = now() WHERE id = $1 RETURNING *",
+        rule_id)
+    if row is None:
+        raise NotFound(f"rule {rule_id} not found", code="rule.not_found")
+    await _reload(request)
+    return row_view(row)
+
+
+class BacktestBody(BaseModel):
+    rule_id: Id | None = None
+    rule: RuleBody | None = None
+    since: float
+    until: float | None = None
+    device_ids: Annotated[list[Id], Field(max_length=1000)] = Field(default_factory=list)
+
+
+@router.post("/backtest")
+async def backtest(request: Request, body: BacktestBody) -> dict[str, Any]:
+    """The alarms a rule (stored, or given inline) would have raised over a stored range."""
+    pool = _hub(request).pool
+    if body.rule is not None:
+        rule = body.rule.to_rule(body.rule_id or "backtest")
+        model_filter = body.rule.device_model
+    elif body.rule_id is not None:
+        row = await pool.fetchrow("SELECT * FROM rules WHERE id = $1", body.rule_id)
+        if row is None:
+            raise NotFound(f"rule {body.rule_id} not found", code="rule.not_found")
+        rule = rules.Rule.from_row(row)
+        model_filter = row["device_model"]
+    else:
+        raise InvalidInput("give rule_id or rule", code="backtest.no_rule")
+    until = body.until if body.until is not None else time.time()
+    if not 0 < until - body.since <= BACKTEST_MAX_RANGE_S:
+        raise InvalidInput("range must be positive and at most 31 days",
+                           code="backtest.bad_range")
+    if rule.kind == "geofence":
+        raise InvalidInput("geofence rules are judged on unit tracks, not telemetry",
+                           code="backtest.unsupported")
+    rows = await pool.fetch(
+        f"""SELECT t.device_id, extract(epoch FROM t.ts) AS ts, t.value FROM telemetry t
+            JOIN devices d ON d.id = t.device_id
+            WHERE t.ts >= to_timestamp($1) AND t.ts < to_timestamp($2)
+              AND ($3 = '' OR t.metric = $3)
+              AND ($4::text IS NULL OR d.model = $4)
+              AND (cardinality($5::text[]) = 0 OR t.device_id = ANY($5))
+            ORDER BY t.device_id, t.ts LIMIT {BACKTEST_MAX_ROWS + 1}""",
+        body.since, until, rule.metric or "", model_filter, body.device_ids)
+    if len(rows) > BACKTEST_MAX_ROWS:
+        raise InvalidInput(f"more than {BACKTEST_MAX_ROWS} readings; narrow the range",
+                           code="backtest.too_many_rows")
+    intervals = {r["id"]: float(r["interval_s"]) for r in await pool.fetch(
+        "SELECT id, interval_s FROM devices")}
+    episodes = bt.backtest(rule, bt.group_rows(
+        (r["device_id"], float(r["ts"]), float(r["value"])) for r in rows), intervals)
+    return {"rule_id": rule.id, "readings": len(rows), "alarms": len(episodes),
+            "episodes": [asdict(e) for e in episodes]}
