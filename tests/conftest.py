@@ -116,6 +116,9 @@ class HubProcess:
             "HUB_HTTP_PORT": str(self.port),
             "HUB_MQTT_CLIENT_ID": client_id or f"gridhub-test-{tag}",
             "HUB_MQTT_SHARE_GROUP": share_group or f"test-{tag}",
+            # Long enough to survive the restarts the fault tests do, short enough that the
+            # broker does not keep queueing for every hub a long test session started.
+            "HUB_MQTT_SESSION_EXPIRY_S": "120",
             **(extra_env or {}),
         }
         self.roles = roles
