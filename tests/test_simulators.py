@@ -5,6 +5,9 @@ No broker, no hub: generators and movement take time as an argument.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -15,10 +18,14 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from dispatch import workflow
+from dispatch.service import UNIT_STATUS_AFTER
 from ingest import wire
 from simulators import devices, patrol
+from simulators.crews import Crews, CrewTiming
 from simulators.mqtt_pub import MAX_WINDOW, InflightWindow
 from simulators.run import select_devices
 
@@ -44,9 +51,26 @@ def graph(town: dict[str, Any]) -> patrol.RoadGraph:
     return patrol.RoadGraph.from_town(town)
 
 
-def _rules_for(rules: list[dict[str, Any]], model: str, metric: str) -> list[dict[str, Any]]:
-    return [r for r in rules if r["kind"] == "threshold" and r["metric"] == metric
-            and r.get("device_model", model) == model]
+def _rules_for(rules: list[dict[str, Any]], device: dict[str, Any], metric: str,
+               t: float | None = None) -> list[dict[str, Any]]:
+    """Limit rules (threshold, duration) on ``metric`` that apply to ``device`` (model,
+    device_filter) and, when ``t`` is given, are in force at that local time (hours)."""
+    out = []
+    for r in rules:
+        if r["kind"] not in ("threshold", "duration") or r.get("metric") != metric:
+            continue
+        if r.get("device_model", device["model"]) != device["model"]:
+            continue
+        if any(str(device.get(k)) != str(v) for k, v in r.get("device_filter", {}).items()):
+            continue
+        if t is not None and "hours" in r:
+            start, end = ([int(x) for x in hm.split(":")] for hm in r["hours"].split("-"))
+            h = devices.local_hour(t)
+            lo, hi = start[0] + start[1] / 60, end[0] + end[1] / 60
+            if not (lo <= h < hi if lo < hi else h >= lo or h < hi):
+                continue
+        out.append(r)
+    return out
 
 
 def _run(gen: devices.DeviceGenerator, start: float, seconds: float
@@ -82,26 +106,41 @@ def test_every_town_model_has_a_generator(town: dict[str, Any]) -> None:
 @pytest.mark.parametrize("model", sorted(devices.GENERATORS))
 def test_normal_values_stay_clear_of_alarm_rules(
         town: dict[str, Any], rules: list[dict[str, Any]], model: str) -> None:
-    """Two simulated days of every device of the model, no events and no faults: never
-    over a rule's raise level, and always inside its clear level (so alarms clear)."""
+    """Two simulated days of devices of the model, no events and no faults: never at a
+    limit rule's raise level, always past its clear level (so raised alarms clear), and
+    never rising as fast as a rate rule."""
     devs = [d for d in town["devices"] if d["model"] == model]
     assert devs
-    seen: dict[str, list[float]] = {}
+    rate_rules = [r for r in rules if r["kind"] == "rate"]
+    checked = 0
     for d in devs[:12]:
         gen = devices.make_generator(d, 7, devices.NO_FAULTS)
-        for _, values in _run(gen, T0, 2 * DAY):
+        series = _run(gen, T0, 2 * DAY)
+        for t, values in series:
             assert values is not None
             for m, v in values.items():
                 assert math.isfinite(v)
-                seen.setdefault(m, []).append(v)
-    for metric, values in seen.items():
-        lo, hi = min(values), max(values)
-        for r in _rules_for(rules, model, metric):
-            p = r["params"]
-            if "raise_above" in p:
-                assert hi < p["clear_below"] <= p["raise_above"], (r["name"], hi)
-            if "raise_below" in p:
-                assert lo > p["clear_above"] >= p["raise_below"], (r["name"], lo)
+                for r in _rules_for(rules, d, m, t):
+                    p = r["params"]
+                    checked += 1
+                    if "raise_above" in p:
+                        assert v < min(p["raise_above"], p.get("clear_below", math.inf)), \
+                            (r["name"], d["id"], t, v)
+                    else:
+                        assert v > max(p["raise_below"], p.get("clear_above", -math.inf)), \
+                            (r["name"], d["id"], t, v)
+        for r in rate_rules:
+            metric, window = r.get("metric"), r["params"]["window_s"]
+            if metric not in d["metrics"]:
+                continue
+            step = max(1, round(window / gen.interval_s))
+            vals = [v[metric] for _, v in series if v is not None]
+            rises = [(b - a) / (step * gen.interval_s) for a, b in zip(vals, vals[step:],
+                                                                     strict=False)]
+            assert max(rises) < r["params"]["rise_per_s"], (r["name"], d["id"])
+    if model in ("gas_detector", "smoke_detector", "air_station", "noise_meter",
+                 "water_station", "traffic_counter"):
+        assert checked  # every model is watched by some rule
 
 
 NORMAL_RANGES = {
@@ -188,33 +227,53 @@ def test_same_seed_same_values(town: dict[str, Any]) -> None:
 
 EVENT_METRIC = {"gas_detector": "gas_lel_pct", "smoke_detector": "smoke_obscuration_pct",
                 "air_station": "pm25", "water_station": "water_level_m",
-                "traffic_counter": "speed_kmh"}
+                "traffic_counter": "speed_kmh", "noise_meter": "noise_db"}
 
 
 @pytest.mark.parametrize("model", sorted(EVENT_METRIC))
-def test_event_crosses_threshold_and_returns(
+def test_event_trips_an_alarm_rule_and_returns(
         town: dict[str, Any], rules: list[dict[str, Any]], model: str) -> None:
+    """A forced event goes past the raise level of a rule of the device for as long as the
+    rule wants (``for_s``), then comes back past its clear level."""
     metric = EVENT_METRIC[model]
-    (rule, *_) = sorted(_rules_for(rules, model, metric), key=lambda r: r["severity"])
-    p = rule["params"]
-    for d in [x for x in town["devices"] if x["model"] == model][:5]:
+    settle = T0 + 23 * HOUR  # 23:00: night rules (noise) are in force
+    for d in [x for x in town["devices"] if x["model"] == model][:6]:
+        (rule, *_) = sorted(_rules_for(rules, d, metric, settle),
+                            key=lambda r: (r.get("incident_category") is None, r["name"]))
+        p = rule["params"]
+        for_s = p.get("for_s", 0.0)
         gen = devices.make_generator(d, 11, devices.NO_FAULTS)
-        _run(gen, T0 + 9 * HOUR, 10 * 60)  # settle
-        start = T0 + 9 * HOUR + 10 * 60
-        event = gen.start_event(start)
+        _run(gen, settle - 600, 600)
+        event = gen.start_event(settle)
         assert event is not None
-        assert 60 <= event.duration <= 180
-        series = _run(gen, start, 10 * 60)
-        during = [v[metric] for t, v in series if v and t < start + event.duration]
-        after = [v[metric] for t, v in series if v and t >= start + event.duration]
+        lo, hi = devices.EVENT_DURATION_BY_MODEL.get(model, devices.EVENT_DURATION_S)
+        assert max(lo, 2 * gen.interval_s) <= event.duration <= hi
+        series = _run(gen, settle, event.duration + 15 * 60)
+        over = [t for t, v in series if v and (
+            v[metric] >= p["raise_above"] if "raise_above" in p else
+            v[metric] <= p["raise_below"])]
+        assert over, (d["id"], rule["name"])
+        assert over[-1] - over[0] >= for_s, (d["id"], rule["name"], over[-1] - over[0])
+        after = [v[metric] for t, v in series if v and t >= settle + event.duration]
         assert after
         if "raise_above" in p:
-            assert max(during) > p["raise_above"], (d["id"], during)
-            assert all(v < p["clear_below"] for v in after), (d["id"], after)
+            assert all(v < p.get("clear_below", p["raise_above"]) for v in after)
         else:
-            assert min(during) < p["raise_below"], (d["id"], during)
-            assert all(v > p["clear_above"] for v in after), (d["id"], after)
+            assert all(v > p.get("clear_above", p["raise_below"]) for v in after)
         assert gen.events_started == 1 and gen.event is None
+
+
+def test_gas_leak_climbs_fast_enough_for_the_rate_rule(
+        town: dict[str, Any], rules: list[dict[str, Any]]) -> None:
+    (rule,) = [r for r in rules if r["kind"] == "rate" and r["metric"] == "gas_lel_pct"]
+    d = next(x for x in town["devices"] if x["model"] == "gas_detector")
+    gen = devices.make_generator(d, 4, devices.NO_FAULTS)
+    gen.sample(T0 - 60)
+    before = gen.sample(T0 - 30)
+    gen.start_event(T0, duration=150)
+    values = [v["gas_lel_pct"] for _, v in _run(gen, T0, 60) if v]
+    assert before is not None
+    assert (max(values) - before["gas_lel_pct"]) / 60 >= rule["params"]["rise_per_s"]
 
 
 def test_gas_leak_shape(town: dict[str, Any]) -> None:
@@ -228,15 +287,10 @@ def test_gas_leak_shape(town: dict[str, Any]) -> None:
     assert series[-1] < 10
 
 
-def test_no_events_for_models_without_rules(town: dict[str, Any]) -> None:
-    d = next(x for x in town["devices"] if x["model"] == "noise_meter")
-    assert devices.make_generator(d, 1).start_event(T0) is None
-
-
 def test_event_rate_town_wide(town: dict[str, Any]) -> None:
     rates = devices.event_rates(town["devices"], 180.0)
     assert sum(rates.values()) == pytest.approx(1 / 180.0)
-    assert all(rates[d["id"]] == 0 for d in town["devices"] if d["model"] == "noise_meter")
+    assert all(r > 0 for r in rates.values())
     assert set(devices.event_rates(town["devices"], 0).values()) == {0.0}
     # simulated: six hours of the whole town give about 120 events
     gens = [devices.make_generator(d, 21, devices.Faults(rates[d["id"]], 0, 0))
@@ -303,14 +357,21 @@ def test_advance_is_pure_and_follows_path() -> None:
 
 def test_fleet_stays_on_roads_at_realistic_speeds(town: dict[str, Any],
                                                   graph: patrol.RoadGraph) -> None:
-    fleet = patrol.Fleet(graph, town["units"], seed=3, now=T0)
+    fleet = patrol.Fleet(graph, town["units"], seed=3, now=T0,
+                         grids=town["grids"]["features"])
+    area_xy = {u.id: {graph.nodes[n] for n in u.area} for u in fleet.units.values()
+               if u.area is not None}
+    assert len(area_xy) >= 40  # nearly every unit has roads enough in its first-level grid
     top = {"squad": 45 / 3.6, "police": 45 / 3.6, "grid_worker": 15 / 3.6}
     low = {"squad": 25 / 3.6, "police": 25 / 3.6, "grid_worker": 4 / 3.6}
     moved: dict[str, float] = {}
     for k in range(1, 1201):  # 20 minutes in 1 s steps
         before = {u.id: (u.mover.x, u.mover.y) for u in fleet.units.values()}
         fleet.step(T0 + k, 1.0)
-        if k % 7:
+        for u in fleet.units.values():  # free patrols keep to roads of their own area
+            if u.id in area_xy and u.mover.path is not None:
+                assert set(u.mover.path.points) <= area_xy[u.id], (u.id, k)
+        if k % 29:
             continue
         for u in fleet.units.values():
             assert _on_graph(graph, u.mover.x, u.mover.y), (u.id, k)
@@ -442,6 +503,13 @@ def test_window_limits() -> None:
         w.release()
 
 
+def test_window_follows_the_brokers_receive_maximum() -> None:
+    w = InflightWindow(1000)
+    w.set_limit(20)  # e.g. Mosquitto's default max_inflight_messages
+    assert sum(w.try_acquire() for _ in range(50)) == 20
+    assert w.low_water == 15
+
+
 def test_window_is_thread_safe() -> None:
     w = InflightWindow(MAX_WINDOW)
     for _ in range(40_000):
@@ -471,3 +539,167 @@ def test_select_devices(town: dict[str, Any]) -> None:
     ids = [d["id"] for d in many]
     assert len(ids) == len(set(ids)) == len(devs) + 10
     assert all(wire.telemetry_topic(i) for i in ids)
+
+
+# ---------------------------------------------------------------- crews (fake API, no network)
+
+
+class FakeHub:
+    """The hub's REST surface the crews use, over dispatch.workflow, as an httpx handler."""
+
+    def __init__(self, town: dict[str, Any], unit: str, device: dict[str, Any]) -> None:
+        self.units = {u["id"]: {"id": u["id"], "status": "available", "current_incident": None}
+                      for u in town["units"]}
+        self.units[unit].update(status="dispatched", current_incident=1)
+        self.incident = {"id": 1, "lon": device["lon"], "lat": device["lat"],
+                         "grid_id": device["grid"], "state": "dispatched",
+                         "assigned_unit": unit, "handler": None}
+        self.case = workflow.CaseState(state="dispatched")
+        self.log: list[tuple[str, str, str | None]] = []
+        self.refused: list[str] = []
+        self.hooks: dict[str, Any] = {}
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "GET" and path == "/api/units":
+            return httpx.Response(200, json=list(self.units.values()))
+        if request.method == "GET" and path == "/api/incidents":
+            open_ = self.incident["state"] not in ("archived", "cancelled")
+            return httpx.Response(200, json=[self.incident] if open_ else [])
+        if request.method == "GET" and path == "/api/incidents/1":
+            return httpx.Response(200, json={"incident": self.incident})
+        if request.method == "POST" and path == "/api/incidents/1/actions":
+            body = json.loads(request.content)
+            hook = self.hooks.pop(body["action"], None)
+            if hook is not None:
+                hook()
+            try:
+                self.case = workflow.apply(self.case, body["action"], body["actor"], T0,
+                                           body.get("reason"))
+            except workflow.TransitionError as e:
+                self.refused.append(body["action"])
+                return httpx.Response(409, json={"error": {"code": e.code,
+                                                           "message": e.message}})
+            self.log.append((body["action"], body["actor"], body.get("reason")))
+            self.incident.update(state=self.case.state, handler=self.case.handler)
+            status = UNIT_STATUS_AFTER.get(body["action"])
+            unit = self.units[self.incident["assigned_unit"]]
+            if status:
+                unit["status"] = status
+                if status == "available":
+                    unit["current_incident"] = None
+            return httpx.Response(200, json=self.incident)
+        return httpx.Response(404, json={"error": {"code": "not_found", "message": path}})
+
+
+async def _run_crews(town: dict[str, Any], graph: patrol.RoadGraph, hub: FakeHub,
+                     timing: CrewTiming, until: Any, setup: Any = None
+                     ) -> tuple[Crews, patrol.Fleet]:
+    fleet = patrol.Fleet(graph, town["units"], seed=1, now=T0)
+    crews = Crews("http://hub", fleet, seed=1, timing=timing, poll_s=0.005, backoff_s=0.02,
+                  transport=httpx.MockTransport(hub))
+    if setup is not None:
+        setup(crews)
+    task = asyncio.create_task(crews.run())
+    try:
+        for k in range(4000):
+            fleet.step(T0 + 20 * k, 20.0)  # fast forward: 20 s of driving per tick
+            if until():
+                break
+            await asyncio.sleep(0.002)
+        else:
+            pytest.fail(f"the crew did not finish: {hub.log[:12]}")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return crews, fleet
+
+
+FAST = CrewTiming(speed=2000.0, decline_p=0.0, verify_fail_p=0.0)
+
+
+async def test_crew_closes_the_loop(town: dict[str, Any], graph: patrol.RoadGraph) -> None:
+    device = town["devices"][40]
+    hub = FakeHub(town, "SQ-01", device)
+    crews, fleet = await _run_crews(town, graph, hub, FAST,
+                                    lambda: hub.incident["state"] == "archived")
+    actions = [a for a, _, _ in hub.log]
+    assert actions == ["accept", "start_handling", "give_feedback", "verify_ok", "close",
+                       "evaluate", "archive"]
+    actors = {a: who for a, who, _ in hub.log}
+    assert actors["accept"] == actors["start_handling"] == "SQ-01"
+    assert actors["verify_ok"] == f"gridworker:{device['grid']}"
+    assert actors["close"] == actors["archive"] == "operator:demo"
+    assert not hub.refused and crews.conflicts == 0
+    assert crews.actions["accept"] == 1
+    assert fleet.units["SQ-01"].mode in ("returning", "patrol", "dwell")  # released
+
+
+async def test_crew_reworks_after_failed_verification(town: dict[str, Any],
+                                                      graph: patrol.RoadGraph) -> None:
+    hub = FakeHub(town, "PO-03", town["devices"][7])
+    timing = dataclasses.replace(FAST, verify_fail_p=1.0)
+
+    def fail_once(crews: Crews) -> None:  # the second verification passes
+        hub.hooks["verify_fail"] = lambda: setattr(crews, "timing", FAST)
+
+    await _run_crews(town, graph, hub, timing, lambda: hub.incident["state"] == "archived",
+                     setup=fail_once)
+    actions = [a for a, _, _ in hub.log]
+    assert actions == ["accept", "start_handling", "give_feedback", "verify_fail",
+                       "give_feedback", "verify_ok", "close", "evaluate", "archive"]
+    assert next(r for a, _, r in hub.log if a == "verify_fail")  # with a reason
+    assert hub.case.rework_count == 1
+
+
+async def test_crew_declines_with_a_reason(town: dict[str, Any],
+                                           graph: patrol.RoadGraph) -> None:
+    hub = FakeHub(town, "GW-05", town["devices"][3])
+    timing = dataclasses.replace(FAST, decline_p=1.0)
+    await _run_crews(town, graph, hub, timing, lambda: hub.incident["state"] == "registered")
+    assert [a for a, _, _ in hub.log] == ["decline"]
+    assert hub.log[0][1] == "GW-05" and hub.log[0][2]
+
+
+async def test_crew_survives_someone_else_moving_the_case(
+        town: dict[str, Any], graph: patrol.RoadGraph) -> None:
+    hub = FakeHub(town, "SQ-04", town["devices"][60])
+
+    def operator_starts_handling() -> None:  # the operator was faster than the app
+        hub.case = workflow.apply(hub.case, "start_handling", "operator:1", T0)
+        hub.incident["state"] = hub.case.state
+
+    hub.hooks["start_handling"] = operator_starts_handling
+    crews, _ = await _run_crews(town, graph, hub, FAST,
+                                lambda: hub.incident["state"] == "archived")
+    assert hub.refused == ["start_handling"] and crews.conflicts == 1
+    assert [a for a, _, _ in hub.log][-4:] == ["verify_ok", "close", "evaluate", "archive"]
+    assert "give_feedback" in [a for a, _, _ in hub.log]
+
+
+async def test_crews_wait_while_the_hub_is_down(town: dict[str, Any],
+                                                graph: patrol.RoadGraph) -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    fleet = patrol.Fleet(graph, town["units"], seed=1, now=T0)
+    crews = Crews("http://hub", fleet, poll_s=0.005, transport=httpx.MockTransport(down))
+    task = asyncio.create_task(crews.run())
+    await asyncio.sleep(0.05)
+    assert not task.done()  # still polling, never raised
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def test_fleet_resumes_from_known_positions(town: dict[str, Any],
+                                            graph: patrol.RoadGraph) -> None:
+    somewhere = town["devices"][5]
+    fleet = patrol.Fleet(graph, town["units"], seed=2, now=T0,
+                         positions={"SQ-02": (somewhere["lon"], somewhere["lat"])})
+    u = fleet.units["SQ-02"]
+    here = graph.nearest(*patrol.to_xy(somewhere["lon"], somewhere["lat"]))
+    assert math.dist((u.mover.x, u.mover.y), (here.x, here.y)) < 400  # snapped to a node
+    start = town["units"][next(k for k, x in enumerate(town["units"]) if x["id"] == "SQ-02")]
+    assert math.dist(u.home, patrol.to_xy(start["lon"], start["lat"])) < 1.0  # home kept
