@@ -59,7 +59,9 @@ OVERRIDE_REASONS: dict[str, str] = {
 UNIT_STATUS_AFTER = {
     "accept": "en_route",
     "start_handling": "on_scene",
-    "give_feedback": "returning",
+    # Feedback given, the squad's work on the case is done: it is free for the next one
+    # while the case waits for verification and closing by others.
+    "give_feedback": "available",
     "close": "available",
     "decline": "available",
     "withdraw": "available",
@@ -370,10 +372,13 @@ async def apply_action(pool: asyncpg.Pool, incident_id: int, action: str, actor:
             if unit_id and action in UNIT_STATUS_AFTER:
                 status = UNIT_STATUS_AFTER[action]
                 freed = status == "available"
+                # Only while the unit is on this case: after feedback it may already be on
+                # another one, which closing this case must not disturb.
                 await conn.execute(
                     """UPDATE units SET status = $2, updated_at = now(),
                            current_incident = CASE WHEN $3 THEN NULL ELSE current_incident END
-                       WHERE id = $1""", unit_id, status, freed)
+                       WHERE id = $1 AND current_incident = $4""",
+                    unit_id, status, freed, incident_id)
                 a_status = ASSIGNMENT_STATUS_AFTER.get(action, "done" if freed else None)
                 if a_status:
                     await conn.execute(
