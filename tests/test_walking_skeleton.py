@@ -10,14 +10,28 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import sys
 import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
+import pytest
+import pytest_asyncio
 import websockets
 
+from core.db import connect
 from ingest import wire
-from tests.conftest import HubProcess, Publisher, town_doc, wait_for
+from tests.conftest import (
+    HubProcess,
+    Publisher,
+    create_database,
+    drop_database,
+    town_doc,
+    wait_for,
+)
 
 
 def _offset(lon: float, lat: float, east_m: float, north_m: float) -> tuple[float, float]:
@@ -34,9 +48,37 @@ async def _collect(ws: Any, into: list[dict[str, Any]], stop: asyncio.Event) -> 
             into.extend(msg["events"])
 
 
+@pytest_asyncio.fixture(scope="module")
+async def skeleton_db(base_db_url: str) -> AsyncIterator[str]:
+    """A town of its own: no other test has sent its squads anywhere."""
+    name = f"gridhub_s{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    url = await create_database(base_db_url, name)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub", "load-town", env={**os.environ, "HUB_DATABASE_URL": url},
+        stdout=asyncio.subprocess.DEVNULL)
+    assert await proc.wait() == 0
+    yield url
+    await drop_database(base_db_url, name)
+
+
+@pytest.fixture(scope="module")
+def skeleton_hub(skeleton_db: str, mqtt_url: str) -> Iterator[HubProcess]:
+    hub = HubProcess(skeleton_db, mqtt_url).start()
+    yield hub
+    hub.stop()
+
+
+@pytest_asyncio.fixture
+async def sdb(skeleton_db: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await connect(skeleton_db)
+    yield conn
+    await conn.close()
+
+
 async def test_reading_to_alarm_to_assignment_live(
-    hub: HubProcess, publisher: Publisher, db: asyncpg.Connection
+    skeleton_hub: HubProcess, publisher: Publisher, sdb: asyncpg.Connection
 ) -> None:
+    hub, db = skeleton_hub, sdb
     town = town_doc()
     gas = next(d for d in town["devices"] if d["model"] == "gas_detector")
     # Other tests in the session may have sent some squads out: use the free ones.
