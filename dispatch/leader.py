@@ -42,7 +42,10 @@ class Dispatcher:
         self.settings = settings
         self.pool = pool
         self.bus = bus
-        self.policy = DispatchPolicy(stale_after_s=settings.position_stale_after_s)
+        self.policy = DispatchPolicy(
+            stale_after_s=settings.position_stale_after_s,
+            preempt_up_to_priority=settings.dispatch_preempt_up_to_priority,
+            preempt_penalty_s=settings.dispatch_preempt_penalty_s)
         self.graph: RoadGraph | None = None
         self.timer = SlaTimer(pool, self._escalate)
         self.is_leader = False
