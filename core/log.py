@@ -13,3 +13,4 @@ def setup(level: str | None = None) -> None:
     )
     # paho and uvicorn are chatty at INFO for every connection.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
