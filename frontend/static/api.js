@@ -1,0 +1,117 @@
+// The hub's REST API from the pages: JSON in, JSON out, errors as ApiError carrying the
+// server's stable code ({"error": {"code", "message"}}), and the operator's name.
+
+import { t } from "./i18n.js";
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message || code || `HTTP ${status}`);
+    this.status = status;
+    this.code = code || `http.${status}`;
+  }
+}
+
+async function errorOf(res) {
+  let code = null, message = null;
+  try {
+    const body = await res.json();
+    if (body && body.error) {
+      code = body.error.code;
+      message = body.error.message;
+    } else if (body && Array.isArray(body.detail)) {  // FastAPI's validation errors
+      code = "invalid_input";
+      message = body.detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ");
+    }
+  } catch { /* not JSON */ }
+  return new ApiError(res.status, code, message);
+}
+
+export async function getJson(url) {
+  let res;
+  try {
+    res = await fetch(url, { headers: { accept: "application/json" } });
+  } catch (err) {
+    throw new ApiError(0, "network", t("error.network"));
+  }
+  if (!res.ok) throw await errorOf(res);
+  return res.json();
+}
+
+// GET that retries until it succeeds (for the documents a page cannot work without, while
+// the hub may still be starting). `onRetry(attempt, err)` is told of each failure.
+const RETRY_MS = [1000, 2000, 5000];
+export async function getJsonRetry(url, onRetry = () => {}) {
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      return await getJson(url);
+    } catch (err) {
+      if (err.status === 404) throw err;  // will not come by waiting
+      onRetry(attempt, err);
+      await new Promise((r) => setTimeout(r, RETRY_MS[Math.min(attempt, RETRY_MS.length - 1)]));
+    }
+  }
+}
+
+// A GET whose route may not exist yet on this hub: null on 404 (the page shows an empty
+// state), the data otherwise; other errors are thrown.
+export async function getOptional(url) {
+  try {
+    return await getJson(url);
+  } catch (err) {
+    if (err.status === 404 || err.status === 405) return null;
+    throw err;
+  }
+}
+
+export async function postJson(url, body) {
+  let res;
+  try {
+    res = await fetch(url, {
+      method: "POST",
+      headers: { "content-type": "application/json", accept: "application/json" },
+      body: JSON.stringify(body ?? {}),
+    });
+  } catch (err) {
+    throw new ApiError(0, "network", t("error.network"));
+  }
+  if (!res.ok) throw await errorOf(res);
+  const text = await res.text();
+  return text ? JSON.parse(text) : null;
+}
+
+// "Message (code)" for a toast.
+export function errorText(err) {
+  if (err instanceof ApiError) return err.code && err.message !== err.code
+    ? `${err.message} (${err.code})` : err.message;
+  return String((err && err.message) || err);
+}
+
+// ------------------------------------------------------------------ the operator
+// Who acts: a name typed into the header's "duty officer" field, remembered on this
+// browser, until operator log-in exists. The API accepts letters, digits and _ . : @ -.
+const ACTOR_KEY = "gridhub.actor";
+export const DEFAULT_ACTOR = "operator";
+const ACTOR_RE = /^[\p{L}\p{N}_.:@-]{1,64}$/u;
+
+export function getActor() {
+  let v = null;
+  try { v = localStorage.getItem(ACTOR_KEY); } catch { /* storage blocked */ }
+  return v && ACTOR_RE.test(v) ? v : DEFAULT_ACTOR;
+}
+
+export function bindActorField(input) {
+  if (!input) return;
+  input.value = getActor();
+  const save = () => {
+    const v = input.value.trim();
+    const ok = v === "" || ACTOR_RE.test(v);
+    input.classList.toggle("invalid", !ok);
+    input.title = ok ? "" : t("actor.invalid");
+    if (!ok) return;
+    try {
+      if (v) localStorage.setItem(ACTOR_KEY, v); else localStorage.removeItem(ACTOR_KEY);
+    } catch { /* storage blocked: the name lasts for this page */ }
+  };
+  input.addEventListener("input", save);
+  input.addEventListener("change", () => { save(); if (!input.value.trim()) input.value = getActor(); });
+}
