@@ -1,8 +1,8 @@
 """The demo's living town: sensors, patrol units and field crews in one asyncio process.
 
 ``python -m simulators.run [--town FILE] [--devices N] [--speed X] [--no-crews]
-[--duration S] [--scenario NAME]`` (``./hubctl demo`` starts it with the demo's
-environment). Settings come from the environment: ``HUB_MQTT_URL`` (the broker,
+[--duration S] [--scenario NAME] [--time-scale X]`` (``./hubctl demo`` starts it with the
+demo's environment). Settings come from the environment: ``HUB_MQTT_URL`` (the broker,
 ``mqtt://[user:pass@]host:port``) and ``HUB_HTTP_PORT`` (the hub's REST API on 127.0.0.1,
 used by the crews).
 
@@ -13,6 +13,13 @@ used by the crews).
   ``--gps-interval`` seconds.
 - Crews: simulated units answer their dispatches through the REST API
   (simulators/crews.py); ``--speed`` shortens their human delays.
+- ``--scenario NAME``: a load profile (normal, busy, calm) or a scenario file
+  simulators/scenarios/NAME.toml (simulators/scenario.py). A scenario file plays alongside
+  the living town: it takes over the devices it names for its duration (the background
+  stops publishing them) and hands them back afterwards; patrols and crews keep running;
+  background events are off unless ``--event-every`` is given. ``--time-scale`` plays it
+  faster than real time. Its steps and expectations are logged as they happen; the town
+  lives on afterwards until Ctrl-C or ``--duration``.
 
 Publishing is QoS 1 through ``simulators.mqtt_pub.Publisher`` (bounded unacknowledged
 window). One status line every ``--status-every`` seconds. SIGINT/SIGTERM stop it within
@@ -39,6 +46,7 @@ import httpx
 from core import log as hub_log
 from ingest import wire
 from ingest.mqtt import BrokerAddress
+from simulators import scenario as scenario_files
 from simulators.crews import Crews, CrewTiming
 from simulators.devices import (
     DEFAULT_EVENT_EVERY_S,
@@ -134,7 +142,10 @@ class Stats:
         self.silent = 0  # samples a dead device did not send
 
 
-async def run_devices(gens: list[DeviceGenerator], pub: Publisher, stats: Stats) -> None:
+async def run_devices(gens: list[DeviceGenerator], pub: Publisher, stats: Stats,
+                      paused: set[str] | None = None) -> None:
+    """Publish every device at its interval; devices in ``paused`` (a scenario drives them)
+    are skipped until they leave it."""
     topics = [wire.telemetry_topic(g.id) for g in gens]
     now = time.time()
     heap = [(now + g.interval_s * ((k * _GOLDEN) % 1.0), k) for k, g in enumerate(gens)]
@@ -147,6 +158,9 @@ async def run_devices(gens: list[DeviceGenerator], pub: Publisher, stats: Stats)
             continue
         heapq.heappop(heap)
         g = gens[k]
+        if paused and g.id in paused:
+            heapq.heappush(heap, (due + g.interval_s, k))
+            continue
         ts = time.time()
         before = g.events_started
         values = g.sample(ts)
@@ -213,6 +227,19 @@ async def run_status(every: float, *args: Any) -> None:
         log.info("%s", status_line(*args))
 
 
+async def run_scenario(player: scenario_files.Player, paused: set[str]) -> None:
+    """Play a scenario file, log its result, hand its devices back to the town."""
+    try:
+        result = await player.play()
+        for f in result.failures:
+            log.warning("scenario expectation failed: %s", f)
+        log.info("%s; the town carries on", result.summary())
+    except Exception:
+        log.exception("scenario %s stopped with an error", player.sc.name)
+    finally:
+        paused.clear()
+
+
 async def amain(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -221,6 +248,13 @@ async def amain(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
 
     doc = json.loads(Path(args.town).read_text(encoding="utf-8"))
+    story = None
+    if args.scenario_file is not None:
+        try:
+            story = scenario_files.load(args.scenario_file, doc)
+        except scenario_files.ScenarioError as e:
+            log.error("%s", e)
+            return 2
     devices = select_devices(doc["devices"], args.devices)
     rates = event_rates(devices, args.event_every)
     gens = [make_generator(d, args.seed, Faults(event_rate_per_s=rates[d["id"]]))
@@ -251,15 +285,21 @@ async def amain(args: argparse.Namespace) -> int:
 
     stats = Stats()
     tasks = []
+    paused: set[str] = set(story.devices) if story is not None else set()
     if not stop.is_set():
         tasks = [
-            asyncio.create_task(run_devices(gens, pub, stats), name="devices"),
+            asyncio.create_task(run_devices(gens, pub, stats, paused), name="devices"),
             asyncio.create_task(run_patrol(fleet, pub, stats), name="patrol"),
             asyncio.create_task(run_status(args.status_every, pub, stats, gens, crews, fleet),
                                 name="status"),
         ]
         if crews is not None:
             tasks.append(asyncio.create_task(crews.run(), name="crews"))
+        if story is not None:
+            player = scenario_files.Player(story, hub_url=args.hub_url, publisher=pub,
+                                           time_scale=args.time_scale, alongside=True,
+                                           crews_live=crews is not None)
+            tasks.append(asyncio.create_task(run_scenario(player, paused), name="scenario"))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(waiter), timeout=args.duration)
         for t in tasks:
@@ -286,8 +326,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-crews", action="store_true", help="do not answer dispatches")
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="stop after S seconds (default: run until Ctrl-C)")
-    p.add_argument("--scenario", choices=sorted(SCENARIOS), default="normal",
-                   help="preset event rate and crew speed (flags override)")
+    p.add_argument("--scenario", choices=sorted(SCENARIOS) + scenario_files.available(),
+                   default="normal", metavar="NAME",
+                   help=f"a preset event rate and crew speed ({', '.join(sorted(SCENARIOS))}; "
+                        "flags override) or a scenario file of simulators/scenarios/ to play "
+                        f"alongside the town ({', '.join(scenario_files.available())})")
+    p.add_argument("--time-scale", type=float, default=1.0, metavar="X",
+                   help="play a scenario file X times faster than real time (default 1)")
     p.add_argument("--event-every", type=float, default=None, metavar="S",
                    help=f"mean seconds between alarm events town-wide (0: none; "
                         f"default {DEFAULT_EVENT_EVERY_S:g})")
@@ -300,7 +345,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "give it to replay the same events, faults and patrols)")
     p.add_argument("--log-level", default=None)
     args = p.parse_args(argv)
-    preset = SCENARIOS[args.scenario]
+    if args.time_scale <= 0:
+        p.error("--time-scale must be positive")
+    args.scenario_file = None
+    if args.scenario in SCENARIOS:
+        preset = SCENARIOS[args.scenario]
+    else:  # a storyline: no random events in the way; crews keep the story's pace
+        args.scenario_file = scenario_files.path_for(args.scenario)
+        preset = {"event_every": 0.0, "speed": args.time_scale}
     if args.event_every is None:
         args.event_every = preset["event_every"]
     if args.speed is None:
