@@ -245,60 +245,68 @@ async def dispatch_incident(pool: asyncpg.Pool, incident_id: int, graph: RoadGra
     incident. A pick that preempts a lower-priority case takes the unit off that case first
     (which then waits for its own re-dispatch). Returns the assignment view, or None when
     no unit can take the incident now."""
-    now = time.time()
     async with pool.acquire() as conn, conn.transaction():
-        inc = await store.incident_row(conn, incident_id, lock=True)
-        if inc is None:
-            raise NotFound(f"incident {incident_id} not found", code="incident.not_found")
-        if inc["state"] != "registered":
-            if unit_id is not None:
-                raise InvalidInput(f"incident {incident_id} is {inc['state']}",
-                                   code="dispatch.not_waiting")
-            return None
-        tried = await _tried_units(conn, incident_id)
-        units: list[UnitState] = [u for u in await store.unit_states(conn)
-                                  if u.id not in tried or u.id == unit_id]
-        rec = engine.rank(store.incident_state(inc), units, graph, now, policy)
-        pick = unit_id or rec.pick
-        if pick is None:
-            return None
-        cand = next((c for c in rec.candidates if c.unit_id == pick), None)
+        return await _dispatch_locked(conn, incident_id, graph, policy, unit_id=unit_id,
+                                      actor=actor, override_reason=override_reason)
+
+
+async def _dispatch_locked(conn: Conn, incident_id: int, graph: RoadGraph | None,
+                           policy: DispatchPolicy, *, unit_id: str | None, actor: str,
+                           override_reason: str | None) -> dict[str, Any] | None:
+    """dispatch_incident's work, inside the caller's transaction."""
+    now = time.time()
+    inc = await store.incident_row(conn, incident_id, lock=True)
+    if inc is None:
+        raise NotFound(f"incident {incident_id} not found", code="incident.not_found")
+    if inc["state"] != "registered":
         if unit_id is not None:
-            unit = next((u for u in units if u.id == unit_id), None)
-            if unit is None:
-                raise NotFound(f"unit {unit_id} not found", code="unit.not_found")
-            if unit.status not in ("available", "returning"):
-                raise InvalidInput(f"unit {unit_id} is {unit.status}", code="unit.busy")
-            reason = f"override by {actor}: {override_reason}"
-        else:
-            reason = rec.reason
-        if cand is not None and cand.preempts and unit_id is None:
-            displaced = int(cand.preempts)
-            await _release_unit(conn, displaced, "withdraw", SYSTEM_ACTOR, now,
-                                f"改派至更紧急案件 #{incident_id} (preempted by p"
-                                f"{inc['priority']} #{incident_id})", "preempted")
-            await _alert(conn, displaced, "preempted",
-                         f"{pick} 由案件 #{displaced} 改派至特急案件 #{incident_id}；"
-                         f"#{displaced} 重新派遣")
-        assignment = await conn.fetchrow(
-            """INSERT INTO assignments (incident_id, unit_id, assigned_at, eta_s, reason,
-                                        override_reason, recommendation, accept_due)
-               VALUES ($1,$2,$3,$4,$5,$6,$7,$8) RETURNING *""",
-            incident_id, pick, store.ts(now), cand.eta_s if cand else None, reason,
-            override_reason, _recommendation_json(rec),
-            store.ts(now + ACCEPT_TIMEOUT_S.get(int(inc["priority"]), 900.0)
-                     * clocks.SlaConfig.scale))
-        await conn.execute(
-            """UPDATE units SET status = 'dispatched', current_incident = $2, updated_at = now()
-               WHERE id = $1""", pick, incident_id)
-        await conn.execute("UPDATE incidents SET assigned_unit = $2 WHERE id = $1",
-                           incident_id, pick)
-        inc["assigned_unit"] = pick
-        await _step(conn, inc, "dispatch", actor, now, reason)
-        a_view = row_view(assignment)
-        await outbox.record(conn, UnitAssigned(
-            incident=await store.incident_view(conn, incident_id),
-            unit=await store.unit_view(conn, pick), assignment=a_view))
+            raise InvalidInput(f"incident {incident_id} is {inc['state']}",
+                               code="dispatch.not_waiting")
+        return None
+    tried = await _tried_units(conn, incident_id)
+    units: list[UnitState] = [u for u in await store.unit_states(conn)
+                              if u.id not in tried or u.id == unit_id]
+    rec = engine.rank(store.incident_state(inc), units, graph, now, policy)
+    pick = unit_id or rec.pick
+    if pick is None:
+        return None
+    cand = next((c for c in rec.candidates if c.unit_id == pick), None)
+    if unit_id is not None:
+        unit = next((u for u in units if u.id == unit_id), None)
+        if unit is None:
+            raise NotFound(f"unit {unit_id} not found", code="unit.not_found")
+        if unit.status not in ("available", "returning"):
+            raise InvalidInput(f"unit {unit_id} is {unit.status}", code="unit.busy")
+        reason = f"override by {actor}: {override_reason}"
+    else:
+        reason = rec.reason
+    if cand is not None and cand.preempts and unit_id is None:
+        displaced = int(cand.preempts)
+        await _release_unit(conn, displaced, "withdraw", SYSTEM_ACTOR, now,
+                            f"改派至更紧急案件 #{incident_id} (preempted by p"
+                            f"{inc['priority']} #{incident_id})", "preempted")
+        await _alert(conn, displaced, "preempted",
+                     f"{pick} 由案件 #{displaced} 改派至特急案件 #{incident_id}；"
+                     f"#{displaced} 重新派遣")
+    assignment = await conn.fetchrow(
+        """INSERT INTO assignments (incident_id, unit_id, assigned_at, eta_s, reason,
+                                    override_reason, recommendation, accept_due)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,$8) RETURNING *""",
+        incident_id, pick, store.ts(now), cand.eta_s if cand else None, reason,
+        override_reason, _recommendation_json(rec),
+        store.ts(now + ACCEPT_TIMEOUT_S.get(int(inc["priority"]), 900.0)
+                 * clocks.SlaConfig.scale))
+    await conn.execute(
+        """UPDATE units SET status = 'dispatched', current_incident = $2, updated_at = now()
+           WHERE id = $1""", pick, incident_id)
+    await conn.execute("UPDATE incidents SET assigned_unit = $2 WHERE id = $1",
+                       incident_id, pick)
+    inc["assigned_unit"] = pick
+    await _step(conn, inc, "dispatch", actor, now, reason)
+    a_view = row_view(assignment)
+    await outbox.record(conn, UnitAssigned(
+        incident=await store.incident_view(conn, incident_id),
+        unit=await store.unit_view(conn, pick), assignment=a_view))
     return a_view
 
 
@@ -323,8 +331,9 @@ async def override_assignment(pool: asyncpg.Pool, incident_id: int, unit_id: str
         if inc["state"] in ("dispatched", "accepted"):
             await _release_unit(conn, incident_id, "withdraw", actor, now,
                                 f"人工改派 override: {reason}", "superseded")
-    result = await dispatch_incident(pool, incident_id, graph, policy, unit_id=unit_id,
-                                     actor=actor, override_reason=reason)
+        # Same transaction: the dispatcher cannot slip its own pick in between.
+        result = await _dispatch_locked(conn, incident_id, graph, policy, unit_id=unit_id,
+                                        actor=actor, override_reason=reason)
     assert result is not None
     return result
 
