@@ -1,0 +1,678 @@
+"""Alarm latency benchmark (issue 4): ``python -m simulators.alarm_bench`` (``./hubctl bench
+alarm`` once registered in simulators/bench.py).
+
+What it does: a fresh scratch database with the demo town, ``--devices`` background bench
+devices (model ``bench``, metric ``v``: no threshold rule watches them, and their reporting
+interval is long enough that the no-data rule cannot fire during a run) and one bench gas
+detector per trigger (``BENCHGAS-0001``..., model ``gas_detector`` spread over the level-2
+grids); the hub with all its roles; the lean load generator (simulators/loadgen.py) in its
+own process at ``--rate`` messages/s of background telemetry. While it flows, ``--triggers``
+readings of 40 %LEL (``gas_lel_high`` raises at 25 %LEL, ``gas_lel_danger`` at 50) are
+published at known times, each for its own detector, by a paho publisher (they are few);
+half an interval later the same detector reads 1 %LEL, which clears the alarm (the full
+lifecycle, and the open picture stays small). A websocket client on ``/ws/live`` stamps
+every ``alarm.raised`` event of ``gas_lel_high`` on arrival and matches it by device id.
+
+Why one detector per trigger, not the demo town's 48 gas detectors taking turns: the hub
+holds a (rule, device) that clears more than 3 times in 10 minutes as *flapping* (the 4th
+clear and every later raise are held, ingest/watch.py), so 48 detectors give at most 192
+fresh alarms; and a detector heard once then silent would raise ``device_offline`` after
+3 of its 30 s intervals, mid-run. Triggers are paced under the default per-rule rate cap
+(100 raises a minute, sliding, ingest/watch.py): the schedule is checked before the run.
+
+Figures (last stdout line, one JSON object):
+
+- ``p50_ms``/``p90_ms``/``p99_ms``/``max_ms``/``mean_ms``: publish -> ``alarm.raised`` frame
+  received by the websocket client, over the triggers that alarmed within ``--timeout``.
+  The trigger's payload ``ts`` is the send time (``time.time()`` just before the publish).
+  ``to_txn_*``: publish -> the event row's ``ts`` (``now()`` of the raising transaction, i.e.
+  the time the alarm writer started it: MQTT hops, decoding, rules, the alarm queue);
+  ``txn_to_client_*``: from there to the client (the transaction, commit, NOTIFY, the event
+  feed's fetch, the bus, the websocket pump). Same clock, same machine.
+- ``triggers``, ``alarmed``, ``missed`` (no alarm within ``--timeout``), ``late`` (alarmed
+  after it).
+- ``background_msgs_per_s``: background messages stored by the hub (its ``received_at``)
+  during the trigger window, counted in the database (``background_points_per_s`` in
+  readings: ``--mode batched`` sends gateway messages of ``--batch`` readings);
+  ``background_hub_msgs_per_s`` the same from the hub's counters; ``generator_msgs_per_s``
+  what the generator offered over its whole send phase (it keeps at most 50,000 readings
+  unconfirmed, so an overloaded hub slows it down: ``generator_window_full_s``);
+  ``generator_cpu_s``/``generator_cpu_pct`` its CPU (Python plus its mosquitto_pub
+  processes) over the trigger window.
+- ``hub_cpu_pct``, ``broker_cpu_pct``, ``db_cpu_pct`` (PostgreSQL, approximate) over the
+  trigger window, in % of one core; ``peak_rss_mb`` the hub's VmHWM; ``machine_busy_pct``
+  (100 = every core); ``other_cpu_pct``: CPU taken meanwhile by processes outside the
+  benchmark, in % of one core; ``load`` the 1/5/15-minute load averages at start and end
+  (``uptime``).
+- ``hub_clients_after_close``: websocket clients the hub still counts a second after the
+  benchmark's client closed (the feed notices a closed socket only when it next sends).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from websockets.asyncio.client import ClientConnection, connect
+
+from ingest import wire
+from ingest.mqtt import BrokerAddress
+from ingest.watch import CAP_RAISES, CAP_WINDOW_S
+from simulators import loadgen
+from simulators.bench import (
+    ROOT,
+    BenchEnv,
+    HubProcess,
+    ScratchDatabase,
+    SyncDb,
+    forget_mqtt_session,
+    machine_ticks,
+    proc_status_kb,
+    start_profiler,
+    tree_cpu_delta,
+    tree_cpu_s,
+)
+from simulators.mqtt_pub import Publisher
+
+RULE_ID = "gas_lel_high"
+GAS_METRIC = "gas_lel_pct"
+GAS_PREFIX = "BENCHGAS-"
+PROBE_DETECTOR = "BENCHGAS-PROBE"
+# Over gas_lel_high's 25 %LEL and under gas_lel_danger's 50: exactly one rule raises.
+RAISE_LEL = 40.0
+# Under gas_lel_high's 10 %LEL clear level.
+CLEAR_LEL = 1.0
+# Reporting interval registered for the bench devices: the no-data rule (3 intervals of
+# silence) then cannot fire during any run, neither for the background devices nor for a
+# detector heard twice.
+QUIET_INTERVAL_S = 24 * 3600
+# Raises the schedule leaves free under the rule's rate cap: the probe, plus send times
+# that slip a little behind the schedule and so squeeze one window.
+CAP_MARGIN = 3
+# Seconds for the whole path (MQTT subscription live, alarm written, feed delivering) to
+# carry the probe's alarm before the run is declared broken.
+PROBE_TIMEOUT_S = 30.0
+HUB_ROLES = "ingest,dispatch,web"
+
+
+def say(msg: str) -> None:
+    print(f"[alarm-bench] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (``q`` in 0..100) of an ascending list; None when empty."""
+    if not sorted_values:
+        return None
+    if not 0 <= q <= 100:
+        raise ValueError("q must be within 0..100")
+    k = max(1, -(-len(sorted_values) * q // 100))  # ceil(n * q / 100), at least 1
+    return sorted_values[int(k) - 1]
+
+
+def summarize(values_ms: list[float], prefix: str = "") -> dict[str, float | None]:
+    """p50/p90/p99/max/mean of latencies in ms, rounded to 0.1 ms."""
+    s = sorted(values_ms)
+
+    def r(x: float | None) -> float | None:
+        return None if x is None else round(x, 1)
+
+    return {
+        f"{prefix}p50_ms": r(percentile(s, 50)),
+        f"{prefix}p90_ms": r(percentile(s, 90)),
+        f"{prefix}p99_ms": r(percentile(s, 99)),
+        f"{prefix}max_ms": r(s[-1] if s else None),
+        f"{prefix}mean_ms": r(sum(s) / len(s) if s else None),
+    }
+
+
+def trigger_schedule(count: int, interval_s: float, jitter_s: float, seed: int = 1
+                     ) -> list[float]:
+    """Send offsets (seconds from the first trigger): ``interval_s`` apart, each moved by up
+    to ``jitter_s`` either way (so triggers never lock to the hub's flush or tick phase);
+    ascending because the jitter is under half an interval."""
+    if count < 1 or interval_s <= 0:
+        raise ValueError("need at least one trigger and a positive interval")
+    if not 0 <= jitter_s < interval_s / 2:
+        raise ValueError("jitter must be within [0, interval / 2)")
+    rng = random.Random(seed)
+    return [max(0.0, i * interval_s + rng.uniform(-jitter_s, jitter_s)) for i in range(count)]
+
+
+def max_in_window(times: list[float], window_s: float) -> int:
+    """Most of the ascending ``times`` inside any half-open window ``(t - window_s, t]``."""
+    best = 0
+    lo = 0
+    for hi, t in enumerate(times):
+        while times[lo] <= t - window_s:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def detector_ids(count: int) -> list[str]:
+    """``BENCHGAS-0001``...: disjoint from the load generator's ``BENCH-00001`` ids."""
+    width = max(4, len(str(count)))
+    return [f"{GAS_PREFIX}{i:0{width}d}" for i in range(1, count + 1)]
+
+
+def raised_alarms(frame: dict[str, Any], rule_id: str = RULE_ID
+                  ) -> list[tuple[str, int, float]]:
+    """(device id, seq, event ts) of every ``alarm.raised`` of ``rule_id`` in a feed frame."""
+    if frame.get("type") != "batch":
+        return []
+    out = []
+    for ev in frame.get("events") or ():
+        if ev.get("kind") != "alarm.raised":
+            continue
+        alarm = (ev.get("data") or {}).get("alarm") or {}
+        if alarm.get("rule_id") == rule_id and alarm.get("device_id"):
+            out.append((str(alarm["device_id"]), int(ev["seq"]), float(ev["ts"])))
+    return out
+
+
+def load_avg() -> list[float]:
+    """1/5/15-minute load averages (what ``uptime`` prints)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def register_devices(url: str, background: int, detectors: list[str]) -> None:
+    """Background bench devices (loadgen ids, metric ``v``) in one level-2 grid, and gas
+    detectors dealt over every level-2 grid (so their alarms open cases in many grids)."""
+    with SyncDb(url) as db:
+        grids = db.fetch("SELECT id, center_lon, center_lat FROM grids WHERE level = 2 "
+                         "ORDER BY id")
+        if not grids:
+            raise RuntimeError("no level-2 grid: the town did not load")
+        g0 = grids[0]
+        rows = [(d, "environment", "bench", d, g0["center_lon"], g0["center_lat"], g0["id"],
+                 [loadgen.METRIC], QUIET_INTERVAL_S) for d in loadgen.device_ids(background)]
+        for k, d in enumerate([*detectors, PROBE_DETECTOR]):
+            g = grids[k % len(grids)]
+            rows.append((d, "safety", "gas_detector", d, g["center_lon"] + 0.0003,
+                         g["center_lat"] + 0.0002, g["id"], [GAS_METRIC], QUIET_INTERVAL_S))
+        db.run(db.conn.copy_records_to_table(
+            "devices", records=rows,
+            columns=("id", "kind", "model", "name", "lon", "lat", "grid_id", "metrics",
+                     "interval_s")))
+
+
+BACKGROUND_SQL = """
+SELECT count(*) FROM telemetry
+WHERE device_id LIKE 'BENCH-%'
+  AND received_at >= to_timestamp($1) AND received_at < to_timestamp($2)
+"""
+
+
+def drop_quietly(db: ScratchDatabase, attempts: int = 5) -> None:
+    """Drop the scratch database; a failure (e.g. a TimescaleDB background worker still
+    connected, which ``WITH (FORCE)`` may not terminate as the app role) is reported, not
+    raised, so that it never costs the figures of a finished run."""
+    for attempt in range(attempts):
+        try:
+            db.drop()
+            return
+        except (OSError, asyncpg.PostgresError) as e:
+            if attempt == attempts - 1:
+                say(f"could not drop {db.name} ({e}); drop it by hand")
+                return
+            time.sleep(1.0)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Trigger:
+    device: str
+    sent_at: float = 0.0
+    seq: int | None = None
+    event_ts: float | None = None
+    received_at: float | None = None
+
+    @property
+    def latency_ms(self) -> float | None:
+        if self.received_at is None:
+            return None
+        return (self.received_at - self.sent_at) * 1000.0
+
+
+@dataclass
+class Probes:
+    """CPU and memory of the processes around a run, sampled at named marks.
+
+    ``procs``: name -> pid; each counts with its live direct children (PostgreSQL's
+    backends, the load generator's mosquitto_pub processes). ``hub_pid``'s peak RSS is
+    sampled by ``sample_rss`` (VmHWM at the end is the exact figure)."""
+
+    hub_pid: int
+    procs: dict[str, int | None] = field(default_factory=dict)
+    peak_rss_kb: int = 0
+    marks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def sample_rss(self) -> None:
+        self.peak_rss_kb = max(self.peak_rss_kb, proc_status_kb(self.hub_pid, "VmRSS") or 0)
+
+    def mark(self, name: str, **extra: Any) -> None:
+        busy, total = machine_ticks()
+        self.marks[name] = {"t": time.monotonic(), "wall": time.time(), "busy": busy,
+                            "total": total, "cpu": {k: tree_cpu_s(p) for k, p in
+                                                    self.procs.items() if p is not None},
+                            **extra}
+
+    def between(self, a: str, b: str) -> dict[str, Any]:
+        """``<name>_cpu_s``/``<name>_cpu_pct`` (100 = one core) of every process from mark
+        ``a`` to ``b``, the machine's busy share (100 = every core) and ``other_cpu_pct``:
+        CPU used meanwhile by everything else (other sessions on a shared machine)."""
+        m0, m1 = self.marks[a], self.marks[b]
+        dt = max(1e-9, m1["t"] - m0["t"])
+        out: dict[str, Any] = {"seconds": dt}
+        ours = 0.0
+        for name, after in m1["cpu"].items():
+            used = tree_cpu_delta(m0["cpu"].get(name, {}), after)
+            ours += used
+            out[f"{name}_cpu_s"] = round(used, 2)
+            out[f"{name}_cpu_pct"] = round(100.0 * used / dt, 1)
+        busy_s = (m1["busy"] - m0["busy"]) / os.sysconf("SC_CLK_TCK")
+        out["machine_busy_pct"] = round(100.0 * (m1["busy"] - m0["busy"])
+                                        / max(1, m1["total"] - m0["total"]), 1)
+        out["other_cpu_pct"] = round(100.0 * max(0.0, busy_s - ours) / dt, 1)
+        return out
+
+
+def _hub_rows(hub: HubProcess) -> int:
+    return int(hub.ingest_counters().get("telemetry_rows", 0) or 0)
+
+
+class FeedWatcher:
+    """One websocket client on /ws/live that stamps the alarms it is waiting for."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.waiting: dict[str, Trigger] = {}
+        self.frames = 0
+        self.events = 0
+        self.resyncs = 0
+        self.seen: asyncio.Event = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        self._ws = await connect(self.url, max_size=None, compression=None,
+                                 ping_interval=None, open_timeout=20,
+                                 close_timeout=2)
+        await self._ws.send(json.dumps({"type": "hello", "last_seq": None}))
+        snap = json.loads(await asyncio.wait_for(self._ws.recv(), 20))
+        if snap.get("type") != "snapshot":
+            raise RuntimeError(f"expected a snapshot, got {str(snap)[:200]}")
+        self._task = asyncio.create_task(self._read(), name="alarm-bench.feed")
+        return int(snap["seq"])
+
+    def expect(self, t: Trigger) -> None:
+        self.waiting[t.device] = t
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        async for msg in self._ws:
+            now = time.time()
+            frame = json.loads(msg)
+            self.frames += 1
+            self.events += len(frame.get("events") or ())
+            for device, seq, ev_ts in raised_alarms(frame):
+                t = self.waiting.pop(device, None)
+                if t is not None and t.received_at is None:
+                    t.received_at, t.seq, t.event_ts = now, seq, ev_ts
+                    self.seen.set()
+            if frame.get("type") == "resync":  # a fresh snapshot follows on its own
+                self.resyncs += 1
+                say("the feed told the client to resync (it fell behind)")
+
+    async def stop(self) -> None:
+        ws, self._ws = self._ws, None
+        task, self._task = self._task, None
+        if ws is not None:
+            await ws.close()
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def _probe(feed: FeedWatcher, pub: Publisher) -> float:
+    """End to end once, before the load: publish an alarm reading for the probe detector
+    until its alarm arrives (the hub's subscription goes live shortly after /api/health
+    says ok). Returns the probe's latency in ms."""
+    deadline = time.monotonic() + PROBE_TIMEOUT_S
+    t = Trigger(PROBE_DETECTOR)
+    feed.expect(t)
+    topic = wire.telemetry_topic(PROBE_DETECTOR)
+    while time.monotonic() < deadline:
+        t.sent_at = time.time()
+        await pub.publish(topic, wire.encode_telemetry(t.sent_at, {GAS_METRIC: RAISE_LEL}))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_until(lambda: t.received_at is not None, feed), 1.0)
+        if t.received_at is not None:
+            await pub.publish(topic, wire.encode_telemetry(time.time(), {GAS_METRIC: CLEAR_LEL}))
+            return t.latency_ms or 0.0
+    raise RuntimeError(f"no alarm for the probe reading within {PROBE_TIMEOUT_S:.0f}s")
+
+
+async def _until(cond: Any, feed: FeedWatcher) -> None:
+    while not cond():
+        feed.seen.clear()
+        if cond():
+            return
+        await feed.seen.wait()
+
+
+def _start_generator(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run_id: str,
+                     duration_s: float) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "simulators.loadgen", "--port", str(env.mqtt_port),
+         "--duration", f"{duration_s:.1f}", "--rate", str(args.rate), "--mode", args.mode,
+         "--batch", str(args.batch), "--devices", str(args.devices),
+         "--publishers", str(args.publishers),
+         "--confirm-url", hub.url("/api/health"), "--drain-timeout", "60",
+         "--run-id", run_id],
+        cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True)
+
+
+async def _session(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run_id: str,
+                   detectors: list[str], offsets: list[float], probes: Probes
+                   ) -> dict[str, Any]:
+    feed = FeedWatcher(f"ws://127.0.0.1:{hub.port}/ws/live")
+    pub = Publisher(BrokerAddress("127.0.0.1", env.mqtt_port, None, None),
+                    f"alarm-bench-{run_id}", window=100)
+    gen: subprocess.Popen[bytes] | None = None
+    profiler: subprocess.Popen[bytes] | None = None
+    stop_sampling = asyncio.Event()
+
+    async def sample() -> None:
+        while not stop_sampling.is_set():
+            probes.sample_rss()
+            if hub.proc is not None and hub.proc.poll() is not None:
+                raise RuntimeError(f"the hub died during the run:\n{hub.log_tail()}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop_sampling.wait(), 0.5)
+
+    sampler = asyncio.create_task(sample(), name="alarm-bench.sampler")
+    try:
+        seq0 = await feed.start()
+        if not await pub.start():
+            raise RuntimeError(f"trigger publisher could not connect to port {env.mqtt_port}")
+        probe_ms = await _probe(feed, pub)
+        say(f"feed at seq {seq0}; probe alarm arrived in {probe_ms:.1f} ms (no load yet)")
+
+        span = offsets[-1]
+        gen_duration = args.warmup + span + args.timeout + 2.0
+        rows0 = await asyncio.to_thread(_hub_rows, hub)
+        gen = _start_generator(args, env, hub, run_id, gen_duration)
+        probes.procs["generator"] = gen.pid
+        say(f"load generator pid {gen.pid}: {args.rate:g} msg/s for {gen_duration:.0f}s")
+        # Warm-up: the background must be flowing before the first trigger.
+        flowing_by = time.monotonic() + 15.0
+        while await asyncio.to_thread(_hub_rows, hub) <= rows0:
+            if gen.poll() is not None or time.monotonic() > flowing_by:
+                raise RuntimeError("the background telemetry never reached the hub")
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(args.warmup)
+        if args.profile:
+            profiler = start_profiler(hub.proc.pid if hub.proc else 0,
+                                      span + args.timeout, args.profile)
+
+        triggers = [Trigger(d) for d in detectors]
+        probes.mark("start", hub_rows=await asyncio.to_thread(_hub_rows, hub))
+        say(f"{len(triggers)} triggers over {span:.0f}s; load {load_avg()}")
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        clears: list[asyncio.Task[None]] = []
+
+        async def clear_later(device: str, delay: float) -> None:
+            await asyncio.sleep(delay)
+            await pub.publish(wire.telemetry_topic(device),
+                              wire.encode_telemetry(time.time(), {GAS_METRIC: CLEAR_LEL}))
+
+        next_report = t0 + 10.0
+        for t, off in zip(triggers, offsets, strict=True):
+            delay = t0 + off - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if gen.poll() is not None:
+                raise RuntimeError("the load generator stopped before the triggers did")
+            feed.expect(t)
+            t.sent_at = time.time()
+            await pub.publish(wire.telemetry_topic(t.device),
+                              wire.encode_telemetry(t.sent_at, {GAS_METRIC: RAISE_LEL}))
+            clears.append(asyncio.create_task(clear_later(t.device, args.interval / 2)))
+            if loop.time() >= next_report:
+                done = [x.latency_ms for x in triggers if x.latency_ms is not None]
+                s = summarize(done)
+                say(f"t={loop.time() - t0:5.1f}s {len(done)} alarmed, p50 {s['p50_ms']} ms, "
+                    f"p99 {s['p99_ms']} ms, max {s['max_ms']} ms; "
+                    f"hub RSS {probes.peak_rss_kb / 1024:.0f} MB")
+                next_report += 10.0
+        last_sent = triggers[-1].sent_at
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                _until(lambda: all(x.received_at is not None for x in triggers), feed),
+                max(0.0, last_sent + args.timeout - time.time()))
+        probes.mark("end", hub_rows=await asyncio.to_thread(_hub_rows, hub))
+        await asyncio.gather(*clears, return_exceptions=True)
+        late_grace = time.monotonic() + 2.0  # alarms arriving after the timeout: "late"
+        while time.monotonic() < late_grace and feed.waiting:
+            await asyncio.sleep(0.1)
+
+        say("triggers done; waiting for the load generator to finish")
+        while gen.poll() is None:
+            if time.monotonic() > probes.marks["end"]["t"] + gen_duration + 120:
+                raise RuntimeError("the load generator overran its time")
+            await asyncio.sleep(0.25)
+        out = gen.stdout.read() if gen.stdout else b""
+        lines = out.decode(errors="replace").strip().splitlines()
+        gen_report = json.loads(lines[-1]) if lines else {}
+        if profiler is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(profiler.wait, 30)
+        await feed.stop()
+        await asyncio.sleep(1.0)
+        # Does the hub still count the closed client? (Its feed notices a closed socket only
+        # when it next sends to it.)
+        lingering = (await asyncio.to_thread(hub.health)).get("clients")
+        return {"triggers": triggers, "probe_ms": probe_ms, "generator": gen_report,
+                "hub_clients_after_close": lingering,
+                "feed_frames": feed.frames, "feed_events": feed.events,
+                "feed_resyncs": feed.resyncs}
+    finally:
+        stop_sampling.set()
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sampler
+        await feed.stop()
+        await pub.stop()
+        if profiler is not None and profiler.poll() is None:
+            profiler.terminate()
+            profiler.wait()
+        if gen is not None and gen.poll() is None:
+            gen.terminate()  # the generator stops its mosquitto_pub processes
+            try:
+                gen.wait(20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(gen.pid, signal.SIGKILL)
+                gen.wait()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    env = BenchEnv.from_environ()
+    run_id = f"{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}"
+    offsets = trigger_schedule(args.triggers, args.interval, args.jitter, args.seed)
+    busiest = max_in_window(offsets, CAP_WINDOW_S)
+    if busiest + CAP_MARGIN > CAP_RAISES:
+        raise ValueError(
+            f"{busiest} raises in one {CAP_WINDOW_S:.0f}s window: over the hub's per-rule cap "
+            f"of {CAP_RAISES} (less {CAP_MARGIN} of margin) they would be suppressed; "
+            f"use a longer --interval")
+    cfg = loadgen.LoadConfig(port=env.mqtt_port, rate=args.rate, devices=args.devices,
+                             publishers=args.publishers, mode=args.mode,
+                             batch=args.batch)  # validates before anything starts
+    ppm = cfg.points_per_msg
+    load_start = load_avg()
+    say(f"run {run_id}: load average {load_start} on {os.cpu_count()} CPUs")
+    detectors = detector_ids(args.triggers)
+    db = ScratchDatabase(env.database_url, f"bench_alarm_{run_id}", keep=args.keep_db)
+    client_id = f"gridhub-alarm-bench-{run_id}"
+    hub_env = {**os.environ, "HUB_DATABASE_URL": db.url, "HUB_MQTT_CLIENT_ID": client_id,
+               "HUB_MQTT_SHARE_GROUP": f"alarmbench{run_id.replace('_', '')}",
+               "HUB_HTTP_PORT": str(env.http_port)}
+    hub = HubProcess(hub_env, HUB_ROLES, env.var_dir / "log" / f"bench-alarm-{run_id}.log")
+    try:
+        db.create()
+        say(f"scratch database {db.name}: the town, {args.devices} background devices, "
+            f"{len(detectors)} gas detectors")
+        subprocess.run([sys.executable, "-m", "hub", "load-town"], cwd=ROOT, env=hub_env,
+                       check=True, stdout=subprocess.DEVNULL)
+        register_devices(db.url, args.devices, detectors)
+        hub.start()
+        hub.wait_healthy()
+        assert hub.pid is not None
+        say(f"hub pid {hub.pid} ready (log {hub.log_path})")
+        probes = Probes(hub.pid, {"hub": hub.pid, "broker": env.pid_of("mqtt/mosquitto.pid"),
+                                  "db": env.pid_of("pg/postmaster.pid")})
+        res = asyncio.run(_session(args, env, hub, run_id, detectors, offsets, probes))
+        hwm_kb = proc_status_kb(hub.pid, "VmHWM") or probes.peak_rss_kb
+        win = probes.between("start", "end")
+        m0, m1 = probes.marks["start"], probes.marks["end"]
+        with SyncDb(db.url) as sdb:
+            bg_rows = int(sdb.fetchval(BACKGROUND_SQL, m0["wall"], m1["wall"]))
+            alarms_open = int(sdb.fetchval(
+                "SELECT count(*) FROM alarms WHERE rule_id = $1 AND device_id LIKE $2",
+                RULE_ID, GAS_PREFIX + "%"))
+            incidents = int(sdb.fetchval("SELECT count(*) FROM incidents"))
+        health = hub.health()
+    finally:
+        rc = hub.stop()
+        if hub.proc is not None:
+            say(f"hub {hub.pid} stopped (rc {rc})")
+            forget_mqtt_session(env.mqtt_host, env.mqtt_port, client_id)
+        drop_quietly(db)
+
+    triggers: list[Trigger] = res["triggers"]
+    lat = [t.latency_ms for t in triggers if t.latency_ms is not None
+           and t.latency_ms <= args.timeout * 1000]
+    late = [t for t in triggers if t.latency_ms is not None
+            and t.latency_ms > args.timeout * 1000]
+    to_txn = [(t.event_ts - t.sent_at) * 1000 for t in triggers
+              if t.event_ts is not None and t.latency_ms is not None]
+    txn_to_client = [(t.received_at - t.event_ts) * 1000 for t in triggers
+                     if t.event_ts is not None and t.received_at is not None]
+    gen = res["generator"]
+    window_s = win["seconds"]
+    hub_rows = m1["hub_rows"] - m0["hub_rows"]
+    return {
+        "benchmark": "alarm",
+        **summarize(lat),
+        "triggers": len(triggers),
+        "alarmed": len(lat),
+        "missed": len(triggers) - len(lat),
+        "late": len(late),
+        **summarize(to_txn, "to_txn_"),
+        **summarize(txn_to_client, "txn_to_client_"),
+        "probe_unloaded_ms": round(res["probe_ms"], 1),
+        "target_rate": args.rate,
+        "mode": args.mode,
+        "readings_per_msg": ppm,
+        "background_msgs_per_s": round(bg_rows / ppm / window_s, 1),
+        "background_points_per_s": round(bg_rows / window_s, 1),
+        "background_hub_msgs_per_s": round(hub_rows / ppm / window_s, 1),
+        "generator_msgs_per_s": gen.get("offered_msgs_per_s"),
+        "generator_sent_msgs": gen.get("sent_msgs"),
+        "generator_window_full_s": gen.get("window_full_s"),
+        "generator_ok": gen.get("ok"),
+        "generator_total_cpu_s": gen.get("cpu_s"),
+        "generator_cpu_us_per_msg": gen.get("cpu_us_per_msg"),
+        "generator_cpu_s": win.get("generator_cpu_s"),
+        "generator_cpu_pct": win.get("generator_cpu_pct"),
+        "hub_cpu_pct": win.get("hub_cpu_pct"),
+        "broker_cpu_pct": win.get("broker_cpu_pct"),
+        "db_cpu_pct": win.get("db_cpu_pct"),
+        "machine_busy_pct": win["machine_busy_pct"],
+        "other_cpu_pct": win["other_cpu_pct"],
+        "peak_rss_mb": round(hwm_kb / 1024, 1),
+        "window_s": round(window_s, 1),
+        "trigger_interval_s": args.interval,
+        "alarm_rows": alarms_open,
+        "incidents": incidents,
+        "feed_frames": res["feed_frames"],
+        "feed_events": res["feed_events"],
+        "feed_resyncs": res["feed_resyncs"],
+        "hub_clients_after_close": res["hub_clients_after_close"],
+        "alarm_writes": (health.get("ingest") or {}).get("alarm_writes"),
+        "load": {"start": load_start, "end": load_avg()},
+        "ncpu": os.cpu_count(),
+        "run_id": run_id,
+    }
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rate", type=float, default=10_000.0,
+                   help="background telemetry, messages/s (one reading each)")
+    p.add_argument("--mode", choices=("single", "batched"), default="single",
+                   help="background messages of one reading, or gateway batches of --batch")
+    p.add_argument("--batch", type=int, default=50, help="readings per batched message")
+    p.add_argument("--devices", type=int, default=10_000, help="background bench devices")
+    p.add_argument("--publishers", type=int, default=2, help="mosquitto_pub processes")
+    p.add_argument("--triggers", type=int, default=200, help="alarm readings, one per detector")
+    p.add_argument("--interval", type=float, default=0.7,
+                   help="seconds between triggers (the rule caps raises at "
+                        f"{CAP_RAISES} per {CAP_WINDOW_S:.0f}s)")
+    p.add_argument("--jitter", type=float, default=0.1, help="± seconds on each trigger time")
+    p.add_argument("--seed", type=int, default=1, help="seed of the jitter")
+    p.add_argument("--warmup", type=float, default=5.0,
+                   help="seconds of background load before the first trigger")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds after which a trigger without its alarm counts as missed")
+    p.add_argument("--keep-db", action="store_true", help="keep the scratch database")
+    p.add_argument("--profile", type=Path, metavar="FILE",
+                   help="py-spy the hub during the triggers: FILE.svg flame graph or FILE.txt "
+                        "collapsed stacks")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simulators.alarm_bench",
+                                     description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        result = run(args)
+    except (RuntimeError, OSError, asyncpg.PostgresError, subprocess.SubprocessError,
+            ValueError) as e:
+        say(f"failed: {e}")
+        print(json.dumps({"benchmark": "alarm", "error": str(e)}), flush=True)
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted; everything started was stopped")
+        print(json.dumps({"benchmark": "alarm", "error": "interrupted"}), flush=True)
+        return 130
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
