@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
@@ -102,4 +103,26 @@ def test_alarm_then_assignment_appear_live(page: Page, hub: HubProcess,
     page.screenshot(path=str(ARTIFACTS / "console-assignment-1920x1080.png"))
     # it all came over the websocket: the page never reloaded
     assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_operator_clears_an_alarm_with_a_reason(page: Page, hub: HubProcess,
+                                                publisher: Publisher) -> None:
+    _open_console(page, hub)
+    town = town_doc()
+    smoke = [d for d in town["devices"] if d["model"] == "smoke_detector"][-1]
+    publisher.publish(wire.telemetry_topic(smoke["id"]), wire.encode_telemetry(
+        time.time(), {"smoke_obscuration_pct": 12.0, "temperature_c": 40.0}))
+    row = page.locator("[data-alarm-id]", has_text=smoke["name"]).first
+    row.wait_for(timeout=15000)
+    alarm_id = row.get_attribute("data-alarm-id")
+    row.locator("button.clear").click()
+    dialog = page.locator("#reason-dialog")
+    dialog.locator("textarea[name=reason]").fill("现场核实为误报")
+    dialog.locator("button[value=ok]").click()
+    # the cleared alarm leaves the live list through the feed
+    page.locator(f'[data-alarm-id="{alarm_id}"]').wait_for(state="detached", timeout=15000)
+    body = httpx.get(f"{hub.url}/api/alarms", params={"state": "all"}).json()
+    cleared = next(a for a in body if str(a["id"]) == alarm_id)
+    assert cleared["state"] == "cleared" and cleared["clear_reason"] == "现场核实为误报"
     assert page.errors == []  # type: ignore[attr-defined]

@@ -76,6 +76,10 @@ export function ackAlarm(id) {
   return postJson(`/api/alarms/${encodeURIComponent(id)}/ack`, { by: getActor() });
 }
 
+export function clearAlarm(id, reason) {
+  return postJson(`/api/alarms/${encodeURIComponent(id)}/clear`, { by: getActor(), reason });
+}
+
 // ------------------------------------------------------------------ case steps
 function postAction(incidentId, action, reason) {
   const body = { action, actor: getActor() };

@@ -2,7 +2,7 @@
 // case it joined, and an acknowledge button for active alarms. Rows are kept per id and
 // only the changed ones are touched.
 
-import { ackAlarm } from "./actions.js";
+import { ackAlarm, askReason, clearAlarm } from "./actions.js";
 import { errorText } from "./api.js";
 import { $, el, reconcileOrder, setClass, setText, toast } from "./dom.js";
 import { fmtTime, label, t } from "./i18n.js";
@@ -105,6 +105,13 @@ export class AlarmFeed {
       if (row.ack) { row.ack.remove(); row.ack = null; }
       this.clearPendingAck(row.id);
     }
+    // Any open alarm may be cleared by an operator, with a reason (the rule clears it by
+    // itself when the condition has gone).
+    if (!row.clear) {
+      row.clear = el("button", "clear", t("alarm.clear"));
+      row.clear.type = "button";
+      row.actions.append(row.clear);
+    }
     const moved = row.raisedAt !== a.raised_at;
     row.raisedAt = a.raised_at;
     return moved;
@@ -164,6 +171,10 @@ export class AlarmFeed {
       this.acknowledge(id, button);
       return;
     }
+    if (ev.target.closest("button.clear")) {
+      this.clear(id);
+      return;
+    }
     const a = this.ctx.feed.state.alarms[id];
     const dev = a && this.ctx.devices.get(a.device_id);
     if (dev) this.ctx.map.focusPoint(dev.lat, dev.lon, () => this.ctx.map.openDeviceTooltip(dev.id));
@@ -183,6 +194,15 @@ export class AlarmFeed {
       this.ctx.markDirty("alarms", id);
       toast(t("alarm.ack_failed", { id, error: errorText(err) }));
     }
+  }
+
+  async clear(id) {
+    // An error keeps the dialog open with the message; the cleared alarm then leaves the
+    // list through the feed, like every change.
+    await askReason(t("alarm.clear_reason", { id }), (reason) => {
+      if (!reason) throw new Error(t("alarm.reason_needed"));
+      return clearAlarm(id, reason);
+    });
   }
 
   clearPendingAck(id) {
