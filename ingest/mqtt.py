@@ -69,8 +69,26 @@ def make_client(
     session_expiry_s: int = 0,
     receive_maximum: int | None = None,
     manual_ack: bool = False,
+    v311: bool = False,
 ) -> mqtt.Client:
-    """A paho v2 client speaking MQTT 5 with TCP_NODELAY on its socket."""
+    """A paho v2 client speaking MQTT 5 (or 3.1.1) with TCP_NODELAY on its socket.
+
+    3.1.1 has no per-message property objects, which paho builds for every MQTT 5 PUBLISH
+    (the largest single cost of the ingest process in py-spy); its session lives until the
+    broker's ``persistent_client_expiration`` and its in-flight window is the broker's
+    ``max_inflight_messages`` (both set in the broker configuration hubctl writes).
+    """
+    if v311:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv311, clean_session=not persistent,
+                             manual_ack=manual_ack)
+        client.on_socket_open = _nodelay
+        if addr.username:
+            client.username_pw_set(addr.username, addr.password)
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(60000)
+        client.connect_async(addr.host, addr.port, keepalive=30)
+        return client
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
@@ -113,12 +131,14 @@ class MqttIngest:
         share_group: str | None = None,
         receive_maximum: int = 5000,
         session_expiry_s: int = 7 * 24 * 3600,
+        v311: bool = False,
     ) -> None:
         self.addr = BrokerAddress.parse(url)
         self.topics = list(topics)
         self.loop = loop
         self.on_delivery = on_delivery
         self.share_group = share_group
+        self.v311 = v311
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.received = 0
@@ -135,6 +155,7 @@ class MqttIngest:
             session_expiry_s=session_expiry_s,
             receive_maximum=receive_maximum,
             manual_ack=True,
+            v311=v311,
         )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -168,8 +189,11 @@ class MqttIngest:
             log.error("MQTT connect refused: %s", reason_code)
             return
         self.generation += 1
-        opts = SubscribeOptions(qos=1)
-        client.subscribe([(f, opts) for f in self.subscription_filters()])
+        if self.v311:
+            client.subscribe([(f, 1) for f in self.subscription_filters()])
+        else:
+            opts = SubscribeOptions(qos=1)
+            client.subscribe([(f, opts) for f in self.subscription_filters()])
         log.info("MQTT connected to %s:%s", self.addr.host, self.addr.port)
         self.connected.set()
 

@@ -44,7 +44,7 @@ class IngestRole:
         self.mqtt = MqttIngest(
             s.mqtt_url, s.mqtt_client_id, wire.SUBSCRIPTIONS, loop, self.pipeline.on_delivery,
             share_group=s.mqtt_share_group, receive_maximum=s.mqtt_receive_maximum,
-            session_expiry_s=s.mqtt_session_expiry_s)
+            session_expiry_s=s.mqtt_session_expiry_s, v311=s.mqtt_ingest_protocol == "3.1.1")
         self.tasks = [
             asyncio.create_task(writer.run(), name="ingest.writer"),
             asyncio.create_task(self.pipeline.watch.run(), name="ingest.alarms"),
