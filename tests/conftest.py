@@ -19,6 +19,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -72,6 +73,27 @@ async def create_database(base_url: str, name: str, template: str = "template0")
     finally:
         await conn.close()
     return with_database(base_url, name)
+
+
+async def load_town(url: str) -> None:
+    """``python -m hub load-town`` into the database at ``url`` (migrates it first)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub", "load-town", env={**os.environ, "HUB_DATABASE_URL": url},
+        stdout=asyncio.subprocess.DEVNULL)
+    assert await proc.wait() == 0, "hub load-town failed"
+
+
+@asynccontextmanager
+async def town_database(base_url: str, tag: str) -> AsyncIterator[str]:
+    """A scratch database with the demo town, dropped afterwards: a town of the test's own,
+    whose squads no other test has sent anywhere and whose messages no other hub stores."""
+    name = f"gridhub_{tag}{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    url = await create_database(base_url, name)
+    try:
+        await load_town(url)
+        yield url
+    finally:
+        await drop_database(base_url, name)
 
 
 async def drop_database(base_url: str, name: str) -> None:

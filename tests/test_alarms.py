@@ -4,8 +4,6 @@ storm grouping, alarm -> incident, rule state across a restart, backtest, rules 
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,8 +19,7 @@ from ingest import alarms, wire
 from tests.conftest import (
     HubProcess,
     Publisher,
-    create_database,
-    drop_database,
+    town_database,
     town_doc,
     wait_for,
 )
@@ -34,19 +31,13 @@ AIR = [d for d in TOWN["devices"] if d["model"] == "air_station"]
 
 @pytest_asyncio.fixture(scope="module")
 async def alarm_db(base_db_url: str) -> AsyncIterator[str]:
-    name = f"gridhub_a{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    url = await create_database(base_db_url, name)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hub", "load-town", env={**os.environ, "HUB_DATABASE_URL": url},
-        stdout=asyncio.subprocess.DEVNULL)
-    assert await proc.wait() == 0
-    conn = await connect(url)
-    # The storm test's devices report every second, so silence shows within seconds.
-    grid = _storm_grid()
-    await conn.execute("UPDATE devices SET interval_s = 1 WHERE grid_id = $1", grid)
-    await conn.close()
-    yield url
-    await drop_database(base_db_url, name)
+    async with town_database(base_db_url, "a") as url:
+        conn = await connect(url)
+        # The storm test's devices report every second, so silence shows within seconds.
+        grid = _storm_grid()
+        await conn.execute("UPDATE devices SET interval_s = 1 WHERE grid_id = $1", grid)
+        await conn.close()
+        yield url
 
 
 def _storm_grid() -> str:

@@ -8,10 +8,7 @@ Each test module runs its own hub on a database of its own with SLA clocks shrun
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -25,8 +22,7 @@ from ingest import wire
 from tests.conftest import (
     HubProcess,
     Publisher,
-    create_database,
-    drop_database,
+    town_database,
     town_doc,
     wait_for,
 )
@@ -39,14 +35,8 @@ SCALE = "0.002"
 
 @pytest_asyncio.fixture(scope="module")
 async def flow_db(base_db_url: str) -> AsyncIterator[str]:
-    name = f"gridhub_d{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    url = await create_database(base_db_url, name)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hub", "load-town", env={**os.environ, "HUB_DATABASE_URL": url},
-        stdout=asyncio.subprocess.DEVNULL)
-    assert await proc.wait() == 0
-    yield url
-    await drop_database(base_db_url, name)
+    async with town_database(base_db_url, "d") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

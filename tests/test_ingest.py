@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import threading
 import time
 import uuid
@@ -23,8 +22,8 @@ from tests.conftest import (
     HubProcess,
     Publisher,
     ThrowawayPostgres,
-    create_database,
-    drop_database,
+    load_town,
+    town_database,
     town_doc,
     wait_for,
 )
@@ -223,14 +222,8 @@ class Stream:
 @pytest_asyncio.fixture
 async def scratch_db(base_db_url: str) -> AsyncIterator[str]:
     """A database of its own, so no other hub in the session stores these messages."""
-    name = f"gridhub_f{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    url = await create_database(base_db_url, name)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hub", "load-town",
-        env={**os.environ, "HUB_DATABASE_URL": url}, stdout=asyncio.subprocess.DEVNULL)
-    assert await proc.wait() == 0
-    yield url
-    await drop_database(base_db_url, name)
+    async with town_database(base_db_url, "f") as url:
+        yield url
 
 
 async def _stored(url: str, device: str) -> tuple[int, int]:
@@ -306,10 +299,7 @@ def own_postgres() -> Iterator[ThrowawayPostgres]:
 async def test_postgres_down_mid_stream_loses_nothing(own_postgres: ThrowawayPostgres,
                                                       mqtt_url: str) -> None:
     url = own_postgres.url
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hub", "load-town", env={**os.environ, "HUB_DATABASE_URL": url},
-        stdout=asyncio.subprocess.DEVNULL)
-    assert await proc.wait() == 0
+    await load_town(url)
     device = ENV_DEVICES[10]
     tag = uuid.uuid4().hex[:6]
     ingest = HubProcess(url, mqtt_url, roles="ingest", client_id=f"pgdown-{tag}",

@@ -10,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
-import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -27,8 +24,7 @@ from ingest import wire
 from tests.conftest import (
     HubProcess,
     Publisher,
-    create_database,
-    drop_database,
+    town_database,
     town_doc,
     wait_for,
 )
@@ -51,14 +47,8 @@ async def _collect(ws: Any, into: list[dict[str, Any]], stop: asyncio.Event) -> 
 @pytest_asyncio.fixture(scope="module")
 async def skeleton_db(base_db_url: str) -> AsyncIterator[str]:
     """A town of its own: no other test has sent its squads anywhere."""
-    name = f"gridhub_s{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    url = await create_database(base_db_url, name)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hub", "load-town", env={**os.environ, "HUB_DATABASE_URL": url},
-        stdout=asyncio.subprocess.DEVNULL)
-    assert await proc.wait() == 0
-    yield url
-    await drop_database(base_db_url, name)
+    async with town_database(base_db_url, "s") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
