@@ -22,7 +22,9 @@ counted in the database. Definitions of the figures:
 - ``lost``: messages sent minus distinct messages stored (``lost_points`` for readings);
   ``duplicated``: stored rows minus distinct readings (every reading carries a unique id in
   its value, so a duplicate is visible even if it slipped past the unique key with another
-  timestamp); ``unexpected_rows``: rows whose id the generator never sent.
+  timestamp); ``unexpected_rows``: rows whose id the generator never sent; ``foreign_msgs``:
+  messages from another publisher on the broker (0 unless two benchmarks overlapped; the
+  run's device ids are unique to it, so those are dead letters, not counted rows).
 - ``p50_commit_ms``/``p99_commit_ms``: the hub's device-time-to-commit percentiles
   (``/api/ingest/stats``) over the run's readings; the generator stamps each message with
   the time it was written to mosquitto_pub, so this is publish-to-commit. In a flat-out run
@@ -43,6 +45,7 @@ import contextlib
 import importlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -63,7 +66,8 @@ from simulators import loadgen
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
-PROBE_DEVICE = "BENCH-PROBE"
+# The probe device (subscription check) is ``<prefix>PROBE``, outside the generator's ids.
+PROBE_SUFFIX = "PROBE"
 # Seconds allowed for the hub to start (migrations on an empty database, town in memory).
 HUB_START_TIMEOUT_S = 90.0
 # The database is "done" when its row count has not moved for this many polls 1 s apart.
@@ -419,13 +423,13 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
                         "collapsed stacks")
 
 
-def _register_devices(url: str, count: int) -> None:
+def _register_devices(url: str, count: int, prefix: str) -> None:
     with SyncDb(url) as db:
         grid = db.fetchrow(
             "SELECT id, center_lon, center_lat FROM grids WHERE level = 2 ORDER BY id LIMIT 1")
         if grid is None:
             raise RuntimeError("no level-2 grid: the town did not load")
-        ids = [*loadgen.device_ids(count), PROBE_DEVICE]
+        ids = [*loadgen.device_ids(count, prefix), prefix + PROBE_SUFFIX]
         db.run(db.conn.copy_records_to_table(
             "devices",
             records=[(d, "environment", "bench", d, grid["center_lon"], grid["center_lat"],
@@ -433,14 +437,15 @@ def _register_devices(url: str, count: int) -> None:
             columns=("id", "kind", "model", "name", "lon", "lat", "grid_id", "metrics")))
 
 
-def _probe_until_stored(hubs: list[HubProcess], env: BenchEnv, timeout_s: float = 30.0) -> None:
+def _probe_until_stored(hubs: list[HubProcess], env: BenchEnv, prefix: str,
+                        timeout_s: float = 30.0) -> None:
     """Publish probe readings until every hub has committed one: their subscriptions are
     then live (health says "ok" as soon as the MQTT client starts, before it subscribes).
     The broker deals a shared subscription's messages round-robin, so each hub gets some."""
     exe = shutil.which("mosquitto_pub")
     if exe is None:
         raise RuntimeError("mosquitto_pub not found (Debian package mosquitto-clients)")
-    topic = f"gridhub/v1/devices/{PROBE_DEVICE}/telemetry"
+    topic = f"gridhub/v1/devices/{prefix}{PROBE_SUFFIX}/telemetry"
     deadline = time.monotonic() + timeout_s
     n = 0
     while time.monotonic() < deadline:
@@ -456,27 +461,28 @@ def _probe_until_stored(hubs: list[HubProcess], env: BenchEnv, timeout_s: float 
     raise RuntimeError(f"no probe reading stored after {timeout_s:.0f}s:\n{hubs[0].log_tail()}")
 
 
+# $1: the run's device prefix, $2: its probe device.
 COUNT_SQL = """
-SELECT count(*) FROM telemetry WHERE device_id LIKE 'BENCH-%' AND device_id <> $1
+SELECT count(*) FROM telemetry WHERE starts_with(device_id, $1) AND device_id <> $2
 """
 
 # value = (worker * ID_STRIDE + n) * POINT_STRIDE + i (simulators/loadgen.py point_id).
 RESULT_SQL = """
 WITH t AS (
     SELECT value::bigint AS v, received_at, late
-    FROM telemetry WHERE device_id LIKE 'BENCH-%' AND device_id <> $1
+    FROM telemetry WHERE starts_with(device_id, $1) AND device_id <> $2
 ), d AS (
-    SELECT v, received_at, late, (v / $2) / $3 AS worker, (v / $2) % $3 AS n, v % $2 AS i
+    SELECT v, received_at, late, (v / $3) / $4 AS worker, (v / $3) % $4 AS n, v % $3 AS i
     FROM t
 ), ok AS (
-    SELECT d.*, (worker < cardinality($4::bigint[]) AND n < ($4::bigint[])[worker + 1]
-                 AND i < $5) AS valid
+    SELECT d.*, (worker < cardinality($5::bigint[]) AND n < ($5::bigint[])[worker + 1]
+                 AND i < $6) AS valid
     FROM d
 )
 SELECT count(*) AS rows,
        count(*) FILTER (WHERE NOT valid) AS unexpected_rows,
        count(DISTINCT v) FILTER (WHERE valid) AS points,
-       count(DISTINCT v / $2) FILTER (WHERE valid) AS msgs,
+       count(DISTINCT v / $3) FILTER (WHERE valid) AS msgs,
        count(*) FILTER (WHERE late) AS late_rows,
        extract(epoch FROM min(received_at)) AS first_rx,
        extract(epoch FROM max(received_at)) AS last_rx
@@ -484,18 +490,19 @@ FROM ok
 """
 
 PER_SECOND_SQL = """
-SELECT count(*) AS n FROM telemetry WHERE device_id LIKE 'BENCH-%' AND device_id <> $1
+SELECT count(*) AS n FROM telemetry WHERE starts_with(device_id, $1) AND device_id <> $2
 GROUP BY date_trunc('second', received_at) ORDER BY date_trunc('second', received_at)
 """
 
 
-def _wait_db_stable(url: str, expected: int, hubs: list[HubProcess], timeout_s: float) -> int:
+def _wait_db_stable(url: str, prefix: str, expected: int, hubs: list[HubProcess],
+                    timeout_s: float) -> int:
     with SyncDb(url) as db:
         last = -1
         stable = 0
         deadline = time.monotonic() + timeout_s
         while True:
-            n = int(db.fetchval(COUNT_SQL, PROBE_DEVICE))
+            n = int(db.fetchval(COUNT_SQL, prefix, prefix + PROBE_SUFFIX))
             if n >= expected:
                 return n
             stable = stable + 1 if n == last else 0
@@ -507,12 +514,12 @@ def _wait_db_stable(url: str, expected: int, hubs: list[HubProcess], timeout_s: 
             time.sleep(1.0)
 
 
-def _db_results(url: str, gen: dict[str, Any]) -> dict[str, Any]:
+def _db_results(url: str, prefix: str, gen: dict[str, Any]) -> dict[str, Any]:
     with SyncDb(url) as db:
         row = db.fetchrow(
-            RESULT_SQL, PROBE_DEVICE, loadgen.POINT_STRIDE, loadgen.ID_STRIDE,
+            RESULT_SQL, prefix, prefix + PROBE_SUFFIX, loadgen.POINT_STRIDE, loadgen.ID_STRIDE,
             [int(x) for x in gen["sent_by_worker"]], int(gen["batch"]))
-        per_s = [int(r["n"]) for r in db.fetch(PER_SECOND_SQL, PROBE_DEVICE)]
+        per_s = [int(r["n"]) for r in db.fetch(PER_SECOND_SQL, prefix, prefix + PROBE_SUFFIX)]
         dead = {r["reason"]: int(r["n"]) for r in db.fetch(
             "SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason")}
     assert row is not None
@@ -545,10 +552,13 @@ def _merge_latency(per_hub: list[dict[str, Any]]) -> dict[str, Any]:
 def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
     env = BenchEnv.from_environ()
     run_id = f"{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}"
+    # Device ids unique to this run: messages from another publisher on the same broker (a
+    # second benchmark, a simulator) are then dead letters here, not rows counted as ours.
+    prefix = f"{loadgen.DEVICE_PREFIX}{secrets.token_hex(2)}-"
     cfg = loadgen.LoadConfig(  # validates the arguments before anything starts
         port=env.mqtt_port, duration_s=args.duration, rate=args.rate, mode=args.mode,
         batch=args.batch, devices=args.devices, publishers=args.publishers,
-        window=args.window, run_id=run_id)
+        window=args.window, run_id=run_id, device_prefix=prefix)
     if not 1 <= args.hubs <= 8:
         raise ValueError("--hubs must be 1..8")
     ppm = cfg.points_per_msg
@@ -570,12 +580,12 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         say(f"scratch database {db.name}: loading the town and {args.devices} bench devices")
         subprocess.run([sys.executable, "-m", "hub", "load-town"], cwd=ROOT, env=base_env,
                        check=True, stdout=subprocess.DEVNULL)
-        _register_devices(db.url, args.devices)
+        _register_devices(db.url, args.devices, prefix)
         for hub in hubs:
             hub.start()
         for hub in hubs:
             hub.wait_healthy()
-        _probe_until_stored(hubs, env)
+        _probe_until_stored(hubs, env, prefix)
         for hub in hubs:
             http_json(hub.url("/api/ingest/stats?reset=true"), 30.0)
         base_rows = _sum_counter(hubs, "telemetry_rows")
@@ -595,6 +605,7 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
              "--duration", str(args.duration), "--rate", str(args.rate), "--mode", args.mode,
              "--batch", str(args.batch), "--devices", str(args.devices),
              "--publishers", str(args.publishers), "--window", str(args.window),
+             "--device-prefix", prefix,
              "--confirm-url", ",".join(h.url("/api/health") for h in hubs),
              "--run-id", run_id],
             cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True)
@@ -630,7 +641,7 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         gen = json.loads(lines[-1])
 
         expected = int(gen["sent_points"])
-        _wait_db_stable(db.url, expected, hubs, timeout_s=120.0)
+        _wait_db_stable(db.url, prefix, expected, hubs, timeout_s=120.0)
         t_end = time.monotonic()
         hub_cpu = hub_cpu_now()
         broker_cpu1 = proc_cpu_s(broker_pid)
@@ -643,7 +654,7 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         if profiler is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 profiler.wait(30)
-        res = _db_results(db.url, gen)
+        res = _db_results(db.url, prefix, gen)
     finally:
         if gen_proc is not None and gen_proc.poll() is None:
             gen_proc.terminate()  # the generator stops its mosquitto_pub processes
@@ -676,6 +687,11 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
     measured_s = t_end - t0
     sent = int(gen["sent_msgs"])
     busy_s = (busy1 - busy0) / os.sysconf("SC_CLK_TCK")
+    # Messages nobody in this run sent: another publisher shares the broker (its devices are
+    # unknown here). The figures then include its load; run benchmarks one at a time.
+    foreign = int(res["dead_letters"].get("unknown_device", 0)) + int(res["unexpected_rows"])
+    if foreign:
+        say(f"warning: {foreign} messages from another publisher reached this run's hub")
     return {
         "benchmark": "ingest",
         "mode": args.mode,
@@ -706,6 +722,7 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         "unexpected_rows": int(res["unexpected_rows"]),
         "late_rows": int(res["late_rows"]),
         "dead_letters": res["dead_letters"],
+        "foreign_msgs": foreign,
         "offered_msgs_per_s": gen["offered_msgs_per_s"],
         "offered_points_per_s": gen["offered_points_per_s"],
         "generator_window": gen["window"],

@@ -206,3 +206,13 @@ def test_config_defaults_and_validation() -> None:
         LoadConfig(port=1883, devices=1, publishers=2)
     with pytest.raises(ValueError):
         LoadConfig(port=1883, mode="bulk")
+
+
+def test_device_prefix_makes_run_specific_valid_ids() -> None:
+    cfg = LoadConfig(port=1883, device_prefix="BENCH-a1f3-")
+    assert device_ids(2, cfg.device_prefix) == ["BENCH-a1f3-00001", "BENCH-a1f3-00002"]
+    assert not set(device_ids(10, "BENCH-a1f3-")) & set(device_ids(10))
+    with pytest.raises(ValueError):
+        LoadConfig(port=1883, device_prefix="BENCH a1f3/")  # not a valid id
+    with pytest.raises(ValueError):
+        LoadConfig(port=1883, device_prefix="X" * 60)  # ids longer than 64
