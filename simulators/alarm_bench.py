@@ -1,17 +1,19 @@
-"""Alarm latency benchmark (issue 4): ``python -m simulators.alarm_bench`` (``./hubctl bench
-alarm`` once registered in simulators/bench.py).
+"""Alarm latency benchmark (issue 4): ``./hubctl bench alarm [args]``, or
+``python -m simulators.alarm_bench [args]`` with the bench environment's ``HUB_*`` exported.
 
 What it does: a fresh scratch database with the demo town, ``--devices`` background bench
-devices (model ``bench``, metric ``v``: no threshold rule watches them, and their reporting
-interval is long enough that the no-data rule cannot fire during a run) and one bench gas
-detector per trigger (``BENCHGAS-0001``..., model ``gas_detector`` spread over the level-2
-grids); the hub with all its roles; the lean load generator (simulators/loadgen.py) in its
-own process at ``--rate`` messages/s of background telemetry. While it flows, ``--triggers``
-readings of 40 %LEL (``gas_lel_high`` raises at 25 %LEL, ``gas_lel_danger`` at 50) are
-published at known times, each for its own detector, by a paho publisher (they are few);
-half an interval later the same detector reads 1 %LEL, which clears the alarm (the full
-lifecycle, and the open picture stays small). A websocket client on ``/ws/live`` stamps
-every ``alarm.raised`` event of ``gas_lel_high`` on arrival and matches it by device id.
+devices (``BENCH-<tag>-00001``..., model ``bench``, metric ``v``: no threshold rule watches
+them, and their reporting interval is long enough that the no-data rule cannot fire during a
+run) and one bench gas detector per trigger (``BENCHGAS<tag>-0001``..., model
+``gas_detector``, spread over the level-2 grids; ``<tag>`` is random per run, because every
+hub on the shared broker receives every publisher's messages); the hub with all its roles;
+the lean load generator (simulators/loadgen.py) in its own process at ``--rate`` messages/s
+of background telemetry. While it flows, ``--triggers`` readings of 40 %LEL
+(``gas_lel_high`` raises at 25 %LEL, ``gas_lel_danger`` at 50) are published at known times,
+each for its own detector, by a paho publisher (they are few); half an interval later the
+same detector reads 1 %LEL, which clears the alarm (the full lifecycle, and the open picture
+stays small). A websocket client on ``/ws/live`` stamps every ``alarm.raised`` event of
+``gas_lel_high`` on arrival and matches it by device id.
 
 Why one detector per trigger, not the demo town's 48 gas detectors taking turns: the hub
 holds a (rule, device) that clears more than 3 times in 10 minutes as *flapping* (the 4th
@@ -56,6 +58,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -88,8 +91,11 @@ from simulators.mqtt_pub import Publisher
 
 RULE_ID = "gas_lel_high"
 GAS_METRIC = "gas_lel_pct"
-GAS_PREFIX = "BENCHGAS-"
-PROBE_DETECTOR = "BENCHGAS-PROBE"
+# Detector ids are GAS_PREFIX + a per-run tag + "-0001"..., background devices the load
+# generator's BENCH- + the tag: every hub on the shared broker receives every publisher's
+# messages, so another benchmark's devices can never pass for this run's.
+GAS_PREFIX = "BENCHGAS"
+PROBE_SUFFIX = "PROBE"
 # Over gas_lel_high's 25 %LEL and under gas_lel_danger's 50: exactly one rule raises.
 RAISE_LEL = 40.0
 # Under gas_lel_high's 10 %LEL clear level.
@@ -164,10 +170,16 @@ def max_in_window(times: list[float], window_s: float) -> int:
     return best
 
 
-def detector_ids(count: int) -> list[str]:
-    """``BENCHGAS-0001``...: disjoint from the load generator's ``BENCH-00001`` ids."""
+def run_prefixes(tag: str) -> tuple[str, str]:
+    """(gas detector prefix, background device prefix) of a run: ``BENCHGAS<tag>-`` and
+    ``BENCH-<tag>-``, disjoint whatever the tag."""
+    return f"{GAS_PREFIX}{tag}-", f"{loadgen.DEVICE_PREFIX}{tag}-"
+
+
+def detector_ids(count: int, prefix: str = GAS_PREFIX + "-") -> list[str]:
+    """``BENCHGAS-0001``... (``prefix`` + a number)."""
     width = max(4, len(str(count)))
-    return [f"{GAS_PREFIX}{i:0{width}d}" for i in range(1, count + 1)]
+    return [f"{prefix}{i:0{width}d}" for i in range(1, count + 1)]
 
 
 def raised_alarms(frame: dict[str, Any], rule_id: str = RULE_ID
@@ -193,7 +205,8 @@ def load_avg() -> list[float]:
 # --------------------------------------------------------------------------- set-up
 
 
-def register_devices(url: str, background: int, detectors: list[str]) -> None:
+def register_devices(url: str, background: int, bg_prefix: str, detectors: list[str]
+                     ) -> None:
     """Background bench devices (loadgen ids, metric ``v``) in one level-2 grid, and gas
     detectors dealt over every level-2 grid (so their alarms open cases in many grids)."""
     with SyncDb(url) as db:
@@ -203,8 +216,9 @@ def register_devices(url: str, background: int, detectors: list[str]) -> None:
             raise RuntimeError("no level-2 grid: the town did not load")
         g0 = grids[0]
         rows = [(d, "environment", "bench", d, g0["center_lon"], g0["center_lat"], g0["id"],
-                 [loadgen.METRIC], QUIET_INTERVAL_S) for d in loadgen.device_ids(background)]
-        for k, d in enumerate([*detectors, PROBE_DETECTOR]):
+                 [loadgen.METRIC], QUIET_INTERVAL_S)
+                for d in loadgen.device_ids(background, bg_prefix)]
+        for k, d in enumerate(detectors):
             g = grids[k % len(grids)]
             rows.append((d, "safety", "gas_detector", d, g["center_lon"] + 0.0003,
                          g["center_lat"] + 0.0002, g["id"], [GAS_METRIC], QUIET_INTERVAL_S))
@@ -216,7 +230,7 @@ def register_devices(url: str, background: int, detectors: list[str]) -> None:
 
 BACKGROUND_SQL = """
 SELECT count(*) FROM telemetry
-WHERE device_id LIKE 'BENCH-%'
+WHERE device_id LIKE $3
   AND received_at >= to_timestamp($1) AND received_at < to_timestamp($2)
 """
 
@@ -355,14 +369,14 @@ class FeedWatcher:
                 await task
 
 
-async def _probe(feed: FeedWatcher, pub: Publisher) -> float:
+async def _probe(feed: FeedWatcher, pub: Publisher, probe_id: str) -> float:
     """End to end once, before the load: publish an alarm reading for the probe detector
     until its alarm arrives (the hub's subscription goes live shortly after /api/health
     says ok). Returns the probe's latency in ms."""
     deadline = time.monotonic() + PROBE_TIMEOUT_S
-    t = Trigger(PROBE_DETECTOR)
+    t = Trigger(probe_id)
     feed.expect(t)
-    topic = wire.telemetry_topic(PROBE_DETECTOR)
+    topic = wire.telemetry_topic(probe_id)
     while time.monotonic() < deadline:
         t.sent_at = time.time()
         await pub.publish(topic, wire.encode_telemetry(t.sent_at, {GAS_METRIC: RAISE_LEL}))
@@ -383,11 +397,12 @@ async def _until(cond: Any, feed: FeedWatcher) -> None:
 
 
 def _start_generator(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run_id: str,
-                     duration_s: float) -> subprocess.Popen[bytes]:
+                     duration_s: float, bg_prefix: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "simulators.loadgen", "--port", str(env.mqtt_port),
          "--duration", f"{duration_s:.1f}", "--rate", str(args.rate), "--mode", args.mode,
          "--batch", str(args.batch), "--devices", str(args.devices),
+         "--device-prefix", bg_prefix,
          "--publishers", str(args.publishers),
          "--confirm-url", hub.url("/api/health"), "--drain-timeout", "60",
          "--run-id", run_id],
@@ -395,8 +410,8 @@ def _start_generator(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, r
 
 
 async def _session(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run_id: str,
-                   detectors: list[str], offsets: list[float], probes: Probes
-                   ) -> dict[str, Any]:
+                   detectors: list[str], probe_id: str, bg_prefix: str, offsets: list[float],
+                   probes: Probes) -> dict[str, Any]:
     feed = FeedWatcher(f"ws://127.0.0.1:{hub.port}/ws/live")
     pub = Publisher(BrokerAddress("127.0.0.1", env.mqtt_port, None, None),
                     f"alarm-bench-{run_id}", window=100)
@@ -417,13 +432,13 @@ async def _session(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run
         seq0 = await feed.start()
         if not await pub.start():
             raise RuntimeError(f"trigger publisher could not connect to port {env.mqtt_port}")
-        probe_ms = await _probe(feed, pub)
+        probe_ms = await _probe(feed, pub, probe_id)
         say(f"feed at seq {seq0}; probe alarm arrived in {probe_ms:.1f} ms (no load yet)")
 
         span = offsets[-1]
         gen_duration = args.warmup + span + args.timeout + 2.0
         rows0 = await asyncio.to_thread(_hub_rows, hub)
-        gen = _start_generator(args, env, hub, run_id, gen_duration)
+        gen = _start_generator(args, env, hub, run_id, gen_duration, bg_prefix)
         probes.procs["generator"] = gen.pid
         say(f"load generator pid {gen.pid}: {args.rate:g} msg/s for {gen_duration:.0f}s")
         # Warm-up: the background must be flowing before the first trigger.
@@ -535,7 +550,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ppm = cfg.points_per_msg
     load_start = load_avg()
     say(f"run {run_id}: load average {load_start} on {os.cpu_count()} CPUs")
-    detectors = detector_ids(args.triggers)
+    gas_prefix, bg_prefix = run_prefixes(secrets.token_hex(2))
+    detectors = detector_ids(args.triggers, gas_prefix)
+    probe_id = gas_prefix + PROBE_SUFFIX
     db = ScratchDatabase(env.database_url, f"bench_alarm_{run_id}", keep=args.keep_db)
     client_id = f"gridhub-alarm-bench-{run_id}"
     hub_env = {**os.environ, "HUB_DATABASE_URL": db.url, "HUB_MQTT_CLIENT_ID": client_id,
@@ -548,22 +565,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{len(detectors)} gas detectors")
         subprocess.run([sys.executable, "-m", "hub", "load-town"], cwd=ROOT, env=hub_env,
                        check=True, stdout=subprocess.DEVNULL)
-        register_devices(db.url, args.devices, detectors)
+        register_devices(db.url, args.devices, bg_prefix, [*detectors, probe_id])
         hub.start()
         hub.wait_healthy()
         assert hub.pid is not None
         say(f"hub pid {hub.pid} ready (log {hub.log_path})")
         probes = Probes(hub.pid, {"hub": hub.pid, "broker": env.pid_of("mqtt/mosquitto.pid"),
                                   "db": env.pid_of("pg/postmaster.pid")})
-        res = asyncio.run(_session(args, env, hub, run_id, detectors, offsets, probes))
+        res = asyncio.run(_session(args, env, hub, run_id, detectors, probe_id, bg_prefix,
+                                   offsets, probes))
         hwm_kb = proc_status_kb(hub.pid, "VmHWM") or probes.peak_rss_kb
         win = probes.between("start", "end")
         m0, m1 = probes.marks["start"], probes.marks["end"]
         with SyncDb(db.url) as sdb:
-            bg_rows = int(sdb.fetchval(BACKGROUND_SQL, m0["wall"], m1["wall"]))
+            bg_rows = int(sdb.fetchval(BACKGROUND_SQL, m0["wall"], m1["wall"], bg_prefix + "%"))
             alarms_open = int(sdb.fetchval(
                 "SELECT count(*) FROM alarms WHERE rule_id = $1 AND device_id LIKE $2",
-                RULE_ID, GAS_PREFIX + "%"))
+                RULE_ID, gas_prefix + "%"))
             incidents = int(sdb.fetchval("SELECT count(*) FROM incidents"))
         health = hub.health()
     finally:

@@ -1,10 +1,11 @@
-"""Live console load benchmark (issue 7): ``python -m simulators.console_bench`` (``./hubctl
-bench console`` once registered in simulators/bench.py).
+"""Live console load benchmark (issue 7): ``./hubctl bench console [args]``, or
+``python -m simulators.console_bench [args]`` with the bench environment's ``HUB_*`` exported.
 
 What it does: a fresh scratch database with the demo town plus ``--units`` bench squads
-(``BU-00001``..., qualification ``city_management``, homes dealt over the level-2 grids, no
-patrol area so the geofence rule ignores them); the hub with all its roles; then, each in
-its own process so that none of them starves the hub's event loop of the GIL:
+(``BU<tag>-00001``..., ``<tag>`` random per run; qualification ``city_management``, homes
+dealt over the level-2 grids, no patrol area so the geofence rule ignores them); the hub
+with all its roles; then, each in its own process so that none of them starves the hub's
+event loop of the GIL:
 
 - ``--client-procs`` websocket client processes, ``--clients`` connections in total on
   ``/ws/live`` (the ``websockets`` library, asyncio). Each connection says hello, takes the
@@ -56,6 +57,7 @@ import math
 import os
 import random
 import resource
+import secrets
 import signal
 import subprocess
 import sys
@@ -88,7 +90,9 @@ from simulators.bench import (
 from simulators.loadgen import TokenBucket
 from simulators.mqtt_pub import Publisher
 
-UNIT_PREFIX = "BU-"
+# Unit ids are UNIT_PREFIX + a per-run tag + "-00001"...: every hub on the shared broker
+# receives every publisher's fixes, so another run's units can never pass for this run's.
+UNIT_PREFIX = "BU"
 HUB_ROLES = "ingest,dispatch,web"
 # Latency histogram: 1 ms bins up to a minute; anything slower lands in the last bin.
 HIST_BIN_MS = 1.0
@@ -238,9 +242,10 @@ class SeqTracker:
         return max(0, final_seq - self.last)
 
 
-def unit_ids(count: int) -> list[str]:
+def unit_ids(count: int, prefix: str = UNIT_PREFIX + "-") -> list[str]:
+    """``BU-00001``... (``prefix`` + a number)."""
     width = max(5, len(str(count)))
-    return [f"{UNIT_PREFIX}{i:0{width}d}" for i in range(1, count + 1)]
+    return [f"{prefix}{i:0{width}d}" for i in range(1, count + 1)]
 
 
 @dataclass(frozen=True)
@@ -518,9 +523,10 @@ async def _gps_main(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- driver
 
 
-def insert_units(url: str, count: int) -> tuple[list[str], list[tuple[float, float]]]:
+def insert_units(url: str, count: int, prefix: str
+                 ) -> tuple[list[str], list[tuple[float, float]]]:
     """Bench squads, homes dealt over the level-2 grids; returns ids and home centres."""
-    ids = unit_ids(count)
+    ids = unit_ids(count, prefix)
     with SyncDb(url) as db:
         grids = db.fetch("SELECT id, center_lon, center_lat FROM grids WHERE level = 2 "
                          "ORDER BY id")
@@ -665,6 +671,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not 1 <= args.client_procs <= 8 or args.clients < args.client_procs:
         raise ValueError("--client-procs must be 1..8 and at most --clients")
     rate = args.rate or float(args.units)
+    unit_prefix = f"{UNIT_PREFIX}{secrets.token_hex(2)}-"
     run_id = f"{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}"
     load_start = load_avg()
     say(f"run {run_id}: load average {load_start} on {os.cpu_count()} CPUs")
@@ -685,7 +692,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         say(f"scratch database {db.name}: the town and {args.units} bench units")
         subprocess.run([sys.executable, "-m", "hub", "load-town"], cwd=ROOT, env=hub_env,
                        check=True, stdout=subprocess.DEVNULL)
-        ids, centres = insert_units(db.url, args.units)
+        ids, centres = insert_units(db.url, args.units, unit_prefix)
         units_file.parent.mkdir(parents=True, exist_ok=True)
         units_file.write_text(json.dumps({"ids": ids, "centres": centres}))
         hub.start()
@@ -756,9 +763,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lingering = hub.health().get("clients")
         with SyncDb(db.url) as sdb:
             assigned = int(sdb.fetchval(
-                "SELECT count(*) FROM incidents WHERE assigned_unit LIKE $1", UNIT_PREFIX + "%"))
+                "SELECT count(*) FROM incidents WHERE assigned_unit LIKE $1", unit_prefix + "%"))
             positions_stored = int(sdb.fetchval(
-                "SELECT count(*) FROM positions WHERE unit_id LIKE $1", UNIT_PREFIX + "%"))
+                "SELECT count(*) FROM positions WHERE unit_id LIKE $1", unit_prefix + "%"))
         if profiler is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 profiler.wait(30)

@@ -19,6 +19,7 @@ from simulators.alarm_bench import (
     max_in_window,
     percentile,
     raised_alarms,
+    run_prefixes,
     summarize,
     trigger_schedule,
 )
@@ -105,6 +106,18 @@ def test_detector_ids_unique_and_disjoint_from_background() -> None:
     # The background count in the database is "device_id LIKE 'BENCH-%'".
     assert not any(i.startswith(loadgen.DEVICE_PREFIX) for i in ids)
     assert all(wire.telemetry_topic(i) for i in ids)  # valid ids for topics
+
+
+def test_run_prefixes_keep_runs_and_kinds_apart() -> None:
+    gas, bg = run_prefixes("ab12")
+    assert (gas, bg) == ("BENCHGASab12-", "BENCH-ab12-")
+    detectors = detector_ids(200, gas)
+    background = loadgen.device_ids(10_000, bg)
+    # The database counts background rows with LIKE '<bg>%'; detectors never match it.
+    assert not any(d.startswith(bg) for d in detectors)
+    assert not any(b.startswith(gas) for b in background)
+    assert not set(detectors) & set(detector_ids(200, run_prefixes("cd34")[0]))
+    assert all(wire.telemetry_topic(d) for d in [*detectors, gas + "PROBE", background[-1]])
 
 
 def _env(seq: int, kind: str, data: dict[str, object]) -> Envelope:
@@ -239,4 +252,6 @@ def test_split_evenly_and_unit_ids() -> None:
     assert sum(split_evenly(2001, 8)) == 2001
     ids = unit_ids(2000)
     assert ids[0] == "BU-00001" and ids[-1] == "BU-02000" and len(set(ids)) == 2000
-    assert all(wire.gps_topic(u) for u in ids)
+    run = unit_ids(2000, "BUab12-")
+    assert run[0] == "BUab12-00001" and not set(run) & set(ids)
+    assert all(wire.gps_topic(u) for u in [*ids, *run])
