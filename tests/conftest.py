@@ -66,9 +66,9 @@ def mqtt_url() -> str:
 
 async def create_database(base_url: str, name: str, template: str = "template0") -> str:
     """An empty scratch database; the hub's migrations create the timescaledb extension."""
+    await drop_database(base_url, name)
     conn = await asyncpg.connect(base_url)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {template}')
     finally:
         await conn.close()
@@ -97,11 +97,30 @@ async def town_database(base_url: str, tag: str) -> AsyncIterator[str]:
 
 
 async def drop_database(base_url: str, name: str) -> None:
-    conn = await asyncpg.connect(base_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    """Drop a scratch database, as the superuser where the set-up gave us one.
+
+    TimescaleDB's scheduler and job workers hold superuser sessions on every database with
+    the extension; ``WITH (FORCE)`` may end them only as a superuser, and the app role can
+    race a worker that has just started (seen on CI), so that path retries."""
+    url = base_url
+    admin = os.environ.get("HUB_ADMIN_DATABASE_URL")
+    if admin:
+        try:
+            await (await asyncpg.connect(admin)).close()
+            url = admin
+        except (OSError, asyncpg.PostgresError):
+            pass  # not ours to use (another OS user's socket directory): the app role it is
+    for attempt in range(40):
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+            if attempt == 39:
+                raise
+        finally:
+            await conn.close()
+        await asyncio.sleep(0.25)
 
 
 @pytest_asyncio.fixture(scope="session")
