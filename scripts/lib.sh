@@ -20,11 +20,16 @@ as_root() {
 hub_env() {
   ENVNAME="$1"
   [ -n "${PG_PORTS[$ENVNAME]:-}" ] || die "unknown environment $ENVNAME (demo, test or bench)"
+  # HUBCTL_SLOT=N (1-9) runs a second copy of an environment beside the first (another
+  # checkout's test suite, say): ports shifted by 100*N, data under var/<env>-N/.
+  local slot="${HUBCTL_SLOT:-0}"
+  [[ "$slot" =~ ^[0-9]$ ]] || die "HUBCTL_SLOT must be a digit, not $slot"
   VAR="$ROOT/var/$ENVNAME"
+  [ "$slot" = 0 ] || VAR="$VAR-$slot"
   VENV="$ROOT/.venv"
-  PG_PORT="${PG_PORTS[$ENVNAME]}"
-  MQTT_PORT="${MQTT_PORTS[$ENVNAME]}"
-  HTTP_PORT="${HUB_HTTP_PORT:-${HTTP_PORTS[$ENVNAME]}}"
+  PG_PORT=$(( ${PG_PORTS[$ENVNAME]} + 100 * slot ))
+  MQTT_PORT=$(( ${MQTT_PORTS[$ENVNAME]} + 100 * slot ))
+  HTTP_PORT="${HUB_HTTP_PORT:-$(( ${HTTP_PORTS[$ENVNAME]} + 100 * slot ))}"
   # Existing services named by the caller win: nothing is installed or started for them.
   EXTERNAL_DB="${HUB_DATABASE_URL:-}"
   EXTERNAL_MQTT="${HUB_MQTT_URL:-}"
