@@ -1,4 +1,4 @@
-"""The MQTT adapter: paho-mqtt 2.x in its own thread, handed to asyncio in one place.
+"""The MQTT adapter: paho-mqtt 2.x driven by the asyncio event loop.
 
 Translates, never decides. QoS1, a persistent MQTT 5 session (clean_start off, a long
 session expiry) and ``manual_ack``: a message is acknowledged only when the caller says so
@@ -12,13 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import chain
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import PUBACK
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -70,6 +74,7 @@ def make_client(
     receive_maximum: int | None = None,
     manual_ack: bool = False,
     v311: bool = False,
+    client_class: type[mqtt.Client] = mqtt.Client,
 ) -> mqtt.Client:
     """A paho v2 client speaking MQTT 5 (or 3.1.1) with TCP_NODELAY on its socket.
 
@@ -79,9 +84,9 @@ def make_client(
     ``max_inflight_messages`` (both set in the broker configuration hubctl writes).
     """
     if v311:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv311, clean_session=not persistent,
-                             manual_ack=manual_ack)
+        client = client_class(CallbackAPIVersion.VERSION2, client_id=client_id,
+                              protocol=mqtt.MQTTv311, clean_session=not persistent,
+                              manual_ack=manual_ack)
         client.on_socket_open = _nodelay
         if addr.username:
             client.username_pw_set(addr.username, addr.password)
@@ -89,7 +94,7 @@ def make_client(
         client.max_queued_messages_set(60000)
         client.connect_async(addr.host, addr.port, keepalive=30)
         return client
-    client = mqtt.Client(
+    client = client_class(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5,
@@ -113,11 +118,85 @@ def make_client(
     return client
 
 
-class MqttIngest:
-    """Subscribes to the telemetry topics and hands each message to ``on_delivery``.
+# Bytes read from the socket per system call. paho asks for one packet's bytes at a time
+# (command byte, each length byte, then the body: 3-4 reads per PUBLISH); serving those
+# from one buffered read per 64 KiB (~400 telemetry messages) was the largest saving in
+# py-spy of the ingest process.
+READ_CHUNK = 65536
+# How often paho's housekeeping (keepalive pings, a lost-connection check) runs.
+MISC_INTERVAL_S = 1.0
+# Reconnect back-off after a lost or refused connection.
+RECONNECT_MIN_S = 0.2
+RECONNECT_MAX_S = 5.0
 
-    ``on_delivery`` runs on the event loop thread (the one hop from paho's thread).
-    ``ack(mids)`` acknowledges messages; it may be called from the event loop.
+
+# PUBACK fixed header: packet type 4 (0x40), remaining length 2.
+_PUBACK_HEAD = 0x4002
+
+
+class BufferedClient(mqtt.Client):
+    """paho's client with a read buffer under its packet reader.
+
+    Overrides internals of paho 2.x (``_sock_recv``, ``_sock_close``, ``_handle_on_message``
+    and ``_packet_queue`` for packed acknowledgements; pinned below 3 in pyproject.toml and
+    covered by tests/test_mqtt_adapter.py): reads return bytes from a 64 KiB
+    buffer, refilled with one ``recv`` when empty. ``loop_read`` processes one packet per
+    call, so the owner must keep calling it while ``buffered()`` is true (nothing would
+    wake a selector for bytes already read).
+    """
+
+    _rbuf: bytes = b""
+    _rpos: int = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf, pos = self._rbuf, self._rpos
+        if pos >= len(buf):
+            buf = super()._sock_recv(READ_CHUNK)  # BlockingIOError when nothing is there
+            if not buf:
+                return buf  # the connection closed
+            pos = 0
+        chunk = buf[pos:pos + bufsize]
+        self._rbuf, self._rpos = buf, pos + len(chunk)
+        return chunk
+
+    def _sock_close(self) -> None:
+        self._rbuf, self._rpos = b"", 0
+        super()._sock_close()
+
+    def buffered(self) -> bool:
+        return self._rpos < len(self._rbuf)
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        # paho matches every message against the per-topic callbacks first (there are none
+        # here); straight to on_message. Exceptions propagate, as with
+        # suppress_exceptions off.
+        on_message = self.on_message
+        if on_message is not None:
+            on_message(self, self._userdata, message)
+
+    def ack_many(self, mids: Sequence[int]) -> None:
+        """Acknowledge QoS 1 messages with one queued write of back-to-back PUBACKs.
+
+        ``ack(mid, 1)`` queues one packet per message, each its own ``send``; a PUBACK is
+        four fixed bytes in both 3.1.1 and 5 (a success needs no reason code), and paho
+        keeps no state for manual acknowledgements, so they are packed here.
+        """
+        if mids:
+            packed = struct.pack(f">{2 * len(mids)}H",
+                                 *chain.from_iterable((_PUBACK_HEAD, m) for m in mids))
+            self._packet_queue(PUBACK, packed, 0, 0)
+
+
+class MqttIngest:
+    """Subscribes to the telemetry topics and hands each burst of messages to
+    ``on_delivery``, all on the event loop's thread.
+
+    paho runs without a thread of its own (its documented external-loop mode: ``loop_read``
+    when the socket is readable, ``loop_write`` when paho has something to send,
+    ``loop_misc`` once a second). One thread means no GIL hand-offs between a network
+    thread and the loop, which under load cost more than the work itself. A burst is what
+    one readable event yields: every whole packet in the bytes read. ``ack(deliveries)``
+    acknowledges after commit, from the same thread.
     """
 
     def __init__(
@@ -139,15 +218,15 @@ class MqttIngest:
         self.on_delivery = on_delivery
         self.share_group = share_group
         self.v311 = v311
+        # threading.Events so that a caller on another thread may wait for them too.
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.received = 0
         self.generation = 0
-        # Messages from paho's thread are gathered here and handed over in one
-        # call_soon_threadsafe per burst rather than one per message (it is ~2 µs each).
-        self._inbox: list[Delivery] = []
-        self._inbox_lock = threading.Lock()
-        self._handoff_pending = False
+        self._burst: list[Delivery] = []
+        self._sock: socket.socket | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.client = make_client(
             client_id,
             self.addr,
@@ -156,11 +235,17 @@ class MqttIngest:
             receive_maximum=receive_maximum,
             manual_ack=True,
             v311=v311,
+            client_class=BufferedClient,
         )
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = self._on_subscribe
+        c = self.client
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        c.on_socket_open = self._on_socket_open
+        c.on_socket_close = self._on_socket_close
+        c.on_socket_register_write = self._on_register_write
+        c.on_socket_unregister_write = self._on_unregister_write
 
     def subscription_filters(self) -> list[str]:
         if self.share_group:
@@ -168,21 +253,103 @@ class MqttIngest:
         return list(self.topics)
 
     def start(self) -> None:
-        self.client.loop_start()
+        """Start connecting (and reconnecting) in a task on ``loop``; call on the loop."""
+        self._task = self.loop.create_task(self._run(), name="ingest.mqtt")
 
     def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        """Disconnect cleanly; what was not acknowledged stays with the broker."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+        if self.client.socket() is not None:
+            self.client.disconnect()
+            self.client.loop_write()  # send the DISCONNECT now; nothing else will
+            if self.client.socket() is not None:
+                self.client._sock_close()
 
     def ack(self, deliveries: Iterable[tuple[int, int]]) -> None:
         """Acknowledge (mid, generation) pairs; ones from an earlier connection are skipped:
         the broker redelivers those and idempotent storage drops the copy."""
         gen = self.generation
-        for mid, g in deliveries:
-            if g == gen and mid:
-                self.client.ack(mid, 1)
+        mids = [mid for mid, g in deliveries if g == gen and mid]
+        if mids and self.client.socket() is not None:
+            cast(BufferedClient, self.client).ack_many(mids)
 
-    # ---- paho thread
+    # ---- connection management (a task on the loop)
+    async def _run(self) -> None:
+        delay = RECONNECT_MIN_S
+        c = self.client
+        while not self._stopping:
+            if c.socket() is None:
+                try:
+                    # The TCP connect blocks (up to paho's connect timeout for an
+                    # unreachable broker): a worker thread does it; the socket callbacks
+                    # it triggers hop back to the loop (see _on_socket_open).
+                    await asyncio.to_thread(c.reconnect)
+                    delay = RECONNECT_MIN_S
+                except (OSError, mqtt.WebsocketConnectionError) as e:
+                    log.warning("MQTT connect to %s:%s failed (%s); retrying in %.1fs",
+                                self.addr.host, self.addr.port, e, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RECONNECT_MAX_S)
+                    continue
+            await asyncio.sleep(MISC_INTERVAL_S)
+            if c.socket() is not None:
+                c.loop_misc()
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: object,
+                        sock: socket.socket) -> None:
+        _nodelay(client, userdata, sock)
+        self._in_loop(self._watch, sock)
+
+    def _watch(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.loop.add_reader(sock, self._readable)
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: object,
+                         sock: socket.socket) -> None:
+        self._in_loop(self._unwatch, sock)
+
+    def _unwatch(self, sock: socket.socket) -> None:
+        self.loop.remove_reader(sock)
+        self.loop.remove_writer(sock)
+        if self._sock is sock:
+            self._sock = None
+
+    def _on_register_write(self, client: mqtt.Client, userdata: object,
+                           sock: socket.socket) -> None:
+        self._in_loop(self.loop.add_writer, sock, self._writable)
+
+    def _on_unregister_write(self, client: mqtt.Client, userdata: object,
+                             sock: socket.socket) -> None:
+        self._in_loop(self.loop.remove_writer, sock)
+
+    def _in_loop(self, fn: Callable[..., object], *args: object) -> None:
+        # Only reconnect() runs off the loop (in a worker thread); everything it asks for
+        # is done on the loop, in order.
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            fn(*args)
+        else:
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def _readable(self) -> None:
+        c = self.client
+        rc = c.loop_read()
+        while rc == mqtt.MQTT_ERR_SUCCESS and c.buffered():  # type: ignore[attr-defined]
+            rc = c.loop_read()
+        if self._burst:
+            burst, self._burst = self._burst, []
+            self.received += len(burst)
+            self.on_delivery(burst)
+
+    def _writable(self) -> None:
+        self.client.loop_write()
+
+    # ---- paho callbacks (on the loop's thread, except during reconnect())
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
                     reason_code: mqtt.ReasonCode, properties: object) -> None:
         if reason_code.is_failure:
@@ -209,21 +376,8 @@ class MqttIngest:
                        reason_code: mqtt.ReasonCode, properties: object) -> None:
         self.connected.clear()
         self.subscribed.clear()
-        log.warning("MQTT disconnected: %s (paho reconnects)", reason_code)
+        if not self._stopping:
+            log.warning("MQTT disconnected: %s (reconnecting)", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        item = (msg.topic, msg.payload, msg.mid, time.time(), self.generation)
-        with self._inbox_lock:
-            self._inbox.append(item)
-            if self._handoff_pending:
-                return
-            self._handoff_pending = True
-        self.loop.call_soon_threadsafe(self._handoff)
-
-    # ---- event loop thread
-    def _handoff(self) -> None:
-        with self._inbox_lock:
-            batch, self._inbox = self._inbox, []
-            self._handoff_pending = False
-        self.received += len(batch)
-        self.on_delivery(batch)
+        self._burst.append((msg.topic, msg.payload, msg.mid, time.time(), self.generation))
