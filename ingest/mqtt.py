@@ -224,6 +224,7 @@ class MqttIngest:
         self.received = 0
         self.generation = 0
         self._burst: list[Delivery] = []
+        self._now = time.time()
         self._sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -338,6 +339,8 @@ class MqttIngest:
 
     def _readable(self) -> None:
         c = self.client
+        # Everything read in this event arrived together: one receive time for the burst.
+        self._now = time.time()
         rc = c.loop_read()
         while rc == mqtt.MQTT_ERR_SUCCESS and c.buffered():  # type: ignore[attr-defined]
             rc = c.loop_read()
@@ -380,4 +383,4 @@ class MqttIngest:
             log.warning("MQTT disconnected: %s (reconnecting)", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        self._burst.append((msg.topic, msg.payload, msg.mid, time.time(), self.generation))
+        self._burst.append((msg.topic, msg.payload, msg.mid, self._now, self.generation))

@@ -109,6 +109,8 @@ class Pipeline:
         self.dirty_clocks: set[str] = set()
         # Readings of the current burst waiting to be evaluated in device-time order.
         self._to_evaluate: list[wire.Reading] = []
+        self._rcv_at = -1.0
+        self._rcv = ts_of(0.0)
         # Live positions for the console (set by the hub when a web role runs here too).
         self.on_position: (
             Callable[[str, float, float, float, float | None, float | None], None] | None
@@ -143,10 +145,15 @@ class Pipeline:
                 self.reject(topic, payload, "unknown_unit", p.unit_id, received_at)
                 return
         self.decoded += 1
-        rcv = ts_of(received_at)
+        # A burst shares one receive time (the adapter stamps a burst when it reads it):
+        # one datetime per burst, not per message.
+        if received_at != self._rcv_at:
+            self._rcv_at, self._rcv = received_at, ts_of(received_at)
+        rcv = self._rcv
         if res.readings:
             rows = []
             clocks = self.clocks
+            dirty = self.dirty_clocks
             window = self.reorder_window_s
             for r in res.readings:
                 clock = clocks.get(r.device_id)
@@ -163,7 +170,7 @@ class Pipeline:
                         clock.newest_ts = r.ts
                     self._to_evaluate.append(r)
                 rows.append((ts_of(r.ts), r.device_id, r.metric, r.value, rcv, late))
-            self.dirty_clocks.update(r.device_id for r in res.readings)
+                dirty.add(r.device_id)
             self.writer.add_telemetry(rows)
         if res.positions:
             self.writer.add_positions(
