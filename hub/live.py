@@ -136,7 +136,22 @@ class LiveFeed:
                 if isinstance(hello, dict) and isinstance(hello.get("last_seq"), int):
                     last_seq = hello["last_seq"]
             sub, sent_to = await self._start(ws, last_seq)
-            await self._pump(ws, sub, sent_to)
+            # The pump only writes; a reader watches for the close, so a client that went
+            # away on a quiet feed is let go at once rather than at the next send (and a
+            # shutting-down server is not kept waiting for it).
+            state = {"sub": sub}
+            pump = asyncio.create_task(self._pump(ws, sub, sent_to, state))
+            reader = asyncio.create_task(self._until_closed(ws))
+            try:
+                done, _ = await asyncio.wait({pump, reader},
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (pump, reader):
+                    t.cancel()
+                await asyncio.gather(pump, reader, return_exceptions=True)
+                sub = state["sub"]
+            for t in done:
+                t.result()  # the pump's errors surface here
         except WebSocketDisconnect:
             pass
         except RuntimeError as e:  # sending on a socket closed under us
@@ -165,7 +180,16 @@ class LiveFeed:
         await ws.send_text(_enc.encode(snap).decode())
         return sub, int(snap["seq"])
 
-    async def _pump(self, ws: WebSocket, sub: Subscription, sent_to: int) -> None:
+    @staticmethod
+    async def _until_closed(ws: WebSocket) -> None:
+        """Returns when the client closes; anything it sends after its hello is ignored."""
+        while True:
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+
+    async def _pump(self, ws: WebSocket, sub: Subscription, sent_to: int,
+                    state: dict[str, Subscription]) -> None:
         while True:
             await sub.wake.wait()
             sub.wake.clear()
@@ -174,6 +198,7 @@ class LiveFeed:
                 self.bus.unsubscribe(sub)
                 await ws.send_text('{"type":"resync"}')
                 sub, sent_to = await self._snapshot(ws)
+                state["sub"] = sub
                 continue
             events = [e for e in sub.drain() if e.seq > sent_to]
             positions = sub.take_positions()

@@ -90,3 +90,21 @@ async def test_resume_after_disconnect_gets_exactly_the_missed_events(hub: HubPr
         async with websockets.connect(url) as ws:
             msg = await _hello(ws, -10**9)
             assert msg["type"] == "snapshot"
+
+
+async def test_a_client_that_leaves_a_quiet_feed_is_let_go_at_once(hub: HubProcess) -> None:
+    """The server notices a close without having to send anything first."""
+    async with httpx.AsyncClient(base_url=hub.url) as client:
+        async def clients() -> int:
+            return int((await client.get("/api/health")).json()["clients"])
+
+        before = await clients()
+        ws = await websockets.connect(hub.url.replace("http", "ws") + "/ws/live")
+        snap = await _hello(ws, None)
+        assert snap["type"] == "snapshot"
+        assert await clients() == before + 1
+        await ws.close()
+        deadline = asyncio.get_running_loop().time() + 3
+        while await clients() != before:
+            assert asyncio.get_running_loop().time() < deadline, "closed client lingers"
+            await asyncio.sleep(0.05)
