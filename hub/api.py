@@ -14,6 +14,7 @@ from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS, UNIT_COLUMNS
 from core.errors import InvalidInput, NotFound
 from dispatch import service as dispatch_service
 from dispatch.model import DispatchPolicy
+from hub.params import RowId, Seq, Since, Until
 from ingest import alarms
 
 router = APIRouter(prefix="/api")
@@ -102,7 +103,7 @@ async def snapshot(request: Request) -> dict[str, Any]:
 
 
 @router.get("/events")
-async def events(request: Request, after: Annotated[int, Query(ge=0)] = 0,
+async def events(request: Request, after: Seq = 0,
                  limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> dict[str, Any]:
     envs = await outbox.events_after(_hub(request).pool, after, limit)
     return {"events": [{"seq": e.seq, "ts": e.ts, "kind": e.kind, "data": e.payload}
@@ -134,8 +135,8 @@ SERIES_TABLES = {"1m": "telemetry_1m", "1h": "telemetry_1h"}
 async def device_series(
     request: Request, device_id: str,
     metric: Annotated[str, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")],
-    since: Annotated[float, Query(description="UNIX seconds")],
-    until: Annotated[float | None, Query(description="UNIX seconds; default now")] = None,
+    since: Since,
+    until: Until = None,
     resolution: Annotated[str, Query(pattern="^(raw|1m|1h)$")] = "1m",
 ) -> dict[str, Any]:
     """A metric over a time range, from the rollups (min/max/avg/count per bucket) or raw."""
@@ -181,8 +182,7 @@ TRACK_MAX_POINTS = 20_000
 
 @router.get("/units/{unit_id}/track")
 async def unit_track(request: Request, unit_id: str,
-                     since: Annotated[float, Query(description="UNIX seconds")],
-                     until: Annotated[float | None, Query()] = None) -> dict[str, Any]:
+                     since: Since, until: Until = None) -> dict[str, Any]:
     """GPS fixes of a unit over a time range, for track playback (轨迹回放)."""
     until = until if until is not None else time.time()
     if until <= since or until - since > 31 * 86400:
@@ -245,7 +245,7 @@ async def list_incidents(request: Request, state: Annotated[str, Query(
 
 
 @router.get("/incidents/{incident_id}")
-async def get_incident(request: Request, incident_id: int) -> dict[str, Any]:
+async def get_incident(request: Request, incident_id: RowId) -> dict[str, Any]:
     return await dispatch_service.incident_detail(_hub(request).pool, incident_id)
 
 
@@ -277,7 +277,7 @@ class ActionBody(BaseModel):
 
 
 @router.post("/incidents/{incident_id}/actions")
-async def incident_action(request: Request, incident_id: int, body: ActionBody
+async def incident_action(request: Request, incident_id: RowId, body: ActionBody
                           ) -> dict[str, Any]:
     return await dispatch_service.apply_action(
         _hub(request).pool, incident_id, body.action, body.actor, body.reason)
@@ -297,7 +297,7 @@ async def override_reasons() -> dict[str, str]:
 
 
 @router.post("/incidents/{incident_id}/assign")
-async def override(request: Request, incident_id: int, body: OverrideBody) -> dict[str, Any]:
+async def override(request: Request, incident_id: RowId, body: OverrideBody) -> dict[str, Any]:
     """Send a unit of the operator's choice instead of the engine's pick, with a reason."""
     hub = _hub(request)
     d = hub.dispatcher
@@ -328,7 +328,7 @@ async def ack_supervisor_alert(request: Request, alert_id: int, body: AckBody
 
 
 @router.get("/incidents/{incident_id}/log/verify")
-async def verify_log(request: Request, incident_id: int) -> dict[str, Any]:
+async def verify_log(request: Request, incident_id: RowId) -> dict[str, Any]:
     return await dispatch_service.verify_case_log(_hub(request).pool, incident_id)
 
 

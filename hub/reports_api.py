@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from dispatch import assessment as assessment_core
 from dispatch import inspections, reports
+from hub.params import UNIX_MAX, RowId, Until
 
 router = APIRouter(prefix="/api")
 
@@ -64,12 +65,12 @@ async def list_draws(request: Request,
 
 
 @router.get("/inspections/draws/{draw_id}")
-async def get_draw(request: Request, draw_id: int) -> dict[str, Any]:
+async def get_draw(request: Request, draw_id: RowId) -> dict[str, Any]:
     return await reports.get_draw(_pool(request), draw_id)
 
 
 @router.post("/inspections/draws/{draw_id}/verify")
-async def verify_draw(request: Request, draw_id: int) -> dict[str, Any]:
+async def verify_draw(request: Request, draw_id: RowId) -> dict[str, Any]:
     """Re-run the draw from its stored seed and inputs: ``{"reproduced": bool, ...}``."""
     return await reports.verify_draw(_pool(request), draw_id)
 
@@ -79,7 +80,7 @@ class PublishBody(BaseModel):
 
 
 @router.post("/inspections/draws/{draw_id}/publish")
-async def publish_draw(request: Request, draw_id: int, body: PublishBody) -> dict[str, Any]:
+async def publish_draw(request: Request, draw_id: RowId, body: PublishBody) -> dict[str, Any]:
     return await reports.publish_draw(_pool(request), draw_id, by=body.by, now=time.time())
 
 
@@ -91,7 +92,7 @@ class ResultBody(BaseModel):
 
 
 @router.post("/inspections/draws/{draw_id}/results", status_code=201)
-async def record_result(request: Request, draw_id: int, body: ResultBody) -> dict[str, Any]:
+async def record_result(request: Request, draw_id: RowId, body: ResultBody) -> dict[str, Any]:
     return await reports.record_result(
         _pool(request), draw_id, entity_id=body.entity_id, outcome=body.outcome,
         notes=body.notes, recorded_by=body.recorded_by, now=time.time())
@@ -106,8 +107,8 @@ async def public(request: Request, limit: Annotated[int, Query(ge=1, le=200)] = 
 
 # ---------------------------------------------------------------- assessment
 By = Annotated[str, Query(pattern="^(" + "|".join(assessment_core.GROUPINGS) + ")$")]
-Since = Annotated[float | None, Query(description="UNIX seconds; default until - 30 days")]
-Until = Annotated[float | None, Query(description="UNIX seconds; default now")]
+Since = Annotated[float | None, Query(ge=0, le=UNIX_MAX,
+                                      description="UNIX seconds; default until - 30 days")]
 
 
 @router.get("/reports/assessment")

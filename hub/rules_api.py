@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from core.db import row_view
 from core.errors import InvalidInput, NotFound
+from hub.params import UNIX_MAX
 from ingest import backtest as bt
 from ingest import rules
 from ingest.watch import parse_hours
@@ -127,8 +128,8 @@ async def disable_rule(request: Request, rule_id: str) -> dict[str, Any]:
 class BacktestBody(BaseModel):
     rule_id: Id | None = None
     rule: RuleBody | None = None
-    since: float
-    until: float | None = None
+    since: Annotated[float, Field(ge=0, le=UNIX_MAX)]
+    until: Annotated[float | None, Field(ge=0, le=UNIX_MAX)] = None
     device_ids: Annotated[list[Id], Field(max_length=1000)] = Field(default_factory=list)
 
 

@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from hub import i18n
+from hub.params import RowId
 
 TEMPLATES = Jinja2Templates(
     directory=Path(__file__).resolve().parent.parent / "frontend" / "templates")
@@ -66,7 +67,7 @@ async def console(request: Request) -> Response:
 
 
 @router.get("/cases/{incident_id}", response_class=HTMLResponse)
-async def case_page(request: Request, incident_id: int) -> Response:
+async def case_page(request: Request, incident_id: RowId) -> Response:
     return page(request, "case.html", incident_id=incident_id)
 
 
