@@ -28,6 +28,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from ingest import frames
+
 log = logging.getLogger("ingest.mqtt")
 
 
@@ -137,9 +139,10 @@ _PUBACK_HEAD = 0x4002
 class BufferedClient(mqtt.Client):
     """paho's client with a read buffer under its packet reader.
 
-    Overrides internals of paho 2.x (``_sock_recv``, ``_sock_close``, ``_handle_on_message``
-    and ``_packet_queue`` for packed acknowledgements; pinned below 3 in pyproject.toml and
-    covered by tests/test_mqtt_adapter.py): reads return bytes from a 64 KiB
+    Overrides and reads internals of paho 2.x (``_sock_recv``, ``_sock_close``,
+    ``_handle_on_message``, ``_in_packet``, ``_sock``, ``_packet_queue`` for packed
+    acknowledgements; pinned below 3 in pyproject.toml and covered by
+    tests/test_mqtt_adapter.py): reads return bytes from a 64 KiB
     buffer, refilled with one ``recv`` when empty. ``loop_read`` processes one packet per
     call, so the owner must keep calling it while ``buffered()`` is true (nothing would
     wake a selector for bytes already read).
@@ -165,6 +168,33 @@ class BufferedClient(mqtt.Client):
 
     def buffered(self) -> bool:
         return self._rpos < len(self._rbuf)
+
+    def at_boundary(self) -> bool:
+        """True when paho is between packets (it holds no partly read one)."""
+        return self._in_packet["command"] == 0
+
+    def fill(self) -> bool:
+        """One read into the (empty) buffer; False if the connection closed or failed,
+        which the caller leaves to ``loop_read`` to discover and handle."""
+        if self._sock is None:
+            return False
+        try:
+            data = self._sock.recv(READ_CHUNK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        self._rbuf, self._rpos = data, 0
+        # paho's keepalive watches this; bytes taken on the fast path count too.
+        self._last_bytes_received = time.monotonic()
+        return True
+
+    def take_publishes(self, out: list[frames.Publish], v5: bool) -> None:
+        """Decode the whole PUBLISH packets at the head of the buffer (the fast path);
+        whatever follows them is left for ``loop_read``."""
+        self._rpos = frames.split_publishes(self._rbuf, self._rpos, v5=v5, out=out)
 
     def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
         # paho matches every message against the per-topic callbacks first (there are none
@@ -338,12 +368,33 @@ class MqttIngest:
             self.loop.call_soon_threadsafe(fn, *args)
 
     def _readable(self) -> None:
-        c = self.client
+        """Everything the socket has: whole PUBLISH packets decoded here (ingest/frames.py),
+        anything else (acks, pings, a packet split across reads) through paho."""
+        c = cast(BufferedClient, self.client)
         # Everything read in this event arrived together: one receive time for the burst.
-        self._now = time.time()
-        rc = c.loop_read()
-        while rc == mqtt.MQTT_ERR_SUCCESS and c.buffered():  # type: ignore[attr-defined]
-            rc = c.loop_read()
+        now = self._now = time.time()
+        pubs: list[frames.Publish] = []
+        try:
+            if c.at_boundary() and not c.buffered() and not c.fill():
+                c.loop_read()  # closed or failed: paho finds out and reports it
+                return
+            while True:
+                if c.at_boundary():
+                    c.take_publishes(pubs, not self.v311)
+                    if pubs:  # in arrival order with what paho hands over
+                        gen = self.generation
+                        self._burst.extend((p.topic, p.payload, p.mid, now, gen) for p in pubs)
+                        pubs.clear()
+                    if not c.buffered():
+                        break
+                if c.loop_read() != mqtt.MQTT_ERR_SUCCESS or not c.buffered():
+                    break
+        except frames.MalformedPacket as e:
+            # Not from a working broker: drop the connection; the broker redelivers
+            # whatever was not acknowledged when we are back.
+            log.error("malformed PUBLISH from the broker (%s); reconnecting", e)
+            c.disconnect()
+            c._sock_close()
         if self._burst:
             burst, self._burst = self._burst, []
             self.received += len(burst)
