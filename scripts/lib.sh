@@ -190,7 +190,8 @@ export_env() {
       # The demo hub renders the broker's files and reloads it when accounts change through
       # the API. Not in test and bench: their hubs run on scratch databases, whose accounts
       # must never replace the broker's.
-      mqtt_file_env export
+      # shellcheck disable=SC2046  # paths under $ROOT without spaces (as elsewhere here)
+      export $(mqtt_file_vars)
     fi
   fi
   export HUB_HTTP_PORT="$HTTP_PORT"
@@ -268,9 +269,9 @@ pg_stop() {
 
 # The broker's account files and pid file, as the hub's settings name them: exported (demo),
 # or given to one command.
-mqtt_file_env() {
-  "$@" HUB_MQTT_PASSWORD_FILE="$VAR/mqtt/passwords" HUB_MQTT_ACL_FILE="$VAR/mqtt/acl" \
-    HUB_MQTT_BROKER_PID_FILE="$VAR/mqtt/mosquitto.pid"
+mqtt_file_vars() {
+  echo "HUB_MQTT_PASSWORD_FILE=$VAR/mqtt/passwords" "HUB_MQTT_ACL_FILE=$VAR/mqtt/acl" \
+    "HUB_MQTT_BROKER_PID_FILE=$VAR/mqtt/mosquitto.pid"
 }
 
 # Gateway and service accounts the set-up creates, KIND:NAME; each NAME's password is the
@@ -294,7 +295,8 @@ mqtt_configure() {
     secret "mqtt-$name" >/dev/null
     args+=(--account "$spec:$VAR/secrets/mqtt-$name")
   done
-  mqtt_file_env env "$VENV/bin/python" -m hub mqtt-accounts setup "${args[@]}" >/dev/null \
+  # shellcheck disable=SC2046
+  env $(mqtt_file_vars) "$VENV/bin/python" -m hub mqtt-accounts setup "${args[@]}" >/dev/null \
     || die "could not write the MQTT accounts (python -m hub mqtt-accounts setup)"
   # mosquitto_pub reads default options from $XDG_CONFIG_HOME/mosquitto_pub: the health
   # check logs in as the hub without its password on a command line (visible in ps).
