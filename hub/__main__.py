@@ -40,6 +40,7 @@ async def _load_town(settings: Settings, path: Path, if_empty: bool, rules: Path
         await migrate(conn)
         if if_empty and await conn.fetchval("SELECT count(*) FROM grids"):
             print("town already loaded; keeping it")
+            await _town_mqtt_accounts(conn, settings)  # a town loaded before accounts existed
             return
         from simulators.registry import load_registry
 

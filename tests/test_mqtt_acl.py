@@ -9,6 +9,7 @@ never reloaded here.
 from __future__ import annotations
 
 import queue
+import subprocess
 import threading
 import time
 import uuid
@@ -24,6 +25,7 @@ from core.db import connect
 from hub import mqtt_accounts
 from ingest import wire
 from ingest.mqtt import BrokerAddress, make_client
+from simulators.mqtt_login import mosquitto_client_env
 from tests.conftest import HubProcess, ThrowawayMosquitto, town_database, wait_for
 
 HUB_PASSWORD = "hub-" + uuid.uuid4().hex
@@ -357,4 +359,20 @@ def test_the_broker_refuses_oversized_messages(env: Env) -> None:
         assert watcher.received() == []
     finally:
         gw.close()
+        watcher.close()
+
+
+def test_mosquitto_pub_logs_in_without_a_password_on_its_command_line(env: Env) -> None:
+    """The load generator's and hubctl's way in (simulators/mqtt_login.py)."""
+    watcher = connected(env.broker.port, "hub", HUB_PASSWORD)
+    cmd = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(env.broker.port), "-q", "1",
+           "-t", wire.telemetry_topic("ws-cli"), "-m", "{}"]
+    try:
+        watcher.subscribe(*wire.SUBSCRIPTIONS)
+        assert subprocess.run(cmd, capture_output=True, timeout=10).returncode != 0  # anonymous
+        gw = BrokerAddress("127.0.0.1", env.broker.port, "gw-test", GW_PASSWORD)
+        with mosquitto_client_env(gw) as cenv:
+            subprocess.run(cmd, env=cenv, check=True, capture_output=True, timeout=10)
+        assert [t for t, _ in watcher.received()] == [wire.telemetry_topic("ws-cli")]
+    finally:
         watcher.close()
