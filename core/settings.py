@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     mqtt_ingest_protocol: str = "3.1.1"
     # Broker keeps our session (and queued QoS1 messages) this long while the hub is down.
     mqtt_session_expiry_s: int = 7 * 24 * 3600
+    # MQTT accounts (hub/mqtt_accounts.py): the broker's password_file and acl_file, rendered
+    # from the mqtt_accounts table, and its pid_file, signalled (SIGHUP) to re-read them.
+    # Unset where the broker is not ours to write to: provisioning then updates the database
+    # and says the files must be rendered (`python -m hub mqtt-accounts sync`) and reloaded.
+    mqtt_password_file: Path | None = None
+    mqtt_acl_file: Path | None = None
+    mqtt_broker_pid_file: Path | None = None
 
     # Batched writer: flush at this many readings or this old, whichever comes first. 20 ms
     # keeps p99 publish-to-commit well under 100 ms; 5,000 rows amortise the commit.

@@ -1,4 +1,5 @@
-"""The hub's command line: ``python -m hub [serve|migrate|load-town|import-geojson|wait-ready]``.
+"""The hub's command line: ``python -m hub [serve|migrate|load-town|import-geojson|wait-ready|
+mqtt-accounts]``.
 
 Settings are built once here from ``HUB_*`` variables and passed down.
 """
@@ -12,6 +13,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from core import log as hub_log
 from core.db import connect, migrate
@@ -38,6 +40,7 @@ async def _load_town(settings: Settings, path: Path, if_empty: bool, rules: Path
         await migrate(conn)
         if if_empty and await conn.fetchval("SELECT count(*) FROM grids"):
             print("town already loaded; keeping it")
+            await _town_mqtt_accounts(conn, settings)  # a town loaded before accounts existed
             return
         from simulators.registry import load_registry
 
@@ -45,6 +48,74 @@ async def _load_town(settings: Settings, path: Path, if_empty: bool, rules: Path
         counts["rules"] = await town.load_rules(conn, town.read_rules(rules))
         await load_registry(conn)
         print("loaded " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        await _town_mqtt_accounts(conn, settings)
+    finally:
+        await conn.close()
+
+
+async def _town_mqtt_accounts(conn: Any, settings: Settings) -> None:
+    """MQTT accounts for every device and unit of the town that has none. Their passwords
+    are random and kept only hashed: the simulators publish through a gateway account, and
+    a real device gets its password from ``mqtt-accounts rotate`` (or the API)."""
+    from hub import mqtt_accounts
+
+    made = {k: await mqtt_accounts.provision_missing(conn, k) for k in ("device", "unit")}
+    for kind, (_, skipped) in made.items():
+        if skipped:
+            print(f"no MQTT account for {len(skipped)} {kind} ids that cannot be usernames "
+                  f"(':' in the id): {', '.join(skipped[:5])}")
+    if any(n for n, _ in made.values()):
+        print(f"MQTT accounts: {made['device'][0]} devices, {made['unit'][0]} units")
+        await _mqtt_sync_quietly(conn, settings)
+
+
+async def _mqtt_sync_quietly(conn: Any, settings: Settings) -> None:
+    from hub import mqtt_accounts
+
+    files = mqtt_accounts.BrokerFiles.from_settings(settings)
+    if files is None:
+        return  # the set-up renders the files (hubctl) or the operator runs `sync`
+    try:
+        print((await mqtt_accounts.sync(conn, files)).detail)
+    except HubError as e:
+        print(f"MQTT broker files not written: {e.message}", file=sys.stderr)
+
+
+async def _mqtt_accounts(settings: Settings, args: argparse.Namespace) -> int:
+    from hub import mqtt_accounts
+
+    files = mqtt_accounts.BrokerFiles.from_settings(settings)
+    conn = await connect(settings.database_url)
+    try:
+        await migrate(conn)
+        if args.action == "setup":
+            for spec in args.account:
+                kind, _, rest = spec.partition(":")
+                principal, _, path = rest.partition(":")
+                if kind not in ("gateway", "service") or not principal or not path:
+                    raise InvalidInput(f"--account {spec!r}: want gateway|service:NAME:FILE",
+                                       code="mqtt.invalid_account")
+                password = Path(path).read_text(encoding="utf-8").strip()
+                if not password:
+                    raise InvalidInput(f"{path} is empty", code="mqtt.invalid_account")
+                await mqtt_accounts.set_password(conn, principal, kind, password)
+        elif args.action == "provision":
+            creds = await mqtt_accounts.provision(conn, args.principal, args.kind)
+            print(f"username: {creds.principal}\npassword: {creds.password}")
+        elif args.action == "rotate":
+            creds = await mqtt_accounts.rotate(conn, args.principal)
+            print(f"username: {creds.principal}\npassword: {creds.password}")
+        elif args.action == "revoke":
+            await mqtt_accounts.revoke(conn, args.principal)
+            print(f"revoked {args.principal}")
+        elif args.action == "list":
+            for a in await mqtt_accounts.list_accounts(conn):
+                print(f"{a['principal']}\t{a['kind']}\t{'active' if a['active'] else 'revoked'}")
+            return 0
+        result = await mqtt_accounts.sync(conn, files)
+        print(f"MQTT accounts: {result.accounts} active; {result.detail}",
+              file=sys.stderr if args.action in ("provision", "rotate") else sys.stdout)
+        return 0
     finally:
         await conn.close()
 
@@ -109,6 +180,26 @@ def main(argv: list[str] | None = None) -> int:
     p_geo.add_argument("--name", required=True)
     p_wait = sub.add_parser("wait-ready", help="wait until the hub answers /api/health")
     p_wait.add_argument("--timeout", type=float, default=60)
+    p_mqtt = sub.add_parser(
+        "mqtt-accounts", help="MQTT accounts: render the broker's files, provision, revoke",
+        description="Every action but list renders Mosquitto's password and ACL files "
+                    "(HUB_MQTT_PASSWORD_FILE, HUB_MQTT_ACL_FILE) and reloads the broker "
+                    "(HUB_MQTT_BROKER_PID_FILE).")
+    mqtt_sub = p_mqtt.add_subparsers(dest="action", required=True)
+    mqtt_sub.add_parser("sync", help="render the files from the database and reload")
+    p_setup = mqtt_sub.add_parser("setup", help="create or update gateway/service accounts "
+                                  "with the passwords in FILEs (hubctl's secrets), then sync")
+    p_setup.add_argument("--account", action="append", default=[], metavar="KIND:NAME:FILE",
+                         help="gateway|service:NAME:password file; repeatable")
+    p_prov = mqtt_sub.add_parser("provision", help="an account for a registered device or "
+                                 "unit; prints its password once")
+    p_prov.add_argument("kind", choices=("device", "unit"))
+    p_prov.add_argument("principal")
+    p_rot = mqtt_sub.add_parser("rotate", help="a new password; prints it once")
+    p_rot.add_argument("principal")
+    p_rev = mqtt_sub.add_parser("revoke", help="revoke an account (refused from now on)")
+    p_rev.add_argument("principal")
+    mqtt_sub.add_parser("list", help="accounts, without secrets")
     args = parser.parse_args(argv)
 
     hub_log.setup()
@@ -132,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_import_geojson(settings, args.grids, args.roads, args.name))
         elif args.cmd == "wait-ready":
             return _wait_ready(settings, args.timeout)
+        elif args.cmd == "mqtt-accounts":
+            return asyncio.run(_mqtt_accounts(settings, args))
     except HubError as e:
         print(f"error [{e.code}]: {e.message}", file=sys.stderr)
         return 1

@@ -25,7 +25,7 @@ from core.outbox import EventFeed
 from core.settings import Settings
 from dispatch import clocks
 from dispatch.leader import Dispatcher
-from hub import api, errors, jobs, open311, reports_api, rules_api, views
+from hub import api, errors, jobs, mqtt_accounts_api, open311, reports_api, rules_api, views
 from hub.live import LiveFeed, LiveState
 from ingest.service import IngestRole
 
@@ -106,6 +106,7 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
     app.include_router(open311.router)
     app.include_router(reports_api.router)
     app.include_router(rules_api.router)
+    app.include_router(mqtt_accounts_api.router)
     app.include_router(views.router)
     app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
     views.mount_vendor(app)

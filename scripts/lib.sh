@@ -178,7 +178,21 @@ export_env() {
   if [ -n "$EXTERNAL_MQTT" ]; then
     export HUB_MQTT_URL="$EXTERNAL_MQTT"
   else
-    export HUB_MQTT_URL="mqtt://127.0.0.1:$MQTT_PORT"
+    # Our broker refuses anonymous clients: each process logs in with its own account
+    # (generated secrets, see mqtt_configure). The hub; the demo's simulators; the
+    # benchmarks' load generators; the tests' publishers (the last three are gateways).
+    local at="127.0.0.1:$MQTT_PORT"
+    export HUB_MQTT_URL="mqtt://hub:$(secret mqtt-hub)@$at"
+    export HUB_SIM_MQTT_URL="mqtt://gw-sim:$(secret mqtt-gw-sim)@$at"
+    export HUB_BENCH_MQTT_URL="mqtt://gw-bench:$(secret mqtt-gw-bench)@$at"
+    export HUB_TEST_MQTT_URL="mqtt://gw-test:$(secret mqtt-gw-test)@$at"
+    if [ "$ENVNAME" = demo ]; then
+      # The demo hub renders the broker's files and reloads it when accounts change through
+      # the API. Not in test and bench: their hubs run on scratch databases, whose accounts
+      # must never replace the broker's.
+      # shellcheck disable=SC2046  # paths under $ROOT without spaces (as elsewhere here)
+      export $(mqtt_file_vars)
+    fi
   fi
   export HUB_HTTP_PORT="$HTTP_PORT"
   export HUB_ENV="$ENVNAME"
@@ -253,15 +267,46 @@ pg_stop() {
   as_service "$(pg_bindir)/pg_ctl" -D "$VAR/pg" -m fast -w stop >/dev/null 2>&1 || true
 }
 
-mqtt_start() {
+# The broker's account files and pid file, as the hub's settings name them: exported (demo),
+# or given to one command.
+mqtt_file_vars() {
+  echo "HUB_MQTT_PASSWORD_FILE=$VAR/mqtt/passwords" "HUB_MQTT_ACL_FILE=$VAR/mqtt/acl" \
+    "HUB_MQTT_BROKER_PID_FILE=$VAR/mqtt/mosquitto.pid"
+}
+
+# Gateway and service accounts the set-up creates, KIND:NAME; each NAME's password is the
+# secret mqtt-NAME (generated on first run). Same names as in export_env.
+MQTT_SERVICE_ACCOUNTS=(service:hub gateway:gw-sim gateway:gw-bench gateway:gw-test)
+
+# The broker's configuration and accounts, before it starts (PostgreSQL must be up: the
+# accounts live in the database, and the command migrates it). A running broker is reloaded.
+mqtt_configure() {
   [ -z "$EXTERNAL_MQTT" ] || return 0
-  local u conf="$VAR/mqtt/mosquitto.conf"
+  local u spec name args=()
   u="$(service_user)"
   mkdir -p "$VAR/mqtt/data"
   chown -R "$u" "$VAR/mqtt"
   sed -e "s|@PORT@|$MQTT_PORT|g" -e "s|@DATA@|$VAR/mqtt/data/|g" -e "s|@USER@|$u|g" \
       -e "s|@LOG@|$VAR/mqtt/mosquitto.log|g" -e "s|@PID@|$VAR/mqtt/mosquitto.pid|g" \
-      "$ROOT/scripts/mosquitto.conf.in" > "$conf"
+      -e "s|@PASSWORDS@|$VAR/mqtt/passwords|g" -e "s|@ACL@|$VAR/mqtt/acl|g" \
+      "$ROOT/scripts/mosquitto.conf.in" > "$VAR/mqtt/mosquitto.conf"
+  for spec in "${MQTT_SERVICE_ACCOUNTS[@]}"; do
+    name="${spec#*:}"
+    secret "mqtt-$name" >/dev/null
+    args+=(--account "$spec:$VAR/secrets/mqtt-$name")
+  done
+  # shellcheck disable=SC2046
+  env $(mqtt_file_vars) "$VENV/bin/python" -m hub mqtt-accounts setup "${args[@]}" >/dev/null \
+    || die "could not write the MQTT accounts (python -m hub mqtt-accounts setup)"
+  # mosquitto_pub reads default options from $XDG_CONFIG_HOME/mosquitto_pub: the health
+  # check logs in as the hub without its password on a command line (visible in ps).
+  printf -- '-u hub\n-P %s\n' "$(secret mqtt-hub)" > "$VAR/secrets/mosquitto_pub"
+  chmod 600 "$VAR/secrets/mosquitto_pub"
+}
+
+mqtt_start() {
+  [ -z "$EXTERNAL_MQTT" ] || return 0
+  local conf="$VAR/mqtt/mosquitto.conf"
   if [ -f "$VAR/mqtt/mosquitto.pid" ] && kill -0 "$(cat "$VAR/mqtt/mosquitto.pid")" 2>/dev/null; then
     return 0
   fi
@@ -270,7 +315,10 @@ mqtt_start() {
   as_service mosquitto -c "$conf" -d
   local i
   for i in $(seq 1 50); do
-    mosquitto_pub -h 127.0.0.1 -p "$MQTT_PORT" -t gridhub/healthcheck -n -q 1 2>/dev/null && return 0
+    # A CONNACK and a PUBACK: the broker is up and the hub's account works (the message
+    # itself is dropped: no account may write that topic).
+    XDG_CONFIG_HOME="$VAR/secrets" mosquitto_pub -h 127.0.0.1 -p "$MQTT_PORT" \
+      -t gridhub/healthcheck -n -q 1 2>/dev/null && return 0
     sleep 0.1
   done
   tail -20 "$VAR/mqtt/mosquitto.log" >&2 || true
@@ -287,7 +335,8 @@ mqtt_stop() {
   rm -f "$pidf"
 }
 
-services_start() { pg_start; mqtt_start; }
+# Order matters: the broker's account files come from the database.
+services_start() { pg_start; mqtt_configure; mqtt_start; }
 services_stop() { mqtt_stop; pg_stop; }
 services_status() {
   export_env

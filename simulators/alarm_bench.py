@@ -71,7 +71,6 @@ import asyncpg
 from websockets.asyncio.client import ClientConnection, connect
 
 from ingest import wire
-from ingest.mqtt import BrokerAddress
 from ingest.watch import CAP_RAISES, CAP_WINDOW_S
 from simulators import loadgen
 from simulators.bench import (
@@ -87,6 +86,7 @@ from simulators.bench import (
     tree_cpu_delta,
     tree_cpu_s,
 )
+from simulators.mqtt_login import login_at
 from simulators.mqtt_pub import Publisher
 
 RULE_ID = "gas_lel_high"
@@ -413,7 +413,7 @@ async def _session(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run
                    detectors: list[str], probe_id: str, bg_prefix: str, offsets: list[float],
                    probes: Probes) -> dict[str, Any]:
     feed = FeedWatcher(f"ws://127.0.0.1:{hub.port}/ws/live")
-    pub = Publisher(BrokerAddress("127.0.0.1", env.mqtt_port, None, None),
+    pub = Publisher(login_at(env.mqtt_port, "BENCH"),
                     f"alarm-bench-{run_id}", window=100)
     gen: subprocess.Popen[bytes] | None = None
     profiler: subprocess.Popen[bytes] | None = None

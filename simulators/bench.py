@@ -63,6 +63,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from simulators import loadgen
+from simulators.mqtt_login import login_at, mosquitto_client_env
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -375,9 +376,12 @@ def forget_mqtt_session(host: str, port: int, client_id: str) -> None:
     exe = shutil.which("mosquitto_pub")
     if exe is None:
         return
-    subprocess.run([exe, "-h", host, "-p", str(port), "-V", "mqttv5", "-i", client_id,
-                    "-t", "gridhub/bench/session-cleanup", "-n", "-q", "0"],
-                   timeout=10, capture_output=True, check=False)
+    # As the hub's own account: the session is the hub's. (The message itself is dropped:
+    # no account may write that topic.)
+    with mosquitto_client_env(login_at(port, "HUB", host)) as env:
+        subprocess.run([exe, "-h", host, "-p", str(port), "-V", "mqttv5", "-i", client_id,
+                        "-t", "gridhub/bench/session-cleanup", "-n", "-q", "0"],
+                       timeout=10, capture_output=True, check=False, env=env)
 
 
 def start_profiler(pid: int, duration_s: float, out: Path) -> subprocess.Popen[bytes] | None:
@@ -450,9 +454,10 @@ def _probe_until_stored(hubs: list[HubProcess], env: BenchEnv, prefix: str,
     n = 0
     while time.monotonic() < deadline:
         payload = json.dumps({"ts": round(time.time(), 6), "values": {loadgen.METRIC: -1 - n}})
-        subprocess.run([exe, "-h", env.mqtt_host, "-p", str(env.mqtt_port), "-q", "1",
-                        "-t", topic, "-m", payload], timeout=10, capture_output=True,
-                       check=False)
+        with mosquitto_client_env(login_at(env.mqtt_port, "BENCH", env.mqtt_host)) as cenv:
+            subprocess.run([exe, "-h", env.mqtt_host, "-p", str(env.mqtt_port), "-q", "1",
+                            "-t", topic, "-m", payload], timeout=10, capture_output=True,
+                           check=False, env=cenv)
         n += 1
         for _ in range(5):
             time.sleep(0.1)

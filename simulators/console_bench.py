@@ -75,7 +75,6 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
 from ingest import wire
-from ingest.mqtt import BrokerAddress
 from simulators.alarm_bench import Probes, drop_quietly, load_avg, percentile
 from simulators.bench import (
     ROOT,
@@ -88,6 +87,7 @@ from simulators.bench import (
     start_profiler,
 )
 from simulators.loadgen import TokenBucket
+from simulators.mqtt_login import login_at
 from simulators.mqtt_pub import Publisher
 
 # Unit ids are UNIT_PREFIX + a per-run tag + "-00001"...: every hub on the shared broker
@@ -473,7 +473,7 @@ async def _gps_main(args: argparse.Namespace) -> dict[str, Any]:
     ids: list[str] = spec["ids"]
     tracks = make_tracks([tuple(c) for c in spec["centres"]], args.seed)
     topics = [wire.gps_topic(u) for u in ids]
-    pub = Publisher(BrokerAddress("127.0.0.1", args.port, None, None),
+    pub = Publisher(login_at(args.port, "BENCH"),
                     f"console-bench-gps-{os.getpid()}", window=GPS_WINDOW)
     if not await pub.start():
         raise RuntimeError(f"GPS publisher could not connect to port {args.port}")

@@ -61,6 +61,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
+from ingest.mqtt import BrokerAddress
+from simulators.mqtt_login import gateway_url, mosquitto_client_env
+
 DEVICE_PREFIX = "BENCH-"
 _ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # ingest/wire.py's id rule
 GATEWAY_PREFIX = "BENCHGW-"
@@ -258,6 +261,10 @@ class LoadConfig:
     run_id: str = ""
     progress_every_s: float = 5.0
     device_prefix: str = DEVICE_PREFIX
+    # The gateway account mosquitto_pub logs in with (simulators/mqtt_login.py); never on
+    # the command line, never in a report.
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.host not in ("127.0.0.1", "localhost", "::1"):
@@ -344,7 +351,8 @@ def _proc_cpu_s(pid: int) -> float | None:
 class _Worker:
     """One mosquitto_pub process and the bytes waiting for its stdin."""
 
-    def __init__(self, index: int, cfg: LoadConfig, maker: LineMaker) -> None:
+    def __init__(self, index: int, cfg: LoadConfig, maker: LineMaker,
+                 env: dict[str, str] | None = None) -> None:
         self.index = index
         self.maker = maker
         self.topic = f"gridhub/v1/gateways/{GATEWAY_PREFIX}{index}/telemetry"
@@ -356,7 +364,7 @@ class _Worker:
         self.proc = subprocess.Popen(
             [exe, "-h", cfg.host, "-p", str(cfg.port), "-q", "1", "-l", "--nodelay",
              "-M", str(cfg.max_inflight), "-k", "60", "-i", client_id, "-t", self.topic],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.stderr_file)
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.stderr_file, env=env)
         assert self.proc.stdin is not None
         self.fd = self.proc.stdin.fileno()
         os.set_blocking(self.fd, False)
@@ -425,10 +433,12 @@ def run(cfg: LoadConfig, confirmed: Callable[[], int] | None = None,
     batch = cfg.batch if cfg.mode == "batched" else 0
     hard_deadline = time.monotonic() + cfg.hard_timeout_s
     workers: list[_Worker] = []
+    login = BrokerAddress(cfg.host, cfg.port, cfg.username, cfg.password)
     try:
-        for index in range(cfg.publishers):
-            workers.append(_Worker(index, cfg, LineMaker(index, parts[index], batch)))
-        time.sleep(CONNECT_WAIT_S)
+        with mosquitto_client_env(login) as env:
+            for index in range(cfg.publishers):
+                workers.append(_Worker(index, cfg, LineMaker(index, parts[index], batch), env))
+            time.sleep(CONNECT_WAIT_S)  # they have read their options by their CONNACK
         dead = [w.health.pid for w in workers if w.proc.poll() is not None]
         if dead:
             raise RuntimeError(f"mosquitto_pub exited at start (pids {dead}); "
@@ -640,11 +650,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(128 + signum)  # unwinds through run()'s finally: children stop
 
     signal.signal(signal.SIGTERM, terminate)
+    login = BrokerAddress.parse(gateway_url("BENCH"))
     cfg = LoadConfig(port=args.port, duration_s=args.duration, rate=args.rate, mode=args.mode,
                      batch=args.batch, devices=args.devices, publishers=args.publishers,
                      window=args.window, max_inflight=args.max_inflight,
                      drain_timeout_s=args.drain_timeout, run_id=args.run_id,
-                     device_prefix=args.device_prefix)
+                     device_prefix=args.device_prefix, username=login.username,
+                     password=login.password)
     confirmed = (stats_confirmer(args.confirm_url.split(","), cfg.points_per_msg)
                  if args.confirm_url else None)
     rep = run(cfg, confirmed)

@@ -30,6 +30,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest.mqtt import BrokerAddress, make_client
+from simulators.mqtt_login import gateway_url, without_password
 
 log = logging.getLogger("simulators.mqtt_pub")
 
@@ -263,7 +264,7 @@ class Publisher:
 async def _bench(url: str, count: int, window: int, topic: str, size: int) -> RateReport:
     pub = Publisher(BrokerAddress.parse(url), f"gridhub-pubbench-{os.getpid()}", window=window)
     if not await pub.start():
-        raise SystemExit(f"could not connect to {url}")
+        raise SystemExit(f"could not connect to {without_password(url)}")
     payload = b"x" * size
     t0 = time.monotonic()
     for _ in range(count):
@@ -280,8 +281,8 @@ async def _bench(url: str, count: int, window: int, topic: str, size: int) -> Ra
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Measure the QoS 1 publish rate.")
-    parser.add_argument("--url", default=os.environ.get("HUB_MQTT_URL",
-                                                        "mqtt://127.0.0.1:1883"))
+    parser.add_argument("--url", default=gateway_url("BENCH"),
+                        help="mqtt://user:pass@host:port (default: HUB_BENCH_MQTT_URL)")
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--window", type=int, default=DEFAULT_WINDOW)
     # Not a topic the hub ingests: the benchmark measures the broker path only.

@@ -2,8 +2,9 @@
 
 ``python -m simulators.run [--town FILE] [--devices N] [--speed X] [--no-crews]
 [--duration S] [--scenario NAME] [--time-scale X]`` (``./hubctl demo`` starts it with the
-demo's environment). Settings come from the environment: ``HUB_MQTT_URL`` (the broker,
-``mqtt://[user:pass@]host:port``) and ``HUB_HTTP_PORT`` (the hub's REST API on 127.0.0.1,
+demo's environment). Settings come from the environment: ``HUB_SIM_MQTT_URL`` (the broker
+and the simulators' gateway account, ``mqtt://user:pass@host:port``; else ``HUB_MQTT_URL``;
+simulators/mqtt_login.py) and ``HUB_HTTP_PORT`` (the hub's REST API on 127.0.0.1,
 used by the crews).
 
 - Devices: every device of the town file reports at its ``interval_s``, first reports
@@ -55,6 +56,7 @@ from simulators.devices import (
     event_rates,
     make_generator,
 )
+from simulators.mqtt_login import gateway_url
 from simulators.mqtt_pub import DEFAULT_WINDOW, Publisher
 from simulators.patrol import DEFAULT_GPS_INTERVAL_S, Fleet, RoadGraph
 
@@ -365,7 +367,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--devices must be >= 0")
     if args.seed is None:
         args.seed = int.from_bytes(os.urandom(3), "big")
-    args.mqtt_url = os.environ.get("HUB_MQTT_URL", "mqtt://127.0.0.1:1883")
+    args.mqtt_url = gateway_url("SIM")
     args.hub_url = f"http://127.0.0.1:{os.environ.get('HUB_HTTP_PORT', '8081')}"
     return args
 

@@ -136,6 +136,7 @@ from dispatch.workflow import STATES as CASE_STATES
 from ingest import wire
 from ingest.mqtt import BrokerAddress
 from simulators.devices import NO_FAULTS, DeviceGenerator, make_generator
+from simulators.mqtt_login import gateway_url, without_password
 from simulators.mqtt_pub import Publisher
 from simulators.patrol import to_lonlat, to_xy
 
@@ -1572,7 +1573,7 @@ async def _amain(args: argparse.Namespace) -> int:
     sc = load(args.name)
     pub = Publisher(BrokerAddress.parse(args.mqtt_url), f"gridhub-scenario-{os.getpid()}")
     if not await pub.start():
-        print(f"MQTT broker {args.mqtt_url} not reachable", file=sys.stderr)
+        print(f"MQTT broker {without_password(args.mqtt_url)} not reachable", file=sys.stderr)
         return 2
     try:
         player = Player(sc, hub_url=args.hub_url, publisher=pub, time_scale=args.time_scale)
@@ -1617,7 +1618,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("name a scenario (or --list)")
     if args.time_scale <= 0:
         p.error("--time-scale must be positive")
-    args.mqtt_url = os.environ.get("HUB_MQTT_URL", "mqtt://127.0.0.1:1883")
+    args.mqtt_url = gateway_url("SIM")
     args.hub_url = f"http://127.0.0.1:{os.environ.get('HUB_HTTP_PORT', '8081')}"
     try:
         return asyncio.run(_amain(args))

@@ -9,8 +9,10 @@ group, so it never disturbs the demo or another run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -61,7 +63,22 @@ def base_db_url() -> str:
 
 @pytest.fixture(scope="session")
 def mqtt_url() -> str:
+    """The broker as the hub's own account (it may read every ingest topic, write none)."""
     return _require_env("HUB_MQTT_URL")
+
+
+def gateway_url(url: str) -> str:
+    """``url``'s broker with the tests' gateway account (HUB_TEST_MQTT_URL's credentials):
+    test publishers speak for many devices and units, as a gateway does. Without
+    HUB_TEST_MQTT_URL (an external broker), ``url`` itself."""
+    gw = os.environ.get("HUB_TEST_MQTT_URL")
+    if not gw:
+        return url
+    u = urlsplit(url)
+    userinfo = urlsplit(gw).netloc.rpartition("@")[0]
+    host = u.netloc.rpartition("@")[2]
+    return urlunsplit((u.scheme, f"{userinfo}@{host}" if userinfo else host, u.path, u.query,
+                       u.fragment))
 
 
 async def create_database(base_url: str, name: str, template: str = "template0") -> str:
@@ -214,11 +231,12 @@ def hub(db_url: str, mqtt_url: str) -> Iterator[HubProcess]:
 
 
 class Publisher:
-    """A QoS1 MQTT 5 publisher that waits for each PUBACK (tests publish little)."""
+    """A QoS1 MQTT 5 publisher that waits for each PUBACK (tests publish little); it logs in
+    to ``url``'s broker as the tests' gateway account."""
 
     def __init__(self, url: str) -> None:
-        self.client = make_client(f"test-pub-{uuid.uuid4().hex[:8]}", BrokerAddress.parse(url),
-                                  persistent=False)
+        self.client = make_client(f"test-pub-{uuid.uuid4().hex[:8]}",
+                                  BrokerAddress.parse(gateway_url(url)), persistent=False)
         self.client.loop_start()
         deadline = time.monotonic() + 10
         while not self.client.is_connected():
@@ -293,6 +311,80 @@ class ThrowawayPostgres:
     def destroy(self) -> None:
         subprocess.run([*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.dir / "pg"),
                         "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ThrowawayMosquitto:
+    """A private Mosquitto for one test, configured from scripts/mosquitto.conf.in (the real
+    configuration: no anonymous access, password and ACL files), on a free port. Tests that
+    provision or revoke accounts reload (SIGHUP) this one, never the shared test broker.
+
+    Write its files (``mqtt_accounts.sync`` with ``files``) before ``start``: Mosquitto
+    refuses to start without them."""
+
+    def __init__(self) -> None:
+        base = Path(os.environ.get("HUB_VAR_DIR") or ROOT / "var" / "test")
+        base.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix="mqtt-", dir=base))
+        (self.dir / "data").mkdir()
+        self.port = free_port()
+        self.prefix: list[str] = []
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        if os.geteuid() == 0:  # as hubctl does: the broker runs as the services' account
+            user = "gridhub"
+            for p in (self.dir, self.dir / "data"):
+                shutil.chown(p, user)
+            self.prefix = ["runuser", "-u", user, "--"]
+        self.password_file = self.dir / "passwords"
+        self.acl_file = self.dir / "acl"
+        self.pid_file = self.dir / "mosquitto.pid"
+        conf = (ROOT / "scripts" / "mosquitto.conf.in").read_text()
+        for key, value in {"PORT": str(self.port), "DATA": f"{self.dir}/data/", "USER": user,
+                           "LOG": str(self.dir / "mosquitto.log"), "PID": str(self.pid_file),
+                           "PASSWORDS": str(self.password_file),
+                           "ACL": str(self.acl_file)}.items():
+            conf = conf.replace(f"@{key}@", value)
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text(conf)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, username: str, password: str) -> str:
+        return f"mqtt://{username}:{password}@127.0.0.1:{self.port}"
+
+    def file_env(self) -> dict[str, str]:
+        """The hub settings that make a hub render this broker's files and reload it."""
+        return {"HUB_MQTT_PASSWORD_FILE": str(self.password_file),
+                "HUB_MQTT_ACL_FILE": str(self.acl_file),
+                "HUB_MQTT_BROKER_PID_FILE": str(self.pid_file)}
+
+    def start(self, timeout: float = 10.0) -> ThrowawayMosquitto:
+        self.proc = subprocess.Popen([*self.prefix, "mosquitto", "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self.log()[-2000:]}")
+            if self.pid_file.exists():
+                with socket.socket() as s, contextlib.suppress(OSError):
+                    s.connect(("127.0.0.1", self.port))
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not start: {self.log()[-2000:]}")
+
+    def log(self) -> str:
+        try:
+            return (self.dir / "mosquitto.log").read_text()
+        except OSError:
+            return ""
+
+    def destroy(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

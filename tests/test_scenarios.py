@@ -35,7 +35,14 @@ from ingest.mqtt import BrokerAddress
 from simulators import scenario as sc_mod
 from simulators.mqtt_pub import Publisher
 from simulators.scenario import Player, PlayResult, ScenarioError
-from tests.conftest import ROOT, HubProcess, create_database, drop_database, town_doc
+from tests.conftest import (
+    ROOT,
+    HubProcess,
+    create_database,
+    drop_database,
+    gateway_url,
+    town_doc,
+)
 
 TOWN = town_doc()
 DEVICES = {d["id"]: d for d in TOWN["devices"]}
@@ -358,7 +365,7 @@ async def sdb(scenario_db: str) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest_asyncio.fixture
 async def pub(mqtt_url: str) -> AsyncIterator[Publisher]:
-    p = Publisher(BrokerAddress.parse(mqtt_url), f"test-scen-{uuid.uuid4().hex[:8]}")
+    p = Publisher(BrokerAddress.parse(gateway_url(mqtt_url)), f"test-scen-{uuid.uuid4().hex[:8]}")
     assert await p.start(), "publisher could not connect"
     yield p
     await p.stop()
