@@ -9,10 +9,54 @@ is gone from the broker, an unacknowledged one comes back to the next session.
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import uuid
+from collections.abc import Iterator
+from urllib.parse import unquote, urlsplit
 
+import pytest
+
+from hub import mqtt_files
 from ingest.mqtt import READ_CHUNK, Delivery, MqttIngest
-from tests.conftest import Publisher, wait_for
+from tests.conftest import Publisher, ThrowawayMosquitto, wait_for
+
+HUB_PASSWORD = mqtt_files.new_password()
+# conftest's Publisher logs in as the tests' gateway (HUB_TEST_MQTT_URL): the private broker
+# gets that account too.
+_gw = urlsplit(os.environ.get("HUB_TEST_MQTT_URL", ""))
+GW_USER = unquote(_gw.username) if _gw.username else "gw"
+GW_PASSWORD = unquote(_gw.password) if _gw.password else mqtt_files.new_password()
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[ThrowawayMosquitto]:
+    """A private broker: the hub account reads ingest topics, a gateway writes them (the
+    shared broker's other hubs would otherwise take these messages too)."""
+    b = ThrowawayMosquitto()
+    accounts = [mqtt_files.Account("hub", "service", mqtt_files.hash_password(HUB_PASSWORD)),
+                mqtt_files.Account(GW_USER, "gateway", mqtt_files.hash_password(GW_PASSWORD))]
+    b.password_file.write_text(mqtt_files.render_passwords(accounts))
+    b.acl_file.write_text(mqtt_files.render_acl(accounts))
+    if os.geteuid() == 0:  # the broker runs as the services' account
+        for f in (b.password_file, b.acl_file):
+            shutil.chown(f, "gridhub")
+            f.chmod(0o600)
+    b.start()
+    yield b
+    b.destroy()
+
+
+@pytest.fixture(scope="module")
+def hub_url(broker: ThrowawayMosquitto) -> str:
+    return broker.url("hub", HUB_PASSWORD)
+
+
+@pytest.fixture(scope="module")
+def gateway(broker: ThrowawayMosquitto) -> Iterator[Publisher]:
+    pub = Publisher(broker.url(GW_USER, GW_PASSWORD))
+    yield pub
+    pub.close()
 
 
 def _adapter(mqtt_url: str, client_id: str, topic: str, got: list[Delivery],
@@ -30,24 +74,32 @@ async def _subscribed(m: MqttIngest) -> None:
     assert await asyncio.to_thread(m.subscribed.wait, 10), "adapter never subscribed"
 
 
+def _topic(tag: str, i: int | str) -> str:
+    return f"gridhub/v1/devices/{tag}-{i}/telemetry"
+
+
+def _index(topic: str) -> int:
+    return int(topic.split("/")[3].rsplit("-", 1)[1])
+
+
 async def test_every_packet_arrives_whole_across_buffer_boundaries(
-        mqtt_url: str, publisher: Publisher) -> None:
+        hub_url: str, gateway: Publisher) -> None:
     tag = uuid.uuid4().hex[:8]
-    topic = f"gridhub-test/adapter/{tag}"
+    publisher = gateway
     got: list[Delivery] = []
     bursts: list[int] = []
-    m = _adapter(mqtt_url, f"adapter-{tag}", f"{topic}/#", got, bursts)
+    m = _adapter(hub_url, f"adapter-{tag}", "gridhub/v1/devices/+/telemetry", got, bursts)
     await _subscribed(m)
     try:
         # Small messages, then ones straddling and exceeding the read chunk, in one stream:
         # whole packets must come out whatever the split of the bytes.
         sizes = [20] * 300 + [READ_CHUNK - 7, READ_CHUNK + 1, 3 * READ_CHUNK] + [5] * 300
-        sent = [(f"{topic}/{i}", bytes([i % 251]) * n) for i, n in enumerate(sizes)]
+        sent = [(_topic(tag, i), bytes([i % 251]) * n) for i, n in enumerate(sizes)]
 
         def publish_all() -> None:
             for t, p in sent:
                 publisher.client.publish(t, p, qos=1)
-            publisher.publish(f"{topic}/end", b"end")
+            publisher.publish(_topic(tag, "end"), b"end")
 
         await asyncio.to_thread(publish_all)
         await wait_for(lambda: _true(len(got) >= len(sent) + 1), timeout=20)
@@ -63,19 +115,21 @@ async def test_every_packet_arrives_whole_across_buffer_boundaries(
 
 
 async def test_acknowledged_messages_are_gone_and_the_rest_come_back(
-        mqtt_url: str, publisher: Publisher) -> None:
+        hub_url: str, gateway: Publisher) -> None:
     tag = uuid.uuid4().hex[:8]
-    topic = f"gridhub-test/adapter-ack/{tag}"
+    publisher = gateway
+    mqtt_url = hub_url
+    topic = "gridhub/v1/devices/+/telemetry"
     client_id = f"adapter-ack-{tag}"
     got: list[Delivery] = []
-    m = _adapter(mqtt_url, client_id, f"{topic}/#", got, [])
+    m = _adapter(mqtt_url, client_id, topic, got, [])
     await _subscribed(m)
     n = 400
     await asyncio.to_thread(
-        lambda: [publisher.publish(f"{topic}/{i}", str(i)) for i in range(n)])
+        lambda: [publisher.publish(_topic(tag, i), str(i)) for i in range(n)])
     await wait_for(lambda: _true(len(got) >= n), timeout=20)
     # Acknowledge the even ones (packed into one write), keep the odd ones unacknowledged.
-    m.ack((mid, gen) for t, _, mid, _, gen in got if int(t.rsplit("/", 1)[1]) % 2 == 0)
+    m.ack((mid, gen) for t, _, mid, _, gen in got if _index(t) % 2 == 0)
     await asyncio.sleep(0.5)
     m.stop()
     await asyncio.sleep(0.3)
@@ -83,12 +137,12 @@ async def test_acknowledged_messages_are_gone_and_the_rest_come_back(
     # The same client id resumes its persistent session: the broker redelivers exactly
     # the messages that were never acknowledged.
     again: list[Delivery] = []
-    m2 = _adapter(mqtt_url, client_id, f"{topic}/#", again, [])
+    m2 = _adapter(mqtt_url, client_id, topic, again, [])
     await _subscribed(m2)
     try:
         await wait_for(lambda: _true(len(again) >= n // 2), timeout=20)
         await asyncio.sleep(0.5)  # nothing more may follow
-        redelivered = sorted(int(t.rsplit("/", 1)[1]) for t, *_ in again)
+        redelivered = sorted(_index(t) for t, *_ in again)
         assert redelivered == list(range(1, n, 2))
         m2.ack((mid, gen) for _, _, mid, _, gen in again)
         await asyncio.sleep(0.3)
