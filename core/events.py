@@ -83,6 +83,8 @@ class IncidentUpdated(Event):
     kind: ClassVar[str] = "incident.updated"
     incident: Entity
     action: str = ""
+    # The unit taken off the case by a withdraw or decline (its phone is told).
+    unit: str = ""
 
 
 @dataclass(frozen=True, slots=True)

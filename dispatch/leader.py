@@ -21,6 +21,7 @@ from core.events import Envelope
 from core.settings import Settings
 from dispatch import service
 from dispatch.clocks import SlaTimer
+from dispatch.command_sender import CommandSender
 from dispatch.geo import RoadGraph
 from dispatch.model import DispatchPolicy
 
@@ -48,6 +49,8 @@ class Dispatcher:
             preempt_penalty_s=settings.dispatch_preempt_penalty_s)
         self.graph: RoadGraph | None = None
         self.timer = SlaTimer(pool, self._escalate)
+        self.commands = CommandSender(pool, settings.mqtt_url,
+                                      f"{settings.mqtt_client_id}-commands")
         self.is_leader = False
         self._task: asyncio.Task[None] | None = None
         self._lock_conn: asyncpg.Connection | None = None
@@ -75,6 +78,7 @@ class Dispatcher:
     async def _run(self) -> None:
         while True:
             timer_task: asyncio.Task[None] | None = None
+            commands_task: asyncio.Task[None] | None = None
             try:
                 self._lock_conn = await connect(self.settings.database_url)
                 while not await self._lock_conn.fetchval(
@@ -86,6 +90,8 @@ class Dispatcher:
                 try:
                     await self.timer.rebuild()
                     timer_task = asyncio.create_task(self.timer.run(), name="dispatch.sla")
+                    commands_task = asyncio.create_task(self.commands.run(),
+                                                        name="dispatch.commands")
                     await self.catch_up()
                     while True:
                         try:
@@ -98,14 +104,16 @@ class Dispatcher:
                         sub.wake.clear()
                         for env in sub.drain():
                             self.timer.observe(env)
+                            self.commands.observe(env.kind)
                             await self.on_event(env)
                         if sub.overflowed:
                             self.bus.unsubscribe(sub)
                             sub = self.bus.subscribe(EVENT_QUEUE)
                             await self.timer.rebuild()
                             await self.catch_up()
-                        if timer_task.done():
-                            timer_task.result()  # surface a crashed timer, then restart
+                        for side in (timer_task, commands_task):
+                            if side.done():
+                                side.result()  # surface a crashed task, then restart
                 finally:
                     self.bus.unsubscribe(sub)
             except asyncio.CancelledError:
@@ -115,8 +123,9 @@ class Dispatcher:
                 await asyncio.sleep(LEADER_RETRY_S)
             finally:
                 self.is_leader = False
-                if timer_task is not None:
-                    timer_task.cancel()
+                for side_task in (timer_task, commands_task):
+                    if side_task is not None:
+                        side_task.cancel()
                 if self._lock_conn is not None:
                     self._lock_conn.terminate()
                     self._lock_conn = None

@@ -144,7 +144,8 @@ async def _release_unit(conn: Conn, incident_id: int, action: str, actor: str, n
                updated_at = now() WHERE id = $1 AND current_incident = $2""",
             unit_id, incident_id)
     await outbox.record(conn, IncidentUpdated(
-        incident=await store.incident_view(conn, incident_id), action=action))
+        incident=await store.incident_view(conn, incident_id), action=action,
+        unit=str(unit_id or "")))
     return str(unit_id) if unit_id else None
 
 

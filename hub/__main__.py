@@ -92,8 +92,8 @@ async def _mqtt_accounts(settings: Settings, args: argparse.Namespace) -> int:
             for spec in args.account:
                 kind, _, rest = spec.partition(":")
                 principal, _, path = rest.partition(":")
-                if kind not in ("gateway", "service") or not principal or not path:
-                    raise InvalidInput(f"--account {spec!r}: want gateway|service:NAME:FILE",
+                if kind not in ("gateway", "fleet", "service") or not principal or not path:
+                    raise InvalidInput(f"--account {spec!r}: want gateway|fleet|service:NAME:FILE",
                                        code="mqtt.invalid_account")
                 password = Path(path).read_text(encoding="utf-8").strip()
                 if not password:
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p_setup = mqtt_sub.add_parser("setup", help="create or update gateway/service accounts "
                                   "with the passwords in FILEs (hubctl's secrets), then sync")
     p_setup.add_argument("--account", action="append", default=[], metavar="KIND:NAME:FILE",
-                         help="gateway|service:NAME:password file; repeatable")
+                         help="gateway|fleet|service:NAME:password file; repeatable")
     p_prov = mqtt_sub.add_parser("provision", help="an account for a registered device or "
                                  "unit; prints its password once")
     p_prov.add_argument("kind", choices=("device", "unit"))

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 from ingest import wire
 
-KINDS = ("device", "unit", "gateway", "service")
+KINDS = ("device", "unit", "gateway", "fleet", "service")
 
 # Mosquitto's own default (mosquitto_passwd -I). The broker runs PBKDF2 on every CONNECT,
 # so iterations cost it CPU in a reconnect storm, and they buy nothing here: passwords are
@@ -125,6 +125,10 @@ def acl_lines(kind: str, principal: str) -> list[str]:
                 f"topic read {wire.command_topic(principal)}"]
     if kind == "gateway":
         return [f"topic write {t}" for t in wire.SUBSCRIPTIONS]
+    if kind == "fleet":
+        # A gateway that also carries the units' phones (a trunking gateway, the simulated
+        # crews): it reads every unit's commands.
+        return [f"topic write {t}" for t in wire.SUBSCRIPTIONS] + [f"topic read {COMMANDS_FILTER}"]
     if kind == "service":
         # Read rights are checked on each delivered message's topic, so they cover
         # $share/<group>/<filter> subscriptions too. COMMANDS_FILTER: wire.command_topic

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -26,9 +26,13 @@ from paho.mqtt.client import PUBACK
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ingest import frames
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import SocketLike
 
 log = logging.getLogger("ingest.mqtt")
 
@@ -59,10 +63,10 @@ class BrokerAddress:
 Delivery = tuple[str, bytes, int, float, int]
 
 
-def _nodelay(client: mqtt.Client, userdata: object, sock: socket.socket) -> None:
+def _nodelay(client: mqtt.Client, userdata: object, sock: SocketLike) -> None:
     # Nagle's algorithm costs about 9 ms per hop here; every MQTT socket turns it off.
     try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cast(socket.socket, sock).setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
         pass
 
@@ -109,7 +113,7 @@ def make_client(
     # paho queues outgoing messages without limit by default; a bound makes publish() fail
     # fast instead of growing memory (and message ids wrap at 65,535).
     client.max_queued_messages_set(60000)
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     if persistent and session_expiry_s:
         props.SessionExpiryInterval = session_expiry_s
     if receive_maximum:
@@ -255,7 +259,7 @@ class MqttIngest:
         self.generation = 0
         self._burst: list[Delivery] = []
         self._now = time.time()
-        self._sock: socket.socket | None = None
+        self._sock: SocketLike | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.client = make_client(
@@ -329,30 +333,30 @@ class MqttIngest:
                 c.loop_misc()
 
     def _on_socket_open(self, client: mqtt.Client, userdata: object,
-                        sock: socket.socket) -> None:
+                        sock: SocketLike) -> None:
         _nodelay(client, userdata, sock)
         self._in_loop(self._watch, sock)
 
-    def _watch(self, sock: socket.socket) -> None:
+    def _watch(self, sock: SocketLike) -> None:
         self._sock = sock
         self.loop.add_reader(sock, self._readable)
 
     def _on_socket_close(self, client: mqtt.Client, userdata: object,
-                         sock: socket.socket) -> None:
+                         sock: SocketLike) -> None:
         self._in_loop(self._unwatch, sock)
 
-    def _unwatch(self, sock: socket.socket) -> None:
+    def _unwatch(self, sock: SocketLike) -> None:
         self.loop.remove_reader(sock)
         self.loop.remove_writer(sock)
         if self._sock is sock:
             self._sock = None
 
     def _on_register_write(self, client: mqtt.Client, userdata: object,
-                           sock: socket.socket) -> None:
+                           sock: SocketLike) -> None:
         self._in_loop(self.loop.add_writer, sock, self._writable)
 
     def _on_unregister_write(self, client: mqtt.Client, userdata: object,
-                             sock: socket.socket) -> None:
+                             sock: SocketLike) -> None:
         self._in_loop(self.loop.remove_writer, sock)
 
     def _in_loop(self, fn: Callable[..., object], *args: object) -> None:
@@ -405,7 +409,7 @@ class MqttIngest:
 
     # ---- paho callbacks (on the loop's thread, except during reconnect())
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
-                    reason_code: mqtt.ReasonCode, properties: object) -> None:
+                    reason_code: ReasonCode, properties: object) -> None:
         if reason_code.is_failure:
             log.error("MQTT connect refused: %s", reason_code)
             return
@@ -419,7 +423,7 @@ class MqttIngest:
         self.connected.set()
 
     def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
-                      reason_codes: list[mqtt.ReasonCode], properties: object) -> None:
+                      reason_codes: list[ReasonCode], properties: object) -> None:
         failed = [str(rc) for rc in reason_codes if rc.is_failure]
         if failed:
             log.error("MQTT subscription refused: %s", ", ".join(failed))
@@ -427,11 +431,11 @@ class MqttIngest:
         self.subscribed.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
-                       reason_code: mqtt.ReasonCode, properties: object) -> None:
+                       reason_code: ReasonCode, properties: object) -> None:
         self.connected.clear()
         self.subscribed.clear()
         if not self._stopping:
             log.warning("MQTT disconnected: %s (reconnecting)", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        self._burst.append((msg.topic, msg.payload, msg.mid, self._now, self.generation))
+        self._burst.append((msg.topic, bytes(msg.payload), msg.mid, self._now, self.generation))

@@ -276,7 +276,7 @@ mqtt_file_vars() {
 
 # Gateway and service accounts the set-up creates, KIND:NAME; each NAME's password is the
 # secret mqtt-NAME (generated on first run). Same names as in export_env.
-MQTT_SERVICE_ACCOUNTS=(service:hub gateway:gw-sim gateway:gw-bench gateway:gw-test)
+MQTT_SERVICE_ACCOUNTS=(service:hub fleet:gw-sim gateway:gw-bench fleet:gw-test)
 
 # The broker's configuration and accounts, before it starts (PostgreSQL must be up: the
 # accounts live in the database, and the command migrates it). A running broker is reloaded.

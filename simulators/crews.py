@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -37,12 +38,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import paho.mqtt.client as mqtt
 
+from ingest.mqtt import BrokerAddress, make_client
 from simulators.patrol import Fleet
 
 log = logging.getLogger("simulators.crews")
 
 POLL_S = 2.0
+# Every unit's command topic (ingest/wire.py command_topic).
+COMMANDS_FILTER = "gridhub/v1/units/+/commands"
 # Within this distance of the case a crew starts handling (the brief of the patrol app).
 ON_SCENE_M = 30.0
 OPERATOR = "operator:demo"
@@ -111,6 +116,34 @@ class Crews:
         self.owner: dict[str, int] = {}
         self._hub_down_logged = False
         self.client: httpx.AsyncClient | None = None
+        # Commands the units' phones received (docs/MQTT.md section 5), by type; a dispatch
+        # wakes the poll at once instead of at the next tick.
+        self.commands: Counter[str] = Counter()
+        self._seen_commands: set[str] = set()
+        self._wake = asyncio.Event()
+
+    def on_command(self, unit_id: str, payload: bytes) -> None:
+        """A command on a unit's topic (call on the event loop). Ids already seen are
+        dropped: QoS 1 may deliver twice and the hub resends after a leader change."""
+        if unit_id not in self.fleet.units:
+            return
+        try:
+            cmd = json.loads(payload)
+            cid, kind = str(cmd["id"]), str(cmd["type"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("unit %s: unreadable command %r", unit_id, payload[:200])
+            return
+        if cid in self._seen_commands:
+            return
+        self._seen_commands.add(cid)
+        self.commands[kind] += 1
+        if kind == "withdraw":
+            iid = cmd.get("incident_id")
+            task = self.tasks.get(iid) if isinstance(iid, int) else None
+            if task is not None and self.owner.get(unit_id) == iid:
+                log.info("case %s: unit %s withdrawn by the hub", iid, unit_id)
+                task.cancel()
+        self._wake.set()
 
     # ---- the poll loop
     async def run(self) -> None:
@@ -120,7 +153,9 @@ class Crews:
             try:
                 while True:
                     await self.poll_once()
-                    await asyncio.sleep(self.poll_s)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                    self._wake.clear()
             finally:
                 for task in self.tasks.values():
                     task.cancel()
@@ -326,3 +361,23 @@ def _error(r: httpx.Response) -> str:
         return f"{err.get('code')}: {err.get('message')}"
     except ValueError:
         return r.text[:200]
+
+
+def listen_for_commands(url: str, crews: Crews, loop: asyncio.AbstractEventLoop,
+                        client_id: str) -> mqtt.Client:
+    """Subscribe to every unit's command topic (as a 'fleet' account may) and hand each
+    command to ``crews`` on ``loop``; the caller stops the returned client."""
+    client = make_client(client_id, BrokerAddress.parse(url), persistent=False, v311=True)
+
+    def on_connect(c: mqtt.Client, *_: object) -> None:
+        c.subscribe(COMMANDS_FILTER, qos=1)
+
+    def on_message(c: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        parts = msg.topic.split("/")
+        if len(parts) == 5:
+            loop.call_soon_threadsafe(crews.on_command, parts[3], bytes(msg.payload))
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.loop_start()
+    return client

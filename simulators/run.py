@@ -48,7 +48,7 @@ from core import log as hub_log
 from ingest import wire
 from ingest.mqtt import BrokerAddress
 from simulators import scenario as scenario_files
-from simulators.crews import Crews, CrewTiming
+from simulators.crews import Crews, CrewTiming, listen_for_commands
 from simulators.devices import (
     DEFAULT_EVENT_EVERY_S,
     DeviceGenerator,
@@ -219,7 +219,8 @@ def status_line(pub: Publisher, stats: Stats, gens: list[DeviceGenerator],
         acts = sum(crews.actions.values())
         detail = " ".join(f"{a}={n}" for a, n in sorted(crews.actions.items()))
         parts.append(f"crew actions {acts}" + (f" ({detail})" if detail else "")
-                     + f", cases open {len(crews.tasks)}, conflicts {crews.conflicts}")
+                     + f", cases open {len(crews.tasks)}, conflicts {crews.conflicts}"
+                     + f", commands {sum(crews.commands.values())}")
     return " | ".join(parts)
 
 
@@ -287,6 +288,7 @@ async def amain(args: argparse.Namespace) -> int:
 
     stats = Stats()
     tasks = []
+    listener = None
     paused: set[str] = set(story.devices) if story is not None else set()
     if not stop.is_set():
         tasks = [
@@ -297,6 +299,9 @@ async def amain(args: argparse.Namespace) -> int:
         ]
         if crews is not None:
             tasks.append(asyncio.create_task(crews.run(), name="crews"))
+            # The units' phones get their assignments on their command topics.
+            listener = listen_for_commands(args.mqtt_url, crews, asyncio.get_running_loop(),
+                                           f"gridhub-sim-phones-{os.getpid()}")
         if story is not None:
             player = scenario_files.Player(story, hub_url=args.hub_url, publisher=pub,
                                            time_scale=args.time_scale, alongside=True,
@@ -312,6 +317,9 @@ async def amain(args: argparse.Namespace) -> int:
         t.cancel()
     if tasks:
         await asyncio.wait(tasks, timeout=0.5)
+    if listener is not None:
+        listener.disconnect()
+        listener.loop_stop()
     await pub.stop(flush_timeout=STOP_FLUSH_S, join_timeout=0.6)
     log.info("stopped: %s", status_line(pub, stats, gens, crews, fleet))
     return 0

@@ -86,6 +86,10 @@ def test_acl_grants_per_kind() -> None:
         "topic write gridhub/v1/units/+/gps",
         "topic write gridhub/v1/senml/+",
         "topic write owntracks/+/+"]
+    gateway = mf.acl_lines("gateway", "gw-bench")
+    assert not any(line.startswith("topic read") for line in gateway)  # no commands
+    assert mf.acl_lines("fleet", "gw-sim") == [
+        *gateway, "topic read gridhub/v1/units/+/commands"]
     hub = mf.acl_lines("service", "hub")
     assert "topic write gridhub/v1/units/+/commands" in hub
     assert "topic read owntracks/+/+" in hub
