@@ -11,7 +11,21 @@ export class ApiError extends Error {
   }
 }
 
+// The session's CSRF token (hub/access.py): every state-changing request sends it in
+// X-CSRF-Token. The page carries it in <meta name="csrf-token">.
+export function csrfToken() {
+  const meta = document.querySelector('meta[name="csrf-token"]');
+  return (meta && meta.content) || "";
+}
+
+// The session ended (expired, logged out elsewhere): back to the login page, then here.
+function toLogin() {
+  const next = location.pathname + location.search;
+  location.assign(`/login?next=${encodeURIComponent(next)}`);
+}
+
 async function errorOf(res) {
+  if (res.status === 401) toLogin();
   let code = null, message = null;
   try {
     const body = await res.json();
@@ -68,7 +82,10 @@ export async function postJson(url, body) {
   try {
     res = await fetch(url, {
       method: "POST",
-      headers: { "content-type": "application/json", accept: "application/json" },
+      headers: {
+        "content-type": "application/json", accept: "application/json",
+        "x-csrf-token": csrfToken(),
+      },
       body: JSON.stringify(body ?? {}),
     });
   } catch (err) {
