@@ -20,14 +20,17 @@ live in the handlers, using ``principal_of(request)`` and the helpers here.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote
 
+import asyncpg
 from fastapi import Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.datastructures import Headers
@@ -48,6 +51,13 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # A form body read here to find its CSRF field is bounded by the body-size limit anyway;
 # this is the most read for that purpose (a login or logout form is a few hundred bytes).
 MAX_FORM_PEEK = 64 * 1024
+# Credentials are checked against the database on every request (a revoked token or ended
+# session stops at once). While the database cannot answer, a credential that was good
+# within this long is still honoured, so that monitoring (/api/ingest/stats) and the live
+# feed keep working through a database outage; nothing can be revoked meanwhile anyway.
+STALE_CREDENTIALS_OK_S = 600.0
+AUTH_LOOKUP_TIMEOUT_S = 3.0
+LAST_GOOD_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +282,10 @@ def _cookie(headers: Headers, name: str) -> str | None:
     return None
 
 
+class AuthUnavailable(Exception):
+    """The database could not be asked and the credential was not seen good recently."""
+
+
 class AccessMiddleware:
     """Pure ASGI: authenticate, authorise by ``POLICY``, check CSRF; see the module doc."""
 
@@ -279,6 +293,26 @@ class AccessMiddleware:
         self.app = app
         self._keys: list[RouteKey] | None = None
         self._keys_for: int | None = None
+        self._last_good: dict[bytes, tuple[Principal, float]] = {}
+
+    async def _lookup(self, secret: str, ask: Callable[[], Awaitable[Principal | None]]
+                      ) -> Principal | None:
+        key = auth.digest(secret)
+        try:
+            p = await asyncio.wait_for(ask(), AUTH_LOOKUP_TIMEOUT_S)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            cached = self._last_good.get(key)
+            if cached is not None and time.monotonic() - cached[1] < STALE_CREDENTIALS_OK_S:
+                return cached[0]
+            log.warning("cannot check credentials: %s", e)
+            raise AuthUnavailable from e
+        if p is None:
+            self._last_good.pop(key, None)
+        else:
+            if len(self._last_good) >= LAST_GOOD_MAX:
+                self._last_good.clear()
+            self._last_good[key] = (p, time.monotonic())
+        return p
 
     def _route_keys(self, scope: Scope) -> list[RouteKey]:
         routes = scope["app"].router.routes
@@ -308,17 +342,22 @@ class AccessMiddleware:
         headers = Headers(scope=scope)
         principal: Principal | None = None
         token = _bearer(headers, scope)
-        if token is not None:
-            principal = await auth.token_principal(hub.pool, token)
-            if principal is None:
-                await self._refuse(scope, receive, send, 401, "auth.invalid_token",
-                                   "the API token is unknown or revoked")
-                return
-        else:
-            sid = _cookie(headers, SESSION_COOKIE)
-            if sid:
-                principal = await auth.session_principal(hub.pool, sid,
-                                                         hub.settings.session_touch_s)
+        sid = _cookie(headers, SESSION_COOKIE)
+        try:
+            if token is not None:
+                principal = await self._lookup(
+                    token, lambda: auth.token_principal(hub.pool, token))
+                if principal is None:
+                    await self._refuse(scope, receive, send, 401, "auth.invalid_token",
+                                       "the API token is unknown or revoked")
+                    return
+            elif sid:
+                principal = await self._lookup(sid, lambda: auth.session_principal(
+                    hub.pool, sid, hub.settings.session_touch_s))
+        except AuthUnavailable:
+            await self._refuse(scope, receive, send, 503, "auth.unavailable",
+                               "credentials cannot be checked now; try again")
+            return
         if principal is None:
             if rule.page and scope["type"] == "http":
                 target = scope["path"] + ("?" + scope["query_string"].decode("latin-1")

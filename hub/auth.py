@@ -182,7 +182,7 @@ async def revoke_tokens(conn: Querier, name: str) -> int:
 
 async def token_principal(pool: Querier, token: str) -> Principal | None:
     row = await pool.fetchrow(
-        """SELECT id, name, role, unit_id, extract(epoch FROM last_used_at) AS used
+        """SELECT id, name, role, unit_id, extract(epoch FROM last_used_at)::float8 AS used
            FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL""", digest(token))
     if row is None:
         return None
@@ -207,7 +207,7 @@ async def session_principal(pool: Querier, sid: str, touch_s: float) -> Principa
     h = digest(sid)
     row = await pool.fetchrow(
         """SELECT u.username, u.role, s.csrf_token,
-                  extract(epoch FROM now() - s.last_seen_at) AS idle
+                  extract(epoch FROM now() - s.last_seen_at)::float8 AS idle
            FROM sessions s JOIN users u ON u.id = s.user_id
            WHERE s.id_hash = $1 AND s.expires_at > now() AND NOT u.disabled""", h)
     if row is None:
@@ -235,7 +235,7 @@ async def _retry_after(pool: Querier, column: str, value: str, limit: int,
                        window_s: float) -> int | None:
     """Seconds until the ``limit``-th most recent failure leaves the window, or None."""
     oldest = await pool.fetchval(
-        f"""SELECT extract(epoch FROM at + make_interval(secs => $3) - now())
+        f"""SELECT extract(epoch FROM at + make_interval(secs => $3) - now())::float8
             FROM login_failures WHERE {column} = $1 AND at > now() - make_interval(secs => $3)
             ORDER BY at DESC OFFSET $2 - 1 LIMIT 1""",
         value, limit, float(window_s))
