@@ -41,6 +41,9 @@ MIN_PASSWORD_LEN = 12
 MAX_PASSWORD_LEN = 1024
 USERNAME_RE = r"^[A-Za-z0-9_.@-]{1,64}$"
 TOKEN_PREFIX = "ghk_"
+# A given token (--token-file) must carry at least ~140 bits if random alphanumerics; the
+# demo's come from scripts/lib.sh `secret` (24 random bytes, base64 letters and digits).
+MIN_TOKEN_LEN = 24
 # last_used_at of a token is written at most this often, not on every request.
 TOKEN_TOUCH_S = 60.0
 
@@ -163,8 +166,9 @@ async def create_token(conn: Querier, name: str, role: str, *, unit_id: str | No
         raise InvalidInput("token name: 1-64 characters", code="auth.bad_token_name")
     if token is None:
         token = TOKEN_PREFIX + new_secret()
-    elif len(token) < 32:
-        raise InvalidInput("a token needs at least 32 characters", code="auth.weak_token")
+    elif len(token) < MIN_TOKEN_LEN:
+        raise InvalidInput(f"a token needs at least {MIN_TOKEN_LEN} characters",
+                           code="auth.weak_token")
     await conn.execute(
         """INSERT INTO api_tokens (token_hash, name, role, unit_id, created_by)
            VALUES ($1, $2, $3, $4, $5) ON CONFLICT (token_hash) DO NOTHING""",

@@ -39,13 +39,13 @@ def login_state(browser: Browser, hub: HubProcess, role: str = "admin") -> Any:
     ctx = browser.new_context(locale="zh-CN")
     try:
         pg = ctx.new_page()
-        pg.goto(hub.url + "/cases/1?lang=en")
+        pg.goto(hub.url + "/cases/1")
         assert "/login?next=" in pg.url, pg.url  # a page without a session goes to log in
         assert pg.get_attribute('meta[name="csrf-token"]', "content") == ""
         pg.fill("#username", name)
         pg.fill("#password", password)
         pg.click("#login-submit")
-        pg.wait_for_url(hub.url + "/cases/1?lang=en")  # and comes back after it
+        pg.wait_for_url(hub.url + "/cases/1")  # and comes back after it
         cookie = next(c for c in ctx.cookies() if c["name"] == "gridhub_session")
         assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
         assert pg.get_attribute('meta[name="csrf-token"]', "content")
