@@ -361,3 +361,31 @@ def test_request_body_size_limit(hub: HubProcess) -> None:
     r = httpx.post(hub.url + "/login", content=chunks(),
                    headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert r.status_code == 413
+
+
+# ---------------------------------------------------------------- the demo's CLI path
+def test_demo_credentials_are_registered_idempotently(hub: HubProcess, tmp_path: Any) -> None:
+    """What ./hubctl demo does on every run: reset the admin from its password file and
+    register the simulators' token from its file; twice is the same as once."""
+    env = {**hub.env, "HUB_DATABASE_URL": hub.db_url}
+    pw_file, token_file = tmp_path / "admin-password", tmp_path / "sim-token"
+    pw_file.write_text(secrets.token_urlsafe(18) + "\n")
+    token_file.write_text(secrets.token_urlsafe(24) + "\n")
+    name = f"demo-admin-{uuid.uuid4().hex[:6]}"
+    for _ in range(2):
+        for args in (["create-user", name, "--role", "admin", "--update", "--password-file",
+                      str(pw_file)],
+                     ["create-token", "--name", f"sim-{name}", "--role", "supervisor",
+                      "--token-file", str(token_file)]):
+            subprocess.run([sys.executable, "-m", "hub", *args], cwd=ROOT, env=env,
+                           check=True, capture_output=True)
+    token = token_file.read_text().strip()
+    me = httpx.get(hub.url + "/api/me", headers={"Authorization": f"Bearer {token}"}).json()
+    assert me["role"] == "supervisor"
+    r = _login(hub, name, pw_file.read_text().strip())
+    assert r.status_code == 303
+    # without --update an existing user is refused, not silently changed
+    r2 = subprocess.run([sys.executable, "-m", "hub", "create-user", name, "--role", "viewer",
+                         "--password-file", str(pw_file)], cwd=ROOT, env=env,
+                        capture_output=True, text=True)
+    assert r2.returncode == 1 and "auth.user_exists" in r2.stderr
