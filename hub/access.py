@@ -380,7 +380,8 @@ class AccessMiddleware:
                 await self._refuse(scope, receive, send, 403, "auth.csrf",
                                    "missing or wrong CSRF token; reload the page")
                 return
-        scope.setdefault("state", {})["principal"] = principal
+        # A fresh state dict: never one a server might share between requests.
+        scope["state"] = {**scope.get("state", {}), "principal": principal}
         await self.app(scope, receive, send)
 
     async def _check_csrf(self, scope: Scope, receive: Receive, headers: Headers,

@@ -104,10 +104,15 @@ export function errorText(err) {
 }
 
 // ------------------------------------------------------------------ the operator
-// Who acts: a name typed into the header's "duty officer" field, remembered on this
-// browser, until operator log-in exists. The API accepts letters, digits and _ . : @ -.
+// Who acts: the name typed into the header's "duty officer" field, remembered on this
+// browser (a shared console's login is often a post, not a person), else the logged-in
+// user (<meta name="gridhub-user">). The API accepts letters, digits and _ . : @ -.
 const ACTOR_KEY = "gridhub.actor";
-export const DEFAULT_ACTOR = "operator";
+function sessionUser() {
+  const meta = document.querySelector('meta[name="gridhub-user"]');
+  return (meta && meta.content) || "";
+}
+export const DEFAULT_ACTOR = sessionUser() || "operator";
 const ACTOR_RE = /^[\p{L}\p{N}_.:@-]{1,64}$/u;
 
 export function getActor() {
