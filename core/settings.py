@@ -100,3 +100,24 @@ class Settings(BaseSettings):
         Path(__file__).resolve().parent.parent / "simulators" / "data" / "xuxiake.json")
     # A tile server URL for the console map, where one exists; empty draws our own data only.
     map_tile_url: str = ""
+
+    # Authentication (docs/SECURITY.md). The session cookie is Secure by default: browsers
+    # accept Secure cookies from http://127.0.0.1 and localhost, so only a plain-HTTP
+    # deployment on another address needs this off (and should get TLS instead).
+    cookie_secure: bool = True
+    # A session lasts one long shift; after that the operator logs in again.
+    session_ttl_s: float = 12 * 3600
+    # last_seen_at is written at most this often per session, not on every request.
+    session_touch_s: float = 60.0
+    # Failed logins allowed per username and per client address in the window before the
+    # login answers 429. Per address is looser: a command room shares one NAT address.
+    login_max_failures_per_user: int = 5
+    login_max_failures_per_ip: int = 20
+    login_failure_window_s: float = 300.0
+
+    # The largest HTTP request body accepted (413 above it). The biggest legitimate inputs
+    # (an alarm rule, a case report, a backtest request) are a few kilobytes; towns are
+    # imported with the CLI, not over HTTP.
+    max_body_bytes: int = 256 * 1024
+    # The largest websocket message accepted from a client (the feed's hello is ~30 bytes).
+    ws_max_message_bytes: int = 64 * 1024

@@ -1,5 +1,5 @@
 """The hub's command line: ``python -m hub [serve|migrate|load-town|import-geojson|wait-ready|
-mqtt-accounts]``.
+mqtt-accounts|create-user|create-token|revoke-token]``.
 
 Settings are built once here from ``HUB_*`` variables and passed down.
 """
@@ -138,6 +138,66 @@ async def _import_geojson(settings: Settings, grids: Path, roads: Path, name: st
         await conn.close()
 
 
+def _read_password(path: Path | None) -> str:
+    """From a file (first line) or standard input: never from the command line, where
+    other users of the machine could read it in the process list."""
+    if path is not None:
+        text = path.read_text(encoding="utf-8")
+    else:
+        if sys.stdin.isatty():
+            import getpass
+
+            text = getpass.getpass("password: ")
+        else:
+            text = sys.stdin.readline()
+    return text.splitlines()[0] if text.strip() else ""
+
+
+async def _create_user(settings: Settings, name: str, role: str, display_name: str,
+                       password: str, update: bool) -> None:
+    from hub import auth
+
+    conn = await connect(settings.database_url)
+    try:
+        await migrate(conn)
+        user = await auth.create_user(conn, name, password, role, display_name=display_name,
+                                      update=update)
+        print(f"user {user['username']} ({user['role']}) {'set' if update else 'created'}")
+    finally:
+        await conn.close()
+
+
+async def _create_token(settings: Settings, name: str, role: str, unit: str | None,
+                        token_file: Path | None) -> None:
+    from hub import auth
+
+    given = None
+    if token_file is not None:
+        given = token_file.read_text(encoding="utf-8").strip()
+    conn = await connect(settings.database_url)
+    try:
+        await migrate(conn)
+        token = await auth.create_token(conn, name, role, unit_id=unit, created_by="cli",
+                                        token=given)
+    finally:
+        await conn.close()
+    if given is None:
+        print(token)  # the only time it is shown; only its hash is stored
+    else:
+        print(f"token {name} ({role}) registered from {token_file}", file=sys.stderr)
+
+
+async def _revoke_token(settings: Settings, name: str) -> None:
+    from hub import auth
+
+    conn = await connect(settings.database_url)
+    try:
+        n = await auth.revoke_tokens(conn, name)
+        print(f"revoked {n} token(s) named {name}")
+    finally:
+        await conn.close()
+
+
 def _serve(settings: Settings, roles: frozenset[str]) -> None:
     import uvicorn
 
@@ -145,6 +205,7 @@ def _serve(settings: Settings, roles: frozenset[str]) -> None:
 
     uvicorn.run(create_app(settings, roles), host=settings.http_host, port=settings.http_port,
                 ws="websockets-sansio", ws_per_message_deflate=False, log_config=None,
+                ws_max_size=settings.ws_max_message_bytes,
                 lifespan="on")
 
 
@@ -200,6 +261,25 @@ def main(argv: list[str] | None = None) -> int:
     p_rev = mqtt_sub.add_parser("revoke", help="revoke an account (refused from now on)")
     p_rev.add_argument("principal")
     mqtt_sub.add_parser("list", help="accounts, without secrets")
+    p_user = sub.add_parser("create-user", help="create a user who logs in to the pages "
+                            "(password from --password-file or standard input)")
+    p_user.add_argument("name")
+    p_user.add_argument("--role", required=True,
+                        choices=["viewer", "operator", "supervisor", "admin"])
+    p_user.add_argument("--display-name", default="")
+    p_user.add_argument("--password-file", type=Path)
+    p_user.add_argument("--update", action="store_true",
+                        help="reset the password, role and name of an existing user")
+    p_token = sub.add_parser("create-token", help="create an API token and print it once")
+    p_token.add_argument("--name", required=True)
+    p_token.add_argument("--role", required=True,
+                         choices=["viewer", "operator", "supervisor", "admin", "unit"])
+    p_token.add_argument("--unit", help="the unit id a patrol phone's token (role unit) is for")
+    p_token.add_argument("--token-file", type=Path,
+                         help="register the token in this file instead of a new one "
+                              "(idempotent; the demo keeps its tokens under var/)")
+    p_revoke = sub.add_parser("revoke-token", help="revoke every token with this name")
+    p_revoke.add_argument("--name", required=True)
     args = parser.parse_args(argv)
 
     hub_log.setup()
@@ -221,6 +301,15 @@ def main(argv: list[str] | None = None) -> int:
                                    args.rules))
         elif args.cmd == "import-geojson":
             asyncio.run(_import_geojson(settings, args.grids, args.roads, args.name))
+        elif args.cmd == "create-user":
+            password = _read_password(args.password_file)
+            asyncio.run(_create_user(settings, args.name, args.role, args.display_name,
+                                     password, args.update))
+        elif args.cmd == "create-token":
+            asyncio.run(_create_token(settings, args.name, args.role, args.unit,
+                                      args.token_file))
+        elif args.cmd == "revoke-token":
+            asyncio.run(_revoke_token(settings, args.name))
         elif args.cmd == "wait-ready":
             return _wait_ready(settings, args.timeout)
         elif args.cmd == "mqtt-accounts":

@@ -15,6 +15,7 @@ from core.errors import InvalidInput, NotFound
 from dispatch import service as dispatch_service
 from dispatch.model import DispatchPolicy
 from hub.params import RowId, Seq, Since, Until
+from hub.access import principal_of, require_action_allowed, require_own_incident
 from ingest import alarms
 
 router = APIRouter(prefix="/api")
@@ -237,16 +238,22 @@ async def clear_alarm(request: Request, alarm_id: int, body: ClearBody) -> dict[
 async def list_incidents(request: Request, state: Annotated[str, Query(
         pattern="^(open|all)$")] = "open", limit: Annotated[int, Query(ge=1, le=1000)] = 200
         ) -> list[dict[str, Any]]:
-    where = "WHERE i.state NOT IN ('archived', 'cancelled')" if state == "open" else ""
+    """Cases, newest first; a unit token sees only the cases assigned to its unit."""
+    p = principal_of(request)
+    unit = p.unit_id if p is not None and p.is_unit else None
+    where = "i.state NOT IN ('archived', 'cancelled')" if state == "open" else "true"
     rows = await _hub(request).pool.fetch(
-        f"SELECT {INCIDENT_COLUMNS} FROM incidents i {where} ORDER BY i.id DESC LIMIT $1",
-        limit)
+        f"SELECT {INCIDENT_COLUMNS} FROM incidents i WHERE {where} "
+        "AND ($2::text IS NULL OR i.assigned_unit = $2) ORDER BY i.id DESC LIMIT $1",
+        limit, unit)
     return [row_view(r) for r in rows]
 
 
 @router.get("/incidents/{incident_id}")
 async def get_incident(request: Request, incident_id: RowId) -> dict[str, Any]:
-    return await dispatch_service.incident_detail(_hub(request).pool, incident_id)
+    detail = await dispatch_service.incident_detail(_hub(request).pool, incident_id)
+    require_own_incident(principal_of(request), detail["incident"].get("assigned_unit"))
+    return detail
 
 
 class IncidentBody(BaseModel):
@@ -264,10 +271,14 @@ class IncidentBody(BaseModel):
 @router.post("/incidents", status_code=201)
 async def create_incident(request: Request, body: IncidentBody) -> dict[str, Any]:
     hub = _hub(request)
+    p = principal_of(request)
+    source, reporter = body.source, body.reporter
+    if p is not None and p.is_unit:  # a field report, signed by the unit itself
+        source, reporter = "grid_worker", str(p.unit_id)
     return await dispatch_service.open_incident(
         hub.pool, category=body.category, qualification=body.qualification,
         priority=body.priority, title=body.title, description=body.description,
-        lon=body.lon, lat=body.lat, source=body.source, reporter=body.reporter)
+        lon=body.lon, lat=body.lat, source=source, reporter=reporter)
 
 
 class ActionBody(BaseModel):
@@ -279,8 +290,20 @@ class ActionBody(BaseModel):
 @router.post("/incidents/{incident_id}/actions")
 async def incident_action(request: Request, incident_id: RowId, body: ActionBody
                           ) -> dict[str, Any]:
+    """One case step. A unit token may post only its field actions (hub/access.py
+    UNIT_ACTIONS), only on a case assigned to its unit, and acts under its unit id."""
+    hub = _hub(request)
+    p = principal_of(request)
+    assigned = await hub.pool.fetchrow(
+        "SELECT assigned_unit FROM incidents WHERE id = $1", incident_id)
+    if assigned is None:
+        raise NotFound(f"incident {incident_id} not found", code="incident.not_found")
+    # Checked just before the service locks the case: a reassignment in between is caught
+    # by the workflow itself (the case is no longer in a state this unit's action fits).
+    require_action_allowed(p, body.action, assigned["assigned_unit"])
+    actor = str(p.unit_id) if p is not None and p.is_unit else body.actor
     return await dispatch_service.apply_action(
-        _hub(request).pool, incident_id, body.action, body.actor, body.reason)
+        hub.pool, incident_id, body.action, actor, body.reason)
 
 
 class OverrideBody(BaseModel):

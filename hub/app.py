@@ -25,7 +25,19 @@ from core.outbox import EventFeed
 from core.settings import Settings
 from dispatch import clocks
 from dispatch.leader import Dispatcher
-from hub import api, errors, jobs, mqtt_accounts_api, open311, reports_api, rules_api, views
+from hub import (
+    api,
+    errors,
+    jobs,
+    login,
+    mqtt_accounts_api,
+    open311,
+    reports_api,
+    rules_api,
+    views,
+)
+from hub.access import AccessMiddleware
+from hub.limits import BodySizeLimit
 from hub.live import LiveFeed, LiveState
 from ingest.service import IngestRole
 
@@ -102,6 +114,11 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
     app = FastAPI(title="gridhub", version="0.1.0", lifespan=lifespan,
                   description="Township command-center hub: telemetry, alarms, dispatch, cases.")
     errors.install(app)
+    # Outermost first: an oversized body is refused before anything reads it; then every
+    # route is authorised by the one policy table (hub/access.py).
+    app.add_middleware(AccessMiddleware)
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.include_router(login.router)
     app.include_router(api.router)
     app.include_router(open311.router)
     app.include_router(reports_api.router)

@@ -57,5 +57,6 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http.error")
+        code = {404: "not_found", 405: "method_not_allowed",
+                413: "request.too_large"}.get(exc.status_code, "http.error")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)

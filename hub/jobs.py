@@ -111,6 +111,14 @@ async def patrol_rollup(hub: Hub) -> None:
         await reports.rollup_patrol(hub.pool, time.time())
 
 
+async def purge_auth(hub: Hub) -> None:
+    """Expired sessions and login failures older than the rate-limit window."""
+    if _leads(hub):
+        from hub import auth
+
+        await auth.purge(hub.pool, hub.settings.login_failure_window_s)
+
+
 async def reload_registry(hub: Hub) -> None:
     if hub.ingest is not None and hub.ingest.pipeline is not None:
         await hub.ingest.registry.load(hub.pool)
@@ -123,6 +131,8 @@ ROLLUP_INTERVAL_S = 30
 PATROL_ROLLUP_S = 3600
 DAY_S = 86400
 RETENTION_INTERVAL_S = 3600
+# Expired sessions are already refused; purging them is only about table size.
+AUTH_PURGE_S = 600
 
 
 def _every(seconds: float) -> Callable[[Settings], float]:
@@ -137,6 +147,7 @@ JOBS: list[tuple[str, Any, Callable[[Settings], float], str]] = [
     # Upkeep of shared tables: done by the dispatch leader's process only.
     ("timeseries.rollups", rollups, _every(ROLLUP_INTERVAL_S), "dispatch"),
     ("timeseries.retention", apply_retention, _every(RETENTION_INTERVAL_S), "dispatch"),
+    ("auth.purge", purge_auth, _every(AUTH_PURGE_S), "dispatch"),
     # Mileage and duty time per unit and day, for the assessment reports.
     ("reports.patrol_rollup", patrol_rollup, _every(PATROL_ROLLUP_S), "dispatch"),
     # "Double random": the draw itself skips a matter already drawn this month, so a

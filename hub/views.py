@@ -20,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 
 from hub import i18n
 from hub.params import RowId
+from hub.access import principal_of
 
 TEMPLATES = Jinja2Templates(
     directory=Path(__file__).resolve().parent.parent / "frontend" / "templates")
@@ -47,7 +48,12 @@ def page(request: Request, template: str, **context: Any) -> Response:
     query = request.query_params.get("lang")
     lang = i18n.pick_language(query, request.cookies.get("lang"))
     hub = request.app.state.hub
+    principal = principal_of(request)
     response = TEMPLATES.TemplateResponse(request, template, {
+        # The session's CSRF token, for the scripts' state-changing requests (api.js) and
+        # the logout form; the signed-in user for the header.
+        "csrf_token": principal.csrf_token if principal and principal.csrf_token else "",
+        "user": principal,
         "lang": lang,
         "html_lang": i18n.HTML_LANG[lang],
         "languages": i18n.LANGUAGES,

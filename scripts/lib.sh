@@ -360,16 +360,34 @@ demo_stop() {
   exit 0
 }
 
+# The demo's credentials, generated on first run under var/demo/secrets/ and registered
+# (again) on every run, so they always match the files: the admin who logs in to the
+# console, and the simulators' API token. The simulators answer dispatches for every unit
+# and verify and close cases as the operators would, so their token is a supervisor's
+# (a unit token would confine them to one unit's cases). Nothing here exists outside the
+# demo: production users and tokens are made with `python -m hub create-user/create-token`.
+demo_credentials() {
+  local py="$VENV/bin/python"
+  secret admin-password >/dev/null
+  secret sim-token >/dev/null
+  "$py" -m hub create-user admin --role admin --display-name "Demo admin" --update \
+    --password-file "$VAR/secrets/admin-password" >/dev/null
+  "$py" -m hub create-token --name demo-simulators --role supervisor \
+    --token-file "$VAR/secrets/sim-token" 2>/dev/null
+}
+
 run_demo() {
   local py="$VENV/bin/python"
   "$py" -m hub migrate
   "$py" -m hub load-town --if-empty
+  demo_credentials
   "$py" -m hub serve &
   DEMO_PIDS+=($!)
   "$py" -m hub wait-ready --timeout 60
-  "$py" -m simulators.run "$@" &
+  HUB_API_TOKEN="$(secret sim-token)" "$py" -m simulators.run "$@" &
   DEMO_PIDS+=($!)
   log "console: http://127.0.0.1:$HTTP_PORT/   (Ctrl-C stops everything)"
+  log "log in as admin; the password is in $VAR/secrets/admin-password"
   wait
 }
 

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import time
 from collections import Counter
@@ -84,6 +85,19 @@ class CrewTiming:
     speed: float = 1.0
 
 
+# The hub's API wants a token (docs/SECURITY.md). The simulators act for every unit and
+# for the operators who verify and close cases, so the demo gives them a supervisor token
+# (var/demo/secrets/sim-token); a unit token would confine them to one unit's cases.
+TOKEN_ENV = "HUB_API_TOKEN"
+
+
+def api_headers(token: str | None = None) -> dict[str, str]:
+    """``Authorization: Bearer`` for the hub's API: ``token``, else $HUB_API_TOKEN; none if
+    neither is set (the hub then answers 401, which the callers log)."""
+    token = token or os.environ.get(TOKEN_ENV)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class CaseMoved(Exception):
     """The hub refused a step (409/422): someone else moved the case."""
 
@@ -95,8 +109,10 @@ class Crews:
                  timing: CrewTiming = CrewTiming(),
                  clock: Callable[[], float] = time.time,
                  poll_s: float = POLL_S, backoff_s: float = BACKOFF_S,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.headers = api_headers(token)
         self.poll_s = poll_s
         self.backoff_s = backoff_s
         self.transport = transport  # tests pass an httpx.MockTransport
@@ -148,7 +164,7 @@ class Crews:
     # ---- the poll loop
     async def run(self) -> None:
         async with httpx.AsyncClient(base_url=self.base_url, timeout=5.0,
-                                     transport=self.transport) as client:
+                                     transport=self.transport, headers=self.headers) as client:
             self.client = client
             try:
                 while True:

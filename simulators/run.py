@@ -48,7 +48,7 @@ from core import log as hub_log
 from ingest import wire
 from ingest.mqtt import BrokerAddress
 from simulators import scenario as scenario_files
-from simulators.crews import Crews, CrewTiming, listen_for_commands
+from simulators.crews import Crews, CrewTiming, api_headers, listen_for_commands
 from simulators.devices import (
     DEFAULT_EVENT_EVERY_S,
     DeviceGenerator,
@@ -119,7 +119,8 @@ async def last_positions(hub_url: str) -> dict[str, tuple[float, float]]:
     ``RESUME_POSITIONS_S``, so a restart carries on where the units were; {} if the hub is
     not there (the town file's start points are used)."""
     try:
-        async with httpx.AsyncClient(base_url=hub_url, timeout=2.0) as client:
+        async with httpx.AsyncClient(base_url=hub_url, timeout=2.0,
+                                     headers=api_headers()) as client:
             r = await client.get("/api/units")
             r.raise_for_status()
             units = r.json()

@@ -135,6 +135,7 @@ from dispatch.workflow import ACTIONS as CASE_ACTIONS
 from dispatch.workflow import STATES as CASE_STATES
 from ingest import wire
 from ingest.mqtt import BrokerAddress
+from simulators.crews import api_headers
 from simulators.devices import NO_FAULTS, DeviceGenerator, make_generator
 from simulators.mqtt_login import gateway_url, without_password
 from simulators.mqtt_pub import Publisher
@@ -1010,10 +1011,12 @@ class Player:
     """
 
     def __init__(self, scenario: Scenario, *, hub_url: str, publisher: Publisher,
-                 time_scale: float = 1.0, alongside: bool = False, crews_live: bool = False
-                 ) -> None:
+                 time_scale: float = 1.0, alongside: bool = False, crews_live: bool = False,
+                 token: str | None = None) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
+        # API token: ``token``, else $HUB_API_TOKEN (simulators/crews.py says which role).
+        self.headers = api_headers(token)
         self.sc = scenario
         self.town = _Town(scenario.town)
         self.hub_url = hub_url.rstrip("/")
@@ -1049,7 +1052,8 @@ class Player:
     # ---- the play
     async def play(self) -> PlayResult:
         started = time.monotonic()
-        async with httpx.AsyncClient(base_url=self.hub_url, timeout=10.0) as client:
+        async with httpx.AsyncClient(base_url=self.hub_url, timeout=10.0,
+                                     headers=self.headers) as client:
             self.client = client
             await self.begin()
             self.note(f"{self.sc.title} — {len(self.sc.steps)} steps over "
@@ -1267,7 +1271,8 @@ class Player:
         if not expectations:
             return []
         if self.client is None:
-            async with httpx.AsyncClient(base_url=self.hub_url, timeout=10.0) as client:
+            async with httpx.AsyncClient(base_url=self.hub_url, timeout=10.0,
+                                     headers=self.headers) as client:
                 self.client = client
                 try:
                     return await self.check(expectations)
@@ -1291,7 +1296,8 @@ class Player:
         """Cancel the cases the scenario caused (its reports, and cases its devices' alarms
         opened), taking units off them, and clear its devices' open alarms: the hub is
         ready for the next story. Returns the number of cases cancelled."""
-        async with httpx.AsyncClient(base_url=self.hub_url, timeout=10.0) as client:
+        async with httpx.AsyncClient(base_url=self.hub_url, timeout=10.0,
+                                     headers=self.headers) as client:
             self.client = client
             try:
                 return await self._cleanup()

@@ -159,8 +159,35 @@ async def db(db_url: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
+def cli_token(db_url: str, role: str, *, name: str | None = None, unit: str | None = None
+              ) -> str:
+    """A new API token in the database at ``db_url``, made by ``python -m hub create-token``
+    (the same code operators use)."""
+    args = [sys.executable, "-m", "hub", "create-token", "--name",
+            name or f"test-{role}-{uuid.uuid4().hex[:6]}", "--role", role]
+    if unit is not None:
+        args += ["--unit", unit]
+    r = subprocess.run(args, env={**os.environ, "HUB_DATABASE_URL": db_url}, cwd=ROOT,
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 0, f"create-token failed: {r.stderr}"
+    return r.stdout.strip().splitlines()[-1]
+
+
+def cli_user(db_url: str, name: str, role: str, password: str) -> None:
+    """A user who logs in to the pages, made by ``python -m hub create-user`` (password on
+    standard input)."""
+    r = subprocess.run([sys.executable, "-m", "hub", "create-user", name, "--role", role],
+                       input=password + "\n", env={**os.environ, "HUB_DATABASE_URL": db_url},
+                       cwd=ROOT, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, f"create-user failed: {r.stderr}"
+
+
 class HubProcess:
-    """``python -m hub serve`` as a child process on its own port and MQTT identity."""
+    """``python -m hub serve`` as a child process on its own port and MQTT identity.
+
+    Once started it holds an admin API token for the tests: ``hub.token``, ``hub.headers``
+    (``Authorization: Bearer ...``) and ``hub.client`` (an ``httpx.Client`` sending it);
+    ``hub.make_token(role, unit=...)`` makes more."""
 
     def __init__(self, db_url: str, mqtt_url: str, *, roles: str = "ingest,dispatch,web",
                  client_id: str | None = None, share_group: str | None = None,
@@ -180,6 +207,9 @@ class HubProcess:
             **(extra_env or {}),
         }
         self.roles = roles
+        self.db_url = db_url
+        self.token = ""
+        self._client: httpx.Client | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         self.log_path = ARTIFACTS / f"hub-{tag}.log"
@@ -187,6 +217,24 @@ class HubProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(base_url=self.url, headers=self.headers, timeout=10)
+        return self._client
+
+    def async_client(self, **kw: Any) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` on this hub with the admin token (close it yourself)."""
+        return httpx.AsyncClient(base_url=self.url, headers=self.headers, **kw)
+
+    def make_token(self, role: str, *, unit: str | None = None, name: str | None = None
+                   ) -> str:
+        return cli_token(self.db_url, role, unit=unit, name=name)
 
     def start(self, timeout: float = 60.0) -> HubProcess:
         self._log = self.log_path.open("ab")
@@ -201,6 +249,12 @@ class HubProcess:
             try:
                 r = httpx.get(self.url + "/api/health", timeout=1)
                 if r.status_code == 200 and r.json()["status"] == "ok":
+                    if not self.token:
+                        self.token = cli_token(self.db_url, "admin", name="test-admin")
+                    # Proves the token, and lets the hub remember it as good (it honours
+                    # it through a database outage, which the fault tests cause).
+                    me = httpx.get(self.url + "/api/me", headers=self.headers, timeout=5)
+                    assert me.status_code == 200, me.text
                     return self
             except httpx.HTTPError:
                 pass
@@ -221,6 +275,9 @@ class HubProcess:
             self.proc.wait(5)
         self.proc = None
         self._log.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
 @pytest.fixture(scope="session")

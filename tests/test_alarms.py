@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 import pytest_asyncio
 
@@ -186,7 +185,7 @@ async def test_alarms_of_one_grid_join_one_incident_which_shows_when_they_cleare
 async def test_rule_state_survives_a_restart(alarm_hub: HubProcess, publisher: Publisher,
                                              adb: asyncpg.Connection) -> None:
     dev = AIR[0]
-    async with httpx.AsyncClient(base_url=alarm_hub.url) as client:
+    async with alarm_hub.async_client() as client:
         r = await client.put("/api/rules/pm10_for_10s", json={
             "name": "PM10 持续超标", "kind": "duration", "metric": "pm10",
             "severity": "major", "params": {"mode": "instant", "raise_above": 500,
@@ -234,7 +233,7 @@ async def test_backtest_reports_without_raising(alarm_hub: HubProcess,
         "(to_timestamp($1), $2, 'pm25', $3, now())",
         [(base + 60 * i, dev, float(v)) for i, v in enumerate(values)])
     before = await adb.fetchval("SELECT count(*) FROM alarms")
-    async with httpx.AsyncClient(base_url=alarm_hub.url) as client:
+    async with alarm_hub.async_client() as client:
         r = await client.post("/api/rules/backtest", json={
             "rule": {"name": "PM2.5 > 80", "kind": "threshold", "metric": "pm25",
                      "params": {"raise_above": 80, "clear_below": 40}},

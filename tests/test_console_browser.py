@@ -3,16 +3,17 @@ alarm and then as an assignment on the page, live, without a reload."""
 
 from __future__ import annotations
 
+import secrets
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from ingest import wire
-from tests.conftest import ARTIFACTS, HubProcess, Publisher, town_doc
+from tests.conftest import ARTIFACTS, HubProcess, Publisher, cli_user, town_doc
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps dialling out, which this closed
@@ -30,9 +31,39 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
+def login_state(browser: Browser, hub: HubProcess, role: str = "admin") -> Any:
+    """Log in once through the real login page (a new user made with the CLI) and return
+    the browser storage state holding the session cookie, for new contexts to reuse."""
+    name, password = f"browser-{uuid.uuid4().hex[:6]}", secrets.token_urlsafe(18)
+    cli_user(hub.db_url, name, role, password)
+    ctx = browser.new_context(locale="zh-CN")
+    try:
+        pg = ctx.new_page()
+        pg.goto(hub.url + "/cases/1")
+        assert "/login?next=" in pg.url, pg.url  # a page without a session goes to log in
+        assert pg.get_attribute('meta[name="csrf-token"]', "content") == ""
+        pg.fill("#username", name)
+        pg.fill("#password", password)
+        pg.click("#login-submit")
+        pg.wait_for_url(hub.url + "/cases/1")  # and comes back after it
+        cookie = next(c for c in ctx.cookies() if c["name"] == "gridhub_session")
+        assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+        assert pg.get_attribute('meta[name="csrf-token"]', "content")
+        assert pg.inner_text("#user-name") == name
+        return ctx.storage_state()
+    finally:
+        ctx.close()
+
+
+@pytest.fixture(scope="module")
+def auth_state(browser: Browser, hub: HubProcess) -> Any:
+    return login_state(browser, hub)
+
+
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    ctx = browser.new_context(viewport={"width": 1920, "height": 1080}, locale="zh-CN")
+def page(browser: Browser, auth_state: Any) -> Iterator[Page]:
+    ctx = browser.new_context(viewport={"width": 1920, "height": 1080}, locale="zh-CN",
+                              storage_state=auth_state)
     pg = ctx.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
@@ -122,7 +153,7 @@ def test_operator_clears_an_alarm_with_a_reason(page: Page, hub: HubProcess,
     dialog.locator("button[value=ok]").click()
     # the cleared alarm leaves the live list through the feed
     page.locator(f'[data-alarm-id="{alarm_id}"]').wait_for(state="detached", timeout=15000)
-    body = httpx.get(f"{hub.url}/api/alarms", params={"state": "all"}).json()
+    body = hub.client.get("/api/alarms", params={"state": "all"}).json()
     cleared = next(a for a in body if str(a["id"]) == alarm_id)
     assert cleared["state"] == "cleared" and cleared["clear_reason"] == "现场核实为误报"
     assert page.errors == []  # type: ignore[attr-defined]

@@ -74,7 +74,7 @@ async def _events(db: asyncpg.Connection, kind: str, incident_id: int, stage: st
 
 async def test_case_log_is_a_verifiable_chain_that_shows_tampering(
         flow_hub: HubProcess, fdb: asyncpg.Connection) -> None:
-    async with httpx.AsyncClient(base_url=flow_hub.url) as client:
+    async with flow_hub.async_client() as client:
         inc = await _create(client, qualification="no_such_department")
         iid = inc["id"]
         for action, actor in (("cancel", "operator2"),):
@@ -106,7 +106,7 @@ async def test_case_log_is_a_verifiable_chain_that_shows_tampering(
 
 async def test_sla_warning_and_breach_fire_once_across_a_restart(
         flow_hub: HubProcess, fdb: asyncpg.Connection) -> None:
-    async with httpx.AsyncClient(base_url=flow_hub.url) as client:
+    async with flow_hub.async_client() as client:
         # nobody holds this qualification: the case waits, and its dispatch clock runs out
         inc = await _create(client, priority=2, qualification="no_such_department")
     iid = inc["id"]
@@ -129,7 +129,7 @@ async def test_sla_warning_and_breach_fire_once_across_a_restart(
 
 async def test_unaccepted_dispatch_escalates_to_the_next_candidate(
         flow_hub: HubProcess, fdb: asyncpg.Connection) -> None:
-    async with httpx.AsyncClient(base_url=flow_hub.url) as client:
+    async with flow_hub.async_client() as client:
         inc = await _create(client, priority=3, qualification="environment",
                             title="污水直排")
     iid = inc["id"]
@@ -154,7 +154,7 @@ async def test_unaccepted_dispatch_escalates_to_the_next_candidate(
 
 async def test_operator_override_needs_a_reason_and_is_logged(
         flow_hub: HubProcess, fdb: asyncpg.Connection) -> None:
-    async with httpx.AsyncClient(base_url=flow_hub.url) as client:
+    async with flow_hub.async_client() as client:
         inc = await _create(client, priority=4, qualification="city_management",
                             title="乱堆乱放")
         iid = inc["id"]
@@ -191,7 +191,7 @@ async def test_critical_case_preempts_a_unit_en_route_to_a_minor_one(
     unit = next(u for u in TOWN["units"] if u["id"] == keep)
     publisher.publish(wire.gps_topic(keep), wire.encode_gps(time.time(), unit["lat"],
                                                              unit["lon"], 0.0))
-    async with httpx.AsyncClient(base_url=flow_hub.url) as client:
+    async with flow_hub.async_client() as client:
         low = await _create(client, priority=4, qualification="fire", title="消防通道占用",
                             **_somewhere(5))
         await wait_for(lambda: fdb.fetchval(
@@ -220,7 +220,7 @@ async def test_critical_case_preempts_a_unit_en_route_to_a_minor_one(
 
 
 async def test_open311_citizen_report(flow_hub: HubProcess, fdb: asyncpg.Connection) -> None:
-    async with httpx.AsyncClient(base_url=flow_hub.url) as client:
+    async with flow_hub.async_client() as client:
         services = (await client.get("/open311/v2/services.json")).json()
         codes = {s["service_code"] for s in services}
         assert {"noise", "city_order", "safety_hazard"} <= codes

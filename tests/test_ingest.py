@@ -169,7 +169,7 @@ async def test_bad_input_lands_in_dead_letters_and_the_pipeline_goes_on(
     assert got == sorted(code for code, _, _ in BAD_INPUTS), marker
     big = next(r for r in rows if r["reason"] == "too_large")
     assert big["size"] > 70000 and big["kept"] <= 4096  # truncated, size kept
-    async with httpx.AsyncClient(base_url=hub.url) as client:
+    async with hub.async_client() as client:
         body = (await client.get("/api/dead-letters", params={"reason": "bad_time"})).json()
         assert body["counts"]["bad_time"] >= 2
         assert all(i["reason"] == "bad_time" for i in body["items"])
@@ -278,7 +278,7 @@ async def test_two_ingest_processes_share_the_load_exactly_once(
         sent = stream.stop()
         n, distinct = await _settle(scratch_db, device, sent)
         assert (n, distinct) == (sent, sent)
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(headers=a.headers) as client:
             da = (await client.get(a.url + "/api/ingest/stats")).json()["decoded"]
             db_ = (await client.get(b.url + "/api/ingest/stats")).json()["decoded"]
         # each message went to exactly one of them, and both did work
@@ -308,7 +308,7 @@ async def test_postgres_down_mid_stream_loses_nothing(own_postgres: ThrowawayPos
         stream = Stream(mqtt_url, device).start()
         await asyncio.sleep(1.5)
         own_postgres.stop()  # ingest stops acknowledging; the broker keeps the backlog
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(headers=ingest.headers) as client:
             async def db_down() -> dict[str, object] | None:
                 s = (await client.get(ingest.url + "/api/ingest/stats")).json()
                 return s if s["db_ok"] is False else None

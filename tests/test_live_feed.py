@@ -42,7 +42,8 @@ async def _act(client: httpx.AsyncClient, n: int) -> None:
 
 async def test_snapshot_plus_events_equals_fresh_snapshot(hub: HubProcess) -> None:
     url = f"ws://127.0.0.1:{hub.port}/ws/live"
-    async with httpx.AsyncClient(base_url=hub.url) as client, websockets.connect(url) as ws:
+    async with hub.async_client() as client, websockets.connect(
+            url, additional_headers=hub.headers) as ws:
         snap = await _hello(ws, None)
         assert snap["type"] == "snapshot"
         state = _picture(snap)
@@ -71,12 +72,12 @@ async def test_snapshot_plus_events_equals_fresh_snapshot(hub: HubProcess) -> No
 
 async def test_resume_after_disconnect_gets_exactly_the_missed_events(hub: HubProcess) -> None:
     url = f"ws://127.0.0.1:{hub.port}/ws/live"
-    async with httpx.AsyncClient(base_url=hub.url) as client:
-        async with websockets.connect(url) as ws:
+    async with hub.async_client() as client:
+        async with websockets.connect(url, additional_headers=hub.headers) as ws:
             snap = await _hello(ws, None)
             last = snap["seq"]
         await _act(client, 3)  # while disconnected
-        async with websockets.connect(url) as ws:
+        async with websockets.connect(url, additional_headers=hub.headers) as ws:
             msg = await _hello(ws, last)
             assert msg["type"] == "batch"
             seqs = [e["seq"] for e in msg["events"]]
@@ -87,7 +88,7 @@ async def test_resume_after_disconnect_gets_exactly_the_missed_events(hub: HubPr
             assert seqs == table[:len(seqs)]
             assert len(seqs) >= 3 and seqs == sorted(set(seqs))
         # far behind: told to start from a snapshot instead
-        async with websockets.connect(url) as ws:
+        async with websockets.connect(url, additional_headers=hub.headers) as ws:
             msg = await _hello(ws, -10**9)
             assert msg["type"] == "snapshot"
 

@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
@@ -17,7 +16,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from ingest import wire
 from tests.conftest import ARTIFACTS, ROOT, HubProcess, Publisher, town_doc
-from tests.test_console_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.test_console_browser import CHROMIUM, CHROMIUM_ARGS, login_state
 
 # Synthetic load for the responsiveness check: 2,000 units, each moving once a second,
 # delivered as the feed delivers them (a slice of the units every 100 ms tick).
@@ -35,9 +34,15 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
+@pytest.fixture(scope="module")
+def auth_state(browser: Browser, hub: HubProcess) -> Any:
+    return login_state(browser, hub)
+
+
 @pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    ctx = browser.new_context(viewport={"width": 1920, "height": 1080}, locale="zh-CN")
+def context(browser: Browser, auth_state: Any) -> Iterator[BrowserContext]:
+    ctx = browser.new_context(viewport={"width": 1920, "height": 1080}, locale="zh-CN",
+                              storage_state=auth_state)
     yield ctx
     ctx.close()
 
@@ -64,7 +69,7 @@ def _open_console(page: Page, hub: HubProcess, query: str = "") -> None:
 def _new_case(hub: HubProcess, title: str, priority: int = 2) -> dict[str, Any]:
     town = town_doc()
     cc = town["command_center"]
-    r = httpx.post(hub.url + "/api/incidents", json={
+    r = hub.client.post("/api/incidents", json={
         "category": "city_order", "qualification": "city_management", "priority": priority,
         "title": title, "description": "browser test", "lon": cc["lon"] + 0.004,
         "lat": cc["lat"] + 0.003, "source": "operator", "reporter": "tester"}, timeout=10)
@@ -157,9 +162,11 @@ def test_sla_countdown_ticks(page: Page, hub: HubProcess) -> None:
 
 # ------------------------------------------------------------------ two browsers
 def test_acknowledge_updates_a_second_browser(browser: Browser, hub: HubProcess,
-                                               publisher: Publisher) -> None:
-    ctx_a = browser.new_context(viewport={"width": 1920, "height": 1080})
-    ctx_b = browser.new_context(viewport={"width": 1920, "height": 1080})
+                                               publisher: Publisher, auth_state: Any) -> None:
+    ctx_a = browser.new_context(viewport={"width": 1920, "height": 1080},
+                                storage_state=auth_state)
+    ctx_b = browser.new_context(viewport={"width": 1920, "height": 1080},
+                                storage_state=auth_state)
     try:
         a, b = _page(ctx_a), _page(ctx_b)
         _open_console(a, hub)
@@ -228,7 +235,7 @@ def test_reconnect_resumes_without_gaps_or_duplicates(page: Page, context: Brows
     # the page's picture equals a fresh snapshot (retried: events keep coming)
     deadline = time.monotonic() + 15
     while True:
-        snap = httpx.get(hub.url + "/api/snapshot", timeout=10).json()
+        snap = hub.client.get("/api/snapshot", timeout=10).json()
         page.wait_for_function(f"window.gridhub.lastSeq >= {snap['seq']}", timeout=10000)
         mine = page.evaluate(PAGE_PICTURE_JS)
         if mine["seq"] == snap["seq"] or time.monotonic() > deadline:
@@ -271,7 +278,7 @@ def test_case_page_shows_the_trail(page: Page, hub: HubProcess) -> None:
     assert page.locator("#case-log tbody tr[data-seq]").count() >= 2
     # a step taken elsewhere shows up live
     before = page.evaluate("Number(document.body.dataset.renders)")
-    httpx.post(f"{hub.url}/api/incidents/{inc['id']}/actions",
+    hub.client.post(f"/api/incidents/{inc['id']}/actions",
                json={"action": "shelve", "actor": "tester", "reason": "等待天晴"}, timeout=10)
     page.wait_for_function(f"Number(document.body.dataset.renders) > {before}", timeout=10000)
     page.wait_for_selector('#case-state[data-state="shelved"]', timeout=10000)

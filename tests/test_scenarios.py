@@ -373,7 +373,7 @@ async def pub(mqtt_url: str) -> AsyncIterator[Publisher]:
 
 async def play(hub: HubProcess, pub: Publisher, *names: str) -> dict[str, PlayResult]:
     """Play scenarios together (they must not share units), then clean up after them."""
-    players = [Player(sc_mod.load(n, TOWN), hub_url=hub.url, publisher=pub,
+    players = [Player(sc_mod.load(n, TOWN), hub_url=hub.url, publisher=pub, token=hub.token,
                       time_scale=SPEED) for n in names]
     results = await asyncio.gather(*(p.play() for p in players))
     for p in players:

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import httpx
 import pytest
 import pytest_asyncio
 
@@ -113,7 +112,7 @@ async def test_device_clock_skew_is_tracked_and_flagged(
             # a clock four minutes slow: inside what the decoder accepts, beyond the limit
             publisher.publish(wire.telemetry_topic(dev_off),
                               wire.encode_telemetry(now - 240 + i, {"noise_db": 50}))
-        async with httpx.AsyncClient(base_url=hub.url) as client:
+        async with hub.async_client() as client:
             async def flagged() -> list[dict[str, object]]:
                 r = await client.get("/api/devices/clocks", params={"flagged": "true"})
                 return [c for c in r.json() if c["device_id"] == dev_off]

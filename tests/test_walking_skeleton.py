@@ -87,7 +87,8 @@ async def test_reading_to_alarm_to_assignment_live(
         "SELECT count(*) = $2 FROM units WHERE id = ANY($1) AND position_ts IS NOT NULL",
         [u["id"] for u in squads], len(squads)))
 
-    async with websockets.connect(f"ws://127.0.0.1:{hub.port}/ws/live") as ws:
+    async with websockets.connect(f"ws://127.0.0.1:{hub.port}/ws/live",
+                                  additional_headers=hub.headers) as ws:
         await ws.send(json.dumps({"type": "hello", "last_seq": None}))
         snapshot = json.loads(await ws.recv())
         assert snapshot["type"] == "snapshot"

@@ -11,7 +11,21 @@ export class ApiError extends Error {
   }
 }
 
+// The session's CSRF token (hub/access.py): every state-changing request sends it in
+// X-CSRF-Token. The page carries it in <meta name="csrf-token">.
+export function csrfToken() {
+  const meta = document.querySelector('meta[name="csrf-token"]');
+  return (meta && meta.content) || "";
+}
+
+// The session ended (expired, logged out elsewhere): back to the login page, then here.
+function toLogin() {
+  const next = location.pathname + location.search;
+  location.assign(`/login?next=${encodeURIComponent(next)}`);
+}
+
 async function errorOf(res) {
+  if (res.status === 401) toLogin();
   let code = null, message = null;
   try {
     const body = await res.json();
@@ -68,7 +82,10 @@ export async function postJson(url, body) {
   try {
     res = await fetch(url, {
       method: "POST",
-      headers: { "content-type": "application/json", accept: "application/json" },
+      headers: {
+        "content-type": "application/json", accept: "application/json",
+        "x-csrf-token": csrfToken(),
+      },
       body: JSON.stringify(body ?? {}),
     });
   } catch (err) {
@@ -87,10 +104,15 @@ export function errorText(err) {
 }
 
 // ------------------------------------------------------------------ the operator
-// Who acts: a name typed into the header's "duty officer" field, remembered on this
-// browser, until operator log-in exists. The API accepts letters, digits and _ . : @ -.
+// Who acts: the name typed into the header's "duty officer" field, remembered on this
+// browser (a shared console's login is often a post, not a person), else the logged-in
+// user (<meta name="gridhub-user">). The API accepts letters, digits and _ . : @ -.
 const ACTOR_KEY = "gridhub.actor";
-export const DEFAULT_ACTOR = "operator";
+function sessionUser() {
+  const meta = document.querySelector('meta[name="gridhub-user"]');
+  return (meta && meta.content) || "";
+}
+export const DEFAULT_ACTOR = sessionUser() || "operator";
 const ACTOR_RE = /^[\p{L}\p{N}_.:@-]{1,64}$/u;
 
 export function getActor() {
