@@ -14,8 +14,8 @@ from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS, UNIT_COLUMNS
 from core.errors import InvalidInput, NotFound
 from dispatch import service as dispatch_service
 from dispatch.model import DispatchPolicy
-from hub.params import RowId, Seq, Since, Until
 from hub.access import principal_of, require_action_allowed, require_own_incident
+from hub.params import RowId, Seq, Since, Until
 from ingest import alarms
 
 router = APIRouter(prefix="/api")

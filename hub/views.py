@@ -19,8 +19,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from hub import i18n
-from hub.params import RowId
 from hub.access import principal_of
+from hub.params import RowId
 
 TEMPLATES = Jinja2Templates(
     directory=Path(__file__).resolve().parent.parent / "frontend" / "templates")
