@@ -155,6 +155,11 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("POST", "/api/supervisor/alerts/{alert_id}/ack"): SUPERVISOR,
     ("PUT", "/api/rules/{rule_id}"): SUPERVISOR,
     ("DELETE", "/api/rules/{rule_id}"): SUPERVISOR,
+    # ---- administering: devices' and units' MQTT credentials (hub/mqtt_accounts_api.py)
+    ("GET", "/api/mqtt/accounts"): ADMIN,
+    ("POST", "/api/mqtt/accounts"): ADMIN,
+    ("POST", "/api/mqtt/accounts/{principal}/rotate"): ADMIN,
+    ("DELETE", "/api/mqtt/accounts/{principal}"): ADMIN,
 }
 
 # Case actions a patrol phone may post, on incidents assigned to its own unit

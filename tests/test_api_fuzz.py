@@ -57,8 +57,8 @@ def _refusal_has_a_stable_code(path: str, response: Any) -> str | None:
     return None
 
 
-def _check(case: Any) -> None:
-    response = case.call(timeout=30)
+def _check(case: Any, headers: dict[str, str]) -> None:
+    response = case.call(timeout=30, headers=headers)
     assert response.status_code < 500, (
         f"{response.status_code}: {response.text[:300]}\n{case.as_curl_command()}")
     problem = _refusal_has_a_stable_code(case.path, response)
@@ -68,7 +68,8 @@ def _check(case: Any) -> None:
 def test_no_request_gets_a_server_error(fuzz_hub: HubProcess) -> None:
     # schemathesis' pytest plugin does not work with this pytest; its strategies are driven
     # by hypothesis directly, one operation at a time, valid and invalid data both.
-    schema = schemathesis.openapi.from_url(fuzz_hub.url + "/openapi.json")
+    schema = schemathesis.openapi.from_url(fuzz_hub.url + "/openapi.json",
+                                           headers=fuzz_hub.headers)
     failures: list[str] = []
     operations = 0
     for result in schema.get_all_operations():
@@ -79,7 +80,7 @@ def test_no_request_gets_a_server_error(fuzz_hub: HubProcess) -> None:
             @settings(max_examples=EXAMPLES, deadline=None, database=None,
                       suppress_health_check=list(HealthCheck), phases=[Phase.generate])
             def run(case: Any) -> None:
-                _check(case)
+                _check(case, fuzz_hub.headers)
 
             try:
                 run()

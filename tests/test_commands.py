@@ -9,8 +9,6 @@ import time
 import uuid
 from typing import Any
 
-import httpx
-
 from core.events import Envelope
 from dispatch.commands import command_for
 from simulators.crews import Crews, listen_for_commands
@@ -77,7 +75,7 @@ async def test_the_assigned_units_phone_receives_its_dispatch_command(
         await asyncio.sleep(1.0)  # subscribed (QoS 1 from here on)
         title = f"命令测试 {uuid.uuid4().hex[:6]}"
         dev = town["devices"][3]
-        async with httpx.AsyncClient(base_url=hub.url) as client:
+        async with hub.async_client() as client:
             r = await client.post("/api/incidents", json={
                 "category": "city_order", "qualification": "city_management", "priority": 3,
                 "title": title, "lon": dev["lon"], "lat": dev["lat"], "reporter": "operator1"})

@@ -100,7 +100,8 @@ async def test_a_client_that_leaves_a_quiet_feed_is_let_go_at_once(hub: HubProce
             return int((await client.get("/api/health")).json()["clients"])
 
         before = await clients()
-        ws = await websockets.connect(hub.url.replace("http", "ws") + "/ws/live")
+        ws = await websockets.connect(hub.url.replace("http", "ws") + "/ws/live",
+                                      additional_headers=hub.headers)
         snap = await _hello(ws, None)
         assert snap["type"] == "snapshot"
         assert await clients() == before + 1

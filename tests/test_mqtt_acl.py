@@ -43,8 +43,8 @@ class Env:
         return dict(httpx.get(self.hub.url + "/api/health", timeout=5).json())
 
     def api(self, method: str, path: str, **kw: object) -> httpx.Response:
-        return httpx.request(method, self.hub.url + "/api/mqtt/accounts" + path, timeout=10,
-                             **kw)  # type: ignore[arg-type]
+        return self.hub.client.request(method, "/api/mqtt/accounts" + path,
+                                       **kw)  # type: ignore[arg-type]
 
 
 @pytest_asyncio.fixture(scope="module")
