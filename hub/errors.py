@@ -5,6 +5,7 @@ Every refusal is JSON ``{"error": {"code": ..., "message": ...}}`` with a stable
 
 from __future__ import annotations
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -54,6 +55,20 @@ def install(app: FastAPI) -> None:
         return JSONResponse(
             error_body("request.invalid", f"{where}: {first.get('msg', 'invalid request')}"),
             status_code=422)
+
+    # Values the database cannot take, in requests that validation let through: a NUL in a
+    # text, a lone surrogate (not encodable as UTF-8), a number out of a column's range.
+    # The request is at fault, not the hub (found by tests/test_api_fuzz.py).
+    @app.exception_handler(asyncpg.DataError)
+    async def _data(request: Request, exc: asyncpg.DataError) -> JSONResponse:
+        return JSONResponse(error_body("request.invalid_value", str(exc)[:200]),
+                            status_code=422)
+
+    @app.exception_handler(UnicodeEncodeError)
+    async def _encoding(request: Request, exc: UnicodeEncodeError) -> JSONResponse:
+        return JSONResponse(error_body("request.invalid_text",
+                                       "text must be valid Unicode (no lone surrogates)"),
+                            status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
