@@ -412,7 +412,7 @@ def _start_generator(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, r
 async def _session(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run_id: str,
                    detectors: list[str], probe_id: str, bg_prefix: str, offsets: list[float],
                    probes: Probes) -> dict[str, Any]:
-    feed = FeedWatcher(f"ws://127.0.0.1:{hub.port}/ws/live")
+    feed = FeedWatcher(f"ws://127.0.0.1:{hub.port}/ws/live?token={hub.token}")
     pub = Publisher(login_at(env.mqtt_port, "BENCH"),
                     f"alarm-bench-{run_id}", window=100)
     gen: subprocess.Popen[bytes] | None = None

@@ -278,10 +278,23 @@ def machine_ticks() -> tuple[int, int]:
 # --------------------------------------------------------------------------- hub process
 
 
-def http_json(url: str, timeout: float = 5.0) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+def http_json(url: str, timeout: float = 5.0, token: str | None = None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                timeout=timeout) as r:
         data: dict[str, Any] = json.loads(r.read())
     return data
+
+
+def api_token(db_url: str, name: str, role: str = "supervisor") -> str:
+    """An API token for a benchmark's client calls, made by ``python -m hub create-token``
+    in the run's scratch database (as an operator would)."""
+    r = subprocess.run([sys.executable, "-m", "hub", "create-token", "--name", name,
+                        "--role", role], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "HUB_DATABASE_URL": db_url}, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"create-token failed: {r.stderr.strip()[-500:]}")
+    return r.stdout.strip().splitlines()[-1]
 
 
 def port_in_use(port: int) -> bool:
@@ -308,6 +321,9 @@ class HubProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = int(env["HUB_HTTP_PORT"])
+        # A supervisor token for the benchmark's API calls, made once the hub has migrated
+        # its database (wait_healthy).
+        self.token: str | None = None
 
     @property
     def pid(self) -> int | None:
@@ -334,6 +350,9 @@ class HubProcess:
             with contextlib.suppress(OSError, ValueError):
                 h = http_json(self.url("/api/health"), 2.0)
                 if h.get("status") == "ok":
+                    if self.token is None:
+                        self.token = api_token(self.env["HUB_DATABASE_URL"],
+                                               f"bench-{self.port}")
                     return h
             time.sleep(0.2)
         raise RuntimeError(f"hub not healthy after {timeout_s:.0f}s:\n{self.log_tail()}")
@@ -592,7 +611,7 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
             hub.wait_healthy()
         _probe_until_stored(hubs, env, prefix)
         for hub in hubs:
-            http_json(hub.url("/api/ingest/stats?reset=true"), 30.0)
+            http_json(hub.url("/api/ingest/stats?reset=true"), 30.0, hub.token)
         base_rows = _sum_counter(hubs, "telemetry_rows")
         pids = [h.pid for h in hubs if h.pid is not None]
         say(f"hub pid(s) {', '.join(map(str, pids))} ready (log {hubs[0].log_path}); "
@@ -655,7 +674,7 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         db_cpu = tree_cpu_delta(db_cpu0, tree_cpu_s(pg_pid)) if pg_pid else None
         busy1, total1 = machine_ticks()
         hwm_kb = [proc_status_kb(p, "VmHWM") or k for p, k in zip(pids, peak_rss_kb, strict=True)]
-        per_hub = [http_json(h.url("/api/ingest/stats"), 60.0) for h in hubs]
+        per_hub = [http_json(h.url("/api/ingest/stats"), 60.0, h.token) for h in hubs]
         if profiler is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 profiler.wait(30)

@@ -547,8 +547,10 @@ def insert_units(url: str, count: int, prefix: str
 class IncidentPoster:
     """Operator cases at a steady rate, from a thread (blocking HTTP is fine there)."""
 
-    def __init__(self, base_url: str, rate: float, centres: list[tuple[float, float]]) -> None:
+    def __init__(self, base_url: str, rate: float, centres: list[tuple[float, float]],
+                 token: str | None) -> None:
         self.url = base_url + "/api/incidents"
+        self.token = token
         self.rate = rate
         self.centres = centres
         self.ok = 0
@@ -579,7 +581,8 @@ class IncidentPoster:
                 "title": f"压测占道经营 #{i}", "lon": lon + rng.uniform(-0.002, 0.002),
                 "lat": lat + rng.uniform(-0.002, 0.002), "reporter": "bench"}).encode()
             req = urllib.request.Request(self.url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": f"Bearer {self.token}"})
             t = time.monotonic()
             try:
                 with urllib.request.urlopen(req, timeout=10) as r:
@@ -702,7 +705,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         probes = Probes(hub.pid, {"hub": hub.pid, "broker": env.pid_of("mqtt/mosquitto.pid"),
                                   "db": env.pid_of("pg/postmaster.pid")})
         me = [sys.executable, "-m", "simulators.console_bench"]
-        url = f"ws://127.0.0.1:{hub.port}/ws/live"
+        url = f"ws://127.0.0.1:{hub.port}/ws/live?token={hub.token}"
         t_conn = time.monotonic()
         for i, n in enumerate(split_evenly(args.clients, args.client_procs)):
             children.append(_Child(f"clients{i}", [
@@ -719,7 +722,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for ch in children:
             probes.procs[ch.name] = ch.proc.pid
         probes.procs["generator"] = gps.proc.pid
-        poster = IncidentPoster(f"http://127.0.0.1:{hub.port}", args.incident_rate, centres)
+        poster = IncidentPoster(f"http://127.0.0.1:{hub.port}", args.incident_rate, centres,
+                                hub.token)
         poster.start()
         time.sleep(args.warmup)
 
