@@ -83,8 +83,9 @@ class IncidentUpdated(Event):
     kind: ClassVar[str] = "incident.updated"
     incident: Entity
     action: str = ""
-    # The unit taken off the case by a withdraw or decline (its phone is told).
-    unit: str = ""
+    # The unit taken off the case by a withdraw or decline (its phone is told). Not named
+    # "unit": that key carries a unit entity in every event (apply_to_state).
+    released_unit: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ def command_for(env: Envelope) -> Command | None:
             "reason": assignment.get("reason"),
         })
     if env.kind == "incident.updated" and p.get("action") in ("withdraw", "decline"):
-        unit = p.get("unit")
+        unit = p.get("released_unit")
         if unit:
             inc = p["incident"]
             return Command(str(unit), {

@@ -145,7 +145,7 @@ async def _release_unit(conn: Conn, incident_id: int, action: str, actor: str, n
             unit_id, incident_id)
     await outbox.record(conn, IncidentUpdated(
         incident=await store.incident_view(conn, incident_id), action=action,
-        unit=str(unit_id or "")))
+        released_unit=str(unit_id or "")))
     return str(unit_id) if unit_id else None
 
 

@@ -39,7 +39,7 @@ def test_an_assignment_sends_the_unit_a_dispatch_command() -> None:
 def test_a_withdrawal_tells_the_unit_taken_off_the_case() -> None:
     cmd = command_for(_env(42, "incident.updated", {
         "incident": {**INCIDENT, "state": "registered"}, "action": "withdraw",
-        "unit": "patrol-03"}))
+        "released_unit": "patrol-03"}))
     assert cmd is not None and cmd.unit_id == "patrol-03"
     assert cmd.payload == {"id": "42", "type": "withdraw", "ts": 1_700_000_042.0,
                            "incident_id": 12, "action": "withdraw"}
@@ -49,7 +49,7 @@ def test_other_events_send_nothing() -> None:
     assert command_for(_env(1, "incident.updated", {"incident": INCIDENT,
                                                     "action": "accept"})) is None
     assert command_for(_env(2, "incident.updated", {"incident": INCIDENT, "action": "withdraw",
-                                                    "unit": ""})) is None
+                                                    "released_unit": ""})) is None
     assert command_for(_env(3, "alarm.raised", {"alarm": {"id": 1}})) is None
 
 
