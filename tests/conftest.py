@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -26,8 +27,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
+import paho.mqtt.client as mqtt
 import pytest
 import pytest_asyncio
+import websockets
 
 from core.db import connect
 from ingest.mqtt import BrokerAddress, make_client
@@ -171,6 +174,15 @@ class HubProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def client(self, **kw: Any) -> httpx.AsyncClient:
+        """An HTTP client for this hub's API: tests reach the hub through this (or ``url``)
+        so that whatever a request needs to be let in is added here, once."""
+        return httpx.AsyncClient(base_url=self.url, **kw)
+
+    def websocket(self, path: str = "/ws/live", **kw: Any) -> Any:
+        """``async with hub.websocket() as ws``: a websocket to this hub (the live feed)."""
+        return websockets.connect(f"ws://127.0.0.1:{self.port}{path}", **kw)
+
     def start(self, timeout: float = 60.0) -> HubProcess:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -213,12 +225,20 @@ def hub(db_url: str, mqtt_url: str) -> Iterator[HubProcess]:
     proc.stop()
 
 
+def mqtt_client(url: str, client_id: str | None = None, **kw: Any) -> mqtt.Client:
+    """A paho client for a test (not started): every test's MQTT connection is made here,
+    so that whatever the broker asks of a client is added once. ``kw`` goes to
+    ``ingest.mqtt.make_client`` (``persistent``, ``session_expiry_s``, ...)."""
+    kw.setdefault("persistent", False)
+    return make_client(client_id or f"test-{uuid.uuid4().hex[:8]}", BrokerAddress.parse(url),
+                       **kw)
+
+
 class Publisher:
     """A QoS1 MQTT 5 publisher that waits for each PUBACK (tests publish little)."""
 
-    def __init__(self, url: str) -> None:
-        self.client = make_client(f"test-pub-{uuid.uuid4().hex[:8]}", BrokerAddress.parse(url),
-                                  persistent=False)
+    def __init__(self, url: str, client_id: str | None = None, **kw: Any) -> None:
+        self.client = mqtt_client(url, client_id or f"test-pub-{uuid.uuid4().hex[:8]}", **kw)
         self.client.loop_start()
         deadline = time.monotonic() + 10
         while not self.client.is_connected():
@@ -298,3 +318,75 @@ class ThrowawayPostgres:
 
 def town_doc() -> dict[str, Any]:
     return json.loads((ROOT / "simulators" / "data" / "xuxiake.json").read_text("utf-8"))
+
+
+class ThrowawayMosquitto:
+    """A private Mosquitto for one test, which the test may stop and start (a fault test)
+    without touching the shared test broker. Its configuration is rendered from
+    scripts/mosquitto.conf.in exactly as ``hubctl`` renders it (scripts/lib.sh
+    ``mqtt_start``), persistence included, so QoS1 sessions survive a restart."""
+
+    TEMPLATE = ROOT / "scripts" / "mosquitto.conf.in"
+
+    def __init__(self) -> None:
+        (ROOT / "var" / "test").mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix="mqtt-", dir=ROOT / "var" / "test"))
+        (self.dir / "data").mkdir()
+        self.port = free_port()
+        user = "gridhub" if os.geteuid() == 0 else os.environ.get("USER") or str(os.geteuid())
+        if os.geteuid() == 0:  # Mosquitto drops to the services' account: let it write here
+            for p in (self.dir, self.dir / "data"):
+                shutil.chown(p, "gridhub")
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text(render_mosquitto_conf(self.TEMPLATE.read_text(), {
+            "PORT": str(self.port), "DATA": f"{self.dir}/data/", "USER": user,
+            "LOG": str(self.dir / "mosquitto.log"), "PID": str(self.dir / "mosquitto.pid")}))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> ThrowawayMosquitto:
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.log()}")
+
+    def stop(self) -> None:
+        """SIGTERM, as a service manager would: Mosquitto saves its persistence file."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def log(self) -> str:
+        try:
+            return (self.dir / "mosquitto.log").read_text()[-2000:]
+        except OSError:
+            return ""
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def render_mosquitto_conf(template: str, values: dict[str, str]) -> str:
+    """scripts/mosquitto.conf.in with its ``@NAME@`` placeholders filled in (as lib.sh's
+    sed does); a placeholder left unfilled is an error rather than a broken broker."""
+    for name, value in values.items():
+        template = template.replace(f"@{name}@", value)
+    left = sorted(set(re.findall(r"@[A-Z_]+@", template)))
+    if left:
+        raise RuntimeError(f"mosquitto.conf.in placeholders not filled: {left}")
+    return template
