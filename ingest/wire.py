@@ -326,6 +326,8 @@ def _telemetry(
         return _schema_error(exc)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return _json_error(payload, exc)
+    except RecursionError:
+        return _too_deep()
     items = msg if isinstance(msg, list) else (msg,)
     max_records = limits.max_records
     if len(items) > max_records:
@@ -381,6 +383,8 @@ def _gps(unit_id: str, payload: bytes, received_at: float, limits: Limits) -> De
         return _schema_error(exc)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return _json_error(payload, exc)
+    except RecursionError:
+        return _too_deep()
     items = msg if isinstance(msg, list) else (msg,)
     if len(items) > limits.max_records:
         return _too_many(len(items), limits.max_records)
@@ -426,6 +430,8 @@ def _senml(
         return _schema_error(exc)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return _json_error(payload, exc)
+    except RecursionError:
+        return _too_deep()
     if len(pack) > limits.max_records:
         return _too_many(len(pack), limits.max_records)
     if b'_"' in payload:  # cheap guard; the exact check decodes again
@@ -501,6 +507,8 @@ def _owntracks(
         return _schema_error(exc)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return _json_error(payload, exc)
+    except RecursionError:
+        return _too_deep()
     if msg.type != "location":
         if msg.type == "encrypted":
             return DecodeError("unsupported_value", "OwnTracks payload encryption is not supported")
@@ -543,6 +551,13 @@ def _bad_id(what: str, value: str) -> DecodeError:
 
 def _too_many(count: int, limit: int) -> DecodeError:
     return DecodeError("too_many", f"{count} records in one message, limit {limit}")
+
+
+def _too_deep() -> DecodeError:
+    # msgspec recurses into fields the typed decoders skip (SenML and OwnTracks ignore
+    # unknown fields): ~1,000 levels of [[[...]]] in 2 KB would otherwise raise
+    # RecursionError out of decode() and stop the burst it came in.
+    return DecodeError("bad_schema", "JSON nested too deeply")
 
 
 def _schema_error(exc: msgspec.ValidationError) -> DecodeError:
@@ -644,6 +659,8 @@ def _must_understand(payload: bytes) -> DecodeError | None:
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         # Bytes inside ignored fields are not checked by the typed decoder.
         return _json_error(payload, exc)
+    except RecursionError:
+        return _too_deep()
     for rec in pack:
         for label in rec:
             if label.endswith("_"):

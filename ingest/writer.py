@@ -76,6 +76,22 @@ def ts_of(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
+def pg_text(text: str) -> str:
+    """``text`` as PostgreSQL can store it: NUL escaped, lone surrogates backslash-escaped.
+
+    A decode error's detail can quote attacker-chosen text (an unknown JSON field whose
+    name is a NUL character); PostgreSQL refuses NUL in text, the whole batch would fail,
+    and the writer would retry it forever with nothing acknowledged: one message would
+    stop ingest."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 @dataclass
 class Batch:
     telemetry: list[TelemetryRow] = field(default_factory=list)
@@ -159,9 +175,9 @@ class BatchWriter:
 
     def add_dead_letter(self, topic: str, payload: bytes, reason: str, detail: str,
                         received_at: float) -> None:
-        self.current.dead.append((ts_of(received_at), topic,
+        self.current.dead.append((ts_of(received_at), pg_text(topic),
                                   payload[: self.dead_letter_max_bytes], len(payload),
-                                  reason, detail[:500]))
+                                  reason, pg_text(detail[:500])))
         self._touch()
 
     def add_ack(self, mid: int, generation: int) -> None:

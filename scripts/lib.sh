@@ -1,14 +1,14 @@
 # shellcheck shell=bash
 # Set-up and service management for hubctl. Sourced, not run.
 #
-# Every environment (demo, test, bench) has its own data directory var/<env>/ and its own
+# Every environment (demo, test, bench, chaos) has its own data directory var/<env>/ and its own
 # loopback ports, so a test run never touches the demo's data and none of them clash with
 # system services on the standard ports (5432, 1883, 80).
 
 # Ports per environment: (postgres mqtt http). Away from the standard ports on purpose.
-declare -A PG_PORTS=([demo]=54381 [test]=54382 [bench]=54383)
-declare -A MQTT_PORTS=([demo]=18831 [test]=18832 [bench]=18833)
-declare -A HTTP_PORTS=([demo]=8081 [test]=8082 [bench]=8083)
+declare -A PG_PORTS=([demo]=54381 [test]=54382 [bench]=54383 [chaos]=54384)
+declare -A MQTT_PORTS=([demo]=18831 [test]=18832 [bench]=18833 [chaos]=18834)
+declare -A HTTP_PORTS=([demo]=8081 [test]=8082 [bench]=8083 [chaos]=8084)
 
 log() { printf '\033[1;34m[hubctl]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31m[hubctl] error:\033[0m %s\n' "$*" >&2; exit 1; }
@@ -19,7 +19,7 @@ as_root() {
 
 hub_env() {
   ENVNAME="$1"
-  [ -n "${PG_PORTS[$ENVNAME]:-}" ] || die "unknown environment $ENVNAME (demo, test or bench)"
+  [ -n "${PG_PORTS[$ENVNAME]:-}" ] || die "unknown environment $ENVNAME (demo, test, bench or chaos)"
   # HUBCTL_SLOT=N (1-9) runs a second copy of an environment beside the first (another
   # checkout's test suite, say): ports shifted by 100*N, data under var/<env>-N/.
   local slot="${HUBCTL_SLOT:-0}"

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -24,12 +25,14 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 import httpx
+import paho.mqtt.client as mqtt
 import pytest
 import pytest_asyncio
+import websockets
 
 from core.db import connect
 from ingest.mqtt import BrokerAddress, make_client
@@ -236,6 +239,12 @@ class HubProcess:
                    ) -> str:
         return cli_token(self.db_url, role, unit=unit, name=name)
 
+    def websocket(self, path: str = "/ws/live", **kw: Any) -> Any:
+        """``async with hub.websocket() as ws``: a websocket to this hub (the live feed),
+        authenticated with the admin token."""
+        kw.setdefault("additional_headers", self.headers)
+        return websockets.connect(f"ws://127.0.0.1:{self.port}{path}", **kw)
+
     def start(self, timeout: float = 60.0) -> HubProcess:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -287,13 +296,22 @@ def hub(db_url: str, mqtt_url: str) -> Iterator[HubProcess]:
     proc.stop()
 
 
+def mqtt_client(url: str, client_id: str | None = None, **kw: Any) -> mqtt.Client:
+    """A paho client for a test (not started): every test's MQTT connection is made here,
+    so that whatever the broker asks of a client is added once. ``kw`` goes to
+    ``ingest.mqtt.make_client`` (``persistent``, ``session_expiry_s``, ...)."""
+    kw.setdefault("persistent", False)
+    return make_client(client_id or f"test-{uuid.uuid4().hex[:8]}", BrokerAddress.parse(url),
+                       **kw)
+
+
 class Publisher:
     """A QoS1 MQTT 5 publisher that waits for each PUBACK (tests publish little); it logs in
     to ``url``'s broker as the tests' gateway account."""
 
-    def __init__(self, url: str) -> None:
-        self.client = make_client(f"test-pub-{uuid.uuid4().hex[:8]}",
-                                  BrokerAddress.parse(gateway_url(url)), persistent=False)
+    def __init__(self, url: str, client_id: str | None = None, **kw: Any) -> None:
+        self.client = mqtt_client(gateway_url(url),
+                                  client_id or f"test-pub-{uuid.uuid4().hex[:8]}", **kw)
         self.client.loop_start()
         deadline = time.monotonic() + 10
         while not self.client.is_connected():
@@ -395,15 +413,38 @@ class ThrowawayMosquitto:
         self.password_file = self.dir / "passwords"
         self.acl_file = self.dir / "acl"
         self.pid_file = self.dir / "mosquitto.pid"
-        conf = (ROOT / "scripts" / "mosquitto.conf.in").read_text()
-        for key, value in {"PORT": str(self.port), "DATA": f"{self.dir}/data/", "USER": user,
-                           "LOG": str(self.dir / "mosquitto.log"), "PID": str(self.pid_file),
-                           "PASSWORDS": str(self.password_file),
-                           "ACL": str(self.acl_file)}.items():
-            conf = conf.replace(f"@{key}@", value)
         self.conf = self.dir / "mosquitto.conf"
-        self.conf.write_text(conf)
+        self.conf.write_text(render_mosquitto_conf(
+            (ROOT / "scripts" / "mosquitto.conf.in").read_text(),
+            {"PORT": str(self.port), "DATA": f"{self.dir}/data/", "USER": user,
+             "LOG": str(self.dir / "mosquitto.log"), "PID": str(self.pid_file),
+             "PASSWORDS": str(self.password_file), "ACL": str(self.acl_file)}))
         self.proc: subprocess.Popen[bytes] | None = None
+        self.hub_url = ""
+        self.gateway_url = ""
+
+    def with_accounts(self) -> ThrowawayMosquitto:
+        """Write the files for a hub account and a fleet account (the tests' gateway
+        name, so that ``Publisher`` logs in here as it does on the shared broker):
+        ``hub_url`` and ``gateway_url`` then carry their credentials."""
+        from hub import mqtt_files  # the hub's own renderer
+
+        gw = urlsplit(os.environ.get("HUB_TEST_MQTT_URL", ""))
+        gw_user = unquote(gw.username) if gw.username else "gw-test"
+        gw_password = unquote(gw.password) if gw.password else mqtt_files.new_password()
+        hub_password = mqtt_files.new_password()
+        accounts = [
+            mqtt_files.Account("hub", "service", mqtt_files.hash_password(hub_password)),
+            mqtt_files.Account(gw_user, "fleet", mqtt_files.hash_password(gw_password))]
+        self.password_file.write_text(mqtt_files.render_passwords(accounts))
+        self.acl_file.write_text(mqtt_files.render_acl(accounts))
+        if os.geteuid() == 0:  # the broker runs as the services' account
+            for f in (self.password_file, self.acl_file):
+                shutil.chown(f, "gridhub")
+                f.chmod(0o600)
+        self.hub_url = self.url("hub", hub_password)
+        self.gateway_url = self.url(gw_user, gw_password)
+        return self
 
     def url(self, username: str, password: str) -> str:
         return f"mqtt://{username}:{password}@127.0.0.1:{self.port}"
@@ -428,6 +469,19 @@ class ThrowawayMosquitto:
             time.sleep(0.05)
         raise RuntimeError(f"mosquitto did not start: {self.log()[-2000:]}")
 
+    def stop(self) -> None:
+        """SIGTERM, as a service manager would: Mosquitto saves its persistence file."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+        self.pid_file.unlink(missing_ok=True)
+
     def log(self) -> str:
         try:
             return (self.dir / "mosquitto.log").read_text()
@@ -435,15 +489,20 @@ class ThrowawayMosquitto:
             return ""
 
     def destroy(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def town_doc() -> dict[str, Any]:
     return json.loads((ROOT / "simulators" / "data" / "xuxiake.json").read_text("utf-8"))
+
+
+def render_mosquitto_conf(template: str, values: dict[str, str]) -> str:
+    """scripts/mosquitto.conf.in with its ``@NAME@`` placeholders filled in (as lib.sh's
+    sed does); a placeholder left unfilled is an error rather than a broken broker."""
+    for name, value in values.items():
+        template = template.replace(f"@{name}@", value)
+    left = sorted(set(re.findall(r"@[A-Z_]+@", template)))
+    if left:
+        raise RuntimeError(f"mosquitto.conf.in placeholders not filled: {left}")
+    return template

@@ -29,3 +29,30 @@ def test_compose_services_healthchecks_and_dependencies() -> None:
     conf = (ROOT / "deploy" / "mosquitto.conf").read_text()
     assert "set_tcp_nodelay true" in conf
     assert (ROOT / "deploy" / "Dockerfile").exists()
+
+
+def test_compose_scales_ingest_and_web_replicas_by_role() -> None:
+    doc = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
+    services = doc["services"]
+    roles = {}
+    for name in ("ingest", "web", "dispatch"):
+        svc = services[name]
+        assert svc["profiles"] == ["scale"], name
+        assert svc["deploy"]["replicas"] >= 2, name
+        command = " ".join(svc["command"])
+        roles[name] = command.split("--roles")[1].split()[0]
+        assert svc["depends_on"]["init"]["condition"] == "service_completed_successfully"
+        assert svc["environment"]["HUB_DATABASE_URL"].startswith("postgresql://")
+        assert "test" in svc["healthcheck"]
+        assert "ports" not in svc or name == "web", f"{name} replicas must not share a port"
+    assert roles == {"ingest": "ingest", "web": "web", "dispatch": "dispatch"}
+    # replicas share the subscription, each under its own client id
+    ingest = services["ingest"]
+    assert ingest["environment"]["HUB_MQTT_SHARE_GROUP"]
+    assert "HUB_MQTT_CLIENT_ID=" in " ".join(ingest["command"])
+    assert "$$(hostname)" in " ".join(ingest["command"])
+    # web replicas get a range of host ports, not one fixed port
+    assert all("-" in p.split(":")[1] for p in services["web"]["ports"])
+    assert services["init"]["command"][-2:] == ["load-town", "--if-empty"]
+    # the all-in-one hub stays the default
+    assert "profiles" not in services["hub"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
@@ -31,30 +30,20 @@ GW_PASSWORD = unquote(_gw.password) if _gw.password else mqtt_files.new_password
 
 @pytest.fixture(scope="module")
 def broker() -> Iterator[ThrowawayMosquitto]:
-    """A private broker: the hub account reads ingest topics, a gateway writes them (the
-    shared broker's other hubs would otherwise take these messages too)."""
-    b = ThrowawayMosquitto()
-    accounts = [mqtt_files.Account("hub", "service", mqtt_files.hash_password(HUB_PASSWORD)),
-                mqtt_files.Account(GW_USER, "gateway", mqtt_files.hash_password(GW_PASSWORD))]
-    b.password_file.write_text(mqtt_files.render_passwords(accounts))
-    b.acl_file.write_text(mqtt_files.render_acl(accounts))
-    if os.geteuid() == 0:  # the broker runs as the services' account
-        for f in (b.password_file, b.acl_file):
-            shutil.chown(f, "gridhub")
-            f.chmod(0o600)
-    b.start()
+    """A private broker: the shared one's other hubs would take these messages too."""
+    b = ThrowawayMosquitto().with_accounts().start()
     yield b
     b.destroy()
 
 
 @pytest.fixture(scope="module")
 def hub_url(broker: ThrowawayMosquitto) -> str:
-    return broker.url("hub", HUB_PASSWORD)
+    return broker.hub_url
 
 
 @pytest.fixture(scope="module")
 def gateway(broker: ThrowawayMosquitto) -> Iterator[Publisher]:
-    pub = Publisher(broker.url(GW_USER, GW_PASSWORD))
+    pub = Publisher(broker.gateway_url)
     yield pub
     pub.close()
 

@@ -1,0 +1,426 @@
+"""Fault scenarios against the local services: ``python -m simulators.chaos`` (``./hubctl chaos``).
+
+``./hubctl chaos`` starts the chaos environment's private PostgreSQL+TimescaleDB and
+Mosquitto (ports 54384/18834/8084) and exports ``HUB_*``. Each scenario runs on a scratch
+database of its own with the demo town and ``--devices`` bench devices, under steady QoS1
+load, injects one fault a third of the way in, and counts in the database:
+
+- ``kill_hub``: kill -9 the (all-roles) hub, start it again;
+- ``restart_postgres``: ``pg_ctl restart -m fast`` of the environment's cluster;
+- ``restart_mosquitto``: SIGTERM the environment's broker (it saves its persistence file)
+  and start it again from the same configuration;
+- ``leader_failover``: two hubs with the dispatch role; kill -9 the leader while operator
+  reports keep arriving; count the cases dispatched more than once.
+
+Load: the load generator's token bucket (simulators/loadgen.py ``TokenBucket``) paces
+``--rate`` single-reading messages/s over ``--devices`` device ids, from a paho client on a
+persistent session that records each PUBACK. Not loadgen's ``mosquitto_pub -l`` workers:
+those drop what is in flight when their connection breaks and cannot report PUBACKs, and a
+broker restart is one of the faults. Definitions: ``sent`` messages published, ``acked``
+PUBACKed by the broker, ``stored`` distinct messages in the database, ``lost`` acked but not
+stored, ``duplicated`` stored rows beyond one per message; ``recovery_s`` from the fault to
+the service answering again (hub healthy and subscribed, database accepting commits, broker
+subscribed, new leader holding the lock), ``catch_up_s`` from the fault until every message
+sent before recovery is stored.
+
+Every process started here is stopped (always); the last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import defaultdict, deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from dispatch.leader import LEADER_LOCK_KEY
+from ingest import wire
+from ingest.mqtt import BrokerAddress, make_client
+from simulators import loadgen
+from simulators.bench import (
+    BenchEnv,
+    HubProcess,
+    ScratchDatabase,
+    SyncDb,
+    free_port,
+    say,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("kill_hub", "restart_postgres", "restart_mosquitto", "leader_failover")
+# The fault comes this far into the load, and the service stays down this long.
+FAULT_AT = 1 / 3
+DOWN_S = 2.0
+# Messages a publisher may have out without a PUBACK: bounds what paho queues while the
+# broker is away (paho message ids wrap at 65,535).
+WINDOW = 2000
+
+
+class AckedLoad:
+    """Paced QoS1 single-reading messages from a thread; records which were PUBACKed.
+
+    Message ``i`` goes to device ``i % devices`` with value ``i`` (its id in the database)."""
+
+    def __init__(self, mqtt_url: str, prefix: str, devices: int, rate: float) -> None:
+        self.client = make_client(f"chaos-load-{secrets.token_hex(4)}",
+                                  BrokerAddress.parse(mqtt_url), persistent=True,
+                                  session_expiry_s=600)
+        self.client.on_publish = self._on_publish
+        self.topics = [wire.telemetry_topic(d) for d in loadgen.device_ids(devices, prefix)]
+        self.rate = rate
+        self.sent = 0
+        self._by_mid: dict[int, list[int]] = defaultdict(list)
+        self._acked: deque[int] = deque()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        self._acked.append(mid)
+
+    def _run(self) -> None:
+        bucket = loadgen.TokenBucket(self.rate, self.rate * 0.1, time.monotonic())
+        while not self._stop.is_set():
+            room = WINDOW - (self.sent - len(self._acked))
+            n = bucket.take(time.monotonic(), max(0, room))
+            for _ in range(n):
+                i = self.sent
+                info = self.client.publish(
+                    self.topics[i % len(self.topics)],
+                    wire.encode_telemetry(time.time(), {loadgen.METRIC: float(i)}), qos=1)
+                self._by_mid[info.mid].append(i)
+                self.sent += 1
+            time.sleep(0.005)
+
+    def start(self) -> AckedLoad:
+        self.client.loop_start()
+        deadline = time.monotonic() + 15
+        while not self.client.is_connected():
+            if time.monotonic() > deadline:
+                raise RuntimeError("load publisher could not connect")
+            time.sleep(0.05)
+        self._thread.start()
+        return self
+
+    def stop(self, drain_s: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        deadline = time.monotonic() + drain_s
+        while len(self._acked) < self.sent and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def acked(self) -> set[int]:
+        count: dict[int, int] = defaultdict(int)
+        for mid in list(self._acked):
+            count[mid] += 1
+        return {i for mid, n in count.items() for i in self._by_mid[mid][:n]}
+
+
+def _stored(url: str, prefix: str) -> tuple[set[int], int]:
+    with SyncDb(url) as db:
+        rows = db.fetch("SELECT value::bigint AS v FROM telemetry WHERE starts_with(device_id, $1)",
+                        prefix)
+    return {int(r["v"]) for r in rows}, len(rows)
+
+
+def _wait_stored(url: str, prefix: str, want: set[int], timeout_s: float) -> float | None:
+    """Seconds until every message in ``want`` is stored, or None after ``timeout_s``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if want <= _stored(url, prefix)[0]:
+            return time.monotonic() - t0
+        time.sleep(0.25)
+    return None
+
+
+def _until(check: Callable[[], bool], timeout_s: float, interval: float = 0.05) -> float | None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            if check():
+                return time.monotonic() - t0
+        except (OSError, ValueError, asyncpg.PostgresError):
+            pass
+        time.sleep(interval)
+    return None
+
+
+def _subscribed(hub: HubProcess) -> Callable[[], bool]:
+    return lambda: hub.health().get("mqtt") == "subscribed" and hub.health().get(
+        "status") == "ok"
+
+
+def _leader_pid(url: str) -> int | None:
+    with SyncDb(url) as db:
+        pid = db.fetchval("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                          "AND classid = 0 AND objid = $1", LEADER_LOCK_KEY)
+    return int(pid) if pid is not None else None
+
+
+class Services:
+    """The chaos environment's own PostgreSQL and Mosquitto, restarted in place."""
+
+    def __init__(self, env: BenchEnv) -> None:
+        self.env = env
+        self.var = env.var_dir
+        major = sorted(Path("/usr/lib/postgresql").iterdir(), key=lambda p: int(p.name))[-1]
+        self.pg_ctl = major / "bin" / "pg_ctl"
+        self.prefix = ["runuser", "-u", "gridhub", "--"] if os.geteuid() == 0 else []
+
+    def restart_postgres(self) -> None:
+        subprocess.run([*self.prefix, str(self.pg_ctl), "-D", str(self.var / "pg"), "-m",
+                        "fast", "-w", "stop"], check=True, capture_output=True)
+        time.sleep(DOWN_S)
+        subprocess.run([*self.prefix, str(self.pg_ctl), "-D", str(self.var / "pg"), "-l",
+                        str(self.var / "log" / "pg.log"), "-w", "start"], check=True,
+                       capture_output=True)
+
+    def restart_mosquitto(self) -> None:
+        pid = self.env.pid_of("mqtt/mosquitto.pid")
+        if pid is None:
+            raise RuntimeError("no mosquitto pid file: is this the hubctl chaos environment?")
+        os.kill(pid, signal.SIGTERM)  # Mosquitto saves its persistence file on SIGTERM
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        time.sleep(DOWN_S)
+        conf = self.var / "mqtt" / "mosquitto.conf"
+        subprocess.run(["mosquitto", "-c", str(conf), "-d"], check=True)
+
+
+class Scenario:
+    """One scratch database, its hubs and its load; ``run`` returns the scenario's figures."""
+
+    def __init__(self, name: str, env: BenchEnv, args: argparse.Namespace) -> None:
+        self.name = name
+        self.env = env
+        self.args = args
+        run_id = f"{time.strftime('%Y%m%d_%H%M%S')}_{secrets.token_hex(2)}"
+        self.prefix = f"CH{secrets.token_hex(2)}-"
+        self.db = ScratchDatabase(env.database_url, f"chaos_{name}_{run_id}",
+                                  admin_url=os.environ.get("HUB_ADMIN_DATABASE_URL"))
+        self.group = f"chaos{secrets.token_hex(3)}"
+        self.hubs: list[HubProcess] = []
+        self.mqtt_url = f"mqtt://127.0.0.1:{env.mqtt_port}"
+
+    def hub(self, roles: str, **extra: str) -> HubProcess:
+        h = HubProcess({**os.environ, "HUB_DATABASE_URL": self.db.url,
+                        "HUB_MQTT_URL": self.mqtt_url,
+                        "HUB_MQTT_CLIENT_ID": f"chaos-{secrets.token_hex(4)}",
+                        "HUB_MQTT_SHARE_GROUP": self.group,
+                        "HUB_MQTT_SESSION_EXPIRY_S": "600",
+                        "HUB_HTTP_PORT": str(free_port()), **extra}, roles,
+                       self.env.var_dir / "log" / f"chaos-{self.name}-{len(self.hubs)}.log")
+        self.hubs.append(h)
+        return h
+
+    def setup(self) -> None:
+        from simulators.bench import _register_devices
+
+        self.db.create()
+        subprocess.run([sys.executable, "-m", "hub", "load-town"], cwd=ROOT, check=True,
+                       env={**os.environ, "HUB_DATABASE_URL": self.db.url},
+                       stdout=subprocess.DEVNULL)
+        _register_devices(self.db.url, self.args.devices, self.prefix)
+
+    def run(self) -> dict[str, Any]:
+        try:
+            self.setup()
+            return getattr(self, self.name)()
+        finally:
+            for h in self.hubs:
+                if h.proc is not None and h.proc.poll() is None:
+                    h.proc.kill()  # the scenario is over; the database is dropped next
+                    h.proc.wait()
+            self.db.drop()
+
+    def _load(self) -> AckedLoad:
+        return AckedLoad(self.mqtt_url, self.prefix, self.args.devices, self.args.rate).start()
+
+    def _finish(self, load: AckedLoad, fault_t: float, recovery_s: float | None,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        # Catch-up: everything acknowledged by now (the backlog of the outage) stored.
+        cu = _wait_stored(self.db.url, self.prefix, load.acked(), 120.0)
+        catch_up_s = None if cu is None else time.monotonic() - fault_t
+        rest = self.args.duration * (1 - FAULT_AT) - (time.monotonic() - fault_t)
+        time.sleep(max(0.0, rest))
+        load.stop()
+        acked = load.acked()
+        _wait_stored(self.db.url, self.prefix, acked, 60.0)
+        stored, rows = _stored(self.db.url, self.prefix)
+        out = {"sent": load.sent, "acked": len(acked), "stored": len(stored),
+               "lost": len(acked - stored), "duplicated": rows - len(stored),
+               "stored_unacked": len(stored - acked),
+               "recovery_s": None if recovery_s is None else round(recovery_s, 2),
+               "catch_up_s": None if catch_up_s is None else round(catch_up_s, 2)}
+        out.update(extra or {})
+        say(f"{self.name}: {json.dumps(out)}")
+        return out
+
+    def _wait_start(self, *hubs: HubProcess) -> None:
+        for h in hubs:
+            h.start()
+        for h in hubs:
+            h.wait_healthy()
+        for h in hubs:
+            if "ingest" in h.roles and _until(_subscribed(h), 30) is None:
+                raise RuntimeError(f"hub not subscribed:\n{h.log_tail()}")
+
+    # ---- scenarios
+    def kill_hub(self) -> dict[str, Any]:
+        hub = self.hub("ingest,dispatch,web")
+        self._wait_start(hub)
+        load = self._load()
+        time.sleep(self.args.duration * FAULT_AT)
+        t = time.monotonic()
+        assert hub.proc is not None
+        hub.proc.kill()  # kill -9
+        hub.proc.wait()
+        time.sleep(DOWN_S)
+        hub.start()
+        rec = _until(_subscribed(hub), 90)
+        return self._finish(load, t, None if rec is None else time.monotonic() - t)
+
+    def restart_postgres(self) -> dict[str, Any]:
+        hub = self.hub("ingest,web")
+        self._wait_start(hub)
+        load = self._load()
+        time.sleep(self.args.duration * FAULT_AT)
+        t = time.monotonic()
+        Services(self.env).restart_postgres()
+
+        def rows() -> int:
+            return int(hub.ingest_counters().get("telemetry_rows", 0) or 0)
+
+        up = rows()
+        rec = _until(lambda: rows() > up, 90, 0.05)  # the first commit after the restart
+        return self._finish(load, t, None if rec is None else time.monotonic() - t)
+
+    def restart_mosquitto(self) -> dict[str, Any]:
+        # A plain (not shared) subscription: Mosquitto 2.0 does not persist shared ones
+        # (docs/DEPLOYMENT.md); the shared case is measured separately below.
+        hub = self.hub("ingest,web", HUB_MQTT_SHARE_GROUP=self.args.mosquitto_share or "")
+        self._wait_start(hub)
+        load = self._load()
+        time.sleep(self.args.duration * FAULT_AT)
+        t = time.monotonic()
+        Services(self.env).restart_mosquitto()
+        time.sleep(0.5)  # paho notices the broker left
+        rec = _until(_subscribed(hub), 90)
+        return self._finish(load, t, None if rec is None else time.monotonic() - t,
+                            {"subscription": "shared" if self.args.mosquitto_share
+                             else "plain"})
+
+    def leader_failover(self) -> dict[str, Any]:
+        ingest = self.hub("ingest")
+        a = self.hub("dispatch,web")
+        self._wait_start(ingest, a)
+        first = None
+        if _until(lambda: _leader_pid(self.db.url) is not None, 30) is not None:
+            first = _leader_pid(self.db.url)
+        b = self.hub("dispatch,web")
+        self._wait_start(b)
+        load = self._load()
+        reports: list[int] = []
+        stop = threading.Event()
+
+        def report() -> None:  # an operator report every 0.5 s, through the surviving node
+            i = 0
+            with SyncDb(self.db.url) as db:
+                pts = db.fetch("SELECT lon, lat FROM devices WHERE model <> 'bench' "
+                               "ORDER BY id LIMIT 40")
+            while not stop.is_set():
+                p = pts[i % len(pts)]
+                body = json.dumps({"category": "city_order", "qualification": "city_management",
+                                   "priority": 3, "title": f"chaos #{i}", "reporter": "chaos",
+                                   "lon": p["lon"], "lat": p["lat"]}).encode()
+                try:
+                    req = urllib.request.Request(b.url("/api/incidents"), body,
+                                                 {"Content-Type": "application/json"})
+                    with urllib.request.urlopen(req, timeout=5) as r:
+                        reports.append(int(json.loads(r.read())["id"]))
+                except OSError:
+                    pass
+                i += 1
+                stop.wait(0.5)
+
+        reporter = threading.Thread(target=report, daemon=True)
+        reporter.start()
+        time.sleep(self.args.duration * FAULT_AT)
+        t = time.monotonic()
+        assert a.proc is not None
+        a.proc.kill()
+        a.proc.wait()
+        rec = _until(lambda: _leader_pid(self.db.url) not in (None, first), 60)
+        rec_s = None if rec is None else time.monotonic() - t
+        out = self._finish(load, t, rec_s)
+        stop.set()
+        reporter.join(10)
+        time.sleep(2.0)
+        with SyncDb(self.db.url) as db:
+            twice = db.fetchval(
+                "SELECT count(*) FROM (SELECT incident_id FROM case_log WHERE "
+                "incident_id = ANY($1) AND action = 'dispatch' GROUP BY 1 "
+                "HAVING count(*) > 1) x", reports)
+            done = db.fetchval("SELECT count(DISTINCT incident_id) FROM assignments "
+                               "WHERE incident_id = ANY($1)", reports)
+        out.update({"first_leader_was_a": first is not None, "cases": len(reports),
+                    "cases_dispatched": int(done), "cases_dispatched_twice": int(twice)})
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m simulators.chaos",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    p.add_argument("--duration", type=float, default=15.0, help="seconds of load per scenario")
+    p.add_argument("--rate", type=float, default=500.0, help="messages/s offered")
+    p.add_argument("--devices", type=int, default=500, help="bench device ids")
+    p.add_argument("--mosquitto-share", default="",
+                   help="restart_mosquitto with this shared-subscription group (default: a "
+                        "plain subscription)")
+    args = p.parse_args(argv)
+    env = BenchEnv.from_environ()
+    names = [n for n in args.scenarios.split(",") if n]
+    bad = [n for n in names if n not in SCENARIOS]
+    if bad:
+        p.error(f"unknown scenario(s) {bad}")
+    say(f"chaos: {', '.join(names)}; {args.rate:.0f} msg/s for {args.duration:.0f}s each, "
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    results: dict[str, Any] = {}
+    for name in names:
+        try:
+            results[name] = Scenario(name, env, args).run()
+        except (RuntimeError, OSError, asyncpg.PostgresError, subprocess.SubprocessError) as e:
+            say(f"{name} failed: {e}")
+            results[name] = {"error": str(e)}
+    keys = ("sent", "acked", "stored", "lost", "duplicated")
+    total = {k: sum(int(r.get(k, 0)) for r in results.values()) for k in keys}
+    ok = all("error" not in r for r in results.values()) and total["lost"] == 0 and \
+        total["duplicated"] == 0 and all(r.get("cases_dispatched_twice", 0) == 0
+                                         for r in results.values())
+    print(json.dumps({"chaos": results, "total": total, "ok": ok,
+                      "rate": args.rate, "duration_s": args.duration,
+                      "ncpu": os.cpu_count()}), flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
