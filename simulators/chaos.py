@@ -42,6 +42,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 
@@ -57,6 +58,7 @@ from simulators.bench import (
     free_port,
     say,
 )
+from simulators.mqtt_login import login_at
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("kill_hub", "restart_postgres", "restart_mosquitto", "leader_failover")
@@ -204,6 +206,11 @@ class Services:
         subprocess.run(["mosquitto", "-c", str(conf), "-d"], check=True)
 
 
+def _url(addr: BrokerAddress) -> str:
+    auth = f"{quote(addr.username or '')}:{quote(addr.password or '')}@" if addr.username else ""
+    return f"mqtt://{auth}{addr.host}:{addr.port}"
+
+
 class Scenario:
     """One scratch database, its hubs and its load; ``run`` returns the scenario's figures."""
 
@@ -217,7 +224,9 @@ class Scenario:
                                   admin_url=os.environ.get("HUB_ADMIN_DATABASE_URL"))
         self.group = f"chaos{secrets.token_hex(3)}"
         self.hubs: list[HubProcess] = []
-        self.mqtt_url = f"mqtt://127.0.0.1:{env.mqtt_port}"
+        # The hubs log in with the hub's account, the load as the benchmarks' gateway.
+        self.mqtt_url = _url(login_at(env.mqtt_port, "HUB"))
+        self.load_url = _url(login_at(env.mqtt_port, "BENCH"))
 
     def hub(self, roles: str, **extra: str) -> HubProcess:
         h = HubProcess({**os.environ, "HUB_DATABASE_URL": self.db.url,
@@ -251,7 +260,7 @@ class Scenario:
             self.db.drop()
 
     def _load(self) -> AckedLoad:
-        return AckedLoad(self.mqtt_url, self.prefix, self.args.devices, self.args.rate).start()
+        return AckedLoad(self.load_url, self.prefix, self.args.devices, self.args.rate).start()
 
     def _finish(self, load: AckedLoad, fault_t: float, recovery_s: float | None,
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -352,7 +361,8 @@ class Scenario:
                                    "lon": p["lon"], "lat": p["lat"]}).encode()
                 try:
                     req = urllib.request.Request(b.url("/api/incidents"), body,
-                                                 {"Content-Type": "application/json"})
+                                                 {"Content-Type": "application/json",
+                                                  "Authorization": f"Bearer {b.token}"})
                     with urllib.request.urlopen(req, timeout=5) as r:
                         reports.append(int(json.loads(r.read())["id"]))
                 except OSError:
