@@ -12,8 +12,9 @@ from typing import Annotated
 from fastapi import Path, Query
 
 BIGINT_MAX = 2**63 - 1
-# 9999-12-31T23:59:59Z: the last second Python's datetime (and so the hub) can express.
-UNIX_MAX = 253_402_300_799.0
+# 2100-01-01T00:00:00Z: far enough for any case or report, and far from the end of
+# Python's datetime (year 9999), which arithmetic on a time near it overflows.
+UNIX_MAX = 4_102_444_800.0
 
 RowId = Annotated[int, Path(ge=1, le=BIGINT_MAX)]
 Seq = Annotated[int, Query(ge=0, le=BIGINT_MAX)]
