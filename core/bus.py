@@ -28,6 +28,9 @@ class Subscription:
     positions: dict[str, dict[str, Any]] = field(default_factory=dict)
     overflowed: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set by sequenced events only (not positions): a consumer batching positions per tick
+    # may still send an event at once.
+    event_wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.maxsize)
@@ -82,6 +85,7 @@ class Bus:
             except asyncio.QueueFull:
                 sub.overflowed = True
             sub.wake.set()
+            sub.event_wake.set()
 
     def publish_position(self, unit_id: str, position: dict[str, Any]) -> None:
         for sub in self._subs:
