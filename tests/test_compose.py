@@ -24,10 +24,33 @@ def test_compose_services_healthchecks_and_dependencies() -> None:
     assert services["simulators"]["depends_on"]["hub"]["condition"] == "service_healthy"
     env = services["hub"]["environment"]
     assert env["HUB_DATABASE_URL"].startswith("postgresql://")
-    assert env["HUB_MQTT_URL"].startswith("mqtt://mosquitto:")
+    assert env["HUB_MQTT_URL"].startswith("mqtt://hub:")
     # the broker config it mounts exists and keeps the latency setting
     conf = (ROOT / "deploy" / "mosquitto.conf").read_text()
     assert "set_tcp_nodelay true" in conf
+    # no anonymous clients: files rendered by the one-shot setup before the broker starts
+    assert "allow_anonymous false" in conf
+    assert "password_file /mosquitto/auth/passwords" in conf
+    assert "acl_file /mosquitto/auth/acl" in conf
+    setup = services["setup"]
+    assert services["mosquitto"]["depends_on"]["setup"]["condition"] == (
+        "service_completed_successfully")
+    assert "mosquitto-auth:/mosquitto/auth:ro" in services["mosquitto"]["volumes"]
+    assert "mosquitto-auth:/mosquitto/auth" in setup["volumes"]
+    assert setup["environment"]["HUB_MQTT_PASSWORD_FILE"] == "/mosquitto/auth/passwords"
+    script = " ".join(setup["command"])
+    assert "mqtt-accounts setup --account service:hub:" in script
+    assert "--account fleet:gw-sim:" in script
+    assert "create-user admin --role admin" in script
+    # secrets have no defaults: compose refuses to start without them
+    text = (ROOT / "compose.yaml").read_text(encoding="utf-8")
+    for var in ("GRIDHUB_DB_PASSWORD", "GRIDHUB_MQTT_HUB_PASSWORD", "GRIDHUB_MQTT_SIM_PASSWORD",
+                "GRIDHUB_ADMIN_PASSWORD", "GRIDHUB_SIM_API_TOKEN"):
+        assert f"${{{var}:?" in text, var
+    assert "@mosquitto:1883" in env["HUB_MQTT_URL"]  # the hub logs in
+    sim_env = services["simulators"]["environment"]
+    assert sim_env["HUB_SIM_MQTT_URL"].startswith("mqtt://gw-sim:")
+    assert sim_env["HUB_API_TOKEN"]
     assert (ROOT / "deploy" / "Dockerfile").exists()
 
 
