@@ -40,7 +40,7 @@ DEFAULT_WARN_SHARE = 0.8
 def _hhmm(text: str) -> int:
     """Seconds after midnight of an ``HH:MM`` string (``24:00`` allowed)."""
     hh, _, mm = text.partition(":")
-    if not (hh.isdigit() and mm.isdigit() and len(mm) == 2):
+    if not (hh.isascii() and hh.isdigit() and mm.isascii() and mm.isdigit() and len(mm) == 2):
         raise ValueError(f"bad time of day {text!r}, expected HH:MM")
     secs = int(hh) * 3600 + int(mm) * 60
     if int(mm) >= 60 or secs > DAY_S:

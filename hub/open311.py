@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from core.db import row_view
 from core.entities import INCIDENT_COLUMNS
 from dispatch import service as dispatch_service
+from hub.params import BIGINT_MAX
 
 router = APIRouter(prefix="/open311/v2")
 
@@ -141,6 +142,8 @@ async def list_requests(request: Request, service_request_id: str | None = None,
     if service_request_id:
         try:
             ids = [int(x) for x in service_request_id.split(",")][:MAX_LIST]
+            if any(not 0 <= i <= BIGINT_MAX for i in ids):
+                raise ValueError("id out of range")
         except ValueError:
             return _error(400, "service_request_id must be comma-separated ids")
         args.append(ids)
@@ -171,7 +174,8 @@ async def list_requests(request: Request, service_request_id: str | None = None,
 
 @router.get("/requests/{request_id}.json", response_model=None)
 async def get_request(request: Request, request_id: str) -> list[dict[str, Any]] | JSONResponse:
-    if not request_id.isdigit():
+    # ASCII digits only ("¹".isdigit() is true, and int() refuses it), and within bigint.
+    if not (request_id.isascii() and request_id.isdigit()) or int(request_id) > BIGINT_MAX:
         return _error(404, f"service request {request_id} not found")
     row = await request.app.state.hub.pool.fetchrow(
         f"SELECT {INCIDENT_COLUMNS} FROM incidents i WHERE i.id = $1 AND i.source = 'open311'",
