@@ -185,6 +185,19 @@ def cli_user(db_url: str, name: str, role: str, password: str) -> None:
     assert r.returncode == 0, f"create-user failed: {r.stderr}"
 
 
+def end_process(proc: subprocess.Popen[bytes], *, kill: bool = False) -> None:
+    """SIGTERM (or SIGKILL with ``kill``) and wait; SIGKILL if it lingers past 15 s."""
+    if kill:
+        proc.kill()
+    else:
+        proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 class HubProcess:
     """``python -m hub serve`` as a child process on its own port and MQTT identity.
 
@@ -273,15 +286,7 @@ class HubProcess:
     def stop(self, kill: bool = False) -> None:
         if self.proc is None:
             return
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        end_process(self.proc, kill=kill)
         self.proc = None
         self._log.close()
         if self._client is not None:
@@ -473,12 +478,7 @@ class ThrowawayMosquitto:
         """SIGTERM, as a service manager would: Mosquitto saves its persistence file."""
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        end_process(self.proc)
         self.proc = None
         self.pid_file.unlink(missing_ok=True)
 
