@@ -340,8 +340,9 @@ services_start() { pg_start; mqtt_configure; mqtt_start; }
 services_stop() { mqtt_stop; pg_stop; }
 services_status() {
   export_env
-  echo "database: $HUB_DATABASE_URL"
-  echo "mqtt:     $HUB_MQTT_URL"
+  # Passwords stay out of a status line (`./hubctl env` prints them for eval on purpose).
+  echo "database: $(printf %s "$HUB_DATABASE_URL" | sed -E 's#://([^:/@]+):[^@]*@#://\1:***@#')"
+  echo "mqtt:     $(printf %s "$HUB_MQTT_URL" | sed -E 's#://([^:/@]+):[^@]*@#://\1:***@#')"
   [ -n "$EXTERNAL_DB" ] || as_service "$(pg_bindir)/pg_ctl" -D "$VAR/pg" status | head -1 || true
   if [ -z "$EXTERNAL_MQTT" ] && [ -f "$VAR/mqtt/mosquitto.pid" ] && kill -0 "$(cat "$VAR/mqtt/mosquitto.pid")" 2>/dev/null; then
     echo "mosquitto: running (pid $(cat "$VAR/mqtt/mosquitto.pid"))"
