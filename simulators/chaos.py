@@ -167,8 +167,10 @@ def _subscribed(hub: HubProcess) -> Callable[[], bool]:
 
 def _leader_pid(url: str) -> int | None:
     with SyncDb(url) as db:
+        # pg_locks is cluster-wide: only this database's leader counts.
         pid = db.fetchval("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                          "AND classid = 0 AND objid = $1", LEADER_LOCK_KEY)
+                          "AND classid = 0 AND objid = $1 AND database = (SELECT oid FROM "
+                          "pg_database WHERE datname = current_database())", LEADER_LOCK_KEY)
     return int(pid) if pid is not None else None
 
 

@@ -227,9 +227,12 @@ async def test_mosquitto_restart_under_load(
 
 # ------------------------------------------------------------------ dispatch leader
 async def _leader_pid(conn: asyncpg.Connection) -> int | None:
+    # pg_locks is cluster-wide, and every test hub with the dispatch role holds this key in
+    # its own database: only this database's holder counts.
     pid = await conn.fetchval(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-        "AND classid = 0 AND objid = $1", LEADER_LOCK_KEY)
+        "AND classid = 0 AND objid = $1 AND database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database())", LEADER_LOCK_KEY)
     return int(pid) if pid is not None else None
 
 
