@@ -82,6 +82,7 @@ from simulators.bench import (
     forget_mqtt_session,
     machine_ticks,
     proc_status_kb,
+    run_and_report,
     start_profiler,
     tree_cpu_delta,
     tree_cpu_s,
@@ -677,19 +678,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        result = run(args)
-    except (RuntimeError, OSError, asyncpg.PostgresError, subprocess.SubprocessError,
-            ValueError) as e:
-        say(f"failed: {e}")
-        print(json.dumps({"benchmark": "alarm", "error": str(e)}), flush=True)
-        return 1
-    except KeyboardInterrupt:
-        say("interrupted; everything started was stopped")
-        print(json.dumps({"benchmark": "alarm", "error": "interrupted"}), flush=True)
-        return 130
-    print(json.dumps(result), flush=True)
-    return 0
+    return run_and_report("alarm", run, args)
 
 
 if __name__ == "__main__":

@@ -218,18 +218,6 @@ class ScratchDatabase:
 # --------------------------------------------------------------------------- process probes
 
 
-def proc_cpu_s(pid: int | None) -> float | None:
-    """utime + stime of a live process (all threads), seconds."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def proc_status_kb(pid: int, key: str) -> int | None:
     """A ``kB`` line of /proc/<pid>/status (VmHWM, VmRSS)."""
     try:
@@ -619,8 +607,8 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
 
         broker_pid = env.pid_of("mqtt/mosquitto.pid")
         pg_pid = env.pid_of("pg/postmaster.pid")
-        hub_cpu0 = [proc_cpu_s(p) or 0.0 for p in pids]
-        broker_cpu0 = proc_cpu_s(broker_pid)
+        hub_cpu0 = [loadgen.proc_cpu_s(p) or 0.0 for p in pids]
+        broker_cpu0 = loadgen.proc_cpu_s(broker_pid)
         db_cpu0 = tree_cpu_s(pg_pid)
         busy0, total0 = machine_ticks()
         t0 = time.monotonic()
@@ -640,7 +628,8 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         next_report = t0 + 5.0
 
         def hub_cpu_now() -> float:
-            return sum((proc_cpu_s(p) or 0.0) - c0 for p, c0 in zip(pids, hub_cpu0, strict=True))
+            return sum((loadgen.proc_cpu_s(p) or 0.0) - c0
+                       for p, c0 in zip(pids, hub_cpu0, strict=True))
 
         while gen_proc.poll() is None:
             if time.monotonic() > gen_deadline:
@@ -668,7 +657,7 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         _wait_db_stable(db.url, prefix, expected, hubs, timeout_s=120.0)
         t_end = time.monotonic()
         hub_cpu = hub_cpu_now()
-        broker_cpu1 = proc_cpu_s(broker_pid)
+        broker_cpu1 = loadgen.proc_cpu_s(broker_pid)
         broker_cpu = (broker_cpu1 - broker_cpu0
                       if broker_cpu0 is not None and broker_cpu1 is not None else None)
         db_cpu = tree_cpu_delta(db_cpu0, tree_cpu_s(pg_pid)) if pg_pid else None
@@ -808,16 +797,23 @@ def main(argv: list[str] | None = None) -> int:
     for name, b in BENCHMARKS.items():
         b.add_arguments(sub.add_parser(name, help=b.help, description=b.help))
     args = parser.parse_args(argv)
+    return run_and_report(args.name, BENCHMARKS[args.name].run, args)
+
+
+def run_and_report(name: str, run: Callable[[argparse.Namespace], dict[str, Any]],
+                   args: argparse.Namespace) -> int:
+    """Run one benchmark and print its result, or its failure, as the one last JSON line;
+    the exit code says which (0, 1, or 130 when interrupted)."""
     try:
-        result = BENCHMARKS[args.name].run(args)
+        result = run(args)
     except (RuntimeError, OSError, asyncpg.PostgresError, subprocess.SubprocessError,
             ValueError) as e:
         say(f"failed: {e}")
-        print(json.dumps({"benchmark": args.name, "error": str(e)}), flush=True)
+        print(json.dumps({"benchmark": name, "error": str(e)}), flush=True)
         return 1
     except KeyboardInterrupt:
         say("interrupted; everything started was stopped")
-        print(json.dumps({"benchmark": args.name, "error": "interrupted"}), flush=True)
+        print(json.dumps({"benchmark": name, "error": "interrupted"}), flush=True)
         return 130
     print(json.dumps(result), flush=True)
     return 0

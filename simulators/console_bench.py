@@ -69,7 +69,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import msgspec
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
@@ -84,6 +83,7 @@ from simulators.bench import (
     SyncDb,
     forget_mqtt_session,
     proc_status_kb,
+    run_and_report,
     start_profiler,
 )
 from simulators.loadgen import TokenBucket
@@ -899,19 +899,7 @@ def main(argv: list[str] | None = None) -> int:
         args.duration = float(args.duration)
         print(json.dumps(asyncio.run(_gps_main(args))), flush=True)
         return 0
-    try:
-        result = run(args)
-    except (RuntimeError, OSError, asyncpg.PostgresError, subprocess.SubprocessError,
-            ValueError) as e:
-        say(f"failed: {e}")
-        print(json.dumps({"benchmark": "console", "error": str(e)}), flush=True)
-        return 1
-    except KeyboardInterrupt:
-        say("interrupted; everything started was stopped")
-        print(json.dumps({"benchmark": "console", "error": "interrupted"}), flush=True)
-        return 130
-    print(json.dumps(result), flush=True)
-    return 0
+    return run_and_report("console", run, args)
 
 
 if __name__ == "__main__":

@@ -339,7 +339,10 @@ class LoadReport:
     health: list[PublisherHealth] = field(default_factory=list)
 
 
-def _proc_cpu_s(pid: int) -> float | None:
+def proc_cpu_s(pid: int | None) -> float | None:
+    """utime + stime of a live process (all threads), seconds; None if it is gone."""
+    if pid is None:
+        return None
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
@@ -392,7 +395,7 @@ class _Worker:
             del self.pending[:n]
 
     def close_stdin(self) -> None:
-        self.health.cpu_s = _proc_cpu_s(self.proc.pid)
+        self.health.cpu_s = proc_cpu_s(self.proc.pid)
         try:
             assert self.proc.stdin is not None
             self.proc.stdin.close()
