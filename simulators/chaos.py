@@ -38,7 +38,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections import defaultdict, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from dispatch.leader import LEADER_LOCK_KEY
 from ingest import wire
 from ingest.mqtt import BrokerAddress, make_client
 from simulators import loadgen
+from simulators.acked import AckedPublisher
 from simulators.bench import (
     BenchEnv,
     HubProcess,
@@ -70,65 +70,21 @@ DOWN_S = 2.0
 WINDOW = 2000
 
 
-class AckedLoad:
-    """Paced QoS1 single-reading messages from a thread; records which were PUBACKed.
-
-    Message ``i`` goes to device ``i % devices`` with value ``i`` (its id in the database)."""
+class AckedLoad(AckedPublisher):
+    """Paced QoS1 single-reading messages; message ``i`` goes to device ``i % devices``
+    with value ``i`` (its id in the database)."""
 
     def __init__(self, mqtt_url: str, prefix: str, devices: int, rate: float) -> None:
-        self.client = make_client(f"chaos-load-{secrets.token_hex(4)}",
-                                  BrokerAddress.parse(mqtt_url), persistent=True,
-                                  session_expiry_s=600)
-        self.client.on_publish = self._on_publish
-        self.topics = [wire.telemetry_topic(d) for d in loadgen.device_ids(devices, prefix)]
-        self.rate = rate
-        self.sent = 0
-        self._by_mid: dict[int, list[int]] = defaultdict(list)
-        self._acked: deque[int] = deque()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
-        self._acked.append(mid)
-
-    def _run(self) -> None:
-        bucket = loadgen.TokenBucket(self.rate, self.rate * 0.1, time.monotonic())
-        while not self._stop.is_set():
-            room = WINDOW - (self.sent - len(self._acked))
-            n = bucket.take(time.monotonic(), max(0, room))
-            for _ in range(n):
-                i = self.sent
-                info = self.client.publish(
-                    self.topics[i % len(self.topics)],
-                    wire.encode_telemetry(time.time(), {loadgen.METRIC: float(i)}), qos=1)
-                self._by_mid[info.mid].append(i)
-                self.sent += 1
-            time.sleep(0.005)
-
-    def start(self) -> AckedLoad:
-        self.client.loop_start()
-        deadline = time.monotonic() + 15
-        while not self.client.is_connected():
-            if time.monotonic() > deadline:
-                raise RuntimeError("load publisher could not connect")
-            time.sleep(0.05)
-        self._thread.start()
-        return self
+        topics = [wire.telemetry_topic(d) for d in loadgen.device_ids(devices, prefix)]
+        super().__init__(
+            make_client(f"chaos-load-{secrets.token_hex(4)}", BrokerAddress.parse(mqtt_url),
+                        persistent=True, session_expiry_s=600),
+            lambda i: topics[i % len(topics)],
+            lambda i: wire.encode_telemetry(time.time(), {loadgen.METRIC: float(i)}),
+            rate=rate, window=WINDOW)
 
     def stop(self, drain_s: float = 30.0) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        deadline = time.monotonic() + drain_s
-        while len(self._acked) < self.sent and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def acked(self) -> set[int]:
-        count: dict[int, int] = defaultdict(int)
-        for mid in list(self._acked):
-            count[mid] += 1
-        return {i for mid, n in count.items() for i in self._by_mid[mid][:n]}
+        super().stop(drain_s)
 
 
 def _stored(url: str, prefix: str) -> tuple[set[int], int]:
