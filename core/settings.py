@@ -78,6 +78,20 @@ class Settings(BaseSettings):
     # SLA limits and accept time-outs run at this fraction of their real length. 1 in
     # production; demos and tests shrink a day's clocks into seconds.
     sla_time_scale: float = 1.0
+    # The town's time zone: working hours, holidays and "today" (cases today, daily KPIs
+    # and reports) are the town's, not UTC's. Mainland China is one zone, UTC+8.
+    town_tz: str = "Asia/Shanghai"
+    # SLA limits per category and priority, and the warn share (TOML); unset: the file
+    # shipped in the package (dispatch/data/sla_limits.toml, which says where its values
+    # come from). Supervisors' edits through the API are kept in the database on top.
+    sla_file: Path | None = None
+    # The working calendar: hours, weekends, public holidays and adjusted working days
+    # (TOML); unset: the one shipped (dispatch/data/calendar_cn.toml, from the State
+    # Council's notices). A town replaces it with its own file.
+    calendar_file: Path | None = None
+    # Every process re-reads the SLA edits this often, so an edit served by one web node
+    # reaches the dispatcher and the other nodes within this long (the serving node at once).
+    sla_reload_s: float = 30.0
 
     # Dispatch: a GPS fix older than this is "position unknown" (Resgrid-style staleness).
     position_stale_after_s: float = 120.0

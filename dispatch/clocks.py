@@ -1,8 +1,9 @@
 """SLA clocks: deadlines kept in the database, and the timer that fires them.
 
 ``update_clocks`` runs inside every case-step transaction: it recomputes the deadlines of
-the incident's stages from the pure ``dispatch.sla`` (limits per category and priority, the
-working calendar, the case's pauses) and marks the stage a step completes. The rows in
+the incident's stages from the pure ``dispatch.sla`` with the configuration in force
+(``sla_config.InForce``: limits per category and priority, warn share, the town's working
+calendar with its holidays and adjusted working days) and the case's pauses and marks the stage a step completes. The rows in
 ``sla_clocks`` are the record; ``incidents.sla`` is a copy that travels with the incident's
 view to the console.
 
@@ -30,6 +31,7 @@ from core import outbox
 from core.db import Conn
 from core.events import Envelope, SlaBreached, SlaWarned
 from dispatch import sla, store, workflow
+from dispatch.sla_config import InForce
 
 log = logging.getLogger("dispatch.clocks")
 
@@ -49,26 +51,9 @@ STOPPED_STATES = frozenset({"cancelled", "closed", "evaluated", "archived"})
 # another process that it may not have heard of (belt and braces; events normally wake it).
 TIMER_IDLE_S = 30.0
 
-CALENDAR = sla.DEFAULT_CALENDAR
-
-
-class SlaConfig:
-    """The limits in force, set once at start (``configure``) from the settings."""
-
-    table = sla.SlaTable()
-    scale = 1.0
-
-
-def configure(time_scale: float) -> None:
-    """Run every limit at ``time_scale`` of its length (demos and tests)."""
-    SlaConfig.scale = time_scale
-    if time_scale != 1.0:
-        SlaConfig.table = sla.SlaTable(by_priority={
-            p: sla.SlaLimits(
-                lim.register_s * time_scale, lim.dispatch_s * time_scale,
-                lim.accept_s * time_scale, lim.arrive_s * time_scale,
-                lim.resolve_s * time_scale, lim.resolve_working)
-            for p, lim in sla.DEFAULT_LIMITS_BY_PRIORITY.items()})
+# The limits, warn share and working calendar in force (dispatch/sla_config.py), loaded
+# from the settings' files and the supervisors' edits by dispatch/sla_settings.py.
+SlaConfig = InForce
 
 
 def _ts(v: float | None) -> datetime | None:
@@ -84,8 +69,9 @@ async def update_clocks(conn: Conn, inc: dict[str, Any], case: workflow.CaseStat
     """Recompute the incident's stage deadlines after ``action``; return the sla summary."""
     opened = inc["opened_at"]
     opened_at = opened if isinstance(opened, float) else opened.timestamp()
-    limits = SlaConfig.table.limits(inc["category"], int(inc["priority"]))
-    due = sla.deadlines(limits, CALENDAR, opened_at, case.all_pauses())
+    limits = InForce.table.limits(inc["category"], int(inc["priority"]))
+    cal, share = InForce.calendar, InForce.warn_share
+    due = sla.deadlines(limits, cal, opened_at, case.all_pauses())
     rows = {r["stage"]: r for r in await conn.fetch(
         "SELECT stage, met_at, warned_at, breached_at FROM sla_clocks WHERE incident_id = $1",
         inc["id"])}
@@ -102,7 +88,8 @@ async def update_clocks(conn: Conn, inc: dict[str, Any], case: workflow.CaseStat
             deadline = None  # a cancelled or closed case has no running clocks
         assert deadline is None or isinstance(deadline, float)
         warn_at = (None if deadline is None or math.isinf(deadline)
-                   else opened_at + sla.DEFAULT_WARN_SHARE * (deadline - opened_at))
+                   else _warn_at(cal, share, opened_at, deadline,
+                                 stage == "resolve" and limits.resolve_working))
         await conn.execute(
             """INSERT INTO sla_clocks (incident_id, stage, started_at, deadline, warn_at, met_at)
                VALUES ($1, $2, $3, $4, $5, $6)
@@ -117,6 +104,17 @@ async def update_clocks(conn: Conn, inc: dict[str, Any], case: workflow.CaseStat
         }
     await conn.execute("UPDATE incidents SET sla = $2 WHERE id = $1", inc["id"], summary)
     return summary
+
+
+def _warn_at(cal: sla.WorkCalendar, share: float, opened_at: float, deadline: float,
+             working: bool) -> float:
+    """When ``share`` of the allowed time has passed: in working time for a working-time
+    limit (a 3-working-day limit opened on Friday warns on Tuesday or Wednesday, not over
+    the weekend)."""
+    if not working:
+        return opened_at + share * (deadline - opened_at)
+    allowed = sla.working_seconds_between(cal, opened_at, deadline)
+    return sla.add_working_seconds(cal, opened_at, share * allowed)
 
 
 def _state(deadline: float | None, started: float, met: float | None, now: float,

@@ -26,6 +26,7 @@ import asyncpg
 from core.db import Conn, Querier, row_view
 from core.errors import Conflict, InvalidInput, NotFound
 from dispatch import assessment, inspections, sla
+from dispatch.sla_config import InForce
 
 log = logging.getLogger("dispatch.reports")
 
@@ -258,25 +259,34 @@ async def public_draws(db: Querier, *, limit: int = 50) -> list[dict[str, Any]]:
     return [await _draw_view(db, int(r["id"]), full=True) for r in ids]
 
 
-def _china_month(now: float) -> tuple[datetime, datetime]:
-    local = datetime.fromtimestamp(now + sla.CHINA_TZ_OFFSET_S, UTC)
-    start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = (start + timedelta(days=32)).replace(day=1)
-    shift = timedelta(seconds=sla.CHINA_TZ_OFFSET_S)
-    return start - shift, end - shift
+def _town_month(now: float) -> tuple[datetime, datetime]:
+    """The town's calendar month containing ``now``, as UTC instants [start, end)."""
+    cal = InForce.calendar
+    first = sla.local_date(cal, now).replace(day=1)
+    nxt = (first + timedelta(days=32)).replace(day=1)
+    return _ts(sla.local_day_start(cal, first)), _ts(sla.local_day_start(cal, nxt))
+
+
+def town_day_range(first: date, last: date) -> tuple[float, float]:
+    """``[since, until)`` UNIX seconds covering the town days ``first`` .. ``last``."""
+    if last < first:
+        raise InvalidInput("the last day is before the first", code="report.bad_range")
+    cal = InForce.calendar
+    return (sla.local_day_start(cal, first),
+            sla.local_day_start(cal, last + timedelta(days=1)))
 
 
 async def scheduled_draw(pool: asyncpg.Pool, now: float) -> list[dict[str, Any]]:
     """The monthly draw: one draw per matter with default parameters (risk-weighted, teams
     of two, ``SCHEDULED_TARGET_SHARE`` of the matter's entities, at least one).
 
-    A matter that already has a scheduled draw this calendar month (China time) is
+    A matter that already has a scheduled draw this calendar month (the town's) is
     skipped, so a restart or a second scheduler does not draw twice. A matter that cannot
     be drawn (no entities, too few inspectors) is logged and reported, and the others go
     on. Returns one item per matter: ``{"matter_id", "draw_id"}``, ``{"matter_id",
     "skipped": "already_drawn"}`` or ``{"matter_id", "error": code}``.
     """
-    month_start, month_end = _china_month(now)
+    month_start, month_end = _town_month(now)
     out: list[dict[str, Any]] = []
     for m in await list_matters(pool):
         done = await pool.fetchval(
@@ -355,12 +365,12 @@ async def _names(db: Querier, by: str) -> dict[str, str]:
 
 async def assessment_report(db: Querier, *, by: str, now: float, since: float | None = None,
                             until: float | None = None, table: sla.SlaTable | None = None,
-                            cal: sla.WorkCalendar = sla.DEFAULT_CALENDAR) -> dict[str, Any]:
+                            cal: sla.WorkCalendar | None = None) -> dict[str, Any]:
     """Assessment figures per group for incidents opened in ``[since, until)``.
 
     ``until`` defaults to ``now`` and ``since`` to ``DEFAULT_WINDOW_S`` before it. With
     ``by="unit"`` every unit has a row (cases or not) with its patrol figures from the
-    daily rollup (``patrol_daily``, whole China-time days overlapping the range; see
+    daily rollup (``patrol_daily``, whole town days overlapping the range; see
     ``rollup_patrol``). Raises ``InvalidInput`` (``report.bad_grouping``,
     ``report.bad_range``, ``report.range_too_long``).
     """
@@ -368,6 +378,9 @@ async def assessment_report(db: Querier, *, by: str, now: float, since: float | 
         raise InvalidInput(f"by must be one of {', '.join(assessment.GROUPINGS)}",
                            code="report.bad_grouping")
     since, until = _window(since, until, now, MAX_WINDOW_S)
+    # Judged by the limits and calendar the clocks run on (sla_config.InForce).
+    table = table if table is not None else InForce.table
+    cal = cal if cal is not None else InForce.calendar
     facts = await case_facts(db, since, until)
     groups = assessment.assess(facts, by, now=now, table=table, cal=cal)
     names = await _names(db, by)
@@ -383,8 +396,8 @@ async def assessment_report(db: Querier, *, by: str, now: float, since: float | 
             "total": total[0].as_dict() if total else None}
 
 
-def _china_day(ts: float) -> date:
-    return datetime.fromtimestamp(ts + sla.CHINA_TZ_OFFSET_S, UTC).date()
+def _town_day(ts: float) -> date:
+    return sla.local_date(InForce.calendar, ts)
 
 
 async def _with_patrol(db: Querier, rows: list[dict[str, Any]], since: float, until: float,
@@ -394,7 +407,7 @@ async def _with_patrol(db: Querier, rows: list[dict[str, Any]], since: float, un
                   sum(moving_s) AS moving_s, sum(stopped_s) AS stopped_s, sum(trips) AS trips,
                   sum(stops) AS stops, count(*) AS days, max(computed_at) AS computed_at
            FROM patrol_daily WHERE day >= $1 AND day <= $2 GROUP BY unit_id""",
-        _china_day(since), _china_day(until - 1e-6))}
+        _town_day(since), _town_day(until - 1e-6))}
     present = {r["key"] for r in rows}
     for unit_id in sorted(names):
         if unit_id not in present:
@@ -480,17 +493,16 @@ async def unit_patrol(db: Querier, unit_id: str, *, now: float, since: float | N
 async def rollup_patrol(pool: asyncpg.Pool, now: float,
                         days_back: int = PATROL_ROLLUP_DAYS_BACK,
                         unit_ids: Sequence[str] | None = None) -> int:
-    """Recompute ``patrol_daily`` for every unit (or ``unit_ids``) for today (China time,
+    """Recompute ``patrol_daily`` for every unit (or ``unit_ids``) for today (the town's day,
     up to ``now``) and ``days_back`` days before; return the rows written. Meant to run
     periodically (e.g. hourly); reports read the rollup instead of every fix."""
     if unit_ids is None:
         unit_ids = [r["id"] for r in await pool.fetch("SELECT id FROM units ORDER BY id")]
-    today = _china_day(now)
+    today = _town_day(now)
     written = 0
     for back in range(days_back, -1, -1):
         day = today - timedelta(days=back)
-        start = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() \
-            - sla.CHINA_TZ_OFFSET_S
+        start = sla.local_day_start(InForce.calendar, day)
         end = min(start + 86_400.0, now)
         for unit_id in unit_ids:
             fixes = await _fixes(pool, unit_id, start, end)

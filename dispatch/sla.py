@@ -108,6 +108,17 @@ def _date(day: int) -> date:
     return date.fromordinal(_EPOCH_ORDINAL + day)
 
 
+def local_date(cal: WorkCalendar, ts: float) -> date:
+    """The calendar's (the town's) date at instant ``ts``: a case reported at 07:30 town
+    time belongs to that town day, not to the previous UTC day."""
+    return _date(_local_day(cal, ts)[0])
+
+
+def local_day_start(cal: WorkCalendar, d: date) -> float:
+    """The instant (UNIX seconds) the town day ``d`` begins: local midnight."""
+    return float((d.toordinal() - _EPOCH_ORDINAL) * DAY_S - cal.tz_offset_s)
+
+
 def add_working_seconds(cal: WorkCalendar, start_ts: float, seconds: float) -> float:
     """The instant at which ``seconds`` of working time have elapsed after ``start_ts``.
 

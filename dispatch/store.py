@@ -13,6 +13,7 @@ from typing import Any
 from core.db import Conn, Querier, row_view
 from core.entities import INCIDENT_COLUMNS, UNIT_COLUMNS
 from dispatch import workflow
+from dispatch.sla_config import InForce
 from dispatch.model import IncidentState, UnitState
 
 
@@ -30,9 +31,9 @@ async def unit_states(conn: Querier) -> list[UnitState]:
         """SELECT u.id, u.type, u.qualifications, u.status, u.lon, u.lat, u.position_ts,
                   u.home_grid, u.duty_since, u.current_incident, ci.priority AS cur_priority,
                   (SELECT count(*) FROM assignments a WHERE a.unit_id = u.id
-                     AND a.assigned_at >= date_trunc('day', now())) AS cases_today
-           FROM units u LEFT JOIN incidents ci ON ci.id = u.current_incident"""
-    )
+                     AND a.assigned_at >= date_trunc('day', now(), $1)) AS cases_today
+           FROM units u LEFT JOIN incidents ci ON ci.id = u.current_incident""",
+        InForce.tz)  # the town's day, not UTC's: 00:00 in the town, not 08:00
     return [
         UnitState(
             id=r["id"],

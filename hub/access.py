@@ -132,6 +132,8 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/reports/assessment.csv"): VIEWER,
     ("GET", "/api/rules"): VIEWER,
     ("GET", "/api/rules/{rule_id}"): VIEWER,
+    ("GET", "/api/sla"): VIEWER,
+    ("GET", "/api/sla/changes"): VIEWER,
     ("GET", "/open311/v2/services.json"): VIEWER,
     ("GET", "/open311/v2/services/{service_code}.json"): VIEWER,
     ("GET", "/open311/v2/requests.json"): VIEWER,
@@ -155,6 +157,10 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("POST", "/api/supervisor/alerts/{alert_id}/ack"): SUPERVISOR,
     ("PUT", "/api/rules/{rule_id}"): SUPERVISOR,
     ("DELETE", "/api/rules/{rule_id}"): SUPERVISOR,
+    # SLA limits and the warn share (hub/sla_api.py): the targets every case is judged by.
+    ("PUT", "/api/sla/limits/{category}/{priority}"): SUPERVISOR,
+    ("DELETE", "/api/sla/limits/{category}/{priority}"): SUPERVISOR,
+    ("PUT", "/api/sla/warn-share"): SUPERVISOR,
     # ---- administering: devices' and units' MQTT credentials (hub/mqtt_accounts_api.py)
     ("GET", "/api/mqtt/accounts"): ADMIN,
     ("POST", "/api/mqtt/accounts"): ADMIN,

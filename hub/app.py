@@ -24,7 +24,7 @@ from core.bus import Bus
 from core.db import connect, create_pool, migrate
 from core.outbox import EventFeed
 from core.settings import Settings
-from dispatch import clocks
+from dispatch import sla_settings
 from dispatch.leader import Dispatcher
 from hub import (
     api,
@@ -35,6 +35,7 @@ from hub import (
     open311,
     reports_api,
     rules_api,
+    sla_api,
     views,
 )
 from hub.access import AccessMiddleware
@@ -93,7 +94,7 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
             await conn.close()
         pool = await create_pool(settings.database_url, settings.db_pool_min,
                                  settings.db_pool_max)
-        clocks.configure(settings.sla_time_scale)
+        await sla_settings.load_settings(pool, settings)
         bus = Bus()
         live = LiveState(bus)
         await live.load(pool)
@@ -143,6 +144,7 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
     app.include_router(open311.router)
     app.include_router(reports_api.router)
     app.include_router(rules_api.router)
+    app.include_router(sla_api.router)
     app.include_router(mqtt_accounts_api.router)
     app.include_router(views.router)
     app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")

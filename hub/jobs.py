@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from core.settings import Settings
-from dispatch import reports
+from dispatch import reports, sla_settings
 from ingest import retention
 
 if TYPE_CHECKING:
@@ -46,16 +46,15 @@ async def refresh_kpis(hub: Hub) -> None:
     cases = await hub.pool.fetch(
         "SELECT priority, count(*) AS n FROM incidents WHERE state NOT IN "
         "('closed', 'evaluated', 'archived', 'cancelled') GROUP BY priority")
-    # "Today" is the township's day (UTC+8), not UTC's.
+    # "Today" is the town's day (settings.town_tz), not UTC's.
     sla_today = await hub.pool.fetchrow(
         """SELECT count(*) FILTER (WHERE stage = 'resolve') AS closed,
                   count(*) FILTER (WHERE stage = 'resolve' AND met_at <= deadline) AS on_time,
                   percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM
                       met_at - started_at)) FILTER (WHERE stage = 'arrive') AS p90_arrive_s
            FROM sla_clocks
-           WHERE met_at >= date_trunc('day', now() AT TIME ZONE 'Asia/Shanghai')
-                             AT TIME ZONE 'Asia/Shanghai'
-             AND stage IN ('resolve', 'arrive')""")
+           WHERE met_at >= date_trunc('day', now(), $1)
+             AND stage IN ('resolve', 'arrive')""", hub.settings.town_tz)
     points = await hub.pool.fetchval(
         f"SELECT count(*) FROM telemetry WHERE ts > now() - interval '{INGEST_RATE_WINDOW_S} s'")
     alarms = await hub.pool.fetchval("SELECT count(*) FROM alarms WHERE state <> 'cleared'")
@@ -119,6 +118,11 @@ async def purge_auth(hub: Hub) -> None:
         await auth.purge(hub.pool, hub.settings.login_failure_window_s)
 
 
+async def reload_sla(hub: Hub) -> None:
+    """SLA edits made through another process (hub/sla_api.py) come into force here."""
+    await sla_settings.load_settings(hub.pool, hub.settings)
+
+
 async def reload_registry(hub: Hub) -> None:
     if hub.ingest is not None and hub.ingest.pipeline is not None:
         await hub.ingest.registry.load(hub.pool)
@@ -142,6 +146,9 @@ def _every(seconds: float) -> Callable[[Settings], float]:
 # (name, coroutine function, interval from settings, role that runs it)
 JOBS: list[tuple[str, Any, Callable[[Settings], float], str]] = [
     ("kpi.refresh", refresh_kpis, _every(KPI_INTERVAL_S), "web"),
+    # Web nodes compute case deadlines too (case steps), the dispatcher its own: every
+    # process ("any" role) keeps the SLA configuration current.
+    ("sla.reload", reload_sla, lambda s: s.sla_reload_s, "any"),
     ("ingest.registry_reload", reload_registry, _every(REGISTRY_RELOAD_S), "ingest"),
     ("ingest.device_clocks", save_clocks, lambda s: s.clock_save_interval_s, "ingest"),
     # Upkeep of shared tables: done by the dispatch leader's process only.
@@ -159,7 +166,7 @@ JOBS: list[tuple[str, Any, Callable[[Settings], float], str]] = [
 def start(hub: Hub) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(timezone="UTC")
     for name, fn, interval, role in JOBS:
-        if role not in hub.roles:
+        if role != "any" and role not in hub.roles:
             continue
         every_s = interval(hub.settings)
         scheduler.add_job(fn, "interval", seconds=every_s, args=[hub], id=name, name=name,

@@ -1,0 +1,100 @@
+"""SLA configuration through the API: read the limits, warn share and working calendar in
+force; supervisors edit limits and the warn share.
+
+The actor recorded with every edit is the authenticated principal (``principal_of``), never
+a name in the body. The serving process puts an edit in force at once; the others pick it
+up within ``settings.sla_reload_s`` (hub/jobs.py). An edit changes the deadlines of cases
+from their next step on (every step recomputes its case's clocks), and of new cases at once.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from pydantic import BaseModel, Field
+
+from core.errors import Forbidden
+from dispatch import sla_settings
+from hub.access import principal_of
+
+router = APIRouter(prefix="/api/sla")
+
+# Path parameters: a category as incidents spell it, or "*" for every category.
+Category = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^(\*|[a-z_]+)$")]
+Priority = Annotated[int, Path(ge=1, le=4)]
+# No limit beyond a year is meaningful for a township case; larger numbers are typos.
+MAX_LIMIT_S = 366 * 86_400.0
+Seconds = Annotated[float, Field(gt=0, le=MAX_LIMIT_S)]
+
+
+class LimitsBody(BaseModel):
+    """Limits in seconds from the report; ``resolve_working``: ``resolve_s`` is working
+    time of the town's calendar (e.g. 3 working days = 3 x 9 h = 97200)."""
+
+    register_s: Seconds
+    dispatch_s: Seconds
+    accept_s: Seconds
+    arrive_s: Seconds
+    resolve_s: Seconds
+    resolve_working: bool = False
+
+
+class WarnShareBody(BaseModel):
+    warn_share: Annotated[float, Field(gt=0, lt=1)]
+
+
+def _hub(request: Request) -> Any:
+    return request.app.state.hub
+
+
+def _actor(request: Request) -> str:
+    p = principal_of(request)
+    if p is None:  # the policy table makes these routes supervisor-only: not reached
+        raise Forbidden("not authenticated", code="auth.required")
+    return p.name
+
+
+async def _reload(request: Request) -> None:
+    hub = _hub(request)
+    await sla_settings.load_settings(hub.pool, hub.settings)
+
+
+@router.get("")
+async def get_sla() -> dict[str, Any]:
+    """Limits per category and priority (``"*"``: every category), the warn share, the
+    town's time zone and working calendar, and where each comes from."""
+    return sla_settings.view()
+
+
+@router.put("/limits/{category}/{priority}")
+async def put_limits(request: Request, category: Category, priority: Priority,
+                     body: LimitsBody) -> dict[str, Any]:
+    """Set the limits of (category or ``*``, priority), kept over the limits file."""
+    out = await sla_settings.set_limits(_hub(request).pool, category, priority,
+                                        body.model_dump(), _actor(request))
+    await _reload(request)
+    return out
+
+
+@router.delete("/limits/{category}/{priority}")
+async def delete_limits(request: Request, category: Category, priority: Priority
+                        ) -> dict[str, Any]:
+    """Drop an edit: the limits file's row (or the ``*`` row) applies again."""
+    await sla_settings.reset_limits(_hub(request).pool, category, priority, _actor(request))
+    await _reload(request)
+    return sla_settings.view()
+
+
+@router.put("/warn-share")
+async def put_warn_share(request: Request, body: WarnShareBody) -> dict[str, Any]:
+    out = await sla_settings.set_warn_share(_hub(request).pool, body.warn_share,
+                                            _actor(request))
+    await _reload(request)
+    return out
+
+
+@router.get("/changes")
+async def get_changes(request: Request) -> list[dict[str, Any]]:
+    """Every edit, newest first: who, when, the limits before and after."""
+    return await sla_settings.changes(_hub(request).pool)
