@@ -3,9 +3,9 @@
 ``update_clocks`` runs inside every case-step transaction: it recomputes the deadlines of
 the incident's stages from the pure ``dispatch.sla`` with the configuration in force
 (``sla_config.InForce``: limits per category and priority, warn share, the town's working
-calendar with its holidays and adjusted working days) and the case's pauses and marks the stage a step completes. The rows in
-``sla_clocks`` are the record; ``incidents.sla`` is a copy that travels with the incident's
-view to the console.
+calendar with its holidays and adjusted working days) and the case's pauses, and marks the
+stage a step completes. The rows in ``sla_clocks`` are the record; ``incidents.sla`` is a
+copy that travels with the incident's view to the console.
 
 ``SlaTimer`` keeps a heap of due times (warnings, breaches, accept deadlines of
 assignments), rebuilt from the database when its dispatcher becomes leader and fed by the

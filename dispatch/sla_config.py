@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dispatch import sla
@@ -211,11 +211,12 @@ def parse_duration(text: Any, *, working_ok: bool, day_s: float) -> tuple[float,
 def parse_limits(row: Any, cal: sla.WorkCalendar) -> sla.SlaLimits:
     if not isinstance(row, Mapping) or set(row) != set(sla.STAGES):
         raise SlaConfigError(f"limits need exactly {', '.join(sla.STAGES)}")
-    wall = [parse_duration(row[s], working_ok=False, day_s=cal.day_s)[0]
-            for s in sla.STAGES[:-1]]
+    register, dispatch, accept, arrive = (
+        parse_duration(row[s], working_ok=False, day_s=cal.day_s)[0] for s in sla.STAGES[:-1])
     resolve, working = parse_duration(row["resolve"], working_ok=True, day_s=cal.day_s)
     try:
-        return sla.SlaLimits(*wall, resolve, resolve_working=working)
+        return sla.SlaLimits(register, dispatch, accept, arrive, resolve,
+                             resolve_working=working)
     except ValueError as e:
         raise SlaConfigError(str(e)) from e
 
@@ -286,21 +287,23 @@ def limits_view(limits: sla.SlaLimits) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- in force
 class InForce:
-    """The configuration this process runs on. Defaults: the shipped files, unscaled."""
+    """The configuration this process runs on, set by ``sla_settings.load`` (the hub does
+    at start). Before that: the built-in limits by priority (``sla.DEFAULT_LIMITS_BY_PRIORITY``,
+    the same as the shipped file's "*" rows) and a calendar without holidays."""
 
     # Effective limits (file + supervisors' edits), at their real length: what the API shows.
-    base_table: sla.SlaTable = sla.SlaTable()
+    base_table: ClassVar[sla.SlaTable] = sla.SlaTable()
     # The same scaled by ``scale``: what the clocks use.
-    table: sla.SlaTable = sla.SlaTable()
+    table: ClassVar[sla.SlaTable] = sla.SlaTable()
     # Where each row of base_table comes from: "file" or "edited".
-    origin: dict[tuple[str, int], str] = {}
-    warn_share: float = sla.DEFAULT_WARN_SHARE
-    calendar: sla.WorkCalendar = sla.DEFAULT_CALENDAR
-    tz: str = DEFAULT_TOWN_TZ
-    years: tuple[CalendarYear, ...] = ()
-    scale: float = 1.0
-    sla_file: Path = DEFAULT_SLA_FILE
-    calendar_file: Path = DEFAULT_CALENDAR_FILE
+    origin: ClassVar[dict[tuple[str, int], str]] = {}
+    warn_share: ClassVar[float] = sla.DEFAULT_WARN_SHARE
+    calendar: ClassVar[sla.WorkCalendar] = sla.DEFAULT_CALENDAR
+    tz: ClassVar[str] = DEFAULT_TOWN_TZ
+    years: ClassVar[tuple[CalendarYear, ...]] = ()
+    scale: ClassVar[float] = 1.0
+    sla_file: ClassVar[Path] = DEFAULT_SLA_FILE
+    calendar_file: ClassVar[Path] = DEFAULT_CALENDAR_FILE
 
 
 def shipped_calendar(tz: str = DEFAULT_TOWN_TZ) -> Calendar:

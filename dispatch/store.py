@@ -13,8 +13,8 @@ from typing import Any
 from core.db import Conn, Querier, row_view
 from core.entities import INCIDENT_COLUMNS, UNIT_COLUMNS
 from dispatch import workflow
-from dispatch.sla_config import InForce
 from dispatch.model import IncidentState, UnitState
+from dispatch.sla_config import InForce
 
 
 def ts(seconds: float) -> datetime:
