@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
+from dispatch import clocks, reports, sla_config
+from dispatch.assessment import CaseFacts, assess
 from dispatch.sla import (
     DEFAULT_LIMITS_BY_PRIORITY,
     SlaLimits,
@@ -15,6 +17,8 @@ from dispatch.sla import (
     WorkCalendar,
     add_working_seconds,
     deadlines,
+    local_date,
+    local_day_start,
     remaining_s,
     sla_state,
     working_seconds_between,
@@ -281,3 +285,244 @@ def test_table_falls_back_to_priority() -> None:
     assert table.limits("占道经营", 3) == P3
     with pytest.raises(KeyError):
         table.limits("x", 9)
+
+
+# ====================================================================== configuration
+# The shipped files (dispatch/data): limits table and the town's working calendar.
+SHIPPED = sla_config.shipped_calendar()
+SHIPPED_CAL = SHIPPED.calendar
+SHIPPED_TABLE, SHIPPED_WARN = sla_config.parse_table(
+    sla_config.read_toml(sla_config.DEFAULT_SLA_FILE), SHIPPED_CAL)
+WD = 9 * H  # one working day of the shipped calendar (08:30-17:30)
+
+
+@pytest.mark.parametrize(
+    ("day", "working", "why"),
+    [
+        (date(2026, 1, 1), False, "New Year's Day, a Thursday"),
+        (date(2026, 1, 2), False, "bridging Friday after New Year's Day"),
+        (date(2026, 1, 4), True, "调休: Sunday worked for New Year's Day"),
+        (date(2026, 2, 13), True, "the Friday before Spring Festival"),
+        (date(2026, 2, 14), True, "调休: Saturday worked before Spring Festival"),
+        (date(2026, 2, 16), False, "除夕 (New Year's Eve), a Monday"),
+        (date(2026, 2, 17), False, "春节 (New Year's Day), a Tuesday"),
+        (date(2026, 2, 23), False, "last day of the Spring Festival holiday, a Monday"),
+        (date(2026, 2, 24), True, "first working day after Spring Festival"),
+        (date(2026, 2, 28), True, "调休: Saturday worked after Spring Festival"),
+        (date(2026, 3, 7), False, "an ordinary Saturday"),
+        (date(2026, 4, 6), False, "Qingming, Monday"),
+        (date(2026, 5, 5), False, "Labour Day holiday, Tuesday"),
+        (date(2026, 5, 9), True, "调休: Saturday worked for Labour Day"),
+        (date(2026, 6, 19), False, "Dragon Boat Festival, Friday"),
+        (date(2026, 9, 20), True, "调休: Sunday worked for National Day"),
+        (date(2026, 9, 25), False, "Mid-Autumn Festival, Friday"),
+        (date(2026, 10, 7), False, "National Day holiday, Wednesday"),
+        (date(2026, 10, 10), True, "调休: Saturday worked for National Day"),
+        (date(2026, 12, 3), True, "an ordinary Thursday"),
+        (date(2027, 2, 5), False, "除夕 2027, statutory, a Friday"),
+        (date(2027, 2, 8), False, "初三 2027, statutory, a Monday"),
+        (date(2027, 2, 9), True, "the notice for 2027 is not known: no bridging days shipped"),
+        (date(2027, 10, 1), False, "National Day 2027, statutory"),
+    ],
+)
+def test_shipped_calendar(day: date, working: bool, why: str) -> None:
+    assert SHIPPED_CAL.is_workday(day) is working, why
+
+
+def test_shipped_calendar_says_where_each_year_comes_from() -> None:
+    years = {y.year: y for y in SHIPPED.years}
+    assert years[2026].status == "official" and "2026" in years[2026].source
+    assert years[2026].holidays == 33 and years[2026].workdays == 6
+    assert years[2027].status == "statutory-only" and years[2027].workdays == 0
+    assert SHIPPED.coverage_warnings(date(2026, 12, 3)) == [
+        "the working calendar's 2027 dates are statutory-only (not from the State Council's "
+        "notice): adjusted working days are missing"]
+    assert len(SHIPPED.coverage_warnings(date(2028, 1, 1))) == 2  # neither 2028 nor 2029
+    assert SHIPPED_CAL.tz_offset_s == 8 * 3600 and SHIPPED.tz == "Asia/Shanghai"
+
+
+def test_shipped_table() -> None:
+    assert SHIPPED_WARN == 0.8
+    # The "*" rows are the built-in defaults, so a hub without the file judges the same.
+    assert dict(SHIPPED_TABLE.by_priority) == dict(DEFAULT_LIMITS_BY_PRIORITY)
+    p3 = SHIPPED_TABLE.limits("city_order", 3)
+    assert (p3.register_s, p3.arrive_s, p3.resolve_s, p3.resolve_working) == (
+        30 * 60, 24 * H, 3 * WD, True)
+    # Per category: a gas leak is made safe on the wall clock whatever its priority.
+    gas = SHIPPED_TABLE.limits("gas_leak", 3)
+    assert (gas.arrive_s, gas.resolve_s, gas.resolve_working) == (H, 24 * H, False)
+    assert SHIPPED_TABLE.limits("gas_leak", 1) == SHIPPED_TABLE.limits("city_order", 1)
+
+
+# Spring Festival 2026: 15-23 February off; Saturday 14 and Saturday 28 February worked.
+BEFORE_SPRING = cst(2026, 2, 13, 16)  # Friday 16:00, town time
+
+
+def test_breach_across_spring_festival() -> None:
+    """A normal (p3) case reported on the Friday afternoon before Spring Festival has three
+    working days to be resolved: 1.5 h on Friday, Saturday 14th (调休), then nothing until
+    Tuesday 24th; due Wednesday 25th at 16:00. A holiday-blind calendar would call it
+    breached from Wednesday 18th, in the middle of the holiday."""
+    limits = SHIPPED_TABLE.limits("city_order", 3)
+    due = deadlines(limits, SHIPPED_CAL, BEFORE_SPRING)
+    assert due["resolve"] == cst(2026, 2, 25, 16)
+    assert deadlines(limits, OFFICE, BEFORE_SPRING)["resolve"] == cst(2026, 2, 18, 16)
+    # Emergency stages run on the wall clock, holiday or not.
+    assert due["arrive"] == BEFORE_SPRING + 24 * H
+    # Closed the morning after the holiday: on time. Still open on the 25th at 17:00: late.
+    assert sla_state(due["resolve"], BEFORE_SPRING, cst(2026, 2, 24, 10), cal=SHIPPED_CAL) == "ok"
+    assert sla_state(due["resolve"], BEFORE_SPRING, cst(2026, 2, 25, 17)) == "breached"
+    # Amber at 80 % of the working time (21.6 of 27 h): Wednesday 10:36, not mid-holiday.
+    assert clocks._warn_at(SHIPPED_CAL, 0.8, BEFORE_SPRING, due["resolve"], True) == (
+        pytest.approx(cst(2026, 2, 25, 10, 36)))
+    # Shelved over the holiday's first days (a pause): the deadline moves by the working
+    # time the pause took, which over the holiday is only Saturday the 14th.
+    paused = deadlines(limits, SHIPPED_CAL, BEFORE_SPRING,
+                       [(cst(2026, 2, 14, 8), cst(2026, 2, 20, 12))])
+    assert paused["resolve"] == cst(2026, 2, 26, 16)
+
+
+def test_assessment_on_time_across_spring_festival() -> None:
+    """The assessment report (dispatch/assessment.py) judges with the same calendar."""
+    def case(i: int, closed: float) -> CaseFacts:
+        return CaseFacts(incident_id=str(i), opened_at=BEFORE_SPRING, category="city_order", priority=3,
+                         state="closed", grid="G01", grid1="G", unit="SQ-01",
+                         closed_at=closed)
+    cases = [case(1, cst(2026, 2, 24, 11)), case(2, cst(2026, 2, 25, 16, 30))]
+    now = cst(2026, 3, 1)
+    [holiday_aware] = assess(cases, "all", now=now, table=SHIPPED_TABLE, cal=SHIPPED_CAL)
+    assert (holiday_aware.due, holiday_aware.on_time) == (2, 1)
+    [blind] = assess(cases, "all", now=now, table=SHIPPED_TABLE, cal=OFFICE)
+    assert blind.on_time == 0
+
+
+@pytest.mark.parametrize(
+    ("ts", "town_day", "utc_day"),
+    [
+        (cst(2026, 3, 2, 7, 30), date(2026, 3, 2), date(2026, 3, 1)),  # 07:30 town = 23:30 UTC
+        (cst(2026, 3, 2, 0, 0), date(2026, 3, 2), date(2026, 3, 1)),
+        (cst(2026, 3, 1, 23, 59), date(2026, 3, 1), date(2026, 3, 1)),
+        (cst(2026, 3, 2, 8, 0), date(2026, 3, 2), date(2026, 3, 2)),
+    ],
+)
+def test_town_day_boundaries(ts: float, town_day: date, utc_day: date) -> None:
+    assert local_date(SHIPPED_CAL, ts) == town_day
+    assert datetime.fromtimestamp(ts, UTC).date() == utc_day
+    start = local_day_start(SHIPPED_CAL, town_day)
+    assert start <= ts < start + 86_400
+    assert start == cst(town_day.year, town_day.month, town_day.day)
+
+
+def test_report_days_are_town_days() -> None:
+    since, until = town_day_range_in(date(2026, 3, 2), date(2026, 3, 2))
+    assert (since, until) == (cst(2026, 3, 2), cst(2026, 3, 3))
+    assert datetime.fromtimestamp(since, UTC).hour == 16  # 16:00 UTC the day before
+
+
+def town_day_range_in(first: date, last: date) -> tuple[float, float]:
+    saved = sla_config.InForce.calendar
+    sla_config.InForce.calendar = SHIPPED_CAL
+    try:
+        return reports.town_day_range(first, last)
+    finally:
+        sla_config.InForce.calendar = saved
+
+
+@pytest.mark.parametrize(
+    ("text", "working_ok", "expected"),
+    [
+        ("20m", False, (1200.0, False)),
+        ("4h", False, (4 * H, False)),
+        ("1.5d", False, (1.5 * 86400, False)),
+        ("90s", False, (90.0, False)),
+        ("3wd", True, (3 * WD, True)),
+        ("27wh", True, (27 * H, True)),
+        (" 5 wd ", True, (5 * WD, True)),
+    ],
+)
+def test_parse_duration(text: str, working_ok: bool, expected: tuple[float, bool]) -> None:
+    assert sla_config.parse_duration(text, working_ok=working_ok, day_s=WD) == expected
+
+
+OK_ROW = {"register": "2m", "dispatch": "5m", "accept": "8m", "arrive": "20m",
+          "resolve": "4h"}
+
+
+def _limits_doc(star: dict[str, object] | None = None, more: dict[str, object] | None = None,
+                **top: object) -> dict[str, object]:
+    """A limits file: every "*" priority OK_ROW unless ``star`` says otherwise."""
+    limits: dict[str, object] = {"*": star if star is not None else
+                                 {str(p): OK_ROW for p in (1, 2, 3, 4)}}
+    limits.update(more or {})
+    return {"limits": limits, **top}
+
+
+def _every_p(**changes: str) -> dict[str, object]:
+    return {str(p): {**OK_ROW, **changes} for p in (1, 2, 3, 4)}
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (_limits_doc(warn_share=1.2), "warn_share"),
+        (_limits_doc(warn_share=True), "warn_share"),
+        ({"limits": {"x": {}}}, 'limits."*"'),
+        (_limits_doc(star={"1": {"register": "2m"}}), "limits need exactly"),
+        (_limits_doc(star={"1": OK_ROW}), "priorities [2, 3, 4] are missing"),
+        (_limits_doc(star=_every_p(arrive="1wd")), "only the resolve limit"),
+        (_limits_doc(star=_every_p(register="9m")), "register <= dispatch"),
+        (_limits_doc(star=_every_p(register="2 min")), "a duration"),
+        (_limits_doc(more={"noise": {"5": OK_ROW}}), "priority 5"),
+        (_limits_doc(more={"Bad-Name": {"1": OK_ROW}}), "category 'Bad-Name'"),
+    ],
+)
+def test_limits_file_errors(doc: dict[str, object], message: str) -> None:
+    with pytest.raises(sla_config.SlaConfigError) as e:
+        sla_config.parse_table(doc, SHIPPED_CAL)
+    assert message in str(e.value)
+
+
+def _cal_doc(**year: object) -> dict[str, object]:
+    y: dict[str, object] = {"status": "official", "source": "test notice", "holidays": [],
+                            "workdays": []}
+    y.update(year)
+    return {"years": {"2026": y}}
+
+
+@pytest.mark.parametrize(
+    ("doc", "tz", "message"),
+    [
+        (_cal_doc(), "Mars/Olympus", "unknown time zone"),
+        (_cal_doc(), "Europe/Berlin", "daylight saving"),
+        (_cal_doc(status="rumour"), "Asia/Shanghai", "status"),
+        (_cal_doc(source=""), "Asia/Shanghai", "say where the dates come from"),
+        (_cal_doc(holidays=[{"name": "x", "from": date(2026, 2, 3), "to": date(2026, 2, 1)}]),
+         "Asia/Shanghai", "ends before it starts"),
+        (_cal_doc(workdays=[date(2027, 1, 2)]), "Asia/Shanghai", "not in 2026"),
+        (_cal_doc(holidays=[{"name": "x", "from": date(2026, 2, 1), "to": date(2026, 2, 1)}],
+                  workdays=[date(2026, 2, 1)]), "Asia/Shanghai", "both a holiday"),
+        ({"hours": {"workdays": ["monday"]}}, "Asia/Shanghai", "hours.workdays"),
+        ({"hours": {"day_start": "18:00"}}, "Asia/Shanghai", "day_start must be before"),
+    ],
+)
+def test_calendar_file_errors(doc: dict[str, object], tz: str, message: str) -> None:
+    with pytest.raises(sla_config.SlaConfigError) as e:
+        sla_config.parse_calendar(doc, tz)
+    assert message in str(e.value)
+
+
+def test_town_calendar_replaces_the_shipped_one() -> None:
+    """A town's own file: six-day week with a lunch break, its own holiday, in UTC+7."""
+    doc = {"hours": {"workdays": ["mon", "tue", "wed", "thu", "fri", "sat"],
+                     "day_start": "08:00", "day_end": "17:00", "lunch": ["12:00", "13:00"]},
+           "years": {"2026": {"status": "official", "source": "town decree 1/2026",
+                              "holidays": [{"name": "fair", "from": date(2026, 3, 3),
+                                            "to": date(2026, 3, 3)}]}}}
+    cal = sla_config.parse_calendar(doc, "Asia/Bangkok")
+    assert cal.calendar.tz_offset_s == 7 * 3600 and cal.calendar.day_s == 8 * 3600
+    assert cal.calendar.is_workday(date(2026, 3, 7))  # Saturday
+    assert not cal.calendar.is_workday(date(2026, 3, 3))
+    # Monday 16:30 Bangkok time + 1 working hour: Wednesday (Tuesday is the fair) 08:30.
+    start = datetime(2026, 3, 2, 16, 30, tzinfo=timezone(timedelta(hours=7))).timestamp()
+    assert add_working_seconds(cal.calendar, start, H) == datetime(
+        2026, 3, 4, 8, 30, tzinfo=timezone(timedelta(hours=7))).timestamp()
