@@ -385,8 +385,8 @@ def test_breach_across_spring_festival() -> None:
 def test_assessment_on_time_across_spring_festival() -> None:
     """The assessment report (dispatch/assessment.py) judges with the same calendar."""
     def case(i: int, closed: float) -> CaseFacts:
-        return CaseFacts(incident_id=str(i), opened_at=BEFORE_SPRING, category="city_order", priority=3,
-                         state="closed", grid="G01", grid1="G", unit="SQ-01",
+        return CaseFacts(incident_id=str(i), opened_at=BEFORE_SPRING, category="city_order",
+                         priority=3, state="closed", grid="G01", grid1="G", unit="SQ-01",
                          closed_at=closed)
     cases = [case(1, cst(2026, 2, 24, 11)), case(2, cst(2026, 2, 25, 16, 30))]
     now = cst(2026, 3, 1)
