@@ -1,0 +1,220 @@
+"""SLA configuration on the real database and a running hub: supervisors' edits recorded
+with the authenticated principal and surviving a restart, clocks computed on the town's
+calendar across Spring Festival, and "cases today" counted by the town's day.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+
+import asyncpg
+import httpx
+import pytest
+import pytest_asyncio
+
+from core.db import connect
+from dispatch import clocks, sla, sla_config, sla_settings, store, workflow
+from tests.conftest import HubProcess, town_database, town_doc
+
+TOWN = town_doc()
+CST = timezone(timedelta(hours=8))
+H = 3600.0
+UNIT = TOWN["units"][0]["id"]
+
+
+def cst(y: int, mo: int, d: int, hh: int = 0, mm: int = 0) -> float:
+    return datetime(y, mo, d, hh, mm, tzinfo=CST).timestamp()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def sla_db(base_db_url: str) -> AsyncIterator[str]:
+    async with town_database(base_db_url, "sla") as url:
+        yield url
+
+
+@pytest_asyncio.fixture
+async def conn(sla_db: str) -> AsyncIterator[asyncpg.Connection]:
+    c = await connect(sla_db)
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+def in_force() -> Iterator[None]:
+    """Tests that load a configuration into this process put the previous one back."""
+    saved = {k: v for k, v in vars(sla_config.InForce).items() if not k.startswith("__")}
+    yield
+    for k, v in saved.items():
+        setattr(sla_config.InForce, k, v)
+
+
+async def _incident(c: asyncpg.Connection, opened_at: float, category: str = "city_order",
+                    priority: int = 3) -> int:
+    d = TOWN["devices"][0]
+    iid: int = await c.fetchval(
+        """INSERT INTO incidents (category, priority, qualification, title, lon, lat, source,
+                                  state, opened_at)
+           VALUES ($1, $2, 'city_management', 'test', $3, $4, 'operator', 'registered', $5)
+           RETURNING id""", category, priority, d["lon"], d["lat"], store.ts(opened_at))
+    return iid
+
+
+# ---------------------------------------------------------------- cases today
+async def test_cases_today_counts_the_town_day(conn: asyncpg.Connection) -> None:
+    """A unit's "cases today" starts at the town's midnight (00:00 Asia/Shanghai = 16:00
+    UTC), not at UTC's (08:00 in the town). Which UTC day the discriminating case falls in
+    depends on when the test runs; either way the town day decides."""
+    cal = sla_config.shipped_calendar().calendar
+    now = time.time()
+    town_start = sla.local_day_start(cal, sla.local_date(cal, now))
+    utc_start = datetime.fromtimestamp(now, UTC).replace(
+        hour=0, minute=0, second=0, microsecond=0).timestamp()
+    if town_start < utc_start:
+        # 07:30 in the town today = 23:30 UTC yesterday: the town's today, not UTC's.
+        discriminating, counts = town_start + 7.5 * H, True
+    else:
+        # 23:30 in the town yesterday = 15:30 UTC today: UTC's today, not the town's.
+        discriminating, counts = town_start - 0.5 * H, False
+    assert min(discriminating, town_start + 1) < now
+    times = {"just after town midnight": (town_start + 1, True),
+             "just before town midnight": (town_start - 1, False),
+             "discriminating": (discriminating, counts)}
+    for at, _ in times.values():
+        iid = await _incident(conn, at - 60)
+        await conn.execute(
+            """INSERT INTO assignments (incident_id, unit_id, assigned_at, status, reason)
+               VALUES ($1, $2, $3, 'done', 'test')""", iid, UNIT, store.ts(at))
+    units = {u.id: u for u in await store.unit_states(conn)}
+    expected = sum(1 for _, c in times.values() if c)
+    utc_count = sum(1 for at, _ in times.values() if at >= utc_start)
+    assert units[UNIT].cases_today == expected, (
+        f"town day counts {expected}, a UTC day would count {utc_count}: {times}")
+    assert expected != utc_count  # the case really tells the two days apart
+
+
+# ---------------------------------------------------------------- clocks over a holiday
+async def test_clocks_across_spring_festival(conn: asyncpg.Connection, in_force: None) -> None:
+    """The hub's clock rows (sla_clocks) for a normal case reported on the Friday before
+    Spring Festival 2026: resolve due Wednesday 25 February 16:00, three working days
+    that skip the holiday and include Saturday 14 February (调休)."""
+    opened = cst(2026, 2, 13, 16)
+    warnings = await sla_settings.load(
+        conn, sla_file=sla_config.DEFAULT_SLA_FILE,
+        calendar_file=sla_config.DEFAULT_CALENDAR_FILE, tz="Asia/Shanghai", now=opened)
+    assert warnings == ["the working calendar's 2027 dates are statutory-only (not from the "
+                        "State Council's notice): adjusted working days are missing"]
+    results = {}
+    for closed_at in (cst(2026, 2, 24, 10), cst(2026, 2, 25, 17)):
+        iid = await _incident(conn, opened)
+        inc = await store.incident_row(conn, iid)
+        assert inc is not None
+        registered = workflow.CaseState(state="registered")
+        summary = await clocks.update_clocks(conn, inc, registered, "register", opened)
+        assert summary["resolve"]["deadline"] == cst(2026, 2, 25, 16)
+        row = await conn.fetchrow(
+            "SELECT deadline, warn_at FROM sla_clocks WHERE incident_id = $1 "
+            "AND stage = 'resolve'", iid)
+        assert row["deadline"].timestamp() == cst(2026, 2, 25, 16)
+        # amber at 80 % of the working time, on the Wednesday morning, not in the holiday
+        assert row["warn_at"].timestamp() == pytest.approx(cst(2026, 2, 25, 10, 36))
+        closed = workflow.CaseState(state="closed")
+        summary = await clocks.update_clocks(conn, inc, closed, "close", closed_at)
+        results[closed_at] = summary["resolve"]["state"]
+    assert results == {cst(2026, 2, 24, 10): "met", cst(2026, 2, 25, 17): "breached"}
+
+
+# ---------------------------------------------------------------- the API and a restart
+@pytest.fixture(scope="module")
+def sla_hub(sla_db: str, mqtt_url: str) -> Iterator[HubProcess]:
+    hub = HubProcess(sla_db, mqtt_url).start()
+    yield hub
+    hub.stop()
+
+
+def _as(hub: HubProcess, token: str) -> httpx.Client:
+    return httpx.Client(base_url=hub.url, headers={"Authorization": f"Bearer {token}"},
+                        timeout=10)
+
+
+NEW_P2 = {"register_s": 420.0, "dispatch_s": 900.0, "accept_s": 1500.0, "arrive_s": 2700.0,
+          "resolve_s": 8 * H, "resolve_working": False}
+
+
+async def test_supervisor_edit_is_recorded_and_survives_a_restart(
+        sla_hub: HubProcess, mqtt_url: str, sla_db: str) -> None:
+    supervisor = _as(sla_hub, sla_hub.make_token("supervisor", name="sup-wang"))
+    operator = _as(sla_hub, sla_hub.make_token("operator", name="op-li"))
+    viewer = _as(sla_hub, sla_hub.make_token("viewer", name="viewer-zhao"))
+    try:
+        shown = viewer.get("/api/sla").json()
+        assert shown["tz"] == "Asia/Shanghai" and shown["warn_share"] == 0.8
+        assert {y["year"]: y["status"] for y in shown["calendar"]["years"]} == {
+            2026: "official", 2027: "statutory-only"}
+        assert "2026-02-17" in shown["calendar"]["holidays"]
+        assert "2026-02-14" in shown["calendar"]["adjusted_workdays"]
+        keys = {(r["category"], r["priority"]) for r in shown["limits"]}
+        assert ("*", 2) in keys and ("city_order", 2) not in keys  # "*" applies to it
+
+        url = "/api/sla/limits/city_order/2"
+        r = operator.put(url, json=NEW_P2)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "auth.forbidden"
+        bad = {**NEW_P2, "dispatch_s": 60.0}  # dispatch before register
+        r = supervisor.put(url, json=bad)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "sla.invalid", r.text
+        r = supervisor.put("/api/sla/limits/City-Order/2", json=NEW_P2)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "request.invalid", r.text
+        # A name in the body is not who acted: the token's principal is.
+        r = supervisor.put(url, json={**NEW_P2, "updated_by": "mallory", "actor": "mallory"})
+        assert r.status_code == 200, r.text
+        assert r.json()["updated_by"] == "sup-wang"
+        r = supervisor.put("/api/sla/warn-share", json={"warn_share": 0.7, "by": "mallory"})
+        assert r.status_code == 200 and r.json()["updated_by"] == "sup-wang"
+        assert operator.put("/api/sla/warn-share", json={"warn_share": 0.5}).status_code == 403
+        # an edit of the "*" row, then undone: back to the file's value, both recorded
+        star = {**NEW_P2, "resolve_s": 12 * H}
+        assert supervisor.put("/api/sla/limits/*/2", json=star).status_code == 200
+        r = supervisor.delete("/api/sla/limits/*/2")
+        assert r.status_code == 200, r.text
+        assert supervisor.delete("/api/sla/limits/*/2").json()["error"]["code"] == \
+            "sla.not_edited"
+    finally:
+        for c in (supervisor, operator, viewer):
+            c.close()
+
+    sla_hub.stop()
+    sla_hub.start()
+    client = sla_hub.client
+    shown = client.get("/api/sla").json()
+    rows = {(r["category"], r["priority"]): r for r in shown["limits"]}
+    assert rows[("city_order", 2)] == {"category": "city_order", "priority": 2, **NEW_P2,
+                                       "origin": "edited"}
+    assert rows[("*", 2)]["origin"] == "file" and rows[("*", 2)]["resolve_s"] == 24 * H
+    assert shown["warn_share"] == 0.7
+    changes = client.get("/api/sla/changes").json()
+    assert [(c["actor"], c["target"], c["after"] is None) for c in changes] == [
+        ("sup-wang", "limits:*:2", True),
+        ("sup-wang", "limits:*:2", False),
+        ("sup-wang", "warn_share", False),
+        ("sup-wang", "limits:city_order:2", False)]
+    assert changes[-1]["before"] is None  # the "*" row was in force before: no own row
+    assert changes[-1]["after"] == NEW_P2
+    assert changes[2]["before"] == 0.8 and changes[2]["after"] == 0.7
+
+    # The restarted hub's clocks run on the edit: a new city_order p2 case.
+    d = TOWN["devices"][0]
+    r = client.post("/api/incidents", json={
+        "category": "city_order", "qualification": "city_management", "priority": 2,
+        "title": "占道经营", "lon": d["lon"], "lat": d["lat"], "reporter": "op-li"})
+    assert r.status_code == 201, r.text
+    c = await connect(sla_db)
+    try:
+        reg = await c.fetchrow(
+            "SELECT started_at, deadline, warn_at FROM sla_clocks WHERE incident_id = $1 "
+            "AND stage = 'register'", r.json()["id"])
+    finally:
+        await c.close()
+    allowed = (reg["deadline"] - reg["started_at"]).total_seconds()
+    assert allowed == pytest.approx(NEW_P2["register_s"])
+    assert (reg["warn_at"] - reg["started_at"]).total_seconds() == pytest.approx(0.7 * allowed)
