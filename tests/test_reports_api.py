@@ -458,3 +458,23 @@ async def test_assessment_api_and_csv(client: httpx.AsyncClient, cases: dict[str
     assert r.status_code == 422
     r = await client.get("/api/reports/assessment", params={"since": APRIL, "until": MARCH})
     assert (r.status_code, r.json()["error"]["code"]) == (422, "report.bad_range")
+
+
+async def test_assessment_by_town_days(client: httpx.AsyncClient, cases: dict[str, int]) -> None:
+    """first_day/last_day are the town's days: 1 March runs from 00:00 in the town
+    (16:00 UTC on 28 February), whatever UTC says."""
+    r = await client.get("/api/reports/assessment",
+                         params={"first_day": "2021-03-01", "last_day": "2021-03-31"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["since"], r.json()["until"]) == (cst(2021, 3, 1), cst(2021, 4, 1))
+    by_range = await client.get("/api/reports/assessment",
+                                params={"since": cst(2021, 3, 1), "until": cst(2021, 4, 1)})
+    assert r.json()["groups"] == by_range.json()["groups"]
+    r = await client.get("/api/reports/assessment", params={"first_day": "2021-03-10"})
+    assert (r.json()["since"], r.json()["until"]) == (cst(2021, 3, 10), cst(2021, 3, 11))
+    r = await client.get("/api/reports/assessment",
+                         params={"first_day": "2021-03-10", "since": cst(2021, 3, 1)})
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "report.bad_range")
+    r = await client.get("/api/reports/assessment",
+                         params={"first_day": "2021-03-10", "last_day": "2021-03-01"})
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "report.bad_range")
