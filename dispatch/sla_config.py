@@ -302,6 +302,8 @@ class InForce:
     tz: ClassVar[str] = DEFAULT_TOWN_TZ
     years: ClassVar[tuple[CalendarYear, ...]] = ()
     scale: ClassVar[float] = 1.0
+    # What an operator must be told about the calendar (Calendar.coverage_warnings).
+    warnings: ClassVar[tuple[str, ...]] = ()
     sla_file: ClassVar[Path] = DEFAULT_SLA_FILE
     calendar_file: ClassVar[Path] = DEFAULT_CALENDAR_FILE
 

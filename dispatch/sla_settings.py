@@ -55,8 +55,8 @@ async def load(db: Querier, *, sla_file: Path, calendar_file: Path, tz: str,
     """Read the files and the database's edits and put them in force in this process.
 
     Returns the warnings an operator must see (calendar years missing or not official),
-    which are also logged. Raises ``SlaConfigError`` for a broken file: the hub must not
-    run on limits nobody set.
+    which are also logged (each once) and shown by ``view``. Raises ``SlaConfigError`` for
+    a broken file: the hub must not run on limits nobody set.
     """
     cal = parse_calendar(read_toml(calendar_file), tz)
     table, warn = parse_table(read_toml(sla_file), cal.calendar)
@@ -84,7 +84,9 @@ async def load(db: Querier, *, sla_file: Path, calendar_file: Path, tz: str,
                            .timestamp())
     warnings = cal.coverage_warnings(today)
     for w in warnings:
-        log.warning("SLA calendar (%s): %s", calendar_file, w)
+        if w not in InForce.warnings:  # once, not at every periodic reload
+            log.warning("SLA calendar (%s): %s", calendar_file, w)
+    InForce.warnings = tuple(warnings)
     return warnings
 
 
@@ -104,6 +106,7 @@ def view() -> dict[str, Any]:
         "tz": InForce.tz,
         "warn_share": InForce.warn_share,
         "time_scale": InForce.scale,
+        "warnings": list(InForce.warnings),
         "sla_file": str(InForce.sla_file),
         "limits": [
             {"category": c, "priority": p, **limits_view(v),

@@ -150,6 +150,10 @@ async def test_supervisor_edit_is_recorded_and_survives_a_restart(
     try:
         shown = viewer.get("/api/sla").json()
         assert shown["tz"] == "Asia/Shanghai" and shown["warn_share"] == 0.8
+        # the shipped calendar's gaps (2027 statutory-only): told, not hidden
+        shipped = sla_config.shipped_calendar()
+        assert shown["warnings"] == shipped.coverage_warnings(
+            sla.local_date(shipped.calendar, time.time()))
         assert {y["year"]: y["status"] for y in shown["calendar"]["years"]} == {
             2026: "official", 2027: "statutory-only"}
         assert "2026-02-17" in shown["calendar"]["holidays"]
