@@ -28,9 +28,10 @@ from typing import Any
 import asyncpg
 
 from core import outbox
-from core.db import Conn
+from core.db import Conn, Querier
 from core.events import Envelope, SlaBreached, SlaWarned
-from dispatch import sla, store, workflow
+from core.settings import Settings
+from dispatch import sla, sla_settings, store, workflow
 from dispatch.sla_config import InForce
 
 log = logging.getLogger("dispatch.clocks")
@@ -54,6 +55,12 @@ TIMER_IDLE_S = 30.0
 # The limits, warn share and working calendar in force (dispatch/sla_config.py), loaded
 # from the settings' files and the supervisors' edits by dispatch/sla_settings.py.
 SlaConfig = InForce
+
+
+async def configure(db: Querier, settings: Settings) -> list[str]:
+    """Put the settings' SLA files, the supervisors' edits, the town's zone and the time
+    scale in force (at start; ``sla_settings.load_settings``); returns the warnings."""
+    return await sla_settings.load_settings(db, settings)
 
 
 def _ts(v: float | None) -> datetime | None:

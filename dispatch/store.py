@@ -12,9 +12,8 @@ from typing import Any
 
 from core.db import Conn, Querier, row_view
 from core.entities import INCIDENT_COLUMNS, UNIT_COLUMNS
-from dispatch import workflow
+from dispatch import sla_config, workflow
 from dispatch.model import IncidentState, UnitState
-from dispatch.sla_config import InForce
 
 
 def ts(seconds: float) -> datetime:
@@ -33,7 +32,7 @@ async def unit_states(conn: Querier) -> list[UnitState]:
                   (SELECT count(*) FROM assignments a WHERE a.unit_id = u.id
                      AND a.assigned_at >= date_trunc('day', now(), $1)) AS cases_today
            FROM units u LEFT JOIN incidents ci ON ci.id = u.current_incident""",
-        InForce.tz)  # the town's day, not UTC's: 00:00 in the town, not 08:00
+        sla_config.InForce.tz)  # the town's day, not UTC's: 00:00 in the town, not 08:00
     return [
         UnitState(
             id=r["id"],
