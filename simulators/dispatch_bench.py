@@ -815,8 +815,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m simulators.dispatch_bench",
                                 description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    p.add_argument("--hours", type=float, default=DEFAULT_HOURS,
-                   help="hours of arrivals (the run continues until every case is handled)")
+    p.add_argument("--hours", type=float, default=None,
+                   help=f"hours of arrivals (the run continues until every case is handled; "
+                        f"default {DEFAULT_HOURS:g}, --hub 3, --from-db: the range)")
     p.add_argument("--rate", type=float, default=DEFAULT_RATE,
                    help="mean incidents an hour over the day")
     p.add_argument("--units-scale", type=float, default=1.0,
@@ -828,8 +829,14 @@ def main(argv: list[str] | None = None) -> int:
                    metavar="KNOB=VALUE", help="override a DispatchPolicy knob of the engine")
     p.add_argument("--latency-decisions", type=int, default=200,
                    help="decisions timed in the 300 units x 200 incidents scenario (0: skip)")
+    from simulators import dispatch_modes  # noqa: PLC0415  (imports this module)
+
+    dispatch_modes.add_arguments(p)
     args = p.parse_args(argv)
     policy = _policy_with(args.overrides)
+    if dispatch_modes.selected(args):
+        return dispatch_modes.main(args, policy)
+    args.hours = DEFAULT_HOURS if args.hours is None else args.hours
 
     t = time.perf_counter()
     town = load_town(args.town, args.units_scale, args.seed)
