@@ -491,6 +491,7 @@ def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
         "units": len(town.units), "incidents": len(stream),
         "unreached": extra["unreached"], "report_lag_sim_s_mean":
             extra["report_lag_sim_s_mean"],
+        "database": db.name if args.keep_db else None,
         "crew_errors": drove["crew_errors"][:10], "commands": drove["commands"],
         "load_per_cpu": round(os.getloadavg()[0] / (os.cpu_count() or 1), 2),
         "wall_s": round(time.perf_counter() - t_wall, 1),
