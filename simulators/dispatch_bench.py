@@ -829,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
                    metavar="KNOB=VALUE", help="override a DispatchPolicy knob of the engine")
     p.add_argument("--latency-decisions", type=int, default=200,
                    help="decisions timed in the 300 units x 200 incidents scenario (0: skip)")
-    from simulators import dispatch_modes  # noqa: PLC0415  (imports this module)
+    from simulators import dispatch_modes
 
     dispatch_modes.add_arguments(p)
     args = p.parse_args(argv)

@@ -183,14 +183,16 @@ def run(url: str, since: float, until: float, policy: DispatchPolicy, limits: st
         units = [dict(r) for r in db.fetch(UNITS_SQL, since_dt)]
         roads = db.fetch(ROADS_SQL)
     graph = RoadGraph.from_geojson({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "geometry": r["geometry"],
+        # A plain connection returns jsonb as text (the hub's pool decodes it).
+        {"type": "Feature", "geometry": (json.loads(r["geometry"])
+                                         if isinstance(r["geometry"], str) else r["geometry"]),
          "properties": {"id": r["id"], "name": r["name"], "class": r["class"],
                         "speed_kmh": r["speed_kmh"]}} for r in roads]})
     town, stream, notes = build(incidents, units, graph, since)
     say(f"{len(stream)} incidents registered {since_dt:%Y-%m-%d %H:%M} - "
         f"{until_dt:%Y-%m-%d %H:%M} UTC, {len(town.units)} units, {len(roads)} roads")
     if not stream:
-        raise ValueError("no dispatchable incident was registered in that range")
+        raise SystemExit("--from-db: no dispatchable incident was registered in that range")
     out = compare(town, stream, policy, limits, say)
     out["recorded"] = recorded_figures(incidents, stream, limits)
     out.update({"mode": "from-db", "since": since_dt.isoformat(),

@@ -77,7 +77,6 @@ from simulators.bench import (
 from simulators.dispatch_bench import (
     ARRIVE_LIMITS,
     BENCH_POLICY,
-    DEFAULT_RATE,
     T0,
     TURNOUT_S,
     Incident,
