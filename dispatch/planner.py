@@ -205,6 +205,9 @@ class _Work:
         self.dispatches: list[Dispatch] = []
         self.alerts: list[Alert] = []
         self.fixed: set[str] = set()  # incidents the input itself settled
+        # The units a plan was made over: every case of one plan is ranked against the
+        # same picture, not one already missing the units sent to earlier lines.
+        self.ranked_over: dict[str, UnitState] | None = None
 
     def bar(self, incident_id: str, unit_id: str) -> None:
         self.excluded[incident_id] = self.excluded.get(incident_id, frozenset()) | {unit_id}
@@ -237,7 +240,8 @@ class _Work:
 
     def _rankable(self, incident_id: str) -> list[UnitState]:
         barred = self.excluded.get(incident_id, frozenset())
-        return [u for u in self.units.values() if u.id not in barred]
+        pool = self.ranked_over if self.ranked_over is not None else self.units
+        return [u for u in pool.values() if u.id not in barred]
 
 
 def _eta(unit: UnitState, inc: IncidentState, graph: RoadGraph | None, now: float,
@@ -448,6 +452,7 @@ def decide(state: DispatchState, event: Input, now: float, policy: DispatchPolic
     waiting: list[Waiting] = []
     if any(i.assigned_unit is None for i in work.incidents.values()):
         plan, moved, gain = _plan(work, now, policy, graph)
+        work.ranked_over = dict(work.units)
         waiting = _carry_out(work, plan, moved, gain, now, policy, graph)
     return Decision(tuple(work.withdrawals), tuple(work.dispatches), tuple(work.alerts),
                     tuple(waiting))
