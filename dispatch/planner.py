@@ -160,7 +160,7 @@ class Dispatch:
 @dataclass(frozen=True, slots=True)
 class Withdrawal:
     """Take ``unit_id`` off ``incident_id``; the assignment ends as ``status``
-    (preempted, superseded, escalated, declined) and the case waits again."""
+    (preempted, superseded, escalated, declined, redirected) and the case waits again."""
 
     incident_id: str
     unit_id: str
@@ -322,7 +322,7 @@ def _redirect(work: _Work, event: Redirect, now: float, policy: DispatchPolicy,
                            code="incident.not_found")
         if target.id == current:
             raise InvalidInput(f"{unit.id} already has this case", code="dispatch.same_unit")
-    work.release(current, unit.id, "superseded",
+    work.release(current, unit.id, "redirected",
                  reason("withdraw.redirected", unit=unit.id, code=event.reason_code))
     work.bar(current, unit.id)
     if target is not None:

@@ -225,7 +225,7 @@ def test_redirect_of_an_en_route_unit(to: str | None) -> None:
     u1 = replace(U1, status="en_route", current_incident="I1", current_priority=3)
     state = DispatchState((i1, inc("I2", 1.2)), (u1, U2))
     d = decide(state, Redirect("U1", "supervisor_order", to_incident=to), NOW, POLICY, None)
-    assert taken_off(d) == {"I1": ("U1", "superseded")}
+    assert taken_off(d) == {"I1": ("U1", "redirected")}
     assert d.withdrawals[0].why.code == "withdraw.redirected"
     if to is None:
         # I1 goes back to planning but not to U1; U1 is free for the other case.
