@@ -447,6 +447,7 @@ def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
                # The replay's policy (the hub's defaults today; explicit so both stay equal).
                "HUB_DISPATCH_PREEMPT_UP_TO_PRIORITY": str(BENCH_POLICY.preempt_up_to_priority),
                "HUB_DISPATCH_PREEMPT_PENALTY_S": str(BENCH_POLICY.preempt_penalty_s),
+               "HUB_DISPATCH_REPLAN_GAIN_S": str(BENCH_POLICY.replan_gain_s),
                "HUB_POSITION_STALE_AFTER_S": str(BENCH_POLICY.stale_after_s)}
     hub = HubProcess(hub_env, "ingest,dispatch,web",
                      env.var_dir / "log" / f"bench-dispatch-hub-{run_id}.log")
