@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
+from dispatch.geo import RoadGraph
 from simulators.bench import ROOT, ScratchDatabase, SyncDb, with_database
-from simulators.dispatch_bench import ARRIVE_LIMITS, load_town
+from simulators.dispatch_bench import ARRIVE_LIMITS, T0, load_town
+from simulators.dispatch_from_db import TOWN_TZ, build
 from simulators.dispatch_hub_bench import window_stream
 
 SPEED = 120.0
@@ -139,3 +141,32 @@ def test_from_db_outside_the_range_says_so(hub_run: tuple[dict[str, Any], str, f
                        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode != 0
     assert "no dispatchable incident" in r.stderr
+
+
+def test_from_db_build_aligns_days_and_fills_gaps() -> None:
+    """Pure part of --from-db: the town's midnight before --since becomes T0, an incident
+    nobody is qualified for is skipped, a missing on-scene time is its category's median."""
+    since = datetime(2026, 3, 2, 6, 0, tzinfo=TOWN_TZ).timestamp()  # 06:00 town time
+    at10 = datetime(2026, 3, 2, 10, 0, tzinfo=TOWN_TZ).timestamp()
+
+    def row(iid: int, qual: str, registered: float, arrived: float | None,
+            freed: float | None) -> dict[str, Any]:
+        return {"id": iid, "category": qual, "qualification": qual, "priority": 2,
+                "lon": 120.41, "lat": 31.8, "grid_id": "G1", "registered": registered,
+                "arrived": arrived, "freed": freed}
+
+    incidents = [row(1, "traffic", at10, at10 + 300, at10 + 900),
+                 row(2, "traffic", at10 + 60, at10 + 400, at10 + 2400),
+                 row(3, "traffic", at10 + 120, None, None),
+                 row(4, "fire", at10 + 180, at10 + 500, at10 + 800)]
+    units = [{"id": "P1", "type": "police", "qualifications": ["traffic"], "home_grid": "G1",
+              "lon": 120.40, "lat": 31.8},
+             {"id": "X", "type": "squad", "qualifications": ["fire"], "home_grid": "G1",
+              "lon": None, "lat": None}]  # never reported a position: left out
+    no_roads = RoadGraph.from_geojson({"type": "FeatureCollection", "features": []})
+    town, stream, notes = build(incidents, units, no_roads, since)
+    assert [u.id for u in town.units] == ["P1"]
+    assert [i.id for i in stream] == ["1", "2", "3"]
+    assert notes == {"skipped_unqualified": 1, "imputed_handling": 1}
+    assert stream[0].opened_at == pytest.approx(T0 + 10 * 3600)
+    assert [i.handling_s for i in stream] == [600.0, 2000.0, 1300.0]
