@@ -63,6 +63,7 @@ import httpx
 import paho.mqtt.client as mqtt
 
 from dispatch.geo import RoadGraph
+from dispatch.model import DispatchPolicy
 from ingest import wire
 from ingest.mqtt import BrokerAddress, make_client
 from simulators.bench import (
@@ -81,6 +82,7 @@ from simulators.dispatch_bench import (
     TURNOUT_S,
     Incident,
     RunResult,
+    Simulation,
     Town,
     compare,
     load_town,
@@ -354,7 +356,9 @@ SELECT i.id, i.title, i.priority, extract(epoch FROM i.opened_at)::float8 AS ope
   (SELECT extract(epoch FROM min(l.ts))::float8 FROM case_log l
      WHERE l.incident_id = i.id AND l.action = 'give_feedback') AS freed,
   (SELECT extract(epoch FROM min(a.assigned_at))::float8 FROM assignments a
-     WHERE a.incident_id = i.id) AS first_assigned
+     WHERE a.incident_id = i.id) AS first_assigned,
+  (SELECT l.actor FROM case_log l WHERE l.incident_id = i.id
+     AND l.action = 'start_handling' ORDER BY l.seq LIMIT 1) AS reached_by
 FROM incidents i WHERE i.title LIKE '{TITLE_PREFIX}%' ORDER BY i.id
 """
 # Busy time of units: each assignment from its start to the case's feedback (it finished)
@@ -423,6 +427,24 @@ def agreement(hub: Mapping[str, Any], replay: Mapping[str, Any]) -> dict[str, An
     return out
 
 
+def same_units(rows: Sequence[Mapping[str, Any]], town: Town, stream: Sequence[Incident],
+               policy: DispatchPolicy) -> dict[str, Any]:
+    """Did the hub send the units the replay sent? ``same_unit_share``: incidents reached by
+    the same unit in both; ``first_divergence_min``: simulated minutes into the window of the
+    first incident reached by another unit (timing differences show up as late
+    divergences that then cascade; a different decision rule would diverge early)."""
+    sim = Simulation(town, stream, "engine", policy)
+    sim.run()
+    replay_unit = {inc.id: (sim.units[c.unit].spec.id if c.unit is not None else None)
+                   for inc, c in zip(stream, sim.cases, strict=True)}
+    by_title = {str(r["title"]).removeprefix(TITLE_PREFIX): r for r in rows}
+    differ = [inc for inc in stream
+              if by_title.get(inc.id, {}).get("reached_by") != replay_unit[inc.id]]
+    return {"same_unit_share": round(1 - len(differ) / len(stream), 4) if stream else None,
+            "first_divergence_min": round((differ[0].opened_at - T0) / 60, 1)
+            if differ else None}
+
+
 def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
     """The whole ``--hub`` run: set up, drive, read the database, compare. See the doc."""
     env = BenchEnv.from_environ()
@@ -474,7 +496,8 @@ def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
     ci = replay["closest_idle"]
     out: dict[str, Any] = {"closest_idle": ci, "engine": eng,
                            "replay_engine": replay["engine"],
-                           "agreement": agreement(eng, replay["engine"])}
+                           "agreement": {**agreement(eng, replay["engine"]),
+                                         **same_units(rows, town, stream, BENCH_POLICY)}}
     out["decision_p99_ms"] = eng["decision_p99_ms"]
     red = _reduction(ci["breach_share"], eng["breach_share"])
     out["breach_reduction"] = red
