@@ -18,12 +18,15 @@ What is taken from the database:
   without both (never reached, still open) gets the median recorded time of its category,
   else ``FALLBACK_HANDLING_S`` (counted in ``imputed_handling``);
 - units: the ``units`` table (id, type, qualifications, home grid), each starting at its last
-  GPS fix at ``--since`` (``positions``), else its current one; units with neither are left
-  out;
+  GPS fix at ``--since`` (``positions``), else its first one after, else its current one;
+  units with none are left out;
 - roads: the ``roads`` table, as the hub's dispatcher builds its graph.
 
 Times are shifted so that the local midnight (``TOWN_TZ``) before ``--since`` is the
-simulation's T0: "cases today" resets at the town's midnight, as in the replay.
+simulation's T0: "cases today" resets at the town's midnight, as in the replay. A database
+recorded by a world running faster than the wall clock (a ``--hub`` run's, kept with
+``--keep-db``) is read with that run's ``--speed``: its times are multiplied back and
+``--since`` is T0.
 Every unit is on duty and answers at once (the replay's model): the comparison is between
 policies on the same calls, not a reconstruction of the shifts and delays of that week.
 
@@ -83,10 +86,12 @@ ORDER BY r.ts, i.id
 """
 UNITS_SQL = """
 SELECT u.id, u.type, u.qualifications, u.home_grid,
-       coalesce(p.lon, u.lon) AS lon, coalesce(p.lat, u.lat) AS lat
+       coalesce(p.lon, q.lon, u.lon) AS lon, coalesce(p.lat, q.lat, u.lat) AS lat
 FROM units u
 LEFT JOIN LATERAL (SELECT lon, lat FROM positions WHERE unit_id = u.id AND ts <= $1
                    ORDER BY ts DESC LIMIT 1) p ON true
+LEFT JOIN LATERAL (SELECT lon, lat FROM positions WHERE unit_id = u.id AND ts > $1
+                   ORDER BY ts LIMIT 1) q ON true
 WHERE u.status <> 'off_duty' OR p.lon IS NOT NULL
 ORDER BY u.id
 """
@@ -119,8 +124,12 @@ def _category_medians() -> dict[str, float]:
 
 
 def build(incidents: Sequence[Mapping[str, Any]], units: Sequence[Mapping[str, Any]],
-          graph: RoadGraph, since: float) -> tuple[Town, tuple[Incident, ...], dict[str, Any]]:
-    """The recorded week as the replay's town and stream (pure: rows in, values out)."""
+          graph: RoadGraph, since: float, speed: float = 1.0
+          ) -> tuple[Town, tuple[Incident, ...], dict[str, Any]]:
+    """The recorded week as the replay's town and stream (pure: rows in, values out).
+
+    ``speed`` > 1: the database recorded a world running that much faster than the wall
+    clock (a ``--hub`` run): its times are multiplied back, ``since`` becoming T0."""
     specs = tuple(UnitSpec(str(u["id"]), str(u["type"]), frozenset(u["qualifications"]),
                            str(u["home_grid"]), float(u["lon"]), float(u["lat"]))
                   for u in units if u["lon"] is not None and u["lat"] is not None)
@@ -129,10 +138,10 @@ def build(incidents: Sequence[Mapping[str, Any]], units: Sequence[Mapping[str, A
     for r in incidents:
         if r["arrived"] is not None and r["freed"] is not None:
             recorded.setdefault(str(r["category"]), []).append(
-                float(r["freed"]) - float(r["arrived"]))
+                (float(r["freed"]) - float(r["arrived"])) * speed)
     medians = {k: statistics.median(v) for k, v in recorded.items()}
     fallback = _category_medians()
-    shift = T0 - local_midnight(since)
+    origin = local_midnight(since) if speed == 1.0 else since
     stream: list[Incident] = []
     skipped, imputed = 0, 0
     for r in incidents:
@@ -140,26 +149,27 @@ def build(incidents: Sequence[Mapping[str, Any]], units: Sequence[Mapping[str, A
             skipped += 1
             continue
         if r["arrived"] is not None and r["freed"] is not None:
-            handling = float(r["freed"]) - float(r["arrived"])
+            handling = (float(r["freed"]) - float(r["arrived"])) * speed
         else:
             imputed += 1
             handling = medians.get(str(r["category"]),
                                    fallback.get(str(r["category"]), FALLBACK_HANDLING_S))
         stream.append(Incident(str(r["id"]), str(r["category"]), str(r["qualification"]),
                                int(r["priority"]), float(r["lon"]), float(r["lat"]),
-                               str(r["grid_id"]), float(r["registered"]) + shift,
+                               str(r["grid_id"]),
+                               T0 + (float(r["registered"]) - origin) * speed,
                                max(handling, 0.0)))
     return (Town(graph, specs, (), ()), tuple(stream),
             {"skipped_unqualified": skipped, "imputed_handling": imputed})
 
 
 def recorded_figures(incidents: Sequence[Mapping[str, Any]], stream: Sequence[Incident],
-                     limits: str) -> dict[str, Any]:
+                     limits: str, speed: float = 1.0) -> dict[str, Any]:
     """What the hub did with the same incidents: response = start_handling - register, over
     the incidents it reached (``reached``); those not reached are counted, not guessed."""
     kept = {inc.id for inc in stream}
     resp: list[tuple[int, float]] = [
-        (int(r["priority"]), float(r["arrived"]) - float(r["registered"]))
+        (int(r["priority"]), (float(r["arrived"]) - float(r["registered"])) * speed)
         for r in incidents if str(r["id"]) in kept and r["arrived"] is not None]
     out: dict[str, Any] = {"incidents": len(kept), "reached": len(resp)}
     if not resp:
@@ -175,7 +185,7 @@ def recorded_figures(incidents: Sequence[Mapping[str, Any]], stream: Sequence[In
 
 
 def run(url: str, since: float, until: float, policy: DispatchPolicy, limits: str,
-        say: Any) -> dict[str, Any]:
+        say: Any, speed: float = 1.0) -> dict[str, Any]:
     t = time.perf_counter()
     since_dt, until_dt = datetime.fromtimestamp(since, UTC), datetime.fromtimestamp(until, UTC)
     with SyncDb(url) as db:
@@ -188,14 +198,14 @@ def run(url: str, since: float, until: float, policy: DispatchPolicy, limits: st
                                          if isinstance(r["geometry"], str) else r["geometry"]),
          "properties": {"id": r["id"], "name": r["name"], "class": r["class"],
                         "speed_kmh": r["speed_kmh"]}} for r in roads]})
-    town, stream, notes = build(incidents, units, graph, since)
+    town, stream, notes = build(incidents, units, graph, since, speed)
     say(f"{len(stream)} incidents registered {since_dt:%Y-%m-%d %H:%M} - "
         f"{until_dt:%Y-%m-%d %H:%M} UTC, {len(town.units)} units, {len(roads)} roads")
     if not stream:
         raise SystemExit("--from-db: no dispatchable incident was registered in that range")
     out = compare(town, stream, policy, limits, say)
-    out["recorded"] = recorded_figures(incidents, stream, limits)
-    out.update({"mode": "from-db", "since": since_dt.isoformat(),
+    out["recorded"] = recorded_figures(incidents, stream, limits, speed)
+    out.update({"mode": "from-db", "speed": speed, "since": since_dt.isoformat(),
                 "until": until_dt.isoformat(), "units": len(town.units),
                 "incidents": len(stream), **notes,
                 "wall_s": round(time.perf_counter() - t, 1)})
@@ -224,6 +234,9 @@ def main(args: argparse.Namespace, policy: DispatchPolicy) -> int:
              else (datetime.fromtimestamp(until, UTC) - timedelta(days=DEFAULT_DAYS)).timestamp())
     if since >= until:
         raise SystemExit("--from-db: --since must be before --until")
-    out = run(url, since, until, policy, args.limits, say)
+    speed = 1.0 if args.speed is None else args.speed
+    if speed <= 0:
+        raise SystemExit("--speed must be positive")
+    out = run(url, since, until, policy, args.limits, say, speed)
     print(json.dumps(out, ensure_ascii=False), flush=True)
     return 0

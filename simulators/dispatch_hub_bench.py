@@ -604,8 +604,10 @@ def _reduction(ci: float, eng: float) -> float | None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``--hub`` options (besides the replay's --seed, --rate, --limits, --town)."""
-    p.add_argument("--speed", type=float, default=DEFAULT_SPEED,
-                   help="--hub: world seconds per real second")
+    p.add_argument("--speed", type=float, default=None,
+                   help=f"world seconds per real second: --hub's world (default "
+                        f"{DEFAULT_SPEED:g}); --from-db: the recorded world's (default 1; a "
+                        f"--hub run's database was recorded at that run's --speed)")
     p.add_argument("--start-hour", type=float, default=DEFAULT_START_HOUR,
                    help="--hub: the window of the first day's stream starts at this hour")
     p.add_argument("--keep-db", action="store_true",
@@ -616,6 +618,9 @@ def main(args: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(f"[dispatch-bench --hub] {msg}", file=sys.stderr, flush=True)
 
+    args.speed = DEFAULT_SPEED if args.speed is None else args.speed
+    if args.speed <= 0:
+        raise SystemExit("--speed must be positive")
     if args.hours > 24 - args.start_hour:
         raise SystemExit("--hub: the window must end within the first day")
     out = run(args, say)
