@@ -7,7 +7,7 @@ import { renderActionButtons } from "./actions.js";
 import { bindActorField, errorText, getJson } from "./api.js";
 import { $, el, fillFacts, setData, setText, toast } from "./dom.js";
 import { LiveFeed } from "./feed.js";
-import { fmtDateTime, fmtDistance, fmtDuration, fmtNumber, label, t } from "./i18n.js";
+import { fmtDateTime, fmtDistance, fmtDuration, fmtNumber, label, reasonText, t } from "./i18n.js";
 import { STAGES, slaView } from "./sla.js";
 
 const INCIDENT_ID = String(document.querySelector("[data-incident-id]").dataset.incidentId);
@@ -253,7 +253,7 @@ function renderRecommendation(assignments) {
       el("span", "dim", fmtDateTime(a.assigned_at)));
     if (typeof a.eta_s === "number") li.append(el("span", "dim", t("case.eta", { t: fmtDuration(a.eta_s) })));
     if (a.override_reason) li.append(el("div", "override", t("case.override", { reason: a.override_reason })));
-    else if (a.reason) li.append(el("div", "dim", a.reason));
+    else if (a.reason) li.append(el("div", "dim", reasonText(a.why, a.reason)));
     list.append(li);
   }
   if (latest.length > ASSIGNMENTS_SHOWN) {
@@ -267,14 +267,18 @@ function renderRecommendation(assignments) {
     table.hidden = true;
     return;
   }
-  setText($("rec-summary"), t("case.recommended", { unit: rec.pick ? unitName(rec.pick) : "—", reason: rec.reason || "" }));
+  setText($("rec-summary"), t("case.recommended", { unit: rec.pick ? unitName(rec.pick) : "—", reason: reasonText(rec.why, rec.reason || "") }));
   const tbody = table.querySelector("tbody");
   tbody.replaceChildren();
   (rec.candidates || []).forEach((c, k) => {
     const tr = el("tr", c.unit_id === rec.pick ? "pick" : "");
     tr.dataset.unitId = c.unit_id;
-    const reasons = c.reasons || [];
-    const workload = reasons.map((r) => /cases today (\d+)/.exec(r)).find(Boolean);
+    // Reason codes where the record has them (translated), else the stored English texts.
+    const codes = c.codes || [];
+    const reasons = codes.length ? codes.map((r) => reasonText(r)) : (c.reasons || []);
+    const cases = codes.find((r) => r.code === "cand.cases_today");
+    const legacy = (c.reasons || []).map((r) => /cases today (\d+)/.exec(r)).find(Boolean);
+    const workload = cases ? [null, String(cases.params.n)] : legacy;
     tr.append(
       el("td", "", String(k + 1)),
       el("td", "", unitName(c.unit_id)),
