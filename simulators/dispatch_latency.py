@@ -44,6 +44,11 @@ DECISION_TIMEOUT_S = 10.0
 SETTLE_S = 0.05
 
 
+def _unit_id(bench_id: str) -> str:
+    """A copy's id as a hub unit id: "~" is not allowed in a unit's command topic."""
+    return bench_id.replace("~", ".")
+
+
 async def _populate(pool: asyncpg.Pool, town: Town, seed: int, n_units: int,
                     n_open: int) -> None:
     specs = scale_units(town.units, n_units, town.vertices, seed)
@@ -53,7 +58,7 @@ async def _populate(pool: asyncpg.Pool, town: Town, seed: int, n_units: int,
             """INSERT INTO units (id, name, type, qualifications, home_grid, status,
                                   duty_since, lon, lat, position_ts)
                VALUES ($1, $1, $2, $3, $4, 'available', now(), $5, $6, now())""",
-            [(s.id, s.kind, sorted(s.qualifications), s.home_grid, s.lon, s.lat)
+            [(_unit_id(s.id), s.kind, sorted(s.qualifications), s.home_grid, s.lon, s.lat)
              for s in specs if s.id not in existing])
         await conn.execute("UPDATE units SET position_ts = now(), status = 'available', "
                            "duty_since = now()")
