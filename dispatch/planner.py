@@ -29,7 +29,7 @@ How it decides (``engine.assign_jointly`` does the matching; this module only fr
 3. No churn: a unit that accepted a case (status ``en_route``) is moved only by
    preemption. A unit dispatched but not yet accepted is re-planned only if a second plan,
    in which those units and their cases are free again, is cheaper than the first by more
-   than ``policy.replan_gain_s`` priority-weighted seconds.
+   than ``policy.replan_gain_s`` priority-weighted seconds for every unit it moves.
 
 Errors (an override or redirect that cannot be done) raise ``core.errors`` exceptions with
 stable codes; no other input raises.
@@ -402,12 +402,11 @@ def _plan(work: _Work, now: float, policy: DispatchPolicy,
     by_id = work.incidents
     gain = (_cost(plan, by_id, policy) + _held_cost(held, graph, now, policy)
             - _cost(alt, by_id, policy))
-    if gain <= policy.replan_gain_s:
-        return plan, {}, 0.0
     old = {i.id: u.id for i, u in held}
     new = {line.incident_id: line.unit_id for line in alt}
     moved = {iid: uid for iid, uid in old.items() if new.get(iid) != uid}
-    if not moved:
+    # Each unit moved is one crew told "not you": the gain must pay for every one.
+    if not moved or gain <= policy.replan_gain_s * len(moved):
         return plan, {}, 0.0
     # Lines for held cases whose unit stays are no-ops: drop them.
     alt = [line for line in alt if not (line.incident_id in old
