@@ -40,8 +40,9 @@ from simulators.dispatch_bench import Town, _pct, _Sampler, scale_units
 
 # A timed decision that has not committed after this long is a failure, not a data point.
 DECISION_TIMEOUT_S = 10.0
-# Pause after each timed case (see the loop).
-SETTLE_S = 0.05
+# Pause after each timed case (see the loop): the leader's re-plan for the freed unit takes
+# tens of milliseconds on a loaded 2-core machine; 0.3 s leaves it done.
+SETTLE_S = 0.3
 
 
 def _unit_id(bench_id: str) -> str:
