@@ -11,18 +11,18 @@ dispatch leader (``dispatch.leader.Dispatcher``: its event feed, its decisions t
 ``dispatch.decisions.decide_and_apply``) runs in this process, as it does in a hub.
 
 Each timed decision registers one new case (``dispatch.service.open_incident``, one
-committed transaction: t0 is when it returns) and waits until the case's ``unit.assigned``
-event arrives from the events table (t1). So t1 - t0 holds the leader's wake-up by
-LISTEN/NOTIFY, its state read, the core's decision, the write transaction and its commit,
-and the event feed's hop back to this process (one more NOTIFY and a read of the events
-table: an upper bound on "assignment committed"). Every timed case is a city-management
-matter at a new road vertex; a case that nobody can take is not timed (none in practice:
-the qualification is the commonest).
+committed transaction: t0 is when it returns) and waits until the leader's decision on
+that case has committed (t1: when ``Dispatcher.decide`` returns for it, the transaction
+committed). So t1 - t0 holds the leader's wake-up (LISTEN/NOTIFY, the event feed's read of
+the events table, the bus), its state read, the core's decision, the write transaction
+and its commit. The timed case must have been assigned by that decision: every timed case
+is a city-management matter (the commonest qualification) at a new road vertex.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import random
 import time
@@ -37,6 +37,23 @@ from core.settings import Settings
 from dispatch import decisions, planner, service
 from dispatch.leader import Dispatcher
 from simulators.dispatch_bench import Town, _pct, _Sampler, scale_units
+
+
+class _TimedLeader(Dispatcher):
+    """The dispatch leader, noting when each registered case's decision has committed."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.committed: dict[str, tuple[float, planner.Decision]] = {}
+        self.wake = asyncio.Event()
+
+    async def decide(self, event: planner.Input) -> planner.Decision:
+        decision = await super().decide(event)
+        if isinstance(event, planner.IncidentRegistered):
+            self.committed[event.incident_id] = (time.perf_counter(), decision)
+            self.wake.set()
+        return decision
+
 
 # A timed decision that has not committed after this long is a failure, not a data point.
 DECISION_TIMEOUT_S = 10.0
@@ -93,7 +110,7 @@ async def measure(settings: Settings, town: Town, seed: int, *, n_units: int = 3
     pool = await create_pool(settings.database_url, 2, 10)
     bus = Bus()
     feed_task: asyncio.Task[None] | None = None
-    leader: Dispatcher | None = None
+    leader: _TimedLeader | None = None
     try:
         graph = await decisions.load_road_graph(pool)
         policy = decisions.policy_from_settings(settings)
@@ -101,12 +118,11 @@ async def measure(settings: Settings, town: Town, seed: int, *, n_units: int = 3
         states = await _settle(pool, graph, policy)
         bus.last_seq = int(await pool.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
         feed_task = asyncio.create_task(EventFeed(settings.database_url, bus).run())
-        leader = Dispatcher(settings, pool, bus, graph)
+        leader = _TimedLeader(settings, pool, bus, graph)
         await leader.start()
         while not leader.is_leader:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)  # its catch-up plan
-        sub = bus.subscribe(100_000)
         rng = random.Random(f"hub-latency-new/{seed}")
         sampler = _Sampler(town, rng)
         ms: list[float] = []
@@ -122,19 +138,16 @@ async def measure(settings: Settings, town: Town, seed: int, *, n_units: int = 3
             t0 = time.perf_counter()
             iid = int(view["id"])
             deadline = t0 + DECISION_TIMEOUT_S
-            got = False
-            while not got and time.perf_counter() < deadline:
-                try:
-                    await asyncio.wait_for(sub.wake.wait(), deadline - time.perf_counter())
-                except TimeoutError:
-                    break
-                sub.wake.clear()
-                for env in sub.drain():
-                    if env.kind == "unit.assigned" and int(env.payload["incident"]["id"]) == iid:
-                        got = True
-            if not got:
-                raise RuntimeError(f"case {iid} not assigned within {DECISION_TIMEOUT_S} s")
-            ms.append((time.perf_counter() - t0) * 1e3)
+            while str(iid) not in leader.committed and time.perf_counter() < deadline:
+                leader.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(leader.wake.wait(), deadline - time.perf_counter())
+            if str(iid) not in leader.committed:
+                raise RuntimeError(f"case {iid} not decided within {DECISION_TIMEOUT_S} s")
+            t1, decision = leader.committed.pop(str(iid))
+            if not any(d.incident_id == str(iid) for d in decision.dispatches):
+                raise RuntimeError(f"case {iid} was not assigned: {decision.waiting}")
+            ms.append((t1 - t0) * 1e3)
             # Free the unit again so that the picture stays the same size.
             await service.apply_action(pool, iid, "cancel", "bench", "bench: timed case")
             # Let the leader re-plan for the freed unit before the next case is timed: a
