@@ -179,10 +179,21 @@ function renderSla(inc, now) {
   }
 }
 
+// A log entry's reason in the page's language where the record allows: the dispatcher's
+// "dispatch" entries carry the English text of their assignment's reason code, written in
+// the same transaction at the same instant, so the code is taken from that assignment.
+function entryReason(e) {
+  if (e.action !== "dispatch" || !e.reason) return e.reason || "";
+  const at = Date.parse(e.ts);
+  const a = (detail.assignments || []).find((x) => x.why && !x.override_reason
+    && Math.abs(Date.parse(x.assigned_at) - at) < 1);
+  return a ? reasonText(a.why, e.reason) : e.reason;
+}
+
 function entryLine(e) {
   const line = el("div", "step-entry");
   line.append(el("span", "who", e.actor), el("span", "when", fmtDateTime(e.ts)));
-  if (e.reason) line.append(el("span", "why", e.reason));
+  if (e.reason) line.append(el("span", "why", entryReason(e)));
   return line;
 }
 
@@ -319,7 +330,7 @@ function renderLog(log) {
     tr.append(el("td", "num", String(e.seq)), el("td", "", fmtDateTime(e.ts)),
       el("td", "", label("action", e.action)),
       el("td", "", `${e.from_state ? label("state", e.from_state) + " → " : ""}${label("state", e.to_state)}`),
-      el("td", "", e.actor), el("td", "why", e.reason || ""), hash);
+      el("td", "", e.actor), el("td", "why", entryReason(e)), hash);
     tbody.append(tr);
   }
 }
