@@ -203,7 +203,8 @@ class DispatchPolicy:
     priority_weights: tuple[float, float, float, float] = (8.0, 4.0, 2.0, 1.0)
 
     # No churn: a unit dispatched but not yet accepted is moved to another case only when
-    # the new plan saves more than this, in priority-weighted seconds (weights below).
+    # the new plan saves more than this for every unit it moves, in priority-weighted
+    # seconds (weights below).
     # Moving it costs a radio call telling one crew "not you" and another a fresh turnout,
     # and an operator watching the board sees the case flip; 240 is two minutes of a normal
     # (p3, weight 2) case's response or one minute of a high (p2) one, about what the extra

@@ -29,7 +29,7 @@ How it decides (``engine.assign_jointly`` does the matching; this module only fr
 3. No churn: a unit that accepted a case (status ``en_route``) is moved only by
    preemption. A unit dispatched but not yet accepted is re-planned only if a second plan,
    in which those units and their cases are free again, is cheaper than the first by more
-   than ``policy.replan_gain_s`` priority-weighted seconds.
+   than ``policy.replan_gain_s`` priority-weighted seconds for every unit it moves.
 
 Errors (an override or redirect that cannot be done) raise ``core.errors`` exceptions with
 stable codes; no other input raises.
@@ -246,9 +246,9 @@ class _Work:
 
 def _eta(unit: UnitState, inc: IncidentState, graph: RoadGraph | None, now: float,
          policy: DispatchPolicy) -> float | None:
-    if unit.lon is None or unit.lat is None or unit.position_ts is None \
-            or now - unit.position_ts > policy.stale_after_s:
+    if not _eta_known(unit, now, policy):
         return None
+    assert unit.lon is not None and unit.lat is not None
     t, _ = travel_time_matrix(graph, [inc.lon], [inc.lat], [unit.lon], [unit.lat])
     return float(t[0, 0])
 
@@ -355,12 +355,23 @@ def _cost(lines: Sequence[Assignment], incidents: Mapping[str, IncidentState],
 
 def _held_cost(held: Sequence[tuple[IncidentState, UnitState]], graph: RoadGraph | None,
                now: float, policy: DispatchPolicy) -> float:
-    """Weighted seconds of keeping each (case, dispatched unit) pair as it is."""
-    total = 0.0
-    for inc, unit in held:
-        eta = _eta(unit, inc, graph, now, policy)
-        total += policy.weight(inc.priority) * (eta if eta is not None else policy.stale_eta_s)
+    """Weighted seconds of keeping each (case, dispatched unit) pair as it is (one
+    travel-time matrix for all pairs, its diagonal used)."""
+    fresh = [(i, u) for i, u in held if _eta_known(u, now, policy)]
+    total = policy.stale_eta_s * sum(policy.weight(i.priority) for i, u in held
+                                     if not _eta_known(u, now, policy))
+    if fresh:
+        t, _ = travel_time_matrix(graph, [i.lon for i, _ in fresh], [i.lat for i, _ in fresh],
+                                  [u.lon or 0.0 for _, u in fresh],  # known: filtered
+                                  [u.lat or 0.0 for _, u in fresh])
+        total += sum(policy.weight(i.priority) * float(t[k, k])
+                     for k, (i, _) in enumerate(fresh))
     return total
+
+
+def _eta_known(unit: UnitState, now: float, policy: DispatchPolicy) -> bool:
+    return (unit.lon is not None and unit.lat is not None and unit.position_ts is not None
+            and now - unit.position_ts <= policy.stale_after_s)
 
 
 def _plan(work: _Work, now: float, policy: DispatchPolicy,
@@ -370,11 +381,15 @@ def _plan(work: _Work, now: float, policy: DispatchPolicy,
     incidents = list(work.incidents.values())
     units = list(work.units.values())
     plan = assign_jointly(incidents, units, graph, now, policy, work.excluded)
+    # Only an unaccepted dispatch whose unit could take a case now waiting can gain from
+    # re-planning (the first plan already was the best for everything else).
+    wanted = {i.qualification for i in incidents if i.assigned_unit is None}
     held = [(i, work.units[i.assigned_unit]) for i in incidents
             if i.assigned_unit is not None and i.id not in work.fixed
             and i.assigned_unit in work.units
             and work.units[i.assigned_unit].status == "dispatched"
-            and work.units[i.assigned_unit].current_incident == i.id]
+            and work.units[i.assigned_unit].current_incident == i.id
+            and work.units[i.assigned_unit].qualifications & wanted]
     if not held or not plan:
         return plan, {}, 0.0
     # The alternative: the unaccepted dispatches undone, their cases and units free.
@@ -387,12 +402,11 @@ def _plan(work: _Work, now: float, policy: DispatchPolicy,
     by_id = work.incidents
     gain = (_cost(plan, by_id, policy) + _held_cost(held, graph, now, policy)
             - _cost(alt, by_id, policy))
-    if gain <= policy.replan_gain_s:
-        return plan, {}, 0.0
     old = {i.id: u.id for i, u in held}
     new = {line.incident_id: line.unit_id for line in alt}
     moved = {iid: uid for iid, uid in old.items() if new.get(iid) != uid}
-    if not moved:
+    # Each unit moved is one crew told "not you": the gain must pay for every one.
+    if not moved or gain <= policy.replan_gain_s * len(moved):
         return plan, {}, 0.0
     # Lines for held cases whose unit stays are no-ops: drop them.
     alt = [line for line in alt if not (line.incident_id in old

@@ -52,7 +52,6 @@ ENGLISH: dict[str, str] = {
     "alert.escalated": "{unit} did not accept case #{incident} in time; sent to the next candidate",
     "alert.preempted": "{unit} taken off case #{from_incident} for p{priority} case #{to}; "
     "#{from_incident} is planned again",
-    "alert.unserved": "case #{incident} waits: {why}",
 }
 
 

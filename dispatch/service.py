@@ -25,7 +25,6 @@ from core.events import (
     AlarmAttached,
     IncidentOpened,
     IncidentUpdated,
-    SupervisorAlerted,
     UnitStatusChanged,
 )
 from dispatch import clocks, store, workflow
@@ -42,7 +41,7 @@ SYSTEM_ACTOR = "system:dispatch"
 # call's worth; low-priority work may wait for the end of the current task.
 ACCEPT_TIMEOUT_S: dict[int, float] = {1: 120.0, 2: 300.0, 3: 900.0, 4: 1800.0}
 
-# Why an operator may override the engine's pick (the console offers these).
+# Why an operator may override the plan's pick or redirect a unit (the console offers these).
 OVERRIDE_REASONS: dict[str, str] = {
     "closer_known": "已知更近的力量（定位不准或未上报）",
     "special_skill": "需要特定专长或装备",
@@ -144,14 +143,6 @@ async def _release_unit(conn: Conn, incident_id: int, action: str, actor: str, n
         incident=await store.incident_view(conn, incident_id), action=action,
         released_unit=str(unit_id or "")))
     return str(unit_id) if unit_id else None
-
-
-async def _alert(conn: Conn, incident_id: int | None, kind: str, message: str) -> None:
-    row = await conn.fetchrow(
-        """INSERT INTO supervisor_alerts (incident_id, kind, message) VALUES ($1, $2, $3)
-           RETURNING *""", incident_id, kind, message)
-    inc = await store.incident_view(conn, incident_id) if incident_id is not None else None
-    await outbox.record(conn, SupervisorAlerted(alert=row_view(row), incident=inc))
 
 
 # ---------------------------------------------------------------- incidents

@@ -64,7 +64,8 @@ async def dispatch_state(conn: Querier) -> DispatchState:
     """What the decision core plans over, as committed now (read inside the decision's
     transaction, after its lock)."""
     rows = await conn.fetch(
-        f"SELECT {INCIDENT_COLUMNS} FROM incidents i WHERE i.state = ANY($1::text[]) "
+        "SELECT i.id, i.category, i.priority, i.qualification, i.lon, i.lat, i.grid_id, "
+        "i.opened_at, i.assigned_unit FROM incidents i WHERE i.state = ANY($1::text[]) "
         "ORDER BY i.id", list(PLANNED_STATES))
     barred = await conn.fetch(
         """SELECT a.incident_id, array_agg(DISTINCT a.unit_id) AS units FROM assignments a

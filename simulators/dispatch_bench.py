@@ -97,6 +97,7 @@ from dispatch.engine import closest_idle
 from dispatch.geo import RoadGraph
 from dispatch.model import DispatchPolicy, IncidentState, UnitState
 from dispatch.planner import (
+    Decision,
     DispatchState,
     IncidentRegistered,
     Input,
@@ -734,6 +735,23 @@ def _nudge(unit: UnitState, rng: random.Random) -> UnitState:
                                lat=unit.lat + rng.uniform(-2e-4, 2e-4))
 
 
+def _carried_out(incidents: Sequence[IncidentState], units: Sequence[UnitState],
+                 decision: Decision) -> tuple[list[IncidentState], list[UnitState]]:
+    """The picture after ``decision``: every third unit sent is still ``dispatched``."""
+    inc = {i.id: i for i in incidents}
+    uni = {u.id: u for u in units}
+    for w in decision.withdrawals:
+        inc[w.incident_id] = dataclasses.replace(inc[w.incident_id], assigned_unit=None)
+        uni[w.unit_id] = dataclasses.replace(uni[w.unit_id], status="available",
+                                             current_incident=None, current_priority=None)
+    for k, d in enumerate(decision.dispatches):
+        inc[d.incident_id] = dataclasses.replace(inc[d.incident_id], assigned_unit=d.unit_id)
+        uni[d.unit_id] = dataclasses.replace(
+            uni[d.unit_id], status="dispatched" if k % 3 == 0 else "en_route",
+            current_incident=d.incident_id, current_priority=inc[d.incident_id].priority)
+    return list(inc.values()), list(uni.values())
+
+
 def latency_scenario(town: Town, seed: int, n_units: int = 300, n_open: int = 200,
                      decisions: int = 200,
                      dispatch_policy: DispatchPolicy = BENCH_POLICY) -> dict[str, float]:
@@ -743,8 +761,11 @@ def latency_scenario(town: Town, seed: int, n_units: int = 300, n_open: int = 20
 
     The open incidents come from the stream sampler: a quarter are assigned to units en
     route (preemptable by a critical newcomer), a quarter to units on scene, and half
-    still wait, so each decision re-plans ~100 waiting incidents plus the new one over
-    ~150 free units, and a critical newcomer triggers the second (preemption) solve.
+    arrive together; one ``Replan`` decision (untimed) then plans those as the hub
+    would, and every third unit it sends has not accepted yet (status ``dispatched``, as
+    in the hub between a dispatch and the crew's accept), so each timed decision also
+    weighs re-planning those (the core's second plan). What still waits is what no free
+    unit can take. A critical newcomer may trigger the preemption re-solve.
     Each of the ``decisions`` timed calls gets a new incident at a new place (a cold
     shortest-path tree, as in service) and every unit has moved since the previous
     decision (cold nearest-node lookups); the open incidents' trees are warm, as in a
@@ -777,9 +798,11 @@ def latency_scenario(town: Town, seed: int, n_units: int = 300, n_open: int = 20
                               cur.id if cur else None, cur.priority if cur else None))
     open_states = [inc.state(assigned.get(inc.id)) for inc in opened]
     graph = big.graph
-    # Warm: the open incidents' trees are in the cache of a running dispatcher.
-    decide(DispatchState(tuple(open_states), tuple(base)), Replan(), now, dispatch_policy,
-           graph)
+    # The arrivals planned (this also warms the open incidents' trees, as in a running
+    # dispatcher's cache).
+    first = decide(DispatchState(tuple(open_states), tuple(base)), Replan(), now,
+                   dispatch_policy, graph)
+    open_states, base = _carried_out(open_states, base, first)
     times: list[float] = []
     cpu: list[float] = []
     critical: list[float] = []

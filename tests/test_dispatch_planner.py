@@ -280,3 +280,22 @@ def test_invalid_input_is_the_core_error() -> None:
     with pytest.raises(InvalidInput):
         decide(DispatchState((inc("I1", 1.0, assigned="U1"),), (U1,)),
                Override("I1", "U1", "other"), NOW, POLICY, None)
+
+
+def test_every_reason_code_is_translated_for_the_pages() -> None:
+    """The pages render reasons from the code: each has its line in the page catalog
+    (whose message id is the English text) and a Chinese translation."""
+    import json
+    from pathlib import Path
+
+    from babel.messages.pofile import read_po
+
+    root = Path(__file__).resolve().parent.parent
+    template = (root / "frontend" / "templates" / "_i18n_js.html").read_text(encoding="utf-8")
+    with (root / "frontend" / "translations" / "zh_CN" / "LC_MESSAGES" / "messages.po"
+          ).open("rb") as f:
+        zh = {m.id: m.string for m in read_po(f, locale="zh_CN") if m.id}
+    for code, english in ENGLISH.items():
+        line = f'"reason.{code}": _({json.dumps(english, ensure_ascii=False)})'
+        assert line in template, code
+        assert zh.get(english), code

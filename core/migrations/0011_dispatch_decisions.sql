@@ -8,3 +8,7 @@ ALTER TABLE assignments DROP CONSTRAINT assignments_status_check;
 ALTER TABLE assignments ADD CONSTRAINT assignments_status_check
     CHECK (status IN ('active', 'accepted', 'declined', 'superseded', 'escalated',
                       'preempted', 'redirected', 'done'));
+-- Every decision reads each unit's cases today and each open case's barred units: both by
+-- index, not by scanning all assignments ever made.
+CREATE INDEX assignments_unit_day ON assignments (unit_id, assigned_at);
+CREATE INDEX assignments_incident ON assignments (incident_id);
