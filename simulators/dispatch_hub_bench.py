@@ -222,7 +222,13 @@ class BenchCrews:
                    received: float) -> None:
         try:
             diverted = unit.moving
-            await self._act(iid, "accept", unit.id)
+            try:
+                await self._act(iid, "accept", unit.id)
+            except CaseMoved:
+                # A re-plan that withdrew and re-sent this very unit can race the accept of
+                # the first command: the hub then took that accept for the new dispatch.
+                if not await self._mine_accepted(iid, unit.id):
+                    raise
             unit.depart_r = received + (0.0 if diverted else TURNOUT_S / self.speed)
             travel = self.graph.travel_time_s(unit.lon, unit.lat, lon, lat)
             unit.arrive_r = unit.depart_r + travel / self.speed
@@ -254,6 +260,11 @@ class BenchCrews:
         if r.status_code in (409, 422):
             raise CaseMoved(f"{action} refused: {r.text[:200]}")
         r.raise_for_status()
+
+    async def _mine_accepted(self, iid: int, unit_id: str) -> bool:
+        r = await self.client.get(f"/api/incidents/{iid}")
+        inc = r.json().get("incident", {}) if r.status_code == 200 else {}
+        return bool(inc.get("assigned_unit") == unit_id and inc.get("state") == "accepted")
 
     # ---- GPS
     def publish(self, unit: CrewUnit, now: float) -> None:
