@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     # 2.5 % better (the engine's own defaults, p1 only and 2 minutes, gave ~10 %).
     dispatch_preempt_up_to_priority: int = 2
     dispatch_preempt_penalty_s: float = 360.0
+    # No churn: a unit dispatched but not yet accepted moves to another case only when the
+    # new plan saves more than this many priority-weighted seconds (DispatchPolicy's
+    # replan_gain_s: two minutes of a normal case, about what the extra radio call and the
+    # new crew's turnout cost). Accepted units move only by preemption.
+    dispatch_replan_gain_s: float = 240.0
 
     # Live feed: a client further behind than this many events resyncs from a snapshot.
     feed_replay_limit: int = 5000

@@ -34,7 +34,7 @@ were current. ``assign_jointly`` minimises the sum over incidents of
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from itertools import chain
 
@@ -53,6 +53,7 @@ from dispatch.model import (
     Recommendation,
     UnitState,
 )
+from dispatch.reasons import Reason, reason, texts
 
 FloatArray = NDArray[np.float64]
 
@@ -135,15 +136,19 @@ def _terms(
     return extra, preempts, lost
 
 
-def _reasons(head: str, unit: UnitState, preempts: bool, lost: tuple[str, ...]) -> list[str]:
-    """Human-readable reason codes for one candidate, the ETA statement first."""
+def _reasons(
+    head: Reason, unit: UnitState, preempts: bool, lost: tuple[str, ...]
+) -> tuple[Reason, ...]:
+    """The reasons for one candidate, the ETA statement first."""
     reasons = [head]
     if preempts:
-        reasons.append(f"preempts {unit.current_incident} (p{unit.current_priority})")
+        reasons.append(reason("cand.preempts", incident=str(unit.current_incident),
+                              priority=int(unit.current_priority or 0)))
     if lost:
-        reasons.append(f"last free {'/'.join(lost)} unit in {unit.home_grid}")
-    reasons.append(f"cases today {unit.cases_today}")
-    return reasons
+        reasons.append(reason("cand.last_free", qualifications="/".join(lost),
+                              grid=unit.home_grid))
+    reasons.append(reason("cand.cases_today", n=unit.cases_today))
+    return tuple(reasons)
 
 
 # ---------------------------------------------------------------------- ranking
@@ -181,9 +186,8 @@ def rank(
         and (u.status in free_statuses or _may_preempt(incident, u, policy))
     ]
     if not pool:
-        return Recommendation(
-            incident.id, (), None, f"no on-duty unit qualified for {incident.qualification}"
-        )
+        why = reason("wait.no_unit", qualification=incident.qualification)
+        return Recommendation(incident.id, (), None, why.text(), why)
     coverage = _Coverage(units, policy)
     fresh = [u for u in pool if _fresh(u, now, policy)]
     stale = [u for u in pool if not _fresh(u, now, policy)]
@@ -213,34 +217,36 @@ def rank(
         unit = fresh[k] if k < len(fresh) else stale[k - len(fresh)]
         _, preempts, lost = _terms(incident, unit, coverage, policy)
         if k < len(fresh):
-            eta: float | None = float(times[0, k])
+            t_k = float(times[0, k])
+            eta: float | None = t_k
             dist: float | None = float(dists[k])
-            how = "by road" if by_road[0, k] else "straight-line estimate"
-            head = f"eta {eta:.0f}s {how}"
+            head = reason("cand.eta_road" if by_road[0, k] else "cand.eta_line", eta_s=t_k)
         else:
             eta = dist = None
             if unit.position_ts is None or unit.lon is None or unit.lat is None:
-                head = "position unknown"
+                head = reason("cand.position_unknown")
             else:
-                head = f"stale position (last fix {now - unit.position_ts:.0f}s ago)"
+                head = reason("cand.position_stale", age_s=now - unit.position_ts)
+        codes = _reasons(head, unit, preempts, lost)
         ranked.append(
             Candidate(
                 unit.id,
                 eta,
                 dist,
                 key[1],
-                tuple(_reasons(head, unit, preempts, lost)),
+                texts(codes),
                 unit.current_incident if preempts else None,
+                codes,
             )
         )
     best = ranked[0]
     if best.eta_s is None:
-        why = "no qualified unit with a known position; confirm by radio"
+        why = reason("assign.no_position")
     elif best.preempts is not None:
-        why = f"best score, preempting {best.preempts}"
+        why = reason("assign.best_preempting", incident=best.preempts)
     else:
-        why = "best score"
-    return Recommendation(incident.id, tuple(ranked), best.unit_id, why)
+        why = reason("assign.best")
+    return Recommendation(incident.id, tuple(ranked), best.unit_id, why.text(), why)
 
 
 def closest_idle(incident: IncidentState, units: Sequence[UnitState], now: float) -> str | None:
@@ -266,8 +272,8 @@ def closest_idle(incident: IncidentState, units: Sequence[UnitState], now: float
 
 
 # ---------------------------------------------------------------------- joint assignment
-# One solved row: (index of the unit in the pool or -1, eta or None, reason).
-_Row = tuple[int, float | None, str]
+# One solved row: (index of the unit in the pool or -1, eta or None, reason text, headline).
+_Row = tuple[int, float | None, str, Reason]
 
 
 def _solve(
@@ -277,6 +283,7 @@ def _solve(
     now: float,
     policy: DispatchPolicy,
     coverage: _Coverage,
+    excluded: Mapping[str, frozenset[str]],
 ) -> list[_Row]:
     """Min-cost assignment of ``incidents`` (rows) to ``units`` (columns), one row each.
 
@@ -289,7 +296,8 @@ def _solve(
     """
     n, m = len(incidents), len(units)
     if m == 0:
-        return [(-1, None, f"no qualified unit free for {i.qualification}") for i in incidents]
+        return [_unserved(reason("wait.no_free_unit", qualification=i.qualification))
+                for i in incidents]
 
     # Travel times: fresh units by road, stale ones at the flat stale_eta_s.
     fresh = np.array([_fresh(u, now, policy) for u in units], dtype=np.bool_)
@@ -327,6 +335,13 @@ def _solve(
                         inc, units[j], policy
                     )
 
+    if excluded:
+        col = {u.id: j for j, u in enumerate(units)}
+        for i, inc in enumerate(incidents):
+            for uid in excluded.get(inc.id, ()):
+                if uid in col:
+                    feasible[i, col[uid]] = False
+
     # Soft terms, vectorised: per column, applied to the rows they concern.
     prio = np.array([i.priority for i in incidents])
     soft_rows = prio >= policy.soft_terms_from_priority
@@ -352,22 +367,33 @@ def _solve(
         j = matched.get(i, -1)
         if j < 0 or not feasible[i, j]:
             if feasible[i].any():
-                out.append((-1, None, "qualified units all taken by more urgent incidents"))
+                out.append(_unserved(reason("wait.taken")))
             else:
-                out.append((-1, None, f"no qualified unit free for {inc.qualification}"))
+                out.append(_unserved(reason("wait.no_free_unit", qualification=inc.qualification)))
             continue
         unit = units[j]
         _, preempts, lost = _terms(inc, unit, coverage, policy)
         if fresh[j]:
-            how = "by road" if by_road[i, j] else "straight-line estimate"
-            head = f"eta {eta[i, j]:.0f}s {how}"
-            out.append(
-                (j, float(eta[i, j]), "joint: " + "; ".join(_reasons(head, unit, preempts, lost)))
-            )
+            t_ij = float(eta[i, j])
+            head = reason("cand.eta_road" if by_road[i, j] else "cand.eta_line", eta_s=t_ij)
+            if preempts:
+                why = reason("assign.joint_preempting", eta_s=t_ij,
+                             incident=str(unit.current_incident),
+                             priority=int(unit.current_priority or 0))
+            else:
+                why = reason("assign.joint", eta_s=t_ij)
+            eta_ij: float | None = t_ij
         else:
-            head = "position unknown or stale; confirm by radio"
-            out.append((j, None, "joint: " + "; ".join(_reasons(head, unit, preempts, lost))))
+            head = reason("assign.joint_no_position")
+            why = head
+            eta_ij = None
+        text = "joint: " + "; ".join(texts(_reasons(head, unit, preempts, lost)))
+        out.append((j, eta_ij, text, why))
     return out
+
+
+def _unserved(why: Reason) -> _Row:
+    return (-1, None, why.text(), why)
 
 
 def _priority_order(incident: IncidentState) -> tuple[int, float, str]:
@@ -375,13 +401,13 @@ def _priority_order(incident: IncidentState) -> tuple[int, float, str]:
 
 
 def _line(incident: IncidentState, pool: Sequence[UnitState], row: _Row, note: str) -> Assignment:
-    j, eta, why = row
-    why = note + why
+    j, eta, text, why = row
+    text = note + text
     if j < 0:
-        return Assignment(incident.id, None, None, None, why)
+        return Assignment(incident.id, None, None, None, text, why)
     unit = pool[j]
     preempted = unit.current_incident if unit.status in PREEMPTABLE_STATUSES else None
-    return Assignment(incident.id, unit.id, eta, preempted, why)
+    return Assignment(incident.id, unit.id, eta, preempted, text, why)
 
 
 def assign_jointly(
@@ -390,6 +416,7 @@ def assign_jointly(
     graph: RoadGraph | None,
     now: float,
     policy: DispatchPolicy = DEFAULT_POLICY,
+    excluded: Mapping[str, frozenset[str]] | None = None,
 ) -> list[Assignment]:
     """A plan for every waiting incident, minimising priority-weighted response time.
 
@@ -406,8 +433,10 @@ def assign_jointly(
     solved again over the free units. Displaced incidents are less urgent than
     the incident that displaced them, so they never preempt in turn. The coverage
     term is computed once from the free units before the solve (it does not see
-    two units leaving the same grid in one plan).
+    two units leaving the same grid in one plan). ``excluded`` maps an incident id to
+    units that must not get it (they declined it or let it time out).
     """
+    excluded = excluded or {}
     waiting = sorted((i for i in incidents if i.assigned_unit is None), key=_priority_order)
     if not waiting:
         return []
@@ -428,7 +457,7 @@ def assign_jointly(
         and u.qualifications & quals
     ]
     pool = free + busy
-    first = _solve(waiting, pool, graph, now, policy, coverage)
+    first = _solve(waiting, pool, graph, now, policy, coverage, excluded)
     preempting = {i: row for i, row in enumerate(first) if row[0] >= len(free)}
     if not preempting:
         return [_line(inc, pool, row, "") for inc, row in zip(waiting, first, strict=True)]
@@ -442,7 +471,9 @@ def assign_jointly(
         displaced_by[victim_id] = waiting[i].id
         if victim_id not in by_id:
             why = f"displaced by {waiting[i].id}; not in the open set, re-queue it"
-            lines.append(((9, 0.0, victim_id), Assignment(victim_id, None, None, None, why)))
+            lines.append(((9, 0.0, victim_id), Assignment(
+                victim_id, None, None, None, why,
+                reason("withdraw.preempted", by=waiting[i].id, priority=waiting[i].priority))))
     displaced = [replace(by_id[v], assigned_unit=None) for v in displaced_by if v in by_id]
     rest = sorted(
         [inc for i, inc in enumerate(waiting) if i not in preempting] + displaced,
@@ -451,7 +482,7 @@ def assign_jointly(
     # Displaced incidents may need qualifications no waiting incident needed.
     rest_quals = {i.qualification for i in rest}
     rest_free = [u for u in all_free if u.qualifications & rest_quals]
-    second = _solve(rest, rest_free, graph, now, policy, coverage)
+    second = _solve(rest, rest_free, graph, now, policy, coverage, excluded)
     for inc, row in zip(rest, second, strict=True):
         note = f"displaced by {displaced_by[inc.id]}; " if inc.id in displaced_by else ""
         lines.append((_priority_order(inc), _line(inc, rest_free, row, note)))

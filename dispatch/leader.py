@@ -1,8 +1,13 @@
 """The dispatch role: one leader at a time, elected by a PostgreSQL advisory lock.
 
-The leader reacts to events: an alarm whose rule opens cases -> an incident; a registered
-incident -> a dispatch; a unit freed -> the waiting incidents; and it runs the SLA timer
-(warnings, breaches, escalation of dispatches not accepted in time). The lock is held by a
+The leader reacts to events: an alarm whose rule opens cases -> an incident; every other
+event that can change the plan becomes one input of the decision core
+(``dispatch/planner.py``), decided and applied in one transaction by
+``dispatch/decisions.py``: a case registered (or back to registered) ->
+``IncidentRegistered``; a crew's decline -> ``UnitDeclined``; a unit free ->
+``UnitFreed``; a dispatch not accepted in time (the SLA timer) -> ``AcceptTimedOut``. At
+start it plans every waiting case at once (``Replan``). Each input re-plans every waiting
+case jointly, so the running hub and ``./hubctl bench dispatch`` decide alike. The lock is held by a
 dedicated connection: if the leader's process dies, PostgreSQL drops the connection and the
 lock, and a follower's next try (every ``LEADER_RETRY_S``) takes over, rebuilding its timer
 from the database and catching up on whatever waited meanwhile.
@@ -19,7 +24,7 @@ from core.bus import Bus
 from core.db import connect
 from core.events import Envelope
 from core.settings import Settings
-from dispatch import service
+from dispatch import decisions, planner, service
 from dispatch.clocks import SlaTimer
 from dispatch.command_sender import CommandSender
 from dispatch.geo import RoadGraph
@@ -39,15 +44,13 @@ EVENT_QUEUE = 100_000
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, bus: Bus) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, bus: Bus,
+                 graph: RoadGraph | None = None) -> None:
         self.settings = settings
         self.pool = pool
         self.bus = bus
-        self.policy = DispatchPolicy(
-            stale_after_s=settings.position_stale_after_s,
-            preempt_up_to_priority=settings.dispatch_preempt_up_to_priority,
-            preempt_penalty_s=settings.dispatch_preempt_penalty_s)
-        self.graph: RoadGraph | None = None
+        self.policy: DispatchPolicy = decisions.policy_from_settings(settings)
+        self.graph = graph
         self.timer = SlaTimer(pool, self._escalate)
         self.commands = CommandSender(pool, settings.mqtt_url,
                                       f"{settings.mqtt_client_id}-commands")
@@ -56,12 +59,8 @@ class Dispatcher:
         self._lock_conn: asyncpg.Connection | None = None
 
     async def start(self) -> None:
-        roads = await self.pool.fetch("SELECT id, name, class, speed_kmh, geometry FROM roads")
-        if roads:
-            self.graph = RoadGraph.from_geojson({"type": "FeatureCollection", "features": [
-                {"type": "Feature", "geometry": r["geometry"],
-                 "properties": {"id": r["id"], "name": r["name"], "class": r["class"],
-                                "speed_kmh": r["speed_kmh"]}} for r in roads]})
+        if self.graph is None:
+            self.graph = await decisions.load_road_graph(self.pool)
         self._task = asyncio.create_task(self._run(), name="dispatch.leader")
 
     async def stop(self) -> None:
@@ -73,7 +72,7 @@ class Dispatcher:
             self._lock_conn = None
 
     async def _escalate(self, assignment_id: int) -> None:
-        await service.escalate_assignment(self.pool, assignment_id)
+        await decisions.escalate(self.pool, assignment_id, self.graph, self.policy)
 
     async def _run(self) -> None:
         while True:
@@ -139,14 +138,13 @@ class Dispatcher:
                AND r.incident_category IS NOT NULL ORDER BY a.id""")
         for a in alarms:
             await service.open_incident_for_alarm(self.pool, {"id": a["id"]})
-        await self.dispatch_waiting()
+        await self.decide(planner.Replan())
 
-    async def dispatch_waiting(self) -> None:
-        """Most urgent first, then oldest: each gets the best unit still free."""
-        rows = await self.pool.fetch(
-            "SELECT id FROM incidents WHERE state = 'registered' ORDER BY priority, id")
-        for r in rows:
-            await service.dispatch_incident(self.pool, r["id"], self.graph, self.policy)
+    async def decide(self, event: planner.Input) -> planner.Decision:
+        """One input through the core, applied in one transaction."""
+        decision, _ = await decisions.decide_and_apply(self.pool, event, self.graph,
+                                                       self.policy)
+        return decision
 
     async def on_event(self, env: Envelope) -> None:
         try:
@@ -154,12 +152,14 @@ class Dispatcher:
                 await service.open_incident_for_alarm(self.pool, dict(env.payload["alarm"]))
             elif env.kind in ("incident.opened", "incident.updated"):
                 inc = env.payload["incident"]
-                if inc["state"] == "registered":
-                    await service.dispatch_incident(self.pool, int(inc["id"]), self.graph,
-                                                    self.policy)
+                released = env.payload.get("released_unit") or ""
+                if env.payload.get("action") == "decline" and released:
+                    await self.decide(planner.UnitDeclined(str(inc["id"]), str(released)))
+                elif inc["state"] == "registered" and inc.get("assigned_unit") is None:
+                    await self.decide(planner.IncidentRegistered(str(inc["id"])))
             elif (env.kind == "unit.status_changed"
-                  and env.payload["unit"]["status"] == "available"):
-                await self.dispatch_waiting()
+                  and env.payload["unit"]["status"] in ("available", "returning")):
+                await self.decide(planner.UnitFreed(str(env.payload["unit"]["id"])))
         except Exception:
             # One failed reaction must not stop the leader; the case stays waiting and the
             # next event or catch-up picks it up.

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dispatch.reasons import Reason
+
 UNIT_KINDS: tuple[str, ...] = ("squad", "police", "grid_worker")
 
 UNIT_STATUSES: tuple[str, ...] = (
@@ -105,6 +107,8 @@ class Candidate:
     score: float
     reasons: tuple[str, ...]
     preempts: str | None = None
+    # The same reasons as codes, for the pages to render in the reader's language.
+    codes: tuple[Reason, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,7 @@ class Recommendation:
     candidates: tuple[Candidate, ...]
     pick: str | None
     reason: str
+    why: Reason | None = None  # ``reason`` as a code
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +137,7 @@ class Assignment:
     eta_s: float | None
     preempted_incident: str | None
     reason: str
+    why: Reason | None = None  # the headline of ``reason`` as a code
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +201,15 @@ class DispatchPolicy:
     # critical incident's wait counts as 8 s of a low-priority one; the weights also
     # decide who goes without when units are short (the heaviest are served first).
     priority_weights: tuple[float, float, float, float] = (8.0, 4.0, 2.0, 1.0)
+
+    # No churn: a unit dispatched but not yet accepted is moved to another case only when
+    # the new plan saves more than this for every unit it moves, in priority-weighted
+    # seconds (weights below).
+    # Moving it costs a radio call telling one crew "not you" and another a fresh turnout,
+    # and an operator watching the board sees the case flip; 240 is two minutes of a normal
+    # (p3, weight 2) case's response or one minute of a high (p2) one, about what the extra
+    # call and the new turnout cost. A unit that accepted is moved only by preemption.
+    replan_gain_s: float = 240.0
 
     # Candidates returned by rank(): the console shows a short list; all candidates
     # are still scored, only the tail is cut.

@@ -1,16 +1,16 @@
-"""Dispatch I/O shell: opens incidents, runs the engine, records assignments and steps.
+"""Dispatch I/O shell: opens incidents, moves cases a step, reads a case's record.
 
 Every change happens in one transaction with its case-log entries, its SLA clocks and its
 events (core.outbox), after taking the incident's row lock, so concurrent callers (two hub
-processes, an operator and the dispatcher) cannot dispatch one case twice; the unique index
-``assignments_one_live`` backs that up in the database. Decisions are the pure engine's
-(``engine.rank``) and the pure workflow's (``workflow.apply``); this module only carries
-them out. The leader-elected role that calls it is ``dispatch/leader.py``.
+processes, an operator and the dispatcher) cannot change one case twice; the unique index
+``assignments_one_live`` backs that up in the database. Which unit goes where is never
+decided here: ``dispatch/decisions.py`` runs the decision core (``dispatch/planner.py``)
+and applies its decisions with the helpers below (``_release_unit``, ``_step``). Case
+steps are the pure workflow's (``workflow.apply``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from typing import Any
@@ -25,13 +25,9 @@ from core.events import (
     AlarmAttached,
     IncidentOpened,
     IncidentUpdated,
-    SupervisorAlerted,
-    UnitAssigned,
     UnitStatusChanged,
 )
-from dispatch import clocks, engine, store, workflow
-from dispatch.geo import RoadGraph
-from dispatch.model import DispatchPolicy, UnitState
+from dispatch import clocks, store, workflow
 
 log = logging.getLogger("dispatch.service")
 
@@ -45,7 +41,7 @@ SYSTEM_ACTOR = "system:dispatch"
 # call's worth; low-priority work may wait for the end of the current task.
 ACCEPT_TIMEOUT_S: dict[int, float] = {1: 120.0, 2: 300.0, 3: 900.0, 4: 1800.0}
 
-# Why an operator may override the engine's pick (the console offers these).
+# Why an operator may override the plan's pick or redirect a unit (the console offers these).
 OVERRIDE_REASONS: dict[str, str] = {
     "closer_known": "已知更近的力量（定位不准或未上报）",
     "special_skill": "需要特定专长或装备",
@@ -149,14 +145,6 @@ async def _release_unit(conn: Conn, incident_id: int, action: str, actor: str, n
     return str(unit_id) if unit_id else None
 
 
-async def _alert(conn: Conn, incident_id: int | None, kind: str, message: str) -> None:
-    row = await conn.fetchrow(
-        """INSERT INTO supervisor_alerts (incident_id, kind, message) VALUES ($1, $2, $3)
-           RETURNING *""", incident_id, kind, message)
-    inc = await store.incident_view(conn, incident_id) if incident_id is not None else None
-    await outbox.record(conn, SupervisorAlerted(alert=row_view(row), incident=inc))
-
-
 # ---------------------------------------------------------------- incidents
 async def open_incident(pool: asyncpg.Pool, *, category: str, qualification: str,
                         priority: int, title: str, description: str, lon: float, lat: float,
@@ -222,148 +210,7 @@ async def open_incident_for_alarm(pool: asyncpg.Pool, alarm: dict[str, Any]
         grid_id=row["grid_id"])
 
 
-# ---------------------------------------------------------------- assignments
-def _recommendation_json(rec: Any) -> dict[str, Any]:
-    return {
-        "pick": rec.pick, "reason": rec.reason,
-        "candidates": [dataclasses.asdict(c) for c in rec.candidates],
-    }
-
-
-async def _tried_units(conn: Conn, incident_id: int) -> set[str]:
-    """Units that already declined, timed out on or were taken off this case."""
-    rows = await conn.fetch(
-        "SELECT unit_id FROM assignments WHERE incident_id = $1 AND status IN "
-        "('declined', 'escalated')", incident_id)
-    return {r["unit_id"] for r in rows}
-
-
-async def dispatch_incident(pool: asyncpg.Pool, incident_id: int, graph: RoadGraph | None,
-                            policy: DispatchPolicy, *, unit_id: str | None = None,
-                            actor: str = SYSTEM_ACTOR, override_reason: str | None = None
-                            ) -> dict[str, Any] | None:
-    """Assign the engine's pick (or ``unit_id``, an operator override) to a registered
-    incident. A pick that preempts a lower-priority case takes the unit off that case first
-    (which then waits for its own re-dispatch). Returns the assignment view, or None when
-    no unit can take the incident now."""
-    async with pool.acquire() as conn, conn.transaction():
-        return await _dispatch_locked(conn, incident_id, graph, policy, unit_id=unit_id,
-                                      actor=actor, override_reason=override_reason)
-
-
-async def _dispatch_locked(conn: Conn, incident_id: int, graph: RoadGraph | None,
-                           policy: DispatchPolicy, *, unit_id: str | None, actor: str,
-                           override_reason: str | None) -> dict[str, Any] | None:
-    """dispatch_incident's work, inside the caller's transaction."""
-    now = time.time()
-    inc = await store.incident_row(conn, incident_id, lock=True)
-    if inc is None:
-        raise NotFound(f"incident {incident_id} not found", code="incident.not_found")
-    if inc["state"] != "registered":
-        if unit_id is not None:
-            raise InvalidInput(f"incident {incident_id} is {inc['state']}",
-                               code="dispatch.not_waiting")
-        return None
-    tried = await _tried_units(conn, incident_id)
-    units: list[UnitState] = [u for u in await store.unit_states(conn)
-                              if u.id not in tried or u.id == unit_id]
-    rec = engine.rank(store.incident_state(inc), units, graph, now, policy)
-    pick = unit_id or rec.pick
-    if pick is None:
-        return None
-    cand = next((c for c in rec.candidates if c.unit_id == pick), None)
-    if unit_id is not None:
-        unit = next((u for u in units if u.id == unit_id), None)
-        if unit is None:
-            raise NotFound(f"unit {unit_id} not found", code="unit.not_found")
-        if unit.status not in ("available", "returning"):
-            raise InvalidInput(f"unit {unit_id} is {unit.status}", code="unit.busy")
-        reason = f"override by {actor}: {override_reason}"
-    else:
-        reason = rec.reason
-    if cand is not None and cand.preempts and unit_id is None:
-        displaced = int(cand.preempts)
-        await _release_unit(conn, displaced, "withdraw", SYSTEM_ACTOR, now,
-                            f"改派至更紧急案件 #{incident_id} (preempted by p"
-                            f"{inc['priority']} #{incident_id})", "preempted")
-        await _alert(conn, displaced, "preempted",
-                     f"{pick} 由案件 #{displaced} 改派至特急案件 #{incident_id}；"
-                     f"#{displaced} 重新派遣")
-    assignment = await conn.fetchrow(
-        """INSERT INTO assignments (incident_id, unit_id, assigned_at, eta_s, reason,
-                                    override_reason, recommendation, accept_due)
-           VALUES ($1,$2,$3,$4,$5,$6,$7,$8) RETURNING *""",
-        incident_id, pick, store.ts(now), cand.eta_s if cand else None, reason,
-        override_reason, _recommendation_json(rec),
-        store.ts(now + ACCEPT_TIMEOUT_S.get(int(inc["priority"]), 900.0)
-                 * clocks.SlaConfig.scale))
-    await conn.execute(
-        """UPDATE units SET status = 'dispatched', current_incident = $2, updated_at = now()
-           WHERE id = $1""", pick, incident_id)
-    await conn.execute("UPDATE incidents SET assigned_unit = $2 WHERE id = $1",
-                       incident_id, pick)
-    inc["assigned_unit"] = pick
-    await _step(conn, inc, "dispatch", actor, now, reason)
-    a_view = row_view(assignment)
-    await outbox.record(conn, UnitAssigned(
-        incident=await store.incident_view(conn, incident_id),
-        unit=await store.unit_view(conn, pick), assignment=a_view))
-    return a_view
-
-
-async def override_assignment(pool: asyncpg.Pool, incident_id: int, unit_id: str, actor: str,
-                              reason_code: str, note: str, graph: RoadGraph | None,
-                              policy: DispatchPolicy) -> dict[str, Any]:
-    """An operator sends ``unit_id`` instead of the engine's pick, with a reason code. A
-    unit already on the case is withdrawn first; both legs are in the case log."""
-    if reason_code not in OVERRIDE_REASONS:
-        raise InvalidInput(f"unknown override reason {reason_code!r}; one of "
-                           f"{', '.join(OVERRIDE_REASONS)}", code="dispatch.override_reason")
-    if reason_code == "other" and not note.strip():
-        raise InvalidInput("reason 'other' needs a note", code="dispatch.override_reason")
-    reason = f"{reason_code}: {OVERRIDE_REASONS[reason_code]}" + (f" — {note}" if note else "")
-    now = time.time()
-    async with pool.acquire() as conn, conn.transaction():
-        inc = await store.incident_row(conn, incident_id, lock=True)
-        if inc is None:
-            raise NotFound(f"incident {incident_id} not found", code="incident.not_found")
-        if inc["assigned_unit"] == unit_id:
-            raise InvalidInput(f"{unit_id} already has this case", code="dispatch.same_unit")
-        if inc["state"] in ("dispatched", "accepted"):
-            await _release_unit(conn, incident_id, "withdraw", actor, now,
-                                f"人工改派 override: {reason}", "superseded")
-        # Same transaction: the dispatcher cannot slip its own pick in between.
-        result = await _dispatch_locked(conn, incident_id, graph, policy, unit_id=unit_id,
-                                        actor=actor, override_reason=reason)
-    assert result is not None
-    return result
-
-
-async def escalate_assignment(pool: asyncpg.Pool, assignment_id: int) -> bool:
-    """An assignment not accepted in time: take it back (the case goes to the next
-    candidate) and alert the supervisor. Returns whether it escalated now."""
-    now = time.time()
-    async with pool.acquire() as conn, conn.transaction():
-        a = await conn.fetchrow(
-            "SELECT * FROM assignments WHERE id = $1 AND status = 'active' "
-            "AND accept_due <= now() FOR UPDATE", assignment_id)
-        if a is None:
-            return False
-        waited = now - a["assigned_at"].timestamp()
-        await conn.execute("UPDATE assignments SET escalated_at = now() WHERE id = $1",
-                           assignment_id)
-        unit_id = await _release_unit(
-            conn, int(a["incident_id"]), "decline", SYSTEM_ACTOR, now,
-            f"{a['unit_id']} 未在 {waited:.0f} 秒内签收，升级改派 (not accepted in time)",
-            "escalated")
-        await _alert(conn, int(a["incident_id"]), "escalated",
-                     f"{unit_id} 未在时限内签收案件 #{a['incident_id']}，已改派下一候选力量")
-        if unit_id:
-            await outbox.record(conn, UnitStatusChanged(unit=await store.unit_view(conn,
-                                                                                   unit_id)))
-    return True
-
-
+# ---------------------------------------------------------------- case steps
 async def apply_action(pool: asyncpg.Pool, incident_id: int, action: str, actor: str,
                        reason: str | None) -> dict[str, Any]:
     """Move a case one step (accept, start_handling, give_feedback, verify_ok, ...)."""

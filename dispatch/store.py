@@ -14,6 +14,14 @@ from core.db import Conn, Querier, row_view
 from core.entities import INCIDENT_COLUMNS, UNIT_COLUMNS
 from dispatch import sla_config, workflow
 from dispatch.model import IncidentState, UnitState
+from dispatch.planner import DispatchState
+
+# Case states in which the planner sees an incident: waiting for a unit, or with a unit
+# that has not yet reached the scene (which a more urgent case may still divert).
+PLANNED_STATES = ("registered", "dispatched", "accepted")
+# Assignments that bar their unit from that case: it declined, let it time out, or an
+# operator redirected it elsewhere.
+BARRING_STATUSES = ("declined", "escalated", "redirected")
 
 
 def ts(seconds: float) -> datetime:
@@ -50,6 +58,25 @@ async def unit_states(conn: Querier) -> list[UnitState]:
         )
         for r in rows
     ]
+
+
+async def dispatch_state(conn: Querier) -> DispatchState:
+    """What the decision core plans over, as committed now (read inside the decision's
+    transaction, after its lock)."""
+    rows = await conn.fetch(
+        "SELECT i.id, i.category, i.priority, i.qualification, i.lon, i.lat, i.grid_id, "
+        "i.opened_at, i.assigned_unit FROM incidents i WHERE i.state = ANY($1::text[]) "
+        "ORDER BY i.id", list(PLANNED_STATES))
+    barred = await conn.fetch(
+        """SELECT a.incident_id, array_agg(DISTINCT a.unit_id) AS units FROM assignments a
+           JOIN incidents i ON i.id = a.incident_id
+           WHERE a.status = ANY($1::text[]) AND i.state = ANY($2::text[])
+           GROUP BY a.incident_id""", list(BARRING_STATUSES), list(PLANNED_STATES))
+    return DispatchState(
+        tuple(incident_state(dict(r)) for r in rows),
+        tuple(await unit_states(conn)),
+        {str(b["incident_id"]): frozenset(b["units"]) for b in barred},
+    )
 
 
 def incident_state(row: Mapping[str, Any]) -> IncidentState:

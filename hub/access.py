@@ -146,6 +146,9 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("POST", "/api/incidents"): OPERATOR_OR_UNIT,  # a unit files field reports
     ("POST", "/api/incidents/{incident_id}/actions"): OPERATOR_OR_UNIT,  # see ACTION_ROLES
     ("POST", "/api/incidents/{incident_id}/assign"): OPERATOR,
+    # Redirecting a unit on its way takes it off a citizen's case: an operator's call, as
+    # an override is (the case is planned again at once).
+    ("POST", "/api/units/{unit_id}/redirect"): OPERATOR,
     ("POST", "/open311/v2/requests.json"): OPERATOR_OR_UNIT,  # citizen reports via a client
     ("POST", "/api/inspections/draws"): OPERATOR,
     ("POST", "/api/inspections/draws/{draw_id}/verify"): OPERATOR,

@@ -11,9 +11,9 @@ from pydantic import BaseModel, Field
 from core import outbox
 from core.db import row_view
 from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS, UNIT_COLUMNS
-from core.errors import InvalidInput, NotFound
+from core.errors import Forbidden, InvalidInput, NotFound
+from dispatch import decisions as dispatch_decisions
 from dispatch import service as dispatch_service
-from dispatch.model import DispatchPolicy
 from hub.access import principal_of, require_action_allowed, require_own_incident
 from hub.params import RowId, Seq, Since, Until
 from ingest import alarms
@@ -308,7 +308,9 @@ async def incident_action(request: Request, incident_id: RowId, body: ActionBody
 
 class OverrideBody(BaseModel):
     unit_id: Annotated[str, Field(min_length=1, max_length=64)]
-    actor: Actor
+    # Ignored: the actor recorded is the logged-in principal. Accepted so that older
+    # clients that still send it keep working.
+    actor: Actor | None = None
     reason_code: Annotated[str, Field(min_length=1, max_length=32)]
     note: Reason = ""
 
@@ -321,12 +323,40 @@ async def override_reasons() -> dict[str, str]:
 
 @router.post("/incidents/{incident_id}/assign")
 async def override(request: Request, incident_id: RowId, body: OverrideBody) -> dict[str, Any]:
-    """Send a unit of the operator's choice instead of the engine's pick, with a reason."""
+    """Send a unit of the operator's choice instead of the plan's pick, with a reason. The
+    same decision core, policy and road graph on every node; the actor recorded is the
+    logged-in principal."""
     hub = _hub(request)
-    d = hub.dispatcher
-    return await dispatch_service.override_assignment(
-        hub.pool, incident_id, body.unit_id, body.actor, body.reason_code, body.note,
-        d.graph if d else None, d.policy if d else DispatchPolicy())
+    return await dispatch_decisions.override(
+        hub.pool, incident_id, body.unit_id, _actor(request), body.reason_code, body.note,
+        hub.road_graph, hub.dispatch_policy)
+
+
+class RedirectBody(BaseModel):
+    reason_code: Annotated[str, Field(min_length=1, max_length=32)]
+    note: Reason = ""
+    # Send the unit to this case; without it the unit is only taken off its current one.
+    to_incident: RowId | None = None
+
+
+@router.post("/units/{unit_id}/redirect")
+async def redirect_unit(request: Request, unit_id: str, body: RedirectBody
+                        ) -> dict[str, Any]:
+    """Take a dispatched or en-route unit off its case, with a reason code; the case goes
+    back to planning (never to this unit again) and the unit, if ``to_incident`` is given,
+    goes there."""
+    hub = _hub(request)
+    return await dispatch_decisions.redirect(
+        hub.pool, unit_id, _actor(request), body.reason_code, body.note, body.to_incident,
+        hub.road_graph, hub.dispatch_policy)
+
+
+def _actor(request: Request) -> str:
+    """The logged-in principal's name: who an operator's dispatch decision is recorded as."""
+    p = principal_of(request)
+    if p is None:
+        raise Forbidden("no authenticated principal", code="auth.required")
+    return str(p.name)
 
 
 @router.get("/supervisor/alerts")

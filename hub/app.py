@@ -24,8 +24,10 @@ from core.bus import Bus
 from core.db import connect, create_pool, migrate
 from core.outbox import EventFeed
 from core.settings import Settings
-from dispatch import clocks
+from dispatch import clocks, decisions
+from dispatch.geo import RoadGraph
 from dispatch.leader import Dispatcher
+from dispatch.model import DispatchPolicy
 from hub import (
     api,
     errors,
@@ -61,6 +63,10 @@ class Hub:
     feed: LiveFeed
     ingest: IngestRole | None = None
     dispatcher: Dispatcher | None = None
+    # What every node decides with (an operator's override on a web node too): the policy
+    # from settings and the town's road graph, loaded once at start.
+    dispatch_policy: DispatchPolicy = field(default_factory=DispatchPolicy)
+    road_graph: RoadGraph | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     kpis: dict[str, Any] = field(default_factory=dict)
     ready: bool = False
@@ -102,11 +108,14 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
                   feed=LiveFeed(live, bus, pool, replay_limit=settings.feed_replay_limit,
                                 queue_size=settings.feed_client_queue,
                                 tick_s=settings.feed_tick_s))
+        hub.dispatch_policy = decisions.policy_from_settings(settings)
+        if roles & {"dispatch", "web"}:
+            hub.road_graph = await decisions.load_road_graph(pool)
         app.state.hub = hub
         event_feed = EventFeed(settings.database_url, bus)
         hub.tasks.append(asyncio.create_task(event_feed.run(), name="core.event_feed"))
         if "dispatch" in roles:
-            hub.dispatcher = Dispatcher(settings, pool, bus)
+            hub.dispatcher = Dispatcher(settings, pool, bus, hub.road_graph)
             await hub.dispatcher.start()
         if "ingest" in roles:
             hub.ingest = IngestRole(settings, pool)

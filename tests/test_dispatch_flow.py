@@ -154,7 +154,10 @@ async def test_unaccepted_dispatch_escalates_to_the_next_candidate(
 
 async def test_operator_override_needs_a_reason_and_is_logged(
         flow_hub: HubProcess, fdb: asyncpg.Connection) -> None:
-    async with flow_hub.async_client() as client:
+    # The actor recorded is the logged-in principal, whatever "actor" the body names.
+    token = flow_hub.make_token("operator", name="operator3")
+    async with httpx.AsyncClient(base_url=flow_hub.url,
+                                 headers={"Authorization": f"Bearer {token}"}) as client:
         inc = await _create(client, priority=4, qualification="city_management",
                             title="乱堆乱放")
         iid = inc["id"]
@@ -168,7 +171,7 @@ async def test_operator_override_needs_a_reason_and_is_logged(
             "unit_id": other, "actor": "operator3", "reason_code": "because"})
         assert r.status_code == 422 and r.json()["error"]["code"] == "dispatch.override_reason"
         r = await client.post(f"/api/incidents/{iid}/assign", json={
-            "unit_id": other, "actor": "operator3", "reason_code": "local_knowledge",
+            "unit_id": other, "actor": "someone_else", "reason_code": "local_knowledge",
             "note": "熟悉该商户"})
         assert r.status_code == 200, r.text
         assert r.json()["unit_id"] == other and "local_knowledge" in r.json()["override_reason"]

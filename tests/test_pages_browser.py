@@ -286,6 +286,28 @@ def test_case_page_shows_the_trail(page: Page, hub: HubProcess) -> None:
     assert page.errors == []  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize(("lang", "says", "not_says"), [
+    ("zh_CN", ["今日已办"], ["cases today", "joint plan", "best score"]),
+    ("en", ["cases today"], ["今日已办"]),
+])
+def test_case_page_gives_dispatch_reasons_in_the_page_language(
+        page: Page, hub: HubProcess, lang: str, says: list[str], not_says: list[str]) -> None:
+    inc = _new_case(hub, f"派遣理由 {lang}", priority=3)
+    deadline = time.monotonic() + 15
+    while not hub.client.get(f"/api/incidents/{inc['id']}").json()["assignments"]:
+        assert time.monotonic() < deadline, "the case was not dispatched"
+        time.sleep(0.1)
+    page.goto(f"{hub.url}/cases/{inc['id']}?lang={lang}")
+    page.wait_for_function("document.body.dataset.loaded === 'true'", timeout=15000)
+    shown = page.inner_text("#candidates") + page.inner_text("#rec-summary") + \
+        page.inner_text("#assignments") + page.inner_text("#case-log")
+    for s in says:
+        assert s in shown, f"{s!r} missing on the {lang} case page"
+    for s in not_says:
+        assert s not in shown, f"{s!r} on the {lang} case page"
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
 # ------------------------------------------------------------------ unit page
 def test_unit_page_plays_a_track(page: Page, hub: HubProcess, publisher: Publisher) -> None:
     town = town_doc()

@@ -7,7 +7,7 @@ import { renderActionButtons } from "./actions.js";
 import { bindActorField, errorText, getJson } from "./api.js";
 import { $, el, fillFacts, setData, setText, toast } from "./dom.js";
 import { LiveFeed } from "./feed.js";
-import { fmtDateTime, fmtDistance, fmtDuration, fmtNumber, label, t } from "./i18n.js";
+import { fmtDateTime, fmtDistance, fmtDuration, fmtNumber, label, reasonText, t } from "./i18n.js";
 import { STAGES, slaView } from "./sla.js";
 
 const INCIDENT_ID = String(document.querySelector("[data-incident-id]").dataset.incidentId);
@@ -179,10 +179,21 @@ function renderSla(inc, now) {
   }
 }
 
+// A log entry's reason in the page's language where the record allows: the dispatcher's
+// "dispatch" entries carry the English text of their assignment's reason code, written in
+// the same transaction at the same instant, so the code is taken from that assignment.
+function entryReason(e) {
+  if (e.action !== "dispatch" || !e.reason) return e.reason || "";
+  const at = Date.parse(e.ts);
+  const a = (detail.assignments || []).find((x) => x.why && !x.override_reason
+    && Math.abs(Date.parse(x.assigned_at) - at) < 1);
+  return a ? reasonText(a.why, e.reason) : e.reason;
+}
+
 function entryLine(e) {
   const line = el("div", "step-entry");
   line.append(el("span", "who", e.actor), el("span", "when", fmtDateTime(e.ts)));
-  if (e.reason) line.append(el("span", "why", e.reason));
+  if (e.reason) line.append(el("span", "why", entryReason(e)));
   return line;
 }
 
@@ -253,7 +264,7 @@ function renderRecommendation(assignments) {
       el("span", "dim", fmtDateTime(a.assigned_at)));
     if (typeof a.eta_s === "number") li.append(el("span", "dim", t("case.eta", { t: fmtDuration(a.eta_s) })));
     if (a.override_reason) li.append(el("div", "override", t("case.override", { reason: a.override_reason })));
-    else if (a.reason) li.append(el("div", "dim", a.reason));
+    else if (a.reason) li.append(el("div", "dim", reasonText(a.why, a.reason)));
     list.append(li);
   }
   if (latest.length > ASSIGNMENTS_SHOWN) {
@@ -267,14 +278,18 @@ function renderRecommendation(assignments) {
     table.hidden = true;
     return;
   }
-  setText($("rec-summary"), t("case.recommended", { unit: rec.pick ? unitName(rec.pick) : "—", reason: rec.reason || "" }));
+  setText($("rec-summary"), t("case.recommended", { unit: rec.pick ? unitName(rec.pick) : "—", reason: reasonText(rec.why, rec.reason || "") }));
   const tbody = table.querySelector("tbody");
   tbody.replaceChildren();
   (rec.candidates || []).forEach((c, k) => {
     const tr = el("tr", c.unit_id === rec.pick ? "pick" : "");
     tr.dataset.unitId = c.unit_id;
-    const reasons = c.reasons || [];
-    const workload = reasons.map((r) => /cases today (\d+)/.exec(r)).find(Boolean);
+    // Reason codes where the record has them (translated), else the stored English texts.
+    const codes = c.codes || [];
+    const reasons = codes.length ? codes.map((r) => reasonText(r)) : (c.reasons || []);
+    const cases = codes.find((r) => r.code === "cand.cases_today");
+    const legacy = (c.reasons || []).map((r) => /cases today (\d+)/.exec(r)).find(Boolean);
+    const workload = cases ? [null, String(cases.params.n)] : legacy;
     tr.append(
       el("td", "", String(k + 1)),
       el("td", "", unitName(c.unit_id)),
@@ -315,7 +330,7 @@ function renderLog(log) {
     tr.append(el("td", "num", String(e.seq)), el("td", "", fmtDateTime(e.ts)),
       el("td", "", label("action", e.action)),
       el("td", "", `${e.from_state ? label("state", e.from_state) + " → " : ""}${label("state", e.to_state)}`),
-      el("td", "", e.actor), el("td", "why", e.reason || ""), hash);
+      el("td", "", e.actor), el("td", "why", entryReason(e)), hash);
     tbody.append(tr);
   }
 }

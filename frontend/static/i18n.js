@@ -18,6 +18,18 @@ export function t(key, vars) {
   return s;
 }
 
+// A dispatch reason ({code, params}, dispatch/reasons.py) in the page's language; an
+// operator's reason code among the params reads as its label. ``fallback`` (the English
+// text stored with it) when the reason is missing or its code is new to this page.
+export function reasonText(why, fallback = "") {
+  if (!why || !why.code) return fallback;
+  const key = `reason.${why.code}`;
+  if (!Object.prototype.hasOwnProperty.call(STRINGS, key)) return fallback;
+  const params = { ...(why.params || {}) };
+  if (typeof params.code === "string") params.code = label("override.reason", params.code);
+  return t(key, params);
+}
+
 // The label of a code in a group ("state", "priority", ...), or the code itself when the
 // catalog has none (a new code from the server still shows something readable).
 export function label(group, code) {

@@ -4,7 +4,7 @@
 
 import { errorText, getActor, getJson, postJson } from "./api.js";
 import { $, el, setText, toast } from "./dom.js";
-import { fmtTime, label, t } from "./i18n.js";
+import { fmtTime, label, reasonText, t } from "./i18n.js";
 
 // The strip shows the newest few; the count says how many are open in all.
 const SHOWN = 2;
@@ -52,8 +52,9 @@ export class SupervisorStrip {
       const li = el("li", `sv-alert kind-${a.kind}`);
       li.dataset.alertId = String(a.id);
       li.append(el("span", "sv-kind", label("alert_kind", a.kind)));
-      const msg = el(a.incident_id != null ? "a" : "span", "sv-msg", a.message || "");
-      msg.title = a.message || "";
+      const text = reasonText(a.why, a.message || "");
+      const msg = el(a.incident_id != null ? "a" : "span", "sv-msg", text);
+      msg.title = text;
       if (a.incident_id != null) {
         msg.href = `/cases/${a.incident_id}`;
         msg.target = "_blank";

@@ -1,0 +1,237 @@
+"""Dispatch decisions carried out: load the state, ask the core, apply, in one transaction.
+
+``decide_and_apply(pool, event, graph, policy, actor=...)`` is the only way the running
+hub assigns or takes back a unit: the dispatch leader feeds it every registered case,
+freed unit, decline and accept time-out; the API feeds it operators' overrides and
+redirects, on whichever node serves them (policy and road graph come from settings and
+the database on every node: ``policy_from_settings``, ``load_road_graph``).
+
+One decision is one transaction: a transaction-scoped advisory lock (``PLAN_LOCK_KEY``)
+serialises deciders across processes, the state is read under it
+(``store.dispatch_state``), the pure core decides (``planner.decide``), and every
+withdrawal, alert and dispatch is written with its case-log entries, SLA clocks and events
+(``core.outbox``). A crew's own action (accept, decline) does not take that lock; if one
+lands between the read and a write, the write finds the row changed and the whole decision
+is taken again from fresh state (``STALE_RETRIES``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import asyncpg
+
+from core import outbox
+from core.db import Conn, row_view
+from core.errors import Conflict, InvalidInput
+from core.events import SupervisorAlerted, UnitAssigned, UnitStatusChanged
+from core.settings import Settings
+from dispatch import clocks, planner, store
+from dispatch.geo import RoadGraph
+from dispatch.model import DispatchPolicy
+from dispatch.reasons import Reason
+from dispatch.service import (
+    ACCEPT_TIMEOUT_S,
+    OVERRIDE_REASONS,
+    SYSTEM_ACTOR,
+    _release_unit,
+    _step,
+)
+
+log = logging.getLogger("dispatch.decisions")
+
+# Every decider (the leader, an operator's override on any node) takes this transaction
+# lock first: plans are made over the whole picture, so two at once would both use the
+# same free unit. Distinct from the leader's election key.
+PLAN_LOCK_KEY = 4_710_004
+# A crew's accept or decline racing a decision makes it re-read and decide again; three
+# rounds is far more than two humans pressing buttons in the same millisecond need.
+STALE_RETRIES = 3
+
+# The workflow action that ends an assignment of each status.
+_ACTION_FOR = {"declined": "decline", "escalated": "decline", "preempted": "withdraw",
+               "superseded": "withdraw", "redirected": "withdraw"}
+
+
+class _Stale(Exception):
+    """The committed state moved under the decision; decide again."""
+
+
+def policy_from_settings(settings: Settings) -> DispatchPolicy:
+    """The one policy every node decides with (not ``DispatchPolicy()`` defaults)."""
+    return DispatchPolicy(
+        stale_after_s=settings.position_stale_after_s,
+        preempt_up_to_priority=settings.dispatch_preempt_up_to_priority,
+        preempt_penalty_s=settings.dispatch_preempt_penalty_s,
+        replan_gain_s=settings.dispatch_replan_gain_s,
+    )
+
+
+async def load_road_graph(pool: asyncpg.Pool) -> RoadGraph | None:
+    """The town's road graph from the ``roads`` table (None if the town has no roads)."""
+    roads = await pool.fetch("SELECT id, name, class, speed_kmh, geometry FROM roads")
+    if not roads:
+        return None
+    return RoadGraph.from_geojson({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": r["geometry"],
+         "properties": {"id": r["id"], "name": r["name"], "class": r["class"],
+                        "speed_kmh": r["speed_kmh"]}} for r in roads]})
+
+
+async def decide_and_apply(pool: asyncpg.Pool, event: planner.Input, graph: RoadGraph | None,
+                           policy: DispatchPolicy, *, actor: str = SYSTEM_ACTOR,
+                           note: str = "") -> tuple[planner.Decision, dict[str, Any]]:
+    """Decide ``event`` and carry the decision out. Returns the decision and the new
+    assignment rows by incident id. ``actor`` is recorded on what the input itself asked
+    (an operator's override or redirect); the rest of the plan is the system's."""
+    for attempt in range(STALE_RETRIES + 1):
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", PLAN_LOCK_KEY)
+                now = time.time()
+                state = await store.dispatch_state(conn)
+                decision = planner.decide(state, event, now, policy, graph)
+                views = await _apply(conn, decision, now, actor, note)
+            return decision, views
+        except _Stale:
+            if attempt == STALE_RETRIES:
+                raise Conflict("the case changed while it was being planned; try again",
+                               code="dispatch.conflict") from None
+            log.info("decision on %s raced a crew's action; deciding again", event)
+    raise AssertionError("unreachable")
+
+
+def _text(why: Reason, note: str) -> str:
+    return why.text() + (f" — {note}" if note else "")
+
+
+async def _apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: str
+                 ) -> dict[str, Any]:
+    released: dict[str, str] = {}
+    for w in d.withdrawals:
+        by_operator = w.why.code in ("withdraw.override", "withdraw.redirected")
+        who = actor if by_operator else SYSTEM_ACTOR
+        inc = await store.incident_row(conn, int(w.incident_id), lock=True)
+        if inc is None or inc["assigned_unit"] != w.unit_id:
+            raise _Stale
+        if w.status == "escalated":
+            await conn.execute(
+                "UPDATE assignments SET escalated_at = now() WHERE incident_id = $1 AND "
+                "status = 'active'", int(w.incident_id))
+        await _release_unit(conn, int(w.incident_id), _ACTION_FOR[w.status], who, now,
+                            _text(w.why, note if by_operator else ""), w.status)
+        released[w.unit_id] = w.incident_id
+    for a in d.alerts:
+        row = await conn.fetchrow(
+            """INSERT INTO supervisor_alerts (incident_id, kind, message, why)
+               VALUES ($1, $2, $3, $4) RETURNING *""",
+            int(a.incident_id), a.kind, a.why.text(), a.why.as_json())
+        await outbox.record(conn, SupervisorAlerted(
+            alert=row_view(row), incident=await store.incident_view(conn, int(a.incident_id))))
+    views: dict[str, Any] = {}
+    for x in d.dispatches:
+        views[x.incident_id] = await _dispatch(conn, x, now, actor, note)
+        released.pop(x.unit_id, None)
+    for unit_id in released:  # taken off a case and not sent elsewhere: now free
+        await outbox.record(conn, UnitStatusChanged(unit=await store.unit_view(conn, unit_id)))
+    return views
+
+
+async def _dispatch(conn: Conn, x: planner.Dispatch, now: float, actor: str, note: str
+                    ) -> dict[str, Any]:
+    iid = int(x.incident_id)
+    inc = await store.incident_row(conn, iid, lock=True)
+    if inc is None or inc["state"] != "registered" or inc["assigned_unit"] is not None:
+        raise _Stale
+    moved = await conn.fetchval(
+        """UPDATE units SET status = 'dispatched', current_incident = $2, updated_at = now()
+           WHERE id = $1 AND status IN ('available', 'returning') RETURNING id""",
+        x.unit_id, iid)
+    if moved is None:
+        raise _Stale
+    by_operator = x.override_code is not None
+    text = _text(x.why, note if by_operator else "")
+    override_text = None
+    if x.override_code is not None:
+        label = OVERRIDE_REASONS.get(x.override_code, x.override_code)
+        override_text = f"{x.override_code}: {label}" + (f" — {note}" if note else "")
+    recommendation = {
+        "pick": x.pick, "reason": x.why.text(), "why": x.why.as_json(),
+        "candidates": planner.candidates_json(x.candidates),
+    }
+    assignment = await conn.fetchrow(
+        """INSERT INTO assignments (incident_id, unit_id, assigned_at, eta_s, reason,
+                                    override_reason, recommendation, accept_due, why)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) RETURNING *""",
+        iid, x.unit_id, store.ts(now), x.eta_s, text, override_text, recommendation,
+        store.ts(now + ACCEPT_TIMEOUT_S.get(int(inc["priority"]), 900.0)
+                 * clocks.SlaConfig.scale),
+        x.why.as_json())
+    await conn.execute("UPDATE incidents SET assigned_unit = $2 WHERE id = $1", iid, x.unit_id)
+    inc["assigned_unit"] = x.unit_id
+    await _step(conn, inc, "dispatch", actor if by_operator else SYSTEM_ACTOR, now,
+                override_text or text)
+    view = row_view(assignment)
+    await outbox.record(conn, UnitAssigned(
+        incident=await store.incident_view(conn, iid),
+        unit=await store.unit_view(conn, x.unit_id), assignment=view))
+    return view
+
+
+# ---------------------------------------------------------------- the callers' entry points
+def _check_reason(reason_code: str, note: str) -> None:
+    if reason_code not in OVERRIDE_REASONS:
+        raise InvalidInput(f"unknown override reason {reason_code!r}; one of "
+                           f"{', '.join(OVERRIDE_REASONS)}", code="dispatch.override_reason")
+    if reason_code == "other" and not note.strip():
+        raise InvalidInput("reason 'other' needs a note", code="dispatch.override_reason")
+
+
+async def override(pool: asyncpg.Pool, incident_id: int, unit_id: str, actor: str,
+                   reason_code: str, note: str, graph: RoadGraph | None,
+                   policy: DispatchPolicy) -> dict[str, Any]:
+    """An operator sends ``unit_id`` instead of the plan's pick, with a reason code. A unit
+    already on the case is withdrawn first; both legs are in the case log. Returns the new
+    assignment."""
+    _check_reason(reason_code, note)
+    _, views = await decide_and_apply(
+        pool, planner.Override(str(incident_id), unit_id, reason_code), graph, policy,
+        actor=actor, note=note)
+    return dict(views[str(incident_id)])
+
+
+async def redirect(pool: asyncpg.Pool, unit_id: str, actor: str, reason_code: str, note: str,
+                   to_incident: int | None, graph: RoadGraph | None,
+                   policy: DispatchPolicy) -> dict[str, Any]:
+    """An operator takes a dispatched or en-route unit off its case (which is planned
+    again, never back onto this unit) and, with ``to_incident``, sends it there."""
+    _check_reason(reason_code, note)
+    decision, views = await decide_and_apply(
+        pool, planner.Redirect(unit_id, reason_code,
+                               str(to_incident) if to_incident is not None else None),
+        graph, policy, actor=actor, note=note)
+    return {
+        "unit_id": unit_id,
+        "withdrawn": [{"incident_id": int(w.incident_id), "unit_id": w.unit_id,
+                       "status": w.status, "why": w.why.as_json()}
+                      for w in decision.withdrawals],
+        "assignments": list(views.values()),
+    }
+
+
+async def escalate(pool: asyncpg.Pool, assignment_id: int, graph: RoadGraph | None,
+                   policy: DispatchPolicy) -> bool:
+    """An assignment not accepted by its due time: the core takes it back, alerts the
+    supervisor and plans the case again. Returns whether it escalated now."""
+    a = await pool.fetchrow(
+        "SELECT incident_id, unit_id, assigned_at FROM assignments WHERE id = $1 AND "
+        "status = 'active' AND accept_due <= now()", assignment_id)
+    if a is None:
+        return False
+    waited = time.time() - a["assigned_at"].timestamp()
+    decision, _ = await decide_and_apply(
+        pool, planner.AcceptTimedOut(str(a["incident_id"]), a["unit_id"], waited),
+        graph, policy)
+    return any(w.status == "escalated" for w in decision.withdrawals)
