@@ -177,8 +177,7 @@ async def _create_token(settings: Settings, name: str, role: str, unit: str | No
     conn = await connect(settings.database_url)
     try:
         await migrate(conn)
-        token = await auth.create_token(conn, name, role, unit_id=unit, created_by="cli",
-                                        token=given)
+        token = await auth.create_token(conn, name, role, unit_id=unit, token=given)
     finally:
         await conn.close()
     if given is None:

@@ -28,6 +28,7 @@ from dispatch import clocks
 from dispatch.leader import Dispatcher
 from hub import (
     api,
+    audit_api,
     errors,
     jobs,
     login,
@@ -144,6 +145,7 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
     app.include_router(reports_api.router)
     app.include_router(rules_api.router)
     app.include_router(mqtt_accounts_api.router)
+    app.include_router(audit_api.router)
     app.include_router(views.router)
     app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
     views.mount_vendor(app)

@@ -371,10 +371,15 @@ demo_credentials() {
   local py="$VENV/bin/python"
   secret admin-password >/dev/null
   secret sim-token >/dev/null
+  secret crews-token >/dev/null
   "$py" -m hub create-user admin --role admin --display-name "Demo admin" --update \
     --password-file "$VAR/secrets/admin-password" >/dev/null
   "$py" -m hub create-token --name demo-simulators --role supervisor \
     --token-file "$VAR/secrets/sim-token" 2>/dev/null
+  # The crews' own steps are recorded under this one: the hub refuses verification by the
+  # principal that handled a case (simulators/crews.py FIELD_TOKEN_ENV).
+  "$py" -m hub create-token --name demo-crews --role operator \
+    --token-file "$VAR/secrets/crews-token" 2>/dev/null
 }
 
 run_demo() {
@@ -385,7 +390,8 @@ run_demo() {
   "$py" -m hub serve &
   DEMO_PIDS+=($!)
   "$py" -m hub wait-ready --timeout 60
-  HUB_API_TOKEN="$(secret sim-token)" "$py" -m simulators.run "$@" &
+  HUB_API_TOKEN="$(secret sim-token)" HUB_FIELD_TOKEN="$(secret crews-token)" \
+    "$py" -m simulators.run "$@" &
   DEMO_PIDS+=($!)
   log "console: http://127.0.0.1:$HTTP_PORT/   (Ctrl-C stops everything)"
   log "log in as admin; the password is in $VAR/secrets/admin-password"
