@@ -43,10 +43,10 @@ handler, nor who gave feedback, nor a known member of their unit (``handler_memb
 an extension is approved by someone other than who asked for it. ``replay`` does not
 re-check identities: a recorded step happened and cannot be refused afterwards.
 
-Pauses (SLA clock stopped): an approved extension pauses until ``resume``, ``start_handling`` or ``give_feedback``; a
-shelved case is paused until ``reopen`` (or ``cancel``). Closed pauses are kept
-in ``CaseState.pauses`` for ``dispatch/sla.py``. Any change of state clears a
-pending extension request.
+Pauses (SLA clock stopped): an approved extension pauses until ``resume``,
+``start_handling`` or ``give_feedback``; a shelved case is paused until ``reopen``
+(or ``cancel``). Closed pauses are kept in ``CaseState.pauses`` for
+``dispatch/sla.py``. Any change of state clears a pending extension request.
 """
 
 from __future__ import annotations
