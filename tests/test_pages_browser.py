@@ -275,7 +275,7 @@ def test_case_page_shows_the_trail(page: Page, hub: HubProcess) -> None:
     statuses = [steps.nth(k).get_attribute("data-status") for k in range(10)]
     assert statuses[:2] == ["done", "done"]  # reported and registered by the operator
     assert "current" in statuses and statuses[-1] == "pending"
-    assert "tester" in steps.nth(0).inner_text()
+    assert "test-admin" in steps.nth(0).inner_text()  # the reporter's login (hub's token)
     page.wait_for_selector('#chain-status[data-ok="true"]', timeout=10000)
     assert page.locator("#case-actions button[data-action]").count() >= 1
     assert page.locator("#case-log tbody tr[data-seq]").count() >= 2
