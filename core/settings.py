@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     mqtt_password_file: Path | None = None
     mqtt_acl_file: Path | None = None
     mqtt_broker_pid_file: Path | None = None
+    # The dynamic-security plugin's file that binds each device's and unit's client id to
+    # its account (docs/MQTT.md, "Client ids"); unset: client ids are not bound.
+    mqtt_client_ids_file: Path | None = None
 
     # Batched writer: flush at this many readings or this old, whichever comes first. 20 ms
     # keeps p99 publish-to-commit well under 100 ms; 5,000 rows amortise the commit.

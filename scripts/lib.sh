@@ -271,7 +271,19 @@ pg_stop() {
 # or given to one command.
 mqtt_file_vars() {
   echo "HUB_MQTT_PASSWORD_FILE=$VAR/mqtt/passwords" "HUB_MQTT_ACL_FILE=$VAR/mqtt/acl" \
-    "HUB_MQTT_BROKER_PID_FILE=$VAR/mqtt/mosquitto.pid"
+    "HUB_MQTT_BROKER_PID_FILE=$VAR/mqtt/mosquitto.pid" \
+    "HUB_MQTT_CLIENT_IDS_FILE=$VAR/mqtt/client-ids.json"
+}
+
+# Mosquitto's dynamic-security plugin (binds client ids to accounts), wherever the
+# distribution put it.
+dynsec_plugin() {
+  local f
+  for f in /usr/lib/*/mosquitto_dynamic_security.so /usr/lib/mosquitto_dynamic_security.so \
+           /usr/lib64/mosquitto_dynamic_security.so /usr/local/lib/mosquitto_dynamic_security.so; do
+    [ -f "$f" ] && { echo "$f"; return 0; }
+  done
+  die "Mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) not found"
 }
 
 # Gateway and service accounts the set-up creates, KIND:NAME; each NAME's password is the
@@ -289,6 +301,7 @@ mqtt_configure() {
   sed -e "s|@PORT@|$MQTT_PORT|g" -e "s|@DATA@|$VAR/mqtt/data/|g" -e "s|@USER@|$u|g" \
       -e "s|@LOG@|$VAR/mqtt/mosquitto.log|g" -e "s|@PID@|$VAR/mqtt/mosquitto.pid|g" \
       -e "s|@PASSWORDS@|$VAR/mqtt/passwords|g" -e "s|@ACL@|$VAR/mqtt/acl|g" \
+      -e "s|@CLIENT_IDS@|$VAR/mqtt/client-ids.json|g" -e "s|@DYNSEC_PLUGIN@|$(dynsec_plugin)|g" \
       "$ROOT/scripts/mosquitto.conf.in" > "$VAR/mqtt/mosquitto.conf"
   for spec in "${MQTT_SERVICE_ACCOUNTS[@]}"; do
     name="${spec#*:}"
