@@ -36,7 +36,8 @@ files. ``render_client_ids`` gives its configuration: one entry per device and u
 account (revoked ones too: harmless, and a re-provisioned account is bound at once), each
 bound to its own principal as client id, with no password and no roles, so the plugin
 refuses a CONNECT with another client id and leaves the password and the topics to the
-files. ``client_id_commands`` are the same bindings as the plugin's ``$CONTROL`` commands,
+files (whose grants the plugin's deny-by-default defaults leave as they are).
+``client_id_commands`` are the same bindings as the plugin's ``$CONTROL`` commands,
 for a running broker (the plugin does not re-read its file on SIGHUP).
 """
 
@@ -202,9 +203,10 @@ def render_client_ids(accounts: Iterable[Account]) -> str:
     (active or revoked) may connect only with its principal as client id. No passwords and
     no roles: for everything else the plugin defers to the password and ACL files."""
     doc = {
-        # Only consulted for the bound accounts, whose topics the ACL file decides (the
-        # plugin defers when it has no rule); deny-by-default here in case it ever does not.
-        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": True,
+        # Mosquitto asks the ACL file first; what it does not grant it passes on (defers)
+        # to the plugin, which answers for its own clients with these defaults: so they
+        # must deny, or a unit would read every unit's commands (tests/test_mqtt_acl.py).
+        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False,
                              "subscribe": False, "unsubscribe": True},
         "clients": [{"username": p, "clientid": p, "roles": []} for p in _bound(accounts)],
         "groups": [],

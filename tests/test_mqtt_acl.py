@@ -88,8 +88,11 @@ class Probe:
         self.subacks: queue.Queue[int] = queue.Queue()
         self.disconnected = threading.Event()
         # A device or unit may connect only with its own id (client id = username); the
-        # hub's and gateways' accounts with any.
-        self.client = make_client(client_id or username or f"probe-{uuid.uuid4().hex[:8]}",
+        # hub's and gateways' accounts with any (and several probes of theirs at once).
+        if client_id is None:
+            client_id = (username if username not in (None, "hub", "gw-test")
+                         else f"probe-{uuid.uuid4().hex[:8]}")
+        self.client = make_client(client_id,
                                   BrokerAddress("127.0.0.1", port, username, password),
                                   persistent=False, v311=v311)
         self.client.on_connect = lambda c, u, f, rc, p: self.connack.put(rc)
@@ -231,17 +234,25 @@ async def test_a_device_cannot_take_the_hubs_client_id(env: Env) -> None:
         assert refused(port, user, pw, client_id=f"{hub_id}-commands")
         assert refused(port, user, pw, client_id="gw-test")  # nor anyone else's
     assert refused(port, dev, dev_pw, client_id=unit)
+    # a town device (bound by the file the broker read at start) likewise; the hub knows
+    # the town's devices (its registry is read at start), so it ingests their readings
+    (town,) = await town_devices(env, 1)
+    r = env.api("POST", f"/{town}/rotate")
+    assert r.status_code == 200, r.text
+    town_pw = r.json()["password"]
+    assert refused(port, town, town_pw, client_id=hub_id)
     # the hub kept its session: still subscribed, and it still ingests what a device sends
     # under its own id
     assert env.hub_health()["mqtt"] == "subscribed"
-    p = connected(port, dev, dev_pw)  # client id = its own principal
+    connected(port, dev, dev_pw).close()  # client id = its own principal
+    p = connected(port, town, town_pw)
     try:
-        p.publish(wire.telemetry_topic(dev), telemetry(41.5))
+        p.publish(wire.telemetry_topic(town), telemetry(41.5))
     finally:
         p.close()
 
     async def stored() -> bool:
-        r = httpx.get(f"{env.hub.url}/api/devices/{dev}/latest", headers=env.hub.headers,
+        r = httpx.get(f"{env.hub.url}/api/devices/{town}/latest", headers=env.hub.headers,
                       timeout=5)
         return r.status_code == 200 and r.json()["metrics"]["pm25"]["value"] == 41.5
 
