@@ -392,6 +392,11 @@ async def test_audit_trail_is_for_supervisors_and_filterable(ctx: Ctx) -> None:
     r = httpx.get(ctx.hub.url + "/api/audit", headers=ctx.admin.headers,
                   params={"kind": "login.", "actor": ctx.session.name})
     assert {e["kind"] for e in r.json()["events"]} == {"login.succeeded"}
+    # the session user was made with create-user: who made it, with which role
+    r = httpx.get(ctx.hub.url + "/api/audit", headers=ctx.sup.headers,
+                  params={"target": ctx.session.name, "kind": "user.created"})
+    (made_user,) = r.json()["events"]
+    assert made_user["actor"].startswith("cli:") and made_user["detail"]["role"] == "supervisor"
     assert "login.throttled" in r.json()["kinds"]
     r = httpx.get(ctx.hub.url + "/api/audit", headers=ctx.op.headers)  # not for operators
     assert r.status_code == 403 and r.json()["error"]["code"] == "auth.forbidden"
