@@ -103,6 +103,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/devices/{device_id}"): PAGE,
     ("GET", "/reports"): PAGE,
     ("GET", "/inspections"): PAGE,
+    ("GET", "/audit"): Rule("supervisor", page=True),  # the security audit trail
     # ---- the live feed
     ("WS", "/ws/live"): VIEWER,
     # ---- reading the picture

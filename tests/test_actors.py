@@ -405,6 +405,23 @@ async def test_audit_trail_is_for_supervisors_and_filterable(ctx: Ctx) -> None:
     assert r.status_code == 422
 
 
+async def test_audit_page_lists_and_filters(ctx: Ctx) -> None:
+    made = _token(ctx.hub, "viewer", "paged")
+    r = httpx.get(ctx.hub.url + "/audit", headers=ctx.sup.headers,
+                  params={"kind": "token.created", "target": made.name, "lang": "en"})
+    assert r.status_code == 200, r.text
+    rows = re.findall(r'<tr data-kind="([a-z_.]+)">', r.text)
+    assert rows == ["token.created"] and made.name in r.text
+    assert 'href="/audit"' in r.text  # in the supervisor's navigation
+    r = httpx.get(ctx.hub.url + "/audit", headers=ctx.sup.headers,
+                  params={"kind": "token.created", "target": "nobody-at-all"})
+    assert 'id="audit-empty"' in r.text
+    r = httpx.get(ctx.hub.url + "/audit", headers=ctx.op.headers, follow_redirects=False)
+    assert r.status_code == 403
+    r = httpx.get(ctx.hub.url + "/reports", headers=ctx.op.headers)
+    assert r.status_code == 200 and 'href="/audit"' not in r.text
+
+
 def test_no_route_model_takes_an_actor() -> None:
     """No request body model of the app has a field naming who acts (they would be
     ignored anyway; a field would invite a client to think it counts)."""
