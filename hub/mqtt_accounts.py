@@ -302,6 +302,8 @@ def _broker_running(pid_file: Path | None) -> bool:
         return False
     try:
         os.kill(int(pid_file.read_text().split()[0]), 0)
+    except PermissionError:
+        return True  # there, under another account
     except (OSError, ValueError, IndexError):
         return False
     return True
