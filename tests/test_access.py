@@ -299,6 +299,10 @@ async def test_login_throttle_slows_the_guesser_not_the_operator(
         assert {("login.failed", attacker), ("login.throttled", attacker),
                 ("login.succeeded", command_room), ("login.failed", command_room)} <= kinds
         assert ("login.succeeded", attacker) not in kinds
+        # throttled attempts: one row a minute per pair, not one per attempt
+        assert await db.fetchval(
+            "SELECT count(*) FROM security_events WHERE kind = 'login.throttled' AND "
+            "target = $1 AND client_ip = $2", name, attacker) == 1
     finally:
         # the per-address count would otherwise hold the other tests' logins from there
         await db.execute("DELETE FROM login_failures WHERE username = $1", name)
