@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     mqtt_password_file: Path | None = None
     mqtt_acl_file: Path | None = None
     mqtt_broker_pid_file: Path | None = None
+    # The dynamic-security plugin's file that binds each device's and unit's client id to
+    # its account (docs/MQTT.md, "Client ids"); unset: client ids are not bound.
+    mqtt_client_ids_file: Path | None = None
 
     # Batched writer: flush at this many readings or this old, whichever comes first. 20 ms
     # keeps p99 publish-to-commit well under 100 ms; 5,000 rows amortise the commit.
@@ -128,11 +131,22 @@ class Settings(BaseSettings):
     session_ttl_s: float = 12 * 3600
     # last_seen_at is written at most this often per session, not on every request.
     session_touch_s: float = 60.0
-    # Failed logins allowed per username and per client address in the window before the
-    # login answers 429. Per address is looser: a command room shares one NAT address.
-    login_max_failures_per_user: int = 5
-    login_max_failures_per_ip: int = 20
-    login_failure_window_s: float = 300.0
+    # Login throttling (hub/auth.py): failures are counted per (username, client address)
+    # and per address, never per username alone, so guessing from elsewhere cannot lock
+    # the duty officer out. After the free failures each further one doubles the wait
+    # before the next attempt from there: base, 2 x base, ... up to the maximum.
+    # Three typos are free: a person at the keyboard makes them; a guesser then gets about
+    # a dozen tries in the first hour and ~12 an hour after (max 300 s), against passwords
+    # of at least 12 characters.
+    login_free_failures_per_pair: int = 3
+    # Per address looser: a command room shares one NAT address among many operators.
+    login_free_failures_per_ip: int = 20
+    # One second first: a person retyping hardly notices it; a script does.
+    login_delay_base_s: float = 1.0
+    login_delay_max_s: float = 300.0
+    # Failures older than this are forgotten (the purge job deletes them); a day keeps a
+    # slow guesser at the maximum delay.
+    login_failure_window_s: float = 24 * 3600.0
 
     # The largest HTTP request body accepted (413 above it). The biggest legitimate inputs
     # (an alarm rule, a case report, a backtest request) are a few kilobytes; towns are

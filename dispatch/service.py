@@ -104,8 +104,11 @@ async def _step(conn: Conn, inc: dict[str, Any], action: str, actor: str,
     """Apply a workflow action to a locked incident row, log it and move its SLA clocks
     (no event yet: the caller records one with the final view)."""
     before = await store.case_state(conn, inc["id"])
+    members: frozenset[str] = frozenset()
+    if action in ("verify_ok", "verify_fail"):
+        members = await store.unit_members(conn, {before.handler, before.feedback_by})
     try:
-        after = workflow.apply(before, action, actor, now, reason)
+        after = workflow.apply(before, action, actor, now, reason, handler_members=members)
     except workflow.TransitionError as e:
         raise InvalidInput(e.message, code=e.code) from e
     await conn.execute(

@@ -6,7 +6,7 @@ workflow.py.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -101,6 +101,17 @@ async def case_state(conn: Querier, incident_id: int) -> workflow.CaseState:
         "SELECT action, actor, ts, reason FROM case_log WHERE incident_id = $1 ORDER BY seq",
         incident_id)
     return workflow.replay([{**dict(r), "ts": r["ts"].timestamp()} for r in rows])
+
+
+async def unit_members(conn: Querier, unit_ids: Iterable[str | None]) -> frozenset[str]:
+    """Principals known to act for these units: the names of their phones' API tokens
+    (revoked ones too: they were members when they acted). Units themselves are ids."""
+    ids = sorted({u for u in unit_ids if u})
+    if not ids:
+        return frozenset()
+    rows = await conn.fetch(
+        "SELECT DISTINCT name FROM api_tokens WHERE unit_id = ANY($1::text[])", ids)
+    return frozenset(str(r["name"]) for r in rows)
 
 
 async def incident_row(

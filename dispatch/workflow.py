@@ -27,7 +27,8 @@ close                     verified                         closed
 evaluate                  closed                           evaluated
 archive                   evaluated                        archived
 request_extension *       accepted, handling (not paused)  same (extension_requested)
-approve_extension         accepted, handling (requested)   same (extension_count + 1, pause)
+approve_extension         accepted, handling (requested)   same (extension_count + 1, pause;
+                                                           not by the requester)
 reject_extension *        accepted, handling (requested)   same
 resume                    accepted, handling (paused)      same (pause ends)
 shelve *                  registered .. handling           shelved (pause)
@@ -36,18 +37,23 @@ cancel *                  reported, registered,            cancelled
                           dispatched, shelved
 ========================  ===============================  =====================
 
-``*``: a non-empty reason is required. Pauses (SLA clock stopped): an approved
-extension pauses until ``resume``, ``start_handling`` or ``give_feedback``; a
-shelved case is paused until ``reopen`` (or ``cancel``). Closed pauses are kept
-in ``CaseState.pauses`` for ``dispatch/sla.py``. Any change of state clears a
-pending extension request.
+``*``: a non-empty reason is required. Separation of duties is by identity (the actor
+is the authenticated principal, supplied by the route): the verifier is neither the
+handler, nor who gave feedback, nor a known member of their unit (``handler_members``);
+an extension is approved by someone other than who asked for it. ``replay`` does not
+re-check identities: a recorded step happened and cannot be refused afterwards.
+
+Pauses (SLA clock stopped): an approved extension pauses until ``resume``,
+``start_handling`` or ``give_feedback``; a shelved case is paused until ``reopen``
+(or ``cancel``). Closed pauses are kept in ``CaseState.pauses`` for
+``dispatch/sla.py``. Any change of state clears a pending extension request.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -184,7 +190,7 @@ class TransitionError(HubError):
     """An action that may not be applied. ``code`` is one of:
 
     ``case.unknown_action``, ``case.actor_required``, ``case.illegal_transition``,
-    ``case.reason_required``, ``case.verifier_is_handler``.
+    ``case.reason_required``, ``case.verifier_is_handler``, ``case.approver_is_requester``.
     """
 
     code = "case.illegal_transition"
@@ -198,8 +204,9 @@ class CaseState:
     """Where a case is in the loop.
 
     ``handler`` is who accepted it (the unit/actor doing the work) and
-    ``feedback_by`` who reported it done; neither may verify it. ``paused_since``
-    is set while the SLA clock is stopped; ``pauses`` are the closed pauses
+    ``feedback_by`` who reported it done; neither may verify it.
+    ``extension_requested_by`` asked for the pending extension and may not approve it.
+    ``paused_since`` is set while the SLA clock is stopped; ``pauses`` are the closed pauses
     ``(start, end)`` in order. ``updated_at`` is the time of the last action.
     """
 
@@ -207,6 +214,7 @@ class CaseState:
     rework_count: int = 0
     extension_count: int = 0
     extension_requested: bool = False
+    extension_requested_by: str | None = None
     paused_since: float | None = None
     pauses: tuple[tuple[float, float], ...] = ()
     handler: str | None = None
@@ -269,15 +277,28 @@ def allowed_actions(case: CaseState) -> tuple[str, ...]:
 
 
 def apply(
-    case: CaseState, action: str, actor: str, now: float, reason: str | None = None
+    case: CaseState,
+    action: str,
+    actor: str,
+    now: float,
+    reason: str | None = None,
+    *,
+    handler_members: Collection[str] = (),
+    check_identity: bool = True,
 ) -> CaseState:
     """The case after ``actor`` does ``action`` at ``now``; raises ``TransitionError``.
+
+    ``actor`` is the authenticated principal (the caller supplies it; this module takes
+    no name from a request). ``handler_members``: other principals known to act for the
+    handler or the one who gave feedback (a unit's phones' tokens), where known.
 
     Checks, in order: the action exists (``case.unknown_action``), an actor is
     named (``case.actor_required``), the state allows it
     (``case.illegal_transition``), a reason is given where required
-    (``case.reason_required``), the verifier is neither the handler nor the one
-    who gave feedback (``case.verifier_is_handler``).
+    (``case.reason_required``); then, unless ``check_identity`` is false (replaying a
+    recorded log), the verifier is neither the handler, nor the one who gave feedback,
+    nor one of ``handler_members`` (``case.verifier_is_handler``), and the approver of
+    an extension is not who requested it (``case.approver_is_requester``).
     """
     if action not in _MOVES:
         raise TransitionError("case.unknown_action", f"unknown action {action!r}")
@@ -288,10 +309,8 @@ def apply(
         raise TransitionError("case.illegal_transition", why_not)
     if action in REASON_REQUIRED and (reason is None or not reason.strip()):
         raise TransitionError("case.reason_required", f"{action} needs a reason")
-    if action in ("verify_ok", "verify_fail") and actor in (case.handler, case.feedback_by):
-        raise TransitionError(
-            "case.verifier_is_handler", f"{actor} handled this case and may not verify it"
-        )
+    if check_identity:
+        _separate_duties(case, action, actor, handler_members)
 
     _, target = _MOVES[action]
     to_state = target if target is not None else case.state
@@ -316,6 +335,7 @@ def apply(
         changes["rework_count"] = case.rework_count + 1
     elif action == "request_extension":
         changes["extension_requested"] = True
+        changes["extension_requested_by"] = actor
     elif action == "approve_extension":
         changes["extension_requested"] = False
         changes["extension_count"] = case.extension_count + 1
@@ -325,7 +345,26 @@ def apply(
         # Back to the queue for a fresh dispatch: whoever had it before is not assumed.
         changes["handler"] = None
         changes["feedback_by"] = None
+    if not changes.get("extension_requested", case.extension_requested):
+        changes["extension_requested_by"] = None
     return replace(case, **changes)
+
+
+def _separate_duties(
+    case: CaseState, action: str, actor: str, handler_members: Collection[str]
+) -> None:
+    """Refuse a step whose actor must be someone else (see ``apply``)."""
+    if action in ("verify_ok", "verify_fail"):
+        doers = {case.handler, case.feedback_by} - {None}
+        if actor in doers or (doers and actor in handler_members):
+            raise TransitionError(
+                "case.verifier_is_handler", f"{actor} handled this case and may not verify it"
+            )
+    if action == "approve_extension" and actor == case.extension_requested_by:
+        raise TransitionError(
+            "case.approver_is_requester",
+            f"{actor} asked for this extension; another supervisor must approve it",
+        )
 
 
 def replay(entries: Iterable[Mapping[str, Any]], initial: CaseState | None = None) -> CaseState:
@@ -333,12 +372,13 @@ def replay(entries: Iterable[Mapping[str, Any]], initial: CaseState | None = Non
 
     Entries whose action is not a workflow action (the creating ``report`` entry,
     notes the service may log) are skipped; an illegal step raises
-    ``TransitionError`` as ``apply`` does.
+    ``TransitionError`` as ``apply`` does. Identities are not re-checked (see ``apply``).
     """
     case = initial if initial is not None else CaseState()
     for e in entries:
         if e["action"] in _MOVES:
-            case = apply(case, e["action"], e["actor"], float(e["ts"]), e.get("reason"))
+            case = apply(case, e["action"], e["actor"], float(e["ts"]), e.get("reason"),
+                         check_identity=False)
     return case
 
 

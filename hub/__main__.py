@@ -82,7 +82,7 @@ async def _mqtt_sync_quietly(conn: Any, settings: Settings) -> None:
 
 
 async def _mqtt_accounts(settings: Settings, args: argparse.Namespace) -> int:
-    from hub import mqtt_accounts
+    from hub import audit, mqtt_accounts
 
     files = mqtt_accounts.BrokerFiles.from_settings(settings)
     conn = await connect(settings.database_url)
@@ -99,14 +99,22 @@ async def _mqtt_accounts(settings: Settings, args: argparse.Namespace) -> int:
                 if not password:
                     raise InvalidInput(f"{path} is empty", code="mqtt.invalid_account")
                 await mqtt_accounts.set_password(conn, principal, kind, password)
+                await audit.record(conn, "mqtt_account.set", audit.cli_actor(),
+                                   target=principal, detail={"kind": kind})
         elif args.action == "provision":
             creds = await mqtt_accounts.provision(conn, args.principal, args.kind)
+            await audit.record(conn, "mqtt_account.provisioned", audit.cli_actor(),
+                               target=args.principal, detail={"kind": args.kind})
             print(f"username: {creds.principal}\npassword: {creds.password}")
         elif args.action == "rotate":
             creds = await mqtt_accounts.rotate(conn, args.principal)
+            await audit.record(conn, "mqtt_account.rotated", audit.cli_actor(),
+                               target=args.principal)
             print(f"username: {creds.principal}\npassword: {creds.password}")
         elif args.action == "revoke":
             await mqtt_accounts.revoke(conn, args.principal)
+            await audit.record(conn, "mqtt_account.revoked", audit.cli_actor(),
+                               target=args.principal)
             print(f"revoked {args.principal}")
         elif args.action == "list":
             for a in await mqtt_accounts.list_accounts(conn):
@@ -177,8 +185,7 @@ async def _create_token(settings: Settings, name: str, role: str, unit: str | No
     conn = await connect(settings.database_url)
     try:
         await migrate(conn)
-        token = await auth.create_token(conn, name, role, unit_id=unit, created_by="cli",
-                                        token=given)
+        token = await auth.create_token(conn, name, role, unit_id=unit, token=given)
     finally:
         await conn.close()
     if given is None:

@@ -103,6 +103,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/devices/{device_id}"): PAGE,
     ("GET", "/reports"): PAGE,
     ("GET", "/inspections"): PAGE,
+    ("GET", "/audit"): Rule("supervisor", page=True),  # the security audit trail
     # ---- the live feed
     ("WS", "/ws/live"): VIEWER,
     # ---- reading the picture
@@ -164,6 +165,8 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("PUT", "/api/sla/limits/{category}/{priority}"): SUPERVISOR,
     ("DELETE", "/api/sla/limits/{category}/{priority}"): SUPERVISOR,
     ("PUT", "/api/sla/warn-share"): SUPERVISOR,
+    # The security audit trail (hub/audit.py): logins, failures, account and token changes.
+    ("GET", "/api/audit"): SUPERVISOR,
     # ---- administering: devices' and units' MQTT credentials (hub/mqtt_accounts_api.py)
     ("GET", "/api/mqtt/accounts"): ADMIN,
     ("POST", "/api/mqtt/accounts"): ADMIN,
@@ -241,6 +244,17 @@ def resolve(keys: list[RouteKey], scope: Scope) -> tuple[str, str] | None:
 def principal_of(request: Request) -> Principal | None:
     """Who this request acts as (set by the middleware), or None on a public route."""
     return request.scope.get("state", {}).get("principal")  # type: ignore[no-any-return]
+
+
+def actor_of(request: Request) -> str:
+    """The name a recorded action is attributed to: the logged-in user's username, an API
+    token's name, or, for a patrol phone's unit token, its unit id (the unit is who handles
+    the case). Never a name from the request: bodies carry no actor (a stray ``actor`` or
+    ``by`` field is ignored, see docs/SECURITY.md)."""
+    p = principal_of(request)
+    if p is None:
+        raise Forbidden("not authenticated", code="auth.required")
+    return str(p.unit_id) if p.is_unit else p.name
 
 
 def require_action_allowed(p: Principal | None, action: str, assigned_unit: str | None

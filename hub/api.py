@@ -14,7 +14,7 @@ from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS, UNIT_COLUMNS
 from core.errors import Forbidden, InvalidInput, NotFound
 from dispatch import decisions as dispatch_decisions
 from dispatch import service as dispatch_service
-from hub.access import principal_of, require_action_allowed, require_own_incident
+from hub.access import actor_of, principal_of, require_action_allowed, require_own_incident
 from hub.params import RowId, Seq, Since, Until
 from ingest import alarms
 
@@ -23,7 +23,6 @@ router = APIRouter(prefix="/api")
 # Raw readings are for short ranges; longer ones come from the rollups.
 RAW_SERIES_MAX_S = 24 * 3600
 
-Actor = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[\w.:@-]+$")]
 Reason = Annotated[str, Field(max_length=500)]
 
 
@@ -214,23 +213,21 @@ async def list_alarms(request: Request, state: Annotated[str, Query(pattern="^(o
     return [row_view(r) for r in rows]
 
 
-class AckBody(BaseModel):
-    by: Actor
-
-
+# Who acknowledged, cleared, acted or overrode is the caller's login (hub/access.actor_of);
+# request bodies carry no actor, and a stray "actor"/"by" field is ignored.
 class ClearBody(BaseModel):
-    by: Actor
     reason: Annotated[str, Field(min_length=1, max_length=500)]
 
 
 @router.post("/alarms/{alarm_id}/ack")
-async def ack_alarm(request: Request, alarm_id: int, body: AckBody) -> dict[str, Any]:
-    return await alarms.acknowledge(_hub(request).pool, alarm_id, body.by)
+async def ack_alarm(request: Request, alarm_id: int) -> dict[str, Any]:
+    return await alarms.acknowledge(_hub(request).pool, alarm_id, actor_of(request))
 
 
 @router.post("/alarms/{alarm_id}/clear")
 async def clear_alarm(request: Request, alarm_id: int, body: ClearBody) -> dict[str, Any]:
-    return await alarms.clear_by_operator(_hub(request).pool, alarm_id, body.by, body.reason)
+    return await alarms.clear_by_operator(_hub(request).pool, alarm_id, actor_of(request),
+                                          body.reason)
 
 
 # ---------------------------------------------------------------- incidents
@@ -265,16 +262,17 @@ class IncidentBody(BaseModel):
     lon: Annotated[float, Field(ge=-180, le=180)]
     lat: Annotated[float, Field(ge=-90, le=90)]
     source: Annotated[str, Field(pattern="^(operator|grid_worker|hotline)$")] = "operator"
-    reporter: Actor
 
 
 @router.post("/incidents", status_code=201)
 async def create_incident(request: Request, body: IncidentBody) -> dict[str, Any]:
+    """Report a case; the reporter recorded is the caller (an operator taking a hotline call
+    is who reports it; a unit's field report is signed by the unit)."""
     hub = _hub(request)
     p = principal_of(request)
-    source, reporter = body.source, body.reporter
-    if p is not None and p.is_unit:  # a field report, signed by the unit itself
-        source, reporter = "grid_worker", str(p.unit_id)
+    source, reporter = body.source, actor_of(request)
+    if p is not None and p.is_unit:
+        source = "grid_worker"
     return await dispatch_service.open_incident(
         hub.pool, category=body.category, qualification=body.qualification,
         priority=body.priority, title=body.title, description=body.description,
@@ -283,7 +281,6 @@ async def create_incident(request: Request, body: IncidentBody) -> dict[str, Any
 
 class ActionBody(BaseModel):
     action: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z_]+$")]
-    actor: Actor
     reason: Reason | None = None
 
 
@@ -301,16 +298,12 @@ async def incident_action(request: Request, incident_id: RowId, body: ActionBody
     # Checked just before the service locks the case: a reassignment in between is caught
     # by the workflow itself (the case is no longer in a state this unit's action fits).
     require_action_allowed(p, body.action, assigned["assigned_unit"])
-    actor = str(p.unit_id) if p is not None and p.is_unit else body.actor
     return await dispatch_service.apply_action(
-        hub.pool, incident_id, body.action, actor, body.reason)
+        hub.pool, incident_id, body.action, actor_of(request), body.reason)
 
 
 class OverrideBody(BaseModel):
     unit_id: Annotated[str, Field(min_length=1, max_length=64)]
-    # Ignored: the actor recorded is the logged-in principal. Accepted so that older
-    # clients that still send it keep working.
-    actor: Actor | None = None
     reason_code: Annotated[str, Field(min_length=1, max_length=32)]
     note: Reason = ""
 
@@ -328,7 +321,7 @@ async def override(request: Request, incident_id: RowId, body: OverrideBody) -> 
     logged-in principal."""
     hub = _hub(request)
     return await dispatch_decisions.override(
-        hub.pool, incident_id, body.unit_id, _actor(request), body.reason_code, body.note,
+        hub.pool, incident_id, body.unit_id, actor_of(request), body.reason_code, body.note,
         hub.road_graph, hub.dispatch_policy)
 
 
@@ -347,16 +340,9 @@ async def redirect_unit(request: Request, unit_id: str, body: RedirectBody
     goes there."""
     hub = _hub(request)
     return await dispatch_decisions.redirect(
-        hub.pool, unit_id, _actor(request), body.reason_code, body.note, body.to_incident,
+        hub.pool, unit_id, actor_of(request), body.reason_code, body.note, body.to_incident,
         hub.road_graph, hub.dispatch_policy)
 
-
-def _actor(request: Request) -> str:
-    """The logged-in principal's name: who an operator's dispatch decision is recorded as."""
-    p = principal_of(request)
-    if p is None:
-        raise Forbidden("no authenticated principal", code="auth.required")
-    return str(p.name)
 
 
 @router.get("/supervisor/alerts")
@@ -370,11 +356,10 @@ async def supervisor_alerts(request: Request, open_only: bool = True,
 
 
 @router.post("/supervisor/alerts/{alert_id}/ack")
-async def ack_supervisor_alert(request: Request, alert_id: int, body: AckBody
-                               ) -> dict[str, Any]:
+async def ack_supervisor_alert(request: Request, alert_id: int) -> dict[str, Any]:
     row = await _hub(request).pool.fetchrow(
         "UPDATE supervisor_alerts SET acked_by = $2, acked_at = now() WHERE id = $1 "
-        "AND acked_at IS NULL RETURNING *", alert_id, body.by)
+        "AND acked_at IS NULL RETURNING *", alert_id, actor_of(request))
     if row is None:
         raise NotFound(f"open alert {alert_id} not found", code="alert.not_found")
     return row_view(row)

@@ -30,6 +30,7 @@ from dispatch.leader import Dispatcher
 from dispatch.model import DispatchPolicy
 from hub import (
     api,
+    audit_api,
     errors,
     jobs,
     login,
@@ -155,6 +156,7 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
     app.include_router(rules_api.router)
     app.include_router(sla_api.router)
     app.include_router(mqtt_accounts_api.router)
+    app.include_router(audit_api.router)
     app.include_router(views.router)
     app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
     views.mount_vendor(app)

@@ -30,6 +30,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from core.db import Querier
 from core.errors import InvalidInput, NotFound
+from hub import audit
 
 STAFF_ROLES: tuple[str, ...] = ("viewer", "operator", "supervisor", "admin")
 UNIT_ROLE = "unit"
@@ -111,9 +112,11 @@ def check_role(role: str, *, allow_unit: bool) -> None:
 
 # ---------------------------------------------------------------- users
 async def create_user(conn: Querier, username: str, password: str, role: str, *,
-                      display_name: str = "", update: bool = False) -> dict[str, Any]:
+                      display_name: str = "", update: bool = False, actor: str = ""
+                      ) -> dict[str, Any]:
     """Create a user (or, with ``update``, reset an existing one's password, role and
-    display name and enable it). Raises ``auth.user_exists`` without ``update``."""
+    display name and enable it). Raises ``auth.user_exists`` without ``update``. The change
+    goes to the audit trail as done by ``actor`` (default: the command line's OS user)."""
     if not re.match(USERNAME_RE, username):
         raise InvalidInput("username: 1-64 letters, digits or _ . @ -", code="auth.bad_username")
     check_role(role, allow_unit=False)
@@ -121,6 +124,8 @@ async def create_user(conn: Querier, username: str, password: str, role: str, *,
         raise InvalidInput(f"password must be {MIN_PASSWORD_LEN}-{MAX_PASSWORD_LEN} characters",
                            code="auth.weak_password")
     pw_hash = await asyncio.to_thread(hash_password, password)
+    before = await conn.fetchrow("SELECT role, disabled FROM users WHERE username = $1",
+                                 username)
     if update:
         row = await conn.fetchrow(
             """INSERT INTO users (username, display_name, password_hash, role)
@@ -139,16 +144,25 @@ async def create_user(conn: Querier, username: str, password: str, role: str, *,
         if row is None:
             raise InvalidInput(f"user {username} exists (use --update to reset it)",
                                code="auth.user_exists")
+    if before is None:
+        await audit.record(conn, "user.created", actor or audit.cli_actor(), target=username,
+                           detail={"role": role})
+    else:
+        await audit.record(conn, "user.changed", actor or audit.cli_actor(), target=username,
+                           detail={"role": role, "role_before": before["role"],
+                                   "re_enabled": bool(before["disabled"]),
+                                   "password_reset": True})
     return dict(row)
 
 
-async def disable_user(conn: Querier, username: str) -> None:
+async def disable_user(conn: Querier, username: str, *, actor: str = "") -> None:
     """Disable a user and end their sessions at once."""
     uid = await conn.fetchval("UPDATE users SET disabled = true WHERE username = $1 "
                               "RETURNING id", username)
     if uid is None:
         raise NotFound(f"user {username} not found", code="auth.user_not_found")
     await conn.execute("DELETE FROM sessions WHERE user_id = $1", uid)
+    await audit.record(conn, "user.disabled", actor or audit.cli_actor(), target=username)
 
 
 # ---------------------------------------------------------------- API tokens
@@ -169,19 +183,26 @@ async def create_token(conn: Querier, name: str, role: str, *, unit_id: str | No
     elif len(token) < MIN_TOKEN_LEN:
         raise InvalidInput(f"a token needs at least {MIN_TOKEN_LEN} characters",
                            code="auth.weak_token")
-    await conn.execute(
+    created_by = created_by or audit.cli_actor()
+    added = await conn.fetchval(
         """INSERT INTO api_tokens (token_hash, name, role, unit_id, created_by)
-           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (token_hash) DO NOTHING""",
+           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (token_hash) DO NOTHING RETURNING id""",
         digest(token), name, role, unit_id, created_by)
+    if added is not None:
+        await audit.record(conn, "token.created", created_by, target=name,
+                           detail={"role": role, "unit_id": unit_id, "token_id": added})
     return token
 
 
-async def revoke_tokens(conn: Querier, name: str) -> int:
+async def revoke_tokens(conn: Querier, name: str, *, actor: str = "") -> int:
     """Revoke every live token with this name; returns how many."""
     result = await conn.execute(
         "UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL",
         name)
-    return int(result.split()[-1])
+    n = int(result.split()[-1])
+    await audit.record(conn, "token.revoked", actor or audit.cli_actor(), target=name,
+                       detail={"revoked": n})
+    return n
 
 
 async def token_principal(pool: Querier, token: str) -> Principal | None:
@@ -229,42 +250,72 @@ async def end_session(pool: Querier, session_hash: bytes) -> None:
 # ---------------------------------------------------------------- login
 @dataclass(frozen=True, slots=True)
 class LoginResult:
-    """``user_id`` on success; else ``retry_after_s`` when rate limited, or neither."""
+    """``user_id`` on success; else ``retry_after_s`` when throttled, or neither."""
 
     user_id: int | None = None
     retry_after_s: int | None = None
+    failures: int = 0  # counted failures of this (username, address) before this attempt
 
 
-async def _retry_after(pool: Querier, column: str, value: str, limit: int,
-                       window_s: float) -> int | None:
-    """Seconds until the ``limit``-th most recent failure leaves the window, or None."""
-    oldest = await pool.fetchval(
-        f"""SELECT extract(epoch FROM at + make_interval(secs => $3) - now())::float8
-            FROM login_failures WHERE {column} = $1 AND at > now() - make_interval(secs => $3)
-            ORDER BY at DESC OFFSET $2 - 1 LIMIT 1""",
-        value, limit, float(window_s))
-    return None if oldest is None else max(1, int(oldest) + 1)
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """Growing delays after failed logins (see ``delay_s``); from the settings."""
+
+    free_per_pair: int
+    free_per_ip: int
+    base_delay_s: float
+    max_delay_s: float
+    window_s: float
 
 
-async def login(pool: asyncpg.Pool, username: str, password: str, client_ip: str, *,
-                max_per_user: int, max_per_ip: int, window_s: float) -> LoginResult:
-    """Check a username and password, counting failures per username and per client address
-    in the database (so the limit holds across web nodes). A limited login is refused
-    before the password is looked at."""
+def delay_s(failures: int, free: int, base_s: float, max_s: float) -> float:
+    """How long after the last failure the next attempt must wait: nothing for the first
+    ``free`` failures, then ``base_s``, doubling with each further failure, at most
+    ``max_s``. Pure; the caller counts failures."""
+    if failures < free:
+        return 0.0
+    return float(min(max_s, base_s * 2.0 ** min(failures - free, 32)))
+
+
+async def _wait_s(pool: Querier, where: str, args: tuple[str, ...], free: int,
+                  t: Throttle) -> tuple[int, float]:
+    """(failures in the window, seconds still to wait) for the failures matching ``where``."""
+    row = await pool.fetchrow(
+        f"""SELECT count(*) AS n, extract(epoch FROM now() - max(at))::float8 AS since_last
+            FROM login_failures WHERE {where}
+              AND at > now() - make_interval(secs => ${len(args) + 1})""",
+        *args, float(t.window_s))
+    n = int(row["n"])
+    if n == 0:
+        return 0, 0.0
+    return n, max(0.0, delay_s(n, free, t.base_delay_s, t.max_delay_s) - row["since_last"])
+
+
+async def login(pool: asyncpg.Pool, username: str, password: str, client_ip: str,
+                throttle: Throttle) -> LoginResult:
+    """Check a username and password. Failures are counted in the database (so the
+    throttle holds across web nodes) per (username, client address) and per address, never
+    per username alone: guessing from elsewhere slows down the guesser, not the operator
+    logging in from the command room. A throttled attempt is refused before the password is
+    looked at; a good login forgets that pair's failures."""
     username = username[:64]
-    waits = [w for w in (
-        await _retry_after(pool, "username", username, max_per_user, window_s),
-        await _retry_after(pool, "client_ip", client_ip, max_per_ip, window_s)) if w]
-    if waits:
-        return LoginResult(retry_after_s=max(waits))
+    pair_n, pair_wait = await _wait_s(pool, "username = $1 AND client_ip = $2",
+                                      (username, client_ip), throttle.free_per_pair, throttle)
+    _, ip_wait = await _wait_s(pool, "client_ip = $1", (client_ip,), throttle.free_per_ip,
+                               throttle)
+    wait = max(pair_wait, ip_wait)
+    if wait > 0:
+        return LoginResult(retry_after_s=max(1, int(wait + 0.999)), failures=pair_n)
     row = await pool.fetchrow(
         "SELECT id, password_hash FROM users WHERE username = $1 AND NOT disabled", username)
     if await verify_password(row["password_hash"] if row else None, password):
         assert row is not None
-        return LoginResult(user_id=row["id"])
+        await pool.execute("DELETE FROM login_failures WHERE username = $1 AND client_ip = $2",
+                           username, client_ip)
+        return LoginResult(user_id=row["id"], failures=pair_n)
     await pool.execute("INSERT INTO login_failures (username, client_ip) VALUES ($1, $2)",
                        username, client_ip)
-    return LoginResult()
+    return LoginResult(failures=pair_n + 1)
 
 
 async def purge(pool: Querier, failure_window_s: float) -> None:

@@ -25,6 +25,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "case.illegal_transition": 409,
     "case.reason_required": 422,
     "case.verifier_is_handler": 409,
+    "case.approver_is_requester": 409,
     "case.unknown_action": 422,
     "rule.invalid": 422,
 }

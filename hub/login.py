@@ -8,8 +8,12 @@
 - A good password creates a server-side session (``hub/auth.py``) and sets the session
   cookie ``gridhub_session``: HttpOnly, SameSite=Strict, Secure unless
   ``HUB_COOKIE_SECURE=false``; then 303 to ``next`` (a path on this site only).
-- Failures are counted per username and per client address in the database; over the
-  limit the form answers 429 ``auth.rate_limited`` with ``Retry-After``.
+- Failures are counted per (username, client address) and per address in the database
+  (``hub/auth.py``): after a few, each attempt from there must wait a growing delay; a
+  too-early attempt answers 429 ``auth.rate_limited`` with ``Retry-After``, without
+  looking at the password. Another address is not slowed down (no lockout from elsewhere).
+- Every login, failure, throttled attempt and logout goes to the audit trail
+  (``hub/audit.py``).
 - ``POST /logout`` (CSRF-checked by the middleware) deletes the session row and the cookie.
 
 Refusals on this page are HTML (it is a form), with the stable code in the ``data-code``
@@ -26,7 +30,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from hub import auth
+from hub import audit, auth
 from hub.access import SESSION_COOKIE, principal_of
 
 log = logging.getLogger("hub.login")
@@ -38,6 +42,16 @@ LOGIN_CSRF_COOKIE = "gridhub_login"
 # reloads it).
 LOGIN_FORM_MAX_AGE_S = 12 * 3600
 MAX_FORM_BYTES = 8 * 1024
+# At most one audit row per (username, address) this often for throttled attempts.
+THROTTLED_AUDIT_EVERY_S = 60.0
+
+
+def throttle_of(s: Any) -> auth.Throttle:
+    """The login throttle from the settings (core/settings.py says why each value)."""
+    return auth.Throttle(free_per_pair=s.login_free_failures_per_pair,
+                         free_per_ip=s.login_free_failures_per_ip,
+                         base_delay_s=s.login_delay_base_s, max_delay_s=s.login_delay_max_s,
+                         window_s=s.login_failure_window_s)
 
 
 def safe_next(target: str | None) -> str:
@@ -103,22 +117,34 @@ async def login_submit(request: Request) -> Response:
     hub = request.app.state.hub
     s = hub.settings
     client_ip = request.client.host if request.client else "unknown"
-    result = await auth.login(hub.pool, username, password, client_ip,
-                              max_per_user=s.login_max_failures_per_user,
-                              max_per_ip=s.login_max_failures_per_ip,
-                              window_s=s.login_failure_window_s)
+    result = await auth.login(hub.pool, username, password, client_ip, throttle_of(s))
     if result.retry_after_s is not None:
-        log.warning("login rate limited: user %r from %s", username, client_ip)
+        log.warning("login throttled: user %r from %s", username, client_ip)
+        # Throttled attempts cost the attacker nothing, so each is not a row: one a minute
+        # per (username, address) shows the attack without letting it fill the table.
+        if not await hub.pool.fetchval(
+                """SELECT EXISTS (SELECT 1 FROM security_events WHERE kind = 'login.throttled'
+                   AND target = $1 AND client_ip = $2
+                   AND at > now() - make_interval(secs => $3))""",
+                username, client_ip, THROTTLED_AUDIT_EVERY_S):
+            await audit.record(hub.pool, "login.throttled", username, target=username,
+                               client_ip=client_ip,
+                               detail={"retry_after_s": result.retry_after_s,
+                                       "failures": result.failures})
         return _form_page(request, status=429, code="auth.rate_limited", next_url=next_url,
                           username=username, headers={"Retry-After": str(result.retry_after_s)},
                           error=_("Too many failed logins; try again in %(s)s seconds.")
                           % {"s": result.retry_after_s})
     if result.user_id is None:
         log.info("login failed: user %r from %s", username, client_ip)
+        await audit.record(hub.pool, "login.failed", username, target=username,
+                           client_ip=client_ip, detail={"failures": result.failures})
         return _form_page(request, status=401, code="auth.bad_credentials", next_url=next_url,
                           username=username, error=_("Wrong username or password."))
     sid, _csrf = await auth.create_session(hub.pool, result.user_id, s.session_ttl_s)
     log.info("login: user %r from %s", username, client_ip)
+    await audit.record(hub.pool, "login.succeeded", username, target=username,
+                       client_ip=client_ip)
     response = RedirectResponse(next_url, status_code=303)
     response.set_cookie(SESSION_COOKIE, sid, max_age=int(s.session_ttl_s), path="/",
                         httponly=True, samesite="strict", secure=s.cookie_secure)
@@ -130,7 +156,10 @@ async def login_submit(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     p = principal_of(request)
     if p is not None and p.session_hash is not None:
-        await auth.end_session(request.app.state.hub.pool, p.session_hash)
+        pool = request.app.state.hub.pool
+        await auth.end_session(pool, p.session_hash)
+        await audit.record(pool, "session.ended", p.name, target=p.name,
+                           client_ip=request.client.host if request.client else None)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
                            secure=_cookie_secure(request))

@@ -16,6 +16,10 @@ Contract
   It refuses (``mqtt.no_service_account``) to write files without an active ``service``
   account: a database without the hub's own account (a scratch database, the wrong URL)
   would otherwise lock the hub out of its broker.
+- With ``client_ids_file`` set, ``sync`` first writes the dynamic-security plugin's file
+  binding every device and unit account to its own client id, and sends the same
+  bindings to the running broker over ``$CONTROL`` (``hub/mqtt_control.py``) before the
+  password file can admit a new account, so no account is ever usable unbound.
 - On SIGHUP Mosquitto 2 re-reads both files and disconnects every client whose username
   and password are no longer in the password file; valid clients stay connected.
   Without a configured pid file (or with the broker not running) the files are still
@@ -24,6 +28,7 @@ Contract
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -36,7 +41,7 @@ import asyncpg
 
 from core.errors import ConfigError, Conflict, InvalidInput, NotFound
 from core.settings import Settings
-from hub import mqtt_files
+from hub import mqtt_control, mqtt_files
 from hub.mqtt_files import Account
 
 # Key of the advisory lock that serialises renders (any fixed number, unique in the hub).
@@ -53,13 +58,18 @@ class BrokerFiles:
     password_file: Path
     acl_file: Path
     pid_file: Path | None = None
+    # The dynamic-security plugin's file (client id bindings), and the URL with the hub's
+    # credentials that sends the bindings to the running broker.
+    client_ids_file: Path | None = None
+    control_url: str | None = None
 
     @staticmethod
     def from_settings(settings: Settings) -> BrokerFiles | None:
         if settings.mqtt_password_file is None or settings.mqtt_acl_file is None:
             return None
         return BrokerFiles(settings.mqtt_password_file, settings.mqtt_acl_file,
-                           settings.mqtt_broker_pid_file)
+                           settings.mqtt_broker_pid_file, settings.mqtt_client_ids_file,
+                           settings.mqtt_url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,9 +277,33 @@ async def sync(conn: asyncpg.Connection, files: BrokerFiles | None) -> SyncResul
             raise ConfigError("no active service account in this database: refusing to "
                               "write broker files that would lock the hub out",
                               code="mqtt.no_service_account")
+        bound = ""
+        if files.client_ids_file is not None:
+            # Bindings before passwords: a new device's account works only once its client
+            # id is bound (the file for the next start, $CONTROL for the running broker).
+            write_atomic(files.client_ids_file, mqtt_files.render_client_ids(accounts))
+            if files.control_url and _broker_running(files.pid_file):
+                _ok, bound = await asyncio.to_thread(
+                    mqtt_control.send_commands, files.control_url,
+                    mqtt_files.client_id_commands(accounts))
+                bound = "; " + bound
         # ACL first: a new account whose password already works but whose grants are not yet
         # there can do nothing (deny by default) for the moment between the two renames.
         write_atomic(files.acl_file, mqtt_files.render_acl(accounts))
         write_atomic(files.password_file, mqtt_files.render_passwords(accounts))
         reloaded, detail = reload_broker(files.pid_file)
-    return SyncResult(len(active), True, reloaded, detail)
+    return SyncResult(len(active), True, reloaded, detail + bound)
+
+
+def _broker_running(pid_file: Path | None) -> bool:
+    """Is our broker running? Without a pid file the hub cannot reload it either (the
+    result says so); a stopped broker reads the file when it starts."""
+    if pid_file is None:
+        return False
+    try:
+        os.kill(int(pid_file.read_text().split()[0]), 0)
+    except PermissionError:
+        return True  # there, under another account
+    except (OSError, ValueError, IndexError):
+        return False
+    return True

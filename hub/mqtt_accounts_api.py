@@ -17,7 +17,9 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from core.errors import HubError
+from hub import audit
 from hub import mqtt_accounts as accounts
+from hub.access import actor_of
 
 log = logging.getLogger("hub.mqtt_accounts")
 
@@ -48,6 +50,14 @@ async def _sync(request: Request, conn: Any) -> dict[str, Any]:
     return result.as_dict()
 
 
+async def _audit(request: Request, conn: Any, kind: str, principal: str,
+                 detail: dict[str, Any]) -> None:
+    """The change and its audit row commit together; the actor is the caller's login."""
+    await audit.record(conn, kind, actor_of(request), target=principal,
+                       client_ip=request.client.host if request.client else None,
+                       detail=detail)
+
+
 def _answer(creds: accounts.Credentials, broker: dict[str, Any]) -> dict[str, Any]:
     return {"principal": creds.principal, "kind": creds.kind, "username": creds.principal,
             "password": creds.password, "broker": broker}
@@ -62,7 +72,10 @@ async def list_accounts(request: Request) -> list[dict[str, Any]]:
 async def provision(request: Request, body: ProvisionBody, response: Response) -> dict[str, Any]:
     response.headers["Cache-Control"] = "no-store"  # the answer carries a password
     async with _hub(request).pool.acquire() as conn:
-        creds = await accounts.provision(conn, body.principal, body.kind)
+        async with conn.transaction():
+            creds = await accounts.provision(conn, body.principal, body.kind)
+            await _audit(request, conn, "mqtt_account.provisioned", body.principal,
+                         {"kind": body.kind})
         return _answer(creds, await _sync(request, conn))
 
 
@@ -70,12 +83,16 @@ async def provision(request: Request, body: ProvisionBody, response: Response) -
 async def rotate(request: Request, principal: str, response: Response) -> dict[str, Any]:
     response.headers["Cache-Control"] = "no-store"
     async with _hub(request).pool.acquire() as conn:
-        creds = await accounts.rotate(conn, principal)
+        async with conn.transaction():
+            creds = await accounts.rotate(conn, principal)
+            await _audit(request, conn, "mqtt_account.rotated", principal, {})
         return _answer(creds, await _sync(request, conn))
 
 
 @router.delete("/{principal}")
 async def revoke(request: Request, principal: str) -> dict[str, Any]:
     async with _hub(request).pool.acquire() as conn:
-        await accounts.revoke(conn, principal)
+        async with conn.transaction():
+            await accounts.revoke(conn, principal)
+            await _audit(request, conn, "mqtt_account.revoked", principal, {})
         return {"principal": principal, "revoked": True, "broker": await _sync(request, conn)}

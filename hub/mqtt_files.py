@@ -29,6 +29,16 @@ service    (the hub) read every ingest topic, also through ``$share/...``; write
 Explicit per-user ``topic`` lines are used, never ``pattern`` lines: a pattern applies to
 every user (the hub and the gateways too), explicit lines grant exactly one account its own
 topics.
+
+Client ids (docs/MQTT.md, "Client ids"): the password file cannot bind a client id to an
+account, so Mosquitto's dynamic-security plugin does that one thing, in front of the
+files. ``render_client_ids`` gives its configuration: one entry per device and unit
+account (revoked ones too: harmless, and a re-provisioned account is bound at once), each
+bound to its own principal as client id, with no password and no roles, so the plugin
+refuses a CONNECT with another client id and leaves the password and the topics to the
+files (whose grants the plugin's deny-by-default defaults leave as they are).
+``client_id_commands`` are the same bindings as the plugin's ``$CONTROL`` commands,
+for a running broker (the plugin does not re-read its file on SIGHUP).
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from collections.abc import Iterable
@@ -55,6 +66,17 @@ PASSWORD_BYTES = 24  # 32 URL-safe characters: safe in mqtt://user:pass@host URL
 
 # Every unit's command topic: the hub publishes to all of them.
 COMMANDS_FILTER = "gridhub/v1/units/+/commands"
+# The dynamic-security plugin's command topic and its answers: the hub (``service``) binds
+# new accounts' client ids through it while the broker runs.
+CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
+CONTROL_RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
+# Kinds whose client id is their principal. Gateways, fleets and the hub open several
+# connections under one account (a publisher and a command listener; an ingest client per
+# process), so their ids cannot be their username; they are trusted software.
+BOUND_KINDS = ("device", "unit")
+# Commands per $CONTROL message: ~70 bytes each, so a message stays far below the broker's
+# max_packet_size (270,000) for any town.
+CONTROL_BATCH = 500
 
 _PRINCIPAL_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _HASH_RE = re.compile(r"\$7\$(\d{1,7})\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)")
@@ -134,7 +156,8 @@ def acl_lines(kind: str, principal: str) -> list[str]:
         # $share/<group>/<filter> subscriptions too. COMMANDS_FILTER: wire.command_topic
         # refuses '+' as an id, rightly.
         return ([f"topic read {t}" for t in wire.SUBSCRIPTIONS]
-                + [f"topic write {COMMANDS_FILTER}"])
+                + [f"topic write {COMMANDS_FILTER}",
+                   f"topic write {CONTROL_TOPIC}", f"topic read {CONTROL_RESPONSE_TOPIC}"])
     raise ValueError(f"invalid MQTT account kind {kind!r}")
 
 
@@ -169,3 +192,34 @@ def render_acl(accounts: Iterable[Account]) -> str:
         blocks.append(f"\nuser {a.principal}\n")
         blocks.extend(line + "\n" for line in acl_lines(a.kind, a.principal))
     return "".join(blocks)
+
+
+def _bound(accounts: Iterable[Account]) -> list[str]:
+    return sorted({check_principal(a.principal) for a in accounts if a.kind in BOUND_KINDS})
+
+
+def render_client_ids(accounts: Iterable[Account]) -> str:
+    """The dynamic-security plugin's configuration file: every device and unit account
+    (active or revoked) may connect only with its principal as client id. No passwords and
+    no roles: for everything else the plugin defers to the password and ACL files."""
+    doc = {
+        # Mosquitto asks the ACL file first; what it does not grant it passes on (defers)
+        # to the plugin, which answers for its own clients with these defaults: so they
+        # must deny, or a unit would read every unit's commands (tests/test_mqtt_acl.py).
+        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False,
+                             "subscribe": False, "unsubscribe": True},
+        "clients": [{"username": p, "clientid": p, "roles": []} for p in _bound(accounts)],
+        "groups": [],
+        "roles": [],
+    }
+    return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+
+def client_id_commands(accounts: Iterable[Account]) -> list[str]:
+    """The same bindings as ``$CONTROL`` messages (JSON, ``CONTROL_BATCH`` commands each)
+    for a running broker. ``createClient`` of a bound account that exists is refused by the
+    plugin ("Client already exists"), which leaves it as it is: sending all is idempotent."""
+    cmds = [{"command": "createClient", "username": p, "clientid": p}
+            for p in _bound(accounts)]
+    return [json.dumps({"commands": cmds[i:i + CONTROL_BATCH]})
+            for i in range(0, len(cmds), CONTROL_BATCH)]

@@ -12,6 +12,8 @@ from pydantic import BaseModel, Field
 
 from core.db import row_view
 from core.errors import InvalidInput, NotFound
+from hub import audit
+from hub.access import actor_of
 from hub.params import UNIX_MAX
 from ingest import backtest as bt
 from ingest import rules
@@ -63,6 +65,10 @@ def _hub(request: Request) -> Any:
     return request.app.state.hub
 
 
+def _client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
 @router.get("")
 async def list_rules(request: Request) -> list[dict[str, Any]]:
     rows = await _hub(request).pool.fetch(
@@ -93,22 +99,26 @@ async def _reload(request: Request) -> None:
 async def put_rule(request: Request, rule_id: Id, body: RuleBody) -> dict[str, Any]:
     """Create or replace a rule. A changed rule starts with fresh state."""
     body.to_rule(rule_id)
-    row = await _hub(request).pool.fetchrow(
-        """INSERT INTO rules (id, name, kind, metric, device_model, params, severity,
-                              incident_category, qualification, priority, source,
-                              device_filter, hours, applies_to, enabled)
-           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)
-           ON CONFLICT (id) DO UPDATE SET name=excluded.name, kind=excluded.kind,
-             metric=excluded.metric, device_model=excluded.device_model, params=excluded.params,
-             severity=excluded.severity, incident_category=excluded.incident_category,
-             qualification=excluded.qualification, priority=excluded.priority,
-             source=excluded.source, device_filter=excluded.device_filter,
-             hours=excluded.hours, applies_to=excluded.applies_to, enabled=excluded.enabled,
-             updated_at=now()
-           RETURNING *""",
-        rule_id, body.name, body.kind, body.metric, body.device_model, body.params,
-        body.severity, body.incident_category, body.qualification, body.priority, body.source,
-        body.device_filter, body.hours, body.applies_to, body.enabled)
+    actor = actor_of(request)
+    async with _hub(request).pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            """INSERT INTO rules (id, name, kind, metric, device_model, params, severity,
+                                  incident_category, qualification, priority, source,
+                                  device_filter, hours, applies_to, enabled, updated_by)
+               VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)
+               ON CONFLICT (id) DO UPDATE SET name=excluded.name, kind=excluded.kind,
+                 metric=excluded.metric, device_model=excluded.device_model, params=excluded.params,
+                 severity=excluded.severity, incident_category=excluded.incident_category,
+                 qualification=excluded.qualification, priority=excluded.priority,
+                 source=excluded.source, device_filter=excluded.device_filter,
+                 hours=excluded.hours, applies_to=excluded.applies_to, enabled=excluded.enabled,
+                 updated_by=excluded.updated_by, updated_at=now()
+               RETURNING *""",
+            rule_id, body.name, body.kind, body.metric, body.device_model, body.params,
+            body.severity, body.incident_category, body.qualification, body.priority, body.source,
+            body.device_filter, body.hours, body.applies_to, body.enabled, actor)
+        await audit.record(conn, "rule.changed", actor, target=rule_id,
+                           client_ip=_client_ip(request), detail=body.model_dump())
     await _reload(request)
     return row_view(row)
 
@@ -116,11 +126,15 @@ async def put_rule(request: Request, rule_id: Id, body: RuleBody) -> dict[str, A
 @router.delete("/{rule_id}")
 async def disable_rule(request: Request, rule_id: str) -> dict[str, Any]:
     """Rules are disabled, not deleted: their alarms keep pointing at them."""
-    row = await _hub(request).pool.fetchrow(
-        "UPDATE rules SET enabled = false, updated_at = now() WHERE id = $1 RETURNING *",
-        rule_id)
-    if row is None:
-        raise NotFound(f"rule {rule_id} not found", code="rule.not_found")
+    actor = actor_of(request)
+    async with _hub(request).pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE rules SET enabled = false, updated_at = now(), updated_by = $2 "
+            "WHERE id = $1 RETURNING *", rule_id, actor)
+        if row is None:
+            raise NotFound(f"rule {rule_id} not found", code="rule.not_found")
+        await audit.record(conn, "rule.disabled", actor, target=rule_id,
+                           client_ip=_client_ip(request))
     await _reload(request)
     return row_view(row)
 

@@ -9,6 +9,7 @@ the live feed.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from hub import i18n
+from hub import audit, i18n
 from hub.access import principal_of
 from hub.params import RowId
 
@@ -27,6 +28,9 @@ TEMPLATES = Jinja2Templates(
 i18n.install(TEMPLATES.env)
 
 router = APIRouter()
+
+# Rows on the audit page; older events are found by narrowing the filter (or the API).
+AUDIT_PAGE_ROWS = 500
 
 # The language choice is remembered for a year: a console stays on its language.
 LANG_COOKIE_MAX_AGE = 365 * 24 * 3600
@@ -97,6 +101,22 @@ async def reports_page(request: Request) -> Response:
 @router.get("/inspections", response_class=HTMLResponse)
 async def inspections_page(request: Request) -> Response:
     return page(request, "inspections.html")
+
+
+@router.get("/audit", response_class=HTMLResponse)
+async def audit_page(request: Request) -> Response:
+    """The security audit trail (supervisors and admins), filtered by ``kind``, ``actor``
+    and ``target`` as ``GET /api/audit`` is; newest first, one page."""
+    q = request.query_params
+    filters = {k: (q.get(k) or "").strip()[:128] or None for k in ("kind", "actor", "target")}
+    if filters["kind"] not in audit.KINDS:
+        filters["kind"] = None
+    events = await audit.query(request.app.state.hub.pool, limit=AUDIT_PAGE_ROWS, **filters)
+    for e in events:
+        e["at_text"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
+        e["detail_text"] = ", ".join(f"{k}={v}" for k, v in sorted(e["detail"].items()))
+    return page(request, "audit.html", events=events, kinds=sorted(audit.KINDS),
+                filters=filters)
 
 
 @router.websocket("/ws/live")

@@ -271,7 +271,19 @@ pg_stop() {
 # or given to one command.
 mqtt_file_vars() {
   echo "HUB_MQTT_PASSWORD_FILE=$VAR/mqtt/passwords" "HUB_MQTT_ACL_FILE=$VAR/mqtt/acl" \
-    "HUB_MQTT_BROKER_PID_FILE=$VAR/mqtt/mosquitto.pid"
+    "HUB_MQTT_BROKER_PID_FILE=$VAR/mqtt/mosquitto.pid" \
+    "HUB_MQTT_CLIENT_IDS_FILE=$VAR/mqtt/client-ids.json"
+}
+
+# Mosquitto's dynamic-security plugin (binds client ids to accounts), wherever the
+# distribution put it.
+dynsec_plugin() {
+  local f
+  for f in /usr/lib/*/mosquitto_dynamic_security.so /usr/lib/mosquitto_dynamic_security.so \
+           /usr/lib64/mosquitto_dynamic_security.so /usr/local/lib/mosquitto_dynamic_security.so; do
+    [ -f "$f" ] && { echo "$f"; return 0; }
+  done
+  die "Mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) not found"
 }
 
 # Gateway and service accounts the set-up creates, KIND:NAME; each NAME's password is the
@@ -289,6 +301,7 @@ mqtt_configure() {
   sed -e "s|@PORT@|$MQTT_PORT|g" -e "s|@DATA@|$VAR/mqtt/data/|g" -e "s|@USER@|$u|g" \
       -e "s|@LOG@|$VAR/mqtt/mosquitto.log|g" -e "s|@PID@|$VAR/mqtt/mosquitto.pid|g" \
       -e "s|@PASSWORDS@|$VAR/mqtt/passwords|g" -e "s|@ACL@|$VAR/mqtt/acl|g" \
+      -e "s|@CLIENT_IDS@|$VAR/mqtt/client-ids.json|g" -e "s|@DYNSEC_PLUGIN@|$(dynsec_plugin)|g" \
       "$ROOT/scripts/mosquitto.conf.in" > "$VAR/mqtt/mosquitto.conf"
   for spec in "${MQTT_SERVICE_ACCOUNTS[@]}"; do
     name="${spec#*:}"
@@ -371,10 +384,15 @@ demo_credentials() {
   local py="$VENV/bin/python"
   secret admin-password >/dev/null
   secret sim-token >/dev/null
+  secret crews-token >/dev/null
   "$py" -m hub create-user admin --role admin --display-name "Demo admin" --update \
     --password-file "$VAR/secrets/admin-password" >/dev/null
   "$py" -m hub create-token --name demo-simulators --role supervisor \
     --token-file "$VAR/secrets/sim-token" 2>/dev/null
+  # The crews' own steps are recorded under this one: the hub refuses verification by the
+  # principal that handled a case (simulators/crews.py FIELD_TOKEN_ENV).
+  "$py" -m hub create-token --name demo-crews --role operator \
+    --token-file "$VAR/secrets/crews-token" 2>/dev/null
 }
 
 run_demo() {
@@ -385,7 +403,8 @@ run_demo() {
   "$py" -m hub serve &
   DEMO_PIDS+=($!)
   "$py" -m hub wait-ready --timeout 60
-  HUB_API_TOKEN="$(secret sim-token)" "$py" -m simulators.run "$@" &
+  HUB_API_TOKEN="$(secret sim-token)" HUB_FIELD_TOKEN="$(secret crews-token)" \
+    "$py" -m simulators.run "$@" &
   DEMO_PIDS+=($!)
   log "console: http://127.0.0.1:$HTTP_PORT/   (Ctrl-C stops everything)"
   log "log in as admin; the password is in $VAR/secrets/admin-password"

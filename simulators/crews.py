@@ -89,6 +89,12 @@ class CrewTiming:
 # for the operators who verify and close cases, so the demo gives them a supervisor token
 # (var/demo/secrets/sim-token); a unit token would confine them to one unit's cases.
 TOKEN_ENV = "HUB_API_TOKEN"
+# The hub records every step under the caller's token, and a case may not be verified by
+# the principal that handled it: the crews' own steps (accept, handle, feedback) go under a
+# second token (the demo's "demo-crews", an operator's), verification and closing under
+# the first. Without it every step is the same principal and the hub refuses verification.
+FIELD_TOKEN_ENV = "HUB_FIELD_TOKEN"
+FIELD_ACTIONS = frozenset({"accept", "decline", "start_handling", "give_feedback"})
 
 
 def api_headers(token: str | None = None) -> dict[str, str]:
@@ -110,9 +116,11 @@ class Crews:
                  clock: Callable[[], float] = time.time,
                  poll_s: float = POLL_S, backoff_s: float = BACKOFF_S,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None, field_token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.headers = api_headers(token)
+        field = field_token or os.environ.get(FIELD_TOKEN_ENV)
+        self.field_headers = api_headers(field) if field else self.headers
         self.poll_s = poll_s
         self.backoff_s = backoff_s
         self.transport = transport  # tests pass an httpx.MockTransport
@@ -337,10 +345,14 @@ class Crews:
 
     async def _act(self, iid: int, action: str, actor: str, reason: str | None = None) -> None:
         assert self.client is not None
-        body: dict[str, Any] = {"action": action, "actor": actor}
+        # ``actor`` is who the simulation means (for the log); the hub records the token's
+        # principal, never a name sent in the body.
+        body: dict[str, Any] = {"action": action}
         if reason is not None:
             body["reason"] = reason
-        r = await self.client.post(f"/api/incidents/{iid}/actions", json=body)
+        r = await self.client.post(
+            f"/api/incidents/{iid}/actions", json=body,
+            headers=self.field_headers if action in FIELD_ACTIONS else self.headers)
         if r.status_code in (409, 422):
             raise CaseMoved(f"{action} by {actor} refused ({r.status_code}: {_error(r)})")
         r.raise_for_status()

@@ -77,8 +77,11 @@ Actions (one per step):
 - ``action = { case = "@label" | { category, grid | grid_of }, action = "register",
   actor = "operator:x" | "@assigned", reason, crew = bool }``: a workflow action. ``@assigned``
   is the unit the case is assigned to; such actions are crew actions (``crew`` default:
-  actor is ``@assigned``), left to the simulated crews when they run.
-- ``ack = { alarm = RULE, devices = SELECTOR, by = "operator:x" }``: acknowledge alarms.
+  actor is ``@assigned``), left to the simulated crews when they run. The hub records the
+  caller's token, not ``actor``: crew actions are posted with the crews' token
+  ($HUB_FIELD_TOKEN, simulators/crews.py), the others with the scenario's own.
+- ``ack = { alarm = RULE, devices = SELECTOR, by = "operator:x" }``: acknowledge alarms
+  (``by`` is descriptive: the hub records the token's principal).
 - ``gps = { units = UNITS, near = "home" | "DEV" | unit id, lon, lat, offset_m }``: stage
   units at a place (a GPS fix now and every ``GPS_REPEAT_S``); skipped alongside the town.
 
@@ -135,7 +138,7 @@ from dispatch.workflow import ACTIONS as CASE_ACTIONS
 from dispatch.workflow import STATES as CASE_STATES
 from ingest import wire
 from ingest.mqtt import BrokerAddress
-from simulators.crews import api_headers
+from simulators.crews import FIELD_TOKEN_ENV, api_headers
 from simulators.devices import NO_FAULTS, DeviceGenerator, make_generator
 from simulators.mqtt_login import gateway_url, without_password
 from simulators.mqtt_pub import Publisher
@@ -1012,11 +1015,14 @@ class Player:
 
     def __init__(self, scenario: Scenario, *, hub_url: str, publisher: Publisher,
                  time_scale: float = 1.0, alongside: bool = False, crews_live: bool = False,
-                 token: str | None = None) -> None:
+                 token: str | None = None, field_token: str | None = None) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
-        # API token: ``token``, else $HUB_API_TOKEN (simulators/crews.py says which role).
+        # API token: ``token``, else $HUB_API_TOKEN (simulators/crews.py says which role);
+        # crew actions under the crews' token where one is given (FIELD_TOKEN_ENV).
         self.headers = api_headers(token)
+        field = field_token or os.environ.get(FIELD_TOKEN_ENV)
+        self.field_headers = api_headers(field) if field else self.headers
         self.sc = scenario
         self.town = _Town(scenario.town)
         self.hub_url = hub_url.rstrip("/")
@@ -1203,10 +1209,11 @@ class Player:
                 self._fail(st, f"action {s['action']} on case #{iid}: no unit assigned "
                            f"(state {inc.get('state')})")
                 return
-        body = {"action": s["action"], "actor": actor}
+        body = {"action": s["action"]}
         if "reason" in s:
             body["reason"] = s["reason"]
-        r = await self._http("POST", f"/api/incidents/{iid}/actions", json=body)
+        r = await self._http("POST", f"/api/incidents/{iid}/actions", json=body,
+                             headers=self.field_headers if s["crew"] else self.headers)
         if r.status_code != 200:
             msg = f"{s['action']} by {actor} on case #{iid} refused: HTTP {r.status_code} " \
                   f"{_error_text(r)}"
@@ -1224,7 +1231,7 @@ class Player:
                   and a["state"] == "active"
                   and (s["devices"] is None or a["device_id"] in s["devices"])]
         for a in alarms:
-            r = await self._http("POST", f"/api/alarms/{a['id']}/ack", json={"by": s["by"]})
+            r = await self._http("POST", f"/api/alarms/{a['id']}/ack")
             if r.status_code != 200:
                 self._fail(st, f"ack of alarm #{a['id']} refused: HTTP {r.status_code} "
                            f"{_error_text(r)}")
@@ -1323,7 +1330,7 @@ class Player:
                     continue
                 pending = True
                 r = await self._http("POST", f"/api/incidents/{iid}/actions", json={
-                    "action": action, "actor": "operator:scenario", "reason": CLEANUP_REASON})
+                    "action": action, "reason": CLEANUP_REASON})
                 if r.status_code == 200 and action == "cancel":
                     cancelled += 1
             if not pending:
@@ -1332,7 +1339,7 @@ class Player:
             if a["state"] != "cleared" and (a["device_id"] in self.owned or (
                     a.get("situation") and a.get("grid_id") in grids)):
                 await self._http("POST", f"/api/alarms/{a['id']}/clear", json={
-                    "by": "operator:scenario", "reason": CLEANUP_REASON})
+                    "reason": CLEANUP_REASON})
         self.note(f"cleanup: {cancelled} case(s) cancelled")
         return cancelled
 

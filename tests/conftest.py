@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import json
 import os
 import pwd
@@ -417,13 +418,15 @@ class ThrowawayMosquitto:
             self.prefix = ["runuser", "-u", user, "--"]
         self.password_file = self.dir / "passwords"
         self.acl_file = self.dir / "acl"
+        self.client_ids_file = self.dir / "client-ids.json"
         self.pid_file = self.dir / "mosquitto.pid"
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text(render_mosquitto_conf(
             (ROOT / "scripts" / "mosquitto.conf.in").read_text(),
             {"PORT": str(self.port), "DATA": f"{self.dir}/data/", "USER": user,
              "LOG": str(self.dir / "mosquitto.log"), "PID": str(self.pid_file),
-             "PASSWORDS": str(self.password_file), "ACL": str(self.acl_file)}))
+             "PASSWORDS": str(self.password_file), "ACL": str(self.acl_file),
+             "CLIENT_IDS": str(self.client_ids_file), "DYNSEC_PLUGIN": dynsec_plugin()}))
         self.proc: subprocess.Popen[bytes] | None = None
         self.hub_url = ""
         self.gateway_url = ""
@@ -443,8 +446,9 @@ class ThrowawayMosquitto:
             mqtt_files.Account(gw_user, "fleet", mqtt_files.hash_password(gw_password))]
         self.password_file.write_text(mqtt_files.render_passwords(accounts))
         self.acl_file.write_text(mqtt_files.render_acl(accounts))
+        self.client_ids_file.write_text(mqtt_files.render_client_ids(accounts))
         if os.geteuid() == 0:  # the broker runs as the services' account
-            for f in (self.password_file, self.acl_file):
+            for f in (self.password_file, self.acl_file, self.client_ids_file):
                 shutil.chown(f, "gridhub")
                 f.chmod(0o600)
         self.hub_url = self.url("hub", hub_password)
@@ -458,9 +462,17 @@ class ThrowawayMosquitto:
         """The hub settings that make a hub render this broker's files and reload it."""
         return {"HUB_MQTT_PASSWORD_FILE": str(self.password_file),
                 "HUB_MQTT_ACL_FILE": str(self.acl_file),
+                "HUB_MQTT_CLIENT_IDS_FILE": str(self.client_ids_file),
                 "HUB_MQTT_BROKER_PID_FILE": str(self.pid_file)}
 
     def start(self, timeout: float = 10.0) -> ThrowawayMosquitto:
+        if not self.client_ids_file.exists():  # the plugin needs its file: no bindings
+            from hub import mqtt_files
+
+            self.client_ids_file.write_text(mqtt_files.render_client_ids([]))
+            if os.geteuid() == 0:
+                shutil.chown(self.client_ids_file, "gridhub")
+                self.client_ids_file.chmod(0o600)
         self.proc = subprocess.Popen([*self.prefix, "mosquitto", "-c", str(self.conf)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
@@ -495,6 +507,19 @@ class ThrowawayMosquitto:
 
 def town_doc() -> dict[str, Any]:
     return json.loads((ROOT / "simulators" / "data" / "xuxiake.json").read_text("utf-8"))
+
+
+def dynsec_plugin() -> str:
+    """Mosquitto's dynamic-security plugin, where scripts/lib.sh's ``dynsec_plugin`` finds
+    it (the set-up installs it with the broker)."""
+    for pattern in ("/usr/lib/*/mosquitto_dynamic_security.so",
+                    "/usr/lib/mosquitto_dynamic_security.so",
+                    "/usr/lib64/mosquitto_dynamic_security.so",
+                    "/usr/local/lib/mosquitto_dynamic_security.so"):
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    raise RuntimeError("mosquitto_dynamic_security.so not found (installed with Mosquitto)")
 
 
 def render_mosquitto_conf(template: str, values: dict[str, str]) -> str:

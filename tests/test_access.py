@@ -175,14 +175,17 @@ def _cookies(r: httpx.Response) -> dict[str, str]:
     return {h.split("=", 1)[0]: h for h in r.headers.get_list("set-cookie")}
 
 
-def _login(hub: HubProcess, username: str, password: str, *, next_url: str = "/"
-           ) -> httpx.Response:
-    form = httpx.get(hub.url + "/login", params={"next": next_url})
+def _login(hub: HubProcess, username: str, password: str, *, next_url: str = "/",
+           address: str | None = None) -> httpx.Response:
+    """Log in through the form. ``address``: the client address, as a reverse proxy on
+    this host reports it (X-Forwarded-For; uvicorn trusts it from 127.0.0.1 only)."""
+    extra = {"X-Forwarded-For": address} if address else {}
+    form = httpx.get(hub.url + "/login", params={"next": next_url}, headers=extra)
     assert form.status_code == 200
     login_cookie = _cookies(form)["gridhub_login"].split(";")[0]
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
     assert csrf
-    return httpx.post(hub.url + "/login", headers={"Cookie": login_cookie},
+    return httpx.post(hub.url + "/login", headers={"Cookie": login_cookie, **extra},
                       data={"username": username, "password": password,
                             "csrf_token": csrf.group(1), "next": next_url})
 
@@ -214,9 +217,9 @@ def test_session_cookie_flags_and_csrf(hub: HubProcess, user: tuple[str, str]) -
     assert csrf, "pages carry the session's CSRF token"
     url = hub.url + "/api/alarms/999999999/ack"
     for bad in ({}, {"X-CSRF-Token": "wrong"}, {"X-CSRF-Token": ""}):
-        r = httpx.post(url, headers={**cookie, **bad}, json={"by": "x"})
+        r = httpx.post(url, headers={**cookie, **bad}, json={})
         assert r.status_code == 403 and r.json()["error"]["code"] == "auth.csrf", bad
-    r = httpx.post(url, headers={**cookie, "X-CSRF-Token": csrf.group(1)}, json={"by": "x"})
+    r = httpx.post(url, headers={**cookie, "X-CSRF-Token": csrf.group(1)}, json={})
     assert r.status_code == 404  # past the access layer: there is no such alarm
     # operator, not supervisor
     r = httpx.put(hub.url + "/api/rules/x", headers={**cookie, "X-CSRF-Token": csrf.group(1)},
@@ -249,25 +252,68 @@ def test_login_never_redirects_off_site(hub: HubProcess, user: tuple[str, str]) 
         assert r.status_code == 303 and r.headers["location"] == "/", target
 
 
-async def test_login_rate_limit(hub: HubProcess, db: asyncpg.Connection) -> None:
+async def test_login_throttle_slows_the_guesser_not_the_operator(
+        hub: HubProcess, db: asyncpg.Connection) -> None:
+    """Failures count per (username, address): an attack on the duty officer's username
+    from elsewhere gets growing delays; the officer logs in from the command room."""
     name, password = f"rl-{uuid.uuid4().hex[:6]}", secrets.token_urlsafe(16)
-    cli_user(hub.db_url, name, "viewer", password)
+    cli_user(hub.db_url, name, "operator", password)
+    attacker, command_room = "203.0.113.7", "198.51.100.20"
     try:
-        for _ in range(5):
-            r = _login(hub, name, "wrong password!")
+        for _ in range(3):  # the free failures (login_free_failures_per_pair)
+            r = _login(hub, name, "wrong password!", address=attacker)
             assert r.status_code == 401 and r.headers["x-error-code"] == "auth.bad_credentials"
-        r = _login(hub, name, password)  # even the right password, until the window passes
+        # two more, as a script would (rows, not requests: the test must not sleep out the
+        # first delays); 5 failures: 4 s after the last, even for the right password
+        failures = "INSERT INTO login_failures (username, client_ip) VALUES ($1, $2)"
+        await db.executemany(failures, [(name, attacker)] * 2)
+        r = _login(hub, name, password, address=attacker)
         assert r.status_code == 429, r.text
         assert r.headers["x-error-code"] == "auth.rate_limited"
-        assert 1 <= int(r.headers["retry-after"]) <= 300
+        assert 1 <= int(r.headers["retry-after"]) <= 4
         assert 'data-code="auth.rate_limited"' in r.text
+        # the attack goes on: each failure doubles the wait (10 failures: 2**7 s)
+        await db.executemany(failures, [(name, attacker)] * 5)
+        r = _login(hub, name, password, address=attacker)
+        assert r.status_code == 429 and 120 <= int(r.headers["retry-after"]) <= 128
         # counted in the database: every web node sees the same failures
+        assert await db.fetchval("SELECT count(*) FROM login_failures WHERE username = $1 "
+                                 "AND client_ip = $2", name, attacker) == 10
+
+        # meanwhile the operator in the command room logs in at once, and again
+        for _ in range(2):
+            r = _login(hub, name, password, address=command_room)
+            assert r.status_code == 303, r.text
+            assert "gridhub_session" in _cookies(r)
+        # a typo there costs nothing, and a good login forgets that pair's failures
+        assert _login(hub, name, "typo", address=command_room).status_code == 401
+        assert _login(hub, name, password, address=command_room).status_code == 303
+        assert await db.fetchval("SELECT count(*) FROM login_failures WHERE username = $1 "
+                                 "AND client_ip = $2", name, command_room) == 0
+        # ... while the attacker is still held off
+        assert _login(hub, name, password, address=attacker).status_code == 429
+
+        # all of it is in the audit trail, with the addresses
+        kinds = {(r["kind"], r["client_ip"]) for r in await db.fetch(
+            "SELECT kind, client_ip FROM security_events WHERE target = $1", name)}
+        assert {("login.failed", attacker), ("login.throttled", attacker),
+                ("login.succeeded", command_room), ("login.failed", command_room)} <= kinds
+        assert ("login.succeeded", attacker) not in kinds
+        # throttled attempts: one row a minute per pair, not one per attempt
         assert await db.fetchval(
-            "SELECT count(*) FROM login_failures WHERE username = $1", name) == 5
+            "SELECT count(*) FROM security_events WHERE kind = 'login.throttled' AND "
+            "target = $1 AND client_ip = $2", name, attacker) == 1
     finally:
-        # the per-address count would otherwise hold the other tests' logins from 127.0.0.1
+        # the per-address count would otherwise hold the other tests' logins from there
         await db.execute("DELETE FROM login_failures WHERE username = $1", name)
-    assert _login(hub, name, password).status_code == 303
+
+
+def test_login_delays_grow_and_are_capped() -> None:
+    from hub.auth import delay_s
+
+    assert [delay_s(n, 3, 1.0, 300.0) for n in range(12)] == [
+        0, 0, 0, 1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert delay_s(13, 3, 1.0, 300.0) == 300.0 and delay_s(10_000, 3, 1.0, 300.0) == 300.0
 
 
 # ---------------------------------------------------------------- unit tokens
@@ -276,7 +322,7 @@ async def test_a_unit_acts_only_on_its_own_incidents(hub: HubProcess) -> None:
     r = hub.client.post("/api/incidents", json={
         "category": "city_order", "qualification": "city_management", "priority": 3,
         "title": "access test", "lon": cc["lon"] + 0.002, "lat": cc["lat"] + 0.001,
-        "source": "operator", "reporter": "tester"})
+        "source": "operator"})
     assert r.status_code == 201, r.text
     iid = r.json()["id"]
 
@@ -290,7 +336,7 @@ async def test_a_unit_acts_only_on_its_own_incidents(hub: HubProcess) -> None:
     foreign = {"Authorization": f"Bearer {hub.make_token('unit', unit=other)}"}
     url = f"{hub.url}/api/incidents/{iid}"
 
-    r = httpx.post(url + "/actions", headers=foreign, json={"action": "accept", "actor": other})
+    r = httpx.post(url + "/actions", headers=foreign, json={"action": "accept"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "auth.not_your_incident"
     r = httpx.get(url, headers=foreign)
     assert r.status_code == 403 and r.json()["error"]["code"] == "auth.not_your_incident"
@@ -301,7 +347,7 @@ async def test_a_unit_acts_only_on_its_own_incidents(hub: HubProcess) -> None:
     assert httpx.get(url, headers=own).status_code == 200
     assert iid in [i["id"] for i in httpx.get(hub.url + "/api/incidents", headers=own).json()]
     r = httpx.post(url + "/actions", headers=own,
-                   json={"action": "cancel", "actor": mine, "reason": "not mine to cancel"})
+                   json={"action": "cancel", "reason": "not mine to cancel"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "auth.forbidden"
     r = httpx.post(url + "/actions", headers=own, json={"action": "accept", "actor": "someone"})
     assert r.status_code == 200, r.text
@@ -317,18 +363,18 @@ async def test_a_unit_acts_only_on_its_own_incidents(hub: HubProcess) -> None:
     assert r.status_code == 201, r.text
     assert (r.json()["source"], r.json()["reporter"]) == ("grid_worker", mine)
     hub.client.post(f"/api/incidents/{r.json()['id']}/actions",
-                    json={"action": "cancel", "actor": "tester", "reason": "test report"})
+                    json={"action": "cancel", "reason": "test report"})
 
 
 def test_supervisor_only_case_actions(hub: HubProcess, tokens: dict[str, str]) -> None:
     r = httpx.post(hub.url + "/api/incidents/999999999/actions",
                    headers={"Authorization": f"Bearer {tokens['operator']}"},
-                   json={"action": "approve_extension", "actor": "op"})
+                   json={"action": "approve_extension"})
     assert r.status_code == 404  # the case is looked up first ...
     inc = hub.client.get("/api/incidents", params={"state": "all", "limit": 1}).json()[0]
     r = httpx.post(f"{hub.url}/api/incidents/{inc['id']}/actions",
                    headers={"Authorization": f"Bearer {tokens['operator']}"},
-                   json={"action": "approve_extension", "actor": "op"})
+                   json={"action": "approve_extension"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "auth.forbidden"
 
 

@@ -32,12 +32,20 @@ def test_compose_services_healthchecks_and_dependencies() -> None:
     assert "allow_anonymous false" in conf
     assert "password_file /mosquitto/auth/passwords" in conf
     assert "acl_file /mosquitto/auth/acl" in conf
+    # client ids bound to accounts, as scripts/mosquitto.conf.in does (docs/MQTT.md)
+    assert "plugin /usr/lib/mosquitto_dynamic_security.so" in conf
+    assert "plugin_opt_config_file /mosquitto/auth/client-ids.json" in conf
+    template = (ROOT / "scripts" / "mosquitto.conf.in").read_text()
+    assert "plugin @DYNSEC_PLUGIN@" in template
+    assert "plugin_opt_config_file @CLIENT_IDS@" in template
     setup = services["setup"]
     assert services["mosquitto"]["depends_on"]["setup"]["condition"] == (
         "service_completed_successfully")
     assert "mosquitto-auth:/mosquitto/auth:ro" in services["mosquitto"]["volumes"]
     assert "mosquitto-auth:/mosquitto/auth" in setup["volumes"]
     assert setup["environment"]["HUB_MQTT_PASSWORD_FILE"] == "/mosquitto/auth/passwords"
+    assert setup["environment"]["HUB_MQTT_CLIENT_IDS_FILE"] == (
+        "/mosquitto/auth/client-ids.json")
     script = " ".join(setup["command"])
     assert "mqtt-accounts setup --account service:hub:" in script
     assert "--account fleet:gw-sim:" in script

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -60,7 +61,7 @@ def _somewhere(i: int = 0) -> dict[str, float]:
 
 async def _create(client: httpx.AsyncClient, **kw: Any) -> dict[str, Any]:
     body = {"category": "city_order", "qualification": "city_management", "priority": 3,
-            "title": "测试案件", "reporter": "operator1", **_somewhere(), **kw}
+            "title": "测试案件", **_somewhere(), **kw}
     r = await client.post("/api/incidents", json=body)
     assert r.status_code == 201, r.text
     return r.json()  # type: ignore[no-any-return]
@@ -74,20 +75,23 @@ async def _events(db: asyncpg.Connection, kind: str, incident_id: int, stage: st
 
 async def test_case_log_is_a_verifiable_chain_that_shows_tampering(
         flow_hub: HubProcess, fdb: asyncpg.Connection) -> None:
+    # Every step is recorded under the caller's login: the hub's admin token reports, a
+    # second operator's token cancels; a name in the body is ignored.
+    operator2 = {"Authorization": "Bearer " + flow_hub.make_token(
+        "operator", name=f"operator2-{uuid.uuid4().hex[:6]}")}
+    me = httpx.get(flow_hub.url + "/api/me", headers=operator2).json()["name"]
     async with flow_hub.async_client() as client:
         inc = await _create(client, qualification="no_such_department")
         iid = inc["id"]
-        for action, actor in (("cancel", "operator2"),):
-            r = await client.post(f"/api/incidents/{iid}/actions",
-                                  json={"action": action, "actor": actor, "reason": "重复上报"})
-            assert r.status_code == 200, r.text
+        r = await client.post(f"/api/incidents/{iid}/actions", headers=operator2,
+                              json={"action": "cancel", "actor": "operator1", "reason": "重复上报"})
+        assert r.status_code == 200, r.text
         # an illegal step is refused with a stable code and logs nothing
-        r = await client.post(f"/api/incidents/{iid}/actions",
-                              json={"action": "close", "actor": "operator2"})
+        r = await client.post(f"/api/incidents/{iid}/actions", json={"action": "close"})
         assert r.status_code == 409 and r.json()["error"]["code"] == "case.illegal_transition"
         detail = (await client.get(f"/api/incidents/{iid}")).json()
         assert [e["action"] for e in detail["log"]] == ["report", "register", "cancel"]
-        assert [e["actor"] for e in detail["log"]] == ["operator1", "operator1", "operator2"]
+        assert [e["actor"] for e in detail["log"]] == ["test-admin", "test-admin", me]
         ok = (await client.get(f"/api/incidents/{iid}/log/verify")).json()
         assert ok["ok"] is True and ok["entries"] == 3, ok
 
@@ -95,7 +99,7 @@ async def test_case_log_is_a_verifiable_chain_that_shows_tampering(
                           "AND seq = 2", iid)
         bad = (await client.get(f"/api/incidents/{iid}/log/verify")).json()
         assert bad["ok"] is False and bad["first_bad_seq"] == 2
-        await fdb.execute("UPDATE case_log SET actor = 'operator1' WHERE incident_id = $1 "
+        await fdb.execute("UPDATE case_log SET actor = 'test-admin' WHERE incident_id = $1 "
                           "AND seq = 2", iid)
         assert (await client.get(f"/api/incidents/{iid}/log/verify")).json()["ok"] is True
         # deleting the newest entry leaves a valid-looking chain, but not the recorded head
@@ -154,10 +158,9 @@ async def test_unaccepted_dispatch_escalates_to_the_next_candidate(
 
 async def test_operator_override_needs_a_reason_and_is_logged(
         flow_hub: HubProcess, fdb: asyncpg.Connection) -> None:
-    # The actor recorded is the logged-in principal, whatever "actor" the body names.
-    token = flow_hub.make_token("operator", name="operator3")
-    async with httpx.AsyncClient(base_url=flow_hub.url,
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
+    name3 = f"operator3-{uuid.uuid4().hex[:6]}"
+    operator3 = {"Authorization": "Bearer " + flow_hub.make_token("operator", name=name3)}
+    async with flow_hub.async_client() as client:
         inc = await _create(client, priority=4, qualification="city_management",
                             title="乱堆乱放")
         iid = inc["id"]
@@ -167,12 +170,11 @@ async def test_operator_override_needs_a_reason_and_is_logged(
         other = await fdb.fetchval(
             "SELECT id FROM units WHERE status = 'available' AND id <> $1 AND "
             "'city_management' = ANY(qualifications) ORDER BY id LIMIT 1", picked["unit_id"])
-        r = await client.post(f"/api/incidents/{iid}/assign", json={
-            "unit_id": other, "actor": "operator3", "reason_code": "because"})
+        r = await client.post(f"/api/incidents/{iid}/assign", headers=operator3, json={
+            "unit_id": other, "reason_code": "because"})
         assert r.status_code == 422 and r.json()["error"]["code"] == "dispatch.override_reason"
-        r = await client.post(f"/api/incidents/{iid}/assign", json={
-            "unit_id": other, "actor": "someone_else", "reason_code": "local_knowledge",
-            "note": "熟悉该商户"})
+        r = await client.post(f"/api/incidents/{iid}/assign", headers=operator3, json={
+            "unit_id": other, "reason_code": "local_knowledge", "note": "熟悉该商户"})
         assert r.status_code == 200, r.text
         assert r.json()["unit_id"] == other and "local_knowledge" in r.json()["override_reason"]
     statuses = dict(await fdb.fetch(
@@ -181,7 +183,7 @@ async def test_operator_override_needs_a_reason_and_is_logged(
     log = await fdb.fetch("SELECT action, actor, reason FROM case_log WHERE incident_id = $1 "
                           "ORDER BY seq", iid)
     assert [r["action"] for r in log][-2:] == ["withdraw", "dispatch"]
-    assert log[-1]["actor"] == "operator3" and "熟悉该商户" in log[-1]["reason"]
+    assert log[-1]["actor"] == name3 and "熟悉该商户" in log[-1]["reason"]
 
 
 async def test_critical_case_preempts_a_unit_en_route_to_a_minor_one(
@@ -201,7 +203,7 @@ async def test_critical_case_preempts_a_unit_en_route_to_a_minor_one(
             "SELECT 1 FROM assignments WHERE incident_id = $1 AND unit_id = $2 AND "
             "status = 'active'", low["id"], keep))
         r = await client.post(f"/api/incidents/{low['id']}/actions",
-                              json={"action": "accept", "actor": keep})
+                              json={"action": "accept"})
         assert r.status_code == 200 and r.json()["state"] == "accepted"
         high = await _create(client, priority=1, qualification="fire", title="厂房冒烟",
                              **_somewhere(9))

@@ -61,7 +61,7 @@ async def env(acl_db: str) -> AsyncIterator[Env]:
         await mqtt_accounts.set_password(conn, "hub", "service", HUB_PASSWORD)
         await mqtt_accounts.set_password(conn, "gw-test", "gateway", GW_PASSWORD)
         await mqtt_accounts.sync(conn, mqtt_accounts.BrokerFiles(
-            broker.password_file, broker.acl_file, broker.pid_file))
+            broker.password_file, broker.acl_file, broker.pid_file, broker.client_ids_file))
     finally:
         await conn.close()
     try:
@@ -82,12 +82,17 @@ class Probe:
     """A paho client that records its CONNACK, its messages and its disconnection."""
 
     def __init__(self, port: int, username: str | None, password: str | None, *,
-                 v311: bool = False) -> None:
+                 v311: bool = False, client_id: str | None = None) -> None:
         self.connack: queue.Queue[mqtt.ReasonCode] = queue.Queue()
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.subacks: queue.Queue[int] = queue.Queue()
         self.disconnected = threading.Event()
-        self.client = make_client(f"probe-{uuid.uuid4().hex[:8]}",
+        # A device or unit may connect only with its own id (client id = username); the
+        # hub's and gateways' accounts with any (and several probes of theirs at once).
+        if client_id is None:
+            client_id = (username if username not in (None, "hub", "gw-test")
+                         else f"probe-{uuid.uuid4().hex[:8]}")
+        self.client = make_client(client_id,
                                   BrokerAddress("127.0.0.1", port, username, password),
                                   persistent=False, v311=v311)
         self.client.on_connect = lambda c, u, f, rc, p: self.connack.put(rc)
@@ -132,8 +137,9 @@ def connected(port: int, username: str | None, password: str | None) -> Probe:
     return p
 
 
-def refused(port: int, username: str | None, password: str | None) -> bool:
-    p = Probe(port, username, password)
+def refused(port: int, username: str | None, password: str | None,
+            client_id: str | None = None) -> bool:
+    p = Probe(port, username, password, client_id=client_id)
     try:
         return not p.accepted()
     finally:
@@ -211,6 +217,50 @@ async def test_provisioning_takes_effect_without_restarting_the_broker(env: Env)
         assert env.api("POST", "", json={"principal": bad, "kind": "device"}).status_code == 422
     # the hub stayed connected through the reloads
     assert env.hub_health()["mqtt"] == "subscribed"
+
+
+async def test_a_device_cannot_take_the_hubs_client_id(env: Env) -> None:
+    """Client ids are bound to accounts (docs/MQTT.md, "Client ids"): a device or unit
+    connects only with its own id, so it cannot take over the hub's persistent session;
+    bound at once for an account provisioned while the broker runs ($CONTROL)."""
+    hub_id = env.hub.env["HUB_MQTT_CLIENT_ID"]
+    dev, unit = await new_device(env), await new_unit(env)
+    dev_pw, unit_pw = provision(env, dev, "device"), provision(env, unit, "unit")
+    port = env.broker.port
+    assert env.hub_health()["mqtt"] == "subscribed"
+    log_from = env.hub.log_path.stat().st_size
+    for user, pw in ((dev, dev_pw), (unit, unit_pw)):
+        assert refused(port, user, pw, client_id=hub_id), f"{user} took the hub's id"
+        assert refused(port, user, pw, client_id=f"{hub_id}-commands")
+        assert refused(port, user, pw, client_id="gw-test")  # nor anyone else's
+    assert refused(port, dev, dev_pw, client_id=unit)
+    # a town device (bound by the file the broker read at start) likewise; the hub knows
+    # the town's devices (its registry is read at start), so it ingests their readings
+    (town,) = await town_devices(env, 1)
+    r = env.api("POST", f"/{town}/rotate")
+    assert r.status_code == 200, r.text
+    town_pw = r.json()["password"]
+    assert refused(port, town, town_pw, client_id=hub_id)
+    # the hub kept its session: still subscribed, and it still ingests what a device sends
+    # under its own id
+    assert env.hub_health()["mqtt"] == "subscribed"
+    connected(port, dev, dev_pw).close()  # client id = its own principal
+    p = connected(port, town, town_pw)
+    try:
+        p.publish(wire.telemetry_topic(town), telemetry(41.5))
+    finally:
+        p.close()
+
+    async def stored() -> bool:
+        r = httpx.get(f"{env.hub.url}/api/devices/{town}/latest", headers=env.hub.headers,
+                      timeout=5)
+        return r.status_code == 200 and r.json()["metrics"]["pm25"]["value"] == 41.5
+
+    assert await wait_for(stored, timeout=10)
+    # a taken-over session disconnects the hub, which logs it (ingest/mqtt.py)
+    with env.hub.log_path.open("rb") as f:
+        f.seek(log_from)
+        assert b"MQTT disconnected" not in f.read()
 
 
 async def town_devices(env: Env, n: int) -> list[str]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -95,8 +96,35 @@ def test_acl_grants_per_kind() -> None:
     assert "topic write gridhub/v1/units/+/commands" in hub
     assert "topic read owntracks/+/+" in hub
     assert not any(line.startswith("topic write gridhub/v1/devices") for line in hub)
+    # the hub binds client ids through the dynamic-security plugin; nobody else may
+    assert {"topic write $CONTROL/dynamic-security/v1",
+            "topic read $CONTROL/dynamic-security/v1/response"} <= set(hub)
+    for kind in ("device", "unit", "gateway", "fleet"):
+        assert not any("$CONTROL" in line for line in mf.acl_lines(kind, "x1"))
     with pytest.raises(ValueError):
         mf.acl_lines("admin", "x")
+
+
+def test_client_ids_bind_devices_and_units_to_their_own_id() -> None:
+    h = mf.hash_password("x", salt=bytes(12))
+    accounts = [Account("ws-002", "device", h), Account("hub", "service", h),
+                Account("ws-001", "device", h, revoked=True), Account("p-1", "unit", h),
+                Account("gw-sim", "fleet", h), Account("gw-b", "gateway", h)]
+    doc = json.loads(mf.render_client_ids(accounts))
+    # revoked ones too (a re-provisioned account is bound at once); no passwords, no roles:
+    # the plugin defers to the password and ACL files for everything but the client id
+    assert doc["clients"] == [{"username": p, "clientid": p, "roles": []}
+                              for p in ("p-1", "ws-001", "ws-002")]
+    assert doc["roles"] == [] and doc["groups"] == []
+    assert mf.render_client_ids(list(reversed(accounts))) == mf.render_client_ids(accounts)
+    (message,) = mf.client_id_commands(accounts)
+    assert json.loads(message)["commands"] == [
+        {"command": "createClient", "username": p, "clientid": p}
+        for p in ("p-1", "ws-001", "ws-002")]
+    many = [Account(f"d{i:04d}", "device", h) for i in range(mf.CONTROL_BATCH + 1)]
+    assert [len(json.loads(m)["commands"]) for m in mf.client_id_commands(many)] == [
+        mf.CONTROL_BATCH, 1]
+    assert mf.client_id_commands([Account("hub", "service", h)]) == []
 
 
 def test_rendered_files_leave_out_revoked_accounts_and_are_sorted() -> None:

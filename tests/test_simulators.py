@@ -570,17 +570,20 @@ class FakeHub:
             return httpx.Response(200, json={"incident": self.incident})
         if request.method == "POST" and path == "/api/incidents/1/actions":
             body = json.loads(request.content)
+            assert "actor" not in body  # the hub records the token's principal
+            # As the hub does: the actor is who the token is (here the token is the name).
+            actor = request.headers["authorization"].removeprefix("Bearer ")
             hook = self.hooks.pop(body["action"], None)
             if hook is not None:
                 hook()
             try:
-                self.case = workflow.apply(self.case, body["action"], body["actor"], T0,
+                self.case = workflow.apply(self.case, body["action"], actor, T0,
                                            body.get("reason"))
             except workflow.TransitionError as e:
                 self.refused.append(body["action"])
                 return httpx.Response(409, json={"error": {"code": e.code,
                                                            "message": e.message}})
-            self.log.append((body["action"], body["actor"], body.get("reason")))
+            self.log.append((body["action"], actor, body.get("reason")))
             self.incident.update(state=self.case.state, handler=self.case.handler)
             status = UNIT_STATUS_AFTER.get(body["action"])
             unit = self.units[self.incident["assigned_unit"]]
@@ -597,7 +600,8 @@ async def _run_crews(town: dict[str, Any], graph: patrol.RoadGraph, hub: FakeHub
                      ) -> tuple[Crews, patrol.Fleet]:
     fleet = patrol.Fleet(graph, town["units"], seed=1, now=T0)
     crews = Crews("http://hub", fleet, seed=1, timing=timing, poll_s=0.005, backoff_s=0.02,
-                  transport=httpx.MockTransport(hub))
+                  transport=httpx.MockTransport(hub), token="ops-token",
+                  field_token="crews-token")
     if setup is not None:
         setup(crews)
     task = asyncio.create_task(crews.run())
@@ -628,9 +632,11 @@ async def test_crew_closes_the_loop(town: dict[str, Any], graph: patrol.RoadGrap
     assert actions == ["accept", "start_handling", "give_feedback", "verify_ok", "close",
                        "evaluate", "archive"]
     actors = {a: who for a, who, _ in hub.log}
-    assert actors["accept"] == actors["start_handling"] == "SQ-01"
-    assert actors["verify_ok"] == f"gridworker:{device['grid']}"
-    assert actors["close"] == actors["archive"] == "operator:demo"
+    # the crew's own steps under the crews' token, verification and closing under the
+    # other one: the hub refuses verification by the principal that handled the case
+    assert actors["accept"] == actors["start_handling"] == actors["give_feedback"] \
+        == "crews-token"
+    assert actors["verify_ok"] == actors["close"] == actors["archive"] == "ops-token"
     assert not hub.refused and crews.conflicts == 0
     assert crews.actions["accept"] == 1
     assert fleet.units["SQ-01"].mode in ("returning", "patrol", "dwell")  # released
@@ -659,7 +665,7 @@ async def test_crew_declines_with_a_reason(town: dict[str, Any],
     timing = dataclasses.replace(FAST, decline_p=1.0)
     await _run_crews(town, graph, hub, timing, lambda: hub.incident["state"] == "registered")
     assert [a for a, _, _ in hub.log] == ["decline"]
-    assert hub.log[0][1] == "GW-05" and hub.log[0][2]
+    assert hub.log[0][1] == "crews-token" and hub.log[0][2]
 
 
 async def test_crew_survives_someone_else_moving_the_case(
@@ -667,7 +673,7 @@ async def test_crew_survives_someone_else_moving_the_case(
     hub = FakeHub(town, "SQ-04", town["devices"][60])
 
     def operator_starts_handling() -> None:  # the operator was faster than the app
-        hub.case = workflow.apply(hub.case, "start_handling", "operator:1", T0)
+        hub.case = workflow.apply(hub.case, "start_handling", "operator-1", T0)
         hub.incident["state"] = hub.case.state
 
     hub.hooks["start_handling"] = operator_starts_handling

@@ -152,6 +152,39 @@ def test_verifier_is_not_the_handler(verifier: str, action: str) -> None:
     assert apply(case, action, "supervisor-2", T0, "not done").state in ("verified", "handling")
 
 
+@pytest.mark.parametrize("action", ["verify_ok", "verify_fail"])
+def test_verifier_is_not_a_member_of_the_handling_unit(action: str) -> None:
+    # The route supplies the known members of the unit (its phones' token names).
+    case = at("feedback", handler="SQ-01", feedback_by="SQ-01")
+    with pytest.raises(TransitionError) as err:
+        apply(case, action, "sq01-phone", T0, "not done", handler_members={"sq01-phone"})
+    assert err.value.code == "case.verifier_is_handler"
+    assert apply(case, action, "op-li", T0, "x", handler_members={"sq01-phone"}).state in (
+        "verified", "handling")
+
+
+def test_extension_approved_by_someone_other_than_the_requester() -> None:
+    case = apply(at("handling"), "request_extension", "sup-wang", T0, "waiting for permit")
+    assert case.extension_requested_by == "sup-wang"
+    with pytest.raises(TransitionError) as err:
+        apply(case, "approve_extension", "sup-wang", T0 + 1)
+    assert err.value.code == "case.approver_is_requester"
+    approved = apply(case, "approve_extension", "sup-zhao", T0 + 1)
+    assert approved.extension_count == 1 and approved.extension_requested_by is None
+    # the requester may still withdraw their own request by rejecting it
+    assert apply(case, "reject_extension", "sup-wang", T0 + 1, "not needed after all"
+                 ).extension_requested_by is None
+
+
+def test_replay_does_not_refuse_recorded_identities() -> None:
+    # A log written before identities were enforced still rebuilds (history is history).
+    log = [{"action": a, "actor": "op1", "ts": T0 + k, "reason": "r"} for k, a in enumerate(
+        ("register", "dispatch", "accept", "start_handling", "give_feedback", "verify_ok"))]
+    assert replay(log).state == "verified"
+    with pytest.raises(TransitionError):
+        apply(replace(replay(log[:-1])), "verify_ok", "op1", T0 + 9)
+
+
 def test_rework_counting() -> None:
     case = run([(a, who, None) for a, who, _ in HAPPY_PATH[:5]])
     assert case.state == "feedback"

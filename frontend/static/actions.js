@@ -1,5 +1,6 @@
 // Operator actions, through the same REST API as everything else; their results come
-// back through the live feed. The actor is the header's "duty officer" field (api.js).
+// back through the live feed. The hub records them under the login (shown as on duty in
+// the header); bodies name nobody.
 //
 // - acknowledge an alarm;  - open a case at a point (the map's "new case" click);
 // - move a case a step (the actions the workflow allows; a reason is asked where the
@@ -7,7 +8,7 @@
 // Forms are <dialog>s rendered by templates/_dialogs.html; an error keeps the dialog open
 // and shows the server's message in it.
 
-import { ApiError, errorText, getActor, getJson, postJson } from "./api.js";
+import { ApiError, errorText, getJson, postJson } from "./api.js";
 import { $, el, toast } from "./dom.js";
 import { fmtDistance, label, t } from "./i18n.js";
 
@@ -73,16 +74,16 @@ export function askReason(title, submit) {
 
 // ------------------------------------------------------------------ alarms
 export function ackAlarm(id) {
-  return postJson(`/api/alarms/${encodeURIComponent(id)}/ack`, { by: getActor() });
+  return postJson(`/api/alarms/${encodeURIComponent(id)}/ack`, {});
 }
 
 export function clearAlarm(id, reason) {
-  return postJson(`/api/alarms/${encodeURIComponent(id)}/clear`, { by: getActor(), reason });
+  return postJson(`/api/alarms/${encodeURIComponent(id)}/clear`, { reason });
 }
 
 // ------------------------------------------------------------------ case steps
 function postAction(incidentId, action, reason) {
-  const body = { action, actor: getActor() };
+  const body = { action };
   if (reason) body.reason = reason;
   return postJson(`/api/incidents/${encodeURIComponent(incidentId)}/actions`, body);
 }
@@ -207,7 +208,7 @@ export async function openOverrideDialog(inc, units) {
     const unitId = String(data.get("unit_id") || "");
     if (!unitId) throw new ApiError(400, "unit.required", t("override.no_unit"));
     return postJson(`/api/incidents/${encodeURIComponent(inc.id)}/assign`, {
-      unit_id: unitId, actor: getActor(), reason_code: String(data.get("reason_code") || ""),
+      unit_id: unitId, reason_code: String(data.get("reason_code") || ""),
       note: String(data.get("note") || "").trim(),
     });
   });
@@ -240,7 +241,7 @@ export async function openCreateDialog(lat, lon, where) {
     title: String(data.get("title") || "").trim(),
     description: String(data.get("description") || "").trim(),
     lon: Number(lon.toFixed(6)), lat: Number(lat.toFixed(6)),
-    source: "operator", reporter: getActor(),
+    source: "operator",
   }));
   if (result) toast(t("create.done", { id: result.id }), "ok");
   return result;

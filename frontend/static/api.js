@@ -104,36 +104,13 @@ export function errorText(err) {
 }
 
 // ------------------------------------------------------------------ the operator
-// Who acts: the name typed into the header's "duty officer" field, remembered on this
-// browser (a shared console's login is often a post, not a person), else the logged-in
-// user (<meta name="gridhub-user">). The API accepts letters, digits and _ . : @ -.
-const ACTOR_KEY = "gridhub.actor";
-function sessionUser() {
+// Who acts is who is logged in (<meta name="gridhub-user">, shown in the header as on
+// duty): the hub records every action under the login, never a name a request sends, so
+// request bodies carry none. A shift handover is a log-out and a log-in.
+export function getActor() {
   const meta = document.querySelector('meta[name="gridhub-user"]');
   return (meta && meta.content) || "";
 }
-export const DEFAULT_ACTOR = sessionUser() || "operator";
-const ACTOR_RE = /^[\p{L}\p{N}_.:@-]{1,64}$/u;
 
-export function getActor() {
-  let v = null;
-  try { v = localStorage.getItem(ACTOR_KEY); } catch { /* storage blocked */ }
-  return v && ACTOR_RE.test(v) ? v : DEFAULT_ACTOR;
-}
-
-export function bindActorField(input) {
-  if (!input) return;
-  input.value = getActor();
-  const save = () => {
-    const v = input.value.trim();
-    const ok = v === "" || ACTOR_RE.test(v);
-    input.classList.toggle("invalid", !ok);
-    input.title = ok ? "" : t("actor.invalid");
-    if (!ok) return;
-    try {
-      if (v) localStorage.setItem(ACTOR_KEY, v); else localStorage.removeItem(ACTOR_KEY);
-    } catch { /* storage blocked: the name lasts for this page */ }
-  };
-  input.addEventListener("input", save);
-  input.addEventListener("change", () => { save(); if (!input.value.trim()) input.value = getActor(); });
-}
+// Kept for pages that still call it: there is no editable duty-officer field any more.
+export function bindActorField(_el) {}

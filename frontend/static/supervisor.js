@@ -2,7 +2,7 @@
 // GET /api/supervisor/alerts (open ones), then added from the feed's supervisor.alerted
 // events; acknowledging one posts to the API and takes it off the strip.
 
-import { errorText, getActor, getJson, postJson } from "./api.js";
+import { errorText, getJson, postJson } from "./api.js";
 import { $, el, setText, toast } from "./dom.js";
 import { fmtTime, label, reasonText, t } from "./i18n.js";
 
@@ -74,7 +74,7 @@ export class SupervisorStrip {
   async ack(id, button) {
     button.disabled = true;
     try {
-      await postJson(`/api/supervisor/alerts/${encodeURIComponent(id)}/ack`, { by: getActor() });
+      await postJson(`/api/supervisor/alerts/${encodeURIComponent(id)}/ack`, {});
       this.alerts.delete(id);
       this.render();
     } catch (err) {
