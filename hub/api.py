@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from core import outbox
 from core.db import row_view
 from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS, UNIT_COLUMNS
-from core.errors import Forbidden, InvalidInput, NotFound
+from core.errors import InvalidInput, NotFound
 from dispatch import decisions as dispatch_decisions
 from dispatch import service as dispatch_service
 from hub.access import actor_of, principal_of, require_action_allowed, require_own_incident
