@@ -88,6 +88,14 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("MOUNT", "/static"): PUBLIC,
     ("MOUNT", "/vendor/leaflet"): PUBLIC,
     ("MOUNT", "/vendor/uplot"): PUBLIC,
+    # Open311 GeoReport v2 (hub/open311.py): public as the specification has it, rate-limited
+    # per client address; filing a report needs an application's api_key (checked there).
+    ("GET", "/open311/v2/discovery.{fmt}"): PUBLIC,
+    ("GET", "/open311/v2/services.{fmt}"): PUBLIC,
+    ("GET", "/open311/v2/services/{service_code}.{fmt}"): PUBLIC,
+    ("GET", "/open311/v2/requests.{fmt}"): PUBLIC,
+    ("GET", "/open311/v2/requests/{request_id}.{fmt}"): PUBLIC,
+    ("POST", "/open311/v2/requests.{fmt}"): PUBLIC,
     # ---- sessions
     ("POST", "/logout"): VIEWER,
     ("GET", "/api/me"): VIEWER_OR_UNIT,
@@ -132,10 +140,6 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/reports/assessment.csv"): VIEWER,
     ("GET", "/api/rules"): VIEWER,
     ("GET", "/api/rules/{rule_id}"): VIEWER,
-    ("GET", "/open311/v2/services.json"): VIEWER,
-    ("GET", "/open311/v2/services/{service_code}.json"): VIEWER,
-    ("GET", "/open311/v2/requests.json"): VIEWER,
-    ("GET", "/open311/v2/requests/{request_id}.json"): VIEWER,
     # Raw payloads of rejected messages may carry device secrets or personal data.
     ("GET", "/api/dead-letters"): OPERATOR,
     # ---- operating: alarms, cases, inspections
@@ -144,7 +148,9 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("POST", "/api/incidents"): OPERATOR_OR_UNIT,  # a unit files field reports
     ("POST", "/api/incidents/{incident_id}/actions"): OPERATOR_OR_UNIT,  # see ACTION_ROLES
     ("POST", "/api/incidents/{incident_id}/assign"): OPERATOR,
-    ("POST", "/open311/v2/requests.json"): OPERATOR_OR_UNIT,  # citizen reports via a client
+    # Citizens' contact data (hub/contacts.py): those who act on reports, nobody else.
+    ("GET", "/api/contacts/{contact_id}"): OPERATOR,
+    ("GET", "/api/incidents/{incident_id}/contact"): OPERATOR,
     ("POST", "/api/inspections/draws"): OPERATOR,
     ("POST", "/api/inspections/draws/{draw_id}/verify"): OPERATOR,
     ("POST", "/api/inspections/draws/{draw_id}/results"): OPERATOR,
@@ -160,6 +166,10 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("POST", "/api/mqtt/accounts"): ADMIN,
     ("POST", "/api/mqtt/accounts/{principal}/rotate"): ADMIN,
     ("DELETE", "/api/mqtt/accounts/{principal}"): ADMIN,
+    # ---- administering: Open311 client applications' API keys (hub/open311_keys.py)
+    ("GET", "/api/open311/keys"): ADMIN,
+    ("POST", "/api/open311/keys"): ADMIN,
+    ("DELETE", "/api/open311/keys/{key_id}"): ADMIN,
 }
 
 # Case actions a patrol phone may post, on incidents assigned to its own unit

@@ -28,11 +28,13 @@ from dispatch import clocks
 from dispatch.leader import Dispatcher
 from hub import (
     api,
+    contacts,
     errors,
     jobs,
     login,
     mqtt_accounts_api,
     open311,
+    open311_keys,
     reports_api,
     rules_api,
     views,
@@ -141,6 +143,8 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
     app.include_router(login.router)
     app.include_router(api.router)
     app.include_router(open311.router)
+    app.include_router(open311_keys.router)
+    app.include_router(contacts.router)
     app.include_router(reports_api.router)
     app.include_router(rules_api.router)
     app.include_router(mqtt_accounts_api.router)

@@ -1032,6 +1032,7 @@ class Player:
         self.t0 = time.time()
         self.result = PlayResult(scenario.name, time_scale)
         self.client: httpx.AsyncClient | None = None
+        self._o311_key = ""
 
     # ---- clocks
     def tau(self) -> float:
@@ -1172,6 +1173,7 @@ class Player:
             for k in ("first_name", "phone"):
                 if k in s:
                     form[k] = s[k]
+            form["api_key"] = await self._open311_key()
             r = await self._http("POST", "/open311/v2/requests.json", data=form)
             iid = int(r.json()[0]["service_request_id"]) if r.status_code == 201 else None
         else:
@@ -1337,6 +1339,24 @@ class Player:
         return cancelled
 
     # ---- hub access
+    async def _open311_key(self) -> str:
+        """An Open311 API key for the player, issued with its (admin) token; an earlier
+        player's key of the same application is revoked first."""
+        if self._o311_key:
+            return self._o311_key
+        app = "scenario-player"
+        r = await self._http("POST", "/api/open311/keys", json={"app_name": app})
+        if r.status_code == 409:
+            for k in (await self._get("/api/open311/keys")):
+                if k["app_name"] == app and k["revoked_at"] is None:
+                    await self._http("DELETE", f"/api/open311/keys/{k['key_id']}")
+            r = await self._http("POST", "/api/open311/keys", json={"app_name": app})
+        if r.status_code != 201:
+            raise ScenarioError(f"cannot get an Open311 API key ({r.status_code}): Open311 "
+                                "reports need the player's token to be an admin's")
+        self._o311_key = str(r.json()["api_key"])
+        return self._o311_key
+
     async def _http(self, method: str, url: str, **kw: Any) -> httpx.Response:
         assert self.client is not None
         return await self.client.request(method, url, **kw)
