@@ -120,7 +120,9 @@ def check_attributes(s: Service, given: dict[str, list[str]]
             if bad:
                 raise BadAttributes(f"attribute[{a.code}]: {bad[0]!r} is not one of "
                                       f"{', '.join(names)}")
-            value: Any = raw[0] if a.datatype == "singlevaluelist" else sorted(set(raw))
+            # Several answers in the definition's order, each once.
+            value: Any = (raw[0] if a.datatype == "singlevaluelist"
+                          else [k for k in names if k in raw])
             shown = "、".join(names[v] for v in ([value] if isinstance(value, str) else value))
             for v in raw:
                 priority = min(priority, a.raises_priority.get(v, priority))
