@@ -26,10 +26,10 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlparse
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from core.errors import InvalidInput
@@ -57,6 +57,21 @@ TOWN_CACHE_S = 300.0
 KEY_BURST_SHARE = 0.25
 SPEC_URL = "http://wiki.open311.org/GeoReport_v2"
 _ATTR = re.compile(r"^attribute\[([A-Za-z0-9_]{1,64})\](\[\])?$")
+
+# The format in the schema is json or xml; checked by the handler (not by validation), so
+# any other extension gets the specification's 404 error rather than a validation error.
+Fmt = Annotated[str, Path(json_schema_extra={"enum": list(formats.FORMATS)})]
+# The report form as the schema shows it (the handler reads the raw form: attribute[...]
+# fields have names no fixed model can list).
+_FORM_FIELDS = ("api_key", "jurisdiction_id", "service_code", "lat", "long",
+                "address_string", "description", "media_url", "first_name", "last_name",
+                "phone", "email", "device_id", "locale")
+REPORT_FORM = {"requestBody": {"required": True, "content": {
+    "application/x-www-form-urlencoded": {"schema": {
+        "type": "object", "required": ["api_key", "service_code"],
+        "properties": {**{f: {"type": "string"} for f in _FORM_FIELDS},
+                       **{f"attribute[{a.code}]": {"type": "string"}
+                          for s in catalog.SERVICES.values() for a in s.attributes}}}}}}}
 
 
 @dataclass
@@ -144,7 +159,7 @@ async def _preamble(request: Request, fmt: str, jurisdiction_id: str | None
 
 # ---------------------------------------------------------------- reading
 @router.get("/discovery.{fmt}", response_model=None)
-async def discovery(request: Request, fmt: str) -> Response:
+async def discovery(request: Request, fmt: Fmt) -> Response:
     f, refused = await _preamble(request, fmt, None)
     if refused:
         return refused
@@ -162,7 +177,7 @@ async def discovery(request: Request, fmt: str) -> Response:
 
 
 @router.get("/services.{fmt}", response_model=None)
-async def services(request: Request, fmt: str, jurisdiction_id: str | None = None
+async def services(request: Request, fmt: Fmt, jurisdiction_id: str | None = None
                    ) -> Response:
     f, refused = await _preamble(request, fmt, jurisdiction_id)
     if refused:
@@ -172,7 +187,7 @@ async def services(request: Request, fmt: str, jurisdiction_id: str | None = Non
 
 
 @router.get("/services/{service_code}.{fmt}", response_model=None)
-async def service_definition(request: Request, service_code: str, fmt: str,
+async def service_definition(request: Request, service_code: str, fmt: Fmt,
                              jurisdiction_id: str | None = None) -> Response:
     f, refused = await _preamble(request, fmt, jurisdiction_id)
     if refused:
@@ -208,7 +223,7 @@ def _date(value: str) -> datetime:
 
 
 @router.get("/requests.{fmt}", response_model=None)
-async def list_requests(request: Request, fmt: str, jurisdiction_id: str | None = None,
+async def list_requests(request: Request, fmt: Fmt, jurisdiction_id: str | None = None,
                         service_request_id: str | None = None,
                         service_code: str | None = None, start_date: str | None = None,
                         end_date: str | None = None, status: str | None = None,
@@ -259,7 +274,7 @@ async def list_requests(request: Request, fmt: str, jurisdiction_id: str | None 
 
 
 @router.get("/requests/{request_id}.{fmt}", response_model=None)
-async def get_request(request: Request, request_id: str, fmt: str,
+async def get_request(request: Request, request_id: str, fmt: Fmt,
                       jurisdiction_id: str | None = None, locale: str | None = None
                       ) -> Response:
     f, refused = await _preamble(request, fmt, jurisdiction_id)
@@ -311,8 +326,9 @@ def _location(form: dict[str, str], town: _TownInfo) -> tuple[float, float, str 
     return found.lon, found.lat, found.grid_hint, found.matched
 
 
-@router.post("/requests.{fmt}", status_code=201, response_model=None)
-async def create_request(request: Request, fmt: str) -> Response:
+@router.post("/requests.{fmt}", status_code=201, response_model=None,
+             openapi_extra=REPORT_FORM)
+async def create_request(request: Request, fmt: Fmt) -> Response:
     f, refused = await _preamble(request, fmt, None)
     if refused:
         return refused

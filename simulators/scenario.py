@@ -1341,10 +1341,11 @@ class Player:
     # ---- hub access
     async def _open311_key(self) -> str:
         """An Open311 API key for the player, issued with its (admin) token; an earlier
-        player's key of the same application is revoked first."""
+        player's key of the same scenario is revoked first."""
         if self._o311_key:
             return self._o311_key
-        app = "scenario-player"
+        # One application per scenario: players of different scenarios run side by side.
+        app = ("scenario-" + re.sub(r"[^A-Za-z0-9._-]", "_", self.sc.name))[:48]
         r = await self._http("POST", "/api/open311/keys", json={"app_name": app})
         if r.status_code == 409:
             for k in (await self._get("/api/open311/keys")):

@@ -61,6 +61,26 @@ def api_key(o311: HubProcess) -> str:
     return str(r.json()["api_key"])
 
 
+def is_xml(response: Any) -> bool:
+    """Whether a response (requests', httpx's or schemathesis', whose headers map to lists)
+    says it is XML."""
+    value = next((v for k, v in response.headers.items() if k.lower() == "content-type"), "")
+    return "xml" in (value[0] if isinstance(value, list) and value else str(value))
+
+
+def open311_xml_error_problem(response: Any) -> str | None:
+    """None if ``response`` is the specification's XML error for its status, else why not."""
+    try:
+        doc = ET.fromstring(response.content)
+    except ET.ParseError as e:
+        return f"{response.status_code}: not XML ({e}): {response.text[:200]!r}"
+    code, text = doc.find("error/code"), doc.find("error/description")
+    if doc.tag != "errors" or code is None or code.text != str(response.status_code) \
+            or text is None or not text.text:
+        return f"{response.status_code}: not a GeoReport XML error: {response.text[:200]!r}"
+    return None
+
+
 def root(hub: HubProcess) -> str:
     return hub.url + "/open311/v2"
 
@@ -459,3 +479,62 @@ def test_token_buckets() -> None:
     for k in range(10):
         small.take(k, 0.0)
     assert len(small._state) <= 4
+
+
+# ====================================================================== schemathesis
+def _open311_problem(response: Any) -> str | None:
+    """What is wrong with a GeoReport answer: a 5xx, an error not in the specification's
+    shape, or a body not in the format its content type says."""
+    if response.status_code >= 500:
+        return f"{response.status_code}: {response.text[:300]}"
+    xml = is_xml(response)
+    if response.status_code >= 400:
+        if xml:
+            return open311_xml_error_problem(response)
+        try:
+            body = response.json()
+        except ValueError:
+            return f"{response.status_code}: not JSON: {response.text[:200]!r}"
+        ok = (isinstance(body, list) and len(body) == 1 and isinstance(body[0], dict)
+              and body[0].get("code") == response.status_code and body[0].get("description"))
+        return None if ok else f"{response.status_code}: not a GeoReport error: {body!r:.200}"
+    try:
+        ET.fromstring(response.content) if xml else response.json()
+    except (ET.ParseError, ValueError) as e:
+        return f"{response.status_code}: body does not parse as {'XML' if xml else 'JSON'}: {e}"
+    return None
+
+
+def test_schemathesis_over_the_open311_routes(o311: HubProcess, api_key: str) -> None:
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_url(o311.url + "/openapi.json", headers=o311.headers)
+    failures: list[str] = []
+    operations = 0
+    for result in schema.get_all_operations():
+        op = result.ok()
+        if not op.path.startswith("/open311/"):
+            continue
+        operations += 1
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            @given(case=op.as_strategy(mode))
+            @settings(max_examples=25, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck), phases=[Phase.generate])
+            def run(case: Any) -> None:
+                if mode is GenerationMode.POSITIVE and isinstance(case.body, dict):
+                    case.body["api_key"] = api_key  # past the key, into the form's checks
+                response = case.call(timeout=30)  # no credentials: the routes are public
+                problem = _open311_problem(response)
+                assert problem is None, f"{problem}\n{case.as_curl_command()}"
+
+            try:
+                run()
+            except AssertionError as e:
+                failures.append(f"{op.label} ({mode.value}): {e}")
+            except Unsatisfiable:
+                pass  # no invalid request can be built for this operation
+    assert operations == 6
+    assert not failures, "\n\n".join(failures)
