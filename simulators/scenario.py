@@ -72,8 +72,9 @@ Actions (one per step):
   publishing (normal values on return).
 - ``report = { as = "label", via = "api" | "open311", category, qualification, priority,
   title, description, source, reporter, near = "DEV" | unit id, lon, lat, offset_m = [e, n],
-  service_code, first_name, phone }``: a case report (``POST /api/incidents``, or Open311
-  ``POST /open311/v2/requests.json``); ``label`` names the case for later steps.
+  service_code, first_name, phone, attributes = { code = "value" | [values] } }``: a case
+  report (``POST /api/incidents``, or Open311 ``POST /open311/v2/requests.json`` with an API
+  key the player issues itself); ``label`` names the case for later steps.
 - ``action = { case = "@label" | { category, grid | grid_of }, action = "register",
   actor = "operator:x" | "@assigned", reason, crew = bool }``: a workflow action. ``@assigned``
   is the unit the case is assigned to; such actions are crew actions (``crew`` default:
@@ -513,7 +514,7 @@ def _v_publish(town: _Town, spec: Any, where: str) -> dict[str, Any]:
 def _v_report(town: _Town, spec: Any, where: str) -> dict[str, Any]:
     s = _keys(spec, ("as", "via", "category", "qualification", "priority", "title",
                      "description", "source", "reporter", "service_code", "first_name",
-                     "phone", *PLACE_KEYS), where, required=("as",))
+                     "phone", "attributes", *PLACE_KEYS), where, required=("as",))
     via = s.get("via", "api")
     out: dict[str, Any] = {"as": _str(s["as"], f"{where}.as"), "via": via,
                            "place": _place(town, s, where),
@@ -536,6 +537,13 @@ def _v_report(town: _Town, spec: Any, where: str) -> dict[str, Any]:
         for k in ("first_name", "phone"):
             if k in s:
                 out[k] = _str(s[k], f"{where}.{k}")
+        attrs = s.get("attributes", {})
+        if not isinstance(attrs, dict):
+            raise ScenarioError(f"{where}.attributes: a table of attribute code = value(s)")
+        out["attributes"] = {
+            _str(k, f"{where}.attributes"): [_str(x, f"{where}.attributes.{k}") for x in
+                                             (v if isinstance(v, list) else [v])]
+            for k, v in attrs.items()}
     else:
         raise ScenarioError(f"{where}.via: \"api\" or \"open311\", got {via!r}")
     return out
@@ -1174,7 +1182,9 @@ class Player:
                 if k in s:
                     form[k] = s[k]
             form["api_key"] = await self._open311_key()
-            r = await self._http("POST", "/open311/v2/requests.json", data=form)
+            fields = [*form.items(), *((f"attribute[{k}]", v) for k, vs in
+                                       s["attributes"].items() for v in vs)]
+            r = await self._http("POST", "/open311/v2/requests.json", data=fields)
             iid = int(r.json()[0]["service_request_id"]) if r.status_code == 201 else None
         else:
             body = {k: s[k] for k in ("category", "qualification", "priority", "title",
