@@ -87,7 +87,7 @@ async def erase_due(pool: Querier, now: datetime) -> int:
                               phone = NULL, email = NULL, device_id = NULL, erased_at = $1
                           FROM due WHERE c.id = due.id RETURNING 1)
                SELECT count(*) FROM done""", now, ERASE_BATCH)
-        total += n
+        total += int(n)
         if n < ERASE_BATCH:
             break
     if total:

@@ -151,9 +151,9 @@ class Gazetteer:
             pts = self.roads[roads[0]]
             through = sorted({vid for p in pts if (vid := self._village_of(*p))})
             if len(through) > 1:
-                names = "、".join(self.villages[v].name for v in through[:6])
+                listed = "、".join(self.villages[v].name for v in through[:6])
                 raise AddressError(f"address_string is ambiguous: {roads[0]} runs through "
-                                   f"{len(through)} villages or communities ({names}"
+                                   f"{len(through)} villages or communities ({listed}"
                                    f"{' …' if len(through) > 6 else ''}); add which one")
             lon, lat = pts[len(pts) // 2]
             return Resolved(lon, lat, None, roads[0])

@@ -46,6 +46,9 @@ router = APIRouter(prefix="/open311/v2")
 # The specification's limits: a description of up to 4,000 characters, a date range of at
 # most 90 days (also the default range). MAX_LIST bounds one answer's size.
 MAX_DESCRIPTION = 4000
+# A report is a few lines of text and some short fields (4,000 characters of Chinese are
+# 12 KB in UTF-8): anything bigger is not a citizen report.
+MAX_BODY_BYTES = 16 * 1024
 MAX_RANGE = timedelta(days=90)
 MAX_LIST = 1000
 MAX_MEDIA_URL = 1000
@@ -291,14 +294,17 @@ async def get_request(request: Request, request_id: str, fmt: Fmt,
 
 
 # ---------------------------------------------------------------- filing
-async def _form(request: Request) -> list[tuple[str, str]] | str:
+async def _form(request: Request) -> list[tuple[str, str]] | tuple[int, str]:
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("application/x-www-form-urlencoded"):
-        return "send the fields as application/x-www-form-urlencoded"
+        return 415, "send the fields as application/x-www-form-urlencoded"
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        return 413, f"a report is at most {MAX_BODY_BYTES} bytes"
     try:
-        text = (await request.body()).decode("utf-8")
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
-        return "the form is not valid UTF-8"
+        return 400, "the form is not valid UTF-8"
     return parse_qsl(text, keep_blank_values=False, max_num_fields=200)
 
 
@@ -333,8 +339,8 @@ async def create_request(request: Request, fmt: Fmt) -> Response:
     if refused:
         return refused
     pairs = await _form(request)
-    if isinstance(pairs, str):
-        return formats.error(f, 400, pairs)
+    if isinstance(pairs, tuple):
+        return formats.error(f, *pairs)
     form: dict[str, str] = {}
     attrs: dict[str, list[str]] = {}
     for k, v in pairs:

@@ -66,8 +66,8 @@ def _child(parent: ET.Element, name: str, value: Any) -> None:
 def to_xml(root: str, value: Any) -> bytes:
     elem = ET.Element(root)
     _fill(elem, value)
-    return b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(elem, encoding="utf-8",
-                                                                     xml_declaration=False)
+    body: bytes = ET.tostring(elem, encoding="utf-8", xml_declaration=False)
+    return b'<?xml version="1.0" encoding="utf-8"?>\n' + body
 
 
 def render(fmt: str, root: str, value: Any, status: int = 200,

@@ -1182,8 +1182,9 @@ class Player:
                 if k in s:
                     form[k] = s[k]
             form["api_key"] = await self._open311_key()
-            fields = [*form.items(), *((f"attribute[{k}]", v) for k, vs in
-                                       s["attributes"].items() for v in vs)]
+            # A list value is sent as the field repeated (a multivaluelist's answers).
+            fields: dict[str, Any] = {**form, **{f"attribute[{k}]": vs for k, vs in
+                                                 s["attributes"].items()}}
             r = await self._http("POST", "/open311/v2/requests.json", data=fields)
             iid = int(r.json()[0]["service_request_id"]) if r.status_code == 201 else None
         else:

@@ -200,6 +200,10 @@ def test_spec_errors_in_both_formats(o311: HubProcess, api_key: str, fmt: str) -
             assert doc.tag == "errors"
             assert doc.find("error/code").text == str(status)  # type: ignore[union-attr]
             assert doc.find("error/description").text  # type: ignore[union-attr]
+    too_big = post(o311, fmt, **{**ok, "description": "x" * 20_000})
+    assert too_big.status_code == 413
+    as_json = requests.post(f"{root(o311)}/requests.{fmt}", json=ok, timeout=10)
+    assert as_json.status_code == 415
     unknown_format = requests.get(f"{root(o311)}/services.yaml", timeout=10)
     assert unknown_format.status_code == 404 and unknown_format.json()[0]["code"] == 404
 
