@@ -59,6 +59,9 @@ TOWN_CACHE_S = 300.0
 # uploading what its users filed meanwhile.
 KEY_BURST_SHARE = 0.25
 SPEC_URL = "http://wiki.open311.org/GeoReport_v2"
+# Discovery's changeset: when this endpoint's documents last changed shape (clients cache
+# discovery and re-read it when this moves).
+CHANGESET = "2026-12-03T00:00:00Z"
 _ATTR = re.compile(r"^attribute\[([A-Za-z0-9_]{1,64})\](\[\])?$")
 
 # The format in the schema is json or xml; checked by the handler (not by validation), so
@@ -81,6 +84,7 @@ REPORT_FORM = {"requestBody": {"required": True, "content": {
 class _TownInfo:
     jurisdiction_id: str
     name: str
+    contact: str  # who answers for the endpoint: the town's command center
     departments: dict[str, str]
     gazetteer: gazetteer.Gazetteer
     bbox: tuple[float, float, float, float] | None
@@ -125,7 +129,9 @@ async def _town(request: Request) -> _TownInfo:
         bbox = ((min(b[0] for b in boxes), min(b[1] for b in boxes),
                  max(b[2] for b in boxes), max(b[3] for b in boxes)) if boxes else None)
         st.town = _TownInfo(jurisdiction_of(meta.get("name_en"), meta.get("name")),
-                            meta.get("name") or "", dict(meta.get("departments") or {}),
+                            meta.get("name") or "",
+                            (meta.get("command_center") or {}).get("name") or "",
+                            dict(meta.get("departments") or {}),
                             gaz, bbox, now)
     return st.town
 
@@ -146,12 +152,12 @@ async def _preamble(request: Request, fmt: str, jurisdiction_id: str | None
                     ) -> tuple[str, Response | None]:
     """The format, and a refusal if the format, the rate or the jurisdiction is wrong."""
     f = formats.fmt_of(fmt)
+    refused = _limited(request, f)
+    if refused is not None:
+        return f or "json", refused
     if f is None:
         return "json", formats.error(None, 404, f"format {fmt[:20]!r} not supported: "
                                      "use .json or .xml")
-    refused = _limited(request, f)
-    if refused is not None:
-        return f, refused
     if jurisdiction_id is not None:
         town = await _town(request)
         if jurisdiction_id != town.jurisdiction_id:
@@ -169,12 +175,12 @@ async def discovery(request: Request, fmt: Fmt) -> Response:
     town = await _town(request)
     base = str(request.base_url).rstrip("/") + router.prefix
     return formats.render(f, "discovery", {
-        "changeset": "2026-12-03T00:00:00Z",
-        "contact": f"{town.name} 综合指挥中心",
+        "changeset": CHANGESET,
+        "contact": town.contact,
         "key_service": "API keys are issued per client application by the hub's "
                        "administrator (POST /api/open311/keys)",
         "endpoints": [{"specification": SPEC_URL,
-                       "url": base, "changeset": "2026-12-03T00:00:00Z", "type": "production",
+                       "url": base, "changeset": CHANGESET, "type": "production",
                        "formats": ["application/json", "text/xml"]}],
     })
 

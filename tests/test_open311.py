@@ -160,6 +160,7 @@ def test_public_reads_need_no_login_and_writes_need_a_key(o311: HubProcess) -> N
     disc = requests.get(f"{root(o311)}/discovery.json", timeout=10).json()
     assert disc["endpoints"][0]["url"] == root(o311)
     assert "text/xml" in disc["endpoints"][0]["formats"]
+    assert disc["contact"] == "徐霞客镇综合指挥中心"
     # The rest of the hub stays closed.
     assert requests.get(o311.url + "/api/incidents", timeout=10).status_code == 401
 
