@@ -67,6 +67,18 @@ class Settings(BaseSettings):
     retention_rollup_1m_days: int = 180
     retention_rollup_1h_days: int = 1825
     retention_dead_letters_days: int = 30
+    # Citizens' contact data (hub/contacts.py) is erased this long after the report. A
+    # citizen report is normally closed and its caller called back (回访) within weeks; 180
+    # days also covers the six months in which a citizen may still appeal or sue over how
+    # the report was handled (行政诉讼法 art. 46), when the handlers may need to reach them.
+    # Keeping it longer serves no purpose of the report (PIPL art. 19: no longer than needed).
+    retention_contacts_days: int = 180
+    # Open311 (hub/open311*.py): requests per minute per client address on the public
+    # GeoReport routes, and reports per hour per client application's API key. A citizen's
+    # app reads a few pages a minute and files a report now and then; these stop one address
+    # from scraping or flooding the database and one leaked key from filing case spam.
+    open311_requests_per_minute: int = 60
+    open311_reports_per_hour_per_key: int = 120
 
     # Event time. Readings are handed to the rules in device-time order per device; one
     # older than the newest already evaluated by more than this is stored, marked late and

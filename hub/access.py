@@ -88,6 +88,14 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("MOUNT", "/static"): PUBLIC,
     ("MOUNT", "/vendor/leaflet"): PUBLIC,
     ("MOUNT", "/vendor/uplot"): PUBLIC,
+    # Open311 GeoReport v2 (hub/open311.py): public as the specification has it, rate-limited
+    # per client address; filing a report needs an application's api_key (checked there).
+    ("GET", "/open311/v2/discovery.{fmt}"): PUBLIC,
+    ("GET", "/open311/v2/services.{fmt}"): PUBLIC,
+    ("GET", "/open311/v2/services/{service_code}.{fmt}"): PUBLIC,
+    ("GET", "/open311/v2/requests.{fmt}"): PUBLIC,
+    ("GET", "/open311/v2/requests/{request_id}.{fmt}"): PUBLIC,
+    ("POST", "/open311/v2/requests.{fmt}"): PUBLIC,
     # ---- sessions
     ("POST", "/logout"): VIEWER,
     ("GET", "/api/me"): VIEWER_OR_UNIT,
@@ -135,10 +143,6 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/rules/{rule_id}"): VIEWER,
     ("GET", "/api/sla"): VIEWER,
     ("GET", "/api/sla/changes"): VIEWER,
-    ("GET", "/open311/v2/services.json"): VIEWER,
-    ("GET", "/open311/v2/services/{service_code}.json"): VIEWER,
-    ("GET", "/open311/v2/requests.json"): VIEWER,
-    ("GET", "/open311/v2/requests/{request_id}.json"): VIEWER,
     # Raw payloads of rejected messages may carry device secrets or personal data.
     ("GET", "/api/dead-letters"): OPERATOR,
     # ---- operating: alarms, cases, inspections
@@ -150,7 +154,9 @@ POLICY: dict[tuple[str, str], Rule] = {
     # Redirecting a unit on its way takes it off a citizen's case: an operator's call, as
     # an override is (the case is planned again at once).
     ("POST", "/api/units/{unit_id}/redirect"): OPERATOR,
-    ("POST", "/open311/v2/requests.json"): OPERATOR_OR_UNIT,  # citizen reports via a client
+    # Citizens' contact data (hub/contacts.py): those who act on reports, nobody else.
+    ("GET", "/api/contacts/{contact_id}"): OPERATOR,
+    ("GET", "/api/incidents/{incident_id}/contact"): OPERATOR,
     ("POST", "/api/inspections/draws"): OPERATOR,
     ("POST", "/api/inspections/draws/{draw_id}/verify"): OPERATOR,
     ("POST", "/api/inspections/draws/{draw_id}/results"): OPERATOR,
@@ -172,6 +178,10 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("POST", "/api/mqtt/accounts"): ADMIN,
     ("POST", "/api/mqtt/accounts/{principal}/rotate"): ADMIN,
     ("DELETE", "/api/mqtt/accounts/{principal}"): ADMIN,
+    # ---- administering: Open311 client applications' API keys (hub/open311_keys.py)
+    ("GET", "/api/open311/keys"): ADMIN,
+    ("POST", "/api/open311/keys"): ADMIN,
+    ("DELETE", "/api/open311/keys/{key_id}"): ADMIN,
 }
 
 # Case actions a patrol phone may post, on incidents assigned to its own unit

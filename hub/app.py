@@ -31,11 +31,13 @@ from dispatch.model import DispatchPolicy
 from hub import (
     api,
     audit_api,
+    contacts,
     errors,
     jobs,
     login,
     mqtt_accounts_api,
     open311,
+    open311_keys,
     reports_api,
     rules_api,
     sla_api,
@@ -152,6 +154,8 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
     app.include_router(login.router)
     app.include_router(api.router)
     app.include_router(open311.router)
+    app.include_router(open311_keys.router)
+    app.include_router(contacts.router)
     app.include_router(reports_api.router)
     app.include_router(rules_api.router)
     app.include_router(sla_api.router)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -100,6 +100,14 @@ async def apply_retention(hub: Hub) -> None:
         s.retention_dead_letters_days)
 
 
+async def erase_contacts(hub: Hub) -> None:
+    """Citizens' contact data past its retention (hub/contacts.py)."""
+    if _leads(hub):
+        from hub import contacts
+
+        await contacts.erase_due(hub.pool, datetime.now(UTC))
+
+
 async def monthly_draws(hub: Hub) -> None:
     if _leads(hub):
         await reports.scheduled_draw(hub.pool, time.time())
@@ -155,6 +163,8 @@ JOBS: list[tuple[str, Any, Callable[[Settings], float], str]] = [
     ("timeseries.rollups", rollups, _every(ROLLUP_INTERVAL_S), "dispatch"),
     ("timeseries.retention", apply_retention, _every(RETENTION_INTERVAL_S), "dispatch"),
     ("auth.purge", purge_auth, _every(AUTH_PURGE_S), "dispatch"),
+    # Retention is in days; hourly keeps a contact at most an hour past its date.
+    ("contacts.retention", erase_contacts, _every(RETENTION_INTERVAL_S), "dispatch"),
     # Mileage and duty time per unit and day, for the assessment reports.
     ("reports.patrol_rollup", patrol_rollup, _every(PATROL_ROLLUP_S), "dispatch"),
     # "Double random": the draw itself skips a matter already drawn this month, so a

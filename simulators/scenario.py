@@ -72,8 +72,9 @@ Actions (one per step):
   publishing (normal values on return).
 - ``report = { as = "label", via = "api" | "open311", category, qualification, priority,
   title, description, source, reporter, near = "DEV" | unit id, lon, lat, offset_m = [e, n],
-  service_code, first_name, phone }``: a case report (``POST /api/incidents``, or Open311
-  ``POST /open311/v2/requests.json``); ``label`` names the case for later steps.
+  service_code, first_name, phone, attributes = { code = "value" | [values] } }``: a case
+  report (``POST /api/incidents``, or Open311 ``POST /open311/v2/requests.json`` with an API
+  key the player issues itself); ``label`` names the case for later steps.
 - ``action = { case = "@label" | { category, grid | grid_of }, action = "register",
   actor = "operator:x" | "@assigned", reason, crew = bool }``: a workflow action. ``@assigned``
   is the unit the case is assigned to; such actions are crew actions (``crew`` default:
@@ -516,7 +517,7 @@ def _v_publish(town: _Town, spec: Any, where: str) -> dict[str, Any]:
 def _v_report(town: _Town, spec: Any, where: str) -> dict[str, Any]:
     s = _keys(spec, ("as", "via", "category", "qualification", "priority", "title",
                      "description", "source", "reporter", "service_code", "first_name",
-                     "phone", *PLACE_KEYS), where, required=("as",))
+                     "phone", "attributes", *PLACE_KEYS), where, required=("as",))
     via = s.get("via", "api")
     out: dict[str, Any] = {"as": _str(s["as"], f"{where}.as"), "via": via,
                            "place": _place(town, s, where),
@@ -539,6 +540,13 @@ def _v_report(town: _Town, spec: Any, where: str) -> dict[str, Any]:
         for k in ("first_name", "phone"):
             if k in s:
                 out[k] = _str(s[k], f"{where}.{k}")
+        attrs = s.get("attributes", {})
+        if not isinstance(attrs, dict):
+            raise ScenarioError(f"{where}.attributes: a table of attribute code = value(s)")
+        out["attributes"] = {
+            _str(k, f"{where}.attributes"): [_str(x, f"{where}.attributes.{k}") for x in
+                                             (v if isinstance(v, list) else [v])]
+            for k, v in attrs.items()}
     else:
         raise ScenarioError(f"{where}.via: \"api\" or \"open311\", got {via!r}")
     return out
@@ -1038,6 +1046,7 @@ class Player:
         self.t0 = time.time()
         self.result = PlayResult(scenario.name, time_scale)
         self.client: httpx.AsyncClient | None = None
+        self._o311_key = ""
 
     # ---- clocks
     def tau(self) -> float:
@@ -1178,7 +1187,11 @@ class Player:
             for k in ("first_name", "phone"):
                 if k in s:
                     form[k] = s[k]
-            r = await self._http("POST", "/open311/v2/requests.json", data=form)
+            form["api_key"] = await self._open311_key()
+            # A list value is sent as the field repeated (a multivaluelist's answers).
+            fields: dict[str, Any] = {**form, **{f"attribute[{k}]": vs for k, vs in
+                                                 s["attributes"].items()}}
+            r = await self._http("POST", "/open311/v2/requests.json", data=fields)
             iid = int(r.json()[0]["service_request_id"]) if r.status_code == 201 else None
         else:
             body = {k: s[k] for k in ("category", "qualification", "priority", "title",
@@ -1344,6 +1357,25 @@ class Player:
         return cancelled
 
     # ---- hub access
+    async def _open311_key(self) -> str:
+        """An Open311 API key for the player, issued with its (admin) token; an earlier
+        player's key of the same scenario is revoked first."""
+        if self._o311_key:
+            return self._o311_key
+        # One application per scenario: players of different scenarios run side by side.
+        app = ("scenario-" + re.sub(r"[^A-Za-z0-9._-]", "_", self.sc.name))[:48]
+        r = await self._http("POST", "/api/open311/keys", json={"app_name": app})
+        if r.status_code == 409:
+            for k in (await self._get("/api/open311/keys")):
+                if k["app_name"] == app and k["revoked_at"] is None:
+                    await self._http("DELETE", f"/api/open311/keys/{k['key_id']}")
+            r = await self._http("POST", "/api/open311/keys", json={"app_name": app})
+        if r.status_code != 201:
+            raise ScenarioError(f"cannot get an Open311 API key ({r.status_code}): Open311 "
+                                "reports need the player's token to be an admin's")
+        self._o311_key = str(r.json()["api_key"])
+        return self._o311_key
+
     async def _http(self, method: str, url: str, **kw: Any) -> httpx.Response:
         assert self.client is not None
         return await self.client.request(method, url, **kw)

@@ -113,6 +113,12 @@ def test_every_route_is_in_the_policy(app_keys: list[tuple[str, str]]) -> None:
     public = sorted(k for k in app_keys if POLICY[k].role is None)
     assert public == sorted([("GET", "/login"), ("POST", "/login"), ("GET", "/api/health"),
                              ("MOUNT", "/static"), ("MOUNT", "/vendor/leaflet"),
+                             # Open311 GeoReport v2 is public by specification (hub/open311.py)
+                             *[("GET", "/open311/v2/" + p) for p in (
+                                 "discovery.{fmt}", "services.{fmt}",
+                                 "services/{service_code}.{fmt}", "requests.{fmt}",
+                                 "requests/{request_id}.{fmt}")],
+                             ("POST", "/open311/v2/requests.{fmt}"),
                              *([("MOUNT", "/vendor/uplot")]
                                if ("MOUNT", "/vendor/uplot") in app_keys else [])])
 

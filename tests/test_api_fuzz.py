@@ -20,6 +20,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from tests.conftest import HubProcess, town_database
+from tests.test_open311 import is_xml, open311_xml_error_problem
 
 # Examples per operation: enough to reach every parameter's edge cases (schemathesis walks
 # the schema's boundaries before random data) while keeping the suite's time in check.
@@ -46,6 +47,8 @@ def fuzz_hub(base_db_url: str, mqtt_url: str) -> Iterator[HubProcess]:
 def _refusal_has_a_stable_code(path: str, response: Any) -> str | None:
     if response.status_code < 400:
         return None
+    if path.startswith("/open311/") and is_xml(response):
+        return open311_xml_error_problem(response)
     try:
         body = response.json()
     except ValueError:

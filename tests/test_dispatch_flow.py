@@ -229,9 +229,11 @@ async def test_open311_citizen_report(flow_hub: HubProcess, fdb: asyncpg.Connect
         services = (await client.get("/open311/v2/services.json")).json()
         codes = {s["service_code"] for s in services}
         assert {"noise", "city_order", "safety_hazard"} <= codes
-        assert all(s["type"] == "realtime" and s["metadata"] is False for s in services)
+        assert all(s["type"] == "realtime" for s in services)
         spot = _somewhere(3)
+        key = (await client.post("/api/open311/keys", json={"app_name": "flow-test"})).json()
         r = await client.post("/open311/v2/requests.json", data={
+            "api_key": key["api_key"],
             "service_code": "noise", "lat": str(spot["lat"]), "long": str(spot["lon"]),
             "description": "夜间施工噪声", "first_name": "王", "phone": "13800000000",
             "address_string": "马镇社区"})
@@ -244,14 +246,17 @@ async def test_open311_citizen_report(flow_hub: HubProcess, fdb: asyncpg.Connect
         listed = (await client.get("/open311/v2/requests.json",
                                    params={"service_code": "noise", "status": "open"})).json()
         assert rid in {x["service_request_id"] for x in listed}
-        row = await fdb.fetchrow("SELECT source, state, grid_id FROM incidents WHERE id = $1",
-                                 int(rid))
+        row = await fdb.fetchrow("SELECT source, state, grid_id, reporter, description "
+                                 "FROM incidents WHERE id = $1", int(rid))
         assert row["source"] == "open311" and row["state"] == "reported" and row["grid_id"]
-        bad = await client.post("/open311/v2/requests.json",
-                                data={"service_code": "noise", "lat": "95", "long": "120"})
+        # The caller's name and phone are in the contact table, not on the case.
+        assert row["reporter"] == "open311:flow-test"
+        assert "13800000000" not in row["description"]
+        bad = await client.post("/open311/v2/requests.json", data={
+            "api_key": key["api_key"], "service_code": "noise", "lat": "95", "long": "120"})
         assert bad.status_code == 400 and bad.json()[0]["code"] == 400
-        unknown = await client.post("/open311/v2/requests.json",
-                                    data={"service_code": "nope", "lat": "31", "long": "120"})
-        assert unknown.status_code == 400
+        unknown = await client.post("/open311/v2/requests.json", data={
+            "api_key": key["api_key"], "service_code": "nope", "lat": "31", "long": "120"})
+        assert unknown.status_code == 404
         missing = await client.get("/open311/v2/requests/999999.json")
         assert missing.status_code == 404 and missing.json()[0]["code"] == 404
