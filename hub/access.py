@@ -88,6 +88,11 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("MOUNT", "/static"): PUBLIC,
     ("MOUNT", "/vendor/leaflet"): PUBLIC,
     ("MOUNT", "/vendor/uplot"): PUBLIC,
+    # The "one public" of double-random inspections: only what a supervisor published
+    # (draws, results) or announced (commitments); hub/inspections_api.py.
+    ("GET", "/inspections/public"): PUBLIC,
+    ("GET", "/api/inspections/public"): PUBLIC,
+    ("GET", "/api/inspections/public/draws/{draw_id}"): PUBLIC,
     # ---- sessions
     ("POST", "/logout"): VIEWER,
     ("GET", "/api/me"): VIEWER_OR_UNIT,
@@ -127,7 +132,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/inspections/matters"): VIEWER,
     ("GET", "/api/inspections/draws"): VIEWER,
     ("GET", "/api/inspections/draws/{draw_id}"): VIEWER,
-    ("GET", "/api/inspections/public"): VIEWER,
+    ("GET", "/api/inspections/commitments"): VIEWER,
     ("GET", "/api/reports/assessment"): VIEWER,
     ("GET", "/api/reports/assessment.csv"): VIEWER,
     ("GET", "/api/rules"): VIEWER,
@@ -151,6 +156,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     # A backtest reads up to millions of readings: not for every viewer.
     ("POST", "/api/rules/backtest"): OPERATOR,
     # ---- supervising: publishing draws, acting on supervisor alerts, changing alarm rules
+    ("POST", "/api/inspections/commitments"): SUPERVISOR,  # announcing a draw publishes
     ("POST", "/api/inspections/draws/{draw_id}/publish"): SUPERVISOR,
     ("POST", "/api/supervisor/alerts/{alert_id}/ack"): SUPERVISOR,
     ("PUT", "/api/rules/{rule_id}"): SUPERVISOR,

@@ -29,6 +29,7 @@ from dispatch.leader import Dispatcher
 from hub import (
     api,
     errors,
+    inspections_api,
     jobs,
     login,
     mqtt_accounts_api,
@@ -142,6 +143,7 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
     app.include_router(api.router)
     app.include_router(open311.router)
     app.include_router(reports_api.router)
+    app.include_router(inspections_api.router)
     app.include_router(rules_api.router)
     app.include_router(mqtt_accounts_api.router)
     app.include_router(views.router)
