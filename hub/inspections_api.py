@@ -13,6 +13,7 @@ naming either is refused (draws, commitments) or the name is ignored.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import Forbidden
 from dispatch import inspection_store as store
-from dispatch import inspections
+from dispatch import inspections, sla
 from hub import views
 from hub.access import principal_of
 from hub.params import RowId
@@ -169,5 +170,12 @@ async def public_page(request: Request, limit: PublicLimit = PUBLIC_DEFAULT_LIMI
                       ) -> Response:
     """The public page: the same facts as the JSON, rendered on the server (no script)."""
     doc = await _public_doc(request, limit)
-    return views.page(request, "inspections_public.html", doc=doc,
-                      outcome_labels=store.OUTCOME_LABELS)
+    return views.page(request, "inspections_public.html", doc=doc, fmt_time=_china_time)
+
+
+def _china_time(ts: float | None) -> str:
+    """UNIX seconds as the town's local time (China, UTC+8), the offset written out."""
+    if ts is None:
+        return "—"
+    local = datetime.fromtimestamp(ts + sla.CHINA_TZ_OFFSET_S, UTC)
+    return local.strftime("%Y-%m-%d %H:%M") + " +08:00"
