@@ -113,6 +113,9 @@ def test_every_route_is_in_the_policy(app_keys: list[tuple[str, str]]) -> None:
     public = sorted(k for k in app_keys if POLICY[k].role is None)
     assert public == sorted([("GET", "/login"), ("POST", "/login"), ("GET", "/api/health"),
                              ("MOUNT", "/static"), ("MOUNT", "/vendor/leaflet"),
+                             # the "one public" of inspections (hub/inspections_api.py)
+                             ("GET", "/inspections/public"), ("GET", "/api/inspections/public"),
+                             ("GET", "/api/inspections/public/draws/{draw_id}"),
                              *([("MOUNT", "/vendor/uplot")]
                                if ("MOUNT", "/vendor/uplot") in app_keys else [])])
 
