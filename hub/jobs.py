@@ -150,7 +150,8 @@ JOBS: list[tuple[str, Any, Callable[[Settings], float], str]] = [
     ("auth.purge", purge_auth, _every(AUTH_PURGE_S), "dispatch"),
     # Mileage and duty time per unit and day, for the assessment reports.
     ("reports.patrol_rollup", patrol_rollup, _every(PATROL_ROLLUP_S), "dispatch"),
-    # "Double random": the draw itself skips a matter already drawn this month, so a
+    # "Double random": the draw itself skips a matter already drawn this month (and the first
+    # run only announces the draws: a commitment comes before its draw), so a
     # daily check makes it monthly and catches up after downtime.
     ("inspections.monthly_draw", monthly_draws, _every(DAY_S), "dispatch"),
 ]
