@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from core.settings import Settings
-from dispatch import inspection_store, reports
+from dispatch import inspection_schedule, reports
 from ingest import retention
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ async def apply_retention(hub: Hub) -> None:
 
 async def monthly_draws(hub: Hub) -> None:
     if _leads(hub):
-        await inspection_store.scheduled_draw(hub.pool, time.time())
+        await inspection_schedule.scheduled_draw(hub.pool, time.time())
 
 
 async def patrol_rollup(hub: Hub) -> None:

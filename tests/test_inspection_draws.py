@@ -29,6 +29,7 @@ from fastapi import FastAPI
 
 from core.db import connect, create_pool, migrate
 from core.errors import Conflict
+from dispatch import inspection_schedule as schedule
 from dispatch import inspection_store as store
 from dispatch import inspections
 from hub import auth, inspections_api, town, views
@@ -213,24 +214,24 @@ async def test_a_draw_from_before_commitments_is_not_published(pool: asyncpg.Poo
 async def test_scheduled_draw_commits_first_and_draws_once_a_month(pool: asyncpg.Pool) -> None:
     now = cst(2024, 11, 30, 22, 0)  # China time: still November
     matters = [m["id"] for m in await store.list_matters(pool)]
-    first = await store.scheduled_draw(pool, now)
+    first = await schedule.scheduled_draw(pool, now)
     assert [r["matter_id"] for r in first] == matters
     assert all("committed" in r for r in first), first  # announced, not drawn yet
-    drawn = await store.scheduled_draw(pool, now + 3600)  # the next run draws with them
+    drawn = await schedule.scheduled_draw(pool, now + 3600)  # the next run draws with them
     assert all("draw_id" in r and "error" not in r for r in drawn), drawn
-    again = await store.scheduled_draw(pool, now + 5400)  # 23:30 on 30 November
+    again = await schedule.scheduled_draw(pool, now + 5400)  # 23:30 on 30 November
     assert all(r.get("skipped") == "already_drawn" for r in again)
-    december = await store.scheduled_draw(pool, cst(2024, 12, 1, 0, 30))
+    december = await schedule.scheduled_draw(pool, cst(2024, 12, 1, 0, 30))
     assert all("draw_id" in r and "skipped" not in r for r in december)
     for r in [*drawn, *december]:
         draw = await store.get_draw(pool, r["draw_id"])
-        assert draw["drawn_by"] == store.SCHEDULER_ACTOR
+        assert draw["drawn_by"] == schedule.SCHEDULER_ACTOR
         assert draw["params"]["weight_by_risk"] is True
         # December's draw used the commitment announced when November's was drawn.
         assert draw["commitment"]["committed_at"] < draw["drawn_at"]
         assert (await store.verify_draw(pool, r["draw_id"]))["reproduced"]
     open_now = [c for c in await store.list_commitments(pool, open_only=True)
-                if c["committed_by"] == store.SCHEDULER_ACTOR]
+                if c["committed_by"] == schedule.SCHEDULER_ACTOR]
     assert sorted(c["matter_id"] for c in open_now) == sorted(matters)  # January's, public
 
 
