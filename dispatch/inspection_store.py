@@ -171,14 +171,16 @@ async def make_draw(db: Querier, *, commitment_id: int, now: float,
     """
     async with _transaction(db) as conn:
         c = await conn.fetchrow(
-            """SELECT c.*, extract(epoch FROM c.committed_at)::float8 AS committed_s,
-                      (SELECT id FROM inspection_draws d WHERE d.commitment_id = c.id) AS used
+            """SELECT c.*, extract(epoch FROM c.committed_at)::float8 AS committed_s
                FROM inspection_commitments c WHERE c.id = $1 FOR UPDATE""", commitment_id)
         if c is None:
             raise NotFound(f"no commitment {commitment_id}",
                            code="inspection.commitment_not_found")
-        if c["used"] is not None:
-            raise Conflict(f"commitment {commitment_id} has seeded draw {c['used']} already",
+        # Asked only once the row is locked: a draw that raced this one has committed.
+        used = await conn.fetchval("SELECT id FROM inspection_draws WHERE commitment_id = $1",
+                                   commitment_id)
+        if used is not None:
+            raise Conflict(f"commitment {commitment_id} has seeded draw {used} already",
                            code="inspection.commitment_used")
         if not c["committed_s"] < now:
             raise Conflict("a commitment is used only after the moment it was made",
@@ -218,46 +220,61 @@ async def list_draws(db: Querier, *, matter_id: str | None = None,
     return [row_view(r) for r in rows]
 
 
-async def _draw_view(db: Querier, draw_id: int) -> dict[str, Any]:
-    """The staff view: everything, with the commitment; the secret once published."""
-    row = await db.fetchrow(
+async def _draw_views(db: Querier, draw_ids: list[int]) -> list[dict[str, Any]]:
+    """Staff views of these draws, in this order (unknown ids left out), in five queries
+    whatever their number (the public list is read without login)."""
+    rows = await db.fetch(
         f"""SELECT {_DRAW_SUMMARY}, d.params, d.result FROM inspection_draws d
-            JOIN inspection_matters m ON m.id = d.matter_id WHERE d.id = $1""", draw_id)
-    if row is None:
-        raise NotFound(f"no draw {draw_id}", code="inspection.draw_not_found")
-    view = row_view(row)
-    c = None if view["commitment_id"] is None else await db.fetchrow(
+            JOIN inspection_matters m ON m.id = d.matter_id WHERE d.id = ANY($1::bigint[])""",
+        draw_ids)
+    by_id = {int(r["id"]): row_view(r) for r in rows}
+    views = [by_id[i] for i in draw_ids if i in by_id]
+    commitments = {int(r["id"]): r for r in await db.fetch(
         """SELECT id, commitment, committed_at, committed_by, matter_id, targets,
                   inspectors_per_target, risk_weights, secret
-           FROM inspection_commitments WHERE id = $1""", view["commitment_id"])
-    view["commitment"] = None if c is None else {
-        k: v for k, v in row_view(c).items() if k != "secret"}
-    view["secret"] = c["secret"] if c is not None and view["published"] else None
-    picks = view["result"].get("picks", [])
-    entity_ids = [p["entity_id"] for p in picks]
-    inspector_ids = sorted({i for p in picks for i in p["inspectors"]})
+           FROM inspection_commitments WHERE id = ANY($1::bigint[])""",
+        [v["commitment_id"] for v in views if v["commitment_id"] is not None])}
+    all_picks = [p for v in views for p in v["result"].get("picks", [])]
     ents = {r["id"]: r for r in await db.fetch(
         "SELECT e.id, e.name, e.industry, e.grid_id, g.name AS grid_name "
         "FROM market_entities e LEFT JOIN grids g ON g.id = e.grid_id WHERE e.id = ANY($1)",
-        entity_ids)}
+        sorted({p["entity_id"] for p in all_picks}))}
     names = {r["id"]: r["name"] for r in await db.fetch(
-        "SELECT id, name FROM inspectors WHERE id = ANY($1)", inspector_ids)}
-    results = {r["entity_id"]: row_view(r) for r in await db.fetch(
-        "SELECT entity_id, outcome, notes, recorded_by, recorded_at, published_at, "
-        "published_by FROM inspection_results WHERE draw_id = $1", draw_id)}
-    view["picks"] = []
-    for p in picks:
-        e = ents.get(p["entity_id"])
-        res = results.get(p["entity_id"])
-        if res is not None:
-            res["outcome_label"] = OUTCOME_LABELS.get(res["outcome"], res["outcome"])
-        view["picks"].append({
-            "entity_id": p["entity_id"], "risk_class": p["risk_class"],
-            "entity_name": e["name"] if e else None, "industry": e["industry"] if e else None,
-            "grid_id": e["grid_id"] if e else None, "grid_name": e["grid_name"] if e else None,
-            "inspectors": [{"id": i, "name": names.get(i)} for i in p["inspectors"]],
-            "result": res})
-    return view
+        "SELECT id, name FROM inspectors WHERE id = ANY($1)",
+        sorted({i for p in all_picks for i in p["inspectors"]}))}
+    results = {(int(r["draw_id"]), r["entity_id"]): row_view(r) for r in await db.fetch(
+        "SELECT draw_id, entity_id, outcome, notes, recorded_by, recorded_at, published_at, "
+        "published_by FROM inspection_results WHERE draw_id = ANY($1::bigint[])",
+        [v["id"] for v in views])}
+    for view in views:
+        c = commitments.get(view["commitment_id"])
+        view["commitment"] = None if c is None else {
+            k: v for k, v in row_view(c).items() if k != "secret"}
+        view["secret"] = c["secret"] if c is not None and view["published"] else None
+        view["picks"] = []
+        for p in view["result"].get("picks", []):
+            e = ents.get(p["entity_id"])
+            res = results.get((view["id"], p["entity_id"]))
+            if res is not None:
+                del res["draw_id"]
+                res["outcome_label"] = OUTCOME_LABELS.get(res["outcome"], res["outcome"])
+            view["picks"].append({
+                "entity_id": p["entity_id"], "risk_class": p["risk_class"],
+                "entity_name": e["name"] if e else None,
+                "industry": e["industry"] if e else None,
+                "grid_id": e["grid_id"] if e else None,
+                "grid_name": e["grid_name"] if e else None,
+                "inspectors": [{"id": i, "name": names.get(i)} for i in p["inspectors"]],
+                "result": res})
+    return views
+
+
+async def _draw_view(db: Querier, draw_id: int) -> dict[str, Any]:
+    """The staff view: everything, with the commitment; the secret once published."""
+    views = await _draw_views(db, [draw_id])
+    if not views:
+        raise NotFound(f"no draw {draw_id}", code="inspection.draw_not_found")
+    return views[0]
 
 
 async def get_draw(db: Querier, draw_id: int) -> dict[str, Any]:
@@ -390,7 +407,7 @@ async def public_draws(db: Querier, *, limit: int = 50) -> list[dict[str, Any]]:
     """The "one public": published draws, newest first (``public_view`` of each)."""
     ids = await db.fetch("SELECT id FROM inspection_draws WHERE published "
                          "ORDER BY published_at DESC, id DESC LIMIT $1", limit)
-    return [public_view(await _draw_view(db, int(r["id"]))) for r in ids]
+    return [public_view(v) for v in await _draw_views(db, [int(r["id"]) for r in ids])]
 
 
 async def public_draw(db: Querier, draw_id: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ loaded): its draws and commitments must not show up in other tests' public lists
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
 import json
@@ -161,6 +162,18 @@ async def test_a_commitment_seeds_one_draw_and_only_after_it_was_made(
         await store.make_draw(pool, commitment_id=c["id"], now=at + 2, drawn_by="op:test")
     assert err.value.code == "inspection.commitment_used"
     assert (await store.get_commitment(pool, c["id"]))["draw_id"] == first["id"]
+
+
+async def test_two_draws_racing_for_one_commitment(pool: asyncpg.Pool) -> None:
+    at = cst(2025, 5, 6)
+    c = await store.commit(pool, matter_id="M03", targets=2, by="sup:test", now=at)
+    outcomes = await asyncio.gather(
+        *(store.make_draw(pool, commitment_id=c["id"], now=at + 1, drawn_by=f"op:{k}")
+          for k in range(4)), return_exceptions=True)
+    drawn = [o for o in outcomes if isinstance(o, dict)]
+    refused = [o for o in outcomes if isinstance(o, Conflict)]
+    assert len(drawn) == 1 and len(refused) == 3, outcomes
+    assert all(e.code == "inspection.commitment_used" for e in refused)
 
 
 @pytest.mark.parametrize(
