@@ -367,8 +367,6 @@ def draw(
     unknown risk class, one entity id with two risk classes, a team smaller than
     ``MIN_INSPECTORS_PER_TARGET``).
     """
-    if not seed or len(seed) > MAX_SEED_LEN:
-        raise DrawError("inspection.bad_input", f"the seed must be 1-{MAX_SEED_LEN} characters")
     return run(seed, prepare(matter, inspectors, entities, conflicts, targets=targets,
                              inspectors_per_target=inspectors_per_target,
                              risk_weights=risk_weights))
