@@ -55,7 +55,7 @@ async def _commit_next(pool: asyncpg.Pool, matter: Mapping[str, Any], now: float
     """The scheduler's open commitment for a matter, made now if there is none."""
     open_id = await pool.fetchval(
         """SELECT c.id FROM inspection_commitments c WHERE c.matter_id = $1
-           AND c.committed_by = $2 AND NOT EXISTS (
+           AND c.committed_by = $2 AND c.failed_at IS NULL AND NOT EXISTS (
                SELECT 1 FROM inspection_draws d WHERE d.commitment_id = c.id)
            ORDER BY c.id LIMIT 1""", matter["id"], SCHEDULER_ACTOR)
     if open_id is not None:
@@ -75,7 +75,8 @@ async def scheduled_draw(pool: asyncpg.Pool, now: float) -> list[dict[str, Any]]
     A matter drawn this month is skipped. Otherwise, if the scheduler holds an open
     commitment for it, made before ``now``, it draws with it and at once commits for the
     next month (so that commitment is public a month ahead); with none (the first run),
-    it only commits, and draws at the next run. Terms: risk-weighted, teams of two,
+    it only commits, and draws at the next run; after a failed attempt (which uses the
+    commitment up) it commits again for the next run. Terms: risk-weighted, teams of two,
     ``SCHEDULED_TARGET_SHARE`` of the matter's entities (at least one) at commit time. A
     matter that cannot be drawn is logged and reported; the others go on. Returns one
     item per matter: ``{"matter_id", "draw_id"}``, ``{"matter_id", "committed"}``,
@@ -94,7 +95,8 @@ async def scheduled_draw(pool: asyncpg.Pool, now: float) -> list[dict[str, Any]]
             continue
         ready = await pool.fetchval(
             """SELECT c.id FROM inspection_commitments c WHERE c.matter_id = $1
-               AND c.committed_by = $2 AND c.committed_at < $3 AND NOT EXISTS (
+               AND c.committed_by = $2 AND c.committed_at < $3 AND c.failed_at IS NULL
+               AND NOT EXISTS (
                    SELECT 1 FROM inspection_draws d WHERE d.commitment_id = c.id)
                ORDER BY c.id LIMIT 1""", m["id"], SCHEDULER_ACTOR, _ts(now))
         if ready is None:
@@ -107,9 +109,11 @@ async def scheduled_draw(pool: asyncpg.Pool, now: float) -> list[dict[str, Any]]
             continue
         try:
             view = await store.make_draw(pool, commitment_id=int(ready), now=now,
-                                   drawn_by=SCHEDULER_ACTOR)
+                                         drawn_by=SCHEDULER_ACTOR)
         except inspections.DrawError as e:
+            # The attempt used the commitment up: announce the next try at once.
             log.warning("scheduled draw for matter %s failed: %s", m["id"], e.message)
+            await _commit_next(pool, m, now)
             out.append({"matter_id": m["id"], "error": e.code})
             continue
         await _commit_next(pool, m, now)

@@ -85,7 +85,8 @@ async def _pools(db: Querier, matter: asyncpg.Record) -> tuple[
 # ---------------------------------------------------------------- commitments
 _COMMITMENT = """c.id, c.matter_id, m.name AS matter_name, m.department, c.targets,
     c.inspectors_per_target, c.risk_weights, c.commitment, c.committed_at, c.committed_by,
-    d.id AS draw_id, d.drawn_at, coalesce(d.published, false) AS published"""
+    c.failed_at, c.failed_by, c.failure, d.id AS draw_id, d.drawn_at,
+    coalesce(d.published, false) AS published"""
 _COMMITMENT_FROM = """inspection_commitments c
     JOIN inspection_matters m ON m.id = c.matter_id
     LEFT JOIN inspection_draws d ON d.commitment_id = c.id"""
@@ -94,7 +95,8 @@ _COMMITMENT_FROM = """inspection_commitments c
 def _commitment_view(row: asyncpg.Record) -> dict[str, Any]:
     view = row_view(row)
     view["status"] = ("published" if view["published"] else
-                      "drawn" if view["draw_id"] is not None else "open")
+                      "drawn" if view["draw_id"] is not None else
+                      "failed" if view["failed_at"] is not None else "open")
     return view
 
 
@@ -138,18 +140,21 @@ async def list_commitments(db: Querier, *, open_only: bool = False,
     """Commitments, newest first (staff view: with who made them; never the secret)."""
     rows = await db.fetch(
         f"""SELECT {_COMMITMENT} FROM {_COMMITMENT_FROM}
-            WHERE NOT $1 OR d.id IS NULL ORDER BY c.id DESC LIMIT $2""", open_only, limit)
+            WHERE NOT $1 OR (d.id IS NULL AND c.failed_at IS NULL)
+            ORDER BY c.id DESC LIMIT $2""", open_only, limit)
     return [_commitment_view(r) for r in rows]
 
 
 async def public_commitments(db: Querier, *, limit: int = 100) -> list[dict[str, Any]]:
     """Every announced commitment, newest first, as the public sees it: the hash, time and
-    terms, and whether it has been drawn; the draw's id only once it is published."""
+    terms, and whether it has been drawn (or its draw failed, with the error code); the
+    draw's id only once it is published."""
     out = []
     for v in await list_commitments(db, limit=limit):
         out.append({k: v[k] for k in ("id", "matter_id", "matter_name", "department",
                                       "targets", "inspectors_per_target", "risk_weights",
-                                      "commitment", "committed_at", "status")}
+                                      "commitment", "committed_at", "status", "failed_at",
+                                      "failure")}
                    | {"draw_id": v["draw_id"] if v["published"] else None})
     return out
 
@@ -164,11 +169,15 @@ async def make_draw(db: Querier, *, commitment_id: int, now: float,
                     drawn_by: str) -> dict[str, Any]:
     """Draw with a commitment, from the registries as they are now; return the draw's view.
 
-    Raises ``NotFound`` (``inspection.commitment_not_found``), ``Conflict``
-    (``inspection.commitment_used``: it has seeded a draw already;
+    A commitment serves one attempt: a draw that fails uses it up as well (recorded as
+    ``failed_*`` with the error code, public), since a failure can tell something about
+    the seed those inputs give and the inputs could be changed for another try. Raises
+    ``NotFound`` (``inspection.commitment_not_found``), ``Conflict``
+    (``inspection.commitment_used``: it has been drawn with already, successfully or not;
     ``inspection.commitment_too_new``: not made strictly before ``now``) or ``DrawError``
-    (the commitment stays unused then).
+    (the failed attempt, recorded).
     """
+    failure: inspections.DrawError | None = None
     async with _transaction(db) as conn:
         c = await conn.fetchrow(
             """SELECT c.*, extract(epoch FROM c.committed_at)::float8 AS committed_s
@@ -179,28 +188,37 @@ async def make_draw(db: Querier, *, commitment_id: int, now: float,
         # Asked only once the row is locked: a draw that raced this one has committed.
         used = await conn.fetchval("SELECT id FROM inspection_draws WHERE commitment_id = $1",
                                    commitment_id)
-        if used is not None:
-            raise Conflict(f"commitment {commitment_id} has seeded draw {used} already",
+        if used is not None or c["failed_at"] is not None:
+            raise Conflict(f"commitment {commitment_id} has been drawn with already "
+                           f"({f'draw {used}' if used is not None else c['failure']})",
                            code="inspection.commitment_used")
         if not c["committed_s"] < now:
             raise Conflict("a commitment is used only after the moment it was made",
                            code="inspection.commitment_too_new")
         matter = await _matter(conn, c["matter_id"])
         ins, ents, conflicts = await _pools(conn, matter)
-        inputs = inspections.prepare(
-            inspections.Matter(matter["id"], matter["department"]), ins, ents, conflicts,
-            targets=c["targets"], inspectors_per_target=c["inspectors_per_target"],
-            risk_weights=c["risk_weights"])
-        result = inspections.committed_draw(c["secret"], inputs)
-        params = {**result.params_json(), "weight_by_risk": c["risk_weights"] is not None,
-                  "seed_source": inspections.SEED_SCHEME}
-        draw_id = await conn.fetchval(
-            """INSERT INTO inspection_draws (seed, matter_id, params, drawn_at, drawn_by,
-                   algorithm, result, commitment_id, inputs_digest)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id""",
-            result.seed, matter["id"], params, _ts(now), drawn_by, result.algorithm,
-            result.result_json(), commitment_id, inputs.digest())
-        return await _draw_view(conn, int(draw_id))
+        try:
+            inputs = inspections.prepare(
+                inspections.Matter(matter["id"], matter["department"]), ins, ents, conflicts,
+                targets=c["targets"], inspectors_per_target=c["inspectors_per_target"],
+                risk_weights=c["risk_weights"])
+            result = inspections.committed_draw(c["secret"], inputs)
+        except inspections.DrawError as e:
+            failure = e
+            await conn.execute(
+                "UPDATE inspection_commitments SET failed_at = $2, failed_by = $3, "
+                "failure = $4 WHERE id = $1", commitment_id, _ts(now), drawn_by, e.code)
+        else:
+            params = {**result.params_json(), "weight_by_risk": c["risk_weights"] is not None,
+                      "seed_source": inspections.SEED_SCHEME}
+            draw_id = await conn.fetchval(
+                """INSERT INTO inspection_draws (seed, matter_id, params, drawn_at, drawn_by,
+                       algorithm, result, commitment_id, inputs_digest)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id""",
+                result.seed, matter["id"], params, _ts(now), drawn_by, result.algorithm,
+                result.result_json(), commitment_id, inputs.digest())
+            return await _draw_view(conn, int(draw_id))
+    raise failure  # after the transaction: the failed attempt stays on the record
 
 
 _DRAW_SUMMARY = """d.id, d.matter_id, m.name AS matter_name, m.department, d.seed, d.algorithm,

@@ -484,9 +484,12 @@ async def test_commitment_api_errors(anon: httpx.AsyncClient, as_: Any, body: di
     [("M10", 50, "inspection.not_enough_entities"),
      ("MX-LONELY", 1, "inspection.not_enough_inspectors")],
 )
-async def test_draw_api_errors_leave_the_commitment_unused(
+async def test_a_failed_draw_uses_the_commitment_up_in_public(
         anon: httpx.AsyncClient, as_: Any, pool: asyncpg.Pool, matter: str, targets: int,
         code: str) -> None:
+    """A failed attempt may tell something about the seed of those inputs (which target
+    lacked inspectors): the same secret is never tried again on changed inputs, and the
+    failure is on the public record."""
     # A matter of a department with a single inspector: no team of two is possible.
     await pool.execute(
         """INSERT INTO inspectors (id, name, department) VALUES ('INS-LONELY', '孤勇', 'lonely')
@@ -500,7 +503,18 @@ async def test_draw_api_errors_leave_the_commitment_unused(
         r = await anon.post("/api/inspections/draws", headers=as_("operator"),
                             json={"commitment_id": c["id"]})
         assert (r.status_code, r.json()["error"]["code"]) == (422, code)
-        assert (await store.get_commitment(pool, c["id"]))["status"] == "open"
+        after = await store.get_commitment(pool, c["id"])
+        assert (after["status"], after["failure"], after["failed_by"]) == ("failed", code,
+                                                                           "op-li")
+        r = await anon.post("/api/inspections/draws", headers=as_("operator"),
+                            json={"commitment_id": c["id"]})
+        assert (r.status_code, r.json()["error"]["code"]) == (409,
+                                                              "inspection.commitment_used")
+        public = (await anon.get("/api/inspections/public")).json()["commitments"]
+        mine = next(x for x in public if x["id"] == c["id"])
+        assert (mine["status"], mine["failure"]) == ("failed", code)
+        page = (await anon.get("/inspections/public")).text
+        assert f'data-commitment-id="{c["id"]}" data-status="failed"' in page
     finally:  # the matter would fail the scheduled draws
         await pool.execute("DELETE FROM inspection_commitments WHERE matter_id = 'MX-LONELY'")
         await pool.execute("DELETE FROM inspection_matters WHERE id = 'MX-LONELY'")

@@ -5,9 +5,11 @@
 -- supervisor too, not by being entered.
 
 -- One row per announced draw. secret: never shown by the API before the draw it seeds is
--- published. commitment: SHA-256(secret), public from the start. A commitment seeds at
--- most one draw (inspection_draws.commitment_id is unique); a commitment drawn but never
--- published stays visible on the public page as such.
+-- published. commitment: SHA-256(secret), public from the start. A commitment is used by
+-- one draw attempt: it seeds at most one draw (inspection_draws.commitment_id is unique),
+-- and an attempt that fails (too few inspectors for a drawn target, ...) uses it up too
+-- (failed_*), so that nobody can change the registry and try the same secret again. A
+-- commitment drawn but never published, or failed, stays visible on the public page.
 CREATE TABLE inspection_commitments (
     id                    bigserial PRIMARY KEY,
     matter_id             text NOT NULL REFERENCES inspection_matters (id),
@@ -17,7 +19,10 @@ CREATE TABLE inspection_commitments (
     commitment            text NOT NULL UNIQUE CHECK (commitment ~ '^[0-9a-f]{64}$'),
     secret                text NOT NULL,
     committed_at          timestamptz NOT NULL,
-    committed_by          text NOT NULL
+    committed_by          text NOT NULL,
+    failed_at             timestamptz,
+    failed_by             text,
+    failure               text                    -- the error code of the failed attempt
 );
 CREATE INDEX inspection_commitments_matter ON inspection_commitments (matter_id, committed_at);
 
