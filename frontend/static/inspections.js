@@ -106,6 +106,8 @@ function renderCommitments() {
       action.append(b);
     } else if (c.draw_id !== null && c.draw_id !== undefined) {
       action.append(el("span", "dim", `#${c.draw_id}`));
+    } else if (c.failure) {
+      action.append(el("span", "mono dim", c.failure));
     }
     tr.append(el("td", "num", c.id), el("td", "", matterName(c)), el("td", "num", c.targets),
       el("td", "", fmtDateTime(asTs(c.committed_at))), el("td", "", c.committed_by || "—"),
