@@ -10,7 +10,8 @@ The life of a draw (dispatch/inspections.py, "Committed seeds"):
 1. ``commit``: a supervisor announces a draw (matter, targets, team size, weighting); the
    hub generates a secret and publishes its SHA-256 at once (``public_commitments``).
 2. ``make_draw``: later, an operator draws with that commitment: the registries as they
-   are then, and a seed derived from the secret and the inputs. One draw per commitment.
+   are then, and a seed derived from the secret and the inputs. One attempt per
+   commitment: a failed one uses it up too, on the public record.
 3. ``record_result``: what each inspection found, once per drawn entity.
 4. ``publish_draw``: a supervisor publishes the draw (revealing the secret) and the
    results recorded so far; publishing again publishes later results.
