@@ -136,22 +136,25 @@ async def get_commitment(db: Querier, commitment_id: int) -> dict[str, Any]:
     return _commitment_view(row)
 
 
-async def list_commitments(db: Querier, *, open_only: bool = False,
-                           limit: int = 100) -> list[dict[str, Any]]:
-    """Commitments, newest first (staff view: with who made them; never the secret)."""
+async def list_commitments(db: Querier, *, open_only: bool = False, limit: int = 100,
+                           before: int | None = None) -> list[dict[str, Any]]:
+    """Commitments, newest first, ids below ``before`` if given (staff view: with who made
+    them; never the secret)."""
     rows = await db.fetch(
         f"""SELECT {_COMMITMENT} FROM {_COMMITMENT_FROM}
-            WHERE NOT $1 OR (d.id IS NULL AND c.failed_at IS NULL)
-            ORDER BY c.id DESC LIMIT $2""", open_only, limit)
+            WHERE (NOT $1 OR (d.id IS NULL AND c.failed_at IS NULL))
+              AND ($3::bigint IS NULL OR c.id < $3)
+            ORDER BY c.id DESC LIMIT $2""", open_only, limit, before)
     return [_commitment_view(r) for r in rows]
 
 
-async def public_commitments(db: Querier, *, limit: int = 100) -> list[dict[str, Any]]:
+async def public_commitments(db: Querier, *, limit: int = 100,
+                             before: int | None = None) -> list[dict[str, Any]]:
     """Every announced commitment, newest first, as the public sees it: the hash, time and
     terms, and whether it has been drawn (or its draw failed, with the error code); the
     draw's id only once it is published."""
     out = []
-    for v in await list_commitments(db, limit=limit):
+    for v in await list_commitments(db, limit=limit, before=before):
         out.append({k: v[k] for k in ("id", "matter_id", "matter_name", "department",
                                       "targets", "inspectors_per_target", "risk_weights",
                                       "commitment", "committed_at", "status", "failed_at",
@@ -422,10 +425,13 @@ def public_view(view: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def public_draws(db: Querier, *, limit: int = 50) -> list[dict[str, Any]]:
-    """The "one public": published draws, newest first (``public_view`` of each)."""
+async def public_draws(db: Querier, *, limit: int = 50,
+                       before: int | None = None) -> list[dict[str, Any]]:
+    """The "one public": published draws, newest first, ids below ``before`` if given
+    (``public_view`` of each)."""
     ids = await db.fetch("SELECT id FROM inspection_draws WHERE published "
-                         "ORDER BY published_at DESC, id DESC LIMIT $1", limit)
+                         "AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $1",
+                         limit, before)
     return [public_view(v) for v in await _draw_views(db, [int(r["id"]) for r in ids])]
 
 

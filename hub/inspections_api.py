@@ -32,9 +32,10 @@ router = APIRouter()
 # Big enough for a township's monthly sample; a larger draw is a mistake, not a request.
 MAX_TARGETS = 1000
 MAX_TEAM = 10
-# The public list: a year of monthly draws for a dozen matters fits in the default page.
+# The public list (no login, so bounded: each draw carries its whole registry snapshot, a
+# few kB): a year of monthly draws for a dozen matters fits in one page; ``before`` pages on.
 PUBLIC_DEFAULT_LIMIT = 200
-PUBLIC_MAX_LIMIT = 1000
+PUBLIC_MAX_LIMIT = 200
 
 
 def _pool(request: Request) -> Any:
@@ -137,26 +138,28 @@ async def record_result(request: Request, draw_id: RowId, body: ResultBody) -> d
 
 # ---------------------------------------------------------------- the public (no login)
 PublicLimit = Annotated[int, Query(ge=1, le=PUBLIC_MAX_LIMIT)]
+Before = Annotated[int | None, Query(ge=1, le=2**63 - 1,
+                                     description="only draws and commitments with a lower id")]
 
 
-async def _public_doc(request: Request, limit: int) -> dict[str, Any]:
+async def _public_doc(request: Request, limit: int, before: int | None) -> dict[str, Any]:
     pool = _pool(request)
     return {
         "algorithm": inspections.ALGORITHM,
         "seed_scheme": inspections.SEED_SCHEME,
         "verify_with": "python3 scripts/verify_draw.py THIS_FILE.json",
-        "draws": await store.public_draws(pool, limit=limit),
-        "commitments": await store.public_commitments(pool, limit=limit),
+        "draws": await store.public_draws(pool, limit=limit, before=before),
+        "commitments": await store.public_commitments(pool, limit=limit, before=before),
     }
 
 
 @router.get("/api/inspections/public")
-async def public(request: Request, limit: PublicLimit = PUBLIC_DEFAULT_LIMIT
-                 ) -> dict[str, Any]:
-    """The "one public": published draws (commitment, revealed secret, every input, the
-    picks with names, published results) and every announced commitment with its status.
-    Save it and run scripts/verify_draw.py on it to re-check every draw."""
-    return await _public_doc(request, limit)
+async def public(request: Request, limit: PublicLimit = PUBLIC_DEFAULT_LIMIT,
+                 before: Before = None) -> dict[str, Any]:
+    """The "one public": published draws, newest first (commitment, revealed secret, every
+    input, the picks with names, published results) and every announced commitment with
+    its status. Save it and run scripts/verify_draw.py on it to re-check every draw."""
+    return await _public_doc(request, limit, before)
 
 
 @router.get("/api/inspections/public/draws/{draw_id}")
@@ -166,10 +169,10 @@ async def public_draw(request: Request, draw_id: RowId) -> dict[str, Any]:
 
 
 @router.get("/inspections/public", response_class=HTMLResponse)
-async def public_page(request: Request, limit: PublicLimit = PUBLIC_DEFAULT_LIMIT
-                      ) -> Response:
+async def public_page(request: Request, limit: PublicLimit = PUBLIC_DEFAULT_LIMIT,
+                      before: Before = None) -> Response:
     """The public page: the same facts as the JSON, rendered on the server (no script)."""
-    doc = await _public_doc(request, limit)
+    doc = await _public_doc(request, limit, before)
     return views.page(request, "inspections_public.html", doc=doc, fmt_time=_china_time)
 
 

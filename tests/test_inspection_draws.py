@@ -378,6 +378,11 @@ async def test_public_json_and_page_show_only_what_was_published(
     assert status[shown["commitment"]["id"]]["draw_id"] == shown["id"]
     for secret_or_name in ("op-li", "sup-wang", "未公开的结果", "无证经营"):
         assert secret_or_name not in r.text
+    older = (await anon.get("/api/inspections/public", params={"before": shown["id"]})).json()
+    assert all(d["id"] < shown["id"] for d in older["draws"])
+    assert all(c["id"] < shown["id"] for c in older["commitments"])
+    r = await anon.get("/api/inspections/public", params={"limit": 100000})
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "request.invalid")
     assert (await anon.get(f"/api/inspections/public/draws/{hidden['id']}")).status_code == 404
     one = await anon.get(f"/api/inspections/public/draws/{shown['id']}")
     assert one.status_code == 200 and one.json() == mine
