@@ -1,11 +1,8 @@
-"""Inspections and assessment I/O shell: reads registries, cases and tracks, calls the pure
-modules (dispatch/inspections.py, dispatch/assessment.py), writes draws and results.
+"""Assessment and patrol I/O shell: reads cases and tracks, calls the pure module
+(dispatch/assessment.py), writes the patrol rollup. (Inspections: dispatch/inspection_store.py.)
 
 Every function takes the time as ``now`` (UNIX seconds) from its caller. Errors are
 ``core.errors`` types with stable codes (hub/errors.py maps them to HTTP).
-
-Draws are written once and never changed except to be published; a draw that does not
-reproduce from its own seed and inputs (a tampered row) cannot be published.
 """
 
 from __future__ import annotations
@@ -15,34 +12,18 @@ import csv
 import io
 import logging
 import math
-import secrets
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from core.db import Conn, Querier, row_view
-from core.errors import Conflict, InvalidInput, NotFound
-from dispatch import assessment, inspections, sla
+from core.db import Querier
+from core.errors import InvalidInput, NotFound
+from dispatch import assessment, sla
 from dispatch.sla_config import InForce
 
 log = logging.getLogger("dispatch.reports")
-
-# 128 bits from the OS's CSPRNG: nobody can guess or steer a generated seed.
-SEED_BYTES = 16
-SCHEDULER_ACTOR = "system:scheduler"
-# A scheduled (monthly) draw inspects this share of each matter's entities: the usual
-# double-random sampling ratio is a few per cent a round, so over a year every entity
-# has a fair chance and high-risk ones (weighted) a much higher one.
-SCHEDULED_TARGET_SHARE = 0.05
-SCHEDULED_MIN_TARGETS = 1
-OUTCOMES: tuple[str, ...] = ("no_problem", "rectification_ordered", "case_filed",
-                             "not_found", "refused")
-OUTCOME_LABELS = {"no_problem": "未发现问题", "rectification_ordered": "发现问题已责令整改",
-                  "case_filed": "发现问题已立案查处", "not_found": "未找到该主体",
-                  "refused": "不配合检查"}
 
 # Assessment windows: a month when not given (the usual assessment period); at most a bit
 # over a year so one request cannot read the whole history.
@@ -60,213 +41,6 @@ def _ts(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-@asynccontextmanager
-async def _transaction(db: Querier) -> AsyncIterator[Conn]:
-    if isinstance(db, asyncpg.Pool):
-        async with db.acquire() as conn, conn.transaction():
-            yield conn
-    else:
-        async with db.transaction():
-            yield db
-
-
-# ====================================================================== inspections
-async def list_matters(db: Querier) -> list[dict[str, Any]]:
-    rows = await db.fetch("SELECT id, name, department, description, industries "
-                          "FROM inspection_matters ORDER BY id")
-    return [dict(r) for r in rows]
-
-
-async def _matter(db: Querier, matter_id: str) -> asyncpg.Record:
-    row = await db.fetchrow("SELECT id, name, department, industries FROM inspection_matters "
-                            "WHERE id = $1", matter_id)
-    if row is None:
-        raise NotFound(f"no inspection matter {matter_id}", code="inspection.matter_not_found")
-    return row
-
-
-async def _pools(db: Querier, matter: asyncpg.Record) -> tuple[
-        list[inspections.Inspector], list[inspections.Entity], list[tuple[str, str]]]:
-    ins = await db.fetch("SELECT id, department FROM inspectors WHERE active AND department = $1",
-                         matter["department"])
-    ents = await db.fetch(
-        "SELECT id, risk_class FROM market_entities WHERE active "
-        "AND (cardinality($1::text[]) = 0 OR industry = ANY($1::text[]))",
-        list(matter["industries"]))
-    conflicts = await db.fetch("SELECT inspector_id, entity_id FROM inspector_conflicts")
-    return ([inspections.Inspector(r["id"], r["department"]) for r in ins],
-            [inspections.Entity(r["id"], r["risk_class"]) for r in ents],
-            [(r["inspector_id"], r["entity_id"]) for r in conflicts])
-
-
-async def make_draw(db: Querier, *, matter_id: str, targets: int, now: float, drawn_by: str,
-                    inspectors_per_target: int = inspections.DEFAULT_INSPECTORS_PER_TARGET,
-                    weight_by_risk: bool = True, seed: str | None = None) -> dict[str, Any]:
-    """Draw for a matter from the current registries and store it; return its view.
-
-    ``seed`` None: a fresh one from ``secrets``. A caller-given seed is recorded as such
-    (``params.seed_source``): a seed someone chose is for public draws with a seed read
-    out in the room, and every draw is kept, so trying seed after seed shows.
-    Raises ``NotFound`` (``inspection.matter_not_found``) or ``DrawError``.
-    """
-    seed_source = "caller" if seed is not None else "generated"
-    seed = seed if seed is not None else secrets.token_hex(SEED_BYTES)
-    async with _transaction(db) as conn:
-        matter = await _matter(conn, matter_id)
-        ins, ents, conflicts = await _pools(conn, matter)
-        result = inspections.draw(
-            seed, inspections.Matter(matter["id"], matter["department"]), ins, ents, conflicts,
-            targets=targets, inspectors_per_target=inspectors_per_target,
-            risk_weights=inspections.DEFAULT_RISK_WEIGHTS if weight_by_risk else None)
-        params = {**result.params_json(), "weight_by_risk": weight_by_risk,
-                  "seed_source": seed_source}
-        draw_id = await conn.fetchval(
-            """INSERT INTO inspection_draws (seed, matter_id, params, drawn_at, drawn_by,
-                                             algorithm, result)
-               VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
-            seed, matter_id, params, _ts(now), drawn_by, result.algorithm,
-            result.result_json())
-        return await _draw_view(conn, int(draw_id), full=True)
-
-
-_DRAW_SUMMARY = """d.id, d.matter_id, m.name AS matter_name, m.department, d.seed, d.algorithm,
-    d.drawn_at, d.drawn_by, d.published, d.published_at, d.published_by,
-    jsonb_array_length(d.result -> 'picks') AS targets,
-    (SELECT count(*) FROM inspection_results r WHERE r.draw_id = d.id) AS results"""
-
-
-async def list_draws(db: Querier, *, matter_id: str | None = None,
-                     limit: int = 100) -> list[dict[str, Any]]:
-    """Draws, newest first, without their (long) inputs."""
-    rows = await db.fetch(
-        f"""SELECT {_DRAW_SUMMARY} FROM inspection_draws d
-            JOIN inspection_matters m ON m.id = d.matter_id
-            WHERE $1::text IS NULL OR d.matter_id = $1 ORDER BY d.id DESC LIMIT $2""",
-        matter_id, limit)
-    return [row_view(r) for r in rows]
-
-
-async def _draw_view(db: Querier, draw_id: int, *, full: bool) -> dict[str, Any]:
-    row = await db.fetchrow(
-        f"""SELECT {_DRAW_SUMMARY}, d.params, d.result FROM inspection_draws d
-            JOIN inspection_matters m ON m.id = d.matter_id WHERE d.id = $1""", draw_id)
-    if row is None:
-        raise NotFound(f"no draw {draw_id}", code="inspection.draw_not_found")
-    view = row_view(row)
-    picks = view["result"].get("picks", [])
-    entity_ids = [p["entity_id"] for p in picks]
-    inspector_ids = sorted({i for p in picks for i in p["inspectors"]})
-    ents = {r["id"]: r for r in await db.fetch(
-        "SELECT e.id, e.name, e.industry, e.grid_id, g.name AS grid_name "
-        "FROM market_entities e LEFT JOIN grids g ON g.id = e.grid_id WHERE e.id = ANY($1)",
-        entity_ids)}
-    names = {r["id"]: r["name"] for r in await db.fetch(
-        "SELECT id, name FROM inspectors WHERE id = ANY($1)", inspector_ids)}
-    results = {r["entity_id"]: row_view(r) for r in await db.fetch(
-        "SELECT entity_id, outcome, notes, recorded_by, recorded_at FROM inspection_results "
-        "WHERE draw_id = $1", draw_id)}
-    view["picks"] = []
-    for p in picks:
-        e = ents.get(p["entity_id"])
-        res = results.get(p["entity_id"])
-        if res is not None:
-            res["outcome_label"] = OUTCOME_LABELS.get(res["outcome"], res["outcome"])
-        view["picks"].append({
-            "entity_id": p["entity_id"], "risk_class": p["risk_class"],
-            "entity_name": e["name"] if e else None, "industry": e["industry"] if e else None,
-            "grid_id": e["grid_id"] if e else None, "grid_name": e["grid_name"] if e else None,
-            "inspectors": [{"id": i, "name": names.get(i)} for i in p["inspectors"]],
-            "result": res})
-    if not full:
-        del view["params"]
-    return view
-
-
-async def get_draw(db: Querier, draw_id: int) -> dict[str, Any]:
-    """A draw with its seed, inputs (``params``), stored ``result``, named picks and results."""
-    return await _draw_view(db, draw_id, full=True)
-
-
-async def verify_draw(db: Querier, draw_id: int) -> dict[str, Any]:
-    """Re-run a stored draw from its seed and recorded inputs: ``{"reproduced": bool}``."""
-    row = await db.fetchrow("SELECT seed, algorithm, params, result FROM inspection_draws "
-                            "WHERE id = $1", draw_id)
-    if row is None:
-        raise NotFound(f"no draw {draw_id}", code="inspection.draw_not_found")
-    outcome = inspections.verify(row["seed"], row["algorithm"], row["params"], row["result"])
-    return {"draw_id": draw_id, "reproduced": outcome.reproduced, "reason": outcome.reason,
-            "algorithm": row["algorithm"]}
-
-
-async def publish_draw(db: Querier, draw_id: int, *, by: str, now: float) -> dict[str, Any]:
-    """Publish a draw (idempotent: publishing again keeps the first time and publisher).
-
-    Raises ``Conflict`` (``inspection.not_reproducible``) for a draw that does not
-    re-run to its stored result.
-    """
-    async with _transaction(db) as conn:
-        row = await conn.fetchrow("SELECT seed, algorithm, params, result, published "
-                                  "FROM inspection_draws WHERE id = $1 FOR UPDATE", draw_id)
-        if row is None:
-            raise NotFound(f"no draw {draw_id}", code="inspection.draw_not_found")
-        if not row["published"]:
-            outcome = inspections.verify(row["seed"], row["algorithm"], row["params"],
-                                         row["result"])
-            if not outcome.reproduced:
-                raise Conflict(f"draw {draw_id} does not reproduce: {outcome.reason}",
-                               code="inspection.not_reproducible")
-            await conn.execute(
-                "UPDATE inspection_draws SET published = true, published_at = $2, "
-                "published_by = $3 WHERE id = $1", draw_id, _ts(now), by)
-        return await _draw_view(conn, draw_id, full=True)
-
-
-async def record_result(db: Querier, draw_id: int, *, entity_id: str, outcome: str,
-                        notes: str, recorded_by: str, now: float) -> dict[str, Any]:
-    """Record what the inspection of one drawn entity found (once per entity).
-
-    Raises ``NotFound`` (``inspection.draw_not_found``), ``InvalidInput``
-    (``inspection.bad_outcome``, ``inspection.not_drawn``: the entity is not a target of
-    this draw) or ``Conflict`` (``inspection.result_exists``).
-    """
-    if outcome not in OUTCOMES:
-        raise InvalidInput(f"outcome must be one of {', '.join(OUTCOMES)}",
-                           code="inspection.bad_outcome")
-    async with _transaction(db) as conn:
-        result = await conn.fetchval("SELECT result FROM inspection_draws WHERE id = $1",
-                                     draw_id)
-        if result is None:
-            raise NotFound(f"no draw {draw_id}", code="inspection.draw_not_found")
-        if entity_id not in {p["entity_id"] for p in result.get("picks", [])}:
-            raise InvalidInput(f"{entity_id} was not drawn in draw {draw_id}",
-                               code="inspection.not_drawn")
-        inserted = await conn.fetchval(
-            """INSERT INTO inspection_results (draw_id, entity_id, outcome, notes, recorded_by,
-                                               recorded_at)
-               VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING entity_id""",
-            draw_id, entity_id, outcome, notes, recorded_by, _ts(now))
-        if inserted is None:
-            raise Conflict(f"a result for {entity_id} in draw {draw_id} is already recorded",
-                           code="inspection.result_exists")
-        return await _draw_view(conn, draw_id, full=True)
-
-
-async def public_draws(db: Querier, *, limit: int = 50) -> list[dict[str, Any]]:
-    """The "one public": published draws, newest first, with seed, inputs, picks, results,
-    so that anyone can re-run each draw (dispatch/inspections.py says how)."""
-    ids = await db.fetch("SELECT id FROM inspection_draws WHERE published "
-                         "ORDER BY published_at DESC, id DESC LIMIT $1", limit)
-    return [await _draw_view(db, int(r["id"]), full=True) for r in ids]
-
-
-def _town_month(now: float) -> tuple[datetime, datetime]:
-    """The town's calendar month containing ``now``, as UTC instants [start, end)."""
-    cal = InForce.calendar
-    first = sla.local_date(cal, now).replace(day=1)
-    nxt = (first + timedelta(days=32)).replace(day=1)
-    return _ts(sla.local_day_start(cal, first)), _ts(sla.local_day_start(cal, nxt))
-
-
 def town_day_range(first: date, last: date) -> tuple[float, float]:
     """``[since, until)`` UNIX seconds covering the town days ``first`` .. ``last``."""
     if last < first:
@@ -274,47 +48,6 @@ def town_day_range(first: date, last: date) -> tuple[float, float]:
     cal = InForce.calendar
     return (sla.local_day_start(cal, first),
             sla.local_day_start(cal, last + timedelta(days=1)))
-
-
-async def scheduled_draw(pool: asyncpg.Pool, now: float) -> list[dict[str, Any]]:
-    """The monthly draw: one draw per matter with default parameters (risk-weighted, teams
-    of two, ``SCHEDULED_TARGET_SHARE`` of the matter's entities, at least one).
-
-    A matter that already has a scheduled draw this calendar month (the town's) is
-    skipped, so a restart or a second scheduler does not draw twice. A matter that cannot
-    be drawn (no entities, too few inspectors) is logged and reported, and the others go
-    on. Returns one item per matter: ``{"matter_id", "draw_id"}``, ``{"matter_id",
-    "skipped": "already_drawn"}`` or ``{"matter_id", "error": code}``.
-    """
-    month_start, month_end = _town_month(now)
-    out: list[dict[str, Any]] = []
-    for m in await list_matters(pool):
-        done = await pool.fetchval(
-            "SELECT id FROM inspection_draws WHERE matter_id = $1 AND drawn_by = $2 "
-            "AND drawn_at >= $3 AND drawn_at < $4 LIMIT 1",
-            m["id"], SCHEDULER_ACTOR, month_start, month_end)
-        if done is not None:
-            out.append({"matter_id": m["id"], "skipped": "already_drawn", "draw_id": done})
-            continue
-        size = await pool.fetchval(
-            "SELECT count(*) FROM market_entities WHERE active "
-            "AND (cardinality($1::text[]) = 0 OR industry = ANY($1::text[]))",
-            list(m["industries"]))
-        targets = min(int(size), max(SCHEDULED_MIN_TARGETS,
-                                     math.ceil(SCHEDULED_TARGET_SHARE * int(size))))
-        if targets < 1:
-            log.warning("scheduled draw: matter %s has no entities", m["id"])
-            out.append({"matter_id": m["id"], "error": "inspection.not_enough_entities"})
-            continue
-        try:
-            view = await make_draw(pool, matter_id=m["id"], targets=targets, now=now,
-                                   drawn_by=SCHEDULER_ACTOR)
-        except inspections.DrawError as e:
-            log.warning("scheduled draw for matter %s failed: %s", m["id"], e.message)
-            out.append({"matter_id": m["id"], "error": e.code})
-            continue
-        out.append({"matter_id": m["id"], "draw_id": view["id"]})
-    return out
 
 
 # ====================================================================== assessment

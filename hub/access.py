@@ -96,6 +96,11 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/open311/v2/requests.{fmt}"): PUBLIC,
     ("GET", "/open311/v2/requests/{request_id}.{fmt}"): PUBLIC,
     ("POST", "/open311/v2/requests.{fmt}"): PUBLIC,
+    # The "one public" of double-random inspections: only what a supervisor published
+    # (draws, results) or announced (commitments); hub/inspections_api.py.
+    ("GET", "/inspections/public"): PUBLIC,
+    ("GET", "/api/inspections/public"): PUBLIC,
+    ("GET", "/api/inspections/public/draws/{draw_id}"): PUBLIC,
     # ---- sessions
     ("POST", "/logout"): VIEWER,
     ("GET", "/api/me"): VIEWER_OR_UNIT,
@@ -136,7 +141,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/inspections/matters"): VIEWER,
     ("GET", "/api/inspections/draws"): VIEWER,
     ("GET", "/api/inspections/draws/{draw_id}"): VIEWER,
-    ("GET", "/api/inspections/public"): VIEWER,
+    ("GET", "/api/inspections/commitments"): VIEWER,
     ("GET", "/api/reports/assessment"): VIEWER,
     ("GET", "/api/reports/assessment.csv"): VIEWER,
     ("GET", "/api/rules"): VIEWER,
@@ -163,6 +168,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     # A backtest reads up to millions of readings: not for every viewer.
     ("POST", "/api/rules/backtest"): OPERATOR,
     # ---- supervising: publishing draws, acting on supervisor alerts, changing alarm rules
+    ("POST", "/api/inspections/commitments"): SUPERVISOR,  # announcing a draw publishes
     ("POST", "/api/inspections/draws/{draw_id}/publish"): SUPERVISOR,
     ("POST", "/api/supervisor/alerts/{alert_id}/ack"): SUPERVISOR,
     ("PUT", "/api/rules/{rule_id}"): SUPERVISOR,

@@ -33,6 +33,7 @@ from hub import (
     audit_api,
     contacts,
     errors,
+    inspections_api,
     jobs,
     login,
     mqtt_accounts_api,
@@ -157,6 +158,7 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
     app.include_router(open311_keys.router)
     app.include_router(contacts.router)
     app.include_router(reports_api.router)
+    app.include_router(inspections_api.router)
     app.include_router(rules_api.router)
     app.include_router(sla_api.router)
     app.include_router(mqtt_accounts_api.router)

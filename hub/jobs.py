@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from core.settings import Settings
-from dispatch import reports, sla_settings
+from dispatch import inspection_schedule, reports, sla_settings
 from ingest import retention
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ async def erase_contacts(hub: Hub) -> None:
 
 async def monthly_draws(hub: Hub) -> None:
     if _leads(hub):
-        await reports.scheduled_draw(hub.pool, time.time())
+        await inspection_schedule.scheduled_draw(hub.pool, time.time())
 
 
 async def patrol_rollup(hub: Hub) -> None:
@@ -167,7 +167,8 @@ JOBS: list[tuple[str, Any, Callable[[Settings], float], str]] = [
     ("contacts.retention", erase_contacts, _every(RETENTION_INTERVAL_S), "dispatch"),
     # Mileage and duty time per unit and day, for the assessment reports.
     ("reports.patrol_rollup", patrol_rollup, _every(PATROL_ROLLUP_S), "dispatch"),
-    # "Double random": the draw itself skips a matter already drawn this month, so a
+    # "Double random": the draw itself skips a matter already drawn this month (and the first
+    # run only announces the draws: a commitment comes before its draw), so a
     # daily check makes it monthly and catches up after downtime.
     ("inspections.monthly_draw", monthly_draws, _every(DAY_S), "dispatch"),
 ]

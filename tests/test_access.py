@@ -119,6 +119,9 @@ def test_every_route_is_in_the_policy(app_keys: list[tuple[str, str]]) -> None:
                                  "services/{service_code}.{fmt}", "requests.{fmt}",
                                  "requests/{request_id}.{fmt}")],
                              ("POST", "/open311/v2/requests.{fmt}"),
+                             # the "one public" of inspections (hub/inspections_api.py)
+                             ("GET", "/inspections/public"), ("GET", "/api/inspections/public"),
+                             ("GET", "/api/inspections/public/draws/{draw_id}"),
                              *([("MOUNT", "/vendor/uplot")]
                                if ("MOUNT", "/vendor/uplot") in app_keys else [])])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import random
 from collections import Counter
 
@@ -302,16 +303,76 @@ def test_verify_detects_changes(seed: str, algorithm: str, params: object, resul
     assert outcome.reason
 
 
-def test_cli_reruns_a_draw_file(tmp_path: object) -> None:
-    import json
-    from pathlib import Path
+# ---------------------------------------------------------------- committed seeds
+SECRET = "5e" * 32
+INPUTS = inspections.prepare(FIRE, POOL, ENTS, [("I01", "E003")], targets=6,
+                             risk_weights=DEFAULT_RISK_WEIGHTS)
+TERMS = inspections.Terms("M04", 6, 2, DEFAULT_RISK_WEIGHTS)
 
-    d = draw("cli", FIRE, POOL, ENTS, [], targets=3)
-    path = Path(str(tmp_path)) / "draw.json"
-    doc = {"seed": "cli", "algorithm": ALGORITHM, "params": d.params_json(),
-           "result": d.result_json()}
-    path.write_text(json.dumps(doc), encoding="utf-8")
-    assert inspections.main([str(path)]) == 0
-    doc["seed"] = "cli2"
-    path.write_text(json.dumps(doc), encoding="utf-8")
-    assert inspections.main([str(path)]) == 1
+
+def test_committed_seed_follows_the_documented_formula() -> None:
+    canonical = json.dumps(INPUTS.params_json(), sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False).encode()
+    digest = hashlib.sha256(canonical).hexdigest()
+    assert INPUTS.digest() == digest
+    assert inspections.commitment_of(SECRET) == hashlib.sha256(SECRET.encode()).hexdigest()
+    seed = hashlib.sha256(f"gridhub-commit-reveal-v1\n{SECRET}\n{digest}".encode()).hexdigest()
+    d = inspections.committed_draw(SECRET, INPUTS)
+    assert d.seed == seed and d.result_json() == draw(
+        seed, FIRE, POOL, ENTS, [("I01", "E003")], targets=6,
+        risk_weights=DEFAULT_RISK_WEIGHTS).result_json()
+
+
+def test_same_inputs_and_secret_give_the_same_draw_in_any_order() -> None:
+    rng = random.Random(7)
+    ins, ents = list(POOL), list(ENTS)
+    rng.shuffle(ins)
+    rng.shuffle(ents)
+    again = inspections.prepare(FIRE, ins, ents, [("I01", "E003")], targets=6,
+                                risk_weights=dict(reversed(DEFAULT_RISK_WEIGHTS.items())))
+    assert again.digest() == INPUTS.digest()
+    assert (inspections.committed_draw(SECRET, again).result_json()
+            == inspections.committed_draw(SECRET, INPUTS).result_json())
+    others = {picks(inspections.committed_draw(f"{k:064x}", INPUTS)) for k in range(20)}
+    assert len(others) == 20  # the secret, not the drawer, decides
+
+
+@pytest.mark.parametrize("change", [
+    {"targets": 7}, {"inspectors_per_target": 3}, {"risk_weights": None},
+    {"entities": ENTS[1:]}, {"inspectors": POOL[1:]}, {"conflicts": []},
+])
+def test_every_input_changes_the_seed(change: dict[str, object]) -> None:
+    """Editing the registry (or the terms) after the commitment gives another seed, so
+    the drawer cannot keep a seed and move the inputs under it."""
+    args: dict[str, object] = {"inspectors": POOL, "entities": ENTS,
+                               "conflicts": [("I01", "E003")], "targets": 6,
+                               "inspectors_per_target": 2, "risk_weights": DEFAULT_RISK_WEIGHTS}
+    args.update(change)
+    other = inspections.prepare(FIRE, args.pop("inspectors"), args.pop("entities"),  # type: ignore[arg-type]
+                                args.pop("conflicts"), **args)  # type: ignore[arg-type]
+    assert other.digest() != INPUTS.digest()
+    assert (inspections.committed_seed(SECRET, other.digest())
+            != inspections.committed_seed(SECRET, INPUTS.digest()))
+
+
+def _published() -> dict[str, object]:
+    d = inspections.committed_draw(SECRET, INPUTS)
+    return {"commitment": inspections.commitment_of(SECRET), "terms": TERMS,
+            "committed_at": 100.0, "drawn_at": 200.0, "secret": SECRET, "seed": d.seed,
+            "algorithm": ALGORITHM, "params": d.params_json(), "result": d.result_json()}
+
+
+@pytest.mark.parametrize(("edit", "why"), [
+    ({}, None),
+    ({"secret": "00" * 32}, "does not match the commitment"),
+    ({"committed_at": 200.0}, "not made before"),
+    ({"terms": inspections.Terms("M04", 5, 2, DEFAULT_RISK_WEIGHTS)}, "terms differ"),
+    ({"terms": inspections.Terms("M04", 6, 2, None)}, "terms differ"),
+    ({"seed": "chosen-by-hand"}, "seed is not"),
+    ({"result": {"algorithm": ALGORITHM, "picks": []}}, "differs from the re-run"),
+])
+def test_verify_committed(edit: dict[str, object], why: str | None) -> None:
+    outcome = inspections.verify_committed(**{**_published(), **edit})  # type: ignore[arg-type]
+    assert outcome.reproduced is (why is None)
+    if why:
+        assert outcome.reason and why in outcome.reason

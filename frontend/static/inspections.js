@@ -1,13 +1,17 @@
-// "Double random, one public" (双随机一公开): the draws (matter, seed, targets with their
-// two inspectors), running a new draw, re-running a stored one to verify it, and the
-// published results. Routes: /api/inspections/draws[/{id}[/verify]], /api/inspections/public
-// (and /api/inspections/matters for the matter list where the hub has it).
+// "Double random, one public" (双随机一公开): announcing a draw (a commitment: the hub's
+// secret, published as its SHA-256), drawing with an announced commitment, the draws
+// (matter, seed, targets with their inspectors), re-running a stored one to verify it,
+// publishing, and the published results. Routes: /api/inspections/commitments,
+// /api/inspections/draws[/{id}[/verify|/publish]], /api/inspections/public (and
+// /api/inspections/matters for the matter list). The hub records the logged-in user as
+// the actor of every step: no name is sent.
 
-import { bindActorField, errorText, getActor, getJson, getOptional, postJson } from "./api.js";
+import { errorText, getJson, getOptional, postJson } from "./api.js";
 import { $, el, fillFacts, setText, toast } from "./dom.js";
 import { fmtDateTime, label, t } from "./i18n.js";
 
 let draws = [];
+let commitments = [];
 let current = null;
 const verified = new Map();  // draw id -> reproduced (this page's checks)
 const matterNames = new Map();
@@ -73,12 +77,12 @@ async function loadDraws() {
       draws = [];
       setText(empty, t("insp.unavailable"));
       empty.hidden = false;
-      $("draw-run").disabled = true;
+      $("commit-run").disabled = true;
     } else {
       draws = Array.isArray(doc) ? doc : doc.draws || doc.items || [];
       setText(empty, t("insp.no_draws"));
       empty.hidden = draws.length > 0;
-      $("draw-run").disabled = false;
+      $("commit-run").disabled = false;
     }
   } catch (err) {
     setText(empty, errorText(err));
@@ -86,6 +90,55 @@ async function loadDraws() {
   }
   renderDraws();
   document.body.dataset.loaded = "true";
+}
+
+function renderCommitments() {
+  const tbody = $("commitments").querySelector("tbody");
+  tbody.replaceChildren(...commitments.map((c) => {
+    const tr = el("tr");
+    tr.dataset.commitmentId = String(c.id);
+    tr.dataset.status = c.status;
+    const action = el("td");
+    if (c.status === "open") {
+      const b = el("button", "btn small primary draw-now", t("insp.draw_now"));
+      b.type = "button";
+      b.dataset.commitmentId = String(c.id);
+      action.append(b);
+    } else if (c.draw_id !== null && c.draw_id !== undefined) {
+      action.append(el("span", "dim", `#${c.draw_id}`));
+    } else if (c.failure) {
+      action.append(el("span", "mono dim", c.failure));
+    }
+    tr.append(el("td", "num", c.id), el("td", "", matterName(c)), el("td", "num", c.targets),
+      el("td", "", fmtDateTime(asTs(c.committed_at))), el("td", "", c.committed_by || "—"),
+      el("td", "mono small", c.commitment), el("td", "", t(`insp.status.${c.status}`)), action);
+    return tr;
+  }));
+  const empty = $("commitments-empty");
+  setText(empty, t("insp.no_commitments"));
+  empty.hidden = commitments.length > 0;
+}
+
+async function loadCommitments() {
+  try {
+    const doc = await getOptional("/api/inspections/commitments");
+    commitments = Array.isArray(doc) ? doc : [];
+  } catch (err) {
+    commitments = [];
+    toast(errorText(err));
+  }
+  renderCommitments();
+}
+
+async function drawWith(commitmentId) {
+  try {
+    const d = await postJson("/api/inspections/draws", { commitment_id: Number(commitmentId) });
+    toast(t("insp.made", { id: d && d.id }), "ok");
+    await Promise.all([loadDraws(), loadCommitments()]);
+    if (d && d.id !== undefined) showDraw(d.id);
+  } catch (err) {
+    toast(errorText(err));
+  }
 }
 
 async function showDraw(id) {
@@ -101,7 +154,9 @@ async function showDraw(id) {
   box.dataset.drawId = String(current.id);
   setText($("detail-title"), t("insp.draw_title", { id: current.id, matter: matterName(current) }));
   const p = current.params || {};
+  const c = current.commitment || {};
   fillFacts($("detail-facts"), [["insp.seed", current.seed], ["insp.algorithm", current.algorithm],
+    ["insp.commitment", c.commitment || "—"], ["insp.secret", current.secret || "—"],
     ["insp.department", label("dept", p.department)], ["insp.drawn", `${fmtDateTime(asTs(current.drawn_at))} · ${current.drawn_by || ""}`],
     ["insp.pool", t("insp.pool_sizes", { inspectors: (p.inspectors || []).length, entities: (p.entities || []).length })],
   ].map(([k, v]) => [t(k), v]));
@@ -144,7 +199,7 @@ async function verify() {
 async function publish() {
   if (!current) return;
   try {
-    current = await postJson(`/api/inspections/draws/${encodeURIComponent(current.id)}/publish`, { by: getActor() });
+    current = await postJson(`/api/inspections/draws/${encodeURIComponent(current.id)}/publish`, {});
     toast(t("insp.published_ok", { id: current.id }), "ok");
     await loadDraws();
     await showDraw(current.id);
@@ -189,28 +244,30 @@ $("draws").addEventListener("click", (ev) => {
   const tr = ev.target.closest("tr[data-draw-id]");
   if (tr) showDraw(tr.dataset.drawId);
 });
-$("draws-reload").addEventListener("click", () => { loadDraws(); loadPublic(); });
+$("draws-reload").addEventListener("click", () => { loadDraws(); loadCommitments(); loadPublic(); });
+$("commitments").addEventListener("click", (ev) => {
+  const b = ev.target.closest("button[data-commitment-id]");
+  if (b) drawWith(b.dataset.commitmentId);
+});
 $("detail-verify").addEventListener("click", verify);
 $("detail-publish").addEventListener("click", publish);
 $("draw-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const f = ev.target.elements;
   const matter = $("matter-select").hidden ? f.matter_text.value.trim() : f.matter_id.value;
-  const body = { matter_id: matter, targets: Number(f.targets.value), drawn_by: getActor() };
-  if (f.seed.value.trim()) body.seed = f.seed.value.trim();
-  $("draw-run").disabled = true;
+  $("commit-run").disabled = true;
   try {
-    const d = await postJson("/api/inspections/draws", body);
-    toast(t("insp.made", { id: d && d.id }), "ok");
-    await loadDraws();
-    if (d && d.id !== undefined) showDraw(d.id);
+    const c = await postJson("/api/inspections/commitments",
+      { matter_id: matter, targets: Number(f.targets.value) });
+    toast(t("insp.announced_ok", { id: c && c.id }), "ok");
+    await loadCommitments();
   } catch (err) {
     toast(errorText(err));
   } finally {
-    $("draw-run").disabled = false;
+    $("commit-run").disabled = false;
   }
 });
-bindActorField($("actor"));
-window.gridhub = { get draws() { return draws; }, showDraw, verify, publish };
-loadMatters().then(loadDraws);
+window.gridhub = { get draws() { return draws; }, get commitments() { return commitments; },
+  showDraw, verify, publish, drawWith };
+loadMatters().then(() => Promise.all([loadDraws(), loadCommitments()]));
 loadPublic();
