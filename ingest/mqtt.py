@@ -245,6 +245,7 @@ class MqttIngest:
         receive_maximum: int = 5000,
         session_expiry_s: int = 7 * 24 * 3600,
         v311: bool = False,
+        persistent: bool = True,
     ) -> None:
         self.addr = BrokerAddress.parse(url)
         self.topics = list(topics)
@@ -265,7 +266,7 @@ class MqttIngest:
         self.client = make_client(
             client_id,
             self.addr,
-            persistent=True,
+            persistent=persistent,
             session_expiry_s=session_expiry_s,
             receive_maximum=receive_maximum,
             manual_ack=True,
