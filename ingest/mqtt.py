@@ -257,7 +257,12 @@ class MqttIngest:
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.received = 0
+        # Messages acknowledged, and those of the current connection not yet: what the hub
+        # holds in memory, bounded by the broker's in-flight window (the outage test reads it).
+        self.acked = 0
         self.generation = 0
+        self._received_this_gen = 0
+        self._acked_this_gen = 0
         self._burst: list[Delivery] = []
         self._now = time.time()
         self._sock: SocketLike | None = None
@@ -310,6 +315,12 @@ class MqttIngest:
         mids = [mid for mid, g in deliveries if g == gen and mid]
         if mids and self.client.socket() is not None:
             cast(BufferedClient, self.client).ack_many(mids)
+            self.acked += len(mids)
+            self._acked_this_gen += len(mids)
+
+    def unacknowledged(self) -> int:
+        """Messages of the current connection received and not acknowledged yet."""
+        return self._received_this_gen - self._acked_this_gen
 
     # ---- connection management (a task on the loop)
     async def _run(self) -> None:
@@ -403,6 +414,7 @@ class MqttIngest:
         if self._burst:
             burst, self._burst = self._burst, []
             self.received += len(burst)
+            self._received_this_gen += len(burst)
             self.on_delivery(burst)
 
     def _writable(self) -> None:
@@ -415,6 +427,7 @@ class MqttIngest:
             log.error("MQTT connect refused: %s", reason_code)
             return
         self.generation += 1
+        self._received_this_gen = self._acked_this_gen = 0
         if self.v311:
             client.subscribe([(f, 1) for f in self.subscription_filters()])
         else:

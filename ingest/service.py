@@ -142,6 +142,8 @@ class IngestRole:
     def stats(self) -> dict[str, Any]:
         assert self.pipeline is not None
         out = self.pipeline.stats()
+        if self.mqtt is not None:
+            out["unacked_messages"] = self.mqtt.unacknowledged()
         if self.leader is not None:
             out["rules"] = self.leader.stats()
         return out
