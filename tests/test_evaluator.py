@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -25,7 +28,15 @@ import pytest_asyncio
 
 from core.db import connect
 from ingest import wire
-from tests.conftest import HubProcess, Publisher, town_database, town_doc, wait_for
+from tests.conftest import (
+    ARTIFACTS,
+    ROOT,
+    HubProcess,
+    Publisher,
+    town_database,
+    town_doc,
+    wait_for,
+)
 
 TOWN = town_doc()
 GAS = [d["id"] for d in TOWN["devices"] if d["model"] == "gas_detector"]
@@ -213,3 +224,48 @@ async def test_web_only_node_shows_squads_moving(ev_db: str, mqtt_url: str) -> N
         pub.close()
         ingest.stop(kill=True)
         web.stop(kill=True)
+
+
+async def test_python_m_ingest_reloads_devices_without_restart(
+        ev_db: str, mqtt_url: str) -> None:
+    """``python -m ingest`` runs the role's periodic work itself: a device registered after
+    it started is stored, not dead-lettered, once the registry reload has run."""
+    env = {**os.environ, "HUB_DATABASE_URL": ev_db, "HUB_MQTT_URL": mqtt_url,
+           "HUB_MQTT_CLIENT_ID": f"gridhub-test-m-{uuid.uuid4().hex[:8]}",
+           "HUB_MQTT_SHARE_GROUP": "", "HUB_REGISTRY_RELOAD_S": "1"}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with (ARTIFACTS / "python-m-ingest.log").open("ab") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ingest", env=env, cwd=ROOT, stdout=log,
+            stderr=subprocess.STDOUT)
+    conn: asyncpg.Connection = await connect(ev_db)
+    pub = Publisher(mqtt_url)
+    new_id = f"GAS-NEW-{uuid.uuid4().hex[:6]}"
+    try:
+        grid = await conn.fetchval("SELECT grid_id FROM devices ORDER BY id LIMIT 1")
+
+        async def started() -> bool:  # its subscription is up once a known device is stored
+            pub.publish(wire.telemetry_topic(GAS[0]),
+                        wire.encode_telemetry(time.time(), {"gas_lel_pct": 1.0}))
+            n = await conn.fetchval("SELECT count(*) FROM telemetry WHERE device_id = $1",
+                                    GAS[0])
+            return int(n) > 0
+
+        await wait_for(started, timeout=60, interval=0.5)
+        await conn.execute(
+            "INSERT INTO devices (id, kind, model, name, lon, lat, grid_id, metrics) VALUES "
+            "($1, 'safety', 'gas_detector', 'new detector', 110.0, 25.0, $2, "
+            "'{gas_lel_pct}')", new_id, grid)
+        await asyncio.sleep(2.5)  # more than one reload interval
+        pub.publish(wire.telemetry_topic(new_id),
+                    wire.encode_telemetry(time.time(), {"gas_lel_pct": 1.0}))
+        await wait_for(lambda: conn.fetchval(
+            "SELECT count(*) = 1 FROM telemetry WHERE device_id = $1", new_id), timeout=10)
+        dead = await conn.fetchval("SELECT count(*) FROM dead_letters WHERE detail = $1",
+                                   new_id)
+        assert dead == 0
+    finally:
+        pub.close()
+        await conn.close()
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 20)
