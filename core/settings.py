@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     # objects for every MQTT 5 PUBLISH, and without them one ingest process stored 1.5x as
     # many messages per second (8,105 vs 5,309, same run; docs/PERFORMANCE.md).
     mqtt_ingest_protocol: str = "3.1.1"
+    # The most unacknowledged messages an ingest process holds before it stops reading (the
+    # broker queues the rest). Above the broker's in-flight window (max_inflight_messages
+    # 10000), which bounds it while the database is away; this bounds the catch-up after,
+    # when the broker was seen handing over ~3 windows at once. Not at the window itself: a
+    # hub paused for a whole outage would miss its keepalive and reconnect over and over.
+    ingest_max_unacked: int = 15000
     # Broker keeps our session (and queued QoS1 messages) this long while the hub is down.
     mqtt_session_expiry_s: int = 7 * 24 * 3600
     # MQTT accounts (hub/mqtt_accounts.py): the broker's password_file and acl_file, rendered

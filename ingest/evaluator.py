@@ -199,7 +199,8 @@ class EvaluatorLeader:
             mqtt = MqttIngest(
                 s.mqtt_url, s.mqtt_rules_client_id, wire.SUBSCRIPTIONS, loop,
                 pipeline.on_delivery, share_group=None, receive_maximum=s.mqtt_receive_maximum,
-                session_expiry_s=s.mqtt_session_expiry_s, v311=s.mqtt_ingest_protocol == "3.1.1")
+                session_expiry_s=s.mqtt_session_expiry_s, v311=s.mqtt_ingest_protocol == "3.1.1",
+                max_unacked=s.ingest_max_unacked)
             self.evaluator, self.pipeline, self.mqtt = evaluator, pipeline, mqtt
             mqtt.start()
             while True:

@@ -83,7 +83,8 @@ class IngestRole:
         self.mqtt = MqttIngest(
             s.mqtt_url, s.mqtt_client_id, wire.SUBSCRIPTIONS, loop, self.pipeline.on_delivery,
             share_group=s.mqtt_share_group or None, receive_maximum=s.mqtt_receive_maximum,
-            session_expiry_s=s.mqtt_session_expiry_s, v311=s.mqtt_ingest_protocol == "3.1.1")
+            session_expiry_s=s.mqtt_session_expiry_s, v311=s.mqtt_ingest_protocol == "3.1.1",
+            max_unacked=s.ingest_max_unacked)
         self.tasks = [
             asyncio.create_task(writer.run(), name="ingest.writer"),
             asyncio.create_task(self._every(s.registry_reload_s, self.reload),
@@ -144,6 +145,7 @@ class IngestRole:
         out = self.pipeline.stats()
         if self.mqtt is not None:
             out["unacked_messages"] = self.mqtt.unacknowledged()
+            out["read_pauses"] = self.mqtt.pauses
         if self.leader is not None:
             out["rules"] = self.leader.stats()
         return out
