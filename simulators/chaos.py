@@ -242,7 +242,25 @@ class Scenario:
                 if h.proc is not None and h.proc.poll() is None:
                     h.proc.kill()  # the scenario is over; the database is dropped next
                     h.proc.wait()
+            self._forget_sessions()
             self.db.drop()
+
+    def _forget_sessions(self) -> None:
+        """End the scenario's persistent MQTT sessions (a clean connect under each client
+        id): otherwise the broker queues every later scenario's load for them, up to
+        max_queued_messages each, and a restart has to load it all back."""
+        ids = [h.env["HUB_MQTT_CLIENT_ID"] for h in self.hubs] + [self.rules_client]
+        for cid in ids:
+            client = make_client(cid, BrokerAddress.parse(self.mqtt_url), persistent=False,
+                                 v311=True)
+            try:
+                client.loop_start()
+                t_end = time.monotonic() + 5.0
+                while not client.is_connected() and time.monotonic() < t_end:
+                    time.sleep(0.02)
+                client.disconnect()
+            finally:
+                client.loop_stop()
 
     def ingest_hubs(self, roles: str = "ingest") -> list[HubProcess]:
         """The layout's ingest processes: one (with ``roles``), or SCALED_INGEST."""
