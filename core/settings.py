@@ -31,8 +31,16 @@ class Settings(BaseSettings):
 
     # MQTT ingest.
     mqtt_client_id: str = "gridhub-ingest"
-    # Shared subscription group: several ingest processes split the topics between them.
-    mqtt_share_group: str = "ingest"
+    # Shared subscription group, only when ingest is scaled out: several ingest processes
+    # then split the storage work between them. Empty (the default) is one ingest process on
+    # a plain persistent subscription, the configuration that loses nothing when the broker
+    # restarts: Mosquitto 2.0 does not persist shared subscriptions (docs/DEPLOYMENT.md).
+    mqtt_share_group: str = ""
+    # Scaled out, the rules are evaluated by one leader-elected evaluator (ingest/evaluator.py)
+    # on its own plain persistent subscription under this client id: the same in every ingest
+    # process of a deployment, so whichever leads resumes the session the broker kept (and
+    # queued readings in) while no one led. Unused with one ingest process.
+    mqtt_rules_client_id: str = "gridhub-rules"
     # Unacknowledged messages the broker may hold out to us (MQTT 5 Receive Maximum). We ack
     # only after commit, so this caps throughput at about window / commit time.
     mqtt_receive_maximum: int = 5000
@@ -40,6 +48,12 @@ class Settings(BaseSettings):
     # objects for every MQTT 5 PUBLISH, and without them one ingest process stored 1.5x as
     # many messages per second (8,105 vs 5,309, same run; docs/PERFORMANCE.md).
     mqtt_ingest_protocol: str = "3.1.1"
+    # The most unacknowledged messages an ingest process holds before it stops reading (the
+    # broker queues the rest). Above the broker's in-flight window (max_inflight_messages
+    # 10000), which bounds it while the database is away; this bounds the catch-up after,
+    # when the broker was seen handing over ~3 windows at once. Not at the window itself: a
+    # hub paused for a whole outage would miss its keepalive and reconnect over and over.
+    ingest_max_unacked: int = 15000
     # Broker keeps our session (and queued QoS1 messages) this long while the hub is down.
     mqtt_session_expiry_s: int = 7 * 24 * 3600
     # MQTT accounts (hub/mqtt_accounts.py): the broker's password_file and acl_file, rendered
@@ -87,8 +101,17 @@ class Settings(BaseSettings):
     # A device whose clock (received minus device time, smoothed) is off by more than this
     # is flagged: its readings are stored by device time but operators are told.
     clock_skew_limit_s: float = 60.0
-    # How often the device clocks are written to the database (a scheduled job).
+    # How often the device clocks are written to the database (a task of the ingest role).
     clock_save_interval_s: float = 30.0
+    # How often the ingest role re-reads devices, units and rules: a device registered
+    # meanwhile has its readings dead-lettered as unknown for at most this long.
+    registry_reload_s: float = 10.0
+    # The rule evaluator acknowledges a reading only once the rule states and alarm
+    # transitions it produced are in the database (a checkpoint), so a successor restores
+    # that state and gets every later reading redelivered. Acknowledgements wait up to this
+    # long: at 10,000 msgs/s ~1,000 readings stay unacknowledged, well within the broker's
+    # in-flight window (max_inflight_messages 10000), and the checkpoint is one small write.
+    rules_checkpoint_s: float = 0.1
 
     # SLA limits and accept time-outs run at this fraction of their real length. 1 in
     # production; demos and tests shrink a day's clocks into seconds.

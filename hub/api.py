@@ -41,7 +41,7 @@ async def health(request: Request) -> dict[str, Any]:
         "roles": sorted(hub.roles),
         "seq": hub.live.seq,
         "clients": hub.feed.clients,
-        "ingest": hub.ingest.pipeline.stats() if hub.ingest and hub.ingest.pipeline else None,
+        "ingest": hub.ingest.stats() if hub.ingest and hub.ingest.pipeline else None,
         "kpis": hub.kpis,
     }
 
@@ -53,7 +53,7 @@ async def ingest_stats(request: Request, reset: bool = False) -> dict[str, Any]:
     hub = _hub(request)
     if hub.ingest is None or hub.ingest.pipeline is None:
         raise NotFound("no ingest role in this process", code="ingest.not_running")
-    stats = hub.ingest.pipeline.stats()
+    stats = hub.ingest.stats()
     writer_stats = hub.ingest.pipeline.writer.stats
     stats["latency"] = writer_stats.latency_percentiles()
     if reset:

@@ -47,6 +47,7 @@ from hub import (
 from hub.access import AccessMiddleware
 from hub.limits import BodySizeLimit
 from hub.live import LiveFeed, LiveState
+from hub.positions import PositionFeed
 from ingest.service import IngestRole
 
 log = logging.getLogger("hub.app")
@@ -124,8 +125,16 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
         if "ingest" in roles:
             hub.ingest = IngestRole(settings, pool)
             await hub.ingest.start()
-            assert hub.ingest.pipeline is not None
-            hub.ingest.pipeline.on_position = live.on_position
+        positions: PositionFeed | None = None
+        if "web" in roles:
+            if hub.ingest is not None and not hub.ingest.scaled_out:
+                # This process sees every fix: straight from the pipeline.
+                assert hub.ingest.pipeline is not None
+                hub.ingest.pipeline.on_position = live.on_position
+            else:
+                # It sees none or a share of them: from the broker (hub/positions.py).
+                positions = PositionFeed(settings, live.on_position)
+                positions.start()
         scheduler = jobs.start(hub)
         _settle_gc()
         hub.ready = True
@@ -136,6 +145,8 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
         finally:
             hub.ready = False
             scheduler.shutdown(wait=False)
+            if positions is not None:
+                positions.stop()
             if hub.ingest:
                 await hub.ingest.stop()
             if hub.dispatcher:

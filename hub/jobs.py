@@ -1,7 +1,9 @@
 """Scheduled jobs, listed in one place (APScheduler 3.x on the hub's event loop).
 
 Per-incident SLA timers are not here: they live in the database and an in-process timer
-heap (dispatch). These are the periodic housekeeping and figures.
+heap (dispatch). Nor is the ingest role's periodic work (device and rule reload, device
+clocks): ingest/service.py runs it, so that ``python -m ingest`` has it too. These are the
+periodic housekeeping and figures.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ ONLINE_INTERVALS = 3
 KPI_INTERVAL_S = 10
 # Ingest rate shown on the console: readings of the last minute, per second.
 INGEST_RATE_WINDOW_S = 60
-REGISTRY_RELOAD_S = 30
 
 
 async def refresh_kpis(hub: Hub) -> None:
@@ -68,11 +69,6 @@ async def refresh_kpis(hub: Hub) -> None:
         ingest_points_per_s=round(points / INGEST_RATE_WINDOW_S, 1),
         updated_at=time.time(),
     )
-
-
-async def save_clocks(hub: Hub) -> None:
-    if hub.ingest is not None:
-        await hub.ingest.save_clocks()
 
 
 def _leads(hub: Hub) -> bool:
@@ -131,12 +127,6 @@ async def reload_sla(hub: Hub) -> None:
     await sla_settings.load_settings(hub.pool, hub.settings)
 
 
-async def reload_registry(hub: Hub) -> None:
-    if hub.ingest is not None and hub.ingest.pipeline is not None:
-        await hub.ingest.registry.load(hub.pool)
-        hub.ingest.pipeline.configure_rules()
-
-
 # Minute buckets are final a minute after they close; running every 30 s keeps charts at
 # most ~90 s behind. Retention deals in whole days: hourly is plenty.
 ROLLUP_INTERVAL_S = 30
@@ -157,8 +147,6 @@ JOBS: list[tuple[str, Any, Callable[[Settings], float], str]] = [
     # Web nodes compute case deadlines too (case steps), the dispatcher its own: every
     # process ("any" role) keeps the SLA configuration current.
     ("sla.reload", reload_sla, lambda s: s.sla_reload_s, "any"),
-    ("ingest.registry_reload", reload_registry, _every(REGISTRY_RELOAD_S), "ingest"),
-    ("ingest.device_clocks", save_clocks, lambda s: s.clock_save_interval_s, "ingest"),
     # Upkeep of shared tables: done by the dispatch leader's process only.
     ("timeseries.rollups", rollups, _every(ROLLUP_INTERVAL_S), "dispatch"),
     ("timeseries.retention", apply_retention, _every(RETENTION_INTERVAL_S), "dispatch"),

@@ -87,12 +87,11 @@ async def get_rule(request: Request, rule_id: str) -> dict[str, Any]:
 
 
 async def _reload(request: Request) -> None:
-    """This process applies the change at once; other ingest processes within their
-    registry reload interval (hub/jobs.py)."""
+    """This process applies the change at once (to its evaluator too, when it leads); other
+    ingest processes within their registry reload interval (ingest/service.py)."""
     hub = _hub(request)
     if hub.ingest is not None and hub.ingest.pipeline is not None:
-        await hub.ingest.registry.load(hub.pool)
-        hub.ingest.pipeline.configure_rules()
+        await hub.ingest.reload()
 
 
 @router.put("/{rule_id}")

@@ -1,7 +1,10 @@
 """Run the ingest role alone: ``python -m ingest``.
 
-Several of these split the telemetry between them through the broker's shared
-subscription (``HUB_MQTT_SHARE_GROUP``); each needs its own ``HUB_MQTT_CLIENT_ID``.
+One of these, on a plain persistent subscription, is the default. Several split the storage
+between them through the broker's shared subscription (``HUB_MQTT_SHARE_GROUP``; each needs
+its own ``HUB_MQTT_CLIENT_ID``), and one of them at a time evaluates the rules
+(ingest/evaluator.py). The role reloads devices and rules and saves device clocks itself
+(ingest/service.py), so this process needs nothing else.
 """
 
 from __future__ import annotations

@@ -136,6 +136,10 @@ RECONNECT_MIN_S = 0.2
 RECONNECT_MAX_S = 5.0
 
 
+# Reading resumes once what the hub holds is below this fraction of its bound: hysteresis,
+# so that one acknowledged batch lets a run of messages in rather than one read at a time.
+RESUME_FRACTION = 0.8
+
 # PUBACK fixed header: packet type 4 (0x40), remaining length 2.
 _PUBACK_HEAD = 0x4002
 
@@ -245,6 +249,8 @@ class MqttIngest:
         receive_maximum: int = 5000,
         session_expiry_s: int = 7 * 24 * 3600,
         v311: bool = False,
+        persistent: bool = True,
+        max_unacked: int | None = None,
     ) -> None:
         self.addr = BrokerAddress.parse(url)
         self.topics = list(topics)
@@ -256,7 +262,19 @@ class MqttIngest:
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.received = 0
+        # Messages acknowledged, and those of the current connection not yet: what the hub
+        # holds in memory, bounded by the broker's in-flight window (the outage test reads it).
+        self.acked = 0
         self.generation = 0
+        self._received_this_gen = 0
+        self._acked_this_gen = 0
+        # The hub's own bound on what it holds: reading stops at this many unacknowledged
+        # messages and resumes below RESUME_FRACTION of it (the broker then queues). The
+        # broker's in-flight window alone did not hold it when acknowledgements resumed
+        # after a database outage (29,577 held with a 10,000 window: docs/PERFORMANCE.md).
+        self.max_unacked = max_unacked
+        self.paused = False
+        self.pauses = 0
         self._burst: list[Delivery] = []
         self._now = time.time()
         self._sock: SocketLike | None = None
@@ -265,7 +283,7 @@ class MqttIngest:
         self.client = make_client(
             client_id,
             self.addr,
-            persistent=True,
+            persistent=persistent,
             session_expiry_s=session_expiry_s,
             receive_maximum=receive_maximum,
             manual_ack=True,
@@ -309,6 +327,32 @@ class MqttIngest:
         mids = [mid for mid, g in deliveries if g == gen and mid]
         if mids and self.client.socket() is not None:
             cast(BufferedClient, self.client).ack_many(mids)
+            self.acked += len(mids)
+            self._acked_this_gen += len(mids)
+            if (self.paused and self.max_unacked is not None
+                    and self.unacknowledged() < self.max_unacked * RESUME_FRACTION):
+                self._resume()
+
+    def _over_bound(self) -> bool:
+        return (self.max_unacked is not None and self._received_this_gen + len(self._burst)
+                - self._acked_this_gen >= self.max_unacked)
+
+    def _pause(self) -> None:
+        if self._sock is not None:
+            self.loop.remove_reader(self._sock)
+        self.paused = True
+        self.pauses += 1
+
+    def _resume(self) -> None:
+        self.paused = False
+        if self._sock is not None:
+            self.loop.add_reader(self._sock, self._readable)
+            # Bytes already in the read buffer wake no selector: take them now.
+            self.loop.call_soon(self._readable)
+
+    def unacknowledged(self) -> int:
+        """Messages of the current connection received and not acknowledged yet."""
+        return self._received_this_gen - self._acked_this_gen
 
     # ---- connection management (a task on the loop)
     async def _run(self) -> None:
@@ -339,6 +383,7 @@ class MqttIngest:
 
     def _watch(self, sock: SocketLike) -> None:
         self._sock = sock
+        self.paused = False  # a new connection: its generation starts with nothing held
         self.loop.add_reader(sock, self._readable)
 
     def _on_socket_close(self, client: mqtt.Client, userdata: object,
@@ -389,8 +434,8 @@ class MqttIngest:
                         gen = self.generation
                         self._burst.extend((p.topic, p.payload, p.mid, now, gen) for p in pubs)
                         pubs.clear()
-                    if not c.buffered():
-                        break
+                    if not c.buffered() or self._over_bound():
+                        break  # at a packet boundary: what is buffered waits for _resume
                 if c.loop_read() != mqtt.MQTT_ERR_SUCCESS or not c.buffered():
                     break
         except frames.MalformedPacket as e:
@@ -402,7 +447,10 @@ class MqttIngest:
         if self._burst:
             burst, self._burst = self._burst, []
             self.received += len(burst)
+            self._received_this_gen += len(burst)
             self.on_delivery(burst)
+        if not self.paused and self._over_bound():
+            self._pause()
 
     def _writable(self) -> None:
         self.client.loop_write()
@@ -414,6 +462,7 @@ class MqttIngest:
             log.error("MQTT connect refused: %s", reason_code)
             return
         self.generation += 1
+        self._received_this_gen = self._acked_this_gen = 0
         if self.v311:
             client.subscribe([(f, 1) for f in self.subscription_filters()])
         else:

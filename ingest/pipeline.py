@@ -1,9 +1,14 @@
 """The ingest pipeline: deliveries in; rows, dead letters and alarms out.
 
 decode (pure, ingest/wire.py) -> registry check -> batched writer (acks after commit)
-and, on the live path, rule evaluation (pure, ingest/rules.py) -> alarm writes. Rules run
+and, on the live path, rule evaluation (ingest/evaluator.py) -> alarm writes. Rules run
 on the live path rather than after a batch flush so that an alarm reaches the console
 within milliseconds of the reading.
+
+Three shapes (ingest/service.py picks): store and evaluate (one ingest process: a message
+is acknowledged once its batch committed *and* the evaluator checkpointed), store only (a
+storage consumer on the shared subscription when scaled out) and evaluate only (the
+leader-elected evaluator's own subscription when scaled out).
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import asyncpg
 
 from core.db import Querier
 from ingest import rules, wire
+from ingest.evaluator import RuleEvaluator
 from ingest.mqtt import Delivery
-from ingest.watch import AlarmWatch, Subject, Watched
+from ingest.watch import Subject, Watched
 from ingest.writer import BatchWriter, ts_of
 
 log = logging.getLogger("ingest.pipeline")
@@ -91,14 +97,15 @@ def _by_ts(r: wire.Reading) -> float:
 
 
 class Pipeline:
-    def __init__(self, pool: asyncpg.Pool, writer: BatchWriter, registry: Registry,
+    def __init__(self, pool: asyncpg.Pool, writer: BatchWriter | None, registry: Registry,
                  limits: wire.Limits = wire.DEFAULT_LIMITS, *, reorder_window_s: float = 2.0,
-                 clock_skew_limit_s: float = 60.0) -> None:
+                 clock_skew_limit_s: float = 60.0,
+                 evaluator: RuleEvaluator | None = None) -> None:
         self.pool = pool
         self.writer = writer
         self.registry = registry
         self.limits = limits
-        self.watch = AlarmWatch(pool)
+        self.evaluator = evaluator
         self.configure_rules()
         self.decoded = 0
         self.late = 0
@@ -121,7 +128,8 @@ class Pipeline:
         w = self.writer
         for topic, payload, mid, received_at, gen in deliveries:
             self.handle(topic, payload, received_at)
-            w.add_ack(mid, gen)
+            if w is not None:
+                w.add_ack(mid, gen)
         if self._to_evaluate:
             # Everything that arrived together (a gateway batch, a backlog after a
             # reconnect) reaches the rules in device-time order; the sort is stable, so
@@ -129,6 +137,9 @@ class Pipeline:
             burst, self._to_evaluate = self._to_evaluate, []
             burst.sort(key=_by_ts)
             self.evaluate(burst)
+        if w is None and self.evaluator is not None:
+            # Evaluate only: nothing to store, acknowledged at the evaluator's checkpoint.
+            self.evaluator.hold((mid, gen) for _t, _p, mid, _r, gen in deliveries)
 
     def handle(self, topic: str, payload: bytes, received_at: float) -> None:
         res = wire.decode(topic, payload, received_at, self.limits)
@@ -168,16 +179,20 @@ class Pipeline:
                 else:
                     if r.ts > clock.newest_ts:
                         clock.newest_ts = r.ts
-                    self._to_evaluate.append(r)
+                    if self.evaluator is not None:
+                        self._to_evaluate.append(r)
                 rows.append((ts_of(r.ts), r.device_id, r.metric, r.value, rcv, late))
                 dirty.add(r.device_id)
-            self.writer.add_telemetry(rows)
+            if self.writer is not None:
+                self.writer.add_telemetry(rows)
         if res.positions:
-            self.writer.add_positions(
-                (ts_of(p.ts), p.unit_id, p.lat, p.lon, p.speed, p.heading, p.accuracy, rcv)
-                for p in res.positions)
-            for p in res.positions:
-                self.watch.position(p.unit_id, p.lon, p.lat, p.ts)
+            if self.writer is not None:
+                self.writer.add_positions(
+                    (ts_of(p.ts), p.unit_id, p.lat, p.lon, p.speed, p.heading, p.accuracy,
+                     rcv) for p in res.positions)
+            if self.evaluator is not None:
+                for p in res.positions:
+                    self.evaluator.position(p.unit_id, p.lon, p.lat, p.ts)
             if self.on_position is not None:
                 for p in res.positions:
                     self.on_position(p.unit_id, p.ts, p.lon, p.lat, p.speed, p.heading)
@@ -189,21 +204,28 @@ class Pipeline:
     def reject(self, topic: str, payload: bytes, code: str, detail: str, received_at: float
                ) -> None:
         self.rejected[code] += 1
-        self.writer.add_dead_letter(topic, payload, code, detail, received_at)
+        if self.writer is not None:  # only storage writes dead letters (once per message)
+            self.writer.add_dead_letter(topic, payload, code, detail, received_at)
 
     def configure_rules(self) -> None:
-        r = self.registry
-        self.watch.configure(r.watched, r.device_subjects, r.unit_subjects)
+        if self.evaluator is not None:
+            r = self.registry
+            self.evaluator.watch.configure(r.watched, r.device_subjects, r.unit_subjects)
 
     def evaluate(self, readings: list[wire.Reading]) -> None:
-        self.watch.readings(readings)
+        if self.evaluator is not None:
+            self.evaluator.readings(readings)
 
     def stats(self) -> dict[str, Any]:
+        """Storage figures (a storage pipeline's), plus the evaluator's when it has one."""
+        assert self.writer is not None
         s = self.writer.stats
+        ev = self.evaluator.stats() if self.evaluator is not None else {}
         return {
             "decoded": self.decoded,
-            "alarm_writes": self.watch.written,
-            "alarm_backlog": self.watch.queue.qsize(),
+            "alarm_writes": ev.get("alarm_writes", 0),
+            "alarm_backlog": ev.get("alarm_backlog", 0),
+            "rules": ev or None,
             "late": self.late,
             "devices_clock_flagged": sum(1 for c in self.clocks.values() if c.flagged),
             "rejected": dict(self.rejected),

@@ -139,6 +139,9 @@ class AlarmWatch:
         self.rules: dict[str, Watched] = {}
         self.suppressed: dict[str, int] = defaultdict(int)
         self.written = 0
+        # Transitions ever queued; a checkpoint (ingest/evaluator.py) waits until ``written``
+        # reaches the count it saw before acknowledging readings.
+        self.enqueued = 0
 
     # ---------------------------------------------------------------- configuration
     def configure(self, watched: Iterable[Watched], devices: Mapping[str, Subject],
@@ -335,6 +338,7 @@ class AlarmWatch:
     def _put(self, t: Transition) -> None:
         try:
             self.queue.put_nowait(t)
+            self.enqueued += 1
         except asyncio.QueueFull:
             log.error("alarm queue full: %s of %s on %s dropped", t.kind, t.rule.id, t.subject)
 
@@ -378,7 +382,8 @@ class AlarmWatch:
             await asyncio.sleep(PERSIST_INTERVAL_S)
             await self.save()
 
-    async def save(self) -> None:
+    async def save(self) -> bool:
+        """Write the changed states; False if the database did not take them (kept)."""
         dirty, self.dirty = self.dirty, set()
         rows = [(rid, subj, self.states[(rid, subj)].to_json())
                 for rid, subj in dirty if (rid, subj) in self.states]
@@ -396,6 +401,8 @@ class AlarmWatch:
         except Exception as e:
             self.dirty |= dirty  # try again next time
             log.warning("saving rule states failed (%s); will retry", e)
+            return False
+        return True
 
     async def clock(self) -> None:
         while True:

@@ -557,7 +557,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     db = ScratchDatabase(env.database_url, f"bench_alarm_{run_id}", keep=args.keep_db)
     client_id = f"gridhub-alarm-bench-{run_id}"
     hub_env = {**os.environ, "HUB_DATABASE_URL": db.url, "HUB_MQTT_CLIENT_ID": client_id,
-               "HUB_MQTT_SHARE_GROUP": f"alarmbench{run_id.replace('_', '')}",
+               # default: one ingest on a plain subscription, rules inline; scaled_out: this
+               # hub's storage on a shared group and the rules on the evaluator's own session
+               # (the same process leads it: every message crosses the broker twice).
+               "HUB_MQTT_SHARE_GROUP": (f"alarmbench{run_id.replace('_', '')}"
+                                        if args.layout == "scaled_out" else ""),
+               "HUB_MQTT_RULES_CLIENT_ID": f"alarmbench-rules-{run_id}",
                "HUB_HTTP_PORT": str(env.http_port)}
     hub = HubProcess(hub_env, HUB_ROLES, env.var_dir / "log" / f"bench-alarm-{run_id}.log")
     try:
@@ -642,7 +647,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "feed_events": res["feed_events"],
         "feed_resyncs": res["feed_resyncs"],
         "hub_clients_after_close": res["hub_clients_after_close"],
-        "alarm_writes": (health.get("ingest") or {}).get("alarm_writes"),
+        "alarm_writes": (health.get("ingest") or {}).get("alarm_writes")
+        or ((health.get("ingest") or {}).get("rules") or {}).get("alarm_writes"),
+        "layout": args.layout,
         "load": {"start": load_start, "end": load_avg()},
         "ncpu": os.cpu_count(),
         "run_id": run_id,
@@ -663,6 +670,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{CAP_RAISES} per {CAP_WINDOW_S:.0f}s)")
     p.add_argument("--jitter", type=float, default=0.1, help="± seconds on each trigger time")
     p.add_argument("--seed", type=int, default=1, help="seed of the jitter")
+    p.add_argument("--layout", choices=("default", "scaled_out"), default="default",
+                   help="ingest layout: one process with rules inline, or storage on a "
+                        "shared subscription and the leader-elected evaluator")
     p.add_argument("--warmup", type=float, default=5.0,
                    help="seconds of background load before the first trigger")
     p.add_argument("--timeout", type=float, default=10.0,

@@ -217,7 +217,11 @@ class HubProcess:
             "HUB_MQTT_URL": mqtt_url,
             "HUB_HTTP_PORT": str(self.port),
             "HUB_MQTT_CLIENT_ID": client_id or f"gridhub-test-{tag}",
-            "HUB_MQTT_SHARE_GROUP": share_group or f"test-{tag}",
+            # One ingest process on a plain subscription unless a test scales out; the
+            # processes of one scaled-out test share their group and their evaluator's
+            # session (core/settings.py), and no other test's.
+            "HUB_MQTT_SHARE_GROUP": share_group or "",
+            "HUB_MQTT_RULES_CLIENT_ID": f"gridhub-test-rules-{share_group or tag}",
             # Long enough to survive the restarts the fault tests do, short enough that the
             # broker does not keep queueing for every hub a long test session started.
             "HUB_MQTT_SESSION_EXPIRY_S": "120",

@@ -82,6 +82,11 @@ def test_compose_scales_ingest_and_web_replicas_by_role() -> None:
     assert ingest["environment"]["HUB_MQTT_SHARE_GROUP"]
     assert "HUB_MQTT_CLIENT_ID=" in " ".join(ingest["command"])
     assert "$$(hostname)" in " ".join(ingest["command"])
+    # ...and one rule evaluator's session, the same id in every replica
+    rules_id = ingest["environment"]["HUB_MQTT_RULES_CLIENT_ID"]
+    assert rules_id and "$" not in rules_id
+    # the all-in-one hub is the default, lossless layout: a plain subscription
+    assert not services["hub"]["environment"].get("HUB_MQTT_SHARE_GROUP")
     # web replicas get a range of host ports, not one fixed port
     assert all("-" in p.split(":")[1] for p in services["web"]["ports"])
     assert services["init"]["command"][-2:] == ["load-town", "--if-empty"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -189,8 +190,9 @@ async def test_mosquitto_restart_under_load(
     one, messages published between the broker's restart and the hub's re-subscription are
     acknowledged to the publisher and routed to nobody (docs/DEPLOYMENT.md): everything
     acknowledged before the restart is still stored exactly once."""
-    env = {"HUB_MQTT_SHARE_GROUP": ""} if subscription == "plain" else {}
-    hub = HubProcess(fault_db, own_broker.hub_url, roles="ingest,web", extra_env=env).start()
+    group = None if subscription == "plain" else f"restart-{uuid.uuid4().hex[:6]}"
+    hub = HubProcess(fault_db, own_broker.hub_url, roles="ingest,web",
+                     share_group=group).start()
     stream = AckedStream(own_broker.gateway_url, AIR[4]).start()
     try:
         await asyncio.sleep(2.0)
@@ -214,12 +216,18 @@ async def test_mosquitto_restart_under_load(
         stored, rows = await _settled(conn, stream)
         assert rows == len(stored), f"{rows - len(stored)} duplicate rows"
         assert acked_before <= stored and len(acked_before) > 300
-        if subscription == "plain":
+        if subscription == "plain":  # the default configuration: nothing lost
             assert_exactly_once(stream, stored, rows)
         else:
-            lost = len(stream.acked() - stored)
-            print(f"shared subscription: {lost} of {stream.sent} lost in the "
+            # Scaled out: the loss is confined to the broker's window, between its restart
+            # and the hub's re-subscription (docs/DEPLOYMENT.md); measured, and bounded by
+            # what the stream published in that window.
+            lost = stream.acked() - stored
+            window_msgs = stream.rate * (reconnect_s + 1.0)
+            print(f"shared subscription: {len(lost)} of {stream.sent} lost in the "
                   f"{reconnect_s:.1f}s before the hub re-subscribed")
+            assert len(lost) <= window_msgs, (len(lost), window_msgs)
+            assert not (lost & acked_before), "lost a message acknowledged before the restart"
         assert reconnect_s < 20
     finally:
         hub.stop()
