@@ -40,6 +40,7 @@ class IngestRole:
         self.pipeline = Pipeline(self.pool, writer, self.registry,
                                  reorder_window_s=s.reorder_window_s,
                                  clock_skew_limit_s=s.clock_skew_limit_s)
+        self.pipeline.watch.realarm_s = s.alarm_realarm_s
         await self.pipeline.watch.restore()
         self.mqtt = MqttIngest(
             s.mqtt_url, s.mqtt_client_id, wire.SUBSCRIPTIONS, loop, self.pipeline.on_delivery,
