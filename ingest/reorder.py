@@ -13,7 +13,7 @@ after the replay differs from that. So a gateway's late gas spike between two no
 readings raises (and clears), and a replay that changes nothing emits nothing.
 
 Memory: at most ``max_entries`` readings per key, and only those within ``window_s`` of
-the newest; a reading older than the oldest kept one is not evaluated (the shell counts
+the newest (plus the one just before); a reading older than the oldest kept one is not evaluated (the shell counts
 it; it is stored and marked late like a reading beyond the window).
 """
 
@@ -43,25 +43,28 @@ class Applied(NamedTuple):
 
 
 def record(hist: History, entry: Entry, window_s: float, max_entries: int) -> None:
-    """Append an in-order entry; forget the ones older than the window of the newest."""
+    """Append an in-order entry; forget the ones older than the window of the newest, but
+    the newest of those: its successor's ``before`` is the state a reading at the window's
+    start is replayed from."""
     hist.append(entry)
     horizon = entry.ts - window_s
     drop = 0
-    while drop < len(hist) - 1 and hist[drop].ts < horizon:
+    while drop + 1 < len(hist) and hist[drop + 1].ts < horizon:
         drop += 1
     drop = max(drop, len(hist) - max_entries)
     if drop > 0:
         del hist[:drop]
 
 
-def replay(rule: rules.Rule, hist: History, value: float, ts: float, active: bool
-           ) -> tuple[rules.RuleState, list[Applied]] | None:
+def replay(rule: rules.Rule, hist: History, value: float, ts: float, active: bool,
+           window_s: float) -> tuple[rules.RuleState, list[Applied]] | None:
     """Insert the out-of-order reading (``ts`` < the newest in ``hist``) and re-run the rule.
 
     ``active``: the alarm's state as the operators see it now. Returns the rule's new state
     and the verdicts to apply, in device-time order; ``hist`` is updated in place. None if
-    the reading is older than the oldest kept entry (it cannot be replayed)."""
-    if not hist or ts < hist[0].ts:
+    the reading is older than the window of the newest or the oldest kept entry (it is
+    not evaluated)."""
+    if not hist or ts < hist[0].ts or ts < hist[-1].ts - window_s:
         return None
     i = bisect_right([e.ts for e in hist], ts)
     if i >= len(hist):  # not out of order after all

@@ -327,7 +327,8 @@ class AlarmWatch:
     def _replay(self, w: Watched, dev: Subject, key: Key, st: rules.RuleState, value: float,
                 ts: float) -> None:
         hist = self.history.get(key)
-        done = reorder.replay(w.rule, hist, value, ts, st.active) if hist else None
+        done = (reorder.replay(w.rule, hist, value, ts, st.active, self.reorder_window_s)
+                if hist else None)
         if done is None:
             self.too_late += 1
             return
