@@ -132,6 +132,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/reports/assessment.csv"): VIEWER,
     ("GET", "/api/rules"): VIEWER,
     ("GET", "/api/rules/{rule_id}"): VIEWER,
+    ("GET", "/api/rules/alarm-groups/{alarm_id}"): VIEWER,
     ("GET", "/open311/v2/services.json"): VIEWER,
     ("GET", "/open311/v2/services/{service_code}.json"): VIEWER,
     ("GET", "/open311/v2/requests.json"): VIEWER,
@@ -150,6 +151,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("POST", "/api/inspections/draws/{draw_id}/results"): OPERATOR,
     # A backtest reads up to millions of readings: not for every viewer.
     ("POST", "/api/rules/backtest"): OPERATOR,
+    ("DELETE", "/api/rules/backtest/{job_id}"): OPERATOR,
     # ---- supervising: publishing draws, acting on supervisor alerts, changing alarm rules
     ("POST", "/api/inspections/draws/{draw_id}/publish"): SUPERVISOR,
     ("POST", "/api/supervisor/alerts/{alert_id}/ack"): SUPERVISOR,

@@ -8,7 +8,7 @@ episodes, and stops at ``max_rows`` readings. The parent kills the child after `
 seconds, when the request is cancelled (``Backtests.cancel``, or the HTTP client gone) and
 when more than ``max_running`` would run at once it refuses the new one.
 
-Child result: ``{"ok": true, "readings": n, "episodes": [...]}`` or
+Child result: ``{"ok": true, "readings": n, "episodes": [...], "pid": n}`` or
 ``{"ok": false, "code": "backtest.too_many_rows", "detail": "..."}``.
 """
 
@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from core.db import connect
@@ -28,6 +30,7 @@ from ingest import rules
 # Readings fetched from the cursor per round trip: large enough to amortise the round trip,
 # small enough to keep the child's memory flat.
 CURSOR_PREFETCH = 10_000
+_ROOT = Path(__file__).resolve().parents[1]  # the child imports the project from here
 
 _QUERY = """SELECT t.device_id, extract(epoch FROM t.ts)::float8 AS ts, t.value
     FROM telemetry t JOIN devices d ON d.id = t.device_id
@@ -63,7 +66,7 @@ class Backtests:
                    "since": since, "until": until, "model": model, "device_ids": device_ids}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ingest.backtest_job", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=_ROOT)
         self.running[job_id] = proc
         try:
             out, err = await asyncio.wait_for(
@@ -128,7 +131,8 @@ async def _child(req: dict[str, Any]) -> dict[str, Any]:
     finally:
         await conn.close()
     episodes.sort(key=lambda e: (e.raised_at, e.device_id))
-    return {"ok": True, "readings": n, "episodes": [asdict(e) for e in episodes]}
+    return {"ok": True, "readings": n, "episodes": [asdict(e) for e in episodes],
+            "pid": os.getpid()}
 
 
 def main() -> None:

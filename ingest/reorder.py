@@ -13,8 +13,9 @@ after the replay differs from that. So a gateway's late gas spike between two no
 readings raises (and clears), and a replay that changes nothing emits nothing.
 
 Memory: at most ``max_entries`` readings per key, and only those within ``window_s`` of
-the newest (plus the one just before); a reading older than the oldest kept one is not evaluated (the shell counts
-it; it is stored and marked late like a reading beyond the window).
+the newest (plus the one just before); a reading older than the oldest kept one is not
+evaluated (the shell counts it; it is stored and marked late like a reading beyond the
+window).
 """
 
 from __future__ import annotations
