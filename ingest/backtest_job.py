@@ -4,9 +4,10 @@
 (the database URL too: never in argv, where ``ps`` shows it) and reads one JSON result on
 stdout. The child streams the readings with a server-side cursor, device by device, through
 the pure ``ingest.backtest.backtest``, so its memory is one device's series plus the
-episodes, and stops at ``max_rows`` readings. The parent kills the child after ``max_s``
-seconds, when the request is cancelled (``Backtests.cancel``, or the HTTP client gone) and
-when more than ``max_running`` would run at once it refuses the new one.
+episodes, and stops at ``max_rows`` readings. It runs at a lower CPU priority
+(``CHILD_NICE``). The parent kills it after ``max_s`` seconds and when the request is
+cancelled (``Backtests.cancel``, or the HTTP client gone), and refuses a new one while
+``max_running`` run.
 
 Child result: ``{"ok": true, "readings": n, "episodes": [...], "pid": n}`` or
 ``{"ok": false, "code": "backtest.too_many_rows", "detail": "..."}``.
@@ -31,6 +32,9 @@ from ingest import rules
 # small enough to keep the child's memory flat.
 CURSOR_PREFETCH = 10_000
 _ROOT = Path(__file__).resolve().parents[1]  # the child imports the project from here
+# The child runs at this niceness: on a busy machine ingest and alarms get the CPU first and
+# a backtest only what is left (it is a person waiting seconds, not an alarm waiting ms).
+CHILD_NICE = 10
 
 _QUERY = """SELECT t.device_id, extract(epoch FROM t.ts)::float8 AS ts, t.value
     FROM telemetry t JOIN devices d ON d.id = t.device_id
@@ -136,6 +140,7 @@ async def _child(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
+    os.nice(CHILD_NICE)
     req = json.loads(sys.stdin.buffer.read())
     result = asyncio.run(_child(req))
     sys.stdout.write(json.dumps(result))
