@@ -16,7 +16,7 @@ from core.errors import InvalidInput, NotFound
 from hub.params import UNIX_MAX
 from ingest import alarms, rules
 from ingest.backtest_job import Backtests
-from ingest.watch import parse_hours
+from ingest.subjects import parse_hours
 
 router = APIRouter(prefix="/api/rules")
 

@@ -69,12 +69,11 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import urllib.error
-import urllib.request
 
 import asyncpg
 from websockets.asyncio.client import ClientConnection, connect
