@@ -217,7 +217,9 @@ class AlarmWatch:
         open_keys = {(a["rule_id"], a["device_id"]) for a in own if not a.get("situation")}
         open_keys |= {(rid, subj) for rid, _, subj in members}
         for key in open_keys:
-            if key[0] not in self.rules:
+            # A flapping alarm is held open on purpose while its rule says "clear"; the
+            # flap detector releases it (taking it back would count more flaps).
+            if key[0] not in self.rules or self.flaps.is_flapping(key):
                 continue
             st = self.states.get(key, rules.INITIAL)
             if not st.active:

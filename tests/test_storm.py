@@ -369,3 +369,18 @@ def test_reconcile_takes_back_open_alarms_and_re_alarms_after_an_operator_clear(
     w.readings([_R("GAS-1", "gas", 41.0, 1.0)], now=41.0)
     w.tick(100.0)
     assert [t.kind for t in _drain(w)] == ["clear"]
+
+
+def test_reconcile_leaves_a_flapping_alarm_to_the_flap_detector() -> None:
+    dev = Subject("GAS-1", "gas", "G1")
+    w = _watch(GAS_RULE, [dev])
+    for i in range(8):  # four raise/clear cycles: the fourth clear is held, flagged
+        w.readings([_R("GAS-1", "gas", float(i), 40.0 if i % 2 == 0 else 1.0)], now=i)
+    assert w.flaps.is_flapping(("gas_lel_high", "GAS-1"))
+    assert not w.states[("gas_lel_high", "GAS-1")].active  # the rule says clear; held open
+    w.apply_open([{"rule_id": "gas_lel_high", "device_id": "GAS-1", "situation": None}], [],
+                 now=10.0)
+    assert not w.states[("gas_lel_high", "GAS-1")].active
+    _drain(w)
+    w.tick(8.0 + 300.0)  # quiet for the stable time: the held clear is released
+    assert [t.kind for t in _drain(w)] == ["unflap", "clear"]
