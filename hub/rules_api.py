@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from core.db import row_view
 from core.errors import InvalidInput, NotFound
-from hub.params import UNIX_MAX
+from hub.params import UNIX_MAX, RowId
 from ingest import alarms, rules
 from ingest.backtest_job import Backtests
 from ingest.subjects import parse_hours
@@ -73,7 +73,7 @@ async def list_rules(request: Request) -> list[dict[str, Any]]:
 
 
 @router.get("/alarm-groups/{alarm_id}")
-async def alarm_group(request: Request, alarm_id: int, all: bool = False) -> dict[str, Any]:
+async def alarm_group(request: Request, alarm_id: RowId, all: bool = False) -> dict[str, Any]:
     """A grouped alarm (storm situation or capped rule) with its members: every device in
     it, open ones only unless ``all``."""
     pool = _hub(request).pool

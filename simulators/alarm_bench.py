@@ -592,7 +592,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if busiest + CAP_MARGIN > CAP_RAISES:
         raise ValueError(
             f"{busiest} raises in one {CAP_WINDOW_S:.0f}s window: over the hub's per-rule cap "
-            f"of {CAP_RAISES} (less {CAP_MARGIN} of margin) they would be suppressed; "
+            f"of {CAP_RAISES} (less {CAP_MARGIN} of margin) they would join the grouped alarm; "
             f"use a longer --interval")
     cfg = loadgen.LoadConfig(port=env.mqtt_port, rate=args.rate, devices=args.devices,
                              publishers=args.publishers, mode=args.mode,
