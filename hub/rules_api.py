@@ -17,6 +17,7 @@ from hub.params import UNIX_MAX, RowId
 from ingest import alarms, rules
 from ingest.backtest_job import Backtests
 from ingest.subjects import parse_hours
+from ingest.watch import RECONCILE_WAIT_S
 
 router = APIRouter(prefix="/api/rules")
 
@@ -100,7 +101,7 @@ async def _reload(request: Request) -> None:
         await hub.ingest.registry.load(hub.pool)
         hub.ingest.pipeline.configure_rules()
         # An edited rule starts afresh; its open alarms are taken back (they still clear).
-        await hub.ingest.pipeline.watch.reconcile(force=True)
+        await hub.ingest.pipeline.watch.reconcile(wait_s=RECONCILE_WAIT_S)
 
 
 @router.put("/{rule_id}")

@@ -99,6 +99,7 @@ async def join_group(
                              last_seen = greatest(a.last_seen, excluded.last_seen)
                RETURNING a.id, (xmax = 0) AS inserted""",
             rule_id, group, grid_id, severity, message, _ts(ts))
+        assert row is not None  # an upsert returns its row
         await conn.execute(
             """INSERT INTO alarm_members (alarm_id, device_id, grid_id, value, message,
                                           raised_at)

@@ -66,6 +66,9 @@ RECONCILE_S = 2.0
 # Default re-alarm interval (the setting ``alarm_realarm_s``): a condition still true 10
 # minutes after an operator cleared its alarm raises it again.
 REALARM_S = 600.0
+# At start and after a rule edit, reconciliation waits this long for the alarm writes in
+# flight (milliseconds each) before leaving it to the periodic round.
+RECONCILE_WAIT_S = 2.0
 # Reorder buffer per (rule, subject): readings kept for replay, at most this many (the
 # window holds one or two at ordinary rates; a burst is bounded) and only within
 # ``reorder_window_s`` (the setting) of the newest.
@@ -187,23 +190,30 @@ class AlarmWatch:
                     st = self.states.get(key, rules.INITIAL)
                     if dev.matches(w) and st.last_ts < r["ts"].timestamp():
                         self.states[key] = st._replace(last_ts=r["ts"].timestamp())
-        await self.reconcile(force=True)
+        await self.reconcile(wait_s=RECONCILE_WAIT_S)
 
-    async def reconcile(self, force: bool = False) -> bool:
-        """Compare with the alarms table; False if writes were in flight (try later).
+    async def reconcile(self, wait_s: float = 0.0) -> bool:
+        """Compare with the alarms table; False if writes stayed in flight for ``wait_s``
+        (the rows would be stale: the next round does it).
 
         Open alarms (own or as a group member) make their rule state active and rebuild
         the group index; an active state with no open alarm (cleared by an operator, here
         or in another process) is given a re-alarm time."""
-        if not force and (self._writing or not self.queue.empty()):
-            return False
-        written = self.written
-        own = await alarms.open_alarms(self.pool)
-        members = await alarms.open_members(self.pool)
-        if not force and (written != self.written or self._writing or not self.queue.empty()):
-            return False  # transitions happened meanwhile: the rows may be stale
-        self.apply_open(own, members, time.time())
-        return True
+        deadline = time.monotonic() + wait_s
+        while True:
+            if not self._busy():
+                written = self.written
+                own = await alarms.open_alarms(self.pool)
+                members = await alarms.open_members(self.pool)
+                if written == self.written and not self._busy():
+                    self.apply_open(own, members, time.time())
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+
+    def _busy(self) -> bool:
+        return self._writing or not self.queue.empty()
 
     def apply_open(self, own: Sequence[Mapping[str, Any]], members: list[tuple[str, str, str]],
                    now: float) -> None:
@@ -331,25 +341,25 @@ class AlarmWatch:
                     self._nodata_verdict(w, dev, verdict, now)
         for rel in self.flaps.due(now):
             rid, subject = cast(Key, rel.key)
-            w = self.rules.get(rid)
-            if w is None:
+            flapped = self.rules.get(rid)
+            if flapped is None:
                 continue
-            self._put(Transition("unflap", w.rule, subject, ts=rel.at))
+            self._put(Transition("unflap", flapped.rule, subject, ts=rel.at))
             if rel.clear:
-                subj = self._subject(w, subject)
-                self._clear(w, subject, subj.grid_id if subj else None, None, rel.at,
+                subj = self._subject(flapped, subject)
+                self._clear(flapped, subject, subj.grid_id if subj else None, None, rel.at,
                             "condition cleared")
         for key, due in list(self.realarm.items()):
             if due > now:
                 continue
             del self.realarm[key]
-            w = self.rules.get(key[0])
+            again = self.rules.get(key[0])
             st = self.states.get(key)
-            subj = self._subject(w, key[1]) if w else None
-            if w is None or st is None or subj is None or not st.active:
+            subj = self._subject(again, key[1]) if again else None
+            if again is None or st is None or subj is None or not st.active:
                 continue
-            msg = f"{w.rule.name}: {subj.id} 仍在告警 (cleared by an operator, still true)"
-            self._raise(w, subj, None, now, msg)
+            msg = f"{again.rule.name}: {subj.id} 仍在告警 (cleared by an operator, still true)"
+            self._raise(again, subj, None, now, msg)
 
     # ---------------------------------------------------------------- verdicts
     def _verdict(self, w: Watched, subj: Subject, verdict: str, value: float, ts: float,
