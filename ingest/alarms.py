@@ -115,9 +115,11 @@ async def join_group(
 
 
 async def leave_group(pool: asyncpg.Pool, *, rule_id: str, group: str, device_id: str,
-                      ts: float) -> dict[str, Any] | None:
+                      ts: float, reason: str = "every member cleared"
+                      ) -> dict[str, Any] | None:
     """The member's condition ended: it leaves the open group alarm; the group clears
-    with its last member. None if the group has no open alarm (an operator cleared it)."""
+    with its last member, for ``reason``. None if the group has no open alarm (an
+    operator cleared it)."""
     async with pool.acquire() as conn, conn.transaction():
         aid = await conn.fetchval(
             "SELECT id FROM alarms WHERE rule_id = $1 AND device_id = $2 AND "
@@ -131,8 +133,8 @@ async def leave_group(pool: asyncpg.Pool, *, rule_id: str, group: str, device_id
         if view["members"] == 0:
             row = await conn.fetchrow(
                 f"""UPDATE alarms a SET state = 'cleared', cleared_at = $2,
-                        cleared_by = 'system', clear_reason = 'every member cleared'
-                    WHERE id = $1 RETURNING {ALARM_COLUMNS}""", aid, _ts(ts))
+                        cleared_by = 'system', clear_reason = $3
+                    WHERE id = $1 RETURNING {ALARM_COLUMNS}""", aid, _ts(ts), reason)
             view = row_view(row)
             await outbox.record(conn, AlarmCleared(alarm=view))
             await _note_incident_alarms(conn, view)

@@ -406,7 +406,8 @@ class AlarmWatch:
         self.realarm.pop((w.rule.id, subject), None)
         group = self.groups.leave(w.rule.id, subject)
         if group is not None:
-            self._put(Transition("leave", w.rule, subject, grid_id, value, ts, reason, group))
+            self._put(Transition("leave", w.rule, subject, grid_id, value, ts,
+                                 "every member cleared", group))
         else:
             self._put(Transition("clear", w.rule, subject, grid_id, value, ts, reason))
 
@@ -433,7 +434,7 @@ class AlarmWatch:
             g = self.storms.back(dev.grid_id, dev.id, ts)
             if was_member and g.key:
                 self._put(Transition("leave", w.rule, dev.id, dev.grid_id, None, ts,
-                                     "device back online", g.key))
+                                     "devices back online", g.key))
             else:
                 self._clear(w, dev.id, dev.grid_id, None, ts, "condition cleared")
 
@@ -479,7 +480,8 @@ class AlarmWatch:
         elif t.kind == "leave":
             assert t.group is not None
             await alarms.leave_group(self.pool, rule_id=r.id, group=t.group,
-                                     device_id=t.subject, ts=t.ts)
+                                     device_id=t.subject, ts=t.ts,
+                                     reason=t.message or "every member cleared")
 
     async def persist(self) -> None:
         """Save changed rule states and storm/flap memory every few seconds; reconcile
