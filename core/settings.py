@@ -112,6 +112,16 @@ class Settings(BaseSettings):
     # long: at 10,000 msgs/s ~1,000 readings stay unacknowledged, well within the broker's
     # in-flight window (max_inflight_messages 10000), and the checkpoint is one small write.
     rules_checkpoint_s: float = 0.1
+    # A rule condition still true this long after an operator cleared its alarm raises it
+    # again (ingest/watch.py): time to act on it, but an unresolved hazard is not forgotten.
+    alarm_realarm_s: float = 600.0
+    # Backtests run in a child process (ingest/backtest.py), never on the hub's loop, with
+    # these caps: 2M readings is about a month of one metric of a few hundred devices and a
+    # few seconds of work; 60 s of wall time bounds what a forgotten request costs.
+    backtest_max_rows: int = 2_000_000
+    backtest_max_s: float = 60.0
+    # Backtests running at once (each is a process): one per core of a small hub.
+    backtest_max_running: int = 2
 
     # SLA limits and accept time-outs run at this fraction of their real length. 1 in
     # production; demos and tests shrink a day's clocks into seconds.

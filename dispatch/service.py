@@ -187,7 +187,11 @@ async def open_incident_for_alarm(pool: asyncpg.Pool, alarm: dict[str, Any]
             """SELECT a.id, a.incident_id, a.grid_id, a.value, a.message, r.incident_category,
                       r.qualification, r.priority, r.name, d.lon, d.lat, d.name AS device_name
                FROM alarms a JOIN rules r ON r.id = a.rule_id
-               LEFT JOIN devices d ON d.id = a.device_id WHERE a.id = $1""", alarm["id"])
+               -- a grouped alarm (ingest/watch.py) is placed at its first member
+               LEFT JOIN devices d ON d.id = coalesce((
+                   SELECT m.device_id FROM alarm_members m WHERE m.alarm_id = a.id
+                   ORDER BY m.raised_at, m.device_id LIMIT 1), a.device_id)
+               WHERE a.id = $1""", alarm["id"])
     if row is None or row["incident_id"] is not None or not row["incident_category"]:
         return None
     async with pool.acquire() as conn, conn.transaction():

@@ -148,6 +148,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/rules/{rule_id}"): VIEWER,
     ("GET", "/api/sla"): VIEWER,
     ("GET", "/api/sla/changes"): VIEWER,
+    ("GET", "/api/rules/alarm-groups/{alarm_id}"): VIEWER,
     # Raw payloads of rejected messages may carry device secrets or personal data.
     ("GET", "/api/dead-letters"): OPERATOR,
     # ---- operating: alarms, cases, inspections
@@ -167,6 +168,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("POST", "/api/inspections/draws/{draw_id}/results"): OPERATOR,
     # A backtest reads up to millions of readings: not for every viewer.
     ("POST", "/api/rules/backtest"): OPERATOR,
+    ("DELETE", "/api/rules/backtest/{job_id}"): OPERATOR,
     # ---- supervising: publishing draws, acting on supervisor alerts, changing alarm rules
     ("POST", "/api/inspections/commitments"): SUPERVISOR,  # announcing a draw publishes
     ("POST", "/api/inspections/draws/{draw_id}/publish"): SUPERVISOR,

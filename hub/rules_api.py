@@ -1,10 +1,11 @@
 """Alarm rules through the API: list, edit (validated by the pure rules module), disable,
-and backtest a rule (stored or new) over a stored time range without raising anything."""
+backtest a rule (stored or new) over a stored time range without raising anything (in a
+child process, ingest/backtest_job.py; cancellable), and the members of a grouped alarm."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
@@ -14,16 +15,15 @@ from core.db import row_view
 from core.errors import InvalidInput, NotFound
 from hub import audit
 from hub.access import actor_of
-from hub.params import UNIX_MAX
-from ingest import backtest as bt
-from ingest import rules
-from ingest.watch import parse_hours
+from hub.params import UNIX_MAX, RowId
+from ingest import alarms, rules
+from ingest.backtest_job import Backtests
+from ingest.subjects import parse_hours
 
 router = APIRouter(prefix="/api/rules")
 
-# A backtest reads at most this many readings: about a second of work; longer ranges are
-# for the rollups, not for re-running rules.
-BACKTEST_MAX_ROWS = 2_000_000
+# Longer ranges are for the rollups, not for re-running rules. (The row and time caps are
+# settings: backtest_max_rows, backtest_max_s.)
 BACKTEST_MAX_RANGE_S = 31 * 86400
 
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -78,6 +78,18 @@ async def list_rules(request: Request) -> list[dict[str, Any]]:
     return [row_view(r) for r in rows]
 
 
+@router.get("/alarm-groups/{alarm_id}")
+async def alarm_group(request: Request, alarm_id: RowId, all: bool = False) -> dict[str, Any]:
+    """A grouped alarm (storm situation or capped rule) with its members: every device in
+    it, open ones only unless ``all``."""
+    pool = _hub(request).pool
+    row = await pool.fetchrow("SELECT * FROM alarms WHERE id = $1", alarm_id)
+    if row is None:
+        raise NotFound(f"alarm {alarm_id} not found", code="alarm.not_found")
+    return {"alarm": row_view(row),
+            "members": await alarms.group_members(pool, alarm_id, include_cleared=all)}
+
+
 @router.get("/{rule_id}")
 async def get_rule(request: Request, rule_id: str) -> dict[str, Any]:
     row = await _hub(request).pool.fetchrow("SELECT * FROM rules WHERE id = $1", rule_id)
@@ -91,7 +103,7 @@ async def _reload(request: Request) -> None:
     ingest processes within their registry reload interval (ingest/service.py)."""
     hub = _hub(request)
     if hub.ingest is not None and hub.ingest.pipeline is not None:
-        await hub.ingest.reload()
+        await hub.ingest.reload(reconcile=True)
 
 
 @router.put("/{rule_id}")
@@ -144,11 +156,24 @@ class BacktestBody(BaseModel):
     since: Annotated[float, Field(ge=0, le=UNIX_MAX)]
     until: Annotated[float | None, Field(ge=0, le=UNIX_MAX)] = None
     device_ids: Annotated[list[Id], Field(max_length=1000)] = Field(default_factory=list)
+    # Name the run to be able to cancel it (DELETE /api/rules/backtest/{job_id}).
+    job_id: Id | None = None
+
+
+def _backtests(request: Request) -> Backtests:
+    state = request.app.state
+    jobs: Backtests | None = getattr(state, "backtests", None)
+    if jobs is None:
+        s = _hub(request).settings
+        jobs = state.backtests = Backtests(s.database_url, s.backtest_max_rows,
+                                           s.backtest_max_s, s.backtest_max_running)
+    return jobs
 
 
 @router.post("/backtest")
 async def backtest(request: Request, body: BacktestBody) -> dict[str, Any]:
-    """The alarms a rule (stored, or given inline) would have raised over a stored range."""
+    """The alarms a rule (stored, or given inline) would have raised over a stored range.
+    Runs in a child process with row and time caps; the hub's loop only waits."""
     pool = _hub(request).pool
     if body.rule is not None:
         rule = body.rule.to_rule(body.rule_id or "backtest")
@@ -168,21 +193,17 @@ async def backtest(request: Request, body: BacktestBody) -> dict[str, Any]:
     if rule.kind == "geofence":
         raise InvalidInput("geofence rules are judged on unit tracks, not telemetry",
                            code="backtest.unsupported")
-    rows = await pool.fetch(
-        f"""SELECT t.device_id, extract(epoch FROM t.ts) AS ts, t.value FROM telemetry t
-            JOIN devices d ON d.id = t.device_id
-            WHERE t.ts >= to_timestamp($1) AND t.ts < to_timestamp($2)
-              AND ($3 = '' OR t.metric = $3)
-              AND ($4::text IS NULL OR d.model = $4)
-              AND (cardinality($5::text[]) = 0 OR t.device_id = ANY($5))
-            ORDER BY t.device_id, t.ts LIMIT {BACKTEST_MAX_ROWS + 1}""",
-        body.since, until, rule.metric or "", model_filter, body.device_ids)
-    if len(rows) > BACKTEST_MAX_ROWS:
-        raise InvalidInput(f"more than {BACKTEST_MAX_ROWS} readings; narrow the range",
-                           code="backtest.too_many_rows")
-    intervals = {r["id"]: float(r["interval_s"]) for r in await pool.fetch(
-        "SELECT id, interval_s FROM devices")}
-    episodes = bt.backtest(rule, bt.group_rows(
-        (r["device_id"], float(r["ts"]), float(r["value"])) for r in rows), intervals)
-    return {"rule_id": rule.id, "readings": len(rows), "alarms": len(episodes),
-            "episodes": [asdict(e) for e in episodes]}
+    job_id = body.job_id or uuid.uuid4().hex
+    result = await _backtests(request).run(job_id, rule, body.since, until, model_filter,
+                                           body.device_ids)
+    episodes = result["episodes"]
+    return {"rule_id": rule.id, "job_id": job_id, "readings": result["readings"],
+            "alarms": len(episodes), "episodes": episodes}
+
+
+@router.delete("/backtest/{job_id}")
+async def cancel_backtest(request: Request, job_id: Id) -> dict[str, Any]:
+    """Stop a running backtest (its request answers 409 backtest.cancelled)."""
+    if not _backtests(request).cancel(job_id):
+        raise NotFound(f"no backtest {job_id} is running", code="backtest.not_running")
+    return {"job_id": job_id, "cancelled": True}

@@ -80,6 +80,96 @@ async def clear_alarm_for(
     return view
 
 
+async def join_group(
+    pool: asyncpg.Pool, *, rule_id: str, group: str, grid_id: str | None, severity: str,
+    message: str, device_id: str, device_grid: str | None, value: float | None,
+    member_message: str, ts: float,
+) -> dict[str, Any]:
+    """Make ``device_id`` a member of the grouped alarm ``group`` of the rule (a storm
+    situation or a capped rule), opening the group alarm if it is not open. The group's
+    ``members`` is the count of its open members; its ``count`` the joins so far. One
+    transaction and one event (raised, or repeated with the new count)."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            """INSERT INTO alarms AS a (rule_id, device_id, grid_id, severity, value, message,
+                                       raised_at, last_seen, situation, members)
+               VALUES ($1, $2, $3, $4, NULL, $5, $6, $6, $2, 0)
+               ON CONFLICT (rule_id, device_id) WHERE state <> 'cleared'
+               DO UPDATE SET count = a.count + 1, message = excluded.message,
+                             last_seen = greatest(a.last_seen, excluded.last_seen)
+               RETURNING a.id, (xmax = 0) AS inserted""",
+            rule_id, group, grid_id, severity, message, _ts(ts))
+        assert row is not None  # an upsert returns its row
+        await conn.execute(
+            """INSERT INTO alarm_members (alarm_id, device_id, grid_id, value, message,
+                                          raised_at)
+               VALUES ($1, $2, $3, $4, $5, $6)
+               ON CONFLICT (alarm_id, device_id) DO UPDATE SET value = excluded.value,
+                   message = excluded.message, raised_at = excluded.raised_at,
+                   cleared_at = NULL""",
+            row["id"], device_id, device_grid, value, member_message, _ts(ts))
+        view = await _recount(conn, row["id"])
+        event = AlarmRaised(alarm=view) if row["inserted"] else AlarmRepeated(alarm=view)
+        await outbox.record(conn, event)
+    return view
+
+
+async def leave_group(pool: asyncpg.Pool, *, rule_id: str, group: str, device_id: str,
+                      ts: float, reason: str = "every member cleared"
+                      ) -> dict[str, Any] | None:
+    """The member's condition ended: it leaves the open group alarm; the group clears
+    with its last member, for ``reason``. None if the group has no open alarm (an
+    operator cleared it)."""
+    async with pool.acquire() as conn, conn.transaction():
+        aid = await conn.fetchval(
+            "SELECT id FROM alarms WHERE rule_id = $1 AND device_id = $2 AND "
+            "state <> 'cleared' FOR UPDATE", rule_id, group)
+        if aid is None:
+            return None
+        await conn.execute(
+            "UPDATE alarm_members SET cleared_at = $3 WHERE alarm_id = $1 AND device_id = $2 "
+            "AND cleared_at IS NULL", aid, device_id, _ts(ts))
+        view = await _recount(conn, aid)
+        if view["members"] == 0:
+            row = await conn.fetchrow(
+                f"""UPDATE alarms a SET state = 'cleared', cleared_at = $2,
+                        cleared_by = 'system', clear_reason = $3
+                    WHERE id = $1 RETURNING {ALARM_COLUMNS}""", aid, _ts(ts), reason)
+            view = row_view(row)
+            await outbox.record(conn, AlarmCleared(alarm=view))
+            await _note_incident_alarms(conn, view)
+        else:
+            await outbox.record(conn, AlarmUpdated(alarm=view))
+    return view
+
+
+async def _recount(conn: Conn, alarm_id: int) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        f"""UPDATE alarms a SET members = (SELECT count(*) FROM alarm_members m
+                                           WHERE m.alarm_id = a.id AND m.cleared_at IS NULL)
+            WHERE id = $1 RETURNING {ALARM_COLUMNS}""", alarm_id)
+    return row_view(row)
+
+
+async def group_members(conn: Querier, alarm_id: int, include_cleared: bool = False
+                        ) -> list[dict[str, Any]]:
+    """The members of a grouped alarm, newest first (open ones only unless asked)."""
+    rows = await conn.fetch(
+        """SELECT device_id, grid_id, value, message, raised_at, cleared_at
+           FROM alarm_members WHERE alarm_id = $1 AND ($2 OR cleared_at IS NULL)
+           ORDER BY raised_at DESC, device_id""", alarm_id, include_cleared)
+    return [row_view(r) for r in rows]
+
+
+async def open_members(conn: Querier) -> list[tuple[str, str, str]]:
+    """(rule id, group key, device id) of every open member of an open group alarm."""
+    rows = await conn.fetch(
+        """SELECT a.rule_id, a.device_id AS grp, m.device_id FROM alarm_members m
+           JOIN alarms a ON a.id = m.alarm_id
+           WHERE a.state <> 'cleared' AND m.cleared_at IS NULL""")
+    return [(r["rule_id"], r["grp"], r["device_id"]) for r in rows]
+
+
 async def set_flapping(pool: asyncpg.Pool, rule_id: str, device_id: str, flapping: bool
                        ) -> dict[str, Any] | None:
     async with pool.acquire() as conn, conn.transaction():

@@ -58,11 +58,12 @@ class RuleEvaluator:
     """
 
     def __init__(self, pool: asyncpg.Pool, ack: Callable[[Iterable[Ack]], None], *,
-                 checkpoint_s: float) -> None:
+                 checkpoint_s: float, realarm_s: float) -> None:
         self.pool = pool
         self.ack = ack
         self.checkpoint_s = checkpoint_s
         self.watch = AlarmWatch(pool)
+        self.watch.realarm_s = realarm_s
         self._held: list[Ack] = []
         self.evaluated = 0
         self.checkpoints = 0
@@ -113,6 +114,7 @@ class RuleEvaluator:
             asyncio.create_task(self.watch.run(), name="ingest.alarms"),
             asyncio.create_task(self.watch.clock(), name="ingest.alarm_clock"),
             asyncio.create_task(self._checkpoints(), name="ingest.rules_checkpoint"),
+            asyncio.create_task(self.watch.reconcile_loop(), name="ingest.alarm_reconcile"),
         ]
 
     async def stop(self, *, final_checkpoint: bool = True) -> None:
@@ -188,7 +190,8 @@ class EvaluatorLeader:
         loop = asyncio.get_running_loop()
         mqtt: MqttIngest | None = None
         evaluator = RuleEvaluator(self.pool, lambda acks: mqtt.ack(acks) if mqtt else None,
-                                  checkpoint_s=s.rules_checkpoint_s)
+                                  checkpoint_s=s.rules_checkpoint_s,
+                                  realarm_s=s.alarm_realarm_s)
         graceful = False
         try:
             self.is_leader = True

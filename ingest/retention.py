@@ -4,6 +4,13 @@ Rollups are incremental: each run rebuilds the buckets from the last finished po
 look-back (so readings that arrive a little late are still counted) up to the last complete
 bucket, in bounded steps, with ``time_bucket`` and an upsert. The hourly rollup is built from
 the minute rollup (min of mins, max of maxes, sums and counts add up), never from raw rows.
+
+Readings later than the look-back (a gateway's store-and-forward batch after an outage, an
+ingest backlog) are found by receive time: ``refresh_late`` reads the partial index
+``telemetry_delayed`` (readings received over ``DELAY_LAG`` after their device time) for
+what arrived since its last scan and rebuilds the minute and hour buckets of just those
+devices and hours, so the charts match the raw data.
+
 Retention drops whole chunks (``drop_chunks``) older than each table's setting.
 """
 
@@ -40,6 +47,15 @@ ROLLUPS = (
     Rollup("telemetry_1h", "telemetry_1m", "telemetry_1h", timedelta(hours=1),
            timedelta(hours=2), timedelta(days=1), False),
 )
+
+# A reading received this long after its device time is "delayed": the minute rollup's
+# look-back (10 minutes) covers anything less late with room for a run interval. It is the
+# predicate of the partial index telemetry_delayed (migration 0017): change both together.
+DELAY_LAG = timedelta(minutes=5)  # written out as interval '5 minutes' in refresh_late
+# Receive times this recent are scanned again on the next run: a reading is stamped when
+# received, before its batch commits (well under a second; a minute is plenty).
+COMMIT_MARGIN = timedelta(minutes=1)
+LATE_SCAN = "late_scan"  # its rollup_progress row: receive times scanned up to here
 
 _RAW_SELECT = """SELECT time_bucket($3::interval, ts) AS bucket, device_id, metric,
     min(value), max(value), sum(value), count(*) FROM telemetry
@@ -92,6 +108,8 @@ async def run_rollup(db: Querier, r: Rollup, now: datetime | None = None) -> int
             """INSERT INTO rollup_progress (name, done_until) VALUES ($1, $2)
                ON CONFLICT (name) DO UPDATE SET done_until = excluded.done_until""",
             r.name, stop)
+    if r.from_raw:  # after the minute rollup's own run, before the hour's
+        await refresh_late(db, now)
     return len(windows)
 
 
@@ -99,6 +117,50 @@ async def rebuild(db: Querier, r: Rollup, start: datetime, stop: datetime) -> No
     """Rebuild a rollup over an explicit range (after a backfill of old data)."""
     select = _RAW_SELECT if r.from_raw else _ROLLUP_SELECT.format(source=r.source)
     await db.execute(_UPSERT.format(target=r.target, select=select), start, stop, r.width)
+
+
+_LATE_RAW = """SELECT time_bucket($3::interval, ts) AS bucket, device_id, metric,
+    min(value), max(value), sum(value), count(*) FROM telemetry
+    WHERE ts >= $1 AND ts < $2 AND device_id = ANY($4) GROUP BY 1, 2, 3"""
+_LATE_ROLLUP = """SELECT time_bucket($3::interval, bucket) AS b, device_id, metric,
+    min(min), max(max), sum(sum), sum(count)::bigint FROM {source}
+    WHERE bucket >= $1 AND bucket < $2 AND device_id = ANY($4) GROUP BY 1, 2, 3"""
+
+
+async def refresh_late(db: Querier, now: datetime | None = None) -> int:
+    """Rebuild the minute and hour buckets touched by delayed readings received since the
+    last scan, for the devices that sent them; return the number of hours rebuilt. The
+    hour in progress gets its minutes only (``run_rollup`` builds the hour when final)."""
+    now = now or datetime.now(UTC)
+    until = now - COMMIT_MARGIN
+    since = await db.fetchval("SELECT done_until FROM rollup_progress WHERE name = $1",
+                              LATE_SCAN) or datetime(1970, 1, 1, tzinfo=UTC)
+    if since >= until:
+        return 0
+    rows = await db.fetch(
+        # The predicate is the index's, word for word, so the planner uses the index.
+        """SELECT time_bucket('1 hour', ts) AS hour, array_agg(DISTINCT device_id) AS devs
+           FROM telemetry WHERE received_at - ts > interval '5 minutes'
+             AND received_at >= $1 AND received_at < $2 GROUP BY 1 ORDER BY 1""",
+        since, until)
+    minute, hour = ROLLUPS
+    minute_end = floor_to(now, minute.width)
+    hour_end = floor_to(now, hour.width)
+    raw = _UPSERT.format(target=minute.target, select=_LATE_RAW)
+    rolled = _UPSERT.format(target=hour.target, select=_LATE_ROLLUP.format(source=hour.source))
+    for r in rows:
+        start = r["hour"]
+        await db.execute(raw, start, min(start + hour.width, minute_end), minute.width,
+                         r["devs"])
+        if start + hour.width <= hour_end:
+            await db.execute(rolled, start, start + hour.width, hour.width, r["devs"])
+    await db.execute(
+        """INSERT INTO rollup_progress (name, done_until) VALUES ($1, $2)
+           ON CONFLICT (name) DO UPDATE SET done_until = excluded.done_until""",
+        LATE_SCAN, until)
+    if rows:
+        log.info("rollups: rebuilt %d hour(s) touched by delayed readings", len(rows))
+    return len(rows)
 
 
 async def drop_old_chunks(db: Querier, table: str, older_than: timedelta) -> int:

@@ -24,6 +24,7 @@ from ingest import wire
 from ingest.evaluator import EvaluatorLeader, RuleEvaluator
 from ingest.mqtt import MqttIngest
 from ingest.pipeline import Pipeline, Registry
+from ingest.watch import RECONCILE_WAIT_S
 from ingest.writer import BatchWriter
 
 log = logging.getLogger("ingest.service")
@@ -72,7 +73,8 @@ class IngestRole:
             self.leader = EvaluatorLeader(s, self.pool, lambda ev: self._pipeline(None, ev))
         else:
             self.evaluator = RuleEvaluator(self.pool, self._ack,
-                                           checkpoint_s=s.rules_checkpoint_s)
+                                           checkpoint_s=s.rules_checkpoint_s,
+                                           realarm_s=s.alarm_realarm_s)
             # Acknowledged after commit *and* the next rules checkpoint.
             writer = BatchWriter(
                 self.pool, ack=self.evaluator.hold, batch_size=s.ingest_batch_size,
@@ -113,10 +115,17 @@ class IngestRole:
             except Exception as e:  # the next round tries again
                 log.warning("%s failed (%s: %s)", job.__name__, type(e).__name__, e)
 
-    async def reload(self) -> None:
-        """Devices, units and rules as the database has them now."""
+    async def reload(self, *, reconcile: bool = False) -> None:
+        """Devices, units and rules as the database has them now. ``reconcile``: also
+        compare this process's evaluator with the alarms table at once (after a rule edit:
+        an edited rule starts afresh and its open alarms are taken back, so they still
+        clear), instead of at its next periodic reconciliation."""
         await self.registry.load(self.pool)
         self.configure_rules()
+        if reconcile:
+            evaluator = self.evaluator or (self.leader.evaluator if self.leader else None)
+            if evaluator is not None:
+                await evaluator.watch.reconcile(wait_s=RECONCILE_WAIT_S)
 
     def configure_rules(self) -> None:
         if self.pipeline is not None:

@@ -8,7 +8,11 @@ feeds them the verdicts of ``ingest.rules`` and applies what they decide.
   flapping, until it has been quiet for a while; then one clear is released.
 - ``StormGrouper``: many devices of one second-level grid going offline together become one
   situation alarm for the grid instead of one alarm per device.
-- ``RateCap``: at most N raises of one rule per window, with a count of what was suppressed.
+- ``RateCap``: at most N individual raises of one rule per window; the shell turns the
+  raises over the cap into members of the rule's grouped alarm (``AlarmGroups``), never
+  drops them.
+- ``AlarmGroups``: which subjects are members of which grouped alarm (storm situation or
+  capped rule), so their clears leave the group rather than clear an alarm of their own.
 
 Time: use one clock per instance. The verdict times are device times; the timer calls
 (``FlapDetector.due``) should pass the same clock (device time of the latest reading, or the
@@ -280,6 +284,19 @@ class StormGrouper:
             del self._grids[grid_id]
         return GroupDecision("group", key, members=0, suppressed=suppressed, ended=True)
 
+    def replace_members(self, by_grid: dict[str, set[str]]) -> None:
+        """Set every grid's open group to the given members (none where not given): the
+        database's record of open situations wins over remembered state."""
+        for gid in set(self._grids) | set(by_grid):
+            g = self._grids.setdefault(gid, _Grid())
+            g.members = set(by_grid.get(gid, ()))
+            for d in g.members:
+                g.offline.pop(d, None)
+            if not g.members:
+                g.suppressed = 0
+                if not g.offline:
+                    del self._grids[gid]
+
     def to_json(self) -> dict[str, Any]:
         return {gid: {"offline": dict(g.offline), "members": sorted(g.members),
                       "suppressed": g.suppressed} for gid, g in self._grids.items()}
@@ -354,3 +371,73 @@ class RateCap:
     def stats(self) -> dict[str, int]:
         """Suppressed raises per rule (rules that suppressed any)."""
         return {r: c.total for r, c in self._rules.items() if c.total}
+
+    def to_json(self) -> dict[str, Any]:
+        return {r: {"allowed": list(c.allowed), "run": c.run, "total": c.total}
+                for r, c in self._rules.items()}
+
+    def load_json(self, d: dict[str, Any]) -> None:
+        self._rules = {r: _Cap(deque(float(t) for t in c["allowed"]), int(c["run"]),
+                               int(c["total"])) for r, c in d.items()}
+
+
+# --- grouped alarms ------------------------------------------------------------------------
+
+
+def cap_key(rule_id: str) -> str:
+    """The device id the shell raises a capped rule's grouped alarm under: one group per
+    rule for the whole town, so a storm of one rule is one row on the console, whatever
+    the number of grids it spans (each member row says its grid)."""
+    return f"cap:{rule_id}"
+
+
+class AlarmGroups:
+    """Members of grouped alarms, per (rule id, group key): pure bookkeeping.
+
+    - ``join(rule, group, subject)``: the subject is (now) a member; True if it was not.
+    - ``leave(rule, subject)``: the group the subject was a member of under that rule (it
+      leaves it), or None: the subject's alarm is its own.
+    - ``size(rule, group)``: members now. A subject is in at most one group per rule.
+    The database (``alarm_members``) is the record; this is the shell's index of it,
+    rebuilt from it with ``replace`` at start and on reconciliation.
+    """
+
+    def __init__(self) -> None:
+        self._of: dict[tuple[str, str], str] = {}           # (rule, subject) -> group
+        self._members: dict[tuple[str, str], set[str]] = {}  # (rule, group) -> subjects
+
+    def join(self, rule_id: str, group: str, subject: str) -> bool:
+        old = self._of.get((rule_id, subject))
+        if old == group:
+            return False
+        if old is not None:
+            self.leave(rule_id, subject)
+        self._of[(rule_id, subject)] = group
+        self._members.setdefault((rule_id, group), set()).add(subject)
+        return True
+
+    def leave(self, rule_id: str, subject: str) -> str | None:
+        group = self._of.pop((rule_id, subject), None)
+        if group is None:
+            return None
+        members = self._members.get((rule_id, group))
+        if members is not None:
+            members.discard(subject)
+            if not members:
+                del self._members[(rule_id, group)]
+        return group
+
+    def group_of(self, rule_id: str, subject: str) -> str | None:
+        return self._of.get((rule_id, subject))
+
+    def size(self, rule_id: str, group: str) -> int:
+        return len(self._members.get((rule_id, group), ()))
+
+    def groups(self) -> dict[tuple[str, str], int]:
+        return {k: len(v) for k, v in self._members.items()}
+
+    def replace(self, members: list[tuple[str, str, str]]) -> None:
+        """Rebuild from (rule id, group key, subject) triples (the open member rows)."""
+        self._of, self._members = {}, {}
+        for rule_id, group, subject in members:
+            self.join(rule_id, group, subject)

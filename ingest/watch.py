@@ -1,16 +1,26 @@
-"""The alarm watch: the I/O shell around the pure rules (ingest/rules.py) and storm control
-(ingest/storm.py).
+"""The alarm watch: the I/O shell around the pure rules (ingest/rules.py), their reorder
+buffer (ingest/reorder.py) and storm control (ingest/storm.py).
 
 It keeps every (rule, subject) state in memory, feeds it readings in device-time order
-(from the pipeline, on the live path), GPS fixes (geofence rules) and the wall clock (no-data
-rules, flapping releases), and turns verdicts into alarm writes, one at a time and in order,
-through ``ingest.alarms``. On the way a verdict passes the flap detector (an alarm that
-keeps raising and clearing is held active and flagged instead of spamming), the storm
-grouper (many devices of one grid going silent together become one situation alarm) and
-the per-rule rate cap (suppressed raises are counted and shown on the rule).
+(from the pipeline, on the live path; one out of order within the reorder window is
+replayed in its place), GPS fixes (geofence rules) and the wall clock (no-data rules,
+flapping releases, re-alarms), and turns verdicts into alarm writes, one at a time and in
+order, through ``ingest.alarms``. On the way every verdict, no-data ones included, passes
+the flap detector (an alarm that keeps raising and clearing is held active and flagged),
+then for no-data the storm grouper (many devices of one grid silent together become one
+situation alarm whose members are listed), then the per-rule rate cap: a raise over the
+cap becomes a member of the rule's grouped alarm (count and members on the console),
+never dropped.
 
-Rule states are written to ``rule_state`` every ``PERSIST_INTERVAL_S`` and read back at
-start, so a restart neither re-fires an active alarm nor forgets a pending duration.
+Time: metric rules judge device time (the readings' ``ts``); no-data rules judge the hub's
+receive time (a device with a slow clock but healthy reporting is seen when it reports).
+
+Rule states are written to ``rule_state`` and the storm/flap/cap memory to
+``watch_state`` every ``PERSIST_INTERVAL_S`` and read back at start; group membership is
+read back from ``alarm_members``. The watch reconciles with the alarms table at start,
+after a rule edit and every ``RECONCILE_S``: an open alarm's rule state is active (so it
+clears when the condition ends), and an active condition whose alarm someone else cleared
+(an operator) raises again after ``realarm_s`` if it still holds.
 """
 
 from __future__ import annotations
@@ -20,13 +30,14 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import asyncpg
 
-from ingest import alarms, rules
-from ingest.storm import FlapDetector, RateCap, StormGrouper
+from ingest import alarms, reorder, rules
+from ingest.storm import AlarmGroups, FlapDetector, RateCap, StormGrouper, cap_key
+from ingest.subjects import Subject, Watched, in_hours
 
 log = logging.getLogger("ingest.watch")
 
@@ -39,8 +50,8 @@ FLAP_STABLE_S = 300.0
 # or network cut), not 3 device faults.
 STORM_MIN_DEVICES = 3
 STORM_WINDOW_S = 120.0
-# Default per-rule cap when a rule has none: 100 raises a minute is already more than any
-# operator can read; the rest are counted.
+# Default per-rule cap when a rule has none: 100 individual raises a minute is already more
+# than any operator can read; the rest join one grouped alarm of the rule (counted, listed).
 CAP_RAISES = 100
 CAP_WINDOW_S = 60.0
 # Rule states are saved this often; a restart loses at most this much of a pending time.
@@ -49,61 +60,20 @@ PERSIST_INTERVAL_S = 2.0
 TICK_S = 1.0
 # Alarm transitions waiting for the database (never dropped; see run()).
 QUEUE_MAX = 100_000
-# China Standard Time, for rules with active hours (e.g. GB 3096-2008 night limits).
-LOCAL_OFFSET_S = 8 * 3600
-
-
-def parse_hours(text: str | None) -> tuple[int, int] | None:
-    """``"22:00-06:00"`` -> (79200, 21600) seconds of the local day; None for all day."""
-    if not text:
-        return None
-    start, _, end = text.partition("-")
-
-    def sec(hhmm: str) -> int:
-        hh, _, mm = hhmm.strip().partition(":")
-        return int(hh) * 3600 + int(mm or 0) * 60
-
-    return sec(start), sec(end)
-
-
-def in_hours(hours: tuple[int, int] | None, ts: float) -> bool:
-    if hours is None:
-        return True
-    t = (ts + LOCAL_OFFSET_S) % 86400
-    start, end = hours
-    return start <= t < end if start <= end else (t >= start or t < end)
-
-
-@dataclass(frozen=True, slots=True)
-class Watched:
-    """A rule with the shell's own attributes: which subjects it applies to, and when."""
-
-    rule: rules.Rule
-    device_filter: Mapping[str, str] = field(default_factory=dict)
-    hours: tuple[int, int] | None = None
-    applies_to: str = "devices"
-
-    @staticmethod
-    def from_row(row: Mapping[str, Any]) -> Watched:
-        return Watched(rules.Rule.from_row(row), dict(row["device_filter"] or {}),
-                       parse_hours(row["hours"]), row["applies_to"])
-
-
-@dataclass(frozen=True, slots=True)
-class Subject:
-    """A device or unit as the rules see it."""
-
-    id: str
-    model: str
-    grid_id: str
-    props: Mapping[str, Any] = field(default_factory=dict)
-    interval_s: float = 60.0
-    fence: tuple[rules.Polygon, ...] = ()
-
-    def matches(self, w: Watched) -> bool:
-        if w.rule.device_model and w.rule.device_model != self.model:
-            return False
-        return all(str(self.props.get(k)) == str(v) for k, v in w.device_filter.items())
+# The watch compares its states with the alarms table this often (operators' clears made
+# in any process): a re-alarm is late by at most this much.
+RECONCILE_S = 2.0
+# Default re-alarm interval (the setting ``alarm_realarm_s``): a condition still true 10
+# minutes after an operator cleared its alarm raises it again.
+REALARM_S = 600.0
+# At start and after a rule edit, reconciliation waits this long for the alarm writes in
+# flight (milliseconds each) before leaving it to the periodic round.
+RECONCILE_WAIT_S = 2.0
+# Reorder buffer per (rule, subject): readings kept for replay, at most this many (the
+# window holds one or two at ordinary rates; a burst is bounded) and only within
+# ``reorder_window_s`` (the setting) of the newest.
+REORDER_MAX_ENTRIES = 32
+REORDER_WINDOW_S = 2.0
 
 
 Key = tuple[str, str]  # (rule id, subject id)
@@ -111,14 +81,16 @@ Key = tuple[str, str]  # (rule id, subject id)
 
 @dataclass
 class Transition:
-    kind: str  # raise | clear | flapping | unflap | situation | situation_clear
+    kind: str  # raise | clear | flapping | unflap | join | leave
     rule: rules.Rule
     subject: str
     grid_id: str | None = None
     value: float | None = None
     ts: float = 0.0
     message: str = ""
-    members: int | None = None
+    group: str | None = None       # join/leave: the grouped alarm's key
+    group_grid: str | None = None  # join: the grouped alarm's grid (None: town-wide)
+    group_message: str = ""
 
 
 class AlarmWatch:
@@ -129,6 +101,7 @@ class AlarmWatch:
         self.flaps = FlapDetector(FLAP_MAX, FLAP_WINDOW_S, FLAP_STABLE_S)
         self.storms = StormGrouper(STORM_MIN_DEVICES, STORM_WINDOW_S)
         self.caps = RateCap(CAP_RAISES, CAP_WINDOW_S)
+        self.groups = AlarmGroups()
         self.queue: asyncio.Queue[Transition] = asyncio.Queue(QUEUE_MAX)
         self.devices: dict[str, Subject] = {}
         self.units: dict[str, Subject] = {}
@@ -142,16 +115,25 @@ class AlarmWatch:
         # Transitions ever queued; a checkpoint (ingest/evaluator.py) waits until ``written``
         # reaches the count it saw before acknowledging readings.
         self.enqueued = 0
+        self.reorder_window_s = REORDER_WINDOW_S
+        self.realarm_s = REALARM_S
+        self.history: dict[Key, reorder.History] = {}
+        self.replayed = 0
+        self.too_late = 0  # out of order by more than the kept history: not evaluated
+        self.realarm: dict[Key, float] = {}  # key -> when to raise again if still true
+        self._writing = False
 
     # ---------------------------------------------------------------- configuration
     def configure(self, watched: Iterable[Watched], devices: Mapping[str, Subject],
                   units: Mapping[str, Subject]) -> None:
-        """Install rules and subjects; a rule whose definition changed starts afresh."""
+        """Install rules and subjects; a rule whose definition changed starts afresh (its
+        open alarms are taken back by ``reconcile``)."""
         new = {w.rule.id: w for w in watched}
         for rid, old in self.rules.items():
             if rid not in new or new[rid].rule != old.rule:
                 for key in [k for k in self.states if k[0] == rid]:
                     del self.states[key]
+                    self.history.pop(key, None)
         self.rules = new
         self.devices = dict(devices)
         self.units = dict(units)
@@ -165,7 +147,7 @@ class AlarmWatch:
             elif w.rule.metric:
                 by_metric[w.rule.metric].append(w)
         self.by_metric = dict(by_metric)
-        self._matching: dict[str, tuple[list[Watched], dict[str, list[Watched]]]] = {}
+        self._matching = {}
 
     def _rules_of(self, dev: Subject) -> tuple[list[Watched], dict[str, list[Watched]]]:
         """The no-data rules and the per-metric rules that apply to ``dev`` (cached: the
@@ -177,26 +159,32 @@ class AlarmWatch:
             found = self._matching[dev.id] = (nodata, {m: ws for m, ws in metric.items() if ws})
         return found
 
+    def _subject(self, w: Watched, subject: str) -> Subject | None:
+        return (self.units if w.rule.kind == "geofence" else self.devices).get(subject)
+
     async def restore(self) -> None:
-        """Rule states from the last run; open alarms are active whatever the rows say."""
+        """Rule states and storm/flap/cap memory from the last run, then reconciliation
+        with the alarms table (open alarms are active whatever the rows say)."""
         for r in await self.pool.fetch("SELECT rule_id, subject, state FROM rule_state"):
             try:
                 self.states[(r["rule_id"], r["subject"])] = rules.RuleState.from_json(
                     r["state"])
             except ValueError:
                 log.warning("dropping unreadable state of %s/%s", r["rule_id"], r["subject"])
-        for a in await alarms.open_alarms(self.pool):
-            if a.get("situation"):
-                continue
-            key = (a["rule_id"], a["device_id"])
-            st = self.states.get(key, rules.INITIAL)
-            if not st.active:
-                self.states[key] = st._replace(active=True,
-                                               last_ts=max(st.last_ts, a["last_seen"]))
-        # A no-data rule needs to know when a device was last seen, also after a restart.
+        parts = {r["part"]: r["state"] for r in await self.pool.fetch(
+            "SELECT part, state FROM watch_state")}
+        try:
+            self.flaps.load_json(parts.get("flaps", []))
+            self.storms.load_json(parts.get("storms", {}))
+            self.caps.load_json(parts.get("caps", {}))
+            self.realarm = {(k[0], k[1]): float(t) for k, t in parts.get("realarm", [])}
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            log.warning("storm/flap state unreadable (%s); starting those afresh", e)
+        # A no-data rule needs to know when a device was last seen, also after a restart:
+        # the hub's receive time of its latest reading (the clock no-data is judged on).
         if self.nodata:
-            for r in await self.pool.fetch(
-                    "SELECT device_id, max(ts) AS ts FROM telemetry_latest GROUP BY device_id"):
+            for r in await self.pool.fetch("SELECT device_id, max(received_at) AS ts "
+                                           "FROM telemetry_latest GROUP BY device_id"):
                 dev = self.devices.get(r["device_id"])
                 if dev is None:
                     continue
@@ -205,18 +193,72 @@ class AlarmWatch:
                     st = self.states.get(key, rules.INITIAL)
                     if dev.matches(w) and st.last_ts < r["ts"].timestamp():
                         self.states[key] = st._replace(last_ts=r["ts"].timestamp())
+        await self.reconcile(wait_s=RECONCILE_WAIT_S)
+
+    async def reconcile(self, wait_s: float = 0.0) -> bool:
+        """Compare with the alarms table; False if writes stayed in flight for ``wait_s``
+        (the rows would be stale: the next round does it).
+
+        Open alarms (own or as a group member) make their rule state active and rebuild
+        the group index; an active state with no open alarm (cleared by an operator, here
+        or in another process) is given a re-alarm time."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            if not self._busy():
+                written = self.written
+                own = await alarms.open_alarms(self.pool)
+                members = await alarms.open_members(self.pool)
+                if written == self.written and not self._busy():
+                    self.apply_open(own, members, time.time())
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+
+    def _busy(self) -> bool:
+        return self._writing or not self.queue.empty()
+
+    def apply_open(self, own: Sequence[Mapping[str, Any]], members: list[tuple[str, str, str]],
+                   now: float) -> None:
+        """The reconciliation itself, on rows already read (see ``reconcile``)."""
+        self.groups.replace([m for m in members if not m[1].startswith("storm:")])
+        storm: dict[str, set[str]] = defaultdict(set)
+        for _rid, grp, subj in members:
+            if grp.startswith("storm:"):
+                storm[grp.removeprefix("storm:")].add(subj)
+        self.storms.replace_members(dict(storm))
+        open_keys = {(a["rule_id"], a["device_id"]) for a in own if not a.get("situation")}
+        open_keys |= {(rid, subj) for rid, _, subj in members}
+        for key in open_keys:
+            # A flapping alarm is held open on purpose while its rule says "clear"; the
+            # flap detector releases it (taking it back would count more flaps).
+            if key[0] not in self.rules or self.flaps.is_flapping(key):
+                continue
+            st = self.states.get(key, rules.INITIAL)
+            if not st.active:
+                self.states[key] = st._replace(active=True)
+                self.dirty.add(key)
+            self.realarm.pop(key, None)
+        for key, st in self.states.items():
+            if st.active and key not in open_keys and key not in self.realarm \
+                    and key[0] in self.rules:
+                self.realarm[key] = now + self.realarm_s
 
     # ---------------------------------------------------------------- inputs
-    def readings(self, readings: Sequence[Any]) -> None:
-        """Readings in device-time order (``ingest.wire.Reading``)."""
+    def readings(self, readings: Sequence[Any], now: float | None = None) -> None:
+        """Readings in device-time order (``ingest.wire.Reading``), received at ``now``
+        (the hub's clock; default: the time of the call, on the live path the same)."""
         states = self.states
+        history = self.history
+        window = self.reorder_window_s
+        rcv = time.time() if now is None else now
         for r in readings:
             dev = self.devices.get(r.device_id)
             if dev is None:
                 continue
             nodata, by_metric = self._rules_of(dev)
             for w in nodata:
-                self._apply(w, dev, r.value, r.ts)
+                self._apply(w, dev, r.value, rcv)
             candidates = by_metric.get(r.metric)
             if not candidates:
                 continue
@@ -225,7 +267,16 @@ class AlarmWatch:
                     continue
                 key = (w.rule.id, dev.id)
                 st = states.get(key, rules.INITIAL)
+                if r.ts < st.last_ts:
+                    self._replay(w, dev, key, st, r.value, r.ts)
+                    continue
                 new, verdict = rules.evaluate(w.rule, st, r.value, r.ts)
+                if window > 0:
+                    hist = history.get(key)
+                    if hist is None:
+                        hist = history[key] = []
+                    reorder.record(hist, reorder.Entry(r.ts, r.value, st, verdict), window,
+                                   REORDER_MAX_ENTRIES)
                 if new is not st:
                     states[key] = new
                     if new.since != st.since or new.active != st.active:
@@ -234,14 +285,29 @@ class AlarmWatch:
                     self.dirty.add(key)
                     self._verdict(w, dev, verdict, r.value, r.ts, new)
 
-    def _apply(self, w: Watched, dev: Subject, value: float, ts: float) -> None:
+    def _replay(self, w: Watched, dev: Subject, key: Key, st: rules.RuleState, value: float,
+                ts: float) -> None:
+        hist = self.history.get(key)
+        done = (reorder.replay(w.rule, hist, value, ts, st.active, self.reorder_window_s)
+                if hist else None)
+        if done is None:
+            self.too_late += 1
+            return
+        self.replayed += 1
+        new, applied = done
+        self.states[key] = new
+        self.dirty.add(key)
+        for a in applied:
+            self._verdict(w, dev, a.verdict, a.value, a.ts, a.state)
+
+    def _apply(self, w: Watched, dev: Subject, value: float, now: float) -> None:
         key = (w.rule.id, dev.id)
         st = self.states.get(key, rules.INITIAL)
-        new, verdict = rules.evaluate(w.rule, st, value, ts)
+        new, verdict = rules.evaluate(w.rule, st, value, now)
         self.states[key] = new
         if verdict is not None:
             self.dirty.add(key)
-            self._nodata_verdict(w, dev, verdict, ts)
+            self._nodata_verdict(w, dev, verdict, now)
 
     def position(self, unit_id: str, lon: float, lat: float, ts: float) -> None:
         unit = self.units.get(unit_id)
@@ -261,7 +327,7 @@ class AlarmWatch:
                               message=f"{w.rule.name}: {unit_id} 离开责任网格")
 
     def tick(self, now: float) -> None:
-        """The wall-clock side: silent devices, and flapping spells that ended."""
+        """The wall-clock side: silent devices, flapping spells that ended, re-alarms."""
         for w in self.nodata:
             for dev in self.devices.values():
                 if not dev.matches(w):
@@ -278,62 +344,102 @@ class AlarmWatch:
                     self._nodata_verdict(w, dev, verdict, now)
         for rel in self.flaps.due(now):
             rid, subject = cast(Key, rel.key)
-            w = self.rules.get(rid)
-            if w is None:
+            flapped = self.rules.get(rid)
+            if flapped is None:
                 continue
-            self._put(Transition("unflap", w.rule, subject, ts=rel.at))
+            self._put(Transition("unflap", flapped.rule, subject, ts=rel.at))
             if rel.clear:
-                self._put(Transition("clear", w.rule, subject, ts=rel.at))
+                subj = self._subject(flapped, subject)
+                self._clear(flapped, subject, subj.grid_id if subj else None, None, rel.at,
+                            "condition cleared")
+        for key, due in list(self.realarm.items()):
+            if due > now:
+                continue
+            del self.realarm[key]
+            again = self.rules.get(key[0])
+            st = self.states.get(key)
+            subj = self._subject(again, key[1]) if again else None
+            if again is None or st is None or subj is None or not st.active:
+                continue
+            msg = f"{again.rule.name}: {subj.id} 仍在告警 (cleared by an operator, still true)"
+            self._raise(again, subj, None, now, msg)
 
     # ---------------------------------------------------------------- verdicts
     def _verdict(self, w: Watched, subj: Subject, verdict: str, value: float, ts: float,
                  state: rules.RuleState, message: str | None = None) -> None:
-        key = (w.rule.id, subj.id)
-        d = self.flaps.observe(key, verdict, ts)  # type: ignore[arg-type]
+        if not self._flap(w, subj, verdict, ts):
+            return
+        if verdict == "raise":
+            self._raise(w, subj, value, ts, message or rules.describe(w.rule, value, state))
+        else:
+            self._clear(w, subj.id, subj.grid_id, value, ts, "condition cleared")
+
+    def _flap(self, w: Watched, subj: Subject, verdict: str, ts: float) -> bool:
+        """Pass the verdict through the flap detector; False if it is held."""
+        d = self.flaps.observe((w.rule.id, subj.id), verdict, ts)  # type: ignore[arg-type]
         if d.flap_ended:
             self._put(Transition("unflap", w.rule, subj.id, ts=d.ended_at or ts))
             if d.release_clear:
-                self._put(Transition("clear", w.rule, subj.id, ts=d.ended_at or ts))
+                self._clear(w, subj.id, subj.grid_id, None, d.ended_at or ts,
+                            "condition cleared")
         if d.flap_started:
             self._put(Transition("flapping", w.rule, subj.id, ts=ts))
-        if d.action == "hold":
+        return d.action != "hold"
+
+    def _raise(self, w: Watched, subj: Subject, value: float | None, ts: float,
+               message: str) -> None:
+        """An individual raise, unless the rule is over its cap: then the subject joins
+        the rule's grouped alarm (counted and listed there; never dropped)."""
+        self.realarm.pop((w.rule.id, subj.id), None)
+        cap = rules.rate_cap(w.rule)
+        c = self.caps.check(w.rule.id, ts, *(cap or (None, None)))
+        if c.allow:
+            self._put(Transition("raise", w.rule, subj.id, subj.grid_id, value, ts, message))
             return
-        if verdict == "raise":
-            cap = rules.rate_cap(w.rule)
-            c = self.caps.check(w.rule.id, ts, *(cap or (None, None)))
-            if not c.allow:
-                self.suppressed[w.rule.id] += 1
-                return
-            self._put(Transition("raise", w.rule, subj.id, subj.grid_id, value, ts,
-                                 message or rules.describe(w.rule, value, state)))
+        self.suppressed[w.rule.id] += 1
+        limit, window = cap or (CAP_RAISES, CAP_WINDOW_S)
+        key = cap_key(w.rule.id)
+        self.groups.join(w.rule.id, key, subj.id)
+        self._put(Transition(
+            "join", w.rule, subj.id, subj.grid_id, value, ts, message, key, None,
+            f"{w.rule.name}: over {limit} alarms in {window:g} s, grouped (see members)"))
+
+    def _clear(self, w: Watched, subject: str, grid_id: str | None, value: float | None,
+               ts: float, reason: str) -> None:
+        self.realarm.pop((w.rule.id, subject), None)
+        group = self.groups.leave(w.rule.id, subject)
+        if group is not None:
+            self._put(Transition("leave", w.rule, subject, grid_id, value, ts,
+                                 "every member cleared", group))
         else:
-            self._put(Transition("clear", w.rule, subj.id, subj.grid_id, value, ts))
+            self._put(Transition("clear", w.rule, subject, grid_id, value, ts, reason))
 
     def _nodata_verdict(self, w: Watched, dev: Subject, verdict: str, ts: float) -> None:
+        if not self._flap(w, dev, verdict, ts):
+            return
+        situation = f"{w.rule.name}: 网格 {dev.grid_id} 多个设备同时离线"
         if verdict == "raise":
             g = self.storms.offer(dev.grid_id, dev.id, ts)
             if g.mode == "individual":
-                self._put(Transition("raise", w.rule, dev.id, dev.grid_id, None, ts,
-                                     f"{w.rule.name}: {dev.id} 超时未上报"))
+                self._raise(w, dev, None, ts, f"{w.rule.name}: {dev.id} 超时未上报")
                 return
             assert g.key is not None
-            for absorbed in g.absorbed:  # now part of the situation: one alarm, not many
-                self._put(Transition("clear", w.rule, absorbed, dev.grid_id, None, ts,
-                                     "grouped into situation"))
-            self._put(Transition("situation", w.rule, g.key, dev.grid_id, None, ts,
-                                 f"{w.rule.name}: 网格 {dev.grid_id} 多个设备同时离线",
-                                 g.members))
+            for absorbed in g.absorbed:  # now members of the situation: one alarm, listed
+                self._clear(w, absorbed, dev.grid_id, None, ts, "grouped into situation")
+                self._put(Transition("join", w.rule, absorbed, dev.grid_id, None, ts,
+                                     f"{w.rule.name}: {absorbed} 超时未上报", g.key,
+                                     dev.grid_id, situation))
+            self._put(Transition("join", w.rule, dev.id, dev.grid_id, None, ts,
+                                 f"{w.rule.name}: {dev.id} 超时未上报", g.key, dev.grid_id,
+                                 situation))
         else:
             was_member = dev.id in self.storms.members(dev.grid_id)
             g = self.storms.back(dev.grid_id, dev.id, ts)
-            if not was_member:
-                self._put(Transition("clear", w.rule, dev.id, dev.grid_id, None, ts))
-            elif g.ended and g.key:
-                self._put(Transition("situation_clear", w.rule, g.key, dev.grid_id, None, ts))
-            elif g.key:
-                self._put(Transition("situation", w.rule, g.key, dev.grid_id, None, ts,
-                                     f"{w.rule.name}: 网格 {dev.grid_id} 多个设备同时离线",
-                                     g.members))
+            if was_member and g.key:
+                self._put(Transition("leave", w.rule, dev.id, dev.grid_id, None, ts,
+                                     "devices back online", g.key))
+            else:
+                self._clear(w, dev.id, dev.grid_id, None, ts, "condition cleared")
 
     def _put(self, t: Transition) -> None:
         try:
@@ -347,6 +453,7 @@ class AlarmWatch:
         """Write transitions in order; a failed write is retried until it lands."""
         while True:
             t = await self.queue.get()
+            self._writing = True
             while True:
                 try:
                     await self._write(t)
@@ -355,6 +462,7 @@ class AlarmWatch:
                 except Exception as e:  # a transition is a fact: retried, never dropped
                     log.warning("alarm write failed (%s: %s); retrying", type(e).__name__, e)
                     await asyncio.sleep(0.5)
+            self._writing = False
 
     async def _write(self, t: Transition) -> None:
         r = t.rule
@@ -367,20 +475,33 @@ class AlarmWatch:
                                          ts=t.ts, reason=t.message or "condition cleared")
         elif t.kind in ("flapping", "unflap"):
             await alarms.set_flapping(self.pool, r.id, t.subject, t.kind == "flapping")
-        elif t.kind == "situation":
-            await alarms.raise_alarm(self.pool, rule_id=r.id, device_id=t.subject,
-                                     grid_id=t.grid_id, severity=r.severity, value=None,
-                                     message=t.message, ts=t.ts, situation=t.subject,
-                                     members=t.members)
-        elif t.kind == "situation_clear":
-            await alarms.clear_alarm_for(self.pool, rule_id=r.id, device_id=t.subject,
-                                         ts=t.ts, reason="devices back online")
+        elif t.kind == "join":
+            assert t.group is not None
+            await alarms.join_group(
+                self.pool, rule_id=r.id, group=t.group, grid_id=t.group_grid,
+                severity=r.severity, message=t.group_message, device_id=t.subject,
+                device_grid=t.grid_id, value=t.value, member_message=t.message, ts=t.ts)
+        elif t.kind == "leave":
+            assert t.group is not None
+            await alarms.leave_group(self.pool, rule_id=r.id, group=t.group,
+                                     device_id=t.subject, ts=t.ts,
+                                     reason=t.message or "every member cleared")
 
-    async def persist(self) -> None:
-        """Save changed rule states (and suppression counts) every few seconds."""
+    async def reconcile_loop(self) -> None:
+        """Reconcile with the alarms table every ``RECONCILE_S`` (the rule evaluator runs
+        this; its checkpoints save the states, ingest/evaluator.py)."""
         while True:
-            await asyncio.sleep(PERSIST_INTERVAL_S)
-            await self.save()
+            await asyncio.sleep(RECONCILE_S)
+            try:
+                await self.reconcile()
+            except Exception as e:
+                log.warning("reconciling alarms failed (%s); will retry", e)
+
+    def parts(self) -> list[tuple[str, Any]]:
+        """The storm/flap/cap/re-alarm memory as JSON documents (``watch_state``)."""
+        return [("flaps", self.flaps.to_json()), ("storms", self.storms.to_json()),
+                ("caps", self.caps.to_json()),
+                ("realarm", [[list(k), t] for k, t in self.realarm.items()])]
 
     async def save(self) -> bool:
         """Write the changed states; False if the database did not take them (kept)."""
@@ -393,6 +514,11 @@ class AlarmWatch:
                     """INSERT INTO rule_state (rule_id, subject, state, updated_at)
                        VALUES ($1, $2, $3, now()) ON CONFLICT (rule_id, subject)
                        DO UPDATE SET state = excluded.state, updated_at = now()""", rows)
+            await self.pool.executemany(
+                """INSERT INTO watch_state (part, state, updated_at) VALUES ($1, $2, now())
+                   ON CONFLICT (part) DO UPDATE SET state = excluded.state,
+                   updated_at = now() WHERE watch_state.state IS DISTINCT FROM excluded.state
+                """, self.parts())
             if self.suppressed:
                 counts, self.suppressed = self.suppressed, defaultdict(int)
                 await self.pool.executemany(

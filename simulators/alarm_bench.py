@@ -48,6 +48,12 @@ Figures (last stdout line, one JSON object):
   (``uptime``).
 - ``hub_clients_after_close``: websocket clients the hub still counts a second after the
   benchmark's client closed (the feed notices a closed socket only when it next sends).
+- With ``--backtest``: while the triggers run, a client posts backtests back to back
+  (``POST /api/rules/backtest``: a threshold rule over every background reading stored so
+  far, run by the hub in a child process, ingest/backtest_job.py); ``backtests`` how many
+  finished, ``backtest_ms`` their wall times (p50/max), ``backtest_readings`` the readings
+  the largest one evaluated, ``backtest_errors`` any that failed. Compare the alarm p99
+  with a run without it.
 """
 
 from __future__ import annotations
@@ -63,6 +69,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -410,6 +418,38 @@ def _start_generator(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, r
         cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True)
 
 
+def _post_json(url: str, token: str | None, body: dict[str, Any]) -> tuple[int, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")[:200]
+
+
+async def _backtests(hub: HubProcess, since: float, stop: asyncio.Event,
+                     out: dict[str, Any]) -> None:
+    """Backtests back to back until ``stop``: a rule over all background readings so far."""
+    body = {"rule": {"name": "bench backtest", "kind": "threshold", "metric": "v",
+                     "params": {"raise_above": 1e9}}, "since": since}
+    times: list[float] = []
+    url = hub.url("/api/rules/backtest")
+    while not stop.is_set():
+        t = time.monotonic()
+        status, res = await asyncio.to_thread(_post_json, url, hub.token,
+                                              {**body, "until": time.time()})
+        if status != 200:
+            out["backtest_errors"].append(f"{status} {res}")
+            await asyncio.sleep(1.0)
+            continue
+        times.append((time.monotonic() - t) * 1000)
+        out["backtest_readings"] = max(out["backtest_readings"], res["readings"])
+    out["backtests"] = len(times)
+    out["backtest_ms"] = summarize(sorted(times))
+
+
 async def _session(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run_id: str,
                    detectors: list[str], probe_id: str, bg_prefix: str, offsets: list[float],
                    probes: Probes) -> dict[str, Any]:
@@ -455,6 +495,11 @@ async def _session(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run
 
         triggers = [Trigger(d) for d in detectors]
         probes.mark("start", hub_rows=await asyncio.to_thread(_hub_rows, hub))
+        bt_stop = asyncio.Event()
+        bt_out: dict[str, Any] = {"backtests": 0, "backtest_readings": 0,
+                                  "backtest_errors": [], "backtest_ms": None}
+        backtester = (asyncio.create_task(_backtests(hub, time.time() - 3600, bt_stop, bt_out))
+                      if args.backtest else None)
         say(f"{len(triggers)} triggers over {span:.0f}s; load {load_avg()}")
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -490,6 +535,9 @@ async def _session(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run
                 _until(lambda: all(x.received_at is not None for x in triggers), feed),
                 max(0.0, last_sent + args.timeout - time.time()))
         probes.mark("end", hub_rows=await asyncio.to_thread(_hub_rows, hub))
+        bt_stop.set()
+        if backtester is not None:
+            await backtester
         await asyncio.gather(*clears, return_exceptions=True)
         late_grace = time.monotonic() + 2.0  # alarms arriving after the timeout: "late"
         while time.monotonic() < late_grace and feed.waiting:
@@ -512,6 +560,7 @@ async def _session(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run
         # when it next sends to it.)
         lingering = (await asyncio.to_thread(hub.health)).get("clients")
         return {"triggers": triggers, "probe_ms": probe_ms, "generator": gen_report,
+                "backtest": bt_out if args.backtest else None,
                 "hub_clients_after_close": lingering,
                 "feed_frames": feed.frames, "feed_events": feed.events,
                 "feed_resyncs": feed.resyncs}
@@ -543,7 +592,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if busiest + CAP_MARGIN > CAP_RAISES:
         raise ValueError(
             f"{busiest} raises in one {CAP_WINDOW_S:.0f}s window: over the hub's per-rule cap "
-            f"of {CAP_RAISES} (less {CAP_MARGIN} of margin) they would be suppressed; "
+            f"of {CAP_RAISES} (less {CAP_MARGIN} of margin) they would join the grouped alarm; "
             f"use a longer --interval")
     cfg = loadgen.LoadConfig(port=env.mqtt_port, rate=args.rate, devices=args.devices,
                              publishers=args.publishers, mode=args.mode,
@@ -650,6 +699,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "alarm_writes": (health.get("ingest") or {}).get("alarm_writes")
         or ((health.get("ingest") or {}).get("rules") or {}).get("alarm_writes"),
         "layout": args.layout,
+        **(res["backtest"] or {}),
         "load": {"start": load_start, "end": load_avg()},
         "ncpu": os.cpu_count(),
         "run_id": run_id,
@@ -678,6 +728,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds after which a trigger without its alarm counts as missed")
     p.add_argument("--keep-db", action="store_true", help="keep the scratch database")
+    p.add_argument("--backtest", action="store_true",
+                   help="run backtests back to back during the triggers (alarm p99 must hold)")
     p.add_argument("--profile", type=Path, metavar="FILE",
                    help="py-spy the hub during the triggers: FILE.svg flame graph or FILE.txt "
                         "collapsed stacks")

@@ -165,3 +165,53 @@ def test_operator_clears_an_alarm_with_a_reason(page: Page, hub: HubProcess,
     cleared = next(a for a in body if str(a["id"]) == alarm_id)
     assert cleared["state"] == "cleared" and cleared["clear_reason"] == "现场核实为误报"
     assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_a_grouped_alarm_shows_how_many_devices_are_in_it(page: Page, hub: HubProcess) -> None:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.db import create_pool
+    from ingest import alarms
+
+    _open_console(page, hub)
+    town = town_doc()
+    by_grid: dict[str, list[str]] = {}
+    for d in town["devices"]:
+        by_grid.setdefault(d["grid"], []).append(d["id"])
+    grid, devices = next((g, ds[:3]) for g, ds in sorted(by_grid.items()) if len(ds) >= 3)
+    group = f"storm:{grid}-browser"
+
+    async def write(join: bool) -> int:
+        pool = await create_pool(hub.db_url, 1, 2)
+        try:
+            view: dict[str, Any] | None = None
+            for d in devices:  # the writes the alarm watch makes for a grid's storm
+                if join:
+                    view = await alarms.join_group(
+                        pool, rule_id="device_offline", group=group, grid_id=grid,
+                        severity="minor", message="设备离线: 网格多个设备同时离线",
+                        device_id=d, device_grid=grid, value=None, member_message=d,
+                        ts=time.time())
+                else:
+                    view = await alarms.leave_group(pool, rule_id="device_offline",
+                                                    group=group, device_id=d, ts=time.time())
+            assert view is not None
+            return int(view["id"])
+        finally:
+            await pool.close()
+
+    def run(join: bool) -> int:  # Playwright's sync API holds this thread's event loop
+        with ThreadPoolExecutor(1) as ex:
+            return ex.submit(asyncio.run, write(join)).result()
+
+    alarm_id = run(True)
+    row = page.locator(f'#alarm-list [data-alarm-id="{alarm_id}"]')
+    row.wait_for(timeout=15000)
+    page.wait_for_function(
+        "(sel) => document.querySelector(sel)?.textContent.includes('3 台设备')",
+        arg=f'#alarm-list [data-alarm-id="{alarm_id}"] .members', timeout=15000)
+    # the members leave; with the last one the group alarm clears and leaves the list
+    run(False)
+    row.wait_for(state="detached", timeout=15000)
+    assert page.errors == []  # type: ignore[attr-defined]

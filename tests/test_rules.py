@@ -466,3 +466,77 @@ def test_describe(kind: str, params: dict[str, Any], words: str) -> None:
     state, _ = rules.evaluate(r, INITIAL, 30.0, 0.0)
     text = rules.describe(r, 30.0, state)
     assert text.startswith(r.name) and words in text
+
+
+# --- the reorder buffer (ingest/reorder.py) --------------------------------------------------
+
+GAS = Rule(id="gas", name="gas", kind="threshold", metric="gas_lel_pct", device_model=None,
+           params={"raise_above": 25.0, "clear_below": 10.0})
+DUR = Rule(id="dur", name="dur", kind="duration", metric="m", device_model=None,
+           params={"raise_above": 25.0, "for_s": 2.0})
+
+
+def arrive(r: Rule, readings: list[tuple[float, float]], window_s: float = 2.0
+           ) -> tuple[RuleState, list[tuple[str, float]]]:
+    """Readings in arrival order through the buffer as the watch uses it: the applied
+    verdicts (what the operators see), with their device times."""
+    from ingest import reorder
+
+    state, hist = INITIAL, []
+    shown: list[tuple[str, float]] = []
+    for ts, value in readings:
+        if ts < state.last_ts:
+            done = reorder.replay(r, hist, value, ts, state.active, window_s)
+            if done is None:
+                shown.append(("late", ts))
+                continue
+            state, applied = done
+            shown += [(a.verdict, a.ts) for a in applied]
+            continue
+        new, v = rules.evaluate(r, state, value, ts)
+        reorder.record(hist, reorder.Entry(ts, value, state, v), window_s, 32)
+        state = new
+        if v is not None:
+            shown.append((v, ts))
+    return state, shown
+
+
+@pytest.mark.parametrize(("name", "r", "readings", "expected"), [
+    ("in order: as without a buffer", GAS, [(1, 5), (2, 30), (3, 5)],
+     [(R, 2), (C, 3)]),
+    # a gateway's spike at t=2 arrives after the normal reading at t=3: it raises, and the
+    # reading after it clears, in device-time order
+    ("late spike between normal readings raises", GAS, [(1, 5), (3, 5), (2, 30)],
+     [(R, 2), (C, 3)]),
+    ("late spike while the newest is still high: one raise", GAS,
+     [(1, 5), (3, 30), (2, 40)], [(R, 3)]),
+    ("late normal reading changes nothing shown", GAS, [(1, 30), (3, 30), (2, 5)],
+     [(R, 1), (C, 2), (R, 3)]),
+    ("older than the window: not evaluated", GAS, [(1, 5), (10, 5), (2, 30)],
+     [("late", 2)]),
+    # duration: the late reading fills the gap that makes "over for 2 s" true
+    ("late reading completes a duration", DUR, [(0, 30), (3, 5), (2, 30)],
+     [(R, 2), (C, 3)]),
+    ("late reading completes a duration, still high", DUR, [(0, 30), (2.5, 30), (1, 30)],
+     [(R, 2.5)]),
+])
+def test_reorder_buffer(name: str, r: Rule, readings: list[tuple[float, float]],
+                        expected: list[tuple[str, float]]) -> None:
+    state, shown = arrive(r, readings)
+    assert shown == expected, name
+    # the final state is the one in-order evaluation gives (what was not too late)
+    in_order, _ = run(r, sorted(x for x in readings if ("late", x[0]) not in shown))
+    assert state.active == in_order.active
+
+
+def test_reorder_history_is_bounded() -> None:
+    from ingest import reorder
+
+    hist: reorder.History = []
+    for i in range(100):
+        reorder.record(hist, reorder.Entry(i * 0.01, 1.0, INITIAL, None), 2.0, 8)
+    assert len(hist) == 8 and hist[-1].ts == pytest.approx(0.99)
+    for i in range(3):
+        reorder.record(hist, reorder.Entry(10.0 + i * 3, 1.0, INITIAL, None), 2.0, 8)
+    # what is within the window of the newest, and the one before it (the anchor)
+    assert [e.ts for e in hist] == [13.0, 16.0]

@@ -211,3 +211,176 @@ def test_rate_cap_per_rule_limits_and_stats() -> None:
 def test_bad_settings(cls: Any, args: tuple[Any, ...]) -> None:
     with pytest.raises(ValueError):
         cls(*args)
+
+
+# --- grouped alarms (AlarmGroups) and the shell's use of them (AlarmWatch, no I/O) --------
+
+from ingest import rules as _rules  # noqa: E402
+from ingest.storm import AlarmGroups, cap_key  # noqa: E402
+from ingest.watch import AlarmWatch, Subject, Transition, Watched  # noqa: E402
+
+
+@pytest.mark.parametrize(("steps", "expected"), [
+    # (op, rule, group, subject) -> returned value; sizes after
+    ([("join", "r", "g", "a"), ("join", "r", "g", "b"), ("join", "r", "g", "a")],
+     [True, True, False]),
+    ([("join", "r", "g", "a"), ("leave", "r", None, "a"), ("leave", "r", None, "a")],
+     [True, "g", None]),
+    # another rule's membership is its own
+    ([("join", "r", "g", "a"), ("leave", "q", None, "a")], [True, None]),
+    # moving to another group leaves the first
+    ([("join", "r", "g", "a"), ("join", "r", "h", "a"), ("leave", "r", None, "a")],
+     [True, True, "h"]),
+])
+def test_alarm_groups(steps: list[tuple[str, str, str | None, str]], expected: list[Any]
+                      ) -> None:
+    g = AlarmGroups()
+    got = [g.join(r, grp, s) if op == "join" else g.leave(r, s)  # type: ignore[arg-type]
+           for op, r, grp, s in steps]
+    assert got == expected
+    assert all(n > 0 for n in g.groups().values())
+
+
+def test_alarm_groups_rebuilt_from_rows() -> None:
+    g = AlarmGroups()
+    g.join("r", "g", "stale")
+    g.replace([("r", "cap:r", "a"), ("r", "cap:r", "b"), ("q", "cap:q", "a")])
+    assert g.group_of("r", "stale") is None
+    assert (g.size("r", "cap:r"), g.group_of("q", "a")) == (2, "cap:q")
+
+
+def test_rate_cap_state_round_trips() -> None:
+    cap = RateCap(2, 60.0)
+    for t in (0.0, 1.0, 2.0, 3.0):
+        cap.check("r", t)
+    back = RateCap(2, 60.0)
+    back.load_json(json.loads(json.dumps(cap.to_json())))
+    assert back.check("r", 4.0) == cap.check("r", 4.0) == CapDecision(False, 3, 3)
+
+
+def test_storm_members_replaced_from_the_database_record() -> None:
+    s = StormGrouper(3, 120.0)
+    for d in ("a", "b", "c"):
+        s.offer("G", d, 0.0)
+    s.replace_members({"G": {"a", "b"}})
+    assert s.members("G") == {"a", "b"}
+    assert s.back("G", "b", 5.0).mode == "group"
+    assert s.back("G", "a", 5.0).ended
+    s.replace_members({})
+    assert s.groups() == {}
+
+
+def _watch(rule: _rules.Rule, devices: list[Subject]) -> AlarmWatch:
+    w = AlarmWatch(None)  # type: ignore[arg-type]  # no I/O in these tests
+    w.configure([Watched(rule)], {d.id: d for d in devices}, {})
+    return w
+
+
+def _drain(w: AlarmWatch) -> list[Transition]:
+    out = []
+    while not w.queue.empty():
+        out.append(w.queue.get_nowait())
+    return out
+
+
+class _R:  # a reading as the pipeline hands it over
+    def __init__(self, device_id: str, metric: str, ts: float, value: float) -> None:
+        self.device_id, self.metric, self.ts, self.value = device_id, metric, ts, value
+
+
+GAS_RULE = _rules.Rule(id="gas_lel_high", name="gas", kind="threshold", metric="gas",
+                       device_model=None, severity="critical",
+                       params={"raise_above": 25.0, "clear_below": 10.0})
+NODATA = _rules.Rule(id="offline", name="offline", kind="nodata", metric=None,
+                     device_model=None, params={"factor": 3})
+
+
+def test_over_the_cap_every_raise_is_a_member_of_the_rules_group() -> None:
+    devs = [Subject(f"GAS-{i:03d}", "gas", f"G{i % 7}") for i in range(150)]
+    w = _watch(GAS_RULE, devs)
+    w.readings([_R(d.id, "gas", 100.0 + i * 0.01, 40.0) for i, d in enumerate(devs)],
+               now=200.0)
+    ts = _drain(w)
+    raised = [t.subject for t in ts if t.kind == "raise"]
+    joined = [t for t in ts if t.kind == "join"]
+    assert len(raised) == 100 and len(joined) == 50
+    assert {t.group for t in joined} == {cap_key("gas_lel_high")}
+    assert set(raised) | {t.subject for t in joined} == {d.id for d in devs}  # none lost
+    assert w.groups.size("gas_lel_high", cap_key("gas_lel_high")) == 50
+    # the condition ends: members leave the group, the others clear their own alarms
+    w.readings([_R(d.id, "gas", 110.0, 1.0) for d in devs], now=210.0)
+    kinds = [t.kind for t in _drain(w)]
+    assert (kinds.count("clear"), kinds.count("leave")) == (100, 50)
+    assert w.groups.groups() == {}
+
+
+def test_nodata_is_judged_on_receive_time_so_a_slow_clock_never_alarms() -> None:
+    dev = Subject("NOISE-1", "noise", "G1", interval_s=60.0)
+    w = _watch(NODATA, [dev])
+    for k in range(10):  # device clock 5 minutes slow, reporting every minute
+        rcv = 1000.0 + 60 * k
+        w.readings([_R(dev.id, "noise_db", rcv - 300.0, 50.0)], now=rcv)
+        for dt in (1.0, 30.0, 59.0):
+            w.tick(rcv + dt)
+    assert _drain(w) == []
+    w.tick(1000.0 + 60 * 9 + 181.0)  # now really silent for over 3 intervals
+    assert [t.kind for t in _drain(w)] == ["raise"]
+
+
+def test_nodata_alarms_flap_and_are_capped_too() -> None:
+    dev = Subject("NOISE-1", "noise", "G1", interval_s=1.0)
+    w = _watch(NODATA, [dev])
+    t = 0.0
+    for _ in range(6):  # silent, back, silent, back...
+        w.readings([_R(dev.id, "x", t, 1.0)], now=t)
+        t += 4.0
+        w.tick(t)
+    kinds = [x.kind for x in _drain(w)]
+    assert "flapping" in kinds and kinds.count("clear") == 3
+    devs = [Subject(f"D{i}", "noise", f"G{i}", interval_s=1.0) for i in range(150)]
+    w = _watch(NODATA, devs)  # one device per grid: no storm, only the cap
+    w.readings([_R(d.id, "x", 0.0, 1.0) for d in devs], now=0.0)
+    w.tick(10.0)
+    kinds = [x.kind for x in _drain(w)]
+    assert (kinds.count("raise"), kinds.count("join")) == (100, 50)
+
+
+def test_reconcile_takes_back_open_alarms_and_re_alarms_after_an_operator_clear() -> None:
+    dev = Subject("GAS-1", "gas", "G1")
+    w = _watch(GAS_RULE, [dev])
+    # an open alarm the engine has no state for (rule edited, or state lost): taken back,
+    # so the condition ending clears it
+    w.apply_open([{"rule_id": "gas_lel_high", "device_id": "GAS-1", "situation": None}], [],
+                 now=0.0)
+    w.readings([_R("GAS-1", "gas", 1.0, 2.0)], now=1.0)
+    assert [t.kind for t in _drain(w)] == ["clear"]
+    # raised, then cleared by an operator while still over the limit: raised again after
+    # the re-alarm interval, not before, and not at all if the condition ends first
+    w.realarm_s = 30.0
+    w.readings([_R("GAS-1", "gas", 2.0, 40.0)], now=2.0)
+    assert [t.kind for t in _drain(w)] == ["raise"]
+    w.apply_open([], [], now=3.0)
+    w.tick(32.0)
+    assert _drain(w) == []
+    w.tick(33.5)
+    again = _drain(w)
+    assert [t.kind for t in again] == ["raise"] and "operator" in again[0].message
+    w.apply_open([], [], now=40.0)
+    w.readings([_R("GAS-1", "gas", 41.0, 1.0)], now=41.0)
+    w.tick(100.0)
+    assert [t.kind for t in _drain(w)] == ["clear"]
+
+
+def test_reconcile_leaves_a_flapping_alarm_to_the_flap_detector() -> None:
+    dev = Subject("GAS-1", "gas", "G1")
+    w = _watch(GAS_RULE, [dev])
+    for i in range(8):  # four raise/clear cycles: the fourth clear is held, flagged
+        w.readings([_R("GAS-1", "gas", float(i), 40.0 if i % 2 == 0 else 1.0)], now=i)
+    assert w.flaps.is_flapping(("gas_lel_high", "GAS-1"))
+    assert not w.states[("gas_lel_high", "GAS-1")].active  # the rule says clear; held open
+    w.apply_open([{"rule_id": "gas_lel_high", "device_id": "GAS-1", "situation": None}], [],
+                 now=10.0)
+    assert not w.states[("gas_lel_high", "GAS-1")].active
+    _drain(w)
+    w.tick(8.0 + 300.0)  # quiet for the stable time: the held clear is released
+    assert [t.kind for t in _drain(w)] == ["unflap", "clear"]

@@ -45,7 +45,8 @@ export class AlarmFeed {
     const line1 = el("div", "alarm-line1");
     const msg = el("span", "msg");
     const count = el("span", "count");
-    line1.append(msg, count);
+    const members = el("span", "members");
+    line1.append(msg, members, count);
     const line2 = el("div", "alarm-line2");
     const device = el("span", "device");
     const grid = el("span", "grid");
@@ -59,7 +60,7 @@ export class AlarmFeed {
     body.append(line1, line2, line3);
     const actions = el("div", "alarm-actions");
     li.append(sev, body, actions);
-    return { id, li, sev, msg, count, device, grid, time, state, incident, actions, ack: null,
+    return { id, li, sev, msg, count, members, device, grid, time, state, incident, actions, ack: null,
       raisedAt: null, fresh: true };
   }
 
@@ -73,6 +74,12 @@ export class AlarmFeed {
     row.msg.title = a.message || "";
     setText(row.count, `×${a.count ?? 1}`);
     row.count.classList.toggle("repeated", (a.count ?? 1) > 1);
+    // A grouped alarm (a grid's storm, or a rule over its cap): how many devices are in it
+    // now; each one is listed at /api/rules/alarm-groups/{id}.
+    const grouped = a.situation != null && a.members != null;
+    setText(row.members, grouped ? t("alarm.members", { n: a.members }) : "");
+    row.members.title = grouped ? t("alarm.members_title", { n: a.members }) : "";
+    row.members.hidden = !grouped;
     const dev = this.ctx.devices.get(a.device_id);
     setText(row.device, dev ? dev.name : a.device_id);
     row.device.title = a.device_id || "";

@@ -1,0 +1,158 @@
+"""A backtest as a separate process: never on the hub's event loop.
+
+``Backtests.run`` starts ``python -m ingest.backtest_job``, hands it the request on stdin
+(the database URL too: never in argv, where ``ps`` shows it) and reads one JSON result on
+stdout. The child streams the readings with a server-side cursor, device by device, through
+the pure ``ingest.backtest.backtest``, so its memory is one device's series plus the
+episodes, and stops at ``max_rows`` readings. It runs at the lowest CPU priority
+(``SCHED_IDLE``, else ``CHILD_NICE``). The parent kills it after ``max_s`` seconds and
+when the request is cancelled (``Backtests.cancel``, or the HTTP client gone), and refuses
+a new one while ``max_running`` run.
+
+Child result: ``{"ok": true, "readings": n, "episodes": [...], "pid": n}`` or
+``{"ok": false, "code": "backtest.too_many_rows", "detail": "..."}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.db import connect
+from core.errors import Conflict, InvalidInput
+from ingest import backtest as bt
+from ingest import rules
+
+# Readings fetched from the cursor per round trip: large enough to amortise the round trip,
+# small enough to keep the child's memory flat.
+CURSOR_PREFETCH = 10_000
+_ROOT = Path(__file__).resolve().parents[1]  # the child imports the project from here
+# The child runs at Linux's idle scheduling class (else at this niceness): on a busy
+# machine ingest and alarms get the CPU first and a backtest only what is left (a person
+# waiting seconds, not an alarm waiting milliseconds; the time cap bounds the wait).
+CHILD_NICE = 19
+
+_QUERY = """SELECT t.device_id, extract(epoch FROM t.ts)::float8 AS ts, t.value
+    FROM telemetry t JOIN devices d ON d.id = t.device_id
+    WHERE t.ts >= to_timestamp($1) AND t.ts < to_timestamp($2)
+      AND ($3 = '' OR t.metric = $3)
+      AND ($4::text IS NULL OR d.model = $4)
+      AND (cardinality($5::text[]) = 0 OR t.device_id = ANY($5))
+    ORDER BY t.device_id, t.ts"""
+
+
+@dataclass
+class Backtests:
+    """The backtests running in child processes, by job id (cancellable)."""
+
+    database_url: str
+    max_rows: int
+    max_s: float
+    max_running: int
+    running: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+    cancelled: set[str] = field(default_factory=set)
+
+    async def run(self, job_id: str, rule: rules.Rule, since: float, until: float,
+                  model: str | None, device_ids: list[str]) -> dict[str, Any]:
+        if job_id in self.running:
+            raise Conflict(f"backtest {job_id} is already running", code="backtest.duplicate")
+        if len(self.running) >= self.max_running:
+            raise Conflict(f"{self.max_running} backtests are running; try again later",
+                           code="backtest.busy")
+        request = {"database_url": self.database_url, "max_rows": self.max_rows,
+                   "rule": {"id": rule.id, "name": rule.name, "kind": rule.kind,
+                            "metric": rule.metric, "device_model": rule.device_model,
+                            "params": dict(rule.params), "severity": rule.severity},
+                   "since": since, "until": until, "model": model, "device_ids": device_ids}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ingest.backtest_job", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=_ROOT)
+        self.running[job_id] = proc
+        try:
+            out, err = await asyncio.wait_for(
+                proc.communicate(json.dumps(request).encode()), self.max_s)
+        except TimeoutError:
+            raise InvalidInput(f"backtest took over {self.max_s:g} s; narrow the range",
+                               code="backtest.timeout") from None
+        finally:
+            if proc.returncode is None:  # timed out or cancelled: the child goes too
+                proc.kill()
+                await proc.wait()
+            del self.running[job_id]
+        if job_id in self.cancelled:
+            self.cancelled.discard(job_id)
+            raise Conflict(f"backtest {job_id} was cancelled", code="backtest.cancelled")
+        try:
+            result: dict[str, Any] = json.loads(out)
+        except ValueError:
+            raise RuntimeError(f"backtest process failed: {err.decode()[-500:]}") from None
+        if not result.pop("ok"):
+            raise InvalidInput(result["detail"], code=result["code"])
+        return result
+
+    def cancel(self, job_id: str) -> bool:
+        proc = self.running.get(job_id)
+        if proc is None or proc.returncode is not None:
+            return False
+        self.cancelled.add(job_id)
+        proc.kill()
+        return True
+
+
+async def _child(req: dict[str, Any]) -> dict[str, Any]:
+    r = req["rule"]
+    rule = rules.Rule(id=r["id"], name=r["name"], kind=r["kind"], metric=r["metric"],
+                      device_model=r["device_model"], params=r["params"],
+                      severity=r["severity"])
+    max_rows = int(req["max_rows"])
+    conn = await connect(req["database_url"])
+    try:
+        intervals = {x["id"]: float(x["interval_s"]) for x in await conn.fetch(
+            "SELECT id, interval_s FROM devices")}
+        episodes: list[bt.Episode] = []
+        n = 0
+        device: str | None = None
+        series: list[tuple[float, float]] = []
+        async with conn.transaction():
+            async for row in conn.cursor(_QUERY, req["since"], req["until"],
+                                         rule.metric or "", req["model"], req["device_ids"],
+                                         prefetch=CURSOR_PREFETCH):
+                n += 1
+                if n > max_rows:
+                    return {"ok": False, "code": "backtest.too_many_rows",
+                            "detail": f"more than {max_rows} readings; narrow the range"}
+                if row["device_id"] != device:
+                    if device is not None:
+                        episodes += bt.backtest(rule, {device: series}, intervals)
+                    device, series = row["device_id"], []
+                series.append((row["ts"], float(row["value"])))
+        if device is not None:
+            episodes += bt.backtest(rule, {device: series}, intervals)
+    finally:
+        await conn.close()
+    episodes.sort(key=lambda e: (e.raised_at, e.device_id))
+    return {"ok": True, "readings": n, "episodes": [asdict(e) for e in episodes],
+            "pid": os.getpid()}
+
+
+def _lower_priority() -> None:
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(CHILD_NICE)
+
+
+def main() -> None:
+    _lower_priority()
+    req = json.loads(sys.stdin.buffer.read())
+    result = asyncio.run(_child(req))
+    sys.stdout.write(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
