@@ -109,6 +109,13 @@ def _text(why: Reason, note: str) -> str:
 
 async def _apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: str
                  ) -> dict[str, Any]:
+    # Lock every unit the decision moves at once, in id order: the ingest writer locks the
+    # units whose positions a batch carries in id order too (ingest/writer.py LOCK_UNITS),
+    # so a decision and a position flush never deadlock.
+    touched = sorted({w.unit_id for w in d.withdrawals} | {x.unit_id for x in d.dispatches})
+    if touched:
+        await conn.execute("SELECT 1 FROM units WHERE id = ANY($1::text[]) ORDER BY id "
+                           "FOR NO KEY UPDATE", touched)
     released: dict[str, str] = {}
     for w in d.withdrawals:
         by_operator = w.why.code in ("withdraw.override", "withdraw.redirected")

@@ -60,6 +60,14 @@ SELECT ts, unit_id, lat, lon, speed, heading, accuracy, received_at FROM stage_p
 ON CONFLICT DO NOTHING
 """
 
+# Row locks on the units a batch moves, taken in id order before the update: the dispatch
+# decision (dispatch/decisions.py) locks its units in id order too, so the two never wait
+# on each other in a cycle (an UPDATE ... FROM locks in join order: a deadlock otherwise).
+LOCK_UNITS = """
+SELECT 1 FROM units WHERE id IN (SELECT unit_id FROM stage_positions)
+ORDER BY id FOR NO KEY UPDATE
+"""
+
 MERGE_UNIT_LATEST = """
 UPDATE units u SET lon = s.lon, lat = s.lat, speed = s.speed, heading = s.heading,
                    position_ts = s.ts
@@ -240,6 +248,7 @@ class BatchWriter:
                     columns=("ts", "unit_id", "lat", "lon", "speed", "heading", "accuracy",
                              "received_at"))
                 await conn.execute(MERGE_POSITIONS)
+                await conn.execute(LOCK_UNITS)
                 await conn.execute(MERGE_UNIT_LATEST)
             if batch.dead:
                 await conn.copy_records_to_table(

@@ -177,6 +177,8 @@ class BenchCrews:
         self.errors: list[str] = []
         self.conflicts: list[str] = []
         self.commands = {"dispatch": 0, "withdraw": 0}
+        self.ours: set[Any] = set()  # incident ids of this run's dispatches
+        self.foreign = 0  # commands for cases of another hub on the same broker
 
     # ---- commands (called on the event loop)
     def on_command(self, unit_id: str, payload: bytes) -> None:
@@ -192,6 +194,15 @@ class BenchCrews:
         if cid in self.seen:  # QoS 1 may deliver twice
             return
         self.seen.add(cid)
+        # The broker may carry another hub's commands for units of the same ids (a shared
+        # test broker, a demo running beside): only this run's cases are ours.
+        if kind == "dispatch" and not str(cmd.get("incident", {}).get("title") or ""
+                                          ).startswith(TITLE_PREFIX):
+            self.foreign += 1
+            return
+        if kind == "withdraw" and cmd.get("incident_id") not in self.ours:
+            self.foreign += 1
+            return
         now = time.time()
         if kind == "withdraw":
             self.commands["withdraw"] += 1
@@ -200,6 +211,7 @@ class BenchCrews:
         elif kind == "dispatch":
             self.commands["dispatch"] += 1
             inc = cmd["incident"]
+            self.ours.add(inc["id"])
             title = str(inc.get("title") or "")
             if unit.incident is not None:
                 self._stop(unit, now)  # the withdrawal may not have arrived yet

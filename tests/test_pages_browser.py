@@ -315,10 +315,13 @@ def test_case_page_gives_dispatch_reasons_in_the_page_language(
 def test_unit_page_plays_a_track(page: Page, hub: HubProcess, publisher: Publisher) -> None:
     town = town_doc()
     unit = [u for u in town["units"] if u["type"] == "police"][-1]
-    now = time.time()
-    for k in range(12):  # a short eastward drive, one fix every 20 s
+    # A short eastward drive, one fix every 20 s, 40 minutes ago: inside the page's default
+    # range, and away from the "now" at which other tests (on the same broker, for the same
+    # demo-town unit ids) publish fixes that this hub stores too.
+    start_ts = time.time() - 2400
+    for k in range(12):
         publisher.publish(wire.gps_topic(unit["id"]), wire.encode_gps(
-            now - 240 + k * 20, unit["lat"], unit["lon"] + k * 0.0005, 8.0, 90.0, 5.0))
+            start_ts + k * 20, unit["lat"], unit["lon"] + k * 0.0005, 8.0, 90.0, 5.0))
     page.goto(f"{hub.url}/units/{unit['id']}")
     page.wait_for_function(
         "document.body.dataset.loaded === 'true' && Number(document.body.dataset.fixes) >= 12",
