@@ -46,24 +46,34 @@ class Registry:
         self.watched: list[Watched] = []
         self.device_subjects: dict[str, Subject] = {}
         self.unit_subjects: dict[str, Subject] = {}
+        self._seen: list[list[tuple[Any, ...]]] | None = None  # the rows of the last load
 
-    async def load(self, conn: Querier) -> None:
+    async def load(self, conn: Querier) -> bool:
+        """Read devices, grids, units and enabled rules; False (and nothing rebuilt) when
+        they are as at the last load. The ingest role reloads every few seconds: rebuilding
+        the rules' subjects for thousands of devices each time would stall the event loop
+        and throw away the watch's per-device rule cache for nothing."""
         devs = await conn.fetch("SELECT id, model, grid_id, props, interval_s FROM devices "
                                 "WHERE revoked_at IS NULL")
+        grid_rows = await conn.fetch("SELECT id, geometry FROM grids WHERE level = 2")
+        units = await conn.fetch("SELECT id, type, home_grid, patrol_grids FROM units")
+        rule_rows = await conn.fetch("SELECT * FROM rules WHERE enabled ORDER BY id")
+        seen = [[tuple(r) for r in rows] for rows in (devs, grid_rows, units, rule_rows)]
+        if seen == self._seen:
+            return False
+        self._seen = seen
         self.devices = {r["id"]: DeviceInfo(r["id"], r["model"], r["grid_id"]) for r in devs}
         self.device_subjects = {
             r["id"]: Subject(r["id"], r["model"], r["grid_id"], dict(r["props"] or {}),
                              float(r["interval_s"])) for r in devs}
-        grids = {r["id"]: rules.Polygon.of(r["geometry"]["coordinates"][0])
-                 for r in await conn.fetch("SELECT id, geometry FROM grids WHERE level = 2")}
-        units = await conn.fetch("SELECT id, type, home_grid, patrol_grids FROM units")
+        grids = {r["id"]: rules.Polygon.of(r["geometry"]["coordinates"][0]) for r in grid_rows}
         self.units = {r["id"] for r in units}
         self.unit_subjects = {
             r["id"]: Subject(r["id"], r["type"], r["home_grid"],
                              fence=tuple(grids[g] for g in r["patrol_grids"] if g in grids))
             for r in units}
-        self.watched = [Watched.from_row(r) for r in await conn.fetch(
-            "SELECT * FROM rules WHERE enabled ORDER BY id")]
+        self.watched = [Watched.from_row(r) for r in rule_rows]
+        return True
 
 
 # Smoothing of a device's clock skew: each reading moves the estimate 10% of the way, so

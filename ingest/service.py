@@ -120,8 +120,8 @@ class IngestRole:
         compare this process's evaluator with the alarms table at once (after a rule edit:
         an edited rule starts afresh and its open alarms are taken back, so they still
         clear), instead of at its next periodic reconciliation."""
-        await self.registry.load(self.pool)
-        self.configure_rules()
+        if await self.registry.load(self.pool):
+            self.configure_rules()
         if reconcile:
             evaluator = self.evaluator or (self.leader.evaluator if self.leader else None)
             if evaluator is not None:
