@@ -85,6 +85,9 @@ async def update_clocks(conn: Conn, inc: dict[str, Any], case: workflow.CaseStat
     done_now = DONE_STAGE.get(action)
     stopped = case.state in STOPPED_STATES
     summary: dict[str, Any] = {}
+    deadlines: list[datetime | None] = []
+    warn_ats: list[datetime | None] = []
+    mets: list[datetime | None] = []
     for stage in sla.STAGES:
         prev = rows.get(stage)
         met = _sec(prev["met_at"]) if prev else None
@@ -97,19 +100,27 @@ async def update_clocks(conn: Conn, inc: dict[str, Any], case: workflow.CaseStat
         warn_at = (None if deadline is None or math.isinf(deadline)
                    else _warn_at(cal, share, opened_at, deadline,
                                  stage == "resolve" and limits.resolve_working))
-        await conn.execute(
-            """INSERT INTO sla_clocks (incident_id, stage, started_at, deadline, warn_at, met_at)
-               VALUES ($1, $2, $3, $4, $5, $6)
-               ON CONFLICT (incident_id, stage) DO UPDATE SET deadline = excluded.deadline,
-                 warn_at = excluded.warn_at, met_at = excluded.met_at""",
-            inc["id"], stage, _ts(opened_at), _ts(deadline), _ts(warn_at), _ts(met))
+        deadlines.append(_ts(deadline))
+        warn_ats.append(_ts(warn_at))
+        mets.append(_ts(met))
         summary[stage] = {
             "deadline": None if deadline is None or math.isinf(deadline) else deadline,
             "warn_at": warn_at,
             "met_at": met,
             "state": _state(deadline, opened_at, met, now, prev),
         }
-    await conn.execute("UPDATE incidents SET sla = $2 WHERE id = $1", inc["id"], summary)
+    # Every stage's row and the incident's copy in one statement: this runs in every case
+    # step, and a dispatch decision takes several (one round trip here, not six).
+    await conn.execute(
+        """WITH clocks AS (
+             INSERT INTO sla_clocks (incident_id, stage, started_at, deadline, warn_at, met_at)
+             SELECT $1, c.stage, $3, c.deadline, c.warn_at, c.met_at
+             FROM unnest($2::text[], $4::timestamptz[], $5::timestamptz[], $6::timestamptz[])
+                  AS c (stage, deadline, warn_at, met_at)
+             ON CONFLICT (incident_id, stage) DO UPDATE SET deadline = excluded.deadline,
+               warn_at = excluded.warn_at, met_at = excluded.met_at)
+           UPDATE incidents SET sla = $7 WHERE id = $1""",
+        inc["id"], list(sla.STAGES), _ts(opened_at), deadlines, warn_ats, mets, summary)
     return summary
 
 

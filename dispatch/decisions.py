@@ -25,6 +25,7 @@ import asyncpg
 
 from core import outbox
 from core.db import Conn, row_view
+from core.entities import UNIT_COLUMNS
 from core.errors import Conflict, InvalidInput
 from core.events import SupervisorAlerted, UnitAssigned, UnitStatusChanged
 from core.settings import Settings
@@ -152,9 +153,13 @@ async def _dispatch(conn: Conn, x: planner.Dispatch, now: float, actor: str, not
     inc = await store.incident_row(conn, iid, lock=True)
     if inc is None or inc["state"] != "registered" or inc["assigned_unit"] is not None:
         raise _Stale
-    moved = await conn.fetchval(
-        """UPDATE units SET status = 'dispatched', current_incident = $2, updated_at = now()
-           WHERE id = $1 AND status IN ('available', 'returning') RETURNING id""",
+    # The unit's view for the event comes back with the move (nothing later in this
+    # function writes the unit's row).
+    moved = await conn.fetchrow(
+        f"""UPDATE units u SET status = 'dispatched', current_incident = $2,
+                                updated_at = now()
+            WHERE u.id = $1 AND u.status IN ('available', 'returning')
+            RETURNING {UNIT_COLUMNS}""",
         x.unit_id, iid)
     if moved is None:
         raise _Stale
@@ -168,22 +173,23 @@ async def _dispatch(conn: Conn, x: planner.Dispatch, now: float, actor: str, not
         "pick": x.pick, "reason": x.why.text(), "why": x.why.as_json(),
         "candidates": planner.candidates_json(x.candidates),
     }
+    # The assignment and the incident's copy of its unit in one statement.
     assignment = await conn.fetchrow(
-        """INSERT INTO assignments (incident_id, unit_id, assigned_at, eta_s, reason,
+        """WITH marked AS (UPDATE incidents SET assigned_unit = $2 WHERE id = $1)
+           INSERT INTO assignments (incident_id, unit_id, assigned_at, eta_s, reason,
                                     override_reason, recommendation, accept_due, why)
            VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) RETURNING *""",
         iid, x.unit_id, store.ts(now), x.eta_s, text, override_text, recommendation,
         store.ts(now + ACCEPT_TIMEOUT_S.get(int(inc["priority"]), 900.0)
                  * clocks.SlaConfig.scale),
         x.why.as_json())
-    await conn.execute("UPDATE incidents SET assigned_unit = $2 WHERE id = $1", iid, x.unit_id)
     inc["assigned_unit"] = x.unit_id
     await _step(conn, inc, "dispatch", actor if by_operator else SYSTEM_ACTOR, now,
                 override_text or text)
     view = row_view(assignment)
     await outbox.record(conn, UnitAssigned(
         incident=await store.incident_view(conn, iid),
-        unit=await store.unit_view(conn, x.unit_id), assignment=view))
+        unit=row_view(moved), assignment=view))
     return view
 
 

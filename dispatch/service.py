@@ -103,7 +103,7 @@ async def _step(conn: Conn, inc: dict[str, Any], action: str, actor: str,
                 now: float, reason: str | None) -> workflow.CaseState:
     """Apply a workflow action to a locked incident row, log it and move its SLA clocks
     (no event yet: the caller records one with the final view)."""
-    before = await store.case_state(conn, inc["id"])
+    before, head = await store.case_state_and_head(conn, inc["id"])
     members: frozenset[str] = frozenset()
     if action in ("verify_ok", "verify_fail"):
         members = await store.unit_members(conn, {before.handler, before.feedback_by})
@@ -111,13 +111,17 @@ async def _step(conn: Conn, inc: dict[str, Any], action: str, actor: str,
         after = workflow.apply(before, action, actor, now, reason, handler_members=members)
     except workflow.TransitionError as e:
         raise InvalidInput(e.message, code=e.code) from e
+    entry = store.chain_entry(head, inc["id"], action, before.state, after.state, actor, now,
+                              reason)
+    # The log entry and the copy on the incident row in one statement (the row's lock is
+    # held, the head was read under it): every decision takes a step per case it moves.
     await conn.execute(
-        """UPDATE incidents SET state = $2, rework_count = $3, extension_count = $4,
-                                handler = $5, updated_at = $6 WHERE id = $1""",
-        inc["id"], after.state, after.rework_count, after.extension_count, after.handler,
+        f"""WITH entry AS ({store.INSERT_LOG})
+            UPDATE incidents SET state = $11, rework_count = $12, extension_count = $13,
+                                 handler = $14, updated_at = $15, log_head = $10
+            WHERE id = $1""",
+        *entry.args(), after.state, after.rework_count, after.extension_count, after.handler,
         store.ts(now))
-    await store.append_log(conn, inc["id"], action, before.state, after.state, actor, now,
-                           reason)
     inc.update(state=after.state, rework_count=after.rework_count,
                extension_count=after.extension_count, handler=after.handler)
     await clocks.update_clocks(conn, inc, after, action, now)
