@@ -29,6 +29,7 @@ import asyncpg
 
 from core import outbox
 from core.db import Conn, Querier
+from core.entities import INCIDENT_COLUMNS
 from core.events import Envelope, SlaBreached, SlaWarned
 from core.settings import Settings
 from dispatch import sla, sla_settings, store, workflow
@@ -73,7 +74,8 @@ def _sec(v: datetime | None) -> float | None:
 
 async def update_clocks(conn: Conn, inc: dict[str, Any], case: workflow.CaseState,
                         action: str, now: float) -> dict[str, Any]:
-    """Recompute the incident's stage deadlines after ``action``; return the sla summary."""
+    """Recompute the incident's stage deadlines after ``action``; return the sla summary.
+    ``inc`` (the incident's row) is refreshed from the row as written."""
     opened = inc["opened_at"]
     opened_at = opened if isinstance(opened, float) else opened.timestamp()
     limits = InForce.table.limits(inc["category"], int(inc["priority"]))
@@ -110,17 +112,21 @@ async def update_clocks(conn: Conn, inc: dict[str, Any], case: workflow.CaseStat
             "state": _state(deadline, opened_at, met, now, prev),
         }
     # Every stage's row and the incident's copy in one statement: this runs in every case
-    # step, and a dispatch decision takes several (one round trip here, not six).
-    await conn.execute(
-        """WITH clocks AS (
+    # step, and a dispatch decision takes several (one round trip here, not six). The row
+    # as written comes back into ``inc``, so a caller that writes nothing more to the
+    # incident has its view without reading it again.
+    row = await conn.fetchrow(
+        f"""WITH clocks AS (
              INSERT INTO sla_clocks (incident_id, stage, started_at, deadline, warn_at, met_at)
              SELECT $1, c.stage, $3, c.deadline, c.warn_at, c.met_at
              FROM unnest($2::text[], $4::timestamptz[], $5::timestamptz[], $6::timestamptz[])
                   AS c (stage, deadline, warn_at, met_at)
              ON CONFLICT (incident_id, stage) DO UPDATE SET deadline = excluded.deadline,
                warn_at = excluded.warn_at, met_at = excluded.met_at)
-           UPDATE incidents SET sla = $7 WHERE id = $1""",
+           UPDATE incidents i SET sla = $7 WHERE i.id = $1 RETURNING {INCIDENT_COLUMNS}""",
         inc["id"], list(sla.STAGES), _ts(opened_at), deadlines, warn_ats, mets, summary)
+    if row is not None:
+        inc.update(row.items())
     return summary
 
 

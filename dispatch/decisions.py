@@ -187,8 +187,9 @@ async def _dispatch(conn: Conn, x: planner.Dispatch, now: float, actor: str, not
     await _step(conn, inc, "dispatch", actor if by_operator else SYSTEM_ACTOR, now,
                 override_text or text)
     view = row_view(assignment)
+    # ``inc`` is the incident's row as _step's last write left it (clocks.update_clocks).
     await outbox.record(conn, UnitAssigned(
-        incident=await store.incident_view(conn, iid),
+        incident=row_view(inc),
         unit=row_view(moved), assignment=view))
     return view
 

@@ -68,19 +68,19 @@ async def unit_states(conn: Querier) -> list[UnitState]:
 async def dispatch_state(conn: Querier) -> DispatchState:
     """What the decision core plans over, as committed now (read inside the decision's
     transaction, after its lock)."""
+    # The units barred from each case come with it (an index probe per planned case,
+    # bounded by the open cases, not by the assignments' history): one round trip.
     rows = await conn.fetch(
-        "SELECT i.id, i.category, i.priority, i.qualification, i.lon, i.lat, i.grid_id, "
-        "i.opened_at, i.assigned_unit FROM incidents i WHERE i.state = ANY($1::text[]) "
-        "ORDER BY i.id", list(PLANNED_STATES))
-    barred = await conn.fetch(
-        """SELECT a.incident_id, array_agg(DISTINCT a.unit_id) AS units FROM assignments a
-           JOIN incidents i ON i.id = a.incident_id
-           WHERE a.status = ANY($1::text[]) AND i.state = ANY($2::text[])
-           GROUP BY a.incident_id""", list(BARRING_STATUSES), list(PLANNED_STATES))
+        """SELECT i.id, i.category, i.priority, i.qualification, i.lon, i.lat, i.grid_id,
+                  extract(epoch FROM i.opened_at)::float8 AS opened_at, i.assigned_unit,
+                  (SELECT array_agg(DISTINCT a.unit_id) FROM assignments a
+                   WHERE a.incident_id = i.id AND a.status = ANY($2::text[])) AS barred
+           FROM incidents i WHERE i.state = ANY($1::text[]) ORDER BY i.id""",
+        list(PLANNED_STATES), list(BARRING_STATUSES))
     return DispatchState(
         tuple(incident_state(dict(r)) for r in rows),
         tuple(await unit_states(conn)),
-        {str(b["incident_id"]): frozenset(b["units"]) for b in barred},
+        {str(r["id"]): frozenset(r["barred"]) for r in rows if r["barred"]},
     )
 
 
