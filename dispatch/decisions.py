@@ -129,7 +129,7 @@ async def _apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: 
                 "UPDATE assignments SET escalated_at = now() WHERE incident_id = $1 AND "
                 "status = 'active'", int(w.incident_id))
         await _release_unit(conn, int(w.incident_id), _ACTION_FOR[w.status], who, now,
-                            _text(w.why, note if by_operator else ""), w.status)
+                            _text(w.why, note if by_operator else ""), w.status, inc)
         released[w.unit_id] = w.incident_id
     for a in d.alerts:
         row = await conn.fetchrow(

@@ -19,7 +19,7 @@ import asyncpg
 
 from core import outbox
 from core.db import Conn, row_view
-from core.entities import ALARM_COLUMNS
+from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS
 from core.errors import InvalidInput, NotFound
 from core.events import (
     AlarmAttached,
@@ -129,26 +129,30 @@ async def _step(conn: Conn, inc: dict[str, Any], action: str, actor: str,
 
 
 async def _release_unit(conn: Conn, incident_id: int, action: str, actor: str, now: float,
-                        reason: str, assignment_status: str) -> str | None:
+                        reason: str, assignment_status: str,
+                        inc: dict[str, Any] | None = None) -> str | None:
     """Take the unit off a case (withdraw/decline): the case goes back to registered, the
-    assignment ends with ``assignment_status`` and the unit is free. Returns the unit id."""
-    inc = await store.incident_row(conn, incident_id, lock=True)
+    assignment ends with ``assignment_status`` and the unit is free. Returns the unit id.
+    ``inc``: the incident's row if the caller already holds its lock (else it is locked
+    here)."""
+    if inc is None:
+        inc = await store.incident_row(conn, incident_id, lock=True)
     if inc is None:
         raise NotFound(f"incident {incident_id} not found", code="incident.not_found")
     unit_id = inc["assigned_unit"]
     await _step(conn, inc, action, actor, now, reason)
-    await conn.execute(
-        "UPDATE assignments SET status = $2 WHERE incident_id = $1 AND status IN "
-        "('active', 'accepted')", incident_id, assignment_status)
-    await conn.execute("UPDATE incidents SET assigned_unit = NULL WHERE id = $1", incident_id)
-    if unit_id:
-        await conn.execute(
-            """UPDATE units SET status = 'available', current_incident = NULL,
-               updated_at = now() WHERE id = $1 AND current_incident = $2""",
-            unit_id, incident_id)
+    # The assignment, the unit and the incident's copy in one statement, which returns the
+    # incident's view for the event (a decision may withdraw several units).
+    row = await conn.fetchrow(
+        f"""WITH ended AS (UPDATE assignments SET status = $2 WHERE incident_id = $1
+                             AND status IN ('active', 'accepted')),
+                 freed AS (UPDATE units SET status = 'available', current_incident = NULL,
+                             updated_at = now() WHERE id = $3 AND current_incident = $1)
+            UPDATE incidents i SET assigned_unit = NULL WHERE i.id = $1
+            RETURNING {INCIDENT_COLUMNS}""",
+        incident_id, assignment_status, unit_id)
     await outbox.record(conn, IncidentUpdated(
-        incident=await store.incident_view(conn, incident_id), action=action,
-        released_unit=str(unit_id or "")))
+        incident=row_view(row), action=action, released_unit=str(unit_id or "")))
     return str(unit_id) if unit_id else None
 
 
