@@ -46,23 +46,19 @@ async def unit_states(conn: Querier) -> list[UnitState]:
                       WHERE a.assigned_at >= date_trunc('day', now(), $1)
                       GROUP BY a.unit_id) today ON today.unit_id = u.id""",
         sla_config.InForce.tz)  # the town's day, not UTC's: 00:00 in the town, not 08:00
-    return [
-        UnitState(
-            id=r["id"],
-            kind=r["type"],
-            qualifications=frozenset(r["qualifications"]),
-            status=r["status"],
-            lon=r["lon"] if r["position_ts"] is not None else None,
-            lat=r["lat"] if r["position_ts"] is not None else None,
-            position_ts=r["position_ts"],
-            home_grid=r["home_grid"],
-            duty_since=r["duty_since"],
-            cases_today=int(r["cases_today"]),
-            current_incident=str(r["current_incident"]) if r["current_incident"] else None,
-            current_priority=int(r["cur_priority"]) if r["cur_priority"] else None,
-        )
-        for r in rows
-    ]
+    # Unpacked by position (the SELECT's order): half the cost of 12 lookups by name for
+    # each of 300 rows, in every decision.
+    units = []
+    for (uid, kind, quals, status, lon, lat, fix_ts, grid, duty_since, current,
+         cur_priority, cases_today) in rows:
+        has_fix = fix_ts is not None
+        units.append(UnitState(
+            id=uid, kind=kind, qualifications=frozenset(quals), status=status,
+            lon=lon if has_fix else None, lat=lat if has_fix else None, position_ts=fix_ts,
+            home_grid=grid, duty_since=duty_since, cases_today=int(cases_today),
+            current_incident=str(current) if current else None,
+            current_priority=int(cur_priority) if cur_priority else None))
+    return units
 
 
 async def dispatch_state(conn: Querier) -> DispatchState:
