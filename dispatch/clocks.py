@@ -21,7 +21,7 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -73,15 +73,18 @@ def _sec(v: datetime | None) -> float | None:
 
 
 async def update_clocks(conn: Conn, inc: dict[str, Any], case: workflow.CaseState,
-                        action: str, now: float) -> dict[str, Any]:
+                        action: str, now: float,
+                        prev_rows: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Recompute the incident's stage deadlines after ``action``; return the sla summary.
-    ``inc`` (the incident's row) is refreshed from the row as written."""
+    ``inc`` (the incident's row) is refreshed from the row as written. ``prev_rows``: the
+    case's ``sla_clocks`` rows by stage if the caller has read them in this transaction
+    under the incident's lock (``store.step_read``); else they are read here."""
     opened = inc["opened_at"]
     opened_at = opened if isinstance(opened, float) else opened.timestamp()
     limits = InForce.table.limits(inc["category"], int(inc["priority"]))
     cal, share = InForce.calendar, InForce.warn_share
     due = sla.deadlines(limits, cal, opened_at, case.all_pauses())
-    rows = {r["stage"]: r for r in await conn.fetch(
+    rows = prev_rows if prev_rows is not None else {r["stage"]: r for r in await conn.fetch(
         "SELECT stage, met_at, warned_at, breached_at FROM sla_clocks WHERE incident_id = $1",
         inc["id"])}
     done_now = DONE_STAGE.get(action)

@@ -103,7 +103,7 @@ async def _step(conn: Conn, inc: dict[str, Any], action: str, actor: str,
                 now: float, reason: str | None) -> workflow.CaseState:
     """Apply a workflow action to a locked incident row, log it and move its SLA clocks
     (no event yet: the caller records one with the final view)."""
-    before, head = await store.case_state_and_head(conn, inc["id"])
+    before, head, clock_rows = await store.step_read(conn, inc["id"])
     members: frozenset[str] = frozenset()
     if action in ("verify_ok", "verify_fail"):
         members = await store.unit_members(conn, {before.handler, before.feedback_by})
@@ -124,7 +124,7 @@ async def _step(conn: Conn, inc: dict[str, Any], action: str, actor: str,
         store.ts(now))
     inc.update(state=after.state, rework_count=after.rework_count,
                extension_count=after.extension_count, handler=after.handler)
-    await clocks.update_clocks(conn, inc, after, action, now)
+    await clocks.update_clocks(conn, inc, after, action, now, prev_rows=clock_rows)
     return after
 
 

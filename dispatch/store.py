@@ -113,10 +113,32 @@ async def case_state_and_head(conn: Querier, incident_id: int
     rows = await conn.fetch(
         "SELECT seq, hash, action, actor, ts, reason FROM case_log WHERE incident_id = $1 "
         "ORDER BY seq", incident_id)
+    return _replay(rows)
+
+
+def _replay(rows: list[Any]) -> tuple[workflow.CaseState, LogHead]:
     state = workflow.replay([{"action": r["action"], "actor": r["actor"],
                               "ts": r["ts"].timestamp(), "reason": r["reason"]}
                              for r in rows])
     return state, ((int(rows[-1]["seq"]), str(rows[-1]["hash"])) if rows else None)
+
+
+async def step_read(conn: Querier, incident_id: int
+                    ) -> tuple[workflow.CaseState, LogHead, dict[str, Any]]:
+    """What a case step reads, in one round trip: ``case_state_and_head`` and the case's
+    SLA clock rows by stage (``clocks.update_clocks``'s ``prev``)."""
+    rows = await conn.fetch(
+        """SELECT seq, hash, action, actor, ts, reason, NULL::text AS stage,
+                  NULL::timestamptz AS met_at, NULL::timestamptz AS warned_at,
+                  NULL::timestamptz AS breached_at
+           FROM case_log WHERE incident_id = $1
+           UNION ALL
+           SELECT NULL, NULL, NULL, NULL, NULL, NULL, stage, met_at, warned_at, breached_at
+           FROM sla_clocks WHERE incident_id = $1
+           ORDER BY seq""", incident_id)  # log entries in order; clock rows (no seq) last
+    log_rows = [r for r in rows if r["seq"] is not None]
+    state, head = _replay(log_rows)
+    return state, head, {r["stage"]: r for r in rows if r["seq"] is None}
 
 
 async def unit_members(conn: Querier, unit_ids: Iterable[str | None]) -> frozenset[str]:
