@@ -25,7 +25,7 @@ import asyncpg
 
 from core import outbox
 from core.db import Conn, row_view
-from core.entities import UNIT_COLUMNS
+from core.entities import INCIDENT_COLUMNS, UNIT_COLUMNS
 from core.errors import Conflict, InvalidInput
 from core.events import SupervisorAlerted, UnitAssigned, UnitStatusChanged
 from core.settings import Settings
@@ -117,11 +117,21 @@ async def _apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: 
     if touched:
         await conn.execute("SELECT 1 FROM units WHERE id = ANY($1::text[]) ORDER BY id "
                            "FOR NO KEY UPDATE", touched)
+    # Then every case it moves, at once and in id order too (a crew's action locks one
+    # case, then its unit): one round trip, not one per case. Each row is kept current
+    # below as the decision writes it (a withdrawn case may be dispatched again).
+    cases = sorted({int(w.incident_id) for w in d.withdrawals}
+                   | {int(x.incident_id) for x in d.dispatches})
+    locked: dict[int, dict[str, Any]] = {}
+    if cases:
+        locked = {int(r["id"]): dict(r) for r in await conn.fetch(
+            f"SELECT {INCIDENT_COLUMNS} FROM incidents i WHERE i.id = ANY($1::bigint[]) "
+            "ORDER BY i.id FOR UPDATE", cases)}
     released: dict[str, str] = {}
     for w in d.withdrawals:
         by_operator = w.why.code in ("withdraw.override", "withdraw.redirected")
         who = actor if by_operator else SYSTEM_ACTOR
-        inc = await store.incident_row(conn, int(w.incident_id), lock=True)
+        inc = locked.get(int(w.incident_id))
         if inc is None or inc["assigned_unit"] != w.unit_id:
             raise _Stale
         if w.status == "escalated":
@@ -140,17 +150,18 @@ async def _apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: 
             alert=row_view(row), incident=await store.incident_view(conn, int(a.incident_id))))
     views: dict[str, Any] = {}
     for x in d.dispatches:
-        views[x.incident_id] = await _dispatch(conn, x, now, actor, note)
+        views[x.incident_id] = await _dispatch(conn, x, locked.get(int(x.incident_id)), now,
+                                               actor, note)
         released.pop(x.unit_id, None)
     for unit_id in released:  # taken off a case and not sent elsewhere: now free
         await outbox.record(conn, UnitStatusChanged(unit=await store.unit_view(conn, unit_id)))
     return views
 
 
-async def _dispatch(conn: Conn, x: planner.Dispatch, now: float, actor: str, note: str
-                    ) -> dict[str, Any]:
+async def _dispatch(conn: Conn, x: planner.Dispatch, inc: dict[str, Any] | None, now: float,
+                    actor: str, note: str) -> dict[str, Any]:
+    """``inc``: the case's row, locked by this transaction and current."""
     iid = int(x.incident_id)
-    inc = await store.incident_row(conn, iid, lock=True)
     if inc is None or inc["state"] != "registered" or inc["assigned_unit"] is not None:
         raise _Stale
     # The unit's view for the event comes back with the move (nothing later in this

@@ -134,7 +134,7 @@ async def _release_unit(conn: Conn, incident_id: int, action: str, actor: str, n
     """Take the unit off a case (withdraw/decline): the case goes back to registered, the
     assignment ends with ``assignment_status`` and the unit is free. Returns the unit id.
     ``inc``: the incident's row if the caller already holds its lock (else it is locked
-    here)."""
+    here); it is left as the row now stands."""
     if inc is None:
         inc = await store.incident_row(conn, incident_id, lock=True)
     if inc is None:
@@ -151,6 +151,8 @@ async def _release_unit(conn: Conn, incident_id: int, action: str, actor: str, n
             UPDATE incidents i SET assigned_unit = NULL WHERE i.id = $1
             RETURNING {INCIDENT_COLUMNS}""",
         incident_id, assignment_status, unit_id)
+    assert row is not None  # the row is locked: it cannot have gone
+    inc.update(row.items())  # the caller's copy stays the row as written
     await outbox.record(conn, IncidentUpdated(
         incident=row_view(row), action=action, released_unit=str(unit_id or "")))
     return str(unit_id) if unit_id else None
