@@ -21,7 +21,7 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +29,7 @@ import asyncpg
 
 from core import outbox
 from core.db import Conn, Querier
+from core.entities import INCIDENT_COLUMNS
 from core.events import Envelope, SlaBreached, SlaWarned
 from core.settings import Settings
 from dispatch import sla, sla_settings, store, workflow
@@ -72,19 +73,26 @@ def _sec(v: datetime | None) -> float | None:
 
 
 async def update_clocks(conn: Conn, inc: dict[str, Any], case: workflow.CaseState,
-                        action: str, now: float) -> dict[str, Any]:
-    """Recompute the incident's stage deadlines after ``action``; return the sla summary."""
+                        action: str, now: float,
+                        prev_rows: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Recompute the incident's stage deadlines after ``action``; return the sla summary.
+    ``inc`` (the incident's row) is refreshed from the row as written. ``prev_rows``: the
+    case's ``sla_clocks`` rows by stage if the caller has read them in this transaction
+    under the incident's lock (``store.step_read``); else they are read here."""
     opened = inc["opened_at"]
     opened_at = opened if isinstance(opened, float) else opened.timestamp()
     limits = InForce.table.limits(inc["category"], int(inc["priority"]))
     cal, share = InForce.calendar, InForce.warn_share
     due = sla.deadlines(limits, cal, opened_at, case.all_pauses())
-    rows = {r["stage"]: r for r in await conn.fetch(
+    rows = prev_rows if prev_rows is not None else {r["stage"]: r for r in await conn.fetch(
         "SELECT stage, met_at, warned_at, breached_at FROM sla_clocks WHERE incident_id = $1",
         inc["id"])}
     done_now = DONE_STAGE.get(action)
     stopped = case.state in STOPPED_STATES
     summary: dict[str, Any] = {}
+    deadlines: list[datetime | None] = []
+    warn_ats: list[datetime | None] = []
+    mets: list[datetime | None] = []
     for stage in sla.STAGES:
         prev = rows.get(stage)
         met = _sec(prev["met_at"]) if prev else None
@@ -97,19 +105,31 @@ async def update_clocks(conn: Conn, inc: dict[str, Any], case: workflow.CaseStat
         warn_at = (None if deadline is None or math.isinf(deadline)
                    else _warn_at(cal, share, opened_at, deadline,
                                  stage == "resolve" and limits.resolve_working))
-        await conn.execute(
-            """INSERT INTO sla_clocks (incident_id, stage, started_at, deadline, warn_at, met_at)
-               VALUES ($1, $2, $3, $4, $5, $6)
-               ON CONFLICT (incident_id, stage) DO UPDATE SET deadline = excluded.deadline,
-                 warn_at = excluded.warn_at, met_at = excluded.met_at""",
-            inc["id"], stage, _ts(opened_at), _ts(deadline), _ts(warn_at), _ts(met))
+        deadlines.append(_ts(deadline))
+        warn_ats.append(_ts(warn_at))
+        mets.append(_ts(met))
         summary[stage] = {
             "deadline": None if deadline is None or math.isinf(deadline) else deadline,
             "warn_at": warn_at,
             "met_at": met,
             "state": _state(deadline, opened_at, met, now, prev),
         }
-    await conn.execute("UPDATE incidents SET sla = $2 WHERE id = $1", inc["id"], summary)
+    # Every stage's row and the incident's copy in one statement: this runs in every case
+    # step, and a dispatch decision takes several (one round trip here, not six). The row
+    # as written comes back into ``inc``, so a caller that writes nothing more to the
+    # incident has its view without reading it again.
+    row = await conn.fetchrow(
+        f"""WITH clocks AS (
+             INSERT INTO sla_clocks (incident_id, stage, started_at, deadline, warn_at, met_at)
+             SELECT $1, c.stage, $3, c.deadline, c.warn_at, c.met_at
+             FROM unnest($2::text[], $4::timestamptz[], $5::timestamptz[], $6::timestamptz[])
+                  AS c (stage, deadline, warn_at, met_at)
+             ON CONFLICT (incident_id, stage) DO UPDATE SET deadline = excluded.deadline,
+               warn_at = excluded.warn_at, met_at = excluded.met_at)
+           UPDATE incidents i SET sla = $7 WHERE i.id = $1 RETURNING {INCIDENT_COLUMNS}""",
+        inc["id"], list(sla.STAGES), _ts(opened_at), deadlines, warn_ats, mets, summary)
+    if row is not None:
+        inc.update(row.items())
     return summary
 
 

@@ -25,6 +25,7 @@ import asyncpg
 
 from core import outbox
 from core.db import Conn, row_view
+from core.entities import INCIDENT_COLUMNS, UNIT_COLUMNS
 from core.errors import Conflict, InvalidInput
 from core.events import SupervisorAlerted, UnitAssigned, UnitStatusChanged
 from core.settings import Settings
@@ -116,11 +117,21 @@ async def _apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: 
     if touched:
         await conn.execute("SELECT 1 FROM units WHERE id = ANY($1::text[]) ORDER BY id "
                            "FOR NO KEY UPDATE", touched)
+    # Then every case it moves, at once and in id order too (a crew's action locks one
+    # case, then its unit): one round trip, not one per case. Each row is kept current
+    # below as the decision writes it (a withdrawn case may be dispatched again).
+    cases = sorted({int(w.incident_id) for w in d.withdrawals}
+                   | {int(x.incident_id) for x in d.dispatches})
+    locked: dict[int, dict[str, Any]] = {}
+    if cases:
+        locked = {int(r["id"]): dict(r) for r in await conn.fetch(
+            f"SELECT {INCIDENT_COLUMNS} FROM incidents i WHERE i.id = ANY($1::bigint[]) "
+            "ORDER BY i.id FOR UPDATE", cases)}
     released: dict[str, str] = {}
     for w in d.withdrawals:
         by_operator = w.why.code in ("withdraw.override", "withdraw.redirected")
         who = actor if by_operator else SYSTEM_ACTOR
-        inc = await store.incident_row(conn, int(w.incident_id), lock=True)
+        inc = locked.get(int(w.incident_id))
         if inc is None or inc["assigned_unit"] != w.unit_id:
             raise _Stale
         if w.status == "escalated":
@@ -128,7 +139,7 @@ async def _apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: 
                 "UPDATE assignments SET escalated_at = now() WHERE incident_id = $1 AND "
                 "status = 'active'", int(w.incident_id))
         await _release_unit(conn, int(w.incident_id), _ACTION_FOR[w.status], who, now,
-                            _text(w.why, note if by_operator else ""), w.status)
+                            _text(w.why, note if by_operator else ""), w.status, inc)
         released[w.unit_id] = w.incident_id
     for a in d.alerts:
         row = await conn.fetchrow(
@@ -139,22 +150,27 @@ async def _apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: 
             alert=row_view(row), incident=await store.incident_view(conn, int(a.incident_id))))
     views: dict[str, Any] = {}
     for x in d.dispatches:
-        views[x.incident_id] = await _dispatch(conn, x, now, actor, note)
+        views[x.incident_id] = await _dispatch(conn, x, locked.get(int(x.incident_id)), now,
+                                               actor, note)
         released.pop(x.unit_id, None)
     for unit_id in released:  # taken off a case and not sent elsewhere: now free
         await outbox.record(conn, UnitStatusChanged(unit=await store.unit_view(conn, unit_id)))
     return views
 
 
-async def _dispatch(conn: Conn, x: planner.Dispatch, now: float, actor: str, note: str
-                    ) -> dict[str, Any]:
+async def _dispatch(conn: Conn, x: planner.Dispatch, inc: dict[str, Any] | None, now: float,
+                    actor: str, note: str) -> dict[str, Any]:
+    """``inc``: the case's row, locked by this transaction and current."""
     iid = int(x.incident_id)
-    inc = await store.incident_row(conn, iid, lock=True)
     if inc is None or inc["state"] != "registered" or inc["assigned_unit"] is not None:
         raise _Stale
-    moved = await conn.fetchval(
-        """UPDATE units SET status = 'dispatched', current_incident = $2, updated_at = now()
-           WHERE id = $1 AND status IN ('available', 'returning') RETURNING id""",
+    # The unit's view for the event comes back with the move (nothing later in this
+    # function writes the unit's row).
+    moved = await conn.fetchrow(
+        f"""UPDATE units u SET status = 'dispatched', current_incident = $2,
+                                updated_at = now()
+            WHERE u.id = $1 AND u.status IN ('available', 'returning')
+            RETURNING {UNIT_COLUMNS}""",
         x.unit_id, iid)
     if moved is None:
         raise _Stale
@@ -168,22 +184,24 @@ async def _dispatch(conn: Conn, x: planner.Dispatch, now: float, actor: str, not
         "pick": x.pick, "reason": x.why.text(), "why": x.why.as_json(),
         "candidates": planner.candidates_json(x.candidates),
     }
+    # The assignment and the incident's copy of its unit in one statement.
     assignment = await conn.fetchrow(
-        """INSERT INTO assignments (incident_id, unit_id, assigned_at, eta_s, reason,
+        """WITH marked AS (UPDATE incidents SET assigned_unit = $2 WHERE id = $1)
+           INSERT INTO assignments (incident_id, unit_id, assigned_at, eta_s, reason,
                                     override_reason, recommendation, accept_due, why)
            VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) RETURNING *""",
         iid, x.unit_id, store.ts(now), x.eta_s, text, override_text, recommendation,
         store.ts(now + ACCEPT_TIMEOUT_S.get(int(inc["priority"]), 900.0)
                  * clocks.SlaConfig.scale),
         x.why.as_json())
-    await conn.execute("UPDATE incidents SET assigned_unit = $2 WHERE id = $1", iid, x.unit_id)
     inc["assigned_unit"] = x.unit_id
     await _step(conn, inc, "dispatch", actor if by_operator else SYSTEM_ACTOR, now,
                 override_text or text)
     view = row_view(assignment)
+    # ``inc`` is the incident's row as _step's last write left it (clocks.update_clocks).
     await outbox.record(conn, UnitAssigned(
-        incident=await store.incident_view(conn, iid),
-        unit=await store.unit_view(conn, x.unit_id), assignment=view))
+        incident=row_view(inc),
+        unit=row_view(moved), assignment=view))
     return view
 
 

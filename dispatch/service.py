@@ -19,7 +19,7 @@ import asyncpg
 
 from core import outbox
 from core.db import Conn, row_view
-from core.entities import ALARM_COLUMNS
+from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS
 from core.errors import InvalidInput, NotFound
 from core.events import (
     AlarmAttached,
@@ -103,7 +103,7 @@ async def _step(conn: Conn, inc: dict[str, Any], action: str, actor: str,
                 now: float, reason: str | None) -> workflow.CaseState:
     """Apply a workflow action to a locked incident row, log it and move its SLA clocks
     (no event yet: the caller records one with the final view)."""
-    before = await store.case_state(conn, inc["id"])
+    before, head, clock_rows = await store.step_read(conn, inc["id"])
     members: frozenset[str] = frozenset()
     if action in ("verify_ok", "verify_fail"):
         members = await store.unit_members(conn, {before.handler, before.feedback_by})
@@ -111,40 +111,50 @@ async def _step(conn: Conn, inc: dict[str, Any], action: str, actor: str,
         after = workflow.apply(before, action, actor, now, reason, handler_members=members)
     except workflow.TransitionError as e:
         raise InvalidInput(e.message, code=e.code) from e
+    entry = store.chain_entry(head, inc["id"], action, before.state, after.state, actor, now,
+                              reason)
+    # The log entry and the copy on the incident row in one statement (the row's lock is
+    # held, the head was read under it): every decision takes a step per case it moves.
     await conn.execute(
-        """UPDATE incidents SET state = $2, rework_count = $3, extension_count = $4,
-                                handler = $5, updated_at = $6 WHERE id = $1""",
-        inc["id"], after.state, after.rework_count, after.extension_count, after.handler,
+        f"""WITH entry AS ({store.INSERT_LOG})
+            UPDATE incidents SET state = $11, rework_count = $12, extension_count = $13,
+                                 handler = $14, updated_at = $15, log_head = $10
+            WHERE id = $1""",
+        *entry.args(), after.state, after.rework_count, after.extension_count, after.handler,
         store.ts(now))
-    await store.append_log(conn, inc["id"], action, before.state, after.state, actor, now,
-                           reason)
     inc.update(state=after.state, rework_count=after.rework_count,
                extension_count=after.extension_count, handler=after.handler)
-    await clocks.update_clocks(conn, inc, after, action, now)
+    await clocks.update_clocks(conn, inc, after, action, now, prev_rows=clock_rows)
     return after
 
 
 async def _release_unit(conn: Conn, incident_id: int, action: str, actor: str, now: float,
-                        reason: str, assignment_status: str) -> str | None:
+                        reason: str, assignment_status: str,
+                        inc: dict[str, Any] | None = None) -> str | None:
     """Take the unit off a case (withdraw/decline): the case goes back to registered, the
-    assignment ends with ``assignment_status`` and the unit is free. Returns the unit id."""
-    inc = await store.incident_row(conn, incident_id, lock=True)
+    assignment ends with ``assignment_status`` and the unit is free. Returns the unit id.
+    ``inc``: the incident's row if the caller already holds its lock (else it is locked
+    here); it is left as the row now stands."""
+    if inc is None:
+        inc = await store.incident_row(conn, incident_id, lock=True)
     if inc is None:
         raise NotFound(f"incident {incident_id} not found", code="incident.not_found")
     unit_id = inc["assigned_unit"]
     await _step(conn, inc, action, actor, now, reason)
-    await conn.execute(
-        "UPDATE assignments SET status = $2 WHERE incident_id = $1 AND status IN "
-        "('active', 'accepted')", incident_id, assignment_status)
-    await conn.execute("UPDATE incidents SET assigned_unit = NULL WHERE id = $1", incident_id)
-    if unit_id:
-        await conn.execute(
-            """UPDATE units SET status = 'available', current_incident = NULL,
-               updated_at = now() WHERE id = $1 AND current_incident = $2""",
-            unit_id, incident_id)
+    # The assignment, the unit and the incident's copy in one statement, which returns the
+    # incident's view for the event (a decision may withdraw several units).
+    row = await conn.fetchrow(
+        f"""WITH ended AS (UPDATE assignments SET status = $2 WHERE incident_id = $1
+                             AND status IN ('active', 'accepted')),
+                 freed AS (UPDATE units SET status = 'available', current_incident = NULL,
+                             updated_at = now() WHERE id = $3 AND current_incident = $1)
+            UPDATE incidents i SET assigned_unit = NULL WHERE i.id = $1
+            RETURNING {INCIDENT_COLUMNS}""",
+        incident_id, assignment_status, unit_id)
+    assert row is not None  # the row is locked: it cannot have gone
+    inc.update(row.items())  # the caller's copy stays the row as written
     await outbox.record(conn, IncidentUpdated(
-        incident=await store.incident_view(conn, incident_id), action=action,
-        released_unit=str(unit_id or "")))
+        incident=row_view(row), action=action, released_unit=str(unit_id or "")))
     return str(unit_id) if unit_id else None
 
 

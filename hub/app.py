@@ -85,10 +85,11 @@ class Hub:
 GC_GEN0_THRESHOLD = 50_000
 
 
-def _settle_gc() -> None:
+def settle_gc() -> None:
     """After start-up: what exists now (town, road graph, registry, rule states) lives as
     long as the process; freeze it out of every collection, and collect the young less
-    often."""
+    often. (``simulators/dispatch_latency.py`` calls it too, to time the leader in the
+    heap it runs in.)"""
     gc.collect()
     gc.freeze()
     _, g1, g2 = gc.get_threshold()
@@ -136,7 +137,7 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
                 positions = PositionFeed(settings, live.on_position)
                 positions.start()
         scheduler = jobs.start(hub)
-        _settle_gc()
+        settle_gc()
         hub.ready = True
         log.info("hub ready: roles %s, http://%s:%s/", ",".join(sorted(roles)),
                  settings.http_host, settings.http_port)
