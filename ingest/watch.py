@@ -16,7 +16,8 @@ Time: metric rules judge device time (the readings' ``ts``); no-data rules judge
 receive time (a device with a slow clock but healthy reporting is seen when it reports).
 
 Rule states are written to ``rule_state`` and the storm/flap/cap memory to
-``watch_state`` every ``PERSIST_INTERVAL_S`` and read back at start; group membership is
+``watch_state`` at every checkpoint of the rule evaluator (ingest/evaluator.py, every
+``HUB_RULES_CHECKPOINT_S``) and read back at start; group membership is
 read back from ``alarm_members``. The watch reconciles with the alarms table at start,
 after a rule edit and every ``RECONCILE_S``: an open alarm's rule state is active (so it
 clears when the condition ends), and an active condition whose alarm someone else cleared
@@ -54,12 +55,8 @@ STORM_WINDOW_S = 120.0
 # than any operator can read; the rest join one grouped alarm of the rule (counted, listed).
 CAP_RAISES = 100
 CAP_WINDOW_S = 60.0
-# Rule states are saved this often; a restart loses at most this much of a pending time.
-PERSIST_INTERVAL_S = 2.0
 # The no-data timer and flap releases run this often.
 TICK_S = 1.0
-# Alarm transitions waiting for the database (never dropped; see run()).
-QUEUE_MAX = 100_000
 # The watch compares its states with the alarms table this often (operators' clears made
 # in any process): a re-alarm is late by at most this much.
 RECONCILE_S = 2.0
@@ -102,7 +99,11 @@ class AlarmWatch:
         self.storms = StormGrouper(STORM_MIN_DEVICES, STORM_WINDOW_S)
         self.caps = RateCap(CAP_RAISES, CAP_WINDOW_S)
         self.groups = AlarmGroups()
-        self.queue: asyncio.Queue[Transition] = asyncio.Queue(QUEUE_MAX)
+        # Alarm transitions waiting for the database, never dropped (see run()). Unbounded
+        # here, bounded in effect: a reading is acknowledged only once its transitions are
+        # written (the evaluator's checkpoint), and ingest stops reading at
+        # HUB_INGEST_MAX_UNACKED unacknowledged messages.
+        self.queue: asyncio.Queue[Transition] = asyncio.Queue()
         self.devices: dict[str, Subject] = {}
         self.units: dict[str, Subject] = {}
         self.by_metric: dict[str, list[Watched]] = {}
@@ -442,11 +443,8 @@ class AlarmWatch:
                 self._clear(w, dev.id, dev.grid_id, None, ts, "condition cleared")
 
     def _put(self, t: Transition) -> None:
-        try:
-            self.queue.put_nowait(t)
-            self.enqueued += 1
-        except asyncio.QueueFull:
-            log.error("alarm queue full: %s of %s on %s dropped", t.kind, t.rule.id, t.subject)
+        self.queue.put_nowait(t)
+        self.enqueued += 1
 
     # ---------------------------------------------------------------- outputs
     async def run(self) -> None:
