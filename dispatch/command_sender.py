@@ -16,10 +16,9 @@ import logging
 import asyncpg
 import paho.mqtt.client as mqtt
 
-from core import outbox
+from core import outbox, topics
+from core.mqtt_client import BrokerAddress, make_client
 from dispatch.commands import COMMAND_KINDS, command_for
-from ingest import wire
-from ingest.mqtt import BrokerAddress, make_client
 
 log = logging.getLogger("dispatch.commands")
 
@@ -76,7 +75,7 @@ class CommandSender:
                 if cmd is not None:
                     if not client.is_connected():
                         return cursor  # the broker is away: retry from here later
-                    info = client.publish(wire.command_topic(cmd.unit_id),
+                    info = client.publish(topics.command_topic(cmd.unit_id),
                                           json.dumps(cmd.payload, ensure_ascii=False), qos=1)
                     await asyncio.to_thread(info.wait_for_publish, PUBACK_TIMEOUT_S)
                     if not info.is_published():

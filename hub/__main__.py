@@ -42,11 +42,12 @@ async def _load_town(settings: Settings, path: Path, if_empty: bool, rules: Path
             print("town already loaded; keeping it")
             await _town_mqtt_accounts(conn, settings)  # a town loaded before accounts existed
             return
-        from simulators.registry import load_registry
+        from hub.inspection_registry import load_registry
 
-        counts = await town.load_town(conn, town.read_town(path))
+        doc = town.read_town(path)
+        counts = await town.load_town(conn, doc)
         counts["rules"] = await town.load_rules(conn, town.read_rules(rules))
-        await load_registry(conn)
+        await load_registry(conn, doc)  # the registries of the town loaded, not the demo's
         print("loaded " + ", ".join(f"{v} {k}" for k, v in counts.items()))
         await _town_mqtt_accounts(conn, settings)
     finally:
@@ -130,7 +131,7 @@ async def _mqtt_accounts(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _import_geojson(settings: Settings, grids: Path, roads: Path, name: str) -> None:
     from hub import town
-    from simulators.geojson_import import town_from_geojson
+    from hub.town_geojson import town_from_geojson
 
     try:
         doc = town_from_geojson(json.loads(grids.read_text(encoding="utf-8")),

@@ -1,7 +1,7 @@
 """Loading a town (grids, roads, devices, units) and its rules into the database.
 
 The document format is ``gridhub-town/1`` (simulators/town.py writes the demo town;
-simulators/geojson_import.py turns a real town's GeoJSON into it). Loading is an upsert by
+hub/town_geojson.py turns a real town's GeoJSON into it). Loading is an upsert by
 id, so it can be re-run to pick up edits without losing history.
 """
 
@@ -15,9 +15,8 @@ from typing import Any
 import asyncpg
 
 from core.errors import InvalidInput
+from core.town_format import FORMAT as TOWN_FORMAT
 from ingest import rules as rule_eval
-
-TOWN_FORMAT = "gridhub-town/1"
 
 
 def _ring_bbox(ring: list[list[float]]) -> tuple[float, float, float, float, float, float]:

@@ -36,7 +36,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-FORMAT = "gridhub-town/1"
+from core.town_format import DEPARTMENTS, FORMAT, SPEED_KMH
+
 DEFAULT_SEED = 2026
 TOWN_NAME = "徐霞客镇"
 TOWN_NAME_EN = "Xuxiake Town"
@@ -57,20 +58,6 @@ M_PER_DEG_LON = 111_412.84 * math.cos(_PHI) - 93.5 * math.cos(3 * _PHI)
 # that point-in-polygon never depends on rounding.
 MIN_MARGIN_M = 5.0
 
-DEPARTMENTS = {
-    "city_management": "城管",
-    "work_safety": "安监",
-    "environment": "环保",
-    "traffic": "交通",
-    "public_security": "公安",
-    "fire": "消防",
-    "water": "水务",
-    "health": "卫生",
-    "education": "教育",
-    "culture": "文化",
-    "market_supervision": "市场监管",
-    "housing_construction": "住建",
-}
 
 # -- grids -------------------------------------------------------------------
 
@@ -348,7 +335,6 @@ ARTERIAL_ROWS = {2: ("湖庄路", "secondary"), 5: ("徐霞客大道", "main"),
                  8: ("璜塘路", "secondary")}
 ARTERIAL_COLS = {3: ("峭岐路", "secondary"), 6: ("璜马公路", "main"),
                  8: ("霞客路", "secondary"), 10: ("澄杨公路", "main")}
-SPEED_KMH = {"main": 60, "secondary": 40, "local": 30}
 _WIGGLE_M = {"main": 8.0, "secondary": 15.0, "local": 25.0}
 _LOCAL_LINK_P = 0.45  # share of the remaining lattice links that are local roads
 _SPURS_PER_GRID = 2  # dead-end village roads into each first-level grid

@@ -35,8 +35,8 @@ from dispatch import inspection_store as store
 from dispatch import inspections
 from hub import auth, inspections_api, town, views
 from hub import errors as hub_errors
+from hub import inspection_registry as registry
 from hub.access import AccessMiddleware
-from simulators import registry
 from tests.conftest import ROOT, create_database, drop_database
 
 CST = timezone(timedelta(hours=8))

@@ -1,5 +1,5 @@
 """Assessment over the real database: the I/O shell (dispatch/reports.py), the demo
-registries (simulators/registry.py) and the routes (hub/reports_api.py) in a small FastAPI
+registries (hub/inspection_registry.py) and the routes (hub/reports_api.py) in a small FastAPI
 app of their own, through httpx's ASGI transport. (Inspection draws:
 tests/test_inspection_draws.py.)
 
@@ -26,8 +26,8 @@ from fastapi import FastAPI
 from core.db import connect, create_pool, migrate
 from dispatch import reports, workflow
 from hub import errors as hub_errors
+from hub import inspection_registry as registry
 from hub import reports_api, town
-from simulators import registry
 from tests.conftest import create_database, drop_database
 
 CST = timezone(timedelta(hours=8))

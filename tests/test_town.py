@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from hub.town_geojson import town_from_geojson
 from simulators import town
-from simulators.geojson_import import town_from_geojson
 
 DATA_FILE = Path(__file__).resolve().parents[1] / "simulators" / "data" / "xuxiake.json"
 ORIGIN = (town.CENTER_LON, town.CENTER_LAT)  # shift before products: keeps areas exact

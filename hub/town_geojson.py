@@ -19,7 +19,7 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Any
 
-from simulators.town import DEPARTMENTS, FORMAT, SPEED_KMH
+from core.town_format import DEPARTMENTS, FORMAT, SPEED_KMH
 
 ZONES = ("residential", "industrial", "commercial", "rural", "mixed")
 DEFAULT_ZONE = "mixed"

@@ -26,14 +26,15 @@ grids and inspectors units).
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-TOWN_FILE = Path(__file__).resolve().parent / "data" / "xuxiake.json"
+from hub import town
+
+TOWN_FILE = Path(__file__).resolve().parents[1] / "simulators" / "data" / "xuxiake.json"
 REGISTRY_SEED = 5  # any fixed number: the demo registries never change between runs
 
 # 2-3 inspectors per (squad, department): every department of a matter ends up with at
@@ -242,8 +243,8 @@ def generate(town: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
 
 def read_town(path: Path = TOWN_FILE) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return doc
+    """The demo town's document (hub/town.py reads and checks it)."""
+    return town.read_town(path)
 
 
 async def load_registry(conn: asyncpg.Connection,
