@@ -417,6 +417,8 @@ run_tests() {
   "$VENV/bin/ruff" check . || rc=1
   log "mypy (strict on core/ and dispatch/)"
   "$VENV/bin/mypy" || rc=1
+  log "import layers (import-linter)"
+  "$VENV/bin/lint-imports" || rc=1
   log "pytest"
   "$py" -m pytest "$@" || rc=$?
   return $rc
