@@ -58,12 +58,13 @@ class RuleEvaluator:
     """
 
     def __init__(self, pool: asyncpg.Pool, ack: Callable[[Iterable[Ack]], None], *,
-                 checkpoint_s: float, realarm_s: float) -> None:
+                 checkpoint_s: float, realarm_s: float, reorder_window_s: float) -> None:
         self.pool = pool
         self.ack = ack
         self.checkpoint_s = checkpoint_s
         self.watch = AlarmWatch(pool)
         self.watch.realarm_s = realarm_s
+        self.watch.reorder_window_s = reorder_window_s
         self._held: list[Ack] = []
         self.evaluated = 0
         self.checkpoints = 0
@@ -191,7 +192,8 @@ class EvaluatorLeader:
         mqtt: MqttIngest | None = None
         evaluator = RuleEvaluator(self.pool, lambda acks: mqtt.ack(acks) if mqtt else None,
                                   checkpoint_s=s.rules_checkpoint_s,
-                                  realarm_s=s.alarm_realarm_s)
+                                  realarm_s=s.alarm_realarm_s,
+                                  reorder_window_s=s.reorder_window_s)
         graceful = False
         try:
             self.is_leader = True

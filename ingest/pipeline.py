@@ -121,8 +121,6 @@ class Pipeline:
         self.late = 0
         self.rejected: dict[str, int] = defaultdict(int)
         self.reorder_window_s = reorder_window_s
-        if evaluator is not None:
-            evaluator.watch.reorder_window_s = reorder_window_s
         self.clock_skew_limit_s = clock_skew_limit_s
         self.clocks: dict[str, DeviceClock] = {}
         self.dirty_clocks: set[str] = set()

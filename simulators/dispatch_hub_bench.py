@@ -235,7 +235,7 @@ class BenchCrews:
         try:
             diverted = unit.moving
             try:
-                await self._act(iid, "accept", unit.id)
+                await self._act(iid, "accept")
             except CaseMoved:
                 # A re-plan that withdrew and re-sent this very unit can race the accept of
                 # the first command: the hub then took that accept for the new dispatch.
@@ -249,9 +249,9 @@ class BenchCrews:
             unit.status, unit.lon, unit.lat, unit.dest = "on_scene", lon, lat, None
             unit.moving = False
             self.publish(unit, time.time())
-            await self._act(iid, "start_handling", unit.id)
+            await self._act(iid, "start_handling")
             await asyncio.sleep(handling_s / self.speed)
-            await self._act(iid, "give_feedback", unit.id, "已到场处置完毕")
+            await self._act(iid, "give_feedback", "已到场处置完毕")
             unit.status, unit.incident, unit.task = "available", None, None
         except asyncio.CancelledError:
             raise
@@ -264,8 +264,9 @@ class BenchCrews:
             self.errors.append(f"case {iid} unit {unit.id}: {type(e).__name__}: {e}")
             log.warning("case %s unit %s: %s", iid, unit.id, e)
 
-    async def _act(self, iid: int, action: str, actor: str, reason: str | None = None) -> None:
-        body: dict[str, Any] = {"action": action, "actor": actor}
+    async def _act(self, iid: int, action: str, reason: str | None = None) -> None:
+        # Recorded under the bench's token: the hub takes the actor from authentication.
+        body: dict[str, Any] = {"action": action}
         if reason is not None:
             body["reason"] = reason
         r = await self.client.post(f"/api/incidents/{iid}/actions", json=body)
