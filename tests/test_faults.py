@@ -197,6 +197,7 @@ async def test_mosquitto_restart_under_load(
     try:
         await asyncio.sleep(2.0)
         acked_before = stream.acked()
+        down_at = time.monotonic()
         own_broker.stop()  # SIGTERM: Mosquitto saves sessions and queued messages
         await asyncio.sleep(1.0)
         own_broker.start()
@@ -221,9 +222,11 @@ async def test_mosquitto_restart_under_load(
         else:
             # Scaled out: the loss is confined to the broker's window, between its restart
             # and the hub's re-subscription (docs/DEPLOYMENT.md); measured, and bounded by
-            # what the stream published in that window.
+            # what the stream published from the broker's stop to that re-subscription
+            # (what the publisher queued while the broker was down is sent at reconnect,
+            # before the hub is back).
             lost = stream.acked() - stored
-            window_msgs = stream.rate * (reconnect_s + 1.0)
+            window_msgs = stream.rate * (restarted - down_at + reconnect_s + 1.0)
             print(f"shared subscription: {len(lost)} of {stream.sent} lost in the "
                   f"{reconnect_s:.1f}s before the hub re-subscribed")
             assert len(lost) <= window_msgs, (len(lost), window_msgs)
