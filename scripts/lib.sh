@@ -298,11 +298,11 @@ mqtt_configure() {
   u="$(service_user)"
   mkdir -p "$VAR/mqtt/data"
   chown -R "$u" "$VAR/mqtt"
-  sed -e "s|@PORT@|$MQTT_PORT|g" -e "s|@DATA@|$VAR/mqtt/data/|g" -e "s|@USER@|$u|g" \
-      -e "s|@LOG@|$VAR/mqtt/mosquitto.log|g" -e "s|@PID@|$VAR/mqtt/mosquitto.pid|g" \
-      -e "s|@PASSWORDS@|$VAR/mqtt/passwords|g" -e "s|@ACL@|$VAR/mqtt/acl|g" \
-      -e "s|@CLIENT_IDS@|$VAR/mqtt/client-ids.json|g" -e "s|@DYNSEC_PLUGIN@|$(dynsec_plugin)|g" \
-      "$ROOT/scripts/mosquitto.conf.in" > "$VAR/mqtt/mosquitto.conf"
+  "$VENV/bin/python" -m hub.mosquitto_conf --set "PORT=$MQTT_PORT" --set BIND=127.0.0.1 \
+      --set "DATA=$VAR/mqtt/data/" --set "USER=$u" --set "LOG_DEST=file $VAR/mqtt/mosquitto.log" \
+      --set "PID=$VAR/mqtt/mosquitto.pid" --set "PASSWORDS=$VAR/mqtt/passwords" \
+      --set "ACL=$VAR/mqtt/acl" --set "CLIENT_IDS=$VAR/mqtt/client-ids.json" \
+      --set "DYNSEC_PLUGIN=$(dynsec_plugin)" > "$VAR/mqtt/mosquitto.conf"
   for spec in "${MQTT_SERVICE_ACCOUNTS[@]}"; do
     name="${spec#*:}"
     secret "mqtt-$name" >/dev/null

@@ -14,7 +14,6 @@ import glob
 import json
 import os
 import pwd
-import re
 import shutil
 import socket
 import subprocess
@@ -36,6 +35,7 @@ import pytest_asyncio
 import websockets
 
 from core.db import connect
+from hub import mosquitto_conf
 from ingest.mqtt import BrokerAddress, make_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -425,10 +425,10 @@ class ThrowawayMosquitto:
         self.client_ids_file = self.dir / "client-ids.json"
         self.pid_file = self.dir / "mosquitto.pid"
         self.conf = self.dir / "mosquitto.conf"
-        self.conf.write_text(render_mosquitto_conf(
-            (ROOT / "scripts" / "mosquitto.conf.in").read_text(),
-            {"PORT": str(self.port), "DATA": f"{self.dir}/data/", "USER": user,
-             "LOG": str(self.dir / "mosquitto.log"), "PID": str(self.pid_file),
+        self.conf.write_text(mosquitto_conf.render(
+            {"PORT": str(self.port), "BIND": "127.0.0.1", "DATA": f"{self.dir}/data/",
+             "USER": user, "LOG_DEST": f"file {self.dir / 'mosquitto.log'}",
+             "PID": str(self.pid_file),
              "PASSWORDS": str(self.password_file), "ACL": str(self.acl_file),
              "CLIENT_IDS": str(self.client_ids_file), "DYNSEC_PLUGIN": dynsec_plugin()}))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -524,14 +524,3 @@ def dynsec_plugin() -> str:
         if found:
             return found[0]
     raise RuntimeError("mosquitto_dynamic_security.so not found (installed with Mosquitto)")
-
-
-def render_mosquitto_conf(template: str, values: dict[str, str]) -> str:
-    """scripts/mosquitto.conf.in with its ``@NAME@`` placeholders filled in (as lib.sh's
-    sed does); a placeholder left unfilled is an error rather than a broken broker."""
-    for name, value in values.items():
-        template = template.replace(f"@{name}@", value)
-    left = sorted(set(re.findall(r"@[A-Z_]+@", template)))
-    if left:
-        raise RuntimeError(f"mosquitto.conf.in placeholders not filled: {left}")
-    return template
