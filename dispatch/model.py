@@ -36,7 +36,6 @@ UNIT_STATUSES: tuple[str, ...] = (
 PREEMPTABLE_STATUSES: frozenset[str] = frozenset({"dispatched", "en_route"})
 
 PRIORITIES: tuple[int, ...] = (1, 2, 3, 4)
-PRIORITY_LABELS: dict[int, str] = {1: "特急", 2: "紧急", 3: "一般", 4: "较低"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,23 +74,6 @@ STATES: tuple[str, ...] = (
     "cancelled",
 )
 
-STATE_LABELS: dict[str, str] = {
-    "reported": "上报",
-    "registered": "立案",
-    "dispatched": "派遣",
-    "accepted": "签收",
-    "handling": "处置",
-    "feedback": "反馈",
-    "verified": "核查",
-    "closed": "结案",
-    "evaluated": "评价/考核",
-    "archived": "归档",
-    "shelved": "挂账",
-    "cancelled": "撤销",
-}
-
-FLAG_LABELS: dict[str, str] = {"rework": "返工", "extension": "延期", "paused": "暂停计时"}
-
 INITIAL_STATE = "reported"
 TERMINAL_STATES: frozenset[str] = frozenset({"archived", "cancelled"})
 
@@ -120,27 +103,6 @@ ACTIONS: tuple[str, ...] = (
     "cancel",
 )
 
-ACTION_LABELS: dict[str, str] = {
-    "register": "立案",
-    "dispatch": "派遣",
-    "accept": "签收",
-    "decline": "退回",
-    "withdraw": "撤回派遣",
-    "start_handling": "开始处置",
-    "give_feedback": "反馈",
-    "verify_ok": "核查通过",
-    "verify_fail": "核查不通过(返工)",
-    "close": "结案",
-    "evaluate": "评价",
-    "archive": "归档",
-    "request_extension": "申请延期",
-    "approve_extension": "批准延期",
-    "reject_extension": "驳回延期",
-    "resume": "恢复计时",
-    "shelve": "挂账",
-    "reopen": "重新启动",
-    "cancel": "撤销",
-}
 
 _WORKING = frozenset({"accepted", "handling"})
 
@@ -227,7 +189,7 @@ class CaseState:
 
     @property
     def flags(self) -> tuple[str, ...]:
-        """The flags the console shows next to the state (keys of ``FLAG_LABELS``)."""
+        """The flags the console shows next to the state (``flag.*`` in the pages' catalog)."""
         out: list[str] = []
         if self.rework_count:
             out.append("rework")
