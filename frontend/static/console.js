@@ -174,57 +174,6 @@ ctx.map.onCreateAt = (lat, lon) => {
   });
 };
 
-// ------------------------------------------------------------------ test and debug hooks
-// Synthetic units for load checks: they live only in this page's picture and move when
-// debugMoveUnits() feeds a positions batch through the feed's own frame handler.
-const SYNTHETIC_PREFIX = "SIM-";
-function debugInjectUnits(n) {
-  const b = ctx.map.fitBounds;
-  const [s, w, nn, e] = b && b.isValid() ? [b.getSouth(), b.getWest(), b.getNorth(), b.getEast()]
-    : [31.76, 120.36, 31.86, 120.5];
-  const statuses = ["available", "dispatched", "en_route", "on_scene", "returning"];
-  const types = ["squad", "police", "grid_worker"];
-  const ids = [];
-  const now = Date.now() / 1000;
-  for (let k = 0; k < n; k += 1) {
-    const id = `${SYNTHETIC_PREFIX}${String(k).padStart(5, "0")}`;
-    feed.state.units[id] = {
-      id, name: `${t("debug.unit")} ${k}`, type: types[k % 3], status: statuses[k % 5],
-      qualifications: [], current_incident: null,
-      lat: s + Math.random() * (nn - s), lon: w + Math.random() * (e - w),
-      speed: 5, heading: Math.random() * 360, position_ts: now,
-    };
-    ids.push(id);
-  }
-  onChange({ reset: false, alarms: new Set(), incidents: new Set(), units: new Set(ids),
-    positions: new Set(), events: [] });
-  return ids.length;
-}
-
-// Moves the synthetic units (all, or those whose number % parts === part: the server's
-// batches carry a slice of the units every short tick, not all of them at once).
-function debugMoveUnits(stepDeg = 0.0004, part = 0, parts = 1) {
-  const positions = {};
-  const ts = Date.now() / 1000;
-  for (const [id, u] of Object.entries(feed.state.units)) {
-    if (!id.startsWith(SYNTHETIC_PREFIX)) continue;
-    if (parts > 1 && Number(id.slice(SYNTHETIC_PREFIX.length)) % parts !== part) continue;
-    const h = (u.heading * Math.PI) / 180;
-    positions[id] = { lon: u.lon + stepDeg * Math.sin(h), lat: u.lat + stepDeg * Math.cos(h),
-      speed: u.speed, heading: (u.heading + 7) % 360, ts };
-  }
-  feed._onFrame(JSON.stringify({ type: "batch", events: [], positions }));
-  return Object.keys(positions).length;
-}
-
-function debugRemoveUnits() {
-  const ids = Object.keys(feed.state.units).filter((id) => id.startsWith(SYNTHETIC_PREFIX));
-  for (const id of ids) delete feed.state.units[id];
-  onChange({ reset: false, alarms: new Set(), incidents: new Set(), units: new Set(ids),
-    positions: new Set(), events: [] });
-  return ids.length;
-}
-
 window.gridhub = {
   get state() { return feed.state; },
   get lastSeq() { return feed.lastSeq; },
@@ -241,9 +190,9 @@ window.gridhub = {
   // Apply one feed frame ({type: "batch" | "snapshot", ...}) as if the server had sent it.
   applyFrame: (msg) => feed._onFrame(JSON.stringify(msg)),
   selectCase: (id) => ctx.board.select(id === null ? null : String(id)),
-  debugInjectUnits,
-  debugMoveUnits,
-  debugRemoveUnits,
+  // Re-render after a change made to the state from outside the feed (the load check's
+  // synthetic units, static/console_load.js, which production pages never load).
+  rerender: (change) => onChange(change),
   level1Of: (gridId) => level1Of(ctx.town.grids, gridId),
 };
 
