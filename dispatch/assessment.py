@@ -54,6 +54,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from core.stats import percentile
 from dispatch import sla, workflow
 
 GROUPINGS: tuple[str, ...] = ("grid", "grid1", "unit", "officer", "all")
@@ -132,19 +133,6 @@ def facts_from_log(incident: Mapping[str, Any], log: Sequence[Mapping[str, Any]]
         extension_count=extensions,
         pauses=tuple(pauses),
     )
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q``-th percentile (0-100), linear between closest ranks; ``None`` if empty."""
-    if not values:
-        return None
-    if not 0 <= q <= 100:
-        raise ValueError("q must be within 0..100")
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def _rate(n: int, d: int) -> float | None:

@@ -22,12 +22,13 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from core import outbox
+from core.clock import to_datetime
 from core.db import Conn, Querier
 from core.entities import INCIDENT_COLUMNS
 from core.events import Envelope, SlaBreached, SlaWarned
@@ -65,7 +66,7 @@ async def configure(db: Querier, settings: Settings) -> list[str]:
 
 
 def _ts(v: float | None) -> datetime | None:
-    return None if v is None or math.isinf(v) else datetime.fromtimestamp(v, UTC)
+    return None if v is None or math.isinf(v) else to_datetime(v)
 
 
 def _sec(v: datetime | None) -> float | None:

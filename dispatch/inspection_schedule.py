@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
+from core.clock import to_datetime
 from dispatch import inspection_store as store
 from dispatch import inspections, sla
 from dispatch.sla_config import InForce
@@ -30,16 +31,13 @@ SCHEDULED_TARGET_SHARE = 0.05
 SCHEDULED_MIN_TARGETS = 1
 
 
-def _ts(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
-
 
 def _town_month(now: float) -> tuple[datetime, datetime]:
     """The town's calendar month containing ``now``, as UTC instants [start, end)."""
     cal = InForce.calendar
     first = sla.local_date(cal, now).replace(day=1)
     nxt = (first + timedelta(days=32)).replace(day=1)
-    return _ts(sla.local_day_start(cal, first)), _ts(sla.local_day_start(cal, nxt))
+    return to_datetime(sla.local_day_start(cal, first)), to_datetime(sla.local_day_start(cal, nxt))
 
 
 async def _scheduled_targets(pool: asyncpg.Pool, matter: Mapping[str, Any]) -> int:
@@ -99,7 +97,7 @@ async def scheduled_draw(pool: asyncpg.Pool, now: float) -> list[dict[str, Any]]
                AND c.committed_by = $2 AND c.committed_at < $3 AND c.failed_at IS NULL
                AND NOT EXISTS (
                    SELECT 1 FROM inspection_draws d WHERE d.commitment_id = c.id)
-               ORDER BY c.id LIMIT 1""", m["id"], SCHEDULER_ACTOR, _ts(now))
+               ORDER BY c.id LIMIT 1""", m["id"], SCHEDULER_ACTOR, to_datetime(now))
         if ready is None:
             committed = await _commit_next(pool, m, now)
             if committed is None:

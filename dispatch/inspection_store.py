@@ -25,11 +25,11 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
+from core.clock import to_datetime
 from core.db import Conn, Querier, row_view
 from core.errors import Conflict, InvalidInput, NotFound
 from dispatch import inspections
@@ -40,9 +40,6 @@ OUTCOME_LABELS = {"no_problem": "未发现问题", "rectification_ordered": "发
                   "case_filed": "发现问题已立案查处", "not_found": "未找到该主体",
                   "refused": "不配合检查"}
 
-
-def _ts(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
 
 
 @asynccontextmanager
@@ -123,7 +120,7 @@ async def commit(db: Querier, *, matter_id: str, targets: int, by: str, now: flo
                    risk_weights, commitment, secret, committed_at, committed_by)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
             matter_id, targets, inspectors_per_target, weights,
-            inspections.commitment_of(secret), secret, _ts(now), by)
+            inspections.commitment_of(secret), secret, to_datetime(now), by)
         return await get_commitment(conn, int(cid))
 
 
@@ -211,7 +208,7 @@ async def make_draw(db: Querier, *, commitment_id: int, now: float,
             failure = e
             await conn.execute(
                 "UPDATE inspection_commitments SET failed_at = $2, failed_by = $3, "
-                "failure = $4 WHERE id = $1", commitment_id, _ts(now), drawn_by, e.code)
+                "failure = $4 WHERE id = $1", commitment_id, to_datetime(now), drawn_by, e.code)
         else:
             params = {**result.params_json(), "weight_by_risk": c["risk_weights"] is not None,
                       "seed_source": inspections.SEED_SCHEME}
@@ -219,7 +216,7 @@ async def make_draw(db: Querier, *, commitment_id: int, now: float,
                 """INSERT INTO inspection_draws (seed, matter_id, params, drawn_at, drawn_by,
                        algorithm, result, commitment_id, inputs_digest)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id""",
-                result.seed, matter["id"], params, _ts(now), drawn_by, result.algorithm,
+                result.seed, matter["id"], params, to_datetime(now), drawn_by, result.algorithm,
                 result.result_json(), commitment_id, inputs.digest())
             return await _draw_view(conn, int(draw_id))
     raise failure  # after the transaction: the failed attempt stays on the record
@@ -355,10 +352,10 @@ async def publish_draw(db: Querier, draw_id: int, *, by: str, now: float) -> dic
                                code="inspection.not_reproducible")
             await conn.execute(
                 "UPDATE inspection_draws SET published = true, published_at = $2, "
-                "published_by = $3 WHERE id = $1", draw_id, _ts(now), by)
+                "published_by = $3 WHERE id = $1", draw_id, to_datetime(now), by)
         await conn.execute(
             "UPDATE inspection_results SET published_at = $2, published_by = $3 "
-            "WHERE draw_id = $1 AND published_at IS NULL", draw_id, _ts(now), by)
+            "WHERE draw_id = $1 AND published_at IS NULL", draw_id, to_datetime(now), by)
         return await _draw_view(conn, draw_id)
 
 
@@ -386,7 +383,7 @@ async def record_result(db: Querier, draw_id: int, *, entity_id: str, outcome: s
             """INSERT INTO inspection_results (draw_id, entity_id, outcome, notes, recorded_by,
                                                recorded_at)
                VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING entity_id""",
-            draw_id, entity_id, outcome, notes, recorded_by, _ts(now))
+            draw_id, entity_id, outcome, notes, recorded_by, to_datetime(now))
         if inserted is None:
             raise Conflict(f"a result for {entity_id} in draw {draw_id} is already recorded",
                            code="inspection.result_exists")

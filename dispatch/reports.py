@@ -13,11 +13,12 @@ import io
 import logging
 import math
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import asyncpg
 
+from core.clock import to_datetime
 from core.db import Querier
 from core.errors import InvalidInput, NotFound
 from dispatch import assessment, sla
@@ -36,9 +37,6 @@ PATROL_MAX_WINDOW_S = 31 * 86_400.0
 # arrive late (a phone back in coverage) still count.
 PATROL_ROLLUP_DAYS_BACK = 1
 
-
-def _ts(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
 
 
 def town_day_range(first: date, last: date) -> tuple[float, float]:
@@ -74,7 +72,7 @@ async def case_facts(db: Querier, since: float, until: float) -> list[assessment
                       ORDER BY a.id DESC LIMIT 1)) AS unit
            FROM incidents i LEFT JOIN grids g ON g.id = i.grid_id
            WHERE i.opened_at >= $1 AND i.opened_at < $2 ORDER BY i.id""",
-        _ts(since), _ts(until))
+        to_datetime(since), to_datetime(until))
     if not rows:
         return []
     logs: dict[int, list[dict[str, Any]]] = {}
@@ -203,7 +201,7 @@ async def _fixes(db: Querier, unit_id: str, since: float, until: float
     rows = await db.fetch(
         """SELECT extract(epoch FROM ts)::float8 AS ts, lon, lat, accuracy FROM positions
            WHERE unit_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts""",
-        unit_id, _ts(since), _ts(until))
+        unit_id, to_datetime(since), to_datetime(until))
     return [(r["ts"], r["lon"], r["lat"], r["accuracy"]) for r in rows]
 
 
@@ -253,6 +251,6 @@ async def rollup_patrol(pool: asyncpg.Pool, now: float,
                      dropped_jumps = excluded.dropped_jumps, fixes = excluded.fixes,
                      computed_at = excluded.computed_at""",
                 unit_id, day, s.distance_m, s.moving_s, s.stopped_s, s.duty_s, s.trips,
-                s.stops, s.dropped_jumps, s.fixes, _ts(now))
+                s.stops, s.dropped_jumps, s.fixes, to_datetime(now))
             written += 1
     return written

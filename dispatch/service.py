@@ -27,6 +27,7 @@ from core.events import (
     IncidentUpdated,
     UnitStatusChanged,
 )
+from core.geometry import point_in_polygon
 from dispatch import clocks, store, workflow
 
 log = logging.getLogger("dispatch.service")
@@ -76,20 +77,9 @@ async def _grid_at(conn: Conn, lon: float, lat: float) -> str | None:
         """SELECT id, geometry FROM grids WHERE level = 2 AND $1 BETWEEN min_lon AND max_lon
            AND $2 BETWEEN min_lat AND max_lat""", lon, lat)
     for r in rows:
-        if _inside(lon, lat, r["geometry"]["coordinates"][0]):
+        if point_in_polygon(lon, lat, r["geometry"]["coordinates"][0]):
             return str(r["id"])
     return str(rows[0]["id"]) if rows else None
-
-
-def _inside(x: float, y: float, ring: list[list[float]]) -> bool:
-    inside = False
-    n = len(ring)
-    for i in range(n):
-        x1, y1 = ring[i]
-        x2, y2 = ring[(i + 1) % n]
-        if (y1 > y) != (y2 > y) and x < (x2 - x1) * (y - y1) / (y2 - y1) + x1:
-            inside = not inside
-    return inside
 
 
 async def _attach(conn: Conn, alarm_id: int, incident_id: int) -> None:

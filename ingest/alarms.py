@@ -7,12 +7,12 @@ opens the alarm or bumps the open one's count, atomically, whatever races in Pyt
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from core import outbox
+from core.clock import to_datetime
 from core.db import Conn, Querier, row_view
 from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS
 from core.errors import Conflict, NotFound
@@ -24,10 +24,6 @@ from core.events import (
     AlarmUpdated,
     IncidentUpdated,
 )
-
-
-def _ts(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
 
 
 async def raise_alarm(
@@ -50,7 +46,8 @@ async def raise_alarm(
                               members = coalesce(excluded.members, a.members),
                               message = excluded.message
                 RETURNING {ALARM_COLUMNS}, (xmax = 0) AS inserted""",
-            rule_id, device_id, grid_id, severity, value, message, _ts(ts), situation, members,
+            rule_id, device_id, grid_id, severity, value, message, to_datetime(ts), situation,
+            members,
         )
         view = row_view(row)
         opened = bool(view.pop("inserted"))
@@ -70,7 +67,7 @@ async def clear_alarm_for(
                                     clear_reason = $5
                 WHERE rule_id = $1 AND device_id = $2 AND state <> 'cleared'
                 RETURNING {ALARM_COLUMNS}""",
-            rule_id, device_id, _ts(ts), by, reason,
+            rule_id, device_id, to_datetime(ts), by, reason,
         )
         if row is None:
             return None
@@ -98,7 +95,7 @@ async def join_group(
                DO UPDATE SET count = a.count + 1, message = excluded.message,
                              last_seen = greatest(a.last_seen, excluded.last_seen)
                RETURNING a.id, (xmax = 0) AS inserted""",
-            rule_id, group, grid_id, severity, message, _ts(ts))
+            rule_id, group, grid_id, severity, message, to_datetime(ts))
         assert row is not None  # an upsert returns its row
         await conn.execute(
             """INSERT INTO alarm_members (alarm_id, device_id, grid_id, value, message,
@@ -107,7 +104,7 @@ async def join_group(
                ON CONFLICT (alarm_id, device_id) DO UPDATE SET value = excluded.value,
                    message = excluded.message, raised_at = excluded.raised_at,
                    cleared_at = NULL""",
-            row["id"], device_id, device_grid, value, member_message, _ts(ts))
+            row["id"], device_id, device_grid, value, member_message, to_datetime(ts))
         view = await _recount(conn, row["id"])
         event = AlarmRaised(alarm=view) if row["inserted"] else AlarmRepeated(alarm=view)
         await outbox.record(conn, event)
@@ -128,13 +125,13 @@ async def leave_group(pool: asyncpg.Pool, *, rule_id: str, group: str, device_id
             return None
         await conn.execute(
             "UPDATE alarm_members SET cleared_at = $3 WHERE alarm_id = $1 AND device_id = $2 "
-            "AND cleared_at IS NULL", aid, device_id, _ts(ts))
+            "AND cleared_at IS NULL", aid, device_id, to_datetime(ts))
         view = await _recount(conn, aid)
         if view["members"] == 0:
             row = await conn.fetchrow(
                 f"""UPDATE alarms a SET state = 'cleared', cleared_at = $2,
                         cleared_by = 'system', clear_reason = $3
-                    WHERE id = $1 RETURNING {ALARM_COLUMNS}""", aid, _ts(ts), reason)
+                    WHERE id = $1 RETURNING {ALARM_COLUMNS}""", aid, to_datetime(ts), reason)
             view = row_view(row)
             await outbox.record(conn, AlarmCleared(alarm=view))
             await _note_incident_alarms(conn, view)

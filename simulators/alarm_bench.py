@@ -78,6 +78,7 @@ from typing import Any
 import asyncpg
 from websockets.asyncio.client import ClientConnection, connect
 
+from core.stats import percentile
 from ingest import wire
 from ingest.watch import CAP_RAISES, CAP_WINDOW_S
 from simulators import loadgen
@@ -129,16 +130,6 @@ def say(msg: str) -> None:
 # --------------------------------------------------------------------------- pure parts
 
 
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (``q`` in 0..100) of an ascending list; None when empty."""
-    if not sorted_values:
-        return None
-    if not 0 <= q <= 100:
-        raise ValueError("q must be within 0..100")
-    k = max(1, -(-len(sorted_values) * q // 100))  # ceil(n * q / 100), at least 1
-    return sorted_values[int(k) - 1]
-
-
 def summarize(values_ms: list[float], prefix: str = "") -> dict[str, float | None]:
     """p50/p90/p99/max/mean of latencies in ms, rounded to 0.1 ms."""
     s = sorted(values_ms)
@@ -147,9 +138,9 @@ def summarize(values_ms: list[float], prefix: str = "") -> dict[str, float | Non
         return None if x is None else round(x, 1)
 
     return {
-        f"{prefix}p50_ms": r(percentile(s, 50)),
-        f"{prefix}p90_ms": r(percentile(s, 90)),
-        f"{prefix}p99_ms": r(percentile(s, 99)),
+        f"{prefix}p50_ms": r(percentile(s, 50, nearest_rank=True)),
+        f"{prefix}p90_ms": r(percentile(s, 90, nearest_rank=True)),
+        f"{prefix}p99_ms": r(percentile(s, 99, nearest_rank=True)),
         f"{prefix}max_ms": r(s[-1] if s else None),
         f"{prefix}mean_ms": r(sum(s) / len(s) if s else None),
     }

@@ -73,8 +73,9 @@ import msgspec
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
+from core.stats import percentile
 from ingest import wire
-from simulators.alarm_bench import Probes, drop_quietly, load_avg, percentile
+from simulators.alarm_bench import Probes, drop_quietly, load_avg
 from simulators.bench import (
     ROOT,
     BenchEnv,
@@ -842,8 +843,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "position_rows_hub": (health.get("ingest") or {}).get("position_rows"),
         "incidents_posted": poster.ok if poster else 0,
         "incidents_failed": poster.failed if poster else 0,
-        "incident_post_p50_ms": _r(percentile(post_lat, 50)),
-        "incident_post_p99_ms": _r(percentile(post_lat, 99)),
+        "incident_post_p50_ms": _r(percentile(post_lat, 50, nearest_rank=True)),
+        "incident_post_p99_ms": _r(percentile(post_lat, 99, nearest_rank=True)),
         "incidents_on_bench_units": assigned,
         "hub_clients_after_close": lingering,
         "window_s": round(window_s, 1),

@@ -93,6 +93,7 @@ from typing import Any
 
 import numpy as np
 
+from core.stats import percentile
 from dispatch.engine import closest_idle
 from dispatch.geo import RoadGraph
 from dispatch.model import DispatchPolicy, IncidentState, UnitState
@@ -641,7 +642,8 @@ class Simulation:
 
 # ---------------------------------------------------------------------- figures
 def _pct(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else 0.0
+    p = percentile(values, q)
+    return 0.0 if p is None else p
 
 
 def _breaches(result: RunResult, stream: Sequence[Incident],

@@ -36,6 +36,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from core.geometry import point_in_polygon
 from core.town_format import DEPARTMENTS, FORMAT, SPEED_KMH
 
 DEFAULT_SEED = 2026
@@ -109,23 +110,6 @@ def to_lonlat(x: float, y: float) -> list[float]:
 def to_metres(lon: float, lat: float) -> Point:
     """[lon, lat] -> local metres east and north of the town centre."""
     return ((lon - CENTER_LON) * M_PER_DEG_LON, (lat - CENTER_LAT) * M_PER_DEG_LAT)
-
-
-def point_in_polygon(lon: float, lat: float, ring: list[list[float]]) -> bool:
-    """Even-odd ray test of a point against one ring (closed or not).
-
-    Points exactly on the boundary may go either way; callers that care keep
-    a margin (see ``MIN_MARGIN_M``).
-    """
-    inside = False
-    n = len(ring)
-    for k in range(n):
-        x1, y1 = ring[k - 1][0], ring[k - 1][1]
-        x2, y2 = ring[k][0], ring[k][1]
-        if (y1 > lat) != (y2 > lat):
-            if lon < x1 + (lat - y1) * (x2 - x1) / (y2 - y1):
-                inside = not inside
-    return inside
 
 
 def _segment_distance(p: Point, a: Point, b: Point) -> float:

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from core.events import Envelope
+from core.stats import percentile
 from hub.live import batch_frame
 from ingest import wire
 from ingest.watch import CAP_RAISES, CAP_WINDOW_S
@@ -17,7 +18,6 @@ from simulators.alarm_bench import (
     RULE_ID,
     detector_ids,
     max_in_window,
-    percentile,
     raised_alarms,
     run_prefixes,
     summarize,
@@ -48,12 +48,12 @@ from simulators.console_bench import (
 ])
 def test_percentile_is_nearest_rank(values: list[float], q: float, expected: float | None
                                     ) -> None:
-    assert percentile(values, q) == expected
+    assert percentile(values, q, nearest_rank=True) == expected
 
 
 def test_percentile_rejects_bad_q() -> None:
     with pytest.raises(ValueError):
-        percentile([1.0], 101)
+        percentile([1.0], 101, nearest_rank=True)
 
 
 def test_summarize_names_and_rounds() -> None:
