@@ -128,6 +128,15 @@ async def migrate(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) ->
     return applied_now
 
 
+async def fetch_one(conn: Querier, query: str, *args: Any) -> asyncpg.Record:
+    """``fetchrow`` for a statement that always returns a row (an aggregate, or an INSERT
+    whose RETURNING cannot be empty): a missing row is a bug, said as such."""
+    row = await conn.fetchrow(query, *args)
+    if row is None:
+        raise RuntimeError(f"expected one row from: {query.split()[0]} ...")
+    return row
+
+
 def row_view(record: Any) -> dict[str, Any]:
     """A database row as a JSON-ready dict: timestamps become UNIX seconds (float).
 

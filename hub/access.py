@@ -226,7 +226,7 @@ def route_keys(routes: list[Any]) -> list[RouteKey]:
     try:
         from fastapi.routing import iter_route_contexts
         flat: list[tuple[Any, str, Any]] = [
-            (rc.original_route, rc.path, rc.methods) for rc in iter_route_contexts(routes)]
+            (rc.original_route, str(rc.path), rc.methods) for rc in iter_route_contexts(routes)]
     except ImportError:  # FastAPI before included routers were kept lazily
         flat = [(r, r.path, getattr(r, "methods", None)) for r in routes]
     out = []
@@ -316,7 +316,7 @@ def _bearer(headers: Headers, scope: Scope) -> str | None:
     if scope["type"] == "websocket":  # browsers' WebSocket cannot set headers
         q = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
         if q:
-            return q[0]
+            return str(q[0])
     return None
 
 

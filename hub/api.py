@@ -53,7 +53,7 @@ async def ingest_stats(request: Request, reset: bool = False) -> dict[str, Any]:
     hub = _hub(request)
     if hub.ingest is None or hub.ingest.pipeline is None:
         raise NotFound("no ingest role in this process", code="ingest.not_running")
-    stats = hub.ingest.stats()
+    stats: dict[str, Any] = hub.ingest.stats()
     writer_stats = hub.ingest.pipeline.writer.stats
     stats["latency"] = writer_stats.latency_percentiles()
     if reset:

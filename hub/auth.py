@@ -28,7 +28,7 @@ import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from core.db import Querier
+from core.db import Querier, fetch_one
 from core.errors import InvalidInput, NotFound
 from hub import audit
 
@@ -152,6 +152,7 @@ async def create_user(conn: Querier, username: str, password: str, role: str, *,
                            detail={"role": role, "role_before": before["role"],
                                    "re_enabled": bool(before["disabled"]),
                                    "password_reset": True})
+    assert row is not None  # both INSERTs return their row (or raised above)
     return dict(row)
 
 
@@ -280,8 +281,8 @@ def delay_s(failures: int, free: int, base_s: float, max_s: float) -> float:
 async def _wait_s(pool: Querier, where: str, args: tuple[str, ...], free: int,
                   t: Throttle) -> tuple[int, float]:
     """(failures in the window, seconds still to wait) for the failures matching ``where``."""
-    row = await pool.fetchrow(
-        f"""SELECT count(*) AS n, extract(epoch FROM now() - max(at))::float8 AS since_last
+    row = await fetch_one(
+        pool, f"""SELECT count(*) AS n, extract(epoch FROM now() - max(at))::float8 AS since_last
             FROM login_failures WHERE {where}
               AND at > now() - make_interval(secs => ${len(args) + 1})""",
         *args, float(t.window_s))

@@ -45,7 +45,7 @@ CATALOGS = load_catalogs()
 def pick_language(query: str | None, cookie: str | None) -> str:
     for candidate in (query, cookie):
         if candidate in LANGUAGES:
-            return candidate  # type: ignore[return-value]
+            return candidate
     return DEFAULT_LANGUAGE
 
 

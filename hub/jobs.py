@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from core.db import fetch_one
 from core.settings import Settings
 from dispatch import inspection_schedule, reports, sla_settings
 from ingest import retention
@@ -35,7 +36,8 @@ INGEST_RATE_WINDOW_S = 60
 
 async def refresh_kpis(hub: Hub) -> None:
     """The console's figures: devices online, cases, today's SLA results, ingest rate."""
-    row = await hub.pool.fetchrow(
+    row = await fetch_one(
+        hub.pool,
         f"""SELECT count(*) AS devices,
                   count(*) FILTER (WHERE l.ts > now() - make_interval(
                       secs => d.interval_s * {ONLINE_INTERVALS})) AS online
@@ -48,7 +50,8 @@ async def refresh_kpis(hub: Hub) -> None:
         "SELECT priority, count(*) AS n FROM incidents WHERE state NOT IN "
         "('closed', 'evaluated', 'archived', 'cancelled') GROUP BY priority")
     # "Today" is the town's day (settings.town_tz), not UTC's.
-    sla_today = await hub.pool.fetchrow(
+    sla_today = await fetch_one(
+        hub.pool,
         """SELECT count(*) FILTER (WHERE stage = 'resolve') AS closed,
                   count(*) FILTER (WHERE stage = 'resolve' AND met_at <= deadline) AS on_time,
                   percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM

@@ -20,8 +20,8 @@ import threading
 
 import paho.mqtt.client as mqtt
 
+from core.mqtt_client import BrokerAddress, make_client
 from hub.mqtt_files import CONTROL_RESPONSE_TOPIC, CONTROL_TOPIC
-from ingest.mqtt import BrokerAddress, make_client
 
 # A loopback broker answers in milliseconds; a wait this long means it is down or busy,
 # and the account change must not hang on it.

@@ -85,7 +85,8 @@ def _properties(feature: Any, where: str) -> tuple[dict[str, Any], str]:
 
 
 def _grids(grids_fc: Any) -> dict[str, Any]:
-    out, levels = [], {}
+    out: list[dict[str, Any]] = []
+    levels: dict[str, int] = {}
     raw = _features(grids_fc, "grids")
     for n, feature in enumerate(raw):
         props, gid = _properties(feature, f"grids[{n}]")
@@ -108,11 +109,11 @@ def _grids(grids_fc: Any) -> dict[str, Any]:
                     "properties": {"id": gid, "level": level, "parent": props.get("parent"),
                                    "name": props["name"], "zone": zone}})
     for n, feature in enumerate(out):
-        props = feature["properties"]
-        where, parent = f"grids[{n}] ({props['id']})", props["parent"]
-        if props["level"] == 1 and parent is not None:
+        fprops: dict[str, Any] = feature["properties"]
+        where, parent = f"grids[{n}] ({fprops['id']})", fprops["parent"]
+        if fprops["level"] == 1 and parent is not None:
             raise ValueError(f"{where}: a level-1 grid has no parent, got {parent!r}")
-        if props["level"] == 2 and levels.get(parent) != 1:
+        if fprops["level"] == 2 and levels.get(parent) != 1:
             state = "missing" if parent not in levels else f"level {levels[parent]}"
             raise ValueError(f"{where}: parent {parent!r} must be a level-1 grid ({state})")
     if 1 not in levels.values():

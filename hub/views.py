@@ -111,7 +111,9 @@ async def audit_page(request: Request) -> Response:
     filters = {k: (q.get(k) or "").strip()[:128] or None for k in ("kind", "actor", "target")}
     if filters["kind"] not in audit.KINDS:
         filters["kind"] = None
-    events = await audit.query(request.app.state.hub.pool, limit=AUDIT_PAGE_ROWS, **filters)
+    events = await audit.query(request.app.state.hub.pool, limit=AUDIT_PAGE_ROWS,
+                               kind=filters["kind"], actor=filters["actor"],
+                               target=filters["target"])
     for e in events:
         e["at_text"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
         e["detail_text"] = ", ".join(f"{k}={v}" for k, v in sorted(e["detail"].items()))

@@ -22,10 +22,11 @@ from typing import Any
 import asyncpg
 
 from core.db import Querier
-from ingest import rules, wire
+from core.geometry import Polygon
+from ingest import wire
 from ingest.evaluator import RuleEvaluator
 from ingest.mqtt import Delivery
-from ingest.watch import Subject, Watched
+from ingest.subjects import Subject, Watched
 from ingest.writer import BatchWriter, ts_of
 
 log = logging.getLogger("ingest.pipeline")
@@ -66,13 +67,13 @@ class Registry:
         self.device_subjects = {
             r["id"]: Subject(r["id"], r["model"], r["grid_id"], dict(r["props"] or {}),
                              float(r["interval_s"])) for r in devs}
-        grids = {r["id"]: rules.Polygon.of(r["geometry"]["coordinates"][0]) for r in grid_rows}
+        grids = {r["id"]: Polygon.of(r["geometry"]["coordinates"][0]) for r in grid_rows}
         self.units = {r["id"] for r in units}
         self.unit_subjects = {
             r["id"]: Subject(r["id"], r["type"], r["home_grid"],
                              fence=tuple(grids[g] for g in r["patrol_grids"] if g in grids))
             for r in units}
-        self.watched = [Watched.from_row(r) for r in rule_rows]
+        self.watched = [Watched.from_row(dict(r)) for r in rule_rows]
         return True
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from core import geometry
 from ingest import rules
 
 # China Standard Time, for rules with active hours (e.g. GB 3096-2008 night limits).
@@ -58,7 +59,7 @@ class Subject:
     grid_id: str
     props: Mapping[str, Any] = field(default_factory=dict)
     interval_s: float = 60.0
-    fence: tuple[rules.Polygon, ...] = ()
+    fence: tuple[geometry.Polygon, ...] = ()
 
     def matches(self, w: Watched) -> bool:
         if w.rule.device_model and w.rule.device_model != self.model:
