@@ -119,6 +119,15 @@ class SlaBreached(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceChanged(Event):
+    """A device was registered, edited, moved or decommissioned (``device["active"]`` is
+    false then) from the administration pages; open consoles redraw its marker."""
+
+    kind: ClassVar[str] = "device.changed"
+    device: Entity
+
+
+@dataclass(frozen=True, slots=True)
 class SupervisorAlerted(Event):
     """Something needs a supervisor: an escalated dispatch, a preemption, an override."""
 
@@ -143,6 +152,7 @@ CATALOGUE: dict[str, type[Event]] = {
         SlaWarned,
         SlaBreached,
         SupervisorAlerted,
+        DeviceChanged,
     )
 }
 

@@ -60,6 +60,10 @@ function onChange(change) {
   for (const id of change.units) pending.units.add(id);
   for (const id of change.positions) pending.positions.add(id);
   if (change.events && change.events.length) ctx.supervisor.onEvents(change.events);
+  for (const ev of change.events || []) {
+    // Devices are not part of the feed's picture: the admin pages' changes arrive as events.
+    if (ev.kind === "device.changed" && ev.data && ev.data.device) ctx.map.applyDevice(ev.data.device);
+  }
   if (change.reset) ctx.supervisor.load();  // a snapshot: events may have been skipped
   scheduleRender();
 }

@@ -227,6 +227,19 @@ export class ConsoleMap {
     this.devicesDrawn = true;
   }
 
+  // A device registered, edited, moved or decommissioned on the admin pages (the feed's
+  // device.changed event): its marker is redrawn, or removed when it is no longer active.
+  applyDevice(d) {
+    const old = this.deviceMarkers.get(d.id);
+    if (old) old.remove();
+    this.deviceMarkers.delete(d.id);
+    if (d.active === false) {
+      this.ctx.devices.delete(d.id);
+      return;
+    }
+    this.drawDevices([d]);
+  }
+
   renderDeviceAlarms() {
     const next = new Map();
     for (const a of Object.values(this.ctx.feed.state.alarms)) {
