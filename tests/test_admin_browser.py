@@ -1,0 +1,364 @@
+"""The administration pages in real headless Chromium against a real hub: each page's main
+path and its bad-input path, each change seen on an open console without a reload, every
+change recorded under the logged-in admin (never a name from the request)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+from tests.conftest import ARTIFACTS, HubProcess, town_doc
+from tests.test_console_browser import CHROMIUM, CHROMIUM_ARGS, login_state
+
+SHOTS = ARTIFACTS / "admin"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def auth_state(browser: Browser, hub: HubProcess) -> Any:
+    return login_state(browser, hub)
+
+
+@pytest.fixture
+def context(browser: Browser, auth_state: Any) -> Iterator[BrowserContext]:
+    ctx = browser.new_context(viewport={"width": 1600, "height": 1000}, locale="zh-CN",
+                              storage_state=auth_state)
+    yield ctx
+    ctx.close()
+
+
+def _page(ctx: BrowserContext, path: str, hub: HubProcess) -> Page:
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("dialog", lambda d: d.accept())  # the pages confirm before destructive steps
+    pg.errors = errors  # type: ignore[attr-defined]
+    pg.goto(hub.url + path)
+    if path == "/":
+        pg.wait_for_function(
+            "window.gridhub && window.gridhub.connected && window.gridhub.mapReady",
+            timeout=20000)
+    else:
+        pg.wait_for_selector("body[data-ready='1']", timeout=15000)
+    return pg
+
+
+def _shot(pg: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def _audit(hub: HubProcess, target: str) -> list[dict[str, Any]]:
+    r = hub.client.get("/api/audit", params={"target": target})
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _error(pg: Page, box: str) -> str:
+    pg.wait_for_selector(f"#{box}:not([hidden])", timeout=10000)
+    return pg.get_attribute(f"#{box}", "data-code") or ""
+
+
+def _add_bogus_option(pg: Page, select: str, value: str) -> None:
+    """An option the server does not know (a grid deleted meanwhile, a forged form)."""
+    pg.evaluate("([s, v]) => { const o = document.createElement('option'); o.value = v;"
+                " o.textContent = v; document.getElementById(s).append(o); }", [select, value])
+
+
+# ------------------------------------------------------------------ devices
+def test_devices_register_edit_credentials_decommission(context: BrowserContext,
+                                                        hub: HubProcess) -> None:
+    town = town_doc()
+    grid = town["grids"]["features"][0]["properties"]["id"]
+    cc = town["command_center"]
+    dev = f"ADM-{uuid.uuid4().hex[:6]}"
+    console = _page(context, "/", hub)
+    admin = _page(context, "/admin/devices", hub)
+    me = admin.inner_text("#user-name")
+    admin.fill("#f-id", dev)
+    admin.select_option("#f-kind", "environment")
+    admin.fill("#f-name", "测试水位计")
+    admin.fill("#f-model", "WL-100")
+    admin.select_option("#f-grid", grid)
+    admin.fill("#f-lon", str(cc["lon"] + 0.002))
+    admin.fill("#f-lat", str(cc["lat"] + 0.001))
+    admin.fill("#f-metrics", "water_level_m, battery_v")
+    admin.fill("#f-interval", "30")
+    admin.click("#device-save")
+    row = admin.locator(f"#device-list tr[data-device-id='{dev}']")
+    row.wait_for(timeout=10000)
+    # On the open console without a reload: the new device is on the map.
+    console.wait_for_function(f"window.gridhub.devices.has('{dev}')", timeout=10000)
+    shown = console.evaluate(f"window.gridhub.devices.get('{dev}')")
+    assert shown["metrics"] == ["water_level_m", "battery_v"] and shown["interval_s"] == 30
+
+    # Move it: the console's marker follows.
+    row.locator(".act-edit").click()
+    admin.fill("#f-lat", str(cc["lat"] + 0.003))
+    admin.fill("#f-name", "测试水位计(移位)")
+    admin.click("#device-save")
+    console.wait_for_function(
+        f"Math.abs(window.gridhub.devices.get('{dev}').lat - {cc['lat'] + 0.003}) < 1e-9",
+        timeout=10000)
+    admin.locator(f"#device-list tr[data-device-id='{dev}']", has_text="移位").wait_for()
+
+    # MQTT credentials: revealed once, with a QR code; provisioned, then rotated.
+    row.locator(".act-credentials").click()
+    admin.wait_for_selector("#reveal[open]")
+    secret = admin.locator("#reveal-fields dd.secret").nth(1).inner_text()
+    assert len(secret) >= 16
+    assert admin.locator("#reveal-qr svg").count() == 1
+    _shot(admin, "admin_devices_reveal")
+    admin.click("#reveal-close")
+    assert admin.locator("#reveal-fields dd").count() == 0  # forgotten on close
+    row.locator(".act-credentials").click()
+    admin.wait_for_selector("#reveal[open]")
+    assert admin.locator("#reveal-fields dd.secret").nth(1).inner_text() != secret
+    admin.click("#reveal-close")
+
+    row.locator(".act-health").click()
+    admin.wait_for_selector("#health-card:not([hidden])")
+    assert dev in admin.inner_text("#health-title")
+    _shot(admin, "admin_devices")
+
+    # Decommissioned: gone from the console's map, its MQTT account revoked.
+    row.locator(".act-decommission").click()
+    console.wait_for_function(f"!window.gridhub.devices.has('{dev}')", timeout=10000)
+    accounts = {a["principal"]: a for a in hub.client.get("/api/mqtt/accounts").json()}
+    assert accounts[dev]["active"] is False
+
+    kinds = {(e["kind"], e["actor"]) for e in _audit(hub, dev)}
+    assert {("device.registered", me), ("device.changed", me),
+            ("mqtt_account.provisioned", me), ("mqtt_account.rotated", me),
+            ("device.decommissioned", me)} <= kinds
+    assert not console.errors and not admin.errors  # type: ignore[attr-defined]
+
+
+def test_devices_bad_input_changes_nothing(context: BrowserContext, hub: HubProcess) -> None:
+    town = town_doc()
+    existing = town["devices"][0]["id"] if isinstance(town["devices"], list) else None
+    assert existing
+    grid = town["grids"]["features"][0]["properties"]["id"]
+    admin = _page(context, "/admin/devices", hub)
+    before = hub.client.get("/api/admin/devices").json()
+
+    # A duplicate id.
+    admin.fill("#f-id", existing)
+    admin.fill("#f-name", "重复")
+    admin.fill("#f-model", "X")
+    admin.select_option("#f-grid", grid)
+    admin.fill("#f-lon", "120.43")
+    admin.fill("#f-lat", "31.80")
+    admin.click("#device-save")
+    assert _error(admin, "device-error") == "device.exists"
+    assert "device.exists" in admin.inner_text("#device-error")
+
+    # An unknown grid.
+    new_id = f"ADM-{uuid.uuid4().hex[:6]}"
+    admin.fill("#f-id", new_id)
+    _add_bogus_option(admin, "f-grid", "NO-SUCH-GRID")
+    admin.select_option("#f-grid", "NO-SUCH-GRID")
+    admin.click("#device-save")
+    admin.wait_for_function(
+        "document.getElementById('device-error').dataset.code === 'grid.unknown'")
+    _shot(admin, "admin_devices_error")
+    assert hub.client.get("/api/admin/devices").json() == before  # nothing half-changed
+    assert not _audit(hub, new_id)
+
+
+# ------------------------------------------------------------------ units and duty
+def _unit_form(pg: Page, unit: str, grid: str, quals: list[str]) -> None:
+    pg.fill("#u-id", unit)
+    pg.select_option("#u-type", "squad")
+    pg.fill("#u-name", f"文化执法队 {unit}")
+    pg.fill("#u-members", "4")
+    pg.select_option("#u-grid", grid)
+    for q in quals:
+        pg.check(f"#u-quals input[value='{q}']")
+
+
+def test_units_create_duty_roster(context: BrowserContext, hub: HubProcess) -> None:
+    grid = town_doc()["grids"]["features"][1]["properties"]["id"]
+    unit = f"ADMU-{uuid.uuid4().hex[:6]}"
+    console = _page(context, "/", hub)
+    admin = _page(context, "/admin/units", hub)
+    me = admin.inner_text("#user-name")
+    _unit_form(admin, unit, grid, ["culture", "education"])
+    admin.click("#unit-save")
+    row = admin.locator(f"#unit-list tr[data-unit-id='{unit}']")
+    row.wait_for(timeout=10000)
+    console.wait_for_function(
+        f"(window.gridhub.state.units['{unit}'] || {{}}).status === 'available'", timeout=10000)
+    assert console.evaluate(f"window.gridhub.state.units['{unit}'].qualifications") == [
+        "culture", "education"]
+
+    # Edit: a qualification more, a member more; the console's picture follows.
+    row.locator(".act-edit").click()
+    admin.check("#u-quals input[value='health']")
+    admin.fill("#u-members", "5")
+    admin.click("#unit-save")
+    console.wait_for_function(
+        f"window.gridhub.state.units['{unit}'].qualifications.includes('health')", timeout=10000)
+
+    # Off duty by hand with a handover note: off the dispatchable picture at once.
+    row.locator(".act-duty").click()
+    admin.wait_for_selector("#duty-card:not([hidden])")
+    admin.fill("#duty-note", "下班交接:器材已归还")
+    admin.click("#duty-off")
+    console.wait_for_function(
+        f"window.gridhub.state.units['{unit}'].status === 'off_duty'", timeout=10000)
+    admin.locator("#duty-log tbody tr", has_text="器材已归还").wait_for(timeout=10000)
+    assert me in admin.inner_text("#duty-log")
+
+    # A shift on the roster.
+    admin.fill("#shift-starts", "08:00")
+    admin.fill("#shift-ends", "20:00")
+    admin.click("#shift-add")
+    admin.locator("#shift-list li[data-shift-id]").wait_for(timeout=10000)
+    _shot(admin, "admin_units")
+
+    admin.click("#duty-on")
+    console.wait_for_function(
+        f"window.gridhub.state.units['{unit}'].status === 'available'", timeout=10000)
+    kinds = {(e["kind"], e["actor"]) for e in _audit(hub, unit)}
+    assert {("unit.created", me), ("unit.changed", me), ("unit.duty", me)} <= kinds
+    assert not console.errors and not admin.errors  # type: ignore[attr-defined]
+
+
+def test_units_bad_input_changes_nothing(context: BrowserContext, hub: HubProcess) -> None:
+    town = town_doc()
+    grid = town["grids"]["features"][0]["properties"]["id"]
+    existing = town["units"][0]["id"]
+    admin = _page(context, "/admin/units", hub)
+    before = hub.client.get("/api/admin/units").json()
+
+    _unit_form(admin, existing, grid, ["fire"])
+    admin.click("#unit-save")
+    assert _error(admin, "unit-error") == "unit.exists"
+
+    fresh = f"ADMU-{uuid.uuid4().hex[:6]}"
+    admin.fill("#u-id", fresh)
+    _add_bogus_option(admin, "u-grid", "NO-SUCH-GRID")
+    admin.select_option("#u-grid", "NO-SUCH-GRID")
+    admin.click("#unit-save")
+    admin.wait_for_function(
+        "document.getElementById('unit-error').dataset.code === 'grid.unknown'")
+
+    # On duty twice: refused with its code, nothing logged.
+    row = admin.locator(f"#unit-list tr[data-unit-id='{existing}']")
+    row.locator(".act-duty").click()
+    admin.wait_for_selector("#duty-card:not([hidden])")
+    status = hub.client.get("/api/admin/units").json()
+    current = next(u for u in status if u["id"] == existing)["status"]
+    admin.click("#duty-off" if current == "off_duty" else "#duty-on")
+    code = _error(admin, "duty-error")
+    assert code == "unit.no_change"
+    after = hub.client.get("/api/admin/units").json()
+    assert [u for u in after if u["id"] != existing] == [
+        u for u in before if u["id"] != existing]
+    assert not any(u["id"] == fresh for u in after)
+
+
+# ------------------------------------------------------------------ users and tokens
+def test_users_create_reset_disable_tokens(context: BrowserContext, hub: HubProcess) -> None:
+    admin = _page(context, "/admin/users", hub)
+    me = admin.inner_text("#user-name")
+    name = f"op-{uuid.uuid4().hex[:6]}"
+    admin.fill("#n-username", name)
+    admin.fill("#n-display", "夜班值班员")
+    admin.select_option("#n-role", "operator")
+    admin.click("#user-save")
+    admin.wait_for_selector("#reveal[open]")
+    password = admin.locator("#reveal-fields dd.secret").nth(1).inner_text()
+    admin.click("#reveal-close")
+    row = admin.locator(f"#user-list tr[data-username='{name}']")
+    row.wait_for()
+    # The password works on the real login endpoint.
+    with httpx.Client(base_url=hub.url, verify=False, follow_redirects=False) as c:
+        form = c.get("/login")
+        token = form.text.split('name="csrf_token" value="')[1].split('"')[0]
+        r = c.post("/login", data={"username": name, "password": password,
+                                   "csrf_token": token, "next": "/"})
+        assert r.status_code == 303 and r.headers["location"] == "/", r.text[:300]
+
+    row.locator(".act-reset").click()
+    admin.wait_for_selector("#reveal[open]")
+    assert admin.locator("#reveal-fields dd.secret").nth(1).inner_text() != password
+    admin.click("#reveal-close")
+    row.locator(".act-disable").click()
+    admin.wait_for_function(
+        f"document.querySelector(\"#user-list tr[data-username='{name}'] .state\")"
+        ".textContent === '已禁用'")
+    assert row.locator(".last-login").inner_text() != "从未"
+
+    # A token: revealed once, works, then revoked.
+    tname = f"tok-{uuid.uuid4().hex[:6]}"
+    admin.fill("#k-name", tname)
+    admin.select_option("#k-role", "viewer")
+    admin.click("#token-save")
+    admin.wait_for_selector("#reveal[open]")
+    token = admin.locator("#reveal-fields dd.secret").first.inner_text()
+    admin.click("#reveal-close")
+    me_url = hub.url + "/api/me"
+    assert httpx.get(me_url, headers={"Authorization": f"Bearer {token}"},
+                     verify=False).status_code == 200
+    _shot(admin, "admin_users")
+    admin.locator(f"#token-list tr[data-token-name='{tname}'] .act-revoke").click()
+    admin.locator(f"#token-list tr.retired[data-token-name='{tname}']").wait_for()
+    assert httpx.get(me_url, headers={"Authorization": f"Bearer {token}"},
+                     verify=False).status_code == 401
+
+    kinds = {(e["kind"], e["actor"]) for e in _audit(hub, name)}
+    assert {("user.created", me), ("user.changed", me), ("user.disabled", me)} <= kinds
+    assert {("token.created", me), ("token.revoked", me)} <= {
+        (e["kind"], e["actor"]) for e in _audit(hub, tname)}
+    assert not admin.errors  # type: ignore[attr-defined]
+
+
+def test_users_bad_input_changes_nothing(context: BrowserContext, hub: HubProcess) -> None:
+    admin = _page(context, "/admin/users", hub)
+    me = admin.inner_text("#user-name")
+    before = hub.client.get("/api/admin/users").json()
+    admin.fill("#n-username", me)
+    admin.click("#user-save")
+    assert _error(admin, "user-error") == "auth.user_exists"
+    # An admin cannot lock themself out.
+    admin.locator(f"#user-list tr[data-username='{me}'] .act-disable").click()
+    admin.wait_for_function(
+        "document.getElementById('user-error').dataset.code === 'auth.self'")
+    # A unit token for a unit that does not exist.
+    admin.fill("#k-name", f"tok-{uuid.uuid4().hex[:6]}")
+    admin.select_option("#k-role", "unit")
+    admin.fill("#k-unit", "NO-SUCH-UNIT")
+    admin.click("#token-save")
+    assert _error(admin, "token-error") == "unit.not_found"
+    after = hub.client.get("/api/admin/users").json()
+    assert [(u["username"], u["disabled"]) for u in after] == [
+        (u["username"], u["disabled"]) for u in before]
+
+
+def test_admin_pages_need_their_role(browser: Browser, hub: HubProcess) -> None:
+    """An operator is refused the pages and their APIs (403 with the policy's code)."""
+    state = login_state(browser, hub, role="operator")
+    ctx = browser.new_context(storage_state=state)
+    try:
+        pg = ctx.new_page()
+        for path in ("/admin/devices", "/admin/units", "/admin/users"):
+            r = pg.goto(hub.url + path)
+            assert r is not None and r.status == 403, path
+        api = pg.request.get(hub.url + "/api/admin/devices")
+        assert api.status == 403 and api.json()["error"]["code"] == "auth.forbidden"
+    finally:
+        ctx.close()
