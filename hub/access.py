@@ -122,6 +122,8 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/admin/devices"): Rule("admin", page=True),
     ("GET", "/admin/units"): Rule("supervisor", page=True),
     ("GET", "/admin/users"): Rule("admin", page=True),
+    ("GET", "/admin/rules"): Rule("supervisor", page=True),  # the rules and SLA APIs'
+    ("GET", "/admin/sla"): Rule("supervisor", page=True),    # edits are a supervisor's
     # ---- the live feed
     ("WS", "/ws/live"): VIEWER,
     # ---- reading the picture

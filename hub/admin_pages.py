@@ -25,3 +25,13 @@ async def units_page(request: Request) -> Response:
 @router.get("/users", response_class=HTMLResponse)
 async def users_page(request: Request) -> Response:
     return page(request, "admin_users.html")
+
+
+@router.get("/rules", response_class=HTMLResponse)
+async def rules_page(request: Request) -> Response:
+    return page(request, "admin_rules.html")
+
+
+@router.get("/sla", response_class=HTMLResponse)
+async def sla_page(request: Request) -> Response:
+    return page(request, "admin_sla.html")
