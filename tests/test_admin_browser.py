@@ -368,3 +368,95 @@ def test_admin_pages_need_their_role(browser: Browser, hub: HubProcess) -> None:
         assert api.status == 403 and api.json()["error"]["code"] == "auth.forbidden"
     finally:
         ctx.close()
+
+
+# ------------------------------------------------------------------ rules
+def _rule_form(pg: Page, rule_id: str, params: str) -> None:
+    pg.fill("#r-id", rule_id)
+    pg.fill("#r-name", "测试:可燃气体极高")
+    pg.select_option("#r-kind", "threshold")
+    pg.fill("#r-metric", "gas_lel_pct")
+    pg.select_option("#r-severity", "warning")
+    pg.fill("#r-params", params)
+
+
+def test_rules_backtest_then_save_disable_enable(context: BrowserContext,
+                                                 hub: HubProcess) -> None:
+    admin = _page(context, "/admin/rules", hub)
+    me = admin.inner_text("#user-name")
+    rule = f"adm_rule_{uuid.uuid4().hex[:6]}"
+    _rule_form(admin, rule, '{"raise_above": 99.0, "clear_below": 90.0}')
+    # A backtest of the draft runs on recorded history and stores nothing.
+    admin.click("#rule-backtest")
+    admin.wait_for_selector("#backtest-result:not([hidden])", timeout=30000)
+    assert admin.get_attribute("#backtest-result", "data-alarms") is not None
+    assert hub.client.get(f"/api/rules/{rule}").status_code == 404
+    admin.click("#rule-save")
+    row = admin.locator(f"#rule-list tr[data-rule-id='{rule}']")
+    row.wait_for(timeout=10000)
+    stored = hub.client.get(f"/api/rules/{rule}").json()
+    assert stored["params"] == {"raise_above": 99.0, "clear_below": 90.0}
+    assert stored["updated_by"] == me
+    _shot(admin, "admin_rules")
+    row.locator(".act-disable").click()
+    admin.locator(f"#rule-list tr.retired[data-rule-id='{rule}']").wait_for(timeout=10000)
+    admin.locator(f"#rule-list tr[data-rule-id='{rule}'] .act-enable").click()
+    admin.locator(f"#rule-list tr[data-rule-id='{rule}'] .act-disable").wait_for(timeout=10000)
+    assert hub.client.get(f"/api/rules/{rule}").json()["enabled"] is True
+    kinds = [(e["kind"], e["actor"]) for e in _audit(hub, rule)]
+    assert kinds.count(("rule.changed", me)) == 2 and ("rule.disabled", me) in kinds
+    assert not admin.errors  # type: ignore[attr-defined]
+
+
+def test_rules_that_do_not_parse_are_refused(context: BrowserContext, hub: HubProcess) -> None:
+    admin = _page(context, "/admin/rules", hub)
+    rule = f"adm_rule_{uuid.uuid4().hex[:6]}"
+    _rule_form(admin, rule, '{"raise_above": 99')
+    admin.click("#rule-save")
+    assert _error(admin, "rule-error") == "rule.params_not_json"
+    admin.fill("#r-params", '{"clear_below": "high"}')
+    admin.click("#rule-save")
+    admin.wait_for_function(
+        "document.getElementById('rule-error').dataset.code === 'rule.invalid'")
+    admin.click("#rule-backtest")  # the backtest refuses it the same way
+    admin.wait_for_function(
+        "document.getElementById('rule-error').dataset.code === 'rule.invalid'")
+    assert hub.client.get(f"/api/rules/{rule}").status_code == 404
+    assert not _audit(hub, rule)
+
+
+# ------------------------------------------------------------------ SLA
+def test_sla_limits_edit_and_reset(context: BrowserContext, hub: HubProcess) -> None:
+    admin = _page(context, "/admin/sla", hub)
+    me = admin.inner_text("#user-name")
+    row = admin.locator("#limits-list tr[data-key='*/4']")
+    row.locator(".act-edit").click()
+    before = hub.client.get("/api/sla").json()
+    old = next(x for x in before["limits"] if x["category"] == "*" and x["priority"] == 4)
+    admin.fill("#l-register", "7")
+    admin.click("#limits-save")
+    admin.locator("#limits-list tr[data-key='*/4'] .act-reset").wait_for(timeout=10000)
+    now = next(x for x in hub.client.get("/api/sla").json()["limits"]
+               if x["category"] == "*" and x["priority"] == 4)
+    assert now["register_s"] == 420 and now["dispatch_s"] == old["dispatch_s"]
+    admin.locator("#sla-changes tbody tr", has_text=me).first.wait_for(timeout=10000)
+    _shot(admin, "admin_sla")
+    admin.locator("#limits-list tr[data-key='*/4'] .act-reset").click()
+    admin.locator("#limits-list tr[data-key='*/4'] .act-reset").wait_for(state="detached",
+                                                                         timeout=10000)
+    assert hub.client.get("/api/sla").json()["limits"] == before["limits"]
+
+
+def test_sla_bad_limits_change_nothing(context: BrowserContext, hub: HubProcess) -> None:
+    admin = _page(context, "/admin/sla", hub)
+    before = hub.client.get("/api/sla").json()
+    admin.locator("#limits-list tr[data-key='*/3'] .act-edit").click()
+    admin.fill("#l-resolve", "0")
+    admin.click("#limits-save")
+    assert _error(admin, "limits-error") == "request.invalid"
+    admin.fill("#l-resolve", "600")
+    admin.fill("#l-category", "No Such Category!")
+    admin.click("#limits-save")
+    admin.wait_for_function(
+        "document.getElementById('limits-error').textContent.includes('category')")
+    assert hub.client.get("/api/sla").json() == before
