@@ -128,6 +128,16 @@ class DeviceChanged(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class TownChanged(Event):
+    """The town's grids and roads were replaced by an import (hub/admin_town.py); open
+    consoles fetch ``/api/town`` again and redraw it. Counts by what happened."""
+
+    kind: ClassVar[str] = "town.changed"
+    grids: Entity
+    roads: Entity
+
+
+@dataclass(frozen=True, slots=True)
 class SupervisorAlerted(Event):
     """Something needs a supervisor: an escalated dispatch, a preemption, an override."""
 
@@ -153,6 +163,7 @@ CATALOGUE: dict[str, type[Event]] = {
         SlaBreached,
         SupervisorAlerted,
         DeviceChanged,
+        TownChanged,
     )
 }
 

@@ -122,6 +122,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/admin/devices"): Rule("admin", page=True),
     ("GET", "/admin/units"): Rule("supervisor", page=True),
     ("GET", "/admin/users"): Rule("admin", page=True),
+    ("GET", "/admin/grids"): Rule("admin", page=True),
     ("GET", "/admin/rules"): Rule("supervisor", page=True),  # the rules and SLA APIs'
     ("GET", "/admin/sla"): Rule("supervisor", page=True),    # edits are a supervisor's
     # ---- the live feed
@@ -187,6 +188,8 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/admin/units/{unit_id}/duty-log"): SUPERVISOR,
     ("POST", "/api/admin/units/{unit_id}/shifts"): SUPERVISOR,
     ("DELETE", "/api/admin/units/{unit_id}/shifts/{shift_id}"): SUPERVISOR,
+    ("POST", "/api/admin/town/preview"): ADMIN,
+    ("POST", "/api/admin/town/import"): ADMIN,
     ("GET", "/api/admin/users"): ADMIN,
     ("POST", "/api/admin/users"): ADMIN,
     ("POST", "/api/admin/users/{username}/disable"): ADMIN,

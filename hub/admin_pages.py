@@ -35,3 +35,8 @@ async def rules_page(request: Request) -> Response:
 @router.get("/sla", response_class=HTMLResponse)
 async def sla_page(request: Request) -> Response:
     return page(request, "admin_sla.html")
+
+
+@router.get("/grids", response_class=HTMLResponse)
+async def grids_page(request: Request) -> Response:
+    return page(request, "admin_grids.html")

@@ -44,6 +44,7 @@ KINDS: frozenset[str] = frozenset({
     "unit.created",
     "unit.changed",         # name, qualifications, members, home grid
     "unit.duty",            # put on or taken off duty by hand, with a handover note
+    "town.imported",        # grids and roads replaced from GeoJSON
 })
 
 # A page of the trail; a longer look-back is a narrower filter, not a bigger page.
