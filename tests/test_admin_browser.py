@@ -4,6 +4,7 @@ change recorded under the logged-in admin (never a name from the request)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -460,3 +461,95 @@ def test_sla_bad_limits_change_nothing(context: BrowserContext, hub: HubProcess)
     admin.wait_for_function(
         "document.getElementById('limits-error').textContent.includes('category')")
     assert hub.client.get("/api/sla").json() == before
+
+
+# ------------------------------------------------------------------ grids and roads
+def _upload(pg: Page, selector: str, name: str, doc: Any) -> None:
+    data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    pg.set_input_files(selector, files=[{"name": name, "mimeType": "application/geo+json",
+                                         "buffer": data}])
+
+
+def _current_town(hub: HubProcess) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The town as loaded, as GeoJSON files an operator would upload."""
+    doc = hub.client.get("/api/town").json()
+    for f in doc["grids"]["features"]:
+        f["properties"].pop("center", None)
+    return doc["grids"], doc["roads"]
+
+
+def _square(lon: float, lat: float, d: float = 0.002) -> dict[str, Any]:
+    return {"type": "Polygon", "coordinates": [[[lon, lat], [lon + d, lat], [lon + d, lat + d],
+                                                [lon, lat + d], [lon, lat]]]}
+
+
+def test_grids_import_preview_then_replace(context: BrowserContext, hub: HubProcess) -> None:
+    grids, roads = _current_town(hub)
+    parent = next(f for f in grids["features"] if f["properties"]["level"] == 1)
+    new_id = f"GX-{uuid.uuid4().hex[:4]}"
+    lon, lat = parent["geometry"]["coordinates"][0][0]
+    added = {"type": "Feature", "geometry": _square(lon, lat),
+             "properties": {"id": new_id, "level": 2, "parent": parent["properties"]["id"],
+                            "name": "新建第99网格", "zone": "mixed"}}
+    console = _page(context, "/", hub)
+    admin = _page(context, "/admin/grids", hub)
+    me = admin.inner_text("#user-name")
+    _upload(admin, "#g-grids", "grids.geojson",
+            {**grids, "features": [*grids["features"], added]})
+    _upload(admin, "#g-roads", "roads.geojson", roads)
+    admin.click("#grid-preview")
+    admin.wait_for_selector("#grid-plan:not([hidden])", timeout=15000)
+    assert new_id in admin.inner_text("#grid-plan")
+    assert admin.get_attribute("body", "data-preview-features") == str(
+        len(grids["features"]) + 1)
+    # Previewed, not yet replaced.
+    assert all(f["properties"]["id"] != new_id
+               for f in hub.client.get("/api/town").json()["grids"]["features"])
+    _shot(admin, "admin_grids")
+    admin.click("#grid-import")
+    admin.wait_for_selector("#grid-done:not([hidden])", timeout=15000)
+    # The open console redraws the town with the new grid, without a reload.
+    console.wait_for_function(f"window.gridhub.ctx.town.grids.has('{new_id}')", timeout=15000)
+    assert any(e["kind"] == "town.imported" and e["actor"] == me for e in _audit(hub, "town"))
+
+    # The same file without the new grid takes it away again (nothing refers to it).
+    _upload(admin, "#g-grids", "grids.geojson", grids)
+    admin.click("#grid-preview")
+    admin.wait_for_function("!document.getElementById('grid-import').disabled", timeout=15000)
+    assert new_id in admin.inner_text("#grid-plan")
+    admin.click("#grid-import")
+    console.wait_for_function(f"!window.gridhub.ctx.town.grids.has('{new_id}')", timeout=15000)
+    assert not console.errors and not admin.errors  # type: ignore[attr-defined]
+
+
+def test_grids_bad_geojson_replaces_nothing(context: BrowserContext, hub: HubProcess) -> None:
+    grids, roads = _current_town(hub)
+    before = hub.client.get("/api/town").json()
+    admin = _page(context, "/admin/grids", hub)
+    # Not polygons: a line where a grid should be.
+    line = {"type": "Feature", "geometry": {"type": "LineString",
+                                            "coordinates": [[120.4, 31.8], [120.41, 31.81]]},
+            "properties": {"id": "GL-1", "level": 1, "parent": None, "name": "线"}}
+    _upload(admin, "#g-grids", "lines.geojson", {"type": "FeatureCollection",
+                                                 "features": [line]})
+    admin.click("#grid-preview")
+    assert _error(admin, "grid-error") == "geojson.invalid"
+    assert "Polygon" in admin.inner_text("#grid-error")
+    assert admin.is_disabled("#grid-import")
+    # Not JSON at all.
+    _upload(admin, "#g-grids", "broken.geojson", b"{not json")
+    admin.click("#grid-preview")
+    admin.wait_for_function(
+        "document.getElementById('grid-error').dataset.code === 'geojson.not_json'")
+    # A file that drops grids devices and units stand in: previewed, import refused.
+    kept = [f for f in grids["features"] if f["properties"]["level"] == 1][:1]
+    _upload(admin, "#g-grids", "small.geojson", {"type": "FeatureCollection", "features": kept})
+    admin.click("#grid-preview")
+    admin.wait_for_function("Number(document.getElementById('grid-plan').dataset.inUse) > 0",
+                            timeout=15000)
+    assert admin.is_disabled("#grid-import")
+    r = hub.client.post("/api/admin/town/import",
+                        json={"grids": {"type": "FeatureCollection", "features": kept},
+                              "roads": roads})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "grid.in_use"
+    assert hub.client.get("/api/town").json() == before
