@@ -138,7 +138,7 @@ async def edit(request: Request, device_id: str, body: DeviceEdit) -> dict[str, 
             device_id, body.name, body.model, body.grid_id, body.lon, body.lat, body.metrics,
             body.interval_s)
         view = await _view(conn, device_id)
-        changed = {k: view[k] for k in body.model_fields if view[k] != before[k]}
+        changed = {k: view[k] for k in DeviceEdit.model_fields if view[k] != before[k]}
         await audit.record(conn, "device.changed", actor, target=device_id,
                            client_ip=_ip(request), detail=changed)
         await outbox.record(conn, DeviceChanged(device=view))
