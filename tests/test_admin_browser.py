@@ -553,3 +553,19 @@ def test_grids_bad_geojson_replaces_nothing(context: BrowserContext, hub: HubPro
                               "roads": roads})
     assert r.status_code == 409 and r.json()["error"]["code"] == "grid.in_use"
     assert hub.client.get("/api/town").json() == before
+
+
+@pytest.mark.parametrize(("lang", "titles"), [
+    ("zh_CN", ["设备管理", "网格与道路", "队伍与排班", "告警规则", "时限与日历", "用户与令牌"]),
+    ("en", ["Devices", "Grids and roads", "Squads and duty roster", "Alarm rules",
+            "SLA and calendar", "Users and tokens"]),
+])
+def test_admin_pages_in_chinese_and_english(context: BrowserContext, hub: HubProcess,
+                                            lang: str, titles: list[str]) -> None:
+    paths = ["devices", "grids", "units", "rules", "sla", "users"]
+    for path, title in zip(paths, titles, strict=True):
+        pg = _page(context, f"/admin/{path}?lang={lang}", hub)
+        assert pg.inner_text("h1.pb-title") == title
+        assert pg.locator(".admin-nav a[aria-current]").inner_text() == title
+        assert not pg.errors  # type: ignore[attr-defined]
+        pg.close()
