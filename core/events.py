@@ -119,6 +119,25 @@ class SlaBreached(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceChanged(Event):
+    """A device was registered, edited, moved or decommissioned (``device["active"]`` is
+    false then) from the administration pages; open consoles redraw its marker."""
+
+    kind: ClassVar[str] = "device.changed"
+    device: Entity
+
+
+@dataclass(frozen=True, slots=True)
+class TownChanged(Event):
+    """The town's grids and roads were replaced by an import (hub/admin_town.py); open
+    consoles fetch ``/api/town`` again and redraw it. Counts by what happened."""
+
+    kind: ClassVar[str] = "town.changed"
+    grids: Entity
+    roads: Entity
+
+
+@dataclass(frozen=True, slots=True)
 class SupervisorAlerted(Event):
     """Something needs a supervisor: an escalated dispatch, a preemption, an override."""
 
@@ -143,6 +162,8 @@ CATALOGUE: dict[str, type[Event]] = {
         SlaWarned,
         SlaBreached,
         SupervisorAlerted,
+        DeviceChanged,
+        TownChanged,
     )
 }
 

@@ -117,6 +117,14 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/reports"): PAGE,
     ("GET", "/inspections"): PAGE,
     ("GET", "/audit"): Rule("supervisor", page=True),  # the security audit trail
+    # The administration pages (hub/admin_pages.py): the duty roster is a supervisor's job;
+    # devices, their MQTT credentials, users and tokens are an admin's.
+    ("GET", "/admin/devices"): Rule("admin", page=True),
+    ("GET", "/admin/units"): Rule("supervisor", page=True),
+    ("GET", "/admin/users"): Rule("admin", page=True),
+    ("GET", "/admin/grids"): Rule("admin", page=True),
+    ("GET", "/admin/rules"): Rule("supervisor", page=True),  # the rules and SLA APIs'
+    ("GET", "/admin/sla"): Rule("supervisor", page=True),    # edits are a supervisor's
     # ---- the live feed
     ("WS", "/ws/live"): VIEWER,
     # ---- reading the picture
@@ -166,6 +174,29 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("POST", "/api/inspections/draws"): OPERATOR,
     ("POST", "/api/inspections/draws/{draw_id}/verify"): OPERATOR,
     ("POST", "/api/inspections/draws/{draw_id}/results"): OPERATOR,
+    # ---- administration (hub/admin_*.py)
+    ("GET", "/api/admin/devices"): ADMIN,
+    ("POST", "/api/admin/devices"): ADMIN,
+    ("PUT", "/api/admin/devices/{device_id}"): ADMIN,
+    ("DELETE", "/api/admin/devices/{device_id}"): ADMIN,
+    ("POST", "/api/admin/devices/{device_id}/credentials"): ADMIN,
+    ("GET", "/api/admin/devices/{device_id}/health"): ADMIN,
+    ("GET", "/api/admin/units"): SUPERVISOR,
+    ("POST", "/api/admin/units"): SUPERVISOR,
+    ("PUT", "/api/admin/units/{unit_id}"): SUPERVISOR,
+    ("POST", "/api/admin/units/{unit_id}/duty"): SUPERVISOR,
+    ("GET", "/api/admin/units/{unit_id}/duty-log"): SUPERVISOR,
+    ("POST", "/api/admin/units/{unit_id}/shifts"): SUPERVISOR,
+    ("DELETE", "/api/admin/units/{unit_id}/shifts/{shift_id}"): SUPERVISOR,
+    ("POST", "/api/admin/town/preview"): ADMIN,
+    ("POST", "/api/admin/town/import"): ADMIN,
+    ("GET", "/api/admin/users"): ADMIN,
+    ("POST", "/api/admin/users"): ADMIN,
+    ("POST", "/api/admin/users/{username}/disable"): ADMIN,
+    ("POST", "/api/admin/users/{username}/password"): ADMIN,
+    ("GET", "/api/admin/tokens"): ADMIN,
+    ("POST", "/api/admin/tokens"): ADMIN,
+    ("DELETE", "/api/admin/tokens/{name}"): ADMIN,
     # A backtest reads up to millions of readings: not for every viewer.
     ("POST", "/api/rules/backtest"): OPERATOR,
     ("DELETE", "/api/rules/backtest/{job_id}"): OPERATOR,

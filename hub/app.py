@@ -29,6 +29,11 @@ from dispatch.geo import RoadGraph
 from dispatch.leader import Dispatcher
 from dispatch.model import DispatchPolicy
 from hub import (
+    admin_devices,
+    admin_pages,
+    admin_town,
+    admin_units,
+    admin_users,
     api,
     audit_api,
     contacts,
@@ -175,6 +180,8 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
     app.include_router(sla_api.router)
     app.include_router(mqtt_accounts_api.router)
     app.include_router(audit_api.router)
+    for admin in (admin_devices, admin_units, admin_users, admin_town, admin_pages):
+        app.include_router(admin.router)
     app.include_router(views.router)
     app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
     views.mount_vendor(app)

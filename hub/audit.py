@@ -37,6 +37,14 @@ KINDS: frozenset[str] = frozenset({
     "mqtt_account.set",     # a gateway/fleet/service account's password set by the set-up
     "rule.changed",
     "rule.disabled",
+    # the administration pages (hub/admin_*.py)
+    "device.registered",
+    "device.changed",       # edited or moved
+    "device.decommissioned",
+    "unit.created",
+    "unit.changed",         # name, qualifications, members, home grid
+    "unit.duty",            # put on or taken off duty by hand, with a handover note
+    "town.imported",        # grids and roads replaced from GeoJSON
 })
 
 # A page of the trail; a longer look-back is a narrower filter, not a bigger page.

@@ -19,6 +19,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from core.db import fetch_one
 from core.settings import Settings
 from dispatch import inspection_schedule, reports, sla_settings
+from hub import admin_roster
 from ingest import retention
 
 if TYPE_CHECKING:
@@ -125,6 +126,12 @@ async def purge_auth(hub: Hub) -> None:
         await auth.purge(hub.pool, hub.settings.login_failure_window_s)
 
 
+async def duty_roster(hub: Hub) -> None:
+    """Units on or off duty as their shifts say, at the shift boundaries (hub/admin_roster.py)."""
+    if _leads(hub):
+        await admin_roster.apply_schedule(hub.pool, hub.settings.town_tz)
+
+
 async def reload_sla(hub: Hub) -> None:
     """SLA edits made through another process (hub/sla_api.py) come into force here."""
     await sla_settings.load_settings(hub.pool, hub.settings)
@@ -162,6 +169,7 @@ JOBS: list[tuple[str, Any, Callable[[Settings], float], str]] = [
     # run only announces the draws: a commitment comes before its draw), so a
     # daily check makes it monthly and catches up after downtime.
     ("inspections.monthly_draw", monthly_draws, _every(DAY_S), "dispatch"),
+    ("units.duty_roster", duty_roster, _every(admin_roster.SCHEDULE_CHECK_S), "dispatch"),
 ]
 
 

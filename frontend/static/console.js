@@ -60,6 +60,11 @@ function onChange(change) {
   for (const id of change.units) pending.units.add(id);
   for (const id of change.positions) pending.positions.add(id);
   if (change.events && change.events.length) ctx.supervisor.onEvents(change.events);
+  for (const ev of change.events || []) {
+    // Devices are not part of the feed's picture: the admin pages' changes arrive as events.
+    if (ev.kind === "device.changed" && ev.data && ev.data.device) ctx.map.applyDevice(ev.data.device);
+    if (ev.kind === "town.changed") reloadTown();
+  }
   if (change.reset) ctx.supervisor.load();  // a snapshot: events may have been skipped
   scheduleRender();
 }
@@ -161,6 +166,20 @@ async function loadStatics() {
   }
   pending.statics = true;
   scheduleRender();
+}
+
+// Grids and roads replaced by an import (the admin pages): fetched and drawn again.
+async function reloadTown() {
+  try {
+    const townDoc = await getJsonRetry("/api/town");
+    Object.assign(ctx.town, indexTown(townDoc));
+    ctx.map.redrawTown(townDoc);
+    ctx.grids.build();
+    document.body.dataset.townVersion = String(Number(document.body.dataset.townVersion || 0) + 1);
+    scheduleRender();
+  } catch (err) {
+    console.error("gridhub console: cannot redraw the town", err);
+  }
 }
 
 ctx.map.onCreateAt = (lat, lon) => {

@@ -108,7 +108,9 @@ export class ConsoleMap {
   }
 
   drawTown(doc) {
-    this.fitBounds = drawTown(this.map, doc, {
+    // In a group of its own, so that an import (town.changed) can replace it (redrawTown).
+    this.townLayer = L.layerGroup().addTo(this.map);
+    this.fitBounds = drawTown(this.townLayer, doc, {
       renderers: this.renderers, hasTiles: !!this.ctx.config.tile_url, labelPane: "labels",
       ccName: t("town.command_center"),
     });
@@ -225,6 +227,30 @@ export class ConsoleMap {
       this.deviceMarkers.set(d.id, marker);
     }
     this.devicesDrawn = true;
+  }
+
+  // The town's grids and roads replaced by an import: drawn again, the view kept.
+  redrawTown(doc) {
+    if (this.townLayer) this.townLayer.remove();
+    this.townLayer = L.layerGroup().addTo(this.map);
+    drawTown(this.townLayer, doc, {
+      renderers: this.renderers, hasTiles: !!this.ctx.config.tile_url, labelPane: "labels",
+      ccName: t("town.command_center"),
+    });
+    this.updateLabelVisibility();
+  }
+
+  // A device registered, edited, moved or decommissioned on the admin pages (the feed's
+  // device.changed event): its marker is redrawn, or removed when it is no longer active.
+  applyDevice(d) {
+    const old = this.deviceMarkers.get(d.id);
+    if (old) old.remove();
+    this.deviceMarkers.delete(d.id);
+    if (d.active === false) {
+      this.ctx.devices.delete(d.id);
+      return;
+    }
+    this.drawDevices([d]);
   }
 
   renderDeviceAlarms() {

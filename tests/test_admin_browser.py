@@ -1,0 +1,571 @@
+"""The administration pages in real headless Chromium against a real hub: each page's main
+path and its bad-input path, each change seen on an open console without a reload, every
+change recorded under the logged-in admin (never a name from the request)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+from tests.conftest import ARTIFACTS, HubProcess, town_doc
+from tests.test_console_browser import CHROMIUM, CHROMIUM_ARGS, login_state
+
+SHOTS = ARTIFACTS / "admin"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def auth_state(browser: Browser, hub: HubProcess) -> Any:
+    return login_state(browser, hub)
+
+
+@pytest.fixture
+def context(browser: Browser, auth_state: Any) -> Iterator[BrowserContext]:
+    ctx = browser.new_context(viewport={"width": 1600, "height": 1000}, locale="zh-CN",
+                              storage_state=auth_state)
+    yield ctx
+    ctx.close()
+
+
+def _page(ctx: BrowserContext, path: str, hub: HubProcess) -> Page:
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("dialog", lambda d: d.accept())  # the pages confirm before destructive steps
+    pg.errors = errors  # type: ignore[attr-defined]
+    pg.goto(hub.url + path)
+    if path == "/":
+        pg.wait_for_function(
+            "window.gridhub && window.gridhub.connected && window.gridhub.mapReady",
+            timeout=20000)
+    else:
+        pg.wait_for_selector("body[data-ready='1']", timeout=15000)
+    return pg
+
+
+def _shot(pg: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    pg.bring_to_front()  # a page behind the console's tab is not painted
+    pg.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def _audit(hub: HubProcess, target: str) -> list[dict[str, Any]]:
+    r = hub.client.get("/api/audit", params={"target": target})
+    assert r.status_code == 200, r.text
+    return r.json()["events"]  # type: ignore[no-any-return]
+
+
+def _error(pg: Page, box: str) -> str:
+    pg.wait_for_selector(f"#{box}:not([hidden])", timeout=10000)
+    return pg.get_attribute(f"#{box}", "data-code") or ""
+
+
+def _add_bogus_option(pg: Page, select: str, value: str) -> None:
+    """An option the server does not know (a grid deleted meanwhile, a forged form)."""
+    pg.evaluate("([s, v]) => { const o = document.createElement('option'); o.value = v;"
+                " o.textContent = v; document.getElementById(s).append(o); }", [select, value])
+
+
+# ------------------------------------------------------------------ devices
+def test_devices_register_edit_credentials_decommission(context: BrowserContext,
+                                                        hub: HubProcess) -> None:
+    town = town_doc()
+    grid = town["grids"]["features"][0]["properties"]["id"]
+    cc = town["command_center"]
+    dev = f"ADM-{uuid.uuid4().hex[:6]}"
+    console = _page(context, "/", hub)
+    admin = _page(context, "/admin/devices", hub)
+    me = admin.inner_text("#user-name")
+    admin.fill("#f-id", dev)
+    admin.select_option("#f-kind", "environment")
+    admin.fill("#f-name", "测试水位计")
+    admin.fill("#f-model", "WL-100")
+    admin.select_option("#f-grid", grid)
+    admin.fill("#f-lon", str(cc["lon"] + 0.002))
+    admin.fill("#f-lat", str(cc["lat"] + 0.001))
+    admin.fill("#f-metrics", "water_level_m, battery_v")
+    admin.fill("#f-interval", "30")
+    admin.click("#device-save")
+    row = admin.locator(f"#device-list tr[data-device-id='{dev}']")
+    row.wait_for(timeout=10000)
+    # On the open console without a reload: the new device is on the map.
+    console.wait_for_function(f"window.gridhub.devices.has('{dev}')", timeout=10000)
+    shown = console.evaluate(f"window.gridhub.devices.get('{dev}')")
+    assert shown["metrics"] == ["water_level_m", "battery_v"] and shown["interval_s"] == 30
+
+    # Move it: the console's marker follows.
+    row.locator(".act-edit").click()
+    admin.fill("#f-lat", str(cc["lat"] + 0.003))
+    admin.fill("#f-name", "测试水位计(移位)")
+    admin.click("#device-save")
+    console.wait_for_function(
+        f"Math.abs(window.gridhub.devices.get('{dev}').lat - {cc['lat'] + 0.003}) < 1e-9",
+        timeout=10000)
+    admin.locator(f"#device-list tr[data-device-id='{dev}']", has_text="移位").wait_for()
+
+    # MQTT credentials: revealed once, with a QR code; provisioned, then rotated.
+    row.locator(".act-credentials").click()
+    admin.wait_for_selector("#reveal[open]")
+    secret = admin.locator("#reveal-fields dd.secret").nth(1).inner_text()
+    assert len(secret) >= 16
+    assert admin.locator("#reveal-qr svg").count() == 1
+    _shot(admin, "admin_devices_reveal")
+    admin.click("#reveal-close")
+    assert admin.locator("#reveal-fields dd").count() == 0  # forgotten on close
+    row.locator(".act-credentials").click()
+    admin.wait_for_selector("#reveal[open]")
+    assert admin.locator("#reveal-fields dd.secret").nth(1).inner_text() != secret
+    admin.click("#reveal-close")
+
+    row.locator(".act-health").click()
+    admin.wait_for_selector("#health-card:not([hidden])")
+    assert dev in admin.inner_text("#health-title")
+    _shot(admin, "admin_devices")
+
+    # Decommissioned: gone from the console's map, its MQTT account revoked.
+    row.locator(".act-decommission").click()
+    console.wait_for_function(f"!window.gridhub.devices.has('{dev}')", timeout=10000)
+    accounts = {a["principal"]: a for a in hub.client.get("/api/mqtt/accounts").json()}
+    assert accounts[dev]["active"] is False
+
+    kinds = {(e["kind"], e["actor"]) for e in _audit(hub, dev)}
+    assert {("device.registered", me), ("device.changed", me),
+            ("mqtt_account.provisioned", me), ("mqtt_account.rotated", me),
+            ("device.decommissioned", me)} <= kinds
+    assert not console.errors and not admin.errors  # type: ignore[attr-defined]
+
+
+def test_devices_bad_input_changes_nothing(context: BrowserContext, hub: HubProcess) -> None:
+    town = town_doc()
+    existing = town["devices"][0]["id"] if isinstance(town["devices"], list) else None
+    assert existing
+    grid = town["grids"]["features"][0]["properties"]["id"]
+    admin = _page(context, "/admin/devices", hub)
+    before = hub.client.get("/api/admin/devices").json()
+
+    # A duplicate id.
+    admin.fill("#f-id", existing)
+    admin.fill("#f-name", "重复")
+    admin.fill("#f-model", "X")
+    admin.select_option("#f-grid", grid)
+    admin.fill("#f-lon", "120.43")
+    admin.fill("#f-lat", "31.80")
+    admin.click("#device-save")
+    assert _error(admin, "device-error") == "device.exists"
+    assert "device.exists" in admin.inner_text("#device-error")
+
+    # An unknown grid.
+    new_id = f"ADM-{uuid.uuid4().hex[:6]}"
+    admin.fill("#f-id", new_id)
+    _add_bogus_option(admin, "f-grid", "NO-SUCH-GRID")
+    admin.select_option("#f-grid", "NO-SUCH-GRID")
+    admin.click("#device-save")
+    admin.wait_for_function(
+        "document.getElementById('device-error').dataset.code === 'grid.unknown'")
+    _shot(admin, "admin_devices_error")
+    assert hub.client.get("/api/admin/devices").json() == before  # nothing half-changed
+    assert not _audit(hub, new_id)
+
+
+# ------------------------------------------------------------------ units and duty
+def _unit_form(pg: Page, unit: str, grid: str, quals: list[str]) -> None:
+    pg.fill("#u-id", unit)
+    pg.select_option("#u-type", "squad")
+    pg.fill("#u-name", f"文化执法队 {unit}")
+    pg.fill("#u-members", "4")
+    pg.select_option("#u-grid", grid)
+    for q in quals:
+        pg.check(f"#u-quals input[value='{q}']")
+
+
+def test_units_create_duty_roster(context: BrowserContext, hub: HubProcess) -> None:
+    grid = town_doc()["grids"]["features"][1]["properties"]["id"]
+    unit = f"ADMU-{uuid.uuid4().hex[:6]}"
+    console = _page(context, "/", hub)
+    admin = _page(context, "/admin/units", hub)
+    me = admin.inner_text("#user-name")
+    _unit_form(admin, unit, grid, ["culture", "education"])
+    admin.click("#unit-save")
+    row = admin.locator(f"#unit-list tr[data-unit-id='{unit}']")
+    row.wait_for(timeout=10000)
+    console.wait_for_function(
+        f"(window.gridhub.state.units['{unit}'] || {{}}).status === 'available'", timeout=10000)
+    assert console.evaluate(f"window.gridhub.state.units['{unit}'].qualifications") == [
+        "culture", "education"]
+
+    # Edit: a qualification more, a member more; the console's picture follows.
+    row.locator(".act-edit").click()
+    admin.check("#u-quals input[value='health']")
+    admin.fill("#u-members", "5")
+    admin.click("#unit-save")
+    console.wait_for_function(
+        f"window.gridhub.state.units['{unit}'].qualifications.includes('health')", timeout=10000)
+
+    # Off duty by hand with a handover note: off the dispatchable picture at once.
+    row.locator(".act-duty").click()
+    admin.wait_for_selector("#duty-card:not([hidden])")
+    admin.fill("#duty-note", "下班交接:器材已归还")
+    admin.click("#duty-off")
+    console.wait_for_function(
+        f"window.gridhub.state.units['{unit}'].status === 'off_duty'", timeout=10000)
+    admin.locator("#duty-log tbody tr", has_text="器材已归还").wait_for(timeout=10000)
+    assert me in admin.inner_text("#duty-log")
+
+    # A shift on the roster.
+    admin.fill("#shift-starts", "08:00")
+    admin.fill("#shift-ends", "20:00")
+    admin.click("#shift-add")
+    admin.locator("#shift-list li[data-shift-id]").wait_for(timeout=10000)
+    _shot(admin, "admin_units")
+
+    admin.click("#duty-on")
+    console.wait_for_function(
+        f"window.gridhub.state.units['{unit}'].status === 'available'", timeout=10000)
+    kinds = {(e["kind"], e["actor"]) for e in _audit(hub, unit)}
+    assert {("unit.created", me), ("unit.changed", me), ("unit.duty", me)} <= kinds
+    assert not console.errors and not admin.errors  # type: ignore[attr-defined]
+
+
+def test_units_bad_input_changes_nothing(context: BrowserContext, hub: HubProcess) -> None:
+    town = town_doc()
+    grid = town["grids"]["features"][0]["properties"]["id"]
+    existing = town["units"][0]["id"]
+    admin = _page(context, "/admin/units", hub)
+    before = hub.client.get("/api/admin/units").json()
+
+    _unit_form(admin, existing, grid, ["fire"])
+    admin.click("#unit-save")
+    assert _error(admin, "unit-error") == "unit.exists"
+
+    fresh = f"ADMU-{uuid.uuid4().hex[:6]}"
+    admin.fill("#u-id", fresh)
+    _add_bogus_option(admin, "u-grid", "NO-SUCH-GRID")
+    admin.select_option("#u-grid", "NO-SUCH-GRID")
+    admin.click("#unit-save")
+    admin.wait_for_function(
+        "document.getElementById('unit-error').dataset.code === 'grid.unknown'")
+
+    # On duty twice: refused with its code, nothing logged.
+    row = admin.locator(f"#unit-list tr[data-unit-id='{existing}']")
+    row.locator(".act-duty").click()
+    admin.wait_for_selector("#duty-card:not([hidden])")
+    status = hub.client.get("/api/admin/units").json()
+    current = next(u for u in status if u["id"] == existing)["status"]
+    admin.click("#duty-off" if current == "off_duty" else "#duty-on")
+    code = _error(admin, "duty-error")
+    assert code == "unit.no_change"
+    after = hub.client.get("/api/admin/units").json()
+    assert [u for u in after if u["id"] != existing] == [
+        u for u in before if u["id"] != existing]
+    assert not any(u["id"] == fresh for u in after)
+
+
+# ------------------------------------------------------------------ users and tokens
+def test_users_create_reset_disable_tokens(browser: Browser, context: BrowserContext,
+                                           hub: HubProcess) -> None:
+    admin = _page(context, "/admin/users", hub)
+    me = admin.inner_text("#user-name")
+    name = f"op-{uuid.uuid4().hex[:6]}"
+    admin.fill("#n-username", name)
+    admin.fill("#n-display", "夜班值班员")
+    admin.select_option("#n-role", "operator")
+    admin.click("#user-save")
+    admin.wait_for_selector("#reveal[open]")
+    password = admin.locator("#reveal-fields dd.secret").nth(1).inner_text()
+    admin.click("#reveal-close")
+    row = admin.locator(f"#user-list tr[data-username='{name}']")
+    row.wait_for()
+    # The password works on the real login page.
+    other = browser.new_context()
+    try:
+        login = other.new_page()
+        login.goto(hub.url + "/login?next=/reports")
+        login.fill("#username", name)
+        login.fill("#password", password)
+        login.click("#login-submit")
+        login.wait_for_url(hub.url + "/reports")
+    finally:
+        other.close()
+
+    row.locator(".act-reset").click()
+    admin.wait_for_selector("#reveal[open]")
+    assert admin.locator("#reveal-fields dd.secret").nth(1).inner_text() != password
+    admin.click("#reveal-close")
+    row.locator(".act-disable").click()
+    admin.wait_for_function(
+        f"document.querySelector(\"#user-list tr[data-username='{name}'] .state\")"
+        ".textContent === '已禁用'")
+    assert row.locator(".last-login").inner_text() != "从未"
+
+    # A token: revealed once, works, then revoked.
+    tname = f"tok-{uuid.uuid4().hex[:6]}"
+    admin.fill("#k-name", tname)
+    admin.select_option("#k-role", "viewer")
+    admin.click("#token-save")
+    admin.wait_for_selector("#reveal[open]")
+    token = admin.locator("#reveal-fields dd.secret").first.inner_text()
+    admin.click("#reveal-close")
+    me_url = hub.url + "/api/me"
+    assert httpx.get(me_url, headers={"Authorization": f"Bearer {token}"},
+                     verify=False).status_code == 200
+    _shot(admin, "admin_users")
+    admin.locator(f"#token-list tr[data-token-name='{tname}'] .act-revoke").click()
+    admin.locator(f"#token-list tr.retired[data-token-name='{tname}']").wait_for()
+    assert httpx.get(me_url, headers={"Authorization": f"Bearer {token}"},
+                     verify=False).status_code == 401
+
+    kinds = {(e["kind"], e["actor"]) for e in _audit(hub, name)}
+    assert {("user.created", me), ("user.changed", me), ("user.disabled", me)} <= kinds
+    assert {("token.created", me), ("token.revoked", me)} <= {
+        (e["kind"], e["actor"]) for e in _audit(hub, tname)}
+    assert not admin.errors  # type: ignore[attr-defined]
+
+
+def test_users_bad_input_changes_nothing(context: BrowserContext, hub: HubProcess) -> None:
+    admin = _page(context, "/admin/users", hub)
+    me = admin.inner_text("#user-name")
+    before = hub.client.get("/api/admin/users").json()
+    admin.fill("#n-username", me)
+    admin.click("#user-save")
+    assert _error(admin, "user-error") == "auth.user_exists"
+    # An admin cannot lock themself out.
+    admin.locator(f"#user-list tr[data-username='{me}'] .act-disable").click()
+    admin.wait_for_function(
+        "document.getElementById('user-error').dataset.code === 'auth.self'")
+    # A unit token for a unit that does not exist.
+    admin.fill("#k-name", f"tok-{uuid.uuid4().hex[:6]}")
+    admin.select_option("#k-role", "unit")
+    admin.fill("#k-unit", "NO-SUCH-UNIT")
+    admin.click("#token-save")
+    assert _error(admin, "token-error") == "unit.not_found"
+    after = hub.client.get("/api/admin/users").json()
+    assert [(u["username"], u["disabled"]) for u in after] == [
+        (u["username"], u["disabled"]) for u in before]
+
+
+def test_admin_pages_need_their_role(browser: Browser, hub: HubProcess) -> None:
+    """An operator is refused the pages and their APIs (403 with the policy's code)."""
+    state = login_state(browser, hub, role="operator")
+    ctx = browser.new_context(storage_state=state)
+    try:
+        pg = ctx.new_page()
+        for path in ("/admin/devices", "/admin/units", "/admin/users"):
+            r = pg.goto(hub.url + path)
+            assert r is not None and r.status == 403, path
+        api = pg.request.get(hub.url + "/api/admin/devices")
+        assert api.status == 403 and api.json()["error"]["code"] == "auth.forbidden"
+    finally:
+        ctx.close()
+
+
+# ------------------------------------------------------------------ rules
+def _rule_form(pg: Page, rule_id: str, params: str) -> None:
+    pg.fill("#r-id", rule_id)
+    pg.fill("#r-name", "测试:可燃气体极高")
+    pg.select_option("#r-kind", "threshold")
+    pg.fill("#r-metric", "gas_lel_pct")
+    pg.select_option("#r-severity", "warning")
+    pg.fill("#r-params", params)
+
+
+def test_rules_backtest_then_save_disable_enable(context: BrowserContext,
+                                                 hub: HubProcess) -> None:
+    admin = _page(context, "/admin/rules", hub)
+    me = admin.inner_text("#user-name")
+    rule = f"adm_rule_{uuid.uuid4().hex[:6]}"
+    _rule_form(admin, rule, '{"raise_above": 99.0, "clear_below": 90.0}')
+    # A backtest of the draft runs on recorded history and stores nothing.
+    admin.click("#rule-backtest")
+    admin.wait_for_selector("#backtest-result:not([hidden])", timeout=30000)
+    assert admin.get_attribute("#backtest-result", "data-alarms") is not None
+    assert hub.client.get(f"/api/rules/{rule}").status_code == 404
+    admin.click("#rule-save")
+    row = admin.locator(f"#rule-list tr[data-rule-id='{rule}']")
+    row.wait_for(timeout=10000)
+    stored = hub.client.get(f"/api/rules/{rule}").json()
+    assert stored["params"] == {"raise_above": 99.0, "clear_below": 90.0}
+    assert stored["updated_by"] == me
+    _shot(admin, "admin_rules")
+    row.locator(".act-disable").click()
+    admin.locator(f"#rule-list tr.retired[data-rule-id='{rule}']").wait_for(timeout=10000)
+    admin.locator(f"#rule-list tr[data-rule-id='{rule}'] .act-enable").click()
+    admin.locator(f"#rule-list tr[data-rule-id='{rule}'] .act-disable").wait_for(timeout=10000)
+    assert hub.client.get(f"/api/rules/{rule}").json()["enabled"] is True
+    kinds = [(e["kind"], e["actor"]) for e in _audit(hub, rule)]
+    assert kinds.count(("rule.changed", me)) == 2 and ("rule.disabled", me) in kinds
+    assert not admin.errors  # type: ignore[attr-defined]
+
+
+def test_rules_that_do_not_parse_are_refused(context: BrowserContext, hub: HubProcess) -> None:
+    admin = _page(context, "/admin/rules", hub)
+    rule = f"adm_rule_{uuid.uuid4().hex[:6]}"
+    _rule_form(admin, rule, '{"raise_above": 99')
+    admin.click("#rule-save")
+    assert _error(admin, "rule-error") == "rule.params_not_json"
+    admin.fill("#r-params", '{"clear_below": "high"}')
+    admin.click("#rule-save")
+    admin.wait_for_function(
+        "document.getElementById('rule-error').dataset.code === 'rule.invalid'")
+    admin.click("#rule-backtest")  # the backtest refuses it the same way
+    admin.wait_for_function(
+        "document.getElementById('rule-error').dataset.code === 'rule.invalid'")
+    assert hub.client.get(f"/api/rules/{rule}").status_code == 404
+    assert not _audit(hub, rule)
+
+
+# ------------------------------------------------------------------ SLA
+def test_sla_limits_edit_and_reset(context: BrowserContext, hub: HubProcess) -> None:
+    admin = _page(context, "/admin/sla", hub)
+    me = admin.inner_text("#user-name")
+    row = admin.locator("#limits-list tr[data-key='*/4']")
+    row.locator(".act-edit").click()
+    before = hub.client.get("/api/sla").json()
+    old = next(x for x in before["limits"] if x["category"] == "*" and x["priority"] == 4)
+    admin.fill("#l-register", "7")
+    admin.click("#limits-save")
+    admin.locator("#limits-list tr[data-key='*/4'] .act-reset").wait_for(timeout=10000)
+    now = next(x for x in hub.client.get("/api/sla").json()["limits"]
+               if x["category"] == "*" and x["priority"] == 4)
+    assert now["register_s"] == 420 and now["dispatch_s"] == old["dispatch_s"]
+    admin.locator("#sla-changes tbody tr", has_text=me).first.wait_for(timeout=10000)
+    _shot(admin, "admin_sla")
+    admin.locator("#limits-list tr[data-key='*/4'] .act-reset").click()
+    admin.locator("#limits-list tr[data-key='*/4'] .act-reset").wait_for(state="detached",
+                                                                         timeout=10000)
+    assert hub.client.get("/api/sla").json()["limits"] == before["limits"]
+
+
+def test_sla_bad_limits_change_nothing(context: BrowserContext, hub: HubProcess) -> None:
+    admin = _page(context, "/admin/sla", hub)
+    before = hub.client.get("/api/sla").json()
+    admin.locator("#limits-list tr[data-key='*/3'] .act-edit").click()
+    admin.fill("#l-resolve", "0")
+    admin.click("#limits-save")
+    assert _error(admin, "limits-error") == "request.invalid"
+    admin.fill("#l-resolve", "600")
+    admin.fill("#l-category", "No Such Category!")
+    admin.click("#limits-save")
+    admin.wait_for_function(
+        "document.getElementById('limits-error').textContent.includes('category')")
+    assert hub.client.get("/api/sla").json() == before
+
+
+# ------------------------------------------------------------------ grids and roads
+def _upload(pg: Page, selector: str, name: str, doc: Any) -> None:
+    data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    pg.set_input_files(selector, files=[{"name": name, "mimeType": "application/geo+json",
+                                         "buffer": data}])
+
+
+def _current_town(hub: HubProcess) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The town as loaded, as GeoJSON files an operator would upload."""
+    doc = hub.client.get("/api/town").json()
+    for f in doc["grids"]["features"]:
+        f["properties"].pop("center", None)
+    return doc["grids"], doc["roads"]
+
+
+def _square(lon: float, lat: float, d: float = 0.002) -> dict[str, Any]:
+    return {"type": "Polygon", "coordinates": [[[lon, lat], [lon + d, lat], [lon + d, lat + d],
+                                                [lon, lat + d], [lon, lat]]]}
+
+
+def test_grids_import_preview_then_replace(context: BrowserContext, hub: HubProcess) -> None:
+    grids, roads = _current_town(hub)
+    parent = next(f for f in grids["features"] if f["properties"]["level"] == 1)
+    new_id = f"GX-{uuid.uuid4().hex[:4]}"
+    lon, lat = parent["geometry"]["coordinates"][0][0]
+    added = {"type": "Feature", "geometry": _square(lon, lat),
+             "properties": {"id": new_id, "level": 2, "parent": parent["properties"]["id"],
+                            "name": "新建第99网格", "zone": "mixed"}}
+    console = _page(context, "/", hub)
+    admin = _page(context, "/admin/grids", hub)
+    me = admin.inner_text("#user-name")
+    _upload(admin, "#g-grids", "grids.geojson",
+            {**grids, "features": [*grids["features"], added]})
+    _upload(admin, "#g-roads", "roads.geojson", roads)
+    admin.click("#grid-preview")
+    admin.wait_for_selector("#grid-plan:not([hidden])", timeout=15000)
+    assert new_id in admin.inner_text("#grid-plan")
+    assert admin.get_attribute("body", "data-preview-features") == str(
+        len(grids["features"]) + 1)
+    # Previewed, not yet replaced.
+    assert all(f["properties"]["id"] != new_id
+               for f in hub.client.get("/api/town").json()["grids"]["features"])
+    _shot(admin, "admin_grids")
+    admin.click("#grid-import")
+    admin.wait_for_selector("#grid-done:not([hidden])", timeout=15000)
+    # The open console redraws the town with the new grid, without a reload.
+    console.wait_for_function(f"window.gridhub.ctx.town.grids.has('{new_id}')", timeout=15000)
+    assert any(e["kind"] == "town.imported" and e["actor"] == me for e in _audit(hub, "town"))
+
+    # The same file without the new grid takes it away again (nothing refers to it).
+    _upload(admin, "#g-grids", "grids.geojson", grids)
+    admin.click("#grid-preview")
+    admin.wait_for_function("!document.getElementById('grid-import').disabled", timeout=15000)
+    assert new_id in admin.inner_text("#grid-plan")
+    admin.click("#grid-import")
+    console.wait_for_function(f"!window.gridhub.ctx.town.grids.has('{new_id}')", timeout=15000)
+    assert not console.errors and not admin.errors  # type: ignore[attr-defined]
+
+
+def test_grids_bad_geojson_replaces_nothing(context: BrowserContext, hub: HubProcess) -> None:
+    grids, roads = _current_town(hub)
+    before = hub.client.get("/api/town").json()
+    admin = _page(context, "/admin/grids", hub)
+    # Not polygons: a line where a grid should be.
+    line = {"type": "Feature", "geometry": {"type": "LineString",
+                                            "coordinates": [[120.4, 31.8], [120.41, 31.81]]},
+            "properties": {"id": "GL-1", "level": 1, "parent": None, "name": "线"}}
+    _upload(admin, "#g-grids", "lines.geojson", {"type": "FeatureCollection",
+                                                 "features": [line]})
+    admin.click("#grid-preview")
+    assert _error(admin, "grid-error") == "geojson.invalid"
+    assert "Polygon" in admin.inner_text("#grid-error")
+    assert admin.is_disabled("#grid-import")
+    # Not JSON at all.
+    _upload(admin, "#g-grids", "broken.geojson", b"{not json")
+    admin.click("#grid-preview")
+    admin.wait_for_function(
+        "document.getElementById('grid-error').dataset.code === 'geojson.not_json'")
+    # A file that drops grids devices and units stand in: previewed, import refused.
+    kept = [f for f in grids["features"] if f["properties"]["level"] == 1][:1]
+    _upload(admin, "#g-grids", "small.geojson", {"type": "FeatureCollection", "features": kept})
+    admin.click("#grid-preview")
+    admin.wait_for_function("Number(document.getElementById('grid-plan').dataset.inUse) > 0",
+                            timeout=15000)
+    assert admin.is_disabled("#grid-import")
+    r = hub.client.post("/api/admin/town/import",
+                        json={"grids": {"type": "FeatureCollection", "features": kept},
+                              "roads": roads})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "grid.in_use"
+    assert hub.client.get("/api/town").json() == before
+
+
+@pytest.mark.parametrize(("lang", "titles"), [
+    ("zh_CN", ["设备管理", "网格与道路", "队伍与排班", "告警规则", "时限与日历", "用户与令牌"]),
+    ("en", ["Devices", "Grids and roads", "Squads and duty roster", "Alarm rules",
+            "SLA and calendar", "Users and tokens"]),
+])
+def test_admin_pages_in_chinese_and_english(context: BrowserContext, hub: HubProcess,
+                                            lang: str, titles: list[str]) -> None:
+    paths = ["devices", "grids", "units", "rules", "sla", "users"]
+    for path, title in zip(paths, titles, strict=True):
+        pg = _page(context, f"/admin/{path}?lang={lang}", hub)
+        assert pg.inner_text("h1.pb-title") == title
+        assert pg.locator(".admin-nav a[aria-current]").inner_text() == title
+        assert not pg.errors  # type: ignore[attr-defined]
+        pg.close()
