@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from core import outbox
+from core.db import Conn
 from core.errors import Conflict, NotFound
 from core.events import UnitStatusChanged
 from dispatch import store
@@ -60,7 +61,7 @@ def on_shift(shifts: Iterable[Shift], local: datetime) -> bool:
     return False
 
 
-async def set_duty(conn: asyncpg.Connection, unit_id: str, on_duty: bool, actor: str,
+async def set_duty(conn: Conn, unit_id: str, on_duty: bool, actor: str,
                    source: str, note: str = "") -> dict[str, Any]:
     """Put a unit on duty (``available``, duty starts now) or off duty, log it with the
     handover note and announce it; call inside a transaction. A unit on a case cannot go
