@@ -15,18 +15,18 @@ import logging
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
-import asyncpg
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from core import outbox
-from core.db import row_view
+from core.db import Conn, row_view
 from core.errors import Conflict, HubError, InvalidInput, NotFound
 from core.events import DeviceChanged
 from hub import audit
 from hub import mqtt_accounts as accounts
 from hub.access import actor_of
 from hub.qr_codes import qr_svg
+from hub.state import HubDep, get_hub
 
 log = logging.getLogger("hub.admin_devices")
 
@@ -59,20 +59,16 @@ class DeviceNew(DeviceEdit):
     kind: Annotated[str, Field(pattern="^(traffic|safety|environment)$")]
 
 
-def _hub(request: Request) -> Any:
-    return request.app.state.hub
-
-
 def _ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-async def _check_grid(conn: asyncpg.Connection, grid_id: str) -> None:
+async def _check_grid(conn: Conn, grid_id: str) -> None:
     if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM grids WHERE id = $1)", grid_id):
         raise InvalidInput(f"unknown grid {grid_id!r}", code="grid.unknown")
 
 
-async def _view(conn: asyncpg.Connection, device_id: str) -> dict[str, Any]:
+async def _view(conn: Conn, device_id: str) -> dict[str, Any]:
     row = await conn.fetchrow(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1", device_id)
     if row is None:
         raise NotFound(f"device {device_id} not found", code="device.not_found")
@@ -80,15 +76,15 @@ async def _view(conn: asyncpg.Connection, device_id: str) -> dict[str, Any]:
 
 
 async def _reload(request: Request) -> None:
-    hub = _hub(request)
+    hub = get_hub(request)
     if hub.ingest is not None and hub.ingest.pipeline is not None:
         await hub.ingest.reload()
 
 
 @router.get("")
-async def list_devices(request: Request) -> list[dict[str, Any]]:
+async def list_devices(request: Request, hub: HubDep) -> list[dict[str, Any]]:
     """Every device, decommissioned ones too, with its MQTT account's state."""
-    rows = await _hub(request).pool.fetch(
+    rows = await hub.pool.fetch(
         """SELECT d.id, d.kind, d.model, d.name, d.lon, d.lat, d.grid_id, d.metrics,
                    d.interval_s, d.created_at, d.revoked_at, d.revoked_at IS NULL AS active,
                    a.principal IS NOT NULL AND a.revoked_at IS NULL AS mqtt_active,
@@ -100,9 +96,9 @@ async def list_devices(request: Request) -> list[dict[str, Any]]:
 
 
 @router.post("", status_code=201)
-async def register(request: Request, body: DeviceNew) -> dict[str, Any]:
+async def register(request: Request, hub: HubDep, body: DeviceNew) -> dict[str, Any]:
     actor = actor_of(request)
-    async with _hub(request).pool.acquire() as conn, conn.transaction():
+    async with hub.pool.acquire() as conn, conn.transaction():
         await _check_grid(conn, body.grid_id)
         added = await conn.fetchval(
             """INSERT INTO devices (id, kind, model, name, lon, lat, grid_id, metrics,
@@ -123,10 +119,10 @@ async def register(request: Request, body: DeviceNew) -> dict[str, Any]:
 
 
 @router.put("/{device_id}")
-async def edit(request: Request, device_id: str, body: DeviceEdit) -> dict[str, Any]:
+async def edit(request: Request, hub: HubDep, device_id: str, body: DeviceEdit) -> dict[str, Any]:
     """Edit a device's name, model, grid, position (a move), metrics or interval."""
     actor = actor_of(request)
-    async with _hub(request).pool.acquire() as conn, conn.transaction():
+    async with hub.pool.acquire() as conn, conn.transaction():
         before = await _view(conn, device_id)
         if not before["active"]:
             raise Conflict(f"device {device_id} is decommissioned",
@@ -151,7 +147,7 @@ async def _sync_broker(request: Request, conn: Any) -> dict[str, Any]:
     change is committed, and a new password must still reach the admin)."""
     try:
         result = await accounts.sync(conn, accounts.BrokerFiles.from_settings(
-            _hub(request).settings))
+            get_hub(request).settings))
     except (HubError, OSError) as e:
         log.error("MQTT broker files not updated: %s", e)
         return {"files_written": False, "reloaded": False,
@@ -160,11 +156,11 @@ async def _sync_broker(request: Request, conn: Any) -> dict[str, Any]:
 
 
 @router.delete("/{device_id}")
-async def decommission(request: Request, device_id: str) -> dict[str, Any]:
+async def decommission(request: Request, hub: HubDep, device_id: str) -> dict[str, Any]:
     """Take a device out of service: its readings are refused from now on (dead letters
     ``unknown_device``), its MQTT account is revoked, its history is kept."""
     actor = actor_of(request)
-    async with _hub(request).pool.acquire() as conn:
+    async with hub.pool.acquire() as conn:
         async with conn.transaction():
             view = await _view(conn, device_id)
             if not view["active"]:
@@ -186,18 +182,19 @@ async def decommission(request: Request, device_id: str) -> dict[str, Any]:
 def broker_address(request: Request) -> tuple[str, int]:
     """The broker as an installer's device reaches it: the host this page was served
     from (the hub and its broker share the public address) and the broker's port."""
-    port = urlsplit(_hub(request).settings.mqtt_url).port or 1883
+    port = urlsplit(get_hub(request).settings.mqtt_url).port or 1883
     return request.url.hostname or "localhost", port
 
 
 @router.post("/{device_id}/credentials")
-async def credentials(request: Request, device_id: str, response: Response) -> dict[str, Any]:
+async def credentials(request: Request, hub: HubDep,
+                      device_id: str, response: Response) -> dict[str, Any]:
     """Provision the device's MQTT account, or rotate its password when it has one. The
     password is in this answer only (never stored in clear, never shown again), with a QR
     code of ``mqtt://user:password@host:port`` for the installer's phone."""
     response.headers["Cache-Control"] = "no-store"
     actor = actor_of(request)
-    async with _hub(request).pool.acquire() as conn:
+    async with hub.pool.acquire() as conn:
         async with conn.transaction():
             view = await _view(conn, device_id)
             if not view["active"]:
@@ -223,10 +220,10 @@ async def credentials(request: Request, device_id: str, response: Response) -> d
 
 
 @router.get("/{device_id}/health")
-async def health(request: Request, device_id: str) -> dict[str, Any]:
+async def health(request: Request, hub: HubDep, device_id: str) -> dict[str, Any]:
     """Last reading per metric with its ingest lag (received minus device time), the
     device's clock skew, and its latest dead letters (by the topics it publishes to)."""
-    pool = _hub(request).pool
+    pool = hub.pool
     async with pool.acquire() as conn:
         device = await _view(conn, device_id)
         latest = await conn.fetch(

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import asyncpg
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from core import outbox
+from core.db import Conn
 from core.errors import Conflict, InvalidInput
 from core.events import TownChanged
 from dispatch import decisions
 from hub import audit, town
 from hub.access import actor_of
+from hub.state import HubDep
 from hub.town_geojson import town_from_geojson
 
 router = APIRouter(prefix="/api/admin/town")
@@ -49,10 +50,6 @@ class TownUpload(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=200)] = "import"
 
 
-def _hub(request: Request) -> Any:
-    return request.app.state.hub
-
-
 def _validated(body: TownUpload) -> dict[str, Any]:
     try:
         return town_from_geojson(body.grids, body.roads, body.name)
@@ -60,7 +57,7 @@ def _validated(body: TownUpload) -> dict[str, Any]:
         raise InvalidInput(str(e), code="geojson.invalid") from e
 
 
-async def _plan(conn: asyncpg.Connection, doc: dict[str, Any]) -> dict[str, Any]:
+async def _plan(conn: Conn, doc: dict[str, Any]) -> dict[str, Any]:
     """What the import would change, by id; ``in_use``: removed grids still referred to."""
     grids = {f["properties"]["id"]: f for f in doc["grids"]["features"]}
     roads = {f["properties"]["id"]: f for f in doc["roads"]["features"]}
@@ -87,19 +84,18 @@ async def _plan(conn: asyncpg.Connection, doc: dict[str, Any]) -> dict[str, Any]
 
 
 @router.post("/preview")
-async def preview(request: Request, body: TownUpload) -> dict[str, Any]:
+async def preview(request: Request, hub: HubDep, body: TownUpload) -> dict[str, Any]:
     """Validate and compare; changes nothing. The normalised grids and roads come back for
     the page's map."""
     doc = _validated(body)
-    async with _hub(request).pool.acquire() as conn:
+    async with hub.pool.acquire() as conn:
         plan = await _plan(conn, doc)
     return {**plan, "town": {"grids": doc["grids"], "roads": doc["roads"]}}
 
 
 @router.post("/import")
-async def import_town(request: Request, body: TownUpload) -> dict[str, Any]:
+async def import_town(request: Request, hub: HubDep, body: TownUpload) -> dict[str, Any]:
     doc = _validated(body)
-    hub = _hub(request)
     actor = actor_of(request)
     async with hub.pool.acquire() as conn, conn.transaction():
         # One import at a time: two would each plan against the grids before the other.
@@ -127,7 +123,7 @@ async def import_town(request: Request, body: TownUpload) -> dict[str, Any]:
                            client_ip=request.client.host if request.client else None,
                            detail=counts)
         await outbox.record(conn, TownChanged(grids=counts["grids"], roads=counts["roads"]))
-    hub._town_cache = None  # /api/town serves the new grids from now on
+    hub.town_cache = None  # /api/town serves the new grids from now on
     if hub.road_graph is not None or hub.dispatcher is not None:
         graph = await decisions.load_road_graph(hub.pool)
         hub.road_graph = graph

@@ -13,12 +13,11 @@ import re
 from datetime import time
 from typing import Annotated, Any
 
-import asyncpg
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from core import outbox
-from core.db import row_view
+from core.db import Conn, row_view
 from core.entities import UNIT_COLUMNS
 from core.errors import Conflict, InvalidInput, NotFound
 from core.events import UnitStatusChanged
@@ -27,6 +26,7 @@ from dispatch import store
 from hub import audit
 from hub.access import actor_of
 from hub.admin_roster import set_duty
+from hub.state import HubDep, get_hub
 
 router = APIRouter(prefix="/api/admin/units")
 
@@ -63,10 +63,6 @@ class ShiftBody(BaseModel):
     ends: Clock
 
 
-def _hub(request: Request) -> Any:
-    return request.app.state.hub
-
-
 def _ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
@@ -78,7 +74,7 @@ def _clock(text: str, what: str) -> time:
     return time(int(m[1]), int(m[2]))
 
 
-async def _check(conn: asyncpg.Connection, body: UnitEdit) -> None:
+async def _check(conn: Conn, body: UnitEdit) -> None:
     unknown = sorted(set(body.qualifications) - set(DEPARTMENTS))
     if unknown:
         raise InvalidInput(f"unknown departments {unknown}; known: {', '.join(DEPARTMENTS)}",
@@ -89,15 +85,15 @@ async def _check(conn: asyncpg.Connection, body: UnitEdit) -> None:
 
 
 async def _reload(request: Request) -> None:
-    hub = _hub(request)
+    hub = get_hub(request)
     if hub.ingest is not None and hub.ingest.pipeline is not None:
         await hub.ingest.reload()
 
 
 @router.get("")
-async def list_units(request: Request) -> list[dict[str, Any]]:
+async def list_units(request: Request, hub: HubDep) -> list[dict[str, Any]]:
     """Every unit with its shifts and the last handover note."""
-    pool = _hub(request).pool
+    pool = hub.pool
     units = await pool.fetch(f"SELECT {UNIT_COLUMNS} FROM units u ORDER BY u.id")
     shifts = await pool.fetch("SELECT id, unit_id, weekdays, starts, ends FROM unit_shifts "
                               "ORDER BY unit_id, id")
@@ -118,9 +114,9 @@ def _shift_view(s: Any) -> dict[str, Any]:
 
 
 @router.post("", status_code=201)
-async def create_unit(request: Request, body: UnitNew) -> dict[str, Any]:
+async def create_unit(request: Request, hub: HubDep, body: UnitNew) -> dict[str, Any]:
     actor = actor_of(request)
-    async with _hub(request).pool.acquire() as conn, conn.transaction():
+    async with hub.pool.acquire() as conn, conn.transaction():
         await _check(conn, body)
         added = await conn.fetchval(
             """INSERT INTO units (id, name, type, qualifications, home_grid, members, status,
@@ -140,9 +136,9 @@ async def create_unit(request: Request, body: UnitNew) -> dict[str, Any]:
 
 
 @router.put("/{unit_id}")
-async def edit_unit(request: Request, unit_id: str, body: UnitEdit) -> dict[str, Any]:
+async def edit_unit(request: Request, hub: HubDep, unit_id: str, body: UnitEdit) -> dict[str, Any]:
     actor = actor_of(request)
-    async with _hub(request).pool.acquire() as conn, conn.transaction():
+    async with hub.pool.acquire() as conn, conn.transaction():
         await _check(conn, body)
         found = await conn.fetchval(
             """UPDATE units SET name = $2, qualifications = $3, home_grid = $4, members = $5,
@@ -158,10 +154,10 @@ async def edit_unit(request: Request, unit_id: str, body: UnitEdit) -> dict[str,
 
 
 @router.post("/{unit_id}/duty")
-async def duty(request: Request, unit_id: str, body: DutyBody) -> dict[str, Any]:
+async def duty(request: Request, hub: HubDep, unit_id: str, body: DutyBody) -> dict[str, Any]:
     """On or off duty by hand, with the handover note; holds until the next shift boundary."""
     actor = actor_of(request)
-    async with _hub(request).pool.acquire() as conn, conn.transaction():
+    async with hub.pool.acquire() as conn, conn.transaction():
         view = await set_duty(conn, unit_id, body.on_duty, actor, "hand", body.note)
         await audit.record(conn, "unit.duty", actor, target=unit_id, client_ip=_ip(request),
                            detail={"on_duty": body.on_duty})
@@ -169,18 +165,18 @@ async def duty(request: Request, unit_id: str, body: DutyBody) -> dict[str, Any]
 
 
 @router.get("/{unit_id}/duty-log")
-async def duty_log(request: Request, unit_id: str) -> list[dict[str, Any]]:
-    rows = await _hub(request).pool.fetch(
+async def duty_log(request: Request, hub: HubDep, unit_id: str) -> list[dict[str, Any]]:
+    rows = await hub.pool.fetch(
         "SELECT at, actor, on_duty, source, note FROM unit_duty_log WHERE unit_id = $1 "
         "ORDER BY at DESC LIMIT $2", unit_id, DUTY_LOG_ROWS)
     return [row_view(r) for r in rows]
 
 
 @router.post("/{unit_id}/shifts", status_code=201)
-async def add_shift(request: Request, unit_id: str, body: ShiftBody) -> dict[str, Any]:
+async def add_shift(request: Request, hub: HubDep, unit_id: str, body: ShiftBody) -> dict[str, Any]:
     starts, ends = _clock(body.starts, "starts"), _clock(body.ends, "ends")
     actor = actor_of(request)
-    async with _hub(request).pool.acquire() as conn, conn.transaction():
+    async with hub.pool.acquire() as conn, conn.transaction():
         if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM units WHERE id = $1)",
                                    unit_id):
             raise NotFound(f"unit {unit_id} not found", code="unit.not_found")
@@ -194,9 +190,10 @@ async def add_shift(request: Request, unit_id: str, body: ShiftBody) -> dict[str
 
 
 @router.delete("/{unit_id}/shifts/{shift_id}")
-async def delete_shift(request: Request, unit_id: str, shift_id: int) -> dict[str, Any]:
+async def delete_shift(request: Request, hub: HubDep,
+                       unit_id: str, shift_id: int) -> dict[str, Any]:
     actor = actor_of(request)
-    async with _hub(request).pool.acquire() as conn, conn.transaction():
+    async with hub.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "DELETE FROM unit_shifts WHERE id = $1 AND unit_id = $2 "
             "RETURNING id, unit_id, weekdays, starts, ends", shift_id, unit_id)

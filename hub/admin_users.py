@@ -20,6 +20,7 @@ from core.db import row_view
 from core.errors import Conflict, InvalidInput, NotFound
 from hub import auth
 from hub.access import actor_of, principal_of
+from hub.state import HubDep
 
 router = APIRouter(prefix="/api/admin")
 
@@ -42,18 +43,14 @@ class TokenNew(BaseModel):
     unit_id: Annotated[str | None, Field(max_length=64)] = None
 
 
-def _hub(request: Request) -> Any:
-    return request.app.state.hub
-
-
 def _password() -> str:
     return secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
 
 
 @router.get("/users")
-async def list_users(request: Request) -> list[dict[str, Any]]:
+async def list_users(request: Request, hub: HubDep) -> list[dict[str, Any]]:
     """Every user with the time of their last successful login (from the audit trail)."""
-    rows = await _hub(request).pool.fetch(
+    rows = await hub.pool.fetch(
         """SELECT u.id, u.username, u.display_name, u.role, u.disabled, u.created_at,
                   (SELECT max(e.at) FROM security_events e
                    WHERE e.kind = 'login.succeeded' AND e.target = u.username) AS last_login,
@@ -64,10 +61,11 @@ async def list_users(request: Request) -> list[dict[str, Any]]:
 
 
 @router.post("/users", status_code=201)
-async def create_user(request: Request, body: UserNew, response: Response) -> dict[str, Any]:
+async def create_user(request: Request, hub: HubDep,
+                      body: UserNew, response: Response) -> dict[str, Any]:
     response.headers["Cache-Control"] = "no-store"  # the answer carries a password
     password = _password()
-    async with _hub(request).pool.acquire() as conn, conn.transaction():
+    async with hub.pool.acquire() as conn, conn.transaction():
         if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE username = $1)",
                                body.username):
             raise Conflict(f"a user {body.username!r} exists already", code="auth.user_exists")
@@ -77,23 +75,23 @@ async def create_user(request: Request, body: UserNew, response: Response) -> di
 
 
 @router.post("/users/{username}/disable")
-async def disable_user(request: Request, username: str) -> dict[str, Any]:
+async def disable_user(request: Request, hub: HubDep, username: str) -> dict[str, Any]:
     """Disable a user and end their sessions; an admin cannot lock themself out."""
     p = principal_of(request)
     if p is not None and p.name == username:
         raise InvalidInput("you cannot disable your own login", code="auth.self")
-    async with _hub(request).pool.acquire() as conn, conn.transaction():
+    async with hub.pool.acquire() as conn, conn.transaction():
         await auth.disable_user(conn, username, actor=actor_of(request))
     return {"username": username, "disabled": True}
 
 
 @router.post("/users/{username}/password")
-async def reset_password(request: Request, username: str, response: Response
+async def reset_password(request: Request, hub: HubDep, username: str, response: Response
                          ) -> dict[str, Any]:
     """A new random password (shown once); the user's sessions end, the account is enabled."""
     response.headers["Cache-Control"] = "no-store"
     password = _password()
-    async with _hub(request).pool.acquire() as conn, conn.transaction():
+    async with hub.pool.acquire() as conn, conn.transaction():
         user = await conn.fetchrow("SELECT id, role, display_name FROM users "
                                    "WHERE username = $1 FOR UPDATE", username)
         if user is None:
@@ -106,19 +104,20 @@ async def reset_password(request: Request, username: str, response: Response
 
 
 @router.get("/tokens")
-async def list_tokens(request: Request) -> list[dict[str, Any]]:
+async def list_tokens(request: Request, hub: HubDep) -> list[dict[str, Any]]:
     """Every API token without its secret (only its hash is stored)."""
-    rows = await _hub(request).pool.fetch(
+    rows = await hub.pool.fetch(
         """SELECT id, name, role, unit_id, created_by, created_at, revoked_at, last_used_at
            FROM api_tokens ORDER BY revoked_at IS NOT NULL, name, id""")
     return [row_view(r) for r in rows]
 
 
 @router.post("/tokens", status_code=201)
-async def issue_token(request: Request, body: TokenNew, response: Response) -> dict[str, Any]:
+async def issue_token(request: Request, hub: HubDep,
+                      body: TokenNew, response: Response) -> dict[str, Any]:
     """Issue a token; its secret is in this answer only."""
     response.headers["Cache-Control"] = "no-store"
-    async with _hub(request).pool.acquire() as conn, conn.transaction():
+    async with hub.pool.acquire() as conn, conn.transaction():
         if body.unit_id is not None and not await conn.fetchval(
                 "SELECT EXISTS (SELECT 1 FROM units WHERE id = $1)", body.unit_id):
             raise InvalidInput(f"unknown unit {body.unit_id!r}", code="unit.not_found")
@@ -128,8 +127,8 @@ async def issue_token(request: Request, body: TokenNew, response: Response) -> d
 
 
 @router.delete("/tokens/{name}")
-async def revoke_tokens(request: Request, name: str) -> dict[str, Any]:
-    async with _hub(request).pool.acquire() as conn, conn.transaction():
+async def revoke_tokens(request: Request, hub: HubDep, name: str) -> dict[str, Any]:
+    async with hub.pool.acquire() as conn, conn.transaction():
         n = await auth.revoke_tokens(conn, name, actor=actor_of(request))
         if n == 0:  # raised inside: the transaction (and its audit row) rolls back
             raise NotFound(f"no live token named {name!r}", code="auth.token_not_found")

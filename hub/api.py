@@ -16,6 +16,7 @@ from dispatch import decisions as dispatch_decisions
 from dispatch import service as dispatch_service
 from hub.access import actor_of, principal_of, require_action_allowed, require_own_incident
 from hub.params import RowId, Seq, Since, Until
+from hub.state import HubDep
 from ingest import alarms
 
 router = APIRouter(prefix="/api")
@@ -26,13 +27,8 @@ RAW_SERIES_MAX_S = 24 * 3600
 Reason = Annotated[str, Field(max_length=500)]
 
 
-def _hub(request: Request) -> Any:
-    return request.app.state.hub
-
-
 @router.get("/health")
-async def health(request: Request) -> dict[str, Any]:
-    hub = _hub(request)
+async def health(request: Request, hub: HubDep) -> dict[str, Any]:
     mqtt_ok = hub.ingest is None or (hub.ingest.mqtt is not None
                                       and hub.ingest.mqtt.subscribed.is_set())
     return {
@@ -47,11 +43,10 @@ async def health(request: Request) -> dict[str, Any]:
 
 
 @router.get("/ingest/stats")
-async def ingest_stats(request: Request, reset: bool = False) -> dict[str, Any]:
+async def ingest_stats(request: Request, hub: HubDep, reset: bool = False) -> dict[str, Any]:
     """Ingest counters, dead letters by reason, and publish-to-commit latency percentiles
     (device time to commit) over the last million readings; ``reset`` empties the window."""
-    hub = _hub(request)
-    if hub.ingest is None or hub.ingest.pipeline is None:
+    if hub.ingest is None or hub.ingest.pipeline is None or hub.ingest.pipeline.writer is None:
         raise NotFound("no ingest role in this process", code="ingest.not_running")
     stats: dict[str, Any] = hub.ingest.stats()
     writer_stats = hub.ingest.pipeline.writer.stats
@@ -62,18 +57,17 @@ async def ingest_stats(request: Request, reset: bool = False) -> dict[str, Any]:
 
 
 @router.get("/kpis")
-async def kpis(request: Request) -> dict[str, Any]:
+async def kpis(request: Request, hub: HubDep) -> dict[str, Any]:
     """The console's KPI tiles (refreshed by a job every few seconds)."""
-    return dict(_hub(request).kpis)
+    return dict(hub.kpis)
 
 
 @router.get("/town")
-async def town(request: Request) -> dict[str, Any]:
+async def town(request: Request, hub: HubDep) -> dict[str, Any]:
     """The town's grids (both levels) and roads as GeoJSON, for maps with no tile server."""
-    hub = _hub(request)
-    cached = getattr(hub, "_town_cache", None)
+    cached = hub.town_cache
     if cached is not None:
-        return cached  # type: ignore[no-any-return]
+        return cached
     meta = await hub.pool.fetchval("SELECT value FROM town WHERE key = 'meta'") or {}
     grids = await hub.pool.fetch(
         "SELECT id, level, parent_id, name, zone, geometry, center_lon, center_lat "
@@ -92,35 +86,35 @@ async def town(request: Request) -> dict[str, Any]:
                             "speed_kmh": r["speed_kmh"]}} for r in roads]},
     }
     if grids:
-        hub._town_cache = doc
+        hub.town_cache = doc
     return doc
 
 
 @router.get("/snapshot")
-async def snapshot(request: Request) -> dict[str, Any]:
+async def snapshot(request: Request, hub: HubDep) -> dict[str, Any]:
     """The live picture the websocket feed starts from."""
-    return _hub(request).live.snapshot()  # type: ignore[no-any-return]
+    return hub.live.snapshot()
 
 
 @router.get("/events")
-async def events(request: Request, after: Seq = 0,
+async def events(request: Request, hub: HubDep, after: Seq = 0,
                  limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> dict[str, Any]:
-    envs = await outbox.events_after(_hub(request).pool, after, limit)
+    envs = await outbox.events_after(hub.pool, after, limit)
     return {"events": [{"seq": e.seq, "ts": e.ts, "kind": e.kind, "data": e.payload}
                        for e in envs]}
 
 
 @router.get("/devices")
-async def devices(request: Request) -> list[dict[str, Any]]:
-    rows = await _hub(request).pool.fetch(
+async def devices(request: Request, hub: HubDep) -> list[dict[str, Any]]:
+    rows = await hub.pool.fetch(
         "SELECT id, kind, model, name, lon, lat, grid_id, metrics, interval_s FROM devices "
         "WHERE revoked_at IS NULL ORDER BY id")
     return [row_view(r) for r in rows]
 
 
 @router.get("/devices/{device_id}/latest")
-async def device_latest(request: Request, device_id: str) -> dict[str, Any]:
-    rows = await _hub(request).pool.fetch(
+async def device_latest(request: Request, hub: HubDep, device_id: str) -> dict[str, Any]:
+    rows = await hub.pool.fetch(
         "SELECT metric, ts, value, received_at FROM telemetry_latest WHERE device_id = $1",
         device_id)
     if not rows:
@@ -133,14 +127,14 @@ SERIES_TABLES = {"1m": "telemetry_1m", "1h": "telemetry_1h"}
 
 @router.get("/devices/{device_id}/series")
 async def device_series(
-    request: Request, device_id: str,
+    request: Request, hub: HubDep, device_id: str,
     metric: Annotated[str, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")],
     since: Since,
     until: Until = None,
     resolution: Annotated[str, Query(pattern="^(raw|1m|1h)$")] = "1m",
 ) -> dict[str, Any]:
     """A metric over a time range, from the rollups (min/max/avg/count per bucket) or raw."""
-    pool = _hub(request).pool
+    pool = hub.pool
     until = until if until is not None else time.time()
     if until <= since:
         raise InvalidInput("until must be after since", code="series.bad_range")
@@ -162,17 +156,18 @@ async def device_series(
 
 
 @router.get("/devices/clocks")
-async def device_clocks(request: Request, flagged: bool = False) -> list[dict[str, Any]]:
+async def device_clocks(request: Request, hub: HubDep,
+                        flagged: bool = False) -> list[dict[str, Any]]:
     """Per-device clock skew (received minus device time) and late readings."""
-    rows = await _hub(request).pool.fetch(
+    rows = await hub.pool.fetch(
         "SELECT device_id, skew_s, last_skew_s, samples, late, flagged, updated_at "
         "FROM device_clocks WHERE NOT $1 OR flagged ORDER BY abs(skew_s) DESC", flagged)
     return [row_view(r) for r in rows]
 
 
 @router.get("/units")
-async def units(request: Request) -> list[dict[str, Any]]:
-    rows = await _hub(request).pool.fetch(f"SELECT {UNIT_COLUMNS} FROM units u ORDER BY u.id")
+async def units(request: Request, hub: HubDep) -> list[dict[str, Any]]:
+    rows = await hub.pool.fetch(f"SELECT {UNIT_COLUMNS} FROM units u ORDER BY u.id")
     return [row_view(r) for r in rows]
 
 
@@ -181,14 +176,14 @@ TRACK_MAX_POINTS = 20_000
 
 
 @router.get("/units/{unit_id}/track")
-async def unit_track(request: Request, unit_id: str,
+async def unit_track(request: Request, hub: HubDep, unit_id: str,
                      since: Since, until: Until = None) -> dict[str, Any]:
     """GPS fixes of a unit over a time range, for track playback (轨迹回放)."""
     until = until if until is not None else time.time()
     if until <= since or until - since > 31 * 86400:
         raise InvalidInput("range must be positive and at most 31 days",
                            code="track.bad_range")
-    pool = _hub(request).pool
+    pool = hub.pool
     n = await pool.fetchval(
         "SELECT count(*) FROM positions WHERE unit_id = $1 AND ts >= to_timestamp($2) "
         "AND ts < to_timestamp($3)", unit_id, since, until)
@@ -203,11 +198,12 @@ async def unit_track(request: Request, unit_id: str,
 
 # ---------------------------------------------------------------- alarms
 @router.get("/alarms")
-async def list_alarms(request: Request, state: Annotated[str, Query(pattern="^(open|all)$")]
+async def list_alarms(request: Request, hub: HubDep,
+                      state: Annotated[str, Query(pattern="^(open|all)$")]
                       = "open", limit: Annotated[int, Query(ge=1, le=1000)] = 200
                       ) -> list[dict[str, Any]]:
     where = "WHERE a.state <> 'cleared'" if state == "open" else ""
-    rows = await _hub(request).pool.fetch(
+    rows = await hub.pool.fetch(
         f"SELECT {ALARM_COLUMNS} FROM alarms a {where} ORDER BY a.id DESC LIMIT $1",
         limit)
     return [row_view(r) for r in rows]
@@ -220,26 +216,27 @@ class ClearBody(BaseModel):
 
 
 @router.post("/alarms/{alarm_id}/ack")
-async def ack_alarm(request: Request, alarm_id: int) -> dict[str, Any]:
-    return await alarms.acknowledge(_hub(request).pool, alarm_id, actor_of(request))
+async def ack_alarm(request: Request, hub: HubDep, alarm_id: int) -> dict[str, Any]:
+    return await alarms.acknowledge(hub.pool, alarm_id, actor_of(request))
 
 
 @router.post("/alarms/{alarm_id}/clear")
-async def clear_alarm(request: Request, alarm_id: int, body: ClearBody) -> dict[str, Any]:
-    return await alarms.clear_by_operator(_hub(request).pool, alarm_id, actor_of(request),
+async def clear_alarm(request: Request, hub: HubDep,
+                      alarm_id: int, body: ClearBody) -> dict[str, Any]:
+    return await alarms.clear_by_operator(hub.pool, alarm_id, actor_of(request),
                                           body.reason)
 
 
 # ---------------------------------------------------------------- incidents
 @router.get("/incidents")
-async def list_incidents(request: Request, state: Annotated[str, Query(
+async def list_incidents(request: Request, hub: HubDep, state: Annotated[str, Query(
         pattern="^(open|all)$")] = "open", limit: Annotated[int, Query(ge=1, le=1000)] = 200
         ) -> list[dict[str, Any]]:
     """Cases, newest first; a unit token sees only the cases assigned to its unit."""
     p = principal_of(request)
     unit = p.unit_id if p is not None and p.is_unit else None
     where = "i.state NOT IN ('archived', 'cancelled')" if state == "open" else "true"
-    rows = await _hub(request).pool.fetch(
+    rows = await hub.pool.fetch(
         f"SELECT {INCIDENT_COLUMNS} FROM incidents i WHERE {where} "
         "AND ($2::text IS NULL OR i.assigned_unit = $2) ORDER BY i.id DESC LIMIT $1",
         limit, unit)
@@ -247,8 +244,8 @@ async def list_incidents(request: Request, state: Annotated[str, Query(
 
 
 @router.get("/incidents/{incident_id}")
-async def get_incident(request: Request, incident_id: RowId) -> dict[str, Any]:
-    detail = await dispatch_service.incident_detail(_hub(request).pool, incident_id)
+async def get_incident(request: Request, hub: HubDep, incident_id: RowId) -> dict[str, Any]:
+    detail = await dispatch_service.incident_detail(hub.pool, incident_id)
     require_own_incident(principal_of(request), detail["incident"].get("assigned_unit"))
     return detail
 
@@ -265,10 +262,9 @@ class IncidentBody(BaseModel):
 
 
 @router.post("/incidents", status_code=201)
-async def create_incident(request: Request, body: IncidentBody) -> dict[str, Any]:
+async def create_incident(request: Request, hub: HubDep, body: IncidentBody) -> dict[str, Any]:
     """Report a case; the reporter recorded is the caller (an operator taking a hotline call
     is who reports it; a unit's field report is signed by the unit)."""
-    hub = _hub(request)
     p = principal_of(request)
     source, reporter = body.source, actor_of(request)
     if p is not None and p.is_unit:
@@ -285,11 +281,10 @@ class ActionBody(BaseModel):
 
 
 @router.post("/incidents/{incident_id}/actions")
-async def incident_action(request: Request, incident_id: RowId, body: ActionBody
+async def incident_action(request: Request, hub: HubDep, incident_id: RowId, body: ActionBody
                           ) -> dict[str, Any]:
     """One case step. A unit token may post only its field actions (hub/access.py
     UNIT_ACTIONS), only on a case assigned to its unit, and acts under its unit id."""
-    hub = _hub(request)
     p = principal_of(request)
     assigned = await hub.pool.fetchrow(
         "SELECT assigned_unit FROM incidents WHERE id = $1", incident_id)
@@ -315,11 +310,11 @@ async def override_reasons() -> dict[str, str]:
 
 
 @router.post("/incidents/{incident_id}/assign")
-async def override(request: Request, incident_id: RowId, body: OverrideBody) -> dict[str, Any]:
+async def override(request: Request, hub: HubDep,
+                   incident_id: RowId, body: OverrideBody) -> dict[str, Any]:
     """Send a unit of the operator's choice instead of the plan's pick, with a reason. The
     same decision core, policy and road graph on every node; the actor recorded is the
     logged-in principal."""
-    hub = _hub(request)
     return await dispatch_decisions.override(
         hub.pool, incident_id, body.unit_id, actor_of(request), body.reason_code, body.note,
         hub.road_graph, hub.dispatch_policy)
@@ -333,12 +328,11 @@ class RedirectBody(BaseModel):
 
 
 @router.post("/units/{unit_id}/redirect")
-async def redirect_unit(request: Request, unit_id: str, body: RedirectBody
+async def redirect_unit(request: Request, hub: HubDep, unit_id: str, body: RedirectBody
                         ) -> dict[str, Any]:
     """Take a dispatched or en-route unit off its case, with a reason code; the case goes
     back to planning (never to this unit again) and the unit, if ``to_incident`` is given,
     goes there."""
-    hub = _hub(request)
     return await dispatch_decisions.redirect(
         hub.pool, unit_id, actor_of(request), body.reason_code, body.note, body.to_incident,
         hub.road_graph, hub.dispatch_policy)
@@ -346,18 +340,18 @@ async def redirect_unit(request: Request, unit_id: str, body: RedirectBody
 
 
 @router.get("/supervisor/alerts")
-async def supervisor_alerts(request: Request, open_only: bool = True,
+async def supervisor_alerts(request: Request, hub: HubDep, open_only: bool = True,
                             limit: Annotated[int, Query(ge=1, le=500)] = 100
                             ) -> list[dict[str, Any]]:
-    rows = await _hub(request).pool.fetch(
+    rows = await hub.pool.fetch(
         "SELECT * FROM supervisor_alerts WHERE NOT $1 OR acked_at IS NULL "
         "ORDER BY id DESC LIMIT $2", open_only, limit)
     return [row_view(r) for r in rows]
 
 
 @router.post("/supervisor/alerts/{alert_id}/ack")
-async def ack_supervisor_alert(request: Request, alert_id: int) -> dict[str, Any]:
-    row = await _hub(request).pool.fetchrow(
+async def ack_supervisor_alert(request: Request, hub: HubDep, alert_id: int) -> dict[str, Any]:
+    row = await hub.pool.fetchrow(
         "UPDATE supervisor_alerts SET acked_by = $2, acked_at = now() WHERE id = $1 "
         "AND acked_at IS NULL RETURNING *", alert_id, actor_of(request))
     if row is None:
@@ -366,16 +360,17 @@ async def ack_supervisor_alert(request: Request, alert_id: int) -> dict[str, Any
 
 
 @router.get("/incidents/{incident_id}/log/verify")
-async def verify_log(request: Request, incident_id: RowId) -> dict[str, Any]:
-    return await dispatch_service.verify_case_log(_hub(request).pool, incident_id)
+async def verify_log(request: Request, hub: HubDep, incident_id: RowId) -> dict[str, Any]:
+    return await dispatch_service.verify_case_log(hub.pool, incident_id)
 
 
 # ---------------------------------------------------------------- dead letters
 @router.get("/dead-letters")
-async def dead_letters(request: Request, reason: Annotated[str | None, Query(max_length=64)]
+async def dead_letters(request: Request, hub: HubDep,
+                       reason: Annotated[str | None, Query(max_length=64)]
                        = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
                        ) -> dict[str, Any]:
-    pool = _hub(request).pool
+    pool = hub.pool
     counts = await pool.fetch(
         "SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason ORDER BY reason")
     rows = await pool.fetch(

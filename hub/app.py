@@ -12,11 +12,8 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
@@ -25,9 +22,7 @@ from core.db import connect, create_pool, migrate
 from core.outbox import EventFeed
 from core.settings import Settings
 from dispatch import clocks, decisions
-from dispatch.geo import RoadGraph
 from dispatch.leader import Dispatcher
-from dispatch.model import DispatchPolicy
 from hub import (
     admin_devices,
     admin_pages,
@@ -53,33 +48,13 @@ from hub.access import AccessMiddleware
 from hub.limits import BodySizeLimit
 from hub.live import LiveFeed, LiveState
 from hub.positions import PositionFeed
+from hub.state import Hub
 from ingest.service import IngestRole
 
 log = logging.getLogger("hub.app")
 
 FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
 ALL_ROLES = frozenset({"ingest", "dispatch", "web"})
-
-
-@dataclass
-class Hub:
-    """Everything the routes need, built in the lifespan and kept on ``app.state.hub``."""
-
-    settings: Settings
-    roles: frozenset[str]
-    bus: Bus
-    pool: asyncpg.Pool
-    live: LiveState
-    feed: LiveFeed
-    ingest: IngestRole | None = None
-    dispatcher: Dispatcher | None = None
-    # What every node decides with (an operator's override on a web node too): the policy
-    # from settings and the town's road graph, loaded once at start.
-    dispatch_policy: DispatchPolicy = field(default_factory=DispatchPolicy)
-    road_graph: RoadGraph | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    kpis: dict[str, Any] = field(default_factory=dict)
-    ready: bool = False
 
 
 # Young-generation collections every this many allocations (CPython's default is 700). A

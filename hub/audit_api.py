@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 
 from hub import audit
 from hub.params import UNIX_MAX, Until
+from hub.state import get_hub
 
 router = APIRouter(prefix="/api/audit")
 
@@ -26,6 +27,6 @@ async def security_events(
     limit: Annotated[int, Query(ge=1, le=audit.QUERY_MAX)] = 200,
 ) -> dict[str, Any]:
     """``{"kinds": [...], "events": [...]}``: the kinds a filter may name, and the events."""
-    events = await audit.query(request.app.state.hub.pool, kind=kind, actor=actor,
+    events = await audit.query(get_hub(request).pool, kind=kind, actor=actor,
                                target=target, since=since, until=until, limit=limit)
     return {"kinds": sorted(audit.KINDS), "events": events}

@@ -24,6 +24,7 @@ from fastapi import APIRouter, Request
 from core.db import Querier
 from core.errors import InvalidInput, NotFound
 from hub.access import principal_of
+from hub.state import get_hub
 
 log = logging.getLogger("hub.contacts")
 
@@ -109,7 +110,7 @@ def _logged_read(request: Request, what: str) -> None:
 
 @router.get("/api/contacts/{contact_id}")
 async def get_contact(request: Request, contact_id: str) -> dict[str, Any]:
-    row = await request.app.state.hub.pool.fetchrow(
+    row = await get_hub(request).pool.fetchrow(
         "SELECT * FROM contacts WHERE id = $1", contact_id[:64])
     if row is None:
         raise NotFound(f"no contact {contact_id[:64]}", code="contact.not_found")
@@ -119,7 +120,7 @@ async def get_contact(request: Request, contact_id: str) -> dict[str, Any]:
 
 @router.get("/api/incidents/{incident_id}/contact")
 async def incident_contact(request: Request, incident_id: int) -> dict[str, Any]:
-    row = await request.app.state.hub.pool.fetchrow(
+    row = await get_hub(request).pool.fetchrow(
         """SELECT c.* FROM open311_requests o JOIN contacts c ON c.id = o.contact_id
            WHERE o.incident_id = $1""", incident_id)
     if row is None:

@@ -26,6 +26,7 @@ from dispatch import inspections, sla
 from hub import views
 from hub.access import principal_of
 from hub.params import RowId
+from hub.state import get_hub
 
 router = APIRouter()
 
@@ -39,7 +40,7 @@ PUBLIC_MAX_LIMIT = 200
 
 
 def _pool(request: Request) -> Any:
-    return request.app.state.hub.pool
+    return get_hub(request).pool
 
 
 def _actor(request: Request) -> str:

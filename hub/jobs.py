@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -20,10 +20,8 @@ from core.db import fetch_one
 from core.settings import Settings
 from dispatch import inspection_schedule, reports, sla_settings
 from hub import admin_roster
+from hub.state import Hub
 from ingest import retention
-
-if TYPE_CHECKING:
-    from hub.app import Hub
 
 log = logging.getLogger("hub.jobs")
 

@@ -32,6 +32,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from hub import audit, auth
 from hub.access import SESSION_COOKIE, principal_of
+from hub.state import get_hub
 
 log = logging.getLogger("hub.login")
 
@@ -63,7 +64,7 @@ def safe_next(target: str | None) -> str:
 
 
 def _cookie_secure(request: Request) -> bool:
-    return bool(request.app.state.hub.settings.cookie_secure)
+    return bool(get_hub(request).settings.cookie_secure)
 
 
 def _form_page(request: Request, *, status: int = 200, error: str | None = None,
@@ -114,7 +115,7 @@ async def login_submit(request: Request) -> Response:
     if not expected or not hmac.compare_digest(expected.encode(), csrf_token.encode()):
         return _form_page(request, status=403, code="login.csrf", next_url=next_url,
                           error=_("The login form expired; please try again."))
-    hub = request.app.state.hub
+    hub = get_hub(request)
     s = hub.settings
     client_ip = request.client.host if request.client else "unknown"
     result = await auth.login(hub.pool, username, password, client_ip, throttle_of(s))
@@ -156,7 +157,7 @@ async def login_submit(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     p = principal_of(request)
     if p is not None and p.session_hash is not None:
-        pool = request.app.state.hub.pool
+        pool = get_hub(request).pool
         await auth.end_session(pool, p.session_hash)
         await audit.record(pool, "session.ended", p.name, target=p.name,
                            client_ip=request.client.host if request.client else None)

@@ -20,6 +20,7 @@ from core.errors import HubError
 from hub import audit
 from hub import mqtt_accounts as accounts
 from hub.access import actor_of
+from hub.state import HubDep, get_hub
 
 log = logging.getLogger("hub.mqtt_accounts")
 
@@ -33,14 +34,10 @@ class ProvisionBody(BaseModel):
     kind: Annotated[str, Field(pattern="^(device|unit)$")]
 
 
-def _hub(request: Request) -> Any:
-    return request.app.state.hub
-
-
 async def _sync(request: Request, conn: Any) -> dict[str, Any]:
     """Render and reload; a failure here is reported, not raised: the change is committed
     (and a new password would be lost with an error answer)."""
-    hub = _hub(request)
+    hub = get_hub(request)
     try:
         result = await accounts.sync(conn, accounts.BrokerFiles.from_settings(hub.settings))
     except (HubError, OSError) as e:
@@ -64,14 +61,15 @@ def _answer(creds: accounts.Credentials, broker: dict[str, Any]) -> dict[str, An
 
 
 @router.get("")
-async def list_accounts(request: Request) -> list[dict[str, Any]]:
-    return await accounts.list_accounts(_hub(request).pool)
+async def list_accounts(request: Request, hub: HubDep) -> list[dict[str, Any]]:
+    return await accounts.list_accounts(hub.pool)
 
 
 @router.post("", status_code=201)
-async def provision(request: Request, body: ProvisionBody, response: Response) -> dict[str, Any]:
+async def provision(request: Request, hub: HubDep,
+                    body: ProvisionBody, response: Response) -> dict[str, Any]:
     response.headers["Cache-Control"] = "no-store"  # the answer carries a password
-    async with _hub(request).pool.acquire() as conn:
+    async with hub.pool.acquire() as conn:
         async with conn.transaction():
             creds = await accounts.provision(conn, body.principal, body.kind)
             await _audit(request, conn, "mqtt_account.provisioned", body.principal,
@@ -80,9 +78,10 @@ async def provision(request: Request, body: ProvisionBody, response: Response) -
 
 
 @router.post("/{principal}/rotate")
-async def rotate(request: Request, principal: str, response: Response) -> dict[str, Any]:
+async def rotate(request: Request, hub: HubDep,
+                 principal: str, response: Response) -> dict[str, Any]:
     response.headers["Cache-Control"] = "no-store"
-    async with _hub(request).pool.acquire() as conn:
+    async with hub.pool.acquire() as conn:
         async with conn.transaction():
             creds = await accounts.rotate(conn, principal)
             await _audit(request, conn, "mqtt_account.rotated", principal, {})
@@ -90,8 +89,8 @@ async def rotate(request: Request, principal: str, response: Response) -> dict[s
 
 
 @router.delete("/{principal}")
-async def revoke(request: Request, principal: str) -> dict[str, Any]:
-    async with _hub(request).pool.acquire() as conn:
+async def revoke(request: Request, hub: HubDep, principal: str) -> dict[str, Any]:
+    async with hub.pool.acquire() as conn:
         async with conn.transaction():
             await accounts.revoke(conn, principal)
             await _audit(request, conn, "mqtt_account.revoked", principal, {})

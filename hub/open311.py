@@ -40,6 +40,7 @@ from hub import open311_services as catalog
 from hub.open311_views import pick_lang, request_view
 from hub.params import BIGINT_MAX
 from hub.rate_limit import Buckets
+from hub.state import get_hub
 
 router = APIRouter(prefix="/open311/v2")
 
@@ -109,7 +110,7 @@ def jurisdiction_of(name_en: str | None, name: str | None) -> str:
 def _state(request: Request) -> Open311State:
     st: Open311State | None = getattr(request.app.state, "open311", None)
     if st is None:
-        s = request.app.state.hub.settings
+        s = get_hub(request).settings
         rpm = max(1, s.open311_requests_per_minute)
         rph = max(1, s.open311_reports_per_hour_per_key)
         st = Open311State(Buckets(rpm / 60.0, float(rpm)),
@@ -122,7 +123,7 @@ async def _town(request: Request) -> _TownInfo:
     st = _state(request)
     now = time.monotonic()
     if st.town is None or now - st.town.loaded_at > TOWN_CACHE_S:
-        pool = request.app.state.hub.pool
+        pool = get_hub(request).pool
         meta = await pool.fetchval("SELECT value FROM town WHERE key = 'meta'") or {}
         gaz = await gazetteer.load(pool)
         boxes = list(gaz.village_bbox.values())
@@ -277,7 +278,7 @@ async def list_requests(request: Request, fmt: Fmt, jurisdiction_id: str | None 
             elif wanted == {"closed"}:
                 clauses.append("i.state IN ('closed','evaluated','archived','cancelled')")
     town = await _town(request)
-    rows = await request.app.state.hub.pool.fetch(
+    rows = await get_hub(request).pool.fetch(
         _VIEW_SQL + " AND ".join(clauses) + f" ORDER BY i.id DESC LIMIT {MAX_LIST}", *args)
     return formats.render(f, "service_requests", _views(request, town, rows, locale))
 
@@ -293,7 +294,7 @@ async def get_request(request: Request, request_id: str, fmt: Fmt,
     if not (request_id.isascii() and request_id.isdigit()) or int(request_id) > BIGINT_MAX:
         return formats.error(f, 404, f"service_request_id {request_id[:30]!r} not found")
     town = await _town(request)
-    rows = await request.app.state.hub.pool.fetch(_VIEW_SQL + "i.id = $1", int(request_id))
+    rows = await get_hub(request).pool.fetch(_VIEW_SQL + "i.id = $1", int(request_id))
     if not rows:
         return formats.error(f, 404, f"service_request_id {request_id} not found")
     return formats.render(f, "service_requests", _views(request, town, rows, locale))
@@ -357,7 +358,7 @@ async def create_request(request: Request, fmt: Fmt) -> Response:
     key = form.get("api_key", "")
     if not key:
         return formats.error(f, 403, "api_key was not provided")
-    hub = request.app.state.hub
+    hub = get_hub(request)
     app = await open311_keys.check(hub.pool, key)
     if app is None:
         return formats.error(f, 403, "invalid api_key received -- can't proceed with "

@@ -21,6 +21,7 @@ from core.db import Querier
 from core.errors import Conflict, Forbidden, NotFound
 from hub import auth
 from hub.access import principal_of
+from hub.state import get_hub
 
 router = APIRouter(prefix="/api/open311/keys")
 
@@ -77,13 +78,13 @@ def _who(request: Request) -> str:
 @router.post("", status_code=201)
 async def issue_key(request: Request, body: IssueBody, response: Response) -> dict[str, Any]:
     response.headers["Cache-Control"] = "no-store"  # the answer carries the key
-    kid, key = await issue(request.app.state.hub.pool, body.app_name, _who(request))
+    kid, key = await issue(get_hub(request).pool, body.app_name, _who(request))
     return {"key_id": kid, "app_name": body.app_name, "api_key": key}
 
 
 @router.get("")
 async def list_keys(request: Request) -> list[dict[str, Any]]:
-    rows = await request.app.state.hub.pool.fetch(
+    rows = await get_hub(request).pool.fetch(
         "SELECT id, app_name, created_at, created_by, revoked_at, revoked_by, last_used_at "
         "FROM open311_keys ORDER BY id")
     return [{"key_id": r["id"], "app_name": r["app_name"],
@@ -94,5 +95,5 @@ async def list_keys(request: Request) -> list[dict[str, Any]]:
 
 @router.delete("/{key_id}")
 async def revoke_key(request: Request, key_id: int) -> dict[str, Any]:
-    await revoke(request.app.state.hub.pool, key_id, _who(request))
+    await revoke(get_hub(request).pool, key_id, _who(request))
     return {"key_id": key_id, "revoked": True}

@@ -18,12 +18,13 @@ from core.errors import InvalidInput
 from dispatch import assessment as assessment_core
 from dispatch import reports
 from hub.params import UNIX_MAX, Until
+from hub.state import get_hub
 
 router = APIRouter(prefix="/api")
 
 
 def _pool(request: Request) -> Any:
-    return request.app.state.hub.pool
+    return get_hub(request).pool
 
 
 # ---------------------------------------------------------------- assessment

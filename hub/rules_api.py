@@ -16,6 +16,7 @@ from core.errors import InvalidInput, NotFound
 from hub import audit
 from hub.access import actor_of
 from hub.params import UNIX_MAX, RowId
+from hub.state import Hub, HubDep, get_hub
 from ingest import alarms, rules
 from ingest.backtest_job import Backtests
 from ingest.subjects import parse_hours
@@ -61,17 +62,13 @@ class RuleBody(BaseModel):
         return rule
 
 
-def _hub(request: Request) -> Any:
-    return request.app.state.hub
-
-
 def _client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
 @router.get("")
-async def list_rules(request: Request) -> list[dict[str, Any]]:
-    rows = await _hub(request).pool.fetch(
+async def list_rules(request: Request, hub: HubDep) -> list[dict[str, Any]]:
+    rows = await hub.pool.fetch(
         """SELECT r.*, (SELECT count(*) FROM alarms a WHERE a.rule_id = r.id
                         AND a.state <> 'cleared') AS open_alarms
            FROM rules r ORDER BY r.id""")
@@ -79,10 +76,11 @@ async def list_rules(request: Request) -> list[dict[str, Any]]:
 
 
 @router.get("/alarm-groups/{alarm_id}")
-async def alarm_group(request: Request, alarm_id: RowId, all: bool = False) -> dict[str, Any]:
+async def alarm_group(request: Request, hub: HubDep,
+                      alarm_id: RowId, all: bool = False) -> dict[str, Any]:
     """A grouped alarm (storm situation or capped rule) with its members: every device in
     it, open ones only unless ``all``."""
-    pool = _hub(request).pool
+    pool = hub.pool
     row = await pool.fetchrow("SELECT * FROM alarms WHERE id = $1", alarm_id)
     if row is None:
         raise NotFound(f"alarm {alarm_id} not found", code="alarm.not_found")
@@ -91,27 +89,26 @@ async def alarm_group(request: Request, alarm_id: RowId, all: bool = False) -> d
 
 
 @router.get("/{rule_id}")
-async def get_rule(request: Request, rule_id: str) -> dict[str, Any]:
-    row = await _hub(request).pool.fetchrow("SELECT * FROM rules WHERE id = $1", rule_id)
+async def get_rule(request: Request, hub: HubDep, rule_id: str) -> dict[str, Any]:
+    row = await hub.pool.fetchrow("SELECT * FROM rules WHERE id = $1", rule_id)
     if row is None:
         raise NotFound(f"rule {rule_id} not found", code="rule.not_found")
     return row_view(row)
 
 
-async def _reload(request: Request) -> None:
+async def _reload(hub: Hub) -> None:
     """This process applies the change at once (to its evaluator too, when it leads); other
     ingest processes within their registry reload interval (ingest/service.py)."""
-    hub = _hub(request)
     if hub.ingest is not None and hub.ingest.pipeline is not None:
         await hub.ingest.reload(reconcile=True)
 
 
 @router.put("/{rule_id}")
-async def put_rule(request: Request, rule_id: Id, body: RuleBody) -> dict[str, Any]:
+async def put_rule(request: Request, hub: HubDep, rule_id: Id, body: RuleBody) -> dict[str, Any]:
     """Create or replace a rule. A changed rule starts with fresh state."""
     body.to_rule(rule_id)
     actor = actor_of(request)
-    async with _hub(request).pool.acquire() as conn, conn.transaction():
+    async with hub.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             """INSERT INTO rules (id, name, kind, metric, device_model, params, severity,
                                   incident_category, qualification, priority, source,
@@ -130,15 +127,15 @@ async def put_rule(request: Request, rule_id: Id, body: RuleBody) -> dict[str, A
             body.device_filter, body.hours, body.applies_to, body.enabled, actor)
         await audit.record(conn, "rule.changed", actor, target=rule_id,
                            client_ip=_client_ip(request), detail=body.model_dump())
-    await _reload(request)
+    await _reload(hub)
     return row_view(row)
 
 
 @router.delete("/{rule_id}")
-async def disable_rule(request: Request, rule_id: str) -> dict[str, Any]:
+async def disable_rule(request: Request, hub: HubDep, rule_id: str) -> dict[str, Any]:
     """Rules are disabled, not deleted: their alarms keep pointing at them."""
     actor = actor_of(request)
-    async with _hub(request).pool.acquire() as conn, conn.transaction():
+    async with hub.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "UPDATE rules SET enabled = false, updated_at = now(), updated_by = $2 "
             "WHERE id = $1 RETURNING *", rule_id, actor)
@@ -146,7 +143,7 @@ async def disable_rule(request: Request, rule_id: str) -> dict[str, Any]:
             raise NotFound(f"rule {rule_id} not found", code="rule.not_found")
         await audit.record(conn, "rule.disabled", actor, target=rule_id,
                            client_ip=_client_ip(request))
-    await _reload(request)
+    await _reload(hub)
     return row_view(row)
 
 
@@ -164,17 +161,17 @@ def _backtests(request: Request) -> Backtests:
     state = request.app.state
     jobs: Backtests | None = getattr(state, "backtests", None)
     if jobs is None:
-        s = _hub(request).settings
+        s = get_hub(request).settings
         jobs = state.backtests = Backtests(s.database_url, s.backtest_max_rows,
                                            s.backtest_max_s, s.backtest_max_running)
     return jobs
 
 
 @router.post("/backtest")
-async def backtest(request: Request, body: BacktestBody) -> dict[str, Any]:
+async def backtest(request: Request, hub: HubDep, body: BacktestBody) -> dict[str, Any]:
     """The alarms a rule (stored, or given inline) would have raised over a stored range.
     Runs in a child process with row and time caps; the hub's loop only waits."""
-    pool = _hub(request).pool
+    pool = hub.pool
     if body.rule is not None:
         rule = body.rule.to_rule(body.rule_id or "backtest")
         model_filter = body.rule.device_model
@@ -182,7 +179,7 @@ async def backtest(request: Request, body: BacktestBody) -> dict[str, Any]:
         row = await pool.fetchrow("SELECT * FROM rules WHERE id = $1", body.rule_id)
         if row is None:
             raise NotFound(f"rule {body.rule_id} not found", code="rule.not_found")
-        rule = rules.Rule.from_row(row)
+        rule = rules.Rule.from_row(dict(row))
         model_filter = row["device_model"]
     else:
         raise InvalidInput("give rule_id or rule", code="backtest.no_rule")

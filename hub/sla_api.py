@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from core.errors import Forbidden
 from dispatch import sla_settings
 from hub.access import principal_of
+from hub.state import HubDep, get_hub
 
 router = APIRouter(prefix="/api/sla")
 
@@ -44,10 +45,6 @@ class WarnShareBody(BaseModel):
     warn_share: Annotated[float, Field(gt=0, lt=1)]
 
 
-def _hub(request: Request) -> Any:
-    return request.app.state.hub
-
-
 def _actor(request: Request) -> str:
     p = principal_of(request)
     if p is None:  # the policy table makes these routes supervisor-only: not reached
@@ -56,7 +53,7 @@ def _actor(request: Request) -> str:
 
 
 async def _reload(request: Request) -> None:
-    hub = _hub(request)
+    hub = get_hub(request)
     await sla_settings.load_settings(hub.pool, hub.settings)
 
 
@@ -68,33 +65,33 @@ async def get_sla() -> dict[str, Any]:
 
 
 @router.put("/limits/{category}/{priority}")
-async def put_limits(request: Request, category: Category, priority: Priority,
+async def put_limits(request: Request, hub: HubDep, category: Category, priority: Priority,
                      body: LimitsBody) -> dict[str, Any]:
     """Set the limits of (category or ``*``, priority), kept over the limits file."""
-    out = await sla_settings.set_limits(_hub(request).pool, category, priority,
+    out = await sla_settings.set_limits(hub.pool, category, priority,
                                         body.model_dump(), _actor(request))
     await _reload(request)
     return out
 
 
 @router.delete("/limits/{category}/{priority}")
-async def delete_limits(request: Request, category: Category, priority: Priority
+async def delete_limits(request: Request, hub: HubDep, category: Category, priority: Priority
                         ) -> dict[str, Any]:
     """Drop an edit: the limits file's row (or the ``*`` row) applies again."""
-    await sla_settings.reset_limits(_hub(request).pool, category, priority, _actor(request))
+    await sla_settings.reset_limits(hub.pool, category, priority, _actor(request))
     await _reload(request)
     return sla_settings.view()
 
 
 @router.put("/warn-share")
-async def put_warn_share(request: Request, body: WarnShareBody) -> dict[str, Any]:
-    out = await sla_settings.set_warn_share(_hub(request).pool, body.warn_share,
+async def put_warn_share(request: Request, hub: HubDep, body: WarnShareBody) -> dict[str, Any]:
+    out = await sla_settings.set_warn_share(hub.pool, body.warn_share,
                                             _actor(request))
     await _reload(request)
     return out
 
 
 @router.get("/changes")
-async def get_changes(request: Request) -> list[dict[str, Any]]:
+async def get_changes(request: Request, hub: HubDep) -> list[dict[str, Any]]:
     """Every edit, newest first: who, when, the limits before and after."""
-    return await sla_settings.changes(_hub(request).pool)
+    return await sla_settings.changes(hub.pool)

@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from core.db import Conn
 from core.errors import InvalidInput
 from core.town_format import FORMAT as TOWN_FORMAT
 from ingest import rules as rule_eval
@@ -35,7 +36,7 @@ def read_town(path: Path) -> dict[str, Any]:
     return doc
 
 
-async def load_town(conn: asyncpg.Connection, doc: dict[str, Any]) -> dict[str, int]:
+async def load_town(conn: Conn, doc: dict[str, Any]) -> dict[str, int]:
     """Upsert the town document in one transaction; return counts by kind."""
     features = doc["grids"]["features"]
     # Parents before children (level 1 first) for the foreign key.

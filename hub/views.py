@@ -22,6 +22,7 @@ from fastapi.templating import Jinja2Templates
 from hub import audit, i18n
 from hub.access import principal_of
 from hub.params import RowId
+from hub.state import get_hub
 
 TEMPLATES = Jinja2Templates(
     directory=Path(__file__).resolve().parent.parent / "frontend" / "templates")
@@ -51,7 +52,7 @@ def page(request: Request, template: str, **context: Any) -> Response:
     """Render a page in the request's language (and remember an explicit ?lang=)."""
     query = request.query_params.get("lang")
     lang = i18n.pick_language(query, request.cookies.get("lang"))
-    hub = request.app.state.hub
+    hub = get_hub(request)
     principal = principal_of(request)
     response = TEMPLATES.TemplateResponse(request, template, {
         # The session's CSRF token, for the scripts' state-changing requests (api.js) and
@@ -111,7 +112,7 @@ async def audit_page(request: Request) -> Response:
     filters = {k: (q.get(k) or "").strip()[:128] or None for k in ("kind", "actor", "target")}
     if filters["kind"] not in audit.KINDS:
         filters["kind"] = None
-    events = await audit.query(request.app.state.hub.pool, limit=AUDIT_PAGE_ROWS,
+    events = await audit.query(get_hub(request).pool, limit=AUDIT_PAGE_ROWS,
                                kind=filters["kind"], actor=filters["actor"],
                                target=filters["target"])
     for e in events:

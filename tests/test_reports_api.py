@@ -23,6 +23,7 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
+from core.clock import to_datetime
 from core.db import connect, create_pool, migrate
 from dispatch import reports, workflow
 from hub import errors as hub_errors
@@ -107,7 +108,7 @@ async def insert_case(conn: Any, *, opened_at: float, grid: str, unit: str | Non
                                   rework_count, extension_count, handler)
            VALUES ($1, $2, 'city_management', '测试案件', 120.43, 31.8, $3, 'hotline', $4,
                    $5, $5, $6, $7, $8, $9) RETURNING id""",
-        category, priority, grid, state.state, reports._ts(opened_at), unit,
+        category, priority, grid, state.state, to_datetime(opened_at), unit,
         state.rework_count, state.extension_count, state.handler)
     prev = workflow.GENESIS_HASH
     for seq, (action, from_s, to_s, actor, ts, reason) in enumerate(entries, start=1):
@@ -116,7 +117,7 @@ async def insert_case(conn: Any, *, opened_at: float, grid: str, unit: str | Non
             """INSERT INTO case_log (incident_id, seq, action, from_state, to_state, actor, ts,
                                      reason, prev_hash, hash)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
-            iid, seq, action, from_s, to_s, actor, reports._ts(ts), reason, prev, h)
+            iid, seq, action, from_s, to_s, actor, to_datetime(ts), reason, prev, h)
         prev = h
     return int(iid)
 
@@ -196,10 +197,10 @@ def track(t0: float, metres: float, speed: float = 10.0, every: float = 5.0
 @pytest_asyncio.fixture(scope="module")
 async def patrol_fixes(pool: asyncpg.Pool) -> float:
     t0 = cst(2021, 3, 10, 14)
-    rows = [(reports._ts(ts), "SQ-01", lat, lon, 5.0, reports._ts(ts))
+    rows = [(to_datetime(ts), "SQ-01", lat, lon, 5.0, to_datetime(ts))
             for ts, lon, lat, _ in track(t0, 2000.0)]
     # A GPS jump 5 km away in the middle of the drive.
-    rows.append((reports._ts(t0 + 102), "SQ-01", 31.85, 120.43, 5.0, reports._ts(t0 + 102)))
+    rows.append((to_datetime(t0 + 102), "SQ-01", 31.85, 120.43, 5.0, to_datetime(t0 + 102)))
     await pool.executemany(
         "INSERT INTO positions (ts, unit_id, lat, lon, accuracy, received_at) "
         "VALUES ($1, $2, $3, $4, $5, $6)", rows)
