@@ -32,7 +32,9 @@ Figures (last stdout line, one JSON object):
 - ``events_per_s``: deliveries to clients per second in the window, position updates plus
   sequenced events (``positions_per_s`` and ``feed_events_per_s`` apart), summed over the
   clients. ``positions_per_unit_s``: position updates a client got per unit per second
-  (the hub sends at most ~1 per unit per second, hub/live.py).
+  (the hub sends at most ~1 per unit per second, hub/live.py); ``position_rate_per_unit``
+  is the same figure (issue 16's name) and ``position_rate_per_unit_min`` the slowest
+  client's; ``gps_fixes_per_unit_s`` what the generator sent (the ceiling of both).
 - ``p50_ms``/``p90_ms``/``p99_ms``/``max_ms``: publish -> client of the position updates in
   the window (1 ms bins, so to within 1 ms); ``event_p99_ms``: the event row's ``ts``
   (``now()`` of its transaction) -> client of the events.
@@ -45,6 +47,7 @@ Figures (last stdout line, one JSON object):
   broker, PostgreSQL (approximate), the GPS generator (``generator_cpu_pct``) and the
   client processes together (``clients_cpu_pct``); ``machine_busy_pct`` (100 = every core),
   ``other_cpu_pct`` (everything else on the machine), ``load`` (``uptime``'s averages).
+- ``pos_hist``/``event_hist``: the two latency histograms (sparse 1 ms bins), for plots.
 """
 
 from __future__ import annotations
@@ -809,6 +812,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "positions_per_s": round(positions / window_s, 1),
         "feed_events_per_s": round(events / window_s, 1),
         "positions_per_unit_s": round(positions / window_s / args.clients / args.units, 3),
+        # Issue 16's name for it, and the slowest client's: every client must get them.
+        "position_rate_per_unit": round(positions / window_s / args.clients / args.units, 3),
+        "position_rate_per_unit_min": round(
+            min(r["min_positions"] for r in reps) / window_s / args.units, 3),
         **pos_hist.summary(),
         **ev_hist.summary("event_"),
         "gaps": gaps,
@@ -838,6 +845,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "gps_sent": gps_rep.get("sent"),
         "gps_acked": gps_rep.get("acked"),
         "gps_cpu_us_per_fix": gps_rep.get("cpu_us_per_fix"),
+        "gps_fixes_per_unit_s": (round(gps_rep["fixes_per_s"] / args.units, 3)
+                                 if gps_rep.get("fixes_per_s") else None),
         "positions_stored": positions_stored,
         "position_rows_hub": (health.get("ingest") or {}).get("position_rows"),
         "incidents_posted": poster.ok if poster else 0,
@@ -850,6 +859,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load": {"start": load_start, "end": load_avg()},
         "ncpu": os.cpu_count(),
         "run_id": run_id,
+        # For the report's latency CDFs (simulators/bench_report.py): 1 ms bins, sparse.
+        "pos_hist": pos_hist.to_sparse(),
+        "event_hist": ev_hist.to_sparse(),
     }
 
 
