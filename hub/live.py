@@ -6,7 +6,8 @@ event the bus publishes, synchronously. A client's snapshot is a copy of it take
 same tick as its subscription, with no await in between, so nothing falls in the gap.
 
 Protocol (JSON text frames):
-  client -> {"type": "hello", "last_seq": N | null}
+  client -> {"type": "hello", "last_seq": N | null, "acks": true (optional)}
+          | {"type": "ack", "positions": K}   (only after "acks": true; see below)
   server -> {"type": "snapshot", "seq": S, "alarms": [...], "incidents": [...], "units": [...]}
           | {"type": "batch", "events": [{seq, ts, kind, data}, ...], "positions": {...}}
           | {"type": "resync"}   (the client is too far behind: it reloads the snapshot)
@@ -19,6 +20,16 @@ in a batch frame of their own; they never wait for a positions frame to be encod
 are collected once for the whole feed (hub/position_frames.py) and, every ``tick_s``, encoded
 into ONE shared batch frame (no events) that every client is sent as is; a client that falls
 behind gets its pending position frames merged (latest fix per unit), never its events.
+
+Flow control: a socket's buffers (the kernel's on both ends) hold many seconds of positions,
+so without it a client that reads slowly falls behind there, where nothing can be merged
+and where an event queues behind every frame already written. A client that says
+``"acks": true`` in its hello acknowledges the position frames it has read (``K`` = how many
+frames with positions it has received on this connection; sent every few such frames,
+``ACK_EVERY_FRAMES`` in frontend/static/feed.js, well under the window); the feed keeps
+at most ``POSITION_WINDOW_FRAMES`` of them unacknowledged and merges the rest in its outbox
+until the client catches up. Events are not held by the window. Clients that send no acks
+(older ones) are sent every frame as before.
 """
 
 from __future__ import annotations
@@ -120,19 +131,50 @@ def batch_frame(events: list[Envelope], positions: dict[str, Any]) -> str:
     return (body + _enc.encode(positions) + b"}").decode()
 
 
+# Position frames a client that acknowledges may have unread: half a second of 50 ms ticks.
+# More is positions sitting in socket buffers, stale by the time they are read, with any
+# event queued behind them; fewer makes a client on a slow link lose positions it could
+# have shown (they are merged, so a client behind still sees every unit's latest fix).
+POSITION_WINDOW_FRAMES = 10
+
+
 # Least time between two event frames to one client: the events of a burst (an alarm storm,
 # a dispatch's several rows) share a frame instead of costing a send each per client. The
 # first event of a quiet spell goes at once.
 EVENT_GAP_S = 0.005
 
 
+class _Ack(msgspec.Struct):
+    type: str
+    positions: int = 0
+
+
+_ack_decoder = msgspec.json.Decoder(_Ack)
+
+
 @dataclass(eq=False)
 class _Client:
-    """What the feed's tick hands one connection: its position frames, and the wake-up of
-    its current subscription (replaced after a resync)."""
+    """One connection: its position frames, the wake-up of its current subscription
+    (replaced after a resync), and its flow control (``acks``)."""
 
     sub: Subscription
+    acks: bool = False
     outbox: PositionOutbox = field(default_factory=PositionOutbox)
+    sent_frames: int = 0  # position frames written to the socket
+    acked_frames: int = 0  # of which the client says it has read this many
+
+    def may_send_positions(self) -> bool:
+        return not self.acks or self.sent_frames - self.acked_frames < POSITION_WINDOW_FRAMES
+
+    def on_message(self, text: str) -> None:
+        """An ack moves the window (anything else a client sends is ignored)."""
+        try:
+            msg = _ack_decoder.decode(text)
+        except msgspec.DecodeError:
+            return
+        if msg.type == "ack" and self.acked_frames < msg.positions:
+            self.acked_frames = min(msg.positions, self.sent_frames)
+            self.sub.wake.set()
 
 
 class LiveFeed:
@@ -148,7 +190,6 @@ class LiveFeed:
         self.tick_s = tick_s
         self.clients = 0
         self.resyncs = 0
-        self.position_frames = 0  # shared frames encoded
         self._live_clients: set[_Client] = set()
         self._ticker: asyncio.Task[None] | None = None
 
@@ -158,18 +199,20 @@ class LiveFeed:
         client: _Client | None = None
         try:
             last_seq = None
+            acks = False
             with contextlib.suppress(TimeoutError):
                 hello = await asyncio.wait_for(ws.receive_json(), 5.0)
                 if isinstance(hello, dict) and isinstance(hello.get("last_seq"), int):
                     last_seq = hello["last_seq"]
+                acks = isinstance(hello, dict) and hello.get("acks") is True
             sub, sent_to = await self._start(ws, last_seq)
-            client = _Client(sub)
+            client = _Client(sub, acks)
             self._join(client)
-            # The pump only writes; a reader watches for the close, so a client that went
-            # away on a quiet feed is let go at once rather than at the next send (and a
-            # shutting-down server is not kept waiting for it).
+            # The pump only writes; a reader takes the acks and watches for the close, so a
+            # client that went away on a quiet feed is let go at once rather than at the
+            # next send (and a shutting-down server is not kept waiting for it).
             pump = asyncio.create_task(self._pump(ws, client, sent_to))
-            reader = asyncio.create_task(self._until_closed(ws))
+            reader = asyncio.create_task(self._read(ws, client))
             try:
                 done, _ = await asyncio.wait({pump, reader},
                                              return_when=asyncio.FIRST_COMPLETED)
@@ -208,7 +251,6 @@ class LiveFeed:
             if not positions:
                 continue
             frame = SharedFrame.of(positions)
-            self.position_frames += 1
             for c in self._live_clients:
                 c.outbox.put(frame)
                 c.sub.wake.set()
@@ -233,12 +275,15 @@ class LiveFeed:
         return sub, int(snap["seq"])
 
     @staticmethod
-    async def _until_closed(ws: WebSocket) -> None:
-        """Returns when the client closes; anything it sends after its hello is ignored."""
+    async def _read(ws: WebSocket, client: _Client) -> None:
+        """Returns when the client closes; hands what it sends to ``client.on_message``."""
         while True:
             msg = await ws.receive()
             if msg["type"] == "websocket.disconnect":
                 return
+            text = msg.get("text")
+            if client.acks and text:
+                client.on_message(text)
 
     async def _pump(self, ws: WebSocket, client: _Client, sent_to: int) -> None:
         """Events first, then positions; one frame at a time on the socket."""
@@ -255,11 +300,16 @@ class LiveFeed:
                 client.sub, sent_to = await self._snapshot(ws)
                 continue
             sent_to = await self._send_events(ws, sub, sent_to, gap)
-            for text in client.outbox.take():
+            # While the window is full the outbox merges the positions, until an ack wakes
+            # this loop again.
+            while client.outbox and client.may_send_positions():
+                text = client.outbox.take_one()
+                assert text is not None
+                await ws.send_text(text)
+                client.sent_frames += 1
                 # An event that came while a positions frame was going out goes next, ahead
                 # of the rest of the positions.
                 sent_to = await self._send_events(ws, sub, sent_to, gap)
-                await ws.send_text(text)
 
     @staticmethod
     async def _send_events(ws: WebSocket, sub: Subscription, sent_to: int,

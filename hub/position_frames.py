@@ -109,15 +109,15 @@ class PositionOutbox:
         self._frames = []
         self.merges += 1
 
-    def take(self) -> list[str]:
-        """The texts to send for everything pending, oldest first: the shared frames' own
-        texts while the client keeps up, else one frame merged for this client."""
+    def take_one(self) -> str | None:
+        """The next text to send (None when nothing is pending): the oldest shared frame's
+        own text while the client keeps up, else one frame merged for this client."""
         if self._merged is not None:
             self._merge()
             assert self._merged is not None
             text = positions_frame(self._merged)
             self._merged = None
-            return [text]
-        texts = [f.text for f in self._frames]
-        self._frames = []
-        return texts
+            return text
+        if not self._frames:
+            return None
+        return self._frames.pop(0).text

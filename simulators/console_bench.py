@@ -8,11 +8,12 @@ with all its roles; then, each in its own process so that none of them starves t
 event loop of the GIL:
 
 - ``--client-procs`` websocket client processes, ``--clients`` connections in total on
-  ``/ws/live`` (the ``websockets`` library, asyncio). Each connection says hello, takes the
-  snapshot, then counts the position updates and events of every batch frame, checks that
-  event seqs follow one another (a jump is a gap; an older seq a duplicate), records the
-  publish -> client latency of every position (the fix's ``ts`` is its send time) in a 1 ms
-  histogram, resumes with its last seq if the connection drops.
+  ``/ws/live`` (the ``websockets`` library, asyncio). Each connection says hello (with
+  acks, as the console does), takes the snapshot, then acknowledges every
+  ``ACK_EVERY_FRAMES`` position frames and counts the position updates and events of every
+  batch frame, checks that event seqs follow one another (a jump is a gap; an older seq a
+  duplicate), records the publish -> client latency of every position (the fix's ``ts`` is
+  its send time) in a 1 ms histogram, resumes with its last seq if the connection drops.
 - one GPS generator: a paho publisher (simulators/mqtt_pub.py, QoS 1, TCP_NODELAY) paced by
   the load generator's token bucket at ``--rate`` fixes/s (default one per unit per
   second), each unit driving a circle of a few hundred metres around its home grid,
@@ -105,6 +106,10 @@ GPS_TICK_S = 0.005
 GPS_BURST_S = 0.02
 # Unacknowledged fixes the GPS publisher may have out (mqtt_pub.Publisher's window).
 GPS_WINDOW = 1000
+# The broker's login (password hashing) can take well over mqtt_pub's default 10 s on a
+# machine at load 20+ with 500 clients being served: measured failing at 10 s (issue 16).
+# The driver starts the warm-up only once the publisher is connected.
+GPS_CONNECT_TIMEOUT_S = 60.0
 # Tracks: circles of 200-500 m around the home grid's centre at 4-12 m/s.
 TRACK_RADIUS_DEG = (0.002, 0.0045)
 TRACK_SPEED_MS = (4.0, 12.0)
@@ -117,6 +122,9 @@ SETTLE_S = 15.0
 # Clients connect this many at a time (each snapshot is a few hundred kB for the hub to
 # encode); the whole ramp must finish within CONNECT_TIMEOUT_S.
 CONNECT_BATCH = 10
+# Clients acknowledge every this many position frames, as the console does
+# (frontend/static/feed.js ACK_EVERY_FRAMES; the hub's flow control, hub/live.py).
+ACK_EVERY_FRAMES = 4
 CONNECT_TIMEOUT_S = 180.0
 
 
@@ -333,18 +341,23 @@ class ClientFleet:
         self.stopping = False
 
     async def run_client(self, c: _Client) -> None:
-        hello: dict[str, Any] = {"type": "hello", "last_seq": None}
+        hello: dict[str, Any] = {"type": "hello", "last_seq": None, "acks": True}
         while not self.stopping:
             try:
                 async with connect(self.url, max_size=None, compression=None,
                                    ping_interval=None, open_timeout=60,
                                    close_timeout=1) as ws:
                     await ws.send(json.dumps(hello))
+                    pos_frames = 0  # on this connection, for the acks
                     async for raw in ws:
                         now = time.time()
                         f = _frame_decoder.decode(raw)
                         c.frames += 1
                         if f.type == "batch":
+                            if f.positions:
+                                pos_frames += 1
+                                if pos_frames % ACK_EVERY_FRAMES == 0:
+                                    await ws.send(f'{{"type":"ack","positions":{pos_frames}}}')
                             evs = [e for e in f.events if c.seqs.event(e.seq)]
                             if self.counting:
                                 c.events += len(evs)
@@ -368,7 +381,7 @@ class ClientFleet:
             if self.stopping:
                 return
             c.reconnects += 1
-            hello = {"type": "hello", "last_seq": c.seqs.last}
+            hello = {"type": "hello", "last_seq": c.seqs.last, "acks": True}
             await asyncio.sleep(0.5)
 
     def report(self) -> dict[str, Any]:
@@ -478,8 +491,9 @@ async def _gps_main(args: argparse.Namespace) -> dict[str, Any]:
     topics = [wire.gps_topic(u) for u in ids]
     pub = Publisher(login_at(args.port, "BENCH"),
                     f"console-bench-gps-{os.getpid()}", window=GPS_WINDOW)
-    if not await pub.start():
+    if not await pub.start(GPS_CONNECT_TIMEOUT_S):
         raise RuntimeError(f"GPS publisher could not connect to port {args.port}")
+    print(json.dumps({"connected": True}), flush=True)  # the driver's cue to warm up
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -722,6 +736,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         gps = _Child("gps", [*me, "--role", "gps", "--port", str(env.mqtt_port),
                              "--units-file", str(units_file), "--rate", str(rate),
                              "--duration", str(args.warmup + args.duration + 1.0)])
+        gps.wait_for("connected", GPS_CONNECT_TIMEOUT_S + 10.0)
         for ch in children:
             probes.procs[ch.name] = ch.proc.pid
         probes.procs["generator"] = gps.proc.pid

@@ -60,10 +60,10 @@ def test_the_shared_frame_is_the_feeds_batch_frame_and_one_text_for_all_clients(
     a, b = PositionOutbox(), PositionOutbox()
     a.put(frame)
     b.put(frame)
-    ta, tb = a.take(), b.take()
-    assert ta == [frame.text] and tb == [frame.text]
-    assert ta[0] is tb[0]  # the same object: encoded once, not per client
-    assert a.take() == [] and not a
+    ta, tb = a.take_one(), b.take_one()
+    assert ta == frame.text and tb == frame.text
+    assert ta is tb  # the same object: encoded once, not per client
+    assert a.take_one() is None and not a
 
 
 def test_a_client_behind_gets_its_frames_merged_latest_fix_per_unit() -> None:
@@ -76,13 +76,13 @@ def test_a_client_behind_gets_its_frames_merged_latest_fix_per_unit() -> None:
     o.put(frames[OUTBOX_MERGE_AT - 1])
     o.put(frames[OUTBOX_MERGE_AT])
     assert o.merges == 1
-    texts = o.take()
-    assert len(texts) == 1
-    msg = json.loads(texts[0])
+    text = o.take_one()
+    assert text is not None and o.take_one() is None
+    msg = json.loads(text)
     assert msg["type"] == "batch" and msg["events"] == []
     assert msg["positions"]["U1"]["ts"] == float(OUTBOX_MERGE_AT)  # the newest fix of U1
     assert set(msg["positions"]) == {"U1", *(f"V{i}" for i in range(OUTBOX_MERGE_AT + 1))}
-    assert not o and o.take() == []
+    assert not o
 
 
 def test_shared_frames_while_keeping_up_come_out_oldest_first() -> None:
@@ -90,4 +90,4 @@ def test_shared_frames_while_keeping_up_come_out_oldest_first() -> None:
     f1, f2 = SharedFrame.of({"U1": _fix(1.0)}), SharedFrame.of({"U1": _fix(2.0)})
     o.put(f1)
     o.put(f2)
-    assert o.take() == [f1.text, f2.text]
+    assert [o.take_one(), o.take_one(), o.take_one()] == [f1.text, f2.text, None]
