@@ -131,11 +131,13 @@ def batch_frame(events: list[Envelope], positions: dict[str, Any]) -> str:
     return (body + _enc.encode(positions) + b"}").decode()
 
 
-# Position frames a client that acknowledges may have unread: half a second of 50 ms ticks.
+# Position frames a client that acknowledges may have unread: a second of 50 ms ticks.
 # More is positions sitting in socket buffers, stale by the time they are read, with any
-# event queued behind them; fewer makes a client on a slow link lose positions it could
-# have shown (they are merged, so a client behind still sees every unit's latest fix).
-POSITION_WINDOW_FRAMES = 10
+# event queued behind them; fewer merges positions for clients that are merely far away:
+# at 10 (half a second) a loaded machine's ack round trip already bound the window and
+# merged a tenth of the updates of clients that were keeping up (merged, a client behind
+# still sees every unit's latest fix, just fewer intermediate ones).
+POSITION_WINDOW_FRAMES = 20
 
 
 # Least time between two event frames to one client: the events of a burst (an alarm storm,

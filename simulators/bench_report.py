@@ -172,8 +172,11 @@ def _num(x: Any) -> str:
 def table_lines(rows: list[HeadlineRow], machine: str) -> list[str]:
     """The Markdown headline table (with a line naming the machine)."""
     mark = {True: "yes", False: "**no**", None: "—"}
-    out = [f"Machine: {machine}. Load = 1-minute load average at the run's start "
-           "(2 cores; other work shares the machine).", "",
+    out = ["Written by `./hubctl bench report` from the last saved run of each benchmark "
+           "(var/bench-results/; plots in var/bench-results/report.html); the sections "
+           "below say which code path each figure measures.", "",
+           f"Machine: {machine}. Load = 1-minute load average at the run's start "
+           "(other work may share the machine).", "",
            "| benchmark | figure | measured | target | met | run (UTC) | load |",
            "|---|---|---|---|---|---|---|"]
     for r in rows:
