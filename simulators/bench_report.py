@@ -133,6 +133,7 @@ class HeadlineRow:
     label: str
     figure: str
     value: float | None
+    unit: str
     target: str
     met: bool | None
     date: str
@@ -156,7 +157,7 @@ def headline_rows(latest_runs: dict[str, Saved]) -> list[HeadlineRow]:
             raw = s.result.get(c.key)
             value = float(raw) if isinstance(raw, int | float) else None
             rows.append(HeadlineRow(
-                label, c.name, value, f"{c.op} {_num(c.target)}{c.unit}", c.met(value),
+                label, c.name, value, c.unit, f"{c.op} {_num(c.target)}{c.unit}", c.met(value),
                 s.saved_at.replace("T", " ").removesuffix("Z") + " UTC", _load_of(s.result)))
     return rows
 
@@ -167,6 +168,10 @@ def _num(x: Any) -> str:
     if float(x).is_integer():
         return f"{int(x):,}"
     return f"{x:,.3f}".rstrip("0").rstrip(".") if abs(x) < 10 else f"{x:,.1f}"
+
+
+def _measured(r: HeadlineRow) -> str:
+    return _num(r.value) + (r.unit if r.value is not None else "")
 
 
 def table_lines(rows: list[HeadlineRow], machine: str) -> list[str]:
@@ -180,7 +185,7 @@ def table_lines(rows: list[HeadlineRow], machine: str) -> list[str]:
            "| benchmark | figure | measured | target | met | run (UTC) | load |",
            "|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r.label} | {r.figure} | {_num(r.value)} | {r.target} | "
+        out.append(f"| {r.label} | {r.figure} | {_measured(r)} | {r.target} | "
                    f"{mark[r.met]} | {r.date} | {r.load} |")
     return out
 
@@ -378,7 +383,7 @@ def render_html(latest_runs: dict[str, Saved], machine: str, generated_at: str) 
     mark = {True: "yes", False: "NO", None: "—"}
     trs = "\n".join(
         f"<tr class='{'' if r.met is not False else 'miss'}'><td>{html.escape(r.label)}</td>"
-        f"<td>{html.escape(r.figure)}</td><td>{_num(r.value)}</td>"
+        f"<td>{html.escape(r.figure)}</td><td>{_measured(r)}</td>"
         f"<td>{html.escape(r.target)}</td><td>{mark[r.met]}</td><td>{r.date}</td>"
         f"<td>{r.load}</td></tr>" for r in rows)
     details = "\n".join(

@@ -59,7 +59,7 @@ def test_the_report_writes_a_self_contained_page_and_the_headline_table(
     assert text.endswith(DOC[DOC.index("## Ingest"):])  # the rest untouched
     table = text[text.index(bench_report.HEADLINE_BEGIN):text.index(bench_report.HEADLINE_END)]
     row = next(line for line in table.splitlines() if "operator event p99" in line)
-    assert f"| {bench_report._num(console['event_p99_ms'])} |" in row
+    assert f"| {bench_report._num(console['event_p99_ms'])} ms |" in row
     assert "<= 100 ms" in row
     assert runs["console 200 clients"].saved_at.replace("T", " ").removesuffix("Z") in row
     assert f"| {console['load']['start'][0]:.1f} |" in row
@@ -97,7 +97,7 @@ def test_cpu_per_message_and_cdfs_come_from_the_recorded_figures() -> None:
     assert cpu["hub"] == round(r["hub_cpu_pct"] / 100 / r["gps_fixes_per_s"] * 1e6, 1)
     (_, xs, ys), (_, exs, eys) = bench_report.cdf_series("c", console)
     assert ys[-1] == 1.0 and eys[-1] == 1.0
-    assert xs == sorted(xs)
+    assert xs == sorted(xs) and exs == sorted(exs)
     # The histogram's CDF crosses 0.99 at the p99 the benchmark reported.
     assert next(x for x, y in zip(xs, ys, strict=True) if y >= 0.99) == r["p99_ms"]
     alarm = runs[next(k for k in runs if k.startswith("alarm"))]
