@@ -131,13 +131,15 @@ def batch_frame(events: list[Envelope], positions: dict[str, Any]) -> str:
     return (body + _enc.encode(positions) + b"}").decode()
 
 
-# Position frames a client that acknowledges may have unread: a second of 50 ms ticks.
+# Position frames a client that acknowledges may have unread: half a second of 50 ms ticks.
 # More is positions sitting in socket buffers, stale by the time they are read, with any
-# event queued behind them; fewer merges positions for clients that are merely far away:
-# at 10 (half a second) a loaded machine's ack round trip already bound the window and
-# merged a tenth of the updates of clients that were keeping up (merged, a client behind
-# still sees every unit's latest fix, just fewer intermediate ones).
-POSITION_WINDOW_FRAMES = 20
+# event queued behind them, and counted in frames, a slow client's frames are its merged
+# ones (every unit): at 20, two 500-client runs on a starved machine lost 446 and 480
+# connections to keep-alive timeouts, against 6 and 11 at 10 (docs/PERFORMANCE.md). Fewer
+# merges positions for clients that keep up but ack late: at 10, a loaded machine's ack
+# round trip merged about a tenth of the updates of 200 clients (a client behind still sees
+# every unit's latest fix, just fewer intermediate ones).
+POSITION_WINDOW_FRAMES = 10
 
 
 # Least time between two event frames to one client: the events of a burst (an alarm storm,

@@ -321,6 +321,11 @@ def _svg(draw: Callable[[Any], None], title: str) -> str:
     return svg[svg.index("<svg"):]  # drop the XML prologue and DOCTYPE: inline in HTML
 
 
+def _command(s: Saved) -> list[str]:
+    """The benchmark's arguments as ``./hubctl bench`` takes them (its name first)."""
+    return s.argv if s.argv[:1] == [s.benchmark] else [s.benchmark, *s.argv]
+
+
 def _no_data(ax: Any, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what} in the results read", ha="center", va="center",
             transform=ax.transAxes)
@@ -388,7 +393,7 @@ def render_html(latest_runs: dict[str, Saved], machine: str, generated_at: str) 
         f"<td>{r.load}</td></tr>" for r in rows)
     details = "\n".join(
         f"<details><summary>{html.escape(label)} — {html.escape(s.saved_at)} "
-        f"<code>{html.escape(' '.join([s.benchmark, *s.argv]))}</code></summary><pre>"
+        f"<code>./hubctl bench {html.escape(' '.join(_command(s)))}</code></summary><pre>"
         + html.escape(json.dumps({k: v for k, v in s.result.items()
                                   if not isinstance(v, dict | list) or k == "load"},
                                  indent=1)) + "</pre></details>"

@@ -36,7 +36,7 @@ export const CLOCK_SKEW_TOLERANCE_S = 5;
 const SKEW_SAMPLES = 20;
 // Acknowledge every this many position frames (about 5 acks/s at the server's 50 ms tick):
 // well under the server's window of unacknowledged frames (hub/live.py
-// POSITION_WINDOW_FRAMES = 20), so a page that keeps up is never held back.
+// POSITION_WINDOW_FRAMES = 10), so a page that keeps up is never held back.
 export const ACK_EVERY_FRAMES = 4;
 
 // Mirror of core/events.py: ENTITY_COLLECTIONS, CLOSED_INCIDENT_STATES, entity_is_open.
