@@ -21,13 +21,15 @@ log = logging.getLogger("core.bus")
 
 @dataclass(eq=False)
 class Subscription:
-    """A subscriber's bounded queue of envelopes; ``wake`` is set on every publish (and
-    may be set by the subscriber's owner for its own wake-ups)."""
+    """A subscriber's bounded queue of envelopes. ``wake`` and ``event_wake`` are both set
+    on every publish; ``wake`` may also be set by the subscriber's owner for wake-ups of its
+    own (the live feed's position ticks and acks), ``event_wake`` only by events."""
 
     maxsize: int
     queue: asyncio.Queue[Envelope] = field(init=False)
     overflowed: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    event_wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.maxsize)
@@ -78,6 +80,7 @@ class Bus:
             except asyncio.QueueFull:
                 sub.overflowed = True
             sub.wake.set()
+            sub.event_wake.set()
 
     @property
     def subscriber_count(self) -> int:

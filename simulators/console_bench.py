@@ -122,10 +122,10 @@ SETTLE_S = 15.0
 # Clients connect this many at a time (each snapshot is a few hundred kB for the hub to
 # encode); the whole ramp must finish within CONNECT_TIMEOUT_S.
 CONNECT_BATCH = 10
+CONNECT_TIMEOUT_S = 180.0
 # Clients acknowledge every this many position frames, as the console does
 # (frontend/static/feed.js ACK_EVERY_FRAMES; the hub's flow control, hub/live.py).
 ACK_EVERY_FRAMES = 4
-CONNECT_TIMEOUT_S = 180.0
 
 
 def say(msg: str) -> None:
