@@ -1,9 +1,10 @@
 """The one in-process bus.
 
-Services publish committed events (``Envelope``, with a sequence number) and ephemeral
-updates (unit positions: high rate, latest wins, not sequenced). Subscribers get a bounded
-queue each; ``publish`` never blocks and never awaits, so a slow subscriber cannot stall
-ingest. A subscriber whose queue overflows is marked ``overflowed`` and must resync.
+Services publish committed events (``Envelope``, with a sequence number). Subscribers get a
+bounded queue each; ``publish`` never blocks and never awaits, so a slow subscriber cannot
+stall ingest. A subscriber whose queue overflows is marked ``overflowed`` and must resync.
+Unit positions (high rate, latest wins, not sequenced) do not travel here: the live
+projection collects them once for all web clients (hub/live.py, hub/position_frames.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from core.events import Envelope
 
@@ -21,15 +21,14 @@ log = logging.getLogger("core.bus")
 
 @dataclass(eq=False)
 class Subscription:
-    """A subscriber's bounded queue of envelopes plus a latest-wins map of positions."""
+    """A subscriber's bounded queue of envelopes. ``wake`` and ``event_wake`` are both set
+    on every publish; ``wake`` may also be set by the subscriber's owner for wake-ups of its
+    own (the live feed's position ticks and acks), ``event_wake`` only by events."""
 
     maxsize: int
     queue: asyncio.Queue[Envelope] = field(init=False)
-    positions: dict[str, dict[str, Any]] = field(default_factory=dict)
     overflowed: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    # Set by sequenced events only (not positions): a consumer batching positions per tick
-    # may still send an event at once.
     event_wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -42,10 +41,6 @@ class Subscription:
                 out.append(self.queue.get_nowait())
             except asyncio.QueueEmpty:
                 return out
-
-    def take_positions(self) -> dict[str, dict[str, Any]]:
-        p, self.positions = self.positions, {}
-        return p
 
 
 class Bus:
@@ -86,11 +81,6 @@ class Bus:
                 sub.overflowed = True
             sub.wake.set()
             sub.event_wake.set()
-
-    def publish_position(self, unit_id: str, position: dict[str, Any]) -> None:
-        for sub in self._subs:
-            sub.positions[unit_id] = position
-            sub.wake.set()
 
     @property
     def subscriber_count(self) -> int:

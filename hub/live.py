@@ -6,12 +6,30 @@ event the bus publishes, synchronously. A client's snapshot is a copy of it take
 same tick as its subscription, with no await in between, so nothing falls in the gap.
 
 Protocol (JSON text frames):
-  client -> {"type": "hello", "last_seq": N | null}
+  client -> {"type": "hello", "last_seq": N | null, "acks": true (optional)}
+          | {"type": "ack", "positions": K}   (only after "acks": true; see below)
   server -> {"type": "snapshot", "seq": S, "alarms": [...], "incidents": [...], "units": [...]}
           | {"type": "batch", "events": [{seq, ts, kind, data}, ...], "positions": {...}}
           | {"type": "resync"}   (the client is too far behind: it reloads the snapshot)
 A client that sends ``last_seq`` after a reconnect gets exactly the events after it (read
 from the events table) if it is at most ``feed_replay_limit`` behind, else a snapshot.
+
+Two paths to each client, events first. Sequenced events go on the client's bounded bus
+queue and are sent as soon as they arrive (a burst within ``EVENT_GAP_S`` shares a frame),
+in a batch frame of their own; they never wait for a positions frame to be encoded. Positions
+are collected once for the whole feed (hub/position_frames.py) and, every ``tick_s``, encoded
+into ONE shared batch frame (no events) that every client is sent as is; a client that falls
+behind gets its pending position frames merged (latest fix per unit), never its events.
+
+Flow control: a socket's buffers (the kernel's on both ends) hold many seconds of positions,
+so without it a client that reads slowly falls behind there, where nothing can be merged
+and where an event queues behind every frame already written. A client that says
+``"acks": true`` in its hello acknowledges the position frames it has read (``K`` = how many
+frames with positions it has received on this connection; sent every few such frames,
+``ACK_EVERY_FRAMES`` in frontend/static/feed.js, well under the window); the feed keeps
+at most ``POSITION_WINDOW_FRAMES`` of them unacknowledged and merges the rest in its outbox
+until the client catches up. Events are not held by the window. Clients that send no acks
+(older ones) are sent every frame as before.
 """
 
 from __future__ import annotations
@@ -21,6 +39,7 @@ import contextlib
 import copy
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -32,12 +51,16 @@ from core.bus import Bus, Subscription
 from core.db import Conn, row_view
 from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS, UNIT_COLUMNS
 from core.events import Envelope, apply_to_state
+from hub.position_frames import PositionBatcher, PositionOutbox, SharedFrame
 
 log = logging.getLogger("hub.live")
 
 # Positions go out to the map at most this often per unit: 2,000 units at 1 Hz is already
-# 400,000 deliveries/s to 200 clients.
-POSITION_MIN_INTERVAL_S = 1.0
+# 400,000 deliveries/s to 200 clients. Below the units' 1 s period on purpose: a fix that
+# comes early is held until its unit's interval has passed (not dropped), and an interval of
+# a full second would carry one late fix's delay over to every later fix of that unit;
+# 0.8 s lets a unit's fixes catch up by 0.2 s each.
+POSITION_MIN_INTERVAL_S = 0.8
 
 
 _enc = msgspec.json.Encoder()
@@ -68,7 +91,8 @@ class LiveState:
         self.bus = bus
         self.seq = 0
         self.state: dict[str, dict[str, Any]] = {"alarms": {}, "incidents": {}, "units": {}}
-        self._pos_sent: dict[str, float] = {}
+        # Fixes not yet sent to the feed (taken by ``LiveFeed`` once per tick).
+        self.positions = PositionBatcher(POSITION_MIN_INTERVAL_S)
         bus.listen(self.on_event)
 
     async def load(self, pool: asyncpg.Pool) -> None:
@@ -88,12 +112,8 @@ class LiveState:
         if unit.get("position_ts") is not None and ts <= unit["position_ts"]:
             return  # a late fix never moves the marker backwards
         unit.update(lon=lon, lat=lat, speed=speed, heading=heading, position_ts=ts)
-        now = time.monotonic()
-        if now - self._pos_sent.get(unit_id, 0.0) < POSITION_MIN_INTERVAL_S:
-            return
-        self._pos_sent[unit_id] = now
-        self.bus.publish_position(unit_id, {"lon": lon, "lat": lat, "ts": ts,
-                                            "speed": speed, "heading": heading})
+        self.positions.put(unit_id, {"lon": lon, "lat": lat, "ts": ts,
+                                     "speed": speed, "heading": heading})
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -111,8 +131,54 @@ def batch_frame(events: list[Envelope], positions: dict[str, Any]) -> str:
     return (body + _enc.encode(positions) + b"}").decode()
 
 
-# Least time between two frames to one client when events are flowing.
+# Position frames a client that acknowledges may have unread: half a second of 50 ms ticks.
+# More is positions sitting in socket buffers, stale by the time they are read, with any
+# event queued behind them, and counted in frames, a slow client's frames are its merged
+# ones (every unit): at 20, two 500-client runs on a starved machine lost 446 and 480
+# connections to keep-alive timeouts, against 6 and 11 at 10 (docs/PERFORMANCE.md). Fewer
+# merges positions for clients that keep up but ack late: at 10, a loaded machine's ack
+# round trip merged about a tenth of the updates of 200 clients (a client behind still sees
+# every unit's latest fix, just fewer intermediate ones).
+POSITION_WINDOW_FRAMES = 10
+
+
+# Least time between two event frames to one client: the events of a burst (an alarm storm,
+# a dispatch's several rows) share a frame instead of costing a send each per client. The
+# first event of a quiet spell goes at once.
 EVENT_GAP_S = 0.005
+
+
+class _Ack(msgspec.Struct):
+    type: str
+    positions: int = 0
+
+
+_ack_decoder = msgspec.json.Decoder(_Ack)
+
+
+@dataclass(eq=False)
+class _Client:
+    """One connection: its position frames, the wake-up of its current subscription
+    (replaced after a resync), and its flow control (``acks``)."""
+
+    sub: Subscription
+    acks: bool = False
+    outbox: PositionOutbox = field(default_factory=PositionOutbox)
+    sent_frames: int = 0  # position frames written to the socket
+    acked_frames: int = 0  # of which the client says it has read this many
+
+    def may_send_positions(self) -> bool:
+        return not self.acks or self.sent_frames - self.acked_frames < POSITION_WINDOW_FRAMES
+
+    def on_message(self, text: str) -> None:
+        """An ack moves the window (anything else a client sends is ignored)."""
+        try:
+            msg = _ack_decoder.decode(text)
+        except msgspec.DecodeError:
+            return
+        if msg.type == "ack" and self.acked_frames < msg.positions:
+            self.acked_frames = min(msg.positions, self.sent_frames)
+            self.sub.wake.set()
 
 
 class LiveFeed:
@@ -128,24 +194,29 @@ class LiveFeed:
         self.tick_s = tick_s
         self.clients = 0
         self.resyncs = 0
+        self._live_clients: set[_Client] = set()
+        self._ticker: asyncio.Task[None] | None = None
 
     async def serve(self, ws: WebSocket) -> None:
         await ws.accept()
         self.clients += 1
-        sub: Subscription | None = None
+        client: _Client | None = None
         try:
             last_seq = None
+            acks = False
             with contextlib.suppress(TimeoutError):
                 hello = await asyncio.wait_for(ws.receive_json(), 5.0)
                 if isinstance(hello, dict) and isinstance(hello.get("last_seq"), int):
                     last_seq = hello["last_seq"]
+                acks = isinstance(hello, dict) and hello.get("acks") is True
             sub, sent_to = await self._start(ws, last_seq)
-            # The pump only writes; a reader watches for the close, so a client that went
-            # away on a quiet feed is let go at once rather than at the next send (and a
-            # shutting-down server is not kept waiting for it).
-            state = {"sub": sub}
-            pump = asyncio.create_task(self._pump(ws, sub, sent_to, state))
-            reader = asyncio.create_task(self._until_closed(ws))
+            client = _Client(sub, acks)
+            self._join(client)
+            # The pump only writes; a reader takes the acks and watches for the close, so a
+            # client that went away on a quiet feed is let go at once rather than at the
+            # next send (and a shutting-down server is not kept waiting for it).
+            pump = asyncio.create_task(self._pump(ws, client, sent_to))
+            reader = asyncio.create_task(self._read(ws, client))
             try:
                 done, _ = await asyncio.wait({pump, reader},
                                              return_when=asyncio.FIRST_COMPLETED)
@@ -153,7 +224,6 @@ class LiveFeed:
                 for t in (pump, reader):
                     t.cancel()
                 await asyncio.gather(pump, reader, return_exceptions=True)
-                sub = state["sub"]
             for t in done:
                 t.result()  # the pump's errors surface here
         except WebSocketDisconnect:
@@ -162,8 +232,32 @@ class LiveFeed:
             log.debug("websocket closed: %s", e)
         finally:
             self.clients -= 1
-            if sub is not None:
-                self.bus.unsubscribe(sub)
+            if client is not None:
+                self._leave(client)
+                self.bus.unsubscribe(client.sub)
+
+    def _join(self, client: _Client) -> None:
+        self._live_clients.add(client)
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick_positions(), name="hub.live.ticker")
+
+    def _leave(self, client: _Client) -> None:
+        self._live_clients.discard(client)
+        if not self._live_clients and self._ticker is not None:
+            self._ticker.cancel()  # nobody to send to; the next client starts it again
+            self._ticker = None
+
+    async def _tick_positions(self) -> None:
+        """Once per tick: the due fixes, encoded once, handed to every client."""
+        while True:
+            await asyncio.sleep(self.tick_s)
+            positions = self.live.positions.take(time.monotonic())
+            if not positions:
+                continue
+            frame = SharedFrame.of(positions)
+            for c in self._live_clients:
+                c.outbox.put(frame)
+                c.sub.wake.set()
 
     async def _start(self, ws: WebSocket, last_seq: int | None) -> tuple[Subscription, int]:
         if last_seq is not None and 0 <= self.live.seq - last_seq <= self.replay_limit:
@@ -185,36 +279,61 @@ class LiveFeed:
         return sub, int(snap["seq"])
 
     @staticmethod
-    async def _until_closed(ws: WebSocket) -> None:
-        """Returns when the client closes; anything it sends after its hello is ignored."""
+    async def _read(ws: WebSocket, client: _Client) -> None:
+        """Returns when the client closes; hands what it sends to ``client.on_message``."""
         while True:
             msg = await ws.receive()
             if msg["type"] == "websocket.disconnect":
                 return
+            text = msg.get("text")
+            if client.acks and text:
+                client.on_message(text)
 
-    async def _pump(self, ws: WebSocket, sub: Subscription, sent_to: int,
-                    state: dict[str, Subscription]) -> None:
+    async def _pump(self, ws: WebSocket, client: _Client, sent_to: int) -> None:
+        """Events first, then positions; one frame at a time on the socket."""
+        gap = _EventGap()
         while True:
+            sub = client.sub
             await sub.wake.wait()
             sub.wake.clear()
             if sub.overflowed:
+                # Too far behind on events: the client reloads the snapshot (never a gap).
                 self.resyncs += 1
                 self.bus.unsubscribe(sub)
                 await ws.send_text('{"type":"resync"}')
-                sub, sent_to = await self._snapshot(ws)
-                state["sub"] = sub
+                client.sub, sent_to = await self._snapshot(ws)
                 continue
-            events = [e for e in sub.drain() if e.seq > sent_to]
-            positions = sub.take_positions()
-            if events or positions:
-                if events:
-                    sent_to = events[-1].seq
-                await ws.send_text(batch_frame(events, positions))
-            # Batch: positions that arrive during the tick go in the next single frame. A
-            # sequenced event (an alarm, a dispatch) does not wait out the tick: after a
-            # short gap, which batches a burst of them, it goes at once.
-            sub.event_wake.clear()
-            await asyncio.sleep(EVENT_GAP_S)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, self.tick_s - EVENT_GAP_S)):
-                    await sub.event_wake.wait()
+            sent_to = await self._send_events(ws, sub, sent_to, gap)
+            # While the window is full the outbox merges the positions, until an ack wakes
+            # this loop again.
+            while client.outbox and client.may_send_positions():
+                text = client.outbox.take_one()
+                assert text is not None
+                await ws.send_text(text)
+                client.sent_frames += 1
+                # An event that came while a positions frame was going out goes next, ahead
+                # of the rest of the positions.
+                sent_to = await self._send_events(ws, sub, sent_to, gap)
+
+    @staticmethod
+    async def _send_events(ws: WebSocket, sub: Subscription, sent_to: int,
+                           gap: _EventGap) -> int:
+        """Sends the queued events (if any) in one frame; returns the last seq sent."""
+        if sub.queue.empty():
+            return sent_to
+        wait = gap.next_at - time.monotonic()
+        if wait > 0:  # a burst: what comes in the gap shares the frame
+            await asyncio.sleep(wait)
+        events = [e for e in sub.drain() if e.seq > sent_to]
+        if not events:
+            return sent_to
+        await ws.send_text(batch_frame(events, {}))
+        gap.next_at = time.monotonic() + EVENT_GAP_S
+        return events[-1].seq
+
+
+@dataclass(slots=True)
+class _EventGap:
+    """When one client's next event frame may go (``EVENT_GAP_S`` after the last)."""
+
+    next_at: float = 0.0

@@ -691,6 +691,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         or ((health.get("ingest") or {}).get("rules") or {}).get("alarm_writes"),
         "layout": args.layout,
         **(res["backtest"] or {}),
+        # Every trigger's publish -> alarm latency (the report's CDF).
+        "latencies_ms": sorted(round(x, 1) for x in lat),
         "load": {"start": load_start, "end": load_avg()},
         "ncpu": os.cpu_count(),
         "run_id": run_id,

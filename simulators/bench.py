@@ -63,6 +63,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from simulators import loadgen
+from simulators.bench_results import save_result
 from simulators.mqtt_login import login_at, mosquitto_client_env
 
 T = TypeVar("T")
@@ -718,6 +719,8 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         "points_per_s": round(points / window, 1) if window > 0 else None,
         "min_1s_msgs_per_s": (min(interior) // ppm) if interior else None,
         "ingest_window_s": round(window, 2),
+        # Points stored per second of the hub's receive time (the report's throughput plot).
+        "per_second_points": res["per_second"],
         "p50_commit_ms": lat.get("p50_ms"),
         "p90_commit_ms": lat.get("p90_ms"),
         "p99_commit_ms": lat.get("p99_ms"),
@@ -782,6 +785,7 @@ DELEGATED: dict[str, str] = {
     "dispatch": "simulators.dispatch_bench",  # issue 5: engine vs closest idle
     "alarm": "simulators.alarm_bench",        # issue 4: publish -> alarm on the websocket
     "console": "simulators.console_bench",    # issue 7: 2,000 units, 200 clients
+    "report": "simulators.bench_report",      # issue 16: HTML plots + PERFORMANCE.md table
 }
 
 
@@ -816,6 +820,10 @@ def run_and_report(name: str, run: Callable[[argparse.Namespace], dict[str, Any]
         print(json.dumps({"benchmark": name, "error": "interrupted"}), flush=True)
         return 130
     print(json.dumps(result), flush=True)
+    try:
+        say(f"result saved to {save_result(name, result)}")  # for ./hubctl bench report
+    except OSError as e:
+        say(f"could not save the result: {e}")
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from hub.live import POSITION_WINDOW_FRAMES
 from ingest import wire
 from tests.conftest import ARTIFACTS, HubProcess, Publisher, cli_user, town_doc
 
@@ -214,4 +215,26 @@ def test_a_grouped_alarm_shows_how_many_devices_are_in_it(page: Page, hub: HubPr
     # the members leave; with the last one the group alarm clears and leaves the list
     run(False)
     row.wait_for(state="detached", timeout=15000)
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_console_acknowledges_positions_so_every_fix_reaches_the_map(
+        page: Page, hub: HubProcess, publisher: Publisher) -> None:
+    """More position frames than the hub's flow-control window: the page acks them
+    (feed.js), so every unit's fix arrives; a page that did not ack would be held at the
+    window, with the rest waiting in its outbox on the hub."""
+    _open_console(page, hub)
+    units = town_doc()["units"][:POSITION_WINDOW_FRAMES + 4]
+    ts = time.time() + 1.0  # newer than any "now" fix other tests publish
+    fixes = {str(u["id"]): ts + k / 100 for k, u in enumerate(units)}
+    for u in units:  # a tick apart or more: a frame each at least
+        publisher.publish(wire.gps_topic(u["id"]), wire.encode_gps(
+            fixes[str(u["id"])], u["lat"], u["lon"] + 0.0002, 4.0, 90.0))
+        time.sleep(0.15)
+    page.wait_for_function(
+        """(fixes) => Object.entries(fixes).every(([id, ts]) => {
+               const u = window.gridhub.state.units[id];
+               return u && Math.abs(u.position_ts - ts) < 1e-6; })""",
+        arg=fixes, timeout=15000)
+    assert page.evaluate("window.gridhub.feed._positionFrames") >= POSITION_WINDOW_FRAMES
     assert page.errors == []  # type: ignore[attr-defined]

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from typing import Any
 
 import httpx
 import websockets
 
 from core.events import apply_to_state
-from tests.conftest import HubProcess, town_doc
+from hub.live import POSITION_WINDOW_FRAMES
+from ingest import wire
+from tests.conftest import HubProcess, Publisher, town_doc
 
 COLLECTIONS = ("alarms", "incidents", "units")
 # Fields that move without an event (live GPS) are not part of the sequenced picture.
@@ -110,3 +114,103 @@ async def test_a_client_that_leaves_a_quiet_feed_is_let_go_at_once(hub: HubProce
         while await clients() != before:
             assert asyncio.get_running_loop().time() < deadline, "closed client lingers"
             await asyncio.sleep(0.05)
+
+
+async def _frames_until(ws: Any, done: Any, timeout: float = 15.0) -> list[str]:
+    """Raw frames read from ``ws`` until ``done(frames)`` holds."""
+    frames: list[str] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not done(frames):
+        assert loop.time() < deadline, f"timed out after {len(frames)} frames"
+        frames.append(await asyncio.wait_for(ws.recv(), max(0.1, deadline - loop.time())))
+    return frames
+
+
+async def test_positions_go_in_one_shared_frame_and_events_in_their_own(
+        hub: HubProcess, publisher: Publisher) -> None:
+    """Two clients get the tick's positions frame as the same text (encoded once), and an
+    operator's event in a frame of its own, not held for the positions."""
+    units = town_doc()["units"][-3:]
+    url = f"ws://127.0.0.1:{hub.port}/ws/live"
+    async with hub.async_client() as client, \
+            websockets.connect(url, additional_headers=hub.headers) as a, \
+            websockets.connect(url, additional_headers=hub.headers) as b:
+        snap = await _hello(a, None)
+        await _hello(b, None)
+        ts = time.time() + 1.0  # newer than any fix another test published "now"
+        for k, u in enumerate(units):
+            publisher.publish(wire.gps_topic(u["id"]),
+                              wire.encode_gps(ts, u["lat"], u["lon"] + 0.001 * k, 7.0, 90.0))
+        await _act(client, 1)
+        ids = {str(u["id"]) for u in units}
+
+        def ours(frame: str) -> bool:
+            pos = json.loads(frame)["positions"]
+            return any(i in pos and pos[i]["ts"] == ts for i in ids)
+
+        def complete(frames: list[str]) -> bool:
+            got = {i for f in frames for i, p in json.loads(f)["positions"].items()
+                   if i in ids and p["ts"] == ts}
+            opened = any(e["kind"] == "incident.opened" and e["seq"] > snap["seq"]
+                         for f in frames for e in json.loads(f)["events"])
+            return got == ids and opened
+
+        fa = await _frames_until(a, complete)
+        fb = await _frames_until(b, complete)
+        for f in fa + fb:
+            msg = json.loads(f)
+            assert msg["type"] == "batch"
+            assert not (msg["events"] and msg["positions"]), "events wait for no positions"
+        ours_a = [f for f in fa if ours(f)]
+        ours_b = [f for f in fb if ours(f)]
+        assert ours_a and ours_a == ours_b  # the same text, byte for byte
+
+
+async def test_a_client_that_stops_acking_gets_positions_merged_but_every_event(
+        hub: HubProcess, publisher: Publisher) -> None:
+    """Flow control: a client that said "acks" and then reads without acknowledging is
+    sent at most POSITION_WINDOW_FRAMES position frames; events still come at once; its
+    ack then brings the held positions, merged (latest fix per unit)."""
+    window = POSITION_WINDOW_FRAMES
+    units = town_doc()["units"][:window + 4]
+    ids = [str(u["id"]) for u in units]
+    url = f"ws://127.0.0.1:{hub.port}/ws/live"
+    async with hub.async_client() as client, \
+            websockets.connect(url, additional_headers=hub.headers) as ws:
+        await ws.send(json.dumps({"type": "hello", "last_seq": None, "acks": True}))
+        snap = json.loads(await ws.recv())
+        assert snap["type"] == "snapshot"
+        ts = time.time() + 1.0  # newer than any fix another test published "now"
+        for k, u in enumerate(units):  # a tick apart or more: a frame each at least
+            publisher.publish(wire.gps_topic(u["id"]),
+                              wire.encode_gps(ts + k / 100, u["lat"], u["lon"], 3.0, 0.0))
+            await asyncio.sleep(0.15)
+        await asyncio.sleep(0.5)
+        await _act(client, 1)
+
+        def msgs(frames: list[str]) -> list[dict[str, Any]]:
+            return [json.loads(f) for f in frames]
+
+        def opened(frames: list[str]) -> bool:
+            return any(e["kind"] == "incident.opened" and e["seq"] > snap["seq"]
+                       for m in msgs(frames) for e in m["events"])
+
+        held = await _frames_until(ws, opened)
+        with contextlib.suppress(TimeoutError):  # anything else already in flight
+            while True:
+                held.append(await asyncio.wait_for(ws.recv(), 0.5))
+        position_frames = [m for m in msgs(held) if m["positions"]]
+        assert len(position_frames) == window  # the window, not one frame per tick
+        seen = {i for m in position_frames for i, p in m["positions"].items()
+                if i in ids and p["ts"] >= ts}
+        missing = set(ids) - seen
+        assert missing, "every unit's fix came without acks"
+
+        await ws.send(json.dumps({"type": "ack", "positions": window}))
+        after = await _frames_until(ws, lambda fs: missing <= {
+            i for m in msgs(fs) for i, p in m["positions"].items() if p["ts"] >= ts})
+        last = {i: p["ts"] for m in msgs(after) for i, p in m["positions"].items()
+                if i in missing}
+        assert last.keys() == missing  # each unit's latest (its only) fix
+        assert all(abs(last[i] - (ts + ids.index(i) / 100)) < 1e-6 for i in missing)

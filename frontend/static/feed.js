@@ -6,9 +6,13 @@
 //   page (a snapshot empties and refills them), so a reference taken once stays current.
 // - `lastSeq` is the highest seq applied (null until the first snapshot). Events with
 //   seq <= lastSeq are ignored, so a replayed or duplicated event is never applied twice.
-// - After every connect the client sends {"type":"hello","last_seq": lastSeq}; the server
-//   answers with the missed events (a batch) or a snapshot. On close it reconnects with
-//   backoff (BACKOFF_INITIAL_MS doubling to BACKOFF_MAX_MS).
+// - After every connect the client sends {"type":"hello","last_seq": lastSeq, "acks": true};
+//   the server answers with the missed events (a batch) or a snapshot. On close it
+//   reconnects with backoff (BACKOFF_INITIAL_MS doubling to BACKOFF_MAX_MS).
+// - Flow control ("acks": true): every ACK_EVERY_FRAMES frames carrying positions, the
+//   client sends {"type":"ack","positions": n} (n = such frames received on this
+//   connection). The server keeps only a few position frames unacknowledged and merges the
+//   rest (latest fix per unit) while a busy page catches up; events are never held.
 // - `onChange(change)` is called once per frame that changed anything, after the frame is
 //   applied: change = {reset, alarms: Set<id>, incidents: Set<id>, units: Set<id>,
 //   positions: Set<unitId>, events: [{seq, ts, kind, data}]}. `reset` means "everything may
@@ -30,6 +34,10 @@ export const HELLO_TIMEOUT_MS = 15000;
 export const CLOCK_SKEW_TOLERANCE_S = 5;
 // How many recent event timestamps the skew estimate looks at.
 const SKEW_SAMPLES = 20;
+// Acknowledge every this many position frames (about 5 acks/s at the server's 50 ms tick):
+// well under the server's window of unacknowledged frames (hub/live.py
+// POSITION_WINDOW_FRAMES = 10), so a page that keeps up is never held back.
+export const ACK_EVERY_FRAMES = 4;
 
 // Mirror of core/events.py: ENTITY_COLLECTIONS, CLOSED_INCIDENT_STATES, entity_is_open.
 const ENTITY_COLLECTIONS = [["alarm", "alarms"], ["incident", "incidents"], ["unit", "units"]];
@@ -98,6 +106,7 @@ export class LiveFeed {
     this._synced = false;
     this._skewSamples = [];
     this.clockSkewS = 0;
+    this._positionFrames = 0;
   }
 
   start() {
@@ -126,6 +135,7 @@ export class LiveFeed {
     clearTimeout(this._retryTimer);
     this._retryTimer = 0;
     this._synced = false;
+    this._positionFrames = 0;  // frames with positions received on this connection
     let ws;
     try {
       ws = new WebSocket(this.url);
@@ -138,7 +148,7 @@ export class LiveFeed {
     this._armWatchdog(CONNECT_TIMEOUT_MS);
     ws.onopen = () => {
       if (ws !== this.ws) return;
-      ws.send(JSON.stringify({ type: "hello", last_seq: this.lastSeq }));
+      ws.send(JSON.stringify({ type: "hello", last_seq: this.lastSeq, acks: true }));
       this._armWatchdog(HELLO_TIMEOUT_MS);
     };
     ws.onmessage = (ev) => {
@@ -255,6 +265,7 @@ export class LiveFeed {
     if (latestTs !== null && !resumed) this._sampleClock(latestTs);
     const units = this.state.units;
     const positions = msg.positions || {};
+    this._ackPositions(positions);
     for (const id of Object.keys(positions)) {
       const unit = units[id];
       const p = positions[id];
@@ -270,6 +281,18 @@ export class LiveFeed {
     }
     const empty = !change.events.length && !change.positions.size;
     return empty ? null : change;
+  }
+
+  _ackPositions(positions) {
+    // Only frames carrying positions count, as on the server.
+    let any = false;
+    for (const _id in positions) { any = true; break; }
+    if (!any) return;
+    this._positionFrames += 1;
+    const ws = this.ws;
+    if (this._positionFrames % ACK_EVERY_FRAMES === 0 && ws && ws.readyState === WebSocket.OPEN) {
+      ws.send(JSON.stringify({ type: "ack", positions: this._positionFrames }));
+    }
   }
 
   _sampleClock(serverTs) {
