@@ -172,8 +172,8 @@ async def test_a_redirect_that_moves_three_cases_is_written_whole_or_not_at_all(
         seq = int(await conn.fetchval("SELECT max(seq) FROM events"))
         d, views = await decisions.decide_and_apply(pool, redirect, None, POLICY,
                                                     actor=OPERATOR, note=NOTE)
-        assert [(w.incident_id, w.unit_id, w.status) for w in d.withdrawals][0] == (
-            b, x, "redirected")
+        first = d.withdrawals[0]
+        assert (first.incident_id, first.unit_id, first.status) == (b, x, "redirected")
         sent = {x_.incident_id: x_.unit_id for x_ in d.dispatches}
         assert sent[d_case] == x and sent[b] not in (None, x)
         assert len(d.withdrawals) + len(d.dispatches) >= 3
