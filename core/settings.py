@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.town_time import DEFAULT_TOWN_TZ
+
 
 class Settings(BaseSettings):
     """Every tunable of the hub, with the reason for its default."""
@@ -128,7 +130,7 @@ class Settings(BaseSettings):
     sla_time_scale: float = 1.0
     # The town's time zone: working hours, holidays and "today" (cases today, daily KPIs
     # and reports) are the town's, not UTC's. Mainland China is one zone, UTC+8.
-    town_tz: str = "Asia/Shanghai"
+    town_tz: str = DEFAULT_TOWN_TZ
     # SLA limits per category and priority, and the warn share (TOML); unset: the file
     # shipped in the package (dispatch/data/sla_limits.toml, which says where its values
     # come from). Supervisors' edits through the API are kept in the database on top.
