@@ -156,6 +156,12 @@ class Settings(BaseSettings):
     # replan_gain_s: two minutes of a normal case, about what the extra radio call and the
     # new crew's turnout cost). Accepted units move only by preemption.
     dispatch_replan_gain_s: float = 240.0
+    # While a case waits, the dispatch leader looks this often for units with a new GPS fix
+    # that could take it (free, or dispatched/en route and so re-plannable or preemptable)
+    # and plans once if there is one (dispatch/leader.py). Fixes come at ~1 Hz per unit: one
+    # plan per round, not per fix. 15 s: a unit at 40 km/h moves ~170 m, a few tens of
+    # seconds of ETA, finer than the re-plan threshold above; 0 turns the rounds off.
+    dispatch_position_replan_s: float = Field(default=15.0, ge=0.0)
 
     # Live feed: a client further behind than this many events resyncs from a snapshot.
     feed_replay_limit: int = 5000
