@@ -1,9 +1,10 @@
 """Events table writer and the feed that publishes committed events on the bus.
 
-Writing: ``record(conn, event)`` inside the transaction that makes the fact true. It takes
-a transaction-level advisory lock before taking the next ``seq``, so sequence order is
-commit order, and issues ``NOTIFY`` (delivered by PostgreSQL only on commit): all three in
-one round trip, the ``outbox_record`` function (core/migrations/0018_dispatch_latency.sql).
+Writing: ``record(conn, event)`` (or ``record_many(conn, events)``) inside the transaction
+that makes the fact true. It takes a transaction-level advisory lock before taking the next
+``seq``, so sequence order is commit order, and issues ``NOTIFY`` (delivered by PostgreSQL
+only on commit): all three in one round trip, the ``outbox_record`` function
+(core/migrations/0018_dispatch_latency.sql; ``outbox_record_many``, 0019, for several).
 
 Reading: ``EventFeed`` LISTENs on its own connection; each notification (and a slow poll,
 as a backstop for a lost connection) fetches every event after the last one it published,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from core.bus import Bus
@@ -48,6 +50,22 @@ async def record(conn: Conn, event: Event) -> int:
         CHANNEL,
     )
     return seq
+
+
+async def record_many(conn: Conn, events: Sequence[Event]) -> list[int]:
+    """``record`` for each of ``events``, in order, in one round trip (the
+    ``outbox_record_many`` function, core/migrations/0019_decision_writes.sql): a
+    dispatch decision records one to a dozen events. Returns their seqs."""
+    if not events:
+        return []
+    seqs: list[int] = await conn.fetchval(
+        "SELECT outbox_record_many($1::text[], $2::jsonb[], $3, $4)",
+        [e.kind for e in events],
+        [e.payload() for e in events],
+        EVENTS_LOCK_KEY,
+        CHANNEL,
+    )
+    return seqs
 
 
 def envelope_from_row(row: Any) -> Envelope:

@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.town_time import DEFAULT_TOWN_TZ
+
 
 class Settings(BaseSettings):
     """Every tunable of the hub, with the reason for its default."""
@@ -128,7 +130,7 @@ class Settings(BaseSettings):
     sla_time_scale: float = 1.0
     # The town's time zone: working hours, holidays and "today" (cases today, daily KPIs
     # and reports) are the town's, not UTC's. Mainland China is one zone, UTC+8.
-    town_tz: str = "Asia/Shanghai"
+    town_tz: str = DEFAULT_TOWN_TZ
     # SLA limits per category and priority, and the warn share (TOML); unset: the file
     # shipped in the package (dispatch/data/sla_limits.toml, which says where its values
     # come from). Supervisors' edits through the API are kept in the database on top.
@@ -154,6 +156,12 @@ class Settings(BaseSettings):
     # replan_gain_s: two minutes of a normal case, about what the extra radio call and the
     # new crew's turnout cost). Accepted units move only by preemption.
     dispatch_replan_gain_s: float = 240.0
+    # While a case waits, the dispatch leader looks this often for units with a new GPS fix
+    # that could take it (free, or dispatched/en route and so re-plannable or preemptable)
+    # and plans once if there is one (dispatch/leader.py). Fixes come at ~1 Hz per unit: one
+    # plan per round, not per fix. 15 s: a unit at 40 km/h moves ~170 m, a few tens of
+    # seconds of ETA, finer than the re-plan threshold above; 0 turns the rounds off.
+    dispatch_position_replan_s: float = Field(default=15.0, ge=0.0)
 
     # Live feed: a client further behind than this many events resyncs from a snapshot.
     feed_replay_limit: int = 5000

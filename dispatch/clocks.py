@@ -22,6 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -73,21 +74,40 @@ def _sec(v: datetime | None) -> float | None:
     return None if v is None else v.timestamp()
 
 
-async def update_clocks(conn: Conn, inc: dict[str, Any], case: workflow.CaseState,
-                        action: str, now: float,
-                        prev_rows: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Recompute the incident's stage deadlines after ``action``; return the sla summary.
-    ``inc`` (the incident's row) is refreshed from the row as written. ``prev_rows``: the
-    case's ``sla_clocks`` rows by stage if the caller has read them in this transaction
-    under the incident's lock (``store.step_read``); else they are read here."""
+@dataclass(frozen=True, slots=True)
+class ClockValues:
+    """A case's SLA clocks after one step, as written: ``summary`` is the incident's
+    ``sla`` copy; the lists hold each stage's deadline, warning time and met time (in
+    ``sla.STAGES`` order) for its ``sla_clocks`` row."""
+
+    summary: dict[str, Any]
+    deadlines: list[datetime | None]
+    warn_ats: list[datetime | None]
+    mets: list[datetime | None]
+    started_at: datetime | None  # the clocks' start: the case's opening
+
+    def next_rows(self, prev_rows: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """The ``sla_clocks`` rows by stage as these values leave them (the ``prev_rows``
+        of a further step in the same transaction)."""
+        out: dict[str, dict[str, Any]] = {}
+        for k, stage in enumerate(sla.STAGES):
+            prev = prev_rows.get(stage)
+            out[stage] = {"met_at": self.mets[k],
+                          "warned_at": prev["warned_at"] if prev else None,
+                          "breached_at": prev["breached_at"] if prev else None}
+        return out
+
+
+def clock_values(inc: Mapping[str, Any], case: workflow.CaseState, action: str, now: float,
+                 prev_rows: Mapping[str, Any]) -> ClockValues:
+    """The case's stage deadlines after ``action`` (no I/O): the limits, warn share and
+    calendar in force, the case's pauses, and the stage the step completes. ``prev_rows``:
+    the case's ``sla_clocks`` rows by stage (``met_at``, ``warned_at``, ``breached_at``)."""
     opened = inc["opened_at"]
     opened_at = opened if isinstance(opened, float) else opened.timestamp()
     limits = InForce.table.limits(inc["category"], int(inc["priority"]))
     cal, share = InForce.calendar, InForce.warn_share
     due = sla.deadlines(limits, cal, opened_at, case.all_pauses())
-    rows = prev_rows if prev_rows is not None else {r["stage"]: r for r in await conn.fetch(
-        "SELECT stage, met_at, warned_at, breached_at FROM sla_clocks WHERE incident_id = $1",
-        inc["id"])}
     done_now = DONE_STAGE.get(action)
     stopped = case.state in STOPPED_STATES
     summary: dict[str, Any] = {}
@@ -95,7 +115,7 @@ async def update_clocks(conn: Conn, inc: dict[str, Any], case: workflow.CaseStat
     warn_ats: list[datetime | None] = []
     mets: list[datetime | None] = []
     for stage in sla.STAGES:
-        prev = rows.get(stage)
+        prev = prev_rows.get(stage)
         met = _sec(prev["met_at"]) if prev else None
         if met is None and stage == done_now:
             met = now
@@ -115,10 +135,25 @@ async def update_clocks(conn: Conn, inc: dict[str, Any], case: workflow.CaseStat
             "met_at": met,
             "state": _state(deadline, opened_at, met, now, prev),
         }
+    return ClockValues(summary, deadlines, warn_ats, mets, _ts(opened_at))
+
+
+async def update_clocks(conn: Conn, inc: dict[str, Any], case: workflow.CaseState,
+                        action: str, now: float,
+                        prev_rows: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Recompute the incident's stage deadlines after ``action`` (``clock_values``) and
+    write them; return the sla summary. ``inc`` (the incident's row) is refreshed from the
+    row as written. ``prev_rows``: the case's ``sla_clocks`` rows by stage if the caller
+    has read them in this transaction under the incident's lock (``store.step_read``);
+    else they are read here."""
+    rows = prev_rows if prev_rows is not None else {r["stage"]: r for r in await conn.fetch(
+        "SELECT stage, met_at, warned_at, breached_at FROM sla_clocks WHERE incident_id = $1",
+        inc["id"])}
+    v = clock_values(inc, case, action, now, rows)
     # Every stage's row and the incident's copy in one statement: this runs in every case
-    # step, and a dispatch decision takes several (one round trip here, not six). The row
-    # as written comes back into ``inc``, so a caller that writes nothing more to the
-    # incident has its view without reading it again.
+    # step (one round trip here, not six). The row as written comes back into ``inc``,
+    # so a caller that writes nothing more to the incident has its view without reading
+    # it again.
     row = await conn.fetchrow(
         f"""WITH clocks AS (
              INSERT INTO sla_clocks (incident_id, stage, started_at, deadline, warn_at, met_at)
@@ -128,10 +163,11 @@ async def update_clocks(conn: Conn, inc: dict[str, Any], case: workflow.CaseStat
              ON CONFLICT (incident_id, stage) DO UPDATE SET deadline = excluded.deadline,
                warn_at = excluded.warn_at, met_at = excluded.met_at)
            UPDATE incidents i SET sla = $7 WHERE i.id = $1 RETURNING {INCIDENT_COLUMNS}""",
-        inc["id"], list(sla.STAGES), _ts(opened_at), deadlines, warn_ats, mets, summary)
+        inc["id"], list(sla.STAGES), v.started_at, v.deadlines, v.warn_ats, v.mets,
+        v.summary)
     if row is not None:
         inc.update(row.items())
-    return summary
+    return v.summary
 
 
 def _warn_at(cal: sla.WorkCalendar, share: float, opened_at: float, deadline: float,

@@ -10,9 +10,10 @@ One decision is one transaction: a transaction-scoped advisory lock (``PLAN_LOCK
 serialises deciders across processes, the state is read under it
 (``store.dispatch_state``), the pure core decides (``planner.decide``), and every
 withdrawal, alert and dispatch is written with its case-log entries, SLA clocks and events
-(``core.outbox``). A crew's own action (accept, decline) does not take that lock; if one
-lands between the read and a write, the write finds the row changed and the whole decision
-is taken again from fresh state (``STALE_RETRIES``).
+(``core.outbox``), set-based: a fixed number of statements however many cases the
+decision moves (``dispatch/decision_writes.py``). A crew's own action (accept, decline)
+does not take that lock; if one lands between the read and a write, the write finds the
+row changed and the whole decision is taken again from fresh state (``STALE_RETRIES``).
 """
 
 from __future__ import annotations
@@ -23,23 +24,12 @@ from typing import Any
 
 import asyncpg
 
-from core import outbox
-from core.db import Conn, row_view
-from core.entities import INCIDENT_COLUMNS, UNIT_COLUMNS
 from core.errors import Conflict, InvalidInput
-from core.events import SupervisorAlerted, UnitAssigned, UnitStatusChanged
 from core.settings import Settings
-from dispatch import clocks, planner, store
+from dispatch import decision_writes, planner, store
 from dispatch.geo import RoadGraph
 from dispatch.model import DispatchPolicy
-from dispatch.reasons import Reason
-from dispatch.service import (
-    ACCEPT_TIMEOUT_S,
-    OVERRIDE_REASONS,
-    SYSTEM_ACTOR,
-    _release_unit,
-    _step,
-)
+from dispatch.service import OVERRIDE_REASONS, SYSTEM_ACTOR
 
 log = logging.getLogger("dispatch.decisions")
 
@@ -50,14 +40,6 @@ PLAN_LOCK_KEY = 4_710_004
 # A crew's accept or decline racing a decision makes it re-read and decide again; three
 # rounds is far more than two humans pressing buttons in the same millisecond need.
 STALE_RETRIES = 3
-
-# The workflow action that ends an assignment of each status.
-_ACTION_FOR = {"declined": "decline", "escalated": "decline", "preempted": "withdraw",
-               "superseded": "withdraw", "redirected": "withdraw"}
-
-
-class _Stale(Exception):
-    """The committed state moved under the decision; decide again."""
 
 
 def policy_from_settings(settings: Settings) -> DispatchPolicy:
@@ -94,115 +76,14 @@ async def decide_and_apply(pool: asyncpg.Pool, event: planner.Input, graph: Road
                 now = time.time()
                 state = await store.dispatch_state(conn)
                 decision = planner.decide(state, event, now, policy, graph)
-                views = await _apply(conn, decision, now, actor, note)
+                views = await decision_writes.apply(conn, decision, now, actor, note)
             return decision, views
-        except _Stale:
+        except decision_writes.Stale:
             if attempt == STALE_RETRIES:
                 raise Conflict("the case changed while it was being planned; try again",
                                code="dispatch.conflict") from None
             log.info("decision on %s raced a crew's action; deciding again", event)
     raise AssertionError("unreachable")
-
-
-def _text(why: Reason, note: str) -> str:
-    return why.text() + (f" — {note}" if note else "")
-
-
-async def _apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: str
-                 ) -> dict[str, Any]:
-    # Lock every unit the decision moves at once, in id order: the ingest writer locks the
-    # units whose positions a batch carries in id order too (ingest/writer.py LOCK_UNITS),
-    # so a decision and a position flush never deadlock.
-    touched = sorted({w.unit_id for w in d.withdrawals} | {x.unit_id for x in d.dispatches})
-    if touched:
-        await conn.execute("SELECT 1 FROM units WHERE id = ANY($1::text[]) ORDER BY id "
-                           "FOR NO KEY UPDATE", touched)
-    # Then every case it moves, at once and in id order too (a crew's action locks one
-    # case, then its unit): one round trip, not one per case. Each row is kept current
-    # below as the decision writes it (a withdrawn case may be dispatched again).
-    cases = sorted({int(w.incident_id) for w in d.withdrawals}
-                   | {int(x.incident_id) for x in d.dispatches})
-    locked: dict[int, dict[str, Any]] = {}
-    if cases:
-        locked = {int(r["id"]): dict(r) for r in await conn.fetch(
-            f"SELECT {INCIDENT_COLUMNS} FROM incidents i WHERE i.id = ANY($1::bigint[]) "
-            "ORDER BY i.id FOR UPDATE", cases)}
-    released: dict[str, str] = {}
-    for w in d.withdrawals:
-        by_operator = w.why.code in ("withdraw.override", "withdraw.redirected")
-        who = actor if by_operator else SYSTEM_ACTOR
-        inc = locked.get(int(w.incident_id))
-        if inc is None or inc["assigned_unit"] != w.unit_id:
-            raise _Stale
-        if w.status == "escalated":
-            await conn.execute(
-                "UPDATE assignments SET escalated_at = now() WHERE incident_id = $1 AND "
-                "status = 'active'", int(w.incident_id))
-        await _release_unit(conn, int(w.incident_id), _ACTION_FOR[w.status], who, now,
-                            _text(w.why, note if by_operator else ""), w.status, inc)
-        released[w.unit_id] = w.incident_id
-    for a in d.alerts:
-        row = await conn.fetchrow(
-            """INSERT INTO supervisor_alerts (incident_id, kind, message, why)
-               VALUES ($1, $2, $3, $4) RETURNING *""",
-            int(a.incident_id), a.kind, a.why.text(), a.why.as_json())
-        await outbox.record(conn, SupervisorAlerted(
-            alert=row_view(row), incident=await store.incident_view(conn, int(a.incident_id))))
-    views: dict[str, Any] = {}
-    for x in d.dispatches:
-        views[x.incident_id] = await _dispatch(conn, x, locked.get(int(x.incident_id)), now,
-                                               actor, note)
-        released.pop(x.unit_id, None)
-    for unit_id in released:  # taken off a case and not sent elsewhere: now free
-        await outbox.record(conn, UnitStatusChanged(unit=await store.unit_view(conn, unit_id)))
-    return views
-
-
-async def _dispatch(conn: Conn, x: planner.Dispatch, inc: dict[str, Any] | None, now: float,
-                    actor: str, note: str) -> dict[str, Any]:
-    """``inc``: the case's row, locked by this transaction and current."""
-    iid = int(x.incident_id)
-    if inc is None or inc["state"] != "registered" or inc["assigned_unit"] is not None:
-        raise _Stale
-    # The unit's view for the event comes back with the move (nothing later in this
-    # function writes the unit's row).
-    moved = await conn.fetchrow(
-        f"""UPDATE units u SET status = 'dispatched', current_incident = $2,
-                                updated_at = now()
-            WHERE u.id = $1 AND u.status IN ('available', 'returning')
-            RETURNING {UNIT_COLUMNS}""",
-        x.unit_id, iid)
-    if moved is None:
-        raise _Stale
-    by_operator = x.override_code is not None
-    text = _text(x.why, note if by_operator else "")
-    override_text = None
-    if x.override_code is not None:
-        label = OVERRIDE_REASONS.get(x.override_code, x.override_code)
-        override_text = f"{x.override_code}: {label}" + (f" — {note}" if note else "")
-    recommendation = {
-        "pick": x.pick, "reason": x.why.text(), "why": x.why.as_json(),
-        "candidates": planner.candidates_json(x.candidates),
-    }
-    # The assignment and the incident's copy of its unit in one statement.
-    assignment = await conn.fetchrow(
-        """WITH marked AS (UPDATE incidents SET assigned_unit = $2 WHERE id = $1)
-           INSERT INTO assignments (incident_id, unit_id, assigned_at, eta_s, reason,
-                                    override_reason, recommendation, accept_due, why)
-           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) RETURNING *""",
-        iid, x.unit_id, store.ts(now), x.eta_s, text, override_text, recommendation,
-        store.ts(now + ACCEPT_TIMEOUT_S.get(int(inc["priority"]), 900.0)
-                 * clocks.SlaConfig.scale),
-        x.why.as_json())
-    inc["assigned_unit"] = x.unit_id
-    await _step(conn, inc, "dispatch", actor if by_operator else SYSTEM_ACTOR, now,
-                override_text or text)
-    view = row_view(assignment)
-    # ``inc`` is the incident's row as _step's last write left it (clocks.update_clocks).
-    await outbox.record(conn, UnitAssigned(
-        incident=row_view(inc),
-        unit=row_view(moved), assignment=view))
-    return view
 
 
 # ---------------------------------------------------------------- the callers' entry points

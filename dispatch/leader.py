@@ -5,8 +5,11 @@ event that can change the plan becomes one input of the decision core
 (``dispatch/planner.py``), decided and applied in one transaction by
 ``dispatch/decisions.py``: a case registered (or back to registered) ->
 ``IncidentRegistered``; a crew's decline -> ``UnitDeclined``; a unit free ->
-``UnitFreed``; a dispatch not accepted in time (the SLA timer) -> ``AcceptTimedOut``. At
-start it plans every waiting case at once (``Replan``). Each input re-plans every waiting
+``UnitFreed``; a dispatch not accepted in time (the SLA timer) -> ``AcceptTimedOut``; while
+a case waits, a new GPS fix of a unit that could take it -> ``PositionUpdated``, at most
+once per ``Settings.dispatch_position_replan_s`` (``check_positions``: positions arrive at
+1 Hz per unit and carry no event). At start it plans every waiting case at once
+(``Replan``). Each input re-plans every waiting
 case jointly, so the running hub and ``./hubctl bench dispatch`` decide alike. The lock is held by a
 dedicated connection: if the leader's process dies, PostgreSQL drops the connection and the
 lock, and a follower's next try (every ``LEADER_RETRY_S``) takes over, rebuilding its timer
@@ -24,7 +27,7 @@ from core.bus import Bus
 from core.db import connect
 from core.events import Envelope
 from core.settings import Settings
-from dispatch import decisions, planner, service
+from dispatch import decisions, planner, service, store
 from dispatch.clocks import SlaTimer
 from dispatch.command_sender import CommandSender
 from dispatch.geo import RoadGraph
@@ -41,6 +44,14 @@ LEADER_RETRY_S = 1.0
 LEADER_CHECK_S = 2.0
 # Events the leader may hold while it works; beyond this it re-reads the database instead.
 EVENT_QUEUE = 100_000
+# A fix is looked for this far back from the previous position round: the ingest writer's
+# flush interval plus the skew between a phone's clock (the fix's time) and the database's.
+POSITION_LAG_S = 5.0
+# Units with a new fix read per position round (one plan covers them all: the core plans
+# every waiting case jointly, so the first that matters is enough).
+POSITION_CANDIDATES = 50
+# Statuses of units a waiting case can get: free, or re-plannable / preemptable.
+POSITION_STATUSES = ["available", "returning", "dispatched", "en_route"]
 
 
 class Dispatcher:
@@ -57,6 +68,10 @@ class Dispatcher:
         self.is_leader = False
         self._task: asyncio.Task[None] | None = None
         self._lock_conn: asyncpg.Connection | None = None
+        # Position rounds: the database time of the last round, and the fix each unit
+        # last caused a plan with (the look-back sees a fix in two rounds: act once).
+        self._positions_checked: float | None = None
+        self._fix_acted: dict[str, float] = {}
 
     async def start(self) -> None:
         if self.graph is None:
@@ -78,6 +93,7 @@ class Dispatcher:
         while True:
             timer_task: asyncio.Task[None] | None = None
             commands_task: asyncio.Task[None] | None = None
+            positions_task: asyncio.Task[None] | None = None
             try:
                 self._lock_conn = await connect(self.settings.database_url)
                 while not await self._lock_conn.fetchval(
@@ -91,6 +107,10 @@ class Dispatcher:
                     timer_task = asyncio.create_task(self.timer.run(), name="dispatch.sla")
                     commands_task = asyncio.create_task(self.commands.run(),
                                                         name="dispatch.commands")
+                    self._positions_checked = None
+                    if self.settings.dispatch_position_replan_s > 0:
+                        positions_task = asyncio.create_task(self._position_rounds(),
+                                                             name="dispatch.positions")
                     await self.catch_up()
                     while True:
                         try:
@@ -110,8 +130,8 @@ class Dispatcher:
                             sub = self.bus.subscribe(EVENT_QUEUE)
                             await self.timer.rebuild()
                             await self.catch_up()
-                        for side in (timer_task, commands_task):
-                            if side.done():
+                        for side in (timer_task, commands_task, positions_task):
+                            if side is not None and side.done():
                                 side.result()  # surface a crashed task, then restart
                 finally:
                     self.bus.unsubscribe(sub)
@@ -122,7 +142,7 @@ class Dispatcher:
                 await asyncio.sleep(LEADER_RETRY_S)
             finally:
                 self.is_leader = False
-                for side_task in (timer_task, commands_task):
+                for side_task in (timer_task, commands_task, positions_task):
                     if side_task is not None:
                         side_task.cancel()
                 if self._lock_conn is not None:
@@ -139,6 +159,43 @@ class Dispatcher:
         for a in alarms:
             await service.open_incident_for_alarm(self.pool, {"id": a["id"]})
         await self.decide(planner.Replan())
+
+    async def _position_rounds(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.dispatch_position_replan_s)
+            try:
+                await self.check_positions()
+            except Exception:
+                log.exception("position round failed; next round in %s s",
+                              self.settings.dispatch_position_replan_s)
+
+    async def check_positions(self) -> planner.Decision | None:
+        """One position round: if a unit that could take a waiting case (its
+        qualification, a status the core may send or divert from) has reported a fix not
+        acted on yet, plan once with ``PositionUpdated`` for it. Returns that decision,
+        None when no fix mattered. The first round after taking the lead only notes the
+        time (catch-up has just planned)."""
+        rows = await self.pool.fetch(
+            """SELECT now() AS checked, u.id,
+                      extract(epoch FROM u.position_ts)::float8 AS fix
+               FROM (SELECT 1) one LEFT JOIN units u
+                 ON u.position_ts > $1::timestamptz - make_interval(secs => $2)
+                AND u.status = ANY($3::text[])
+                AND EXISTS (SELECT 1 FROM incidents i WHERE i.state = 'registered'
+                            AND i.assigned_unit IS NULL
+                            AND i.qualification = ANY(u.qualifications))
+               ORDER BY u.position_ts DESC, u.id LIMIT $4""",
+            store.ts(self._positions_checked or 0.0), POSITION_LAG_S, POSITION_STATUSES,
+            POSITION_CANDIDATES)
+        first_round = self._positions_checked is None
+        self._positions_checked = rows[0]["checked"].timestamp()
+        fresh = [(r["id"], r["fix"]) for r in rows
+                 if r["id"] is not None and self._fix_acted.get(r["id"], -1.0) < r["fix"]]
+        for unit_id, fix in fresh:
+            self._fix_acted[unit_id] = fix
+        if first_round or not fresh:
+            return None
+        return await self.decide(planner.PositionUpdated(fresh[0][0]))
 
     async def decide(self, event: planner.Input) -> planner.Decision:
         """One input through the core, applied in one transaction."""

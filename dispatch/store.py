@@ -141,6 +141,30 @@ async def step_read(conn: Querier, incident_id: int
     return state, head, {r["stage"]: r for r in rows if r["seq"] is None}
 
 
+async def step_reads(conn: Querier, incident_ids: list[int]
+                     ) -> dict[int, tuple[workflow.CaseState, LogHead, dict[str, Any]]]:
+    """``step_read`` of several cases in one round trip (a decision moves several; the
+    caller holds their row locks)."""
+    rows = await conn.fetch(
+        """SELECT incident_id, seq, hash, action, actor, ts, reason, NULL::text AS stage,
+                  NULL::timestamptz AS met_at, NULL::timestamptz AS warned_at,
+                  NULL::timestamptz AS breached_at
+           FROM case_log WHERE incident_id = ANY($1::bigint[])
+           UNION ALL
+           SELECT incident_id, NULL, NULL, NULL, NULL, NULL, NULL, stage, met_at, warned_at,
+                  breached_at
+           FROM sla_clocks WHERE incident_id = ANY($1::bigint[])
+           ORDER BY incident_id, seq""", incident_ids)
+    logs: dict[int, list[Any]] = {i: [] for i in incident_ids}
+    clock_rows: dict[int, dict[str, Any]] = {i: {} for i in incident_ids}
+    for r in rows:
+        if r["seq"] is not None:
+            logs[r["incident_id"]].append(r)
+        else:
+            clock_rows[r["incident_id"]][r["stage"]] = r
+    return {i: (*_replay(logs[i]), clock_rows[i]) for i in incident_ids}
+
+
 async def unit_members(conn: Querier, unit_ids: Iterable[str | None]) -> frozenset[str]:
     """Principals known to act for these units: the names of their phones' API tokens
     (revoked ones too: they were members when they acted). Units themselves are ids."""

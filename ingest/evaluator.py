@@ -30,6 +30,7 @@ import asyncpg
 
 from core.db import connect
 from core.settings import Settings
+from core.town_time import DEFAULT_TOWN_TZ
 from ingest import wire
 from ingest.mqtt import MqttIngest
 from ingest.watch import AlarmWatch
@@ -58,11 +59,12 @@ class RuleEvaluator:
     """
 
     def __init__(self, pool: asyncpg.Pool, ack: Callable[[Iterable[Ack]], None], *,
-                 checkpoint_s: float, realarm_s: float, reorder_window_s: float) -> None:
+                 checkpoint_s: float, realarm_s: float, reorder_window_s: float,
+                 town_tz: str = DEFAULT_TOWN_TZ) -> None:
         self.pool = pool
         self.ack = ack
         self.checkpoint_s = checkpoint_s
-        self.watch = AlarmWatch(pool)
+        self.watch = AlarmWatch(pool, town_tz)
         self.watch.realarm_s = realarm_s
         self.watch.reorder_window_s = reorder_window_s
         self._held: list[Ack] = []
@@ -193,7 +195,8 @@ class EvaluatorLeader:
         evaluator = RuleEvaluator(self.pool, lambda acks: mqtt.ack(acks) if mqtt else None,
                                   checkpoint_s=s.rules_checkpoint_s,
                                   realarm_s=s.alarm_realarm_s,
-                                  reorder_window_s=s.reorder_window_s)
+                                  reorder_window_s=s.reorder_window_s,
+                                  town_tz=s.town_tz)
         graceful = False
         try:
             self.is_leader = True

@@ -75,7 +75,8 @@ class IngestRole:
             self.evaluator = RuleEvaluator(self.pool, self._ack,
                                            checkpoint_s=s.rules_checkpoint_s,
                                            realarm_s=s.alarm_realarm_s,
-                                           reorder_window_s=s.reorder_window_s)
+                                           reorder_window_s=s.reorder_window_s,
+                                           town_tz=s.town_tz)
             # Acknowledged after commit *and* the next rules checkpoint.
             writer = BatchWriter(
                 self.pool, ack=self.evaluator.hold, batch_size=s.ingest_batch_size,

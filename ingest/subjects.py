@@ -8,10 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core import geometry
+from core.town_time import DEFAULT_TOWN_TZ, seconds_of_day
 from ingest import rules
-
-# China Standard Time, for rules with active hours (e.g. GB 3096-2008 night limits).
-LOCAL_OFFSET_S = 8 * 3600
 
 
 def parse_hours(text: str | None) -> tuple[int, int] | None:
@@ -27,10 +25,12 @@ def parse_hours(text: str | None) -> tuple[int, int] | None:
     return sec(start), sec(end)
 
 
-def in_hours(hours: tuple[int, int] | None, ts: float) -> bool:
+def in_hours(hours: tuple[int, int] | None, ts: float, tz: str = DEFAULT_TOWN_TZ) -> bool:
+    """Whether ``ts`` falls in ``hours`` of the town's day (zone ``tz``: the settings'
+    ``town_tz``; e.g. GB 3096-2008 night limits run 22:00-06:00 local time)."""
     if hours is None:
         return True
-    t = (ts + LOCAL_OFFSET_S) % 86400
+    t = seconds_of_day(ts, tz)
     start, end = hours
     return start <= t < end if start <= end else (t >= start or t < end)
 

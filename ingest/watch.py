@@ -36,6 +36,7 @@ from typing import Any, cast
 
 import asyncpg
 
+from core.town_time import DEFAULT_TOWN_TZ, zone
 from ingest import alarms, reorder, rules
 from ingest.storm import AlarmGroups, FlapDetector, RateCap, StormGrouper, cap_key
 from ingest.subjects import Subject, Watched, in_hours
@@ -91,8 +92,10 @@ class Transition:
 
 
 class AlarmWatch:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, town_tz: str = DEFAULT_TOWN_TZ) -> None:
         self.pool = pool
+        zone(town_tz)  # an unknown zone stops the start, not the first night reading
+        self.town_tz = town_tz  # rules' active hours are the town's (Settings.town_tz)
         self.states: dict[Key, rules.RuleState] = {}
         self.dirty: set[Key] = set()
         self.flaps = FlapDetector(FLAP_MAX, FLAP_WINDOW_S, FLAP_STABLE_S)
@@ -264,7 +267,7 @@ class AlarmWatch:
             if not candidates:
                 continue
             for w in candidates:
-                if not in_hours(w.hours, r.ts):
+                if not in_hours(w.hours, r.ts, self.town_tz):
                     continue
                 key = (w.rule.id, dev.id)
                 st = states.get(key, rules.INITIAL)

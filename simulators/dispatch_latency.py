@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Container
 from typing import Any
 
 import asyncpg
@@ -45,6 +46,7 @@ class _TimedLeader(Dispatcher):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.committed: dict[str, tuple[float, float, planner.Decision]] = {}
+        self.freed: set[str] = set()  # units whose UnitFreed decision has committed
         self.wake = asyncio.Event()
 
     async def decide(self, event: planner.Input) -> planner.Decision:
@@ -53,7 +55,21 @@ class _TimedLeader(Dispatcher):
         if isinstance(event, planner.IncidentRegistered):
             self.committed[event.incident_id] = (started, time.perf_counter(), decision)
             self.wake.set()
+        elif isinstance(event, planner.UnitFreed):
+            self.freed.add(event.unit_id)
+            self.wake.set()
         return decision
+
+    async def wait(self, box: Container[str], key: str) -> None:
+        """Until ``key`` is in ``box`` (``committed`` or ``freed``), woken by the leader's
+        decisions; a failure after ``DECISION_TIMEOUT_S``."""
+        deadline = time.perf_counter() + DECISION_TIMEOUT_S
+        while key not in box:
+            if time.perf_counter() >= deadline:
+                raise RuntimeError(f"{key}: not decided within {DECISION_TIMEOUT_S} s")
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), deadline - time.perf_counter())
 
 
 # Dispatches not yet accepted at the timed moments: crews accept within a minute or two and
@@ -62,8 +78,8 @@ class _TimedLeader(Dispatcher):
 UNACCEPTED = 8
 # A timed decision that has not committed after this long is a failure, not a data point.
 DECISION_TIMEOUT_S = 10.0
-# Pause after each timed case (see the loop): the leader's re-plan for the freed unit takes
-# tens of milliseconds on a loaded 2-core machine; 0.3 s leaves it done.
+# Pause after the leader's re-plan for each timed case's freed unit has committed (see the
+# loop), for what follows it (the command sender, the event feed) to settle too.
 SETTLE_S = 0.3
 
 
@@ -144,22 +160,21 @@ async def measure(settings: Settings, town: Town, seed: int, *, n_units: int = 3
                 lat=inc.lat, source="operator", reporter="bench")
             t0 = time.perf_counter()
             iid = int(view["id"])
-            deadline = t0 + DECISION_TIMEOUT_S
-            while str(iid) not in leader.committed and time.perf_counter() < deadline:
-                leader.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(leader.wake.wait(), deadline - time.perf_counter())
-            if str(iid) not in leader.committed:
-                raise RuntimeError(f"case {iid} not decided within {DECISION_TIMEOUT_S} s")
+            await leader.wait(leader.committed, str(iid))
             started, t1, decision = leader.committed.pop(str(iid))
-            if not any(d.incident_id == str(iid) for d in decision.dispatches):
+            sent = next((d.unit_id for d in decision.dispatches
+                         if d.incident_id == str(iid)), None)
+            if sent is None:
                 raise RuntimeError(f"case {iid} was not assigned: {decision.waiting}")
             ms.append((t1 - t0) * 1e3)
             inside.append((t1 - started) * 1e3)
             # Free the unit again so that the picture stays the same size.
+            leader.freed.discard(sent)
             await service.apply_action(pool, iid, "cancel", "bench", "bench: timed case")
             # Let the leader re-plan for the freed unit before the next case is timed: a
-            # decision queued behind another is the leader's backlog, not its latency.
+            # decision queued behind another is the leader's backlog, not its latency (and
+            # that re-plan would take the next case up before its own decision does).
+            await leader.wait(leader.freed, sent)
             await asyncio.sleep(SETTLE_S)
         return {
             "hub_decision_p50_ms": round(_pct(ms, 50), 2),

@@ -311,6 +311,40 @@ def test_case_page_gives_dispatch_reasons_in_the_page_language(
     assert page.errors == []  # type: ignore[attr-defined]
 
 
+def test_operator_redirects_an_en_route_unit_from_the_case_page(page: Page,
+                                                                 hub: HubProcess) -> None:
+    """The case page offers "redirect the unit" while its unit is on the way; the dialog
+    takes a reason code and a note, the unit comes off the case (recorded as redirected,
+    by the logged-in operator) and the case goes back to planning."""
+    inc = _new_case(hub, "改派测试", priority=3)
+    deadline = time.monotonic() + 15
+    while not (detail := hub.client.get(f"/api/incidents/{inc['id']}").json())["assignments"]:
+        assert time.monotonic() < deadline, "the case was not dispatched"
+        time.sleep(0.1)
+    unit = detail["incident"]["assigned_unit"]
+    hub.client.post(f"/api/incidents/{inc['id']}/actions", json={"action": "accept"},
+                    timeout=10)  # en route
+    page.goto(f"{hub.url}/cases/{inc['id']}")
+    page.wait_for_selector('#case-state[data-state="accepted"]', timeout=15000)
+    page.click("#case-actions button[data-action=redirect]")
+    dialog = page.locator("#redirect-dialog")
+    dialog.wait_for(state="visible", timeout=5000)
+    assert unit in dialog.locator(".dlg-title").inner_text()
+    dialog.locator("select[name=reason_code]").select_option("local_knowledge")
+    dialog.locator("textarea[name=note]").fill("熟悉该小区")
+    dialog.locator("button[value=ok]").click()
+    dialog.wait_for(state="hidden", timeout=10000)
+    after = hub.client.get(f"/api/incidents/{inc['id']}").json()
+    first = next(a for a in after["assignments"] if a["unit_id"] == unit)
+    assert first["status"] == "redirected"
+    withdraw = next(e for e in after["log"] if e["action"] == "withdraw")
+    # The browser's login (shown in the header), not a name sent in the request.
+    assert withdraw["actor"] == page.inner_text("#user-name")
+    assert "熟悉该小区" in withdraw["reason"]
+    assert after["incident"]["assigned_unit"] != unit
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
 # ------------------------------------------------------------------ unit page
 def test_unit_page_plays_a_track(page: Page, hub: HubProcess, publisher: Publisher) -> None:
     town = town_doc()

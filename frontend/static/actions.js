@@ -4,7 +4,9 @@
 //
 // - acknowledge an alarm;  - open a case at a point (the map's "new case" click);
 // - move a case a step (the actions the workflow allows; a reason is asked where the
-//   workflow requires one);  - assign or re-assign a unit with a reason code (override).
+//   workflow requires one);  - assign or re-assign a unit with a reason code (override);
+// - redirect the case's dispatched or en-route unit, with a reason code: the case goes back
+//   to planning and the unit, if a case number is given, goes there.
 // Forms are <dialog>s rendered by templates/_dialogs.html; an error keeps the dialog open
 // and shows the server's message in it.
 
@@ -20,6 +22,9 @@ export const REASON_REQUIRED = new Set(["decline", "withdraw", "verify_fail",
 const HIDDEN_ACTIONS = new Set(["dispatch"]);
 // States in which a unit may be assigned by hand (registered) or replaced (override).
 const ASSIGNABLE_STATES = new Set(["registered", "dispatched", "accepted"]);
+// States in which the case's unit is on its way and may be redirected (dispatch/planner.py
+// takes a unit off its case only while it is dispatched or en route).
+const REDIRECTABLE_STATES = new Set(["dispatched", "accepted"]);
 // Actions shown as the primary (next step) button; the rest are secondary.
 const FORWARD = new Set(["register", "accept", "start_handling", "give_feedback", "verify_ok",
   "close", "evaluate", "archive", "approve_extension", "resume", "reopen"]);
@@ -143,6 +148,16 @@ export function renderActionButtons(container, inc, allowed, ctx) {
     });
     container.append(b);
   }
+  if (REDIRECTABLE_STATES.has(inc.state) && inc.assigned_unit) {
+    const b = el("button", "act redirect", t("actions.redirect"));
+    b.type = "button";
+    b.dataset.action = "redirect";
+    b.addEventListener("click", async () => {
+      const r = await openRedirectDialog(inc);
+      if (r && ctx.onDone) ctx.onDone(r);
+    });
+    container.append(b);
+  }
   if (!container.firstChild) container.append(el("span", "dim", t("actions.none")));
 }
 
@@ -213,6 +228,45 @@ export async function openOverrideDialog(inc, units) {
     });
   });
   if (result) toast(t("override.done", { id: inc.id, unit: result.unit_id || "" }), "ok");
+  return result;
+}
+
+// ------------------------------------------------------------------ redirect
+function fillReasons(select, reasons) {
+  select.replaceChildren();
+  for (const [code, text] of Object.entries(reasons)) {
+    const key = `override.reason.${code}`;
+    const o = el("option", "", t(key) !== key ? t(key) : text);
+    o.value = code;
+    select.append(o);
+  }
+}
+
+// Takes the case's unit off it (POST /api/units/{id}/redirect); resolves to the API's
+// answer ({unit_id, withdrawn, assignments}) or null when cancelled.
+export async function openRedirectDialog(inc) {
+  const dialog = $("redirect-dialog");
+  let reasons;
+  try {
+    reasons = await loadOverrideReasons();
+  } catch (err) {
+    toast(errorText(err));
+    return null;
+  }
+  const unit = inc.assigned_unit;
+  dialog.querySelector(".dlg-title").textContent = t("redirect.title", { unit, id: inc.id });
+  dialog.querySelector(".dlg-sub").textContent = t("redirect.sub", { id: inc.id });
+  fillReasons(dialog.querySelector("select[name=reason_code]"), reasons);
+  dialog.querySelector("input[name=to_incident]").value = "";
+  dialog.querySelector("textarea[name=note]").value = "";
+  const result = await runDialog(dialog, (data) => {
+    const to = String(data.get("to_incident") || "").trim();
+    const body = { reason_code: String(data.get("reason_code") || ""),
+      note: String(data.get("note") || "").trim() };
+    if (to) body.to_incident = Number(to);
+    return postJson(`/api/units/${encodeURIComponent(unit)}/redirect`, body);
+  });
+  if (result) toast(t("redirect.done", { unit, id: inc.id }), "ok");
   return result;
 }
 
