@@ -37,6 +37,7 @@ KINDS: frozenset[str] = frozenset({
     "mqtt_account.set",     # a gateway/fleet/service account's password set by the set-up
     "rule.changed",
     "rule.disabled",
+    "device.senml_map_changed",  # a device's SenML name mapping (hub/senml_map_api.py)
 })
 
 # A page of the trail; a longer look-back is a narrower filter, not a bigger page.
