@@ -6,7 +6,7 @@ that names the device alone (by unit) or through an LwM2M path stores under.
 - ``PUT /api/devices/{device_id}/senml-map`` ``{"map": {"Cel": "temperature_c",
   "3303/1/5700": "water_temp_c"}}``: replaces the overrides (an empty map removes them).
   Keys are SenML units or LwM2M paths ``object/instance/resource``; values are metric ids.
-  Bad input is ``400 senml_map.invalid`` (nothing changed); an unknown device ``404
+  Bad input is ``422 senml_map.invalid`` (nothing changed); an unknown device ``404
   device.not_found``. The change and its audit row (``device.senml_map_changed``, actor =
   the logged-in principal) commit together; this process's ingest applies it at once,
   other ingest processes within their registry reload interval.
