@@ -248,6 +248,9 @@ async def test_backtests_run_in_a_child_process_with_caps_and_cancel(
     done = await jobs.run("a", rule, base - 1, base + 3600, None, [dev])
     assert done["readings"] == 100 and len(done["episodes"]) == 10
     assert done["pid"] != os.getpid()  # evaluated in another process
+    # the test server is on this machine and the tests' user may renice it (root, or the
+    # server's own user): the backend that read for the backtest ran at the lowest priority
+    assert done["backend_lowered"] == "nice 19"
     # cancelled while running: the child is killed, the caller told
     task = asyncio.create_task(jobs.run("b", rule, base - 1, base + 3600, None, [dev]))
     await wait_for(lambda: asyncio.sleep(0, "b" in jobs.running), interval=0.005)
