@@ -5,11 +5,15 @@
 stdout. The child streams the readings with a server-side cursor, device by device, through
 the pure ``ingest.backtest.backtest``, so its memory is one device's series plus the
 episodes, and stops at ``max_rows`` readings. It runs at the lowest CPU priority
-(``SCHED_IDLE``, else ``CHILD_NICE``). The parent kills it after ``max_s`` seconds and
+(``SCHED_IDLE``, else ``CHILD_NICE``; set by the parent as soon as it is spawned), and so
+does, where the kernel allows it, the PostgreSQL backend reading for it (``BACKEND_NICE``:
+a server on this machine, same PID namespace, run by this user or with root here); where
+not, the child paces itself (``PACE``). The parent kills it after ``max_s`` seconds and
 when the request is cancelled (``Backtests.cancel``, or the HTTP client gone), and refuses
 a new one while ``max_running`` run.
 
-Child result: ``{"ok": true, "readings": n, "episodes": [...], "pid": n}`` or
+Child result: ``{"ok": true, "readings": n, "episodes": [...], "pid": n,
+"backend_lowered": "nice 19" | "not permitted" | "not local" | ...}`` or
 ``{"ok": false, "code": "backtest.too_many_rows", "detail": "..."}``.
 """
 
@@ -39,11 +43,13 @@ _ROOT = Path(__file__).resolve().parents[1]  # the child imports the project fro
 # machine ingest and alarms get the CPU first and a backtest only what is left (a person
 # waiting seconds, not an alarm waiting milliseconds; the time cap bounds the wait).
 CHILD_NICE = 19
-# ... and it paces itself: after each round of CURSOR_PREFETCH readings it rests this many
-# times as long as the round took. The idle class covers the child, not the PostgreSQL
-# backend that reads for it (normal priority); pacing bounds both to about half a core at
-# most (measured: back-to-back backtests on a saturated 2-core machine doubled the alarm
-# p99 without it). A backtest takes about twice as long; HUB_BACKTEST_MAX_S still bounds it.
+# ... and, when it cannot lower the PostgreSQL backend that reads for it (a server in
+# another container or host, or run by another user: _lower_backend), it paces itself:
+# after each round of CURSOR_PREFETCH readings it rests this many times as long as the
+# round took. The idle class covers the child, not that backend (normal priority); pacing
+# bounds both to about half a core at most (measured: back-to-back backtests on a
+# saturated 2-core machine doubled the alarm p99 without it). A backtest then takes about
+# twice as long; HUB_BACKTEST_MAX_S still bounds it.
 PACE = 1.0
 # Niceness given to the PostgreSQL backend reading for a backtest (when the server is local
 # and ours, see _lower_backend): the weakest CFS weight short of the idle class.
@@ -137,6 +143,9 @@ async def _child(req: dict[str, Any]) -> dict[str, Any]:
         # beside ingest's writes (the child's idle class does not reach them).
         await conn.execute("SET max_parallel_workers_per_gather = 0")
         backend = await _lower_backend(conn, req["database_url"])
+        # Pacing stands in for a lowered backend: with one, the backend gets only the CPU
+        # the alarm path leaves, and resting would only slow the backtest down.
+        pace = 0.0 if backend.startswith("nice") else PACE
         intervals = {x["id"]: float(x["interval_s"]) for x in await conn.fetch(
             "SELECT id, interval_s FROM devices")}
         episodes: list[bt.Episode] = []
@@ -149,9 +158,9 @@ async def _child(req: dict[str, Any]) -> dict[str, Any]:
                                          rule.metric or "", req["model"], req["device_ids"],
                                          prefetch=CURSOR_PREFETCH):
                 n += 1
-                if n % CURSOR_PREFETCH == 0:
+                if pace and n % CURSOR_PREFETCH == 0:
                     worked = time.monotonic() - round_start
-                    await asyncio.sleep(worked * PACE)
+                    await asyncio.sleep(worked * pace)
                     round_start = time.monotonic()
                 if n > max_rows:
                     return {"ok": False, "code": "backtest.too_many_rows",
