@@ -448,13 +448,14 @@ async def _backtests(hub: HubProcess, since: float, stop: asyncio.Event,
         took = time.monotonic() - t
         if status != 200:
             out["backtest_errors"].append(f"{status} {res}")
-            await asyncio.sleep(1.0)
-            continue
-        times.append(took * 1000)
-        out["backtest_readings"] = max(out["backtest_readings"], res["readings"])
-        if rest > 0:
+            took = max(took, 1.0)
+        else:
+            times.append(took * 1000)
+            out["backtest_readings"] = max(out["backtest_readings"], res["readings"])
+            out["backtest_backend"] = res.get("backend_lowered")
+        if rest > 0 or status != 200:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), took * rest)
+                await asyncio.wait_for(stop.wait(), took * rest if rest > 0 else 1.0)
     out["backtests"] = len(times)
     out["backtest_ms"] = summarize(sorted(times))
 
