@@ -17,8 +17,7 @@ import pytest_asyncio
 
 from core.db import connect
 from core.errors import Conflict, InvalidInput
-from ingest import rules, wire
-from ingest import backtest_job
+from ingest import backtest_job, rules, wire
 from ingest.backtest_job import Backtests
 from tests.conftest import HubProcess, Publisher, town_database, town_doc, wait_for
 
