@@ -217,6 +217,9 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("POST", "/api/mqtt/accounts"): ADMIN,
     ("POST", "/api/mqtt/accounts/{principal}/rotate"): ADMIN,
     ("DELETE", "/api/mqtt/accounts/{principal}"): ADMIN,
+    # ---- administering: a device's SenML name mapping (hub/senml_map_api.py)
+    ("GET", "/api/devices/{device_id}/senml-map"): ADMIN,
+    ("PUT", "/api/devices/{device_id}/senml-map"): ADMIN,
     # ---- administering: Open311 client applications' API keys (hub/open311_keys.py)
     ("GET", "/api/open311/keys"): ADMIN,
     ("POST", "/api/open311/keys"): ADMIN,

@@ -41,6 +41,7 @@ from hub import (
     open311_keys,
     reports_api,
     rules_api,
+    senml_map_api,
     sla_api,
     views,
 )
@@ -154,6 +155,7 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
     app.include_router(rules_api.router)
     app.include_router(sla_api.router)
     app.include_router(mqtt_accounts_api.router)
+    app.include_router(senml_map_api.router)
     app.include_router(audit_api.router)
     for admin in (admin_devices, admin_units, admin_users, admin_town, admin_pages):
         app.include_router(admin.router)

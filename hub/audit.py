@@ -45,6 +45,7 @@ KINDS: frozenset[str] = frozenset({
     "unit.changed",         # name, qualifications, members, home grid
     "unit.duty",            # put on or taken off duty by hand, with a handover note
     "town.imported",        # grids and roads replaced from GeoJSON
+    "device.senml_map_changed",  # a device's SenML name mapping (hub/senml_map_api.py)
 })
 
 # A page of the trail; a longer look-back is a narrower filter, not a bigger page.

@@ -2,20 +2,26 @@
 
 ``Backtests.run`` starts ``python -m ingest.backtest_job``, hands it the request on stdin
 (the database URL too: never in argv, where ``ps`` shows it) and reads one JSON result on
-stdout. The child streams the readings with a server-side cursor, device by device, through
-the pure ``ingest.backtest.backtest``, so its memory is one device's series plus the
-episodes, and stops at ``max_rows`` readings. It runs at the lowest CPU priority
-(``SCHED_IDLE``, else ``CHILD_NICE``). The parent kills it after ``max_s`` seconds and
+stdout. The child reads the readings device by device, one short query each (no snapshot
+held across the backtest: see ``_SERIES``), through the pure ``ingest.backtest.backtest``,
+so its memory is one device's series plus the episodes, and stops at ``max_rows``
+readings. It runs at the lowest CPU priority
+(``SCHED_IDLE``, else ``CHILD_NICE``; set by the parent as soon as it is spawned), and so
+does, where the kernel allows it, the PostgreSQL backend reading for it (``BACKEND_NICE``:
+a server on this machine, same PID namespace, run by this user or with root here); where
+not, the child paces itself (``PACE``). The parent kills it after ``max_s`` seconds and
 when the request is cancelled (``Backtests.cancel``, or the HTTP client gone), and refuses
 a new one while ``max_running`` run.
 
-Child result: ``{"ok": true, "readings": n, "episodes": [...], "pid": n}`` or
+Child result: ``{"ok": true, "readings": n, "episodes": [...], "pid": n,
+"backend_lowered": "nice 19" | "not permitted" | "not local" | ...}`` or
 ``{"ok": false, "code": "backtest.too_many_rows", "detail": "..."}``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -23,37 +29,49 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from core.db import connect
 from core.errors import Conflict, InvalidInput
 from ingest import backtest as bt
 from ingest import rules
 
-# Readings fetched from the cursor per round trip: large enough to amortise the round trip,
-# small enough to keep the child's memory flat.
-CURSOR_PREFETCH = 10_000
+# Readings (a device without any counts as one) per round of work between two rests,
+# when the child paces itself (PACE).
+ROUND_READINGS = 10_000
 _ROOT = Path(__file__).resolve().parents[1]  # the child imports the project from here
 # The child runs at Linux's idle scheduling class (else at this niceness): on a busy
 # machine ingest and alarms get the CPU first and a backtest only what is left (a person
 # waiting seconds, not an alarm waiting milliseconds; the time cap bounds the wait).
 CHILD_NICE = 19
-# ... and it paces itself: after each round of CURSOR_PREFETCH readings it rests this many
-# times as long as the round took. The idle class covers the child, not the PostgreSQL
-# backend that reads for it (normal priority); pacing bounds both to about half a core at
-# most (measured: back-to-back backtests on a saturated 2-core machine doubled the alarm
-# p99 without it). A backtest takes about twice as long; HUB_BACKTEST_MAX_S still bounds it.
+# ... and, when it cannot lower the PostgreSQL backend that reads for it (a server in
+# another container or host, or run by another user: _lower_backend), it paces itself:
+# after each round of ROUND_READINGS readings it rests this many times as long as the
+# round took. The idle class covers the child, not that backend (normal priority); pacing
+# bounds both to about half a core at most (measured: back-to-back backtests on a
+# saturated 2-core machine doubled the alarm p99 without it). A backtest then takes about
+# twice as long; HUB_BACKTEST_MAX_S still bounds it.
 PACE = 1.0
+# Niceness given to the PostgreSQL backend reading for a backtest (when the server is local
+# and ours, see _lower_backend): the weakest CFS weight short of the idle class.
+BACKEND_NICE = 19
+# Hosts of a database URL that mean this machine (a unix socket path starts with "/").
+_LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1"})
 
-# Devices in descending id order, each device's readings by time: a backward scan of the
-# unique index (device_id, metric, ts DESC) yields exactly that for one metric, so the
-# readings stream from the first fetch instead of after a sort of the whole range.
-_QUERY = """SELECT t.device_id, extract(epoch FROM t.ts)::float8 AS ts, t.value
-    FROM telemetry t JOIN devices d ON d.id = t.device_id
-    WHERE t.ts >= to_timestamp($1) AND t.ts < to_timestamp($2)
-      AND ($3 = '' OR t.metric = $3)
-      AND ($4::text IS NULL OR d.model = $4)
-      AND (cardinality($5::text[]) = 0 OR t.device_id = ANY($5))
-    ORDER BY t.device_id DESC, t.ts"""
+# The devices a backtest reads, and one device's readings by time (the unique index
+# (device_id, metric, ts) yields them in order for one metric). One short query per device
+# instead of one cursor over the whole range: a cursor holds one snapshot for the whole
+# backtest (tens of seconds at the lowest priority), and while it is held PostgreSQL cannot
+# prune the dead row versions of the tables ingest updates thousands of times a second
+# (telemetry_latest, rule_state), which then grow and slow every write beside the
+# backtest, the alarm path's too. Each query here is its own snapshot, for milliseconds.
+_DEVICES = """SELECT id, interval_s FROM devices
+    WHERE ($1::text IS NULL OR model = $1) AND (cardinality($2::text[]) = 0 OR id = ANY($2))
+    ORDER BY id DESC"""
+_SERIES = """SELECT extract(epoch FROM ts)::float8 AS ts, value FROM telemetry
+    WHERE device_id = $1 AND ts >= to_timestamp($2) AND ts < to_timestamp($3)
+      AND ($4 = '' OR metric = $4)
+    ORDER BY ts LIMIT $5"""
 
 
 @dataclass
@@ -83,6 +101,10 @@ class Backtests:
             sys.executable, "-m", "ingest.backtest_job", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=_ROOT)
         self.running[job_id] = proc
+        # The child lowers itself only once its imports are done (a few hundred ms of CPU
+        # at normal priority for every backtest, back to back); lowered from here it
+        # imports at the idle class too.
+        lower_priority(proc.pid)
         try:
             out, err = await asyncio.wait_for(
                 proc.communicate(json.dumps(request).encode()), self.max_s)
@@ -125,48 +147,87 @@ async def _child(req: dict[str, Any]) -> dict[str, Any]:
         # One backend reads for a backtest: parallel workers would run at normal priority
         # beside ingest's writes (the child's idle class does not reach them).
         await conn.execute("SET max_parallel_workers_per_gather = 0")
-        intervals = {x["id"]: float(x["interval_s"]) for x in await conn.fetch(
-            "SELECT id, interval_s FROM devices")}
+        backend = await _lower_backend(conn, req["database_url"])
+        # Pacing stands in for a lowered backend: with one, the backend gets only the CPU
+        # the alarm path leaves, and resting would only slow the backtest down.
+        pace = 0.0 if backend.startswith("nice") else PACE
+        devices = await conn.fetch(_DEVICES, req["model"], req["device_ids"])
+        intervals = {x["id"]: float(x["interval_s"]) for x in devices}
         episodes: list[bt.Episode] = []
         n = 0
-        device: str | None = None
-        series: list[tuple[float, float]] = []
+        since = 0  # readings since the last rest
         round_start = time.monotonic()
-        async with conn.transaction():
-            async for row in conn.cursor(_QUERY, req["since"], req["until"],
-                                         rule.metric or "", req["model"], req["device_ids"],
-                                         prefetch=CURSOR_PREFETCH):
-                n += 1
-                if n % CURSOR_PREFETCH == 0:
-                    worked = time.monotonic() - round_start
-                    await asyncio.sleep(worked * PACE)
-                    round_start = time.monotonic()
-                if n > max_rows:
-                    return {"ok": False, "code": "backtest.too_many_rows",
-                            "detail": f"more than {max_rows} readings; narrow the range"}
-                if row["device_id"] != device:
-                    if device is not None:
-                        episodes += bt.backtest(rule, {device: series}, intervals)
-                    device, series = row["device_id"], []
-                series.append((row["ts"], float(row["value"])))
-        if device is not None:
-            episodes += bt.backtest(rule, {device: series}, intervals)
+        for x in devices:
+            device = x["id"]
+            # One more than the cap allows: enough to know it is over, never a whole range.
+            rows = await conn.fetch(_SERIES, device, req["since"], req["until"],
+                                    rule.metric or "", max_rows - n + 1)
+            n += len(rows)
+            if n > max_rows:
+                return {"ok": False, "code": "backtest.too_many_rows",
+                        "detail": f"more than {max_rows} readings; narrow the range"}
+            if rows:
+                series = [(r["ts"], float(r["value"])) for r in rows]
+                episodes += bt.backtest(rule, {device: series}, intervals)
+            since += len(rows) + 1
+            if pace and since >= ROUND_READINGS:
+                worked = time.monotonic() - round_start
+                await asyncio.sleep(worked * pace)
+                round_start, since = time.monotonic(), 0
     finally:
         await conn.close()
     episodes.sort(key=lambda e: (e.raised_at, e.device_id))
     return {"ok": True, "readings": n, "episodes": [asdict(e) for e in episodes],
-            "pid": os.getpid()}
+            "pid": os.getpid(), "backend_lowered": backend}
 
 
-def _lower_priority() -> None:
+def lower_priority(pid: int = 0) -> None:
+    """Put a process (0: this one) in the idle scheduling class, else at ``CHILD_NICE``."""
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
-        os.nice(CHILD_NICE)
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, CHILD_NICE)
+
+
+def _is_local_postgres(pid: int) -> bool:
+    """True if ``pid`` is a PostgreSQL process in this machine's (and PID namespace's) view:
+    a server in another container or host has its own pids, and the same number here may
+    be any process."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() in ("postgres", "postmaster")
+    except OSError:
+        return False
+
+
+async def _lower_backend(conn: Any, database_url: str) -> str:
+    """Lower the CPU priority of the PostgreSQL backend that reads for this backtest, when
+    the server runs on this machine as the same OS user (the kernel lets a user renice only
+    their own processes): the child's idle class does not reach the backend, which would
+    otherwise read at normal priority beside the alarm path's commits.
+
+    Niceness, not the idle class: the backend holds buffer locks that ingest's writers may
+    wait for, and an idle-class holder on a saturated machine can wait seconds for a CPU;
+    at ``BACKEND_NICE`` it still gets its small share. Answers what was done (``"nice 19"``)
+    or why not (``"not permitted"``, ``"not local"``); without it the backtest relies on
+    its pacing (``PACE``) alone."""
+    host = urlsplit(database_url).hostname or ""
+    pid = int(await conn.fetchval("SELECT pg_backend_pid()"))
+    if host not in _LOCAL_HOSTS and not host.startswith("/"):
+        return "not local"
+    if not _is_local_postgres(pid):
+        return "not local"
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, BACKEND_NICE)
+    except PermissionError:
+        return "not permitted"
+    except OSError as e:
+        return f"not lowered: {e}"
+    return f"nice {BACKEND_NICE}"
 
 
 def main() -> None:
-    _lower_priority()
+    lower_priority()
     req = json.loads(sys.stdin.buffer.read())
     result = asyncio.run(_child(req))
     sys.stdout.write(json.dumps(result))

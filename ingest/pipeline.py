@@ -23,7 +23,7 @@ import asyncpg
 
 from core.db import Querier
 from core.geometry import Polygon
-from ingest import wire
+from ingest import senml_names, wire
 from ingest.evaluator import RuleEvaluator
 from ingest.mqtt import Delivery
 from ingest.subjects import Subject, Watched
@@ -45,6 +45,8 @@ class Registry:
         self.devices: dict[str, DeviceInfo] = {}
         self.units: set[str] = set()
         self.watched: list[Watched] = []
+        # SenML names of devices alone and LwM2M paths, with each device's overrides.
+        self.senml_names = senml_names.EMPTY
         self.device_subjects: dict[str, Subject] = {}
         self.unit_subjects: dict[str, Subject] = {}
         self._seen: list[list[tuple[Any, ...]]] | None = None  # the rows of the last load
@@ -54,8 +56,8 @@ class Registry:
         they are as at the last load. The ingest role reloads every few seconds: rebuilding
         the rules' subjects for thousands of devices each time would stall the event loop
         and throw away the watch's per-device rule cache for nothing."""
-        devs = await conn.fetch("SELECT id, model, grid_id, props, interval_s FROM devices "
-                                "WHERE revoked_at IS NULL")
+        devs = await conn.fetch("SELECT id, model, grid_id, props, interval_s, senml_map "
+                                "FROM devices WHERE revoked_at IS NULL")
         grid_rows = await conn.fetch("SELECT id, geometry FROM grids WHERE level = 2")
         units = await conn.fetch("SELECT id, type, home_grid, patrol_grids FROM units")
         rule_rows = await conn.fetch("SELECT * FROM rules WHERE enabled ORDER BY id")
@@ -64,6 +66,8 @@ class Registry:
             return False
         self._seen = seen
         self.devices = {r["id"]: DeviceInfo(r["id"], r["model"], r["grid_id"]) for r in devs}
+        self.senml_names = senml_names.NameMap(
+            self.devices, {r["id"]: dict(r["senml_map"]) for r in devs if r["senml_map"]})
         self.device_subjects = {
             r["id"]: Subject(r["id"], r["model"], r["grid_id"], dict(r["props"] or {}),
                              float(r["interval_s"])) for r in devs}
@@ -153,7 +157,7 @@ class Pipeline:
             self.evaluator.hold((mid, gen) for _t, _p, mid, _r, gen in deliveries)
 
     def handle(self, topic: str, payload: bytes, received_at: float) -> None:
-        res = wire.decode(topic, payload, received_at, self.limits)
+        res = wire.decode(topic, payload, received_at, self.limits, self.registry.senml_names)
         if isinstance(res, wire.DecodeError):
             self.reject(topic, payload, res.code, res.detail, received_at)
             return

@@ -98,6 +98,8 @@ class AlarmWatch:
         self.town_tz = town_tz  # rules' active hours are the town's (Settings.town_tz)
         self.states: dict[Key, rules.RuleState] = {}
         self.dirty: set[Key] = set()
+        # The watch_state parts as last written (save() writes only the ones that differ).
+        self._saved_parts: dict[str, Any] = {}
         self.flaps = FlapDetector(FLAP_MAX, FLAP_WINDOW_S, FLAP_STABLE_S)
         self.storms = StormGrouper(STORM_MIN_DEVICES, STORM_WINDOW_S)
         self.caps = RateCap(CAP_RAISES, CAP_WINDOW_S)
@@ -515,11 +517,16 @@ class AlarmWatch:
                     """INSERT INTO rule_state (rule_id, subject, state, updated_at)
                        VALUES ($1, $2, $3, now()) ON CONFLICT (rule_id, subject)
                        DO UPDATE SET state = excluded.state, updated_at = now()""", rows)
-            await self.pool.executemany(
-                """INSERT INTO watch_state (part, state, updated_at) VALUES ($1, $2, now())
-                   ON CONFLICT (part) DO UPDATE SET state = excluded.state,
-                   updated_at = now() WHERE watch_state.state IS DISTINCT FROM excluded.state
-                """, self.parts())
+            # Checkpoints come every 0.1 s and the memory rarely changes between two: only
+            # the parts unlike the last saved ones go to the database.
+            changed = [(p, v) for p, v in self.parts() if self._saved_parts.get(p) != v]
+            if changed:
+                await self.pool.executemany(
+                    """INSERT INTO watch_state (part, state, updated_at) VALUES ($1, $2, now())
+                       ON CONFLICT (part) DO UPDATE SET state = excluded.state,
+                       updated_at = now() WHERE watch_state.state IS DISTINCT FROM excluded.state
+                    """, changed)
+                self._saved_parts.update(changed)
             if self.suppressed:
                 counts, self.suppressed = self.suppressed, defaultdict(int)
                 await self.pool.executemany(

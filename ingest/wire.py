@@ -36,6 +36,8 @@ from core.topics import (  # noqa: F401  (topics re-exported: wire.*_topic)
     senml_topic,
     telemetry_topic,
 )
+from ingest import senml_names
+from ingest.senml_names import NameMap
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -44,6 +46,7 @@ __all__ = [
     "DecodeError",
     "Decoded",
     "Limits",
+    "NameMap",
     "Position",
     "Reading",
     "command_topic",
@@ -107,6 +110,7 @@ ERROR_CODES: Final = (
     "bad_id",  # device/unit/metric/gateway id not matching ^[A-Za-z0-9_.:-]{1,64}$
     "too_many",  # more than Limits.max_records records in one message
     "unsupported_value",  # valid input we deliberately do not store (SenML vs/vb/vd/s, ...)
+    "unmapped_name",  # a SenML name naming a device, no metric for its unit or LwM2M path
 )
 
 
@@ -234,13 +238,19 @@ _MAX_UNIT_LEN: Final = 32
 
 
 def decode(
-    topic: str, payload: bytes, received_at: float, limits: Limits = DEFAULT_LIMITS
+    topic: str,
+    payload: bytes,
+    received_at: float,
+    limits: Limits = DEFAULT_LIMITS,
+    names: NameMap = senml_names.EMPTY,
 ) -> Decoded | DecodeError:
     """Decode one MQTT message.
 
     ``received_at`` (UNIX seconds) is "now" for the time window and for SenML
-    relative times. Returns ``Decoded`` or ``DecodeError``; never raises for
-    any topic or payload.
+    relative times. ``names`` (the registry's device ids and per-device overrides)
+    places SenML records whose name is a device alone or an LwM2M path
+    (ingest/senml_names.py). Returns ``Decoded`` or ``DecodeError``; never raises
+    for any topic or payload.
     """
     if len(payload) > limits.max_payload_bytes:
         return DecodeError(
@@ -260,7 +270,7 @@ def decode(
             if kind == "gateways" and leaf == "telemetry":
                 return _telemetry(parts[3], True, payload, received_at, limits)
         elif n == 4 and parts[1] == "v1" and parts[2] == "senml":
-            return _senml(parts[3], payload, received_at, limits)
+            return _senml(parts[3], payload, received_at, limits, names)
     elif head == "owntracks" and n == 3:
         return _owntracks(parts[2], payload, received_at, limits)
     return DecodeError("unknown_topic", f"no v1 format for topic {_short(topic)}")
@@ -371,7 +381,7 @@ def _gps(unit_id: str, payload: bytes, received_at: float, limits: Limits) -> De
 
 
 def _senml(
-    source_id: str, payload: bytes, received_at: float, limits: Limits
+    source_id: str, payload: bytes, received_at: float, limits: Limits, names: NameMap
 ) -> Decoded | DecodeError:
     if source_id not in _valid_ids and not _check_id(source_id):
         return _bad_id("source", source_id)
@@ -414,25 +424,31 @@ def _senml(
             err = _senml_value_error(rec)
             if err is None:
                 continue  # a record carrying only base fields
+            if err.code == "unsupported_value" and senml_names.is_descriptive(
+                bn if rec.n is None else bn + rec.n
+            ):
+                continue  # an LwM2M object's units or application type beside its value
             return err
         name = bn if rec.n is None else bn + rec.n
+        unit = bu if rec.u is None else rec.u
+        if unit is not None and len(unit) > _MAX_UNIT_LEN:
+            return DecodeError("bad_schema", f"unit {_short(unit)} longer than {_MAX_UNIT_LEN}")
+        # Device and metric: the name split at its last "/" or ":" when that is all it is
+        # (the common case, inline); a device alone, an LwM2M path or anything odd goes
+        # through the mapping (ingest/senml_names.py).
         sep = max(name.rfind("/"), name.rfind(":"))
-        if sep < 0:
-            device, metric = source_id, name
-        else:
-            device, metric = name[:sep], name[sep + 1 :]
-            if device not in _valid_ids and not _check_id(device):
-                return DecodeError(
-                    "bad_id",
-                    f"SenML name {_short(name)}: device part {_short(device)} "
-                    "must match ^[A-Za-z0-9_.:-]{1,64}$",
-                )
-        if metric not in _valid_ids and not _check_id(metric):
-            return DecodeError(
-                "bad_id",
-                f"SenML name {_short(name)}: metric part {_short(metric)} "
-                "must match ^[A-Za-z0-9_.:-]{1,64}$",
-            )
+        device, metric = (source_id, name) if sep < 0 else (name[:sep], name[sep + 1 :])
+        if (
+            not metric
+            or name in names.devices
+            or (metric.isdigit() and sep == name.rfind("/"))
+            or (device not in _valid_ids and not _check_id(device))
+            or (metric not in _valid_ids and not _check_id(metric))
+        ):
+            placed = senml_names.resolve(name, unit or None, source_id, names)
+            if isinstance(placed, senml_names.Unresolved):
+                return DecodeError(placed.code, placed.detail)
+            device, metric = placed
         t = bt if rec.t is None else bt + rec.t
         ts = received_at + t if t < _SENML_RELATIVE else t
         if not lo <= ts <= hi:
@@ -440,9 +456,6 @@ def _senml(
         value = bv + v
         if not -max_abs <= value <= max_abs:
             return _value_error(name, value, max_abs)
-        unit = bu if rec.u is None else rec.u
-        if unit is not None and len(unit) > _MAX_UNIT_LEN:
-            return DecodeError("bad_schema", f"unit {_short(unit)} longer than {_MAX_UNIT_LEN}")
         readings.append(Reading(device, metric, ts, value, unit or None))
     return Decoded(readings, [])
 

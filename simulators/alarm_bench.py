@@ -421,24 +421,47 @@ def _post_json(url: str, token: str | None, body: dict[str, Any]) -> tuple[int, 
 
 
 async def _backtests(hub: HubProcess, since: float, stop: asyncio.Event,
-                     out: dict[str, Any]) -> None:
-    """Backtests back to back until ``stop``: a rule over all background readings so far."""
+                     out: dict[str, Any], rest: float = 0.0) -> None:
+    """Backtests until ``stop``: a rule over all background readings so far; after each,
+    a rest of ``rest`` times its wall time (0: back to back). The wall-clock spans during
+    which a backtest request was open go to ``out["busy"]``."""
     body = {"rule": {"name": "bench backtest", "kind": "threshold", "metric": "v",
                      "params": {"raise_above": 1e9}}, "since": since}
     times: list[float] = []
+    busy: list[tuple[float, float]] = out.setdefault("busy", [])
     url = hub.url("/api/rules/backtest")
     while not stop.is_set():
         t = time.monotonic()
+        began = time.time()
         status, res = await asyncio.to_thread(_post_json, url, hub.token,
                                               {**body, "until": time.time()})
+        busy.append((began, time.time()))
+        took = time.monotonic() - t
         if status != 200:
             out["backtest_errors"].append(f"{status} {res}")
-            await asyncio.sleep(1.0)
-            continue
-        times.append((time.monotonic() - t) * 1000)
-        out["backtest_readings"] = max(out["backtest_readings"], res["readings"])
+            took = max(took, 1.0)
+        else:
+            times.append(took * 1000)
+            out["backtest_readings"] = max(out["backtest_readings"], res["readings"])
+            out["backtest_backend"] = res.get("backend_lowered")
+        if rest > 0 or status != 200:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), took * rest if rest > 0 else 1.0)
     out["backtests"] = len(times)
     out["backtest_ms"] = summarize(sorted(times))
+
+
+def split_by_spans(triggers: list[Trigger], spans: list[tuple[float, float]]
+                   ) -> tuple[list[float], list[float]]:
+    """Latencies of the triggers sent inside one of ``spans`` (wall clock), and of the rest."""
+    inside: list[float] = []
+    outside: list[float] = []
+    for t in triggers:
+        if t.latency_ms is None or t.sent_at is None:
+            continue
+        hit = any(a <= t.sent_at <= b for a, b in spans)
+        (inside if hit else outside).append(t.latency_ms)
+    return sorted(inside), sorted(outside)
 
 
 async def _session(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run_id: str,
@@ -489,7 +512,8 @@ async def _session(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run
         bt_stop = asyncio.Event()
         bt_out: dict[str, Any] = {"backtests": 0, "backtest_readings": 0,
                                   "backtest_errors": [], "backtest_ms": None}
-        backtester = (asyncio.create_task(_backtests(hub, time.time() - 3600, bt_stop, bt_out))
+        backtester = (asyncio.create_task(_backtests(hub, time.time() - 3600, bt_stop, bt_out,
+                                                     args.backtest_rest))
                       if args.backtest else None)
         say(f"{len(triggers)} triggers over {span:.0f}s; load {load_avg()}")
         loop = asyncio.get_running_loop()
@@ -648,6 +672,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      if t.event_ts is not None and t.received_at is not None]
     gen = res["generator"]
     window_s = win["seconds"]
+    bt_res = dict(res["backtest"] or {})
+    if bt_res:
+        # Same run, same machine: the triggers sent while a backtest ran against the others.
+        inside, outside = split_by_spans(triggers, bt_res.pop("busy", []))
+        s_in, s_out = summarize(inside, "during_bt_"), summarize(outside, "no_bt_")
+        bt_res.update(s_in, **s_out, during_bt_n=len(inside), no_bt_n=len(outside))
+        if s_in["during_bt_p99_ms"] and s_out["no_bt_p99_ms"]:
+            bt_res["p99_ratio_bt"] = round(s_in["during_bt_p99_ms"] / s_out["no_bt_p99_ms"], 2)
     hub_rows = m1["hub_rows"] - m0["hub_rows"]
     return {
         "benchmark": "alarm",
@@ -690,7 +722,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "alarm_writes": (health.get("ingest") or {}).get("alarm_writes")
         or ((health.get("ingest") or {}).get("rules") or {}).get("alarm_writes"),
         "layout": args.layout,
-        **(res["backtest"] or {}),
+        **bt_res,
         # Every trigger's publish -> alarm latency (the report's CDF).
         "latencies_ms": sorted(round(x, 1) for x in lat),
         "load": {"start": load_start, "end": load_avg()},
@@ -723,6 +755,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-db", action="store_true", help="keep the scratch database")
     p.add_argument("--backtest", action="store_true",
                    help="run backtests back to back during the triggers (alarm p99 must hold)")
+    p.add_argument("--backtest-rest", type=float, default=0.0, metavar="X",
+                   help="with --backtest: rest X times a backtest's wall time after it, so "
+                        "that triggers fall both during and between backtests (compared in "
+                        "the same run: during_bt_*, no_bt_*, p99_ratio_bt)")
     p.add_argument("--profile", type=Path, metavar="FILE",
                    help="py-spy the hub during the triggers: FILE.svg flame graph or FILE.txt "
                         "collapsed stacks")

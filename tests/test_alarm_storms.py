@@ -17,7 +17,7 @@ import pytest_asyncio
 
 from core.db import connect
 from core.errors import Conflict, InvalidInput
-from ingest import rules, wire
+from ingest import backtest_job, rules, wire
 from ingest.backtest_job import Backtests
 from tests.conftest import HubProcess, Publisher, town_database, town_doc, wait_for
 
@@ -248,6 +248,9 @@ async def test_backtests_run_in_a_child_process_with_caps_and_cancel(
     done = await jobs.run("a", rule, base - 1, base + 3600, None, [dev])
     assert done["readings"] == 100 and len(done["episodes"]) == 10
     assert done["pid"] != os.getpid()  # evaluated in another process
+    # the test server is on this machine and the tests' user may renice it (root, or the
+    # server's own user): the backend that read for the backtest ran at the lowest priority
+    assert done["backend_lowered"] == "nice 19"
     # cancelled while running: the child is killed, the caller told
     task = asyncio.create_task(jobs.run("b", rule, base - 1, base + 3600, None, [dev]))
     await wait_for(lambda: asyncio.sleep(0, "b" in jobs.running), interval=0.005)
@@ -261,3 +264,13 @@ async def test_backtests_run_in_a_child_process_with_caps_and_cancel(
     with pytest.raises(InvalidInput) as timed_out:
         await slow.run("c", rule, base - 1, base + 3600, None, [dev])
     assert timed_out.value.code == "backtest.timeout" and slow.running == {}
+
+
+async def test_a_backtests_backend_is_left_alone_when_the_server_is_elsewhere(
+        db: asyncpg.Connection) -> None:
+    """Another host's (or container's) backend pid means nothing here: never reniced."""
+    pid = await db.fetchval("SELECT pg_backend_pid()")
+    before = os.getpriority(os.PRIO_PROCESS, pid)
+    answer = await backtest_job._lower_backend(db, "postgresql://u@db.internal:5432/x")
+    assert answer == "not local"
+    assert os.getpriority(os.PRIO_PROCESS, pid) == before

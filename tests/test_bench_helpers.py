@@ -16,10 +16,12 @@ from simulators import loadgen
 from simulators.alarm_bench import (
     CAP_MARGIN,
     RULE_ID,
+    Trigger,
     detector_ids,
     max_in_window,
     raised_alarms,
     run_prefixes,
+    split_by_spans,
     summarize,
     trigger_schedule,
 )
@@ -255,3 +257,16 @@ def test_split_evenly_and_unit_ids() -> None:
     run = unit_ids(2000, "BUab12-")
     assert run[0] == "BUab12-00001" and not set(run) & set(ids)
     assert all(wire.gps_topic(u) for u in [*ids, *run])
+
+
+def test_split_by_spans_tells_triggers_during_a_backtest_from_the_others() -> None:
+    def trig(sent: float, ms: float | None) -> Trigger:
+        t = Trigger(f"d{sent}", sent_at=sent)
+        if ms is not None:
+            t.received_at = sent + ms / 1000
+        return t
+
+    triggers = [trig(1.0, 10), trig(5.0, 30), trig(6.0, 20), trig(9.0, None), trig(12.0, 5)]
+    inside, outside = split_by_spans(triggers, [(4.0, 7.0), (11.5, 12.0)])
+    assert inside == pytest.approx([5, 20, 30])  # sorted; the unanswered one in neither
+    assert outside == pytest.approx([10])

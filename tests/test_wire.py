@@ -75,7 +75,7 @@ def test_golden_samples_cover_every_error_code() -> None:
 
 
 def test_error_codes_are_unique() -> None:
-    assert len(set(wire.ERROR_CODES)) == len(wire.ERROR_CODES) == 10
+    assert len(set(wire.ERROR_CODES)) == len(wire.ERROR_CODES) == 11
 
 
 def test_too_large_with_default_limits() -> None:
