@@ -1,9 +1,11 @@
 """The demo town's history, written through the product's own code on the demo's first start.
 
-``python -m simulators.backfill [--days N] [--cases-per-day X] [--seed S]`` (``./hubctl
-demo`` runs it before the hub starts; ``HUB_DATABASE_URL`` names the database). Once it has
-finished it leaves a row in ``demo_history`` (migration 0023), and a second start returns at
-once: one query.
+``python -m simulators.backfill [--part cases|readings|all] [--days N] [--cases-per-day X]
+[--seed S]`` (``HUB_DATABASE_URL`` names the database). ``./hubctl demo`` runs the
+``cases`` part before the hub starts (its events must not meet a running dispatcher) and
+the ``readings`` part beside the running hub (writer and rollups only, the longest part).
+Each part stamps ``demo_history`` (migration 0023) when done; a second start skips it at
+the cost of one query.
 
 What it writes, all at past times (the services take ``now``; nothing here writes a table
 the product's services own except through them):
@@ -63,14 +65,15 @@ DEFAULT_TOWN = Path(__file__).resolve().parent / "data" / "xuxiake.json"
 DEFAULT_DAYS = 14.0
 # About what a township command center of ~45 squads registers a day (a quiet town sees a
 # dozen, a busy one a hundred): enough for every group of the reports to have figures.
-DEFAULT_CASES_PER_DAY = 24.0
+DEFAULT_CASES_PER_DAY = 20.0
 # One reading per device every 15 minutes over the history: the device charts' day and week
 # views are full (their buckets are a minute and an hour), ~600k rows for the demo town's
 # 290 devices over 14 days instead of ~6M at the devices' real intervals.
 DEFAULT_TELEMETRY_EVERY_S = 900.0
-# Patrol tracks for the last 12 hours at one fix every 15 s: a shift's playback with its
-# turns, without weeks of fixes the reports roll up anyway.
-DEFAULT_TRACK_HOURS = 12.0
+# Patrol tracks for the last 6 hours at one fix every 15 s: a shift's playback with its
+# turns, without weeks of fixes the reports roll up anyway (written before the hub starts,
+# so the live patrols carry on from the tracks' ends).
+DEFAULT_TRACK_HOURS = 6.0
 TRACK_FIX_S = 15.0
 # Rows handed to the writer per transaction: its own default batch size.
 WRITE_BATCH = 5000
@@ -81,11 +84,6 @@ REPLAN_EVERY_S = 600.0
 OPERATOR = "operator:demo"
 SUPERVISOR = "supervisor:demo"
 INSPECTION_OUTCOMES = ("no_problem", "no_problem", "rectification_ordered", "case_filed")
-
-
-async def history_done(db: asyncpg.Pool | asyncpg.Connection) -> bool:
-    """Whether this town already has its history (one query)."""
-    return bool(await db.fetchval("SELECT count(*) FROM demo_history"))
 
 
 # ====================================================================== cases
@@ -359,13 +357,24 @@ async def backfill_inspections(pool: asyncpg.Pool, since: float, until: float,
 
 
 # ====================================================================== the whole
-async def backfill(pool: asyncpg.Pool, settings: Settings, town: Mapping[str, Any], *,
-                   days: float, cases_per_day: float, seed: int, now: float,
-                   telemetry_every_s: float = DEFAULT_TELEMETRY_EVERY_S,
-                   track_hours: float = DEFAULT_TRACK_HOURS) -> dict[str, Any]:
-    """Write the history of ``[now - days, now)`` unless it is there; returns what was
-    written (``{"skipped": True}`` when the town had it already)."""
-    if await history_done(pool):
+PARTS = ("cases", "readings", "all")
+
+
+async def history_done(db: asyncpg.Pool | asyncpg.Connection, part: str = "all") -> bool:
+    """Whether this town already has that part of its history (one query)."""
+    row = await db.fetchrow("SELECT readings_done_at FROM demo_history")
+    if part == "cases":
+        return row is not None
+    return row is not None and row["readings_done_at"] is not None
+
+
+async def backfill_cases(pool: asyncpg.Pool, settings: Settings, town: Mapping[str, Any], *,
+                         days: float, cases_per_day: float, seed: int, now: float,
+                         track_hours: float = DEFAULT_TRACK_HOURS) -> dict[str, Any]:
+    """The first part, before the hub starts (its events must not meet a running
+    dispatcher): cases, inspections and patrol tracks of ``[now - days, now)``, unless
+    there. Returns what was written (``{"skipped": True}`` when it was there)."""
+    if await history_done(pool, "cases"):
         return {"skipped": True}
     since = now - days * 86400.0
     await clocks.configure(pool, settings)  # the SLA limits and calendar in force
@@ -381,9 +390,6 @@ async def backfill(pool: asyncpg.Pool, settings: Settings, town: Mapping[str, An
                          accept_timeout_s={p: v * clocks.SlaConfig.scale
                                            for p, v in service.ACCEPT_TIMEOUT_S.items()})
     t0 = time.monotonic()
-    readings = await backfill_telemetry(pool, town, since, now, telemetry_every_s, seed)
-    log.info("history: %d readings in %.1f s", readings, time.monotonic() - t0)
-    t0 = time.monotonic()
     draws = await backfill_inspections(pool, since, now, seed)
     counts = await HistoryPlayer(pool, graph, policy, now).play(stories)
     log.info("history: %d cases (%d steps, %d refused), %d inspection draws in %.1f s",
@@ -394,12 +400,29 @@ async def backfill(pool: asyncpg.Pool, settings: Settings, town: Mapping[str, An
                                   seed)
     log.info("history: %d patrol fixes in %.1f s", fixes, time.monotonic() - t0)
     await pool.execute(
-        """INSERT INTO demo_history (days, seed, since, until, cases, telemetry, positions)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-        days, seed, ts_of(since), ts_of(now), counts["cases"], readings, fixes)
+        """INSERT INTO demo_history (days, seed, since, until, cases, positions)
+           VALUES ($1, $2, $3, $4, $5, $6)""",
+        days, seed, ts_of(since), ts_of(now), counts["cases"], fixes)
     return {"skipped": False, "cases": counts["cases"], "steps": counts["steps"],
-            "refused": counts["errors"], "telemetry": readings, "positions": fixes,
-            "draws": draws}
+            "refused": counts["errors"], "positions": fixes, "draws": draws}
+
+
+async def backfill_readings(pool: asyncpg.Pool, town: Mapping[str, Any], *, now: float,
+                            telemetry_every_s: float = DEFAULT_TELEMETRY_EVERY_S
+                            ) -> dict[str, Any]:
+    """The second part, beside the running hub (no events: the writer and the rollups
+    only): every device's past readings from the history's start to ``now``. Safe to run
+    again after an interruption (the writer drops readings it has). Needs the first part."""
+    row = await pool.fetchrow("SELECT since, seed, readings_done_at FROM demo_history")
+    if row is None or row["readings_done_at"] is not None:
+        return {"skipped": True}
+    t0 = time.monotonic()
+    readings = await backfill_telemetry(pool, town, row["since"].timestamp(), now,
+                                        telemetry_every_s, int(row["seed"]))
+    log.info("history: %d readings in %.1f s", readings, time.monotonic() - t0)
+    await pool.execute("UPDATE demo_history SET telemetry = $1, readings_done_at = now()",
+                       readings)
+    return {"skipped": False, "telemetry": readings}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -415,6 +438,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    metavar="S", help="seconds between a device's past readings (0: none)")
     p.add_argument("--track-hours", type=float, default=DEFAULT_TRACK_HOURS)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--part", choices=PARTS, default="all",
+                   help="cases (before the hub starts: cases, inspections, tracks), "
+                        "readings (beside the running hub: the sensors' past) or all")
     p.add_argument("--log-level", default=None)
     args = p.parse_args(argv)
     if args.days < 0 or args.cases_per_day < 0 or args.track_hours < 0:
@@ -426,18 +452,24 @@ async def amain(args: argparse.Namespace) -> int:
     settings = Settings()
     pool = await create_pool(settings.database_url)
     try:
-        if args.days == 0 or await history_done(pool):
-            log.info("demo history: already there (or --days 0); nothing to do")
+        if args.days == 0 or await history_done(pool, args.part):
+            log.info("demo history (%s): already there (or --days 0); nothing to do",
+                     args.part)
             return 0
         town = json.loads(Path(args.town).read_text(encoding="utf-8"))
-        log.info("demo history: writing %g days (first start only; this takes a minute)",
-                 args.days)
         t0 = time.monotonic()
-        out = await backfill(pool, settings, town, days=args.days,
-                             cases_per_day=args.cases_per_day, seed=args.seed, now=time.time(),
-                             telemetry_every_s=args.telemetry_every,
-                             track_hours=args.track_hours)
-        log.info("demo history written in %.0f s: %s", time.monotonic() - t0, out)
+        if args.part in ("cases", "all"):
+            log.info("demo history: writing %g days of cases (first start only)", args.days)
+            out = await backfill_cases(pool, settings, town, days=args.days,
+                                       cases_per_day=args.cases_per_day, seed=args.seed,
+                                       now=time.time(), track_hours=args.track_hours)
+            log.info("demo history: cases written in %.0f s: %s", time.monotonic() - t0, out)
+        if args.part in ("readings", "all"):
+            t0 = time.monotonic()
+            out = await backfill_readings(pool, town, now=time.time(),
+                                          telemetry_every_s=args.telemetry_every)
+            log.info("demo history: readings written in %.0f s: %s", time.monotonic() - t0,
+                     out)
         return 0
     finally:
         await pool.close()
