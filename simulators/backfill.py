@@ -171,7 +171,8 @@ class HistoryPlayer:
                 return
             await self._act(iid, "register", OPERATOR, t)
         if s.shelving is not None:
-            t += min(1.0, s.shelving.after_s)  # before a unit is sent: shelved at once
+            t += s.shelving.after_s  # before a unit is sent (no dispatcher runs meanwhile)
+            yield t
             await self._act(iid, "shelve", OPERATOR, t, s.shelving.reason)
             if s.shelving.reopen_after_s is None:
                 return
@@ -180,7 +181,8 @@ class HistoryPlayer:
             await self._act(iid, "reopen", OPERATOR, t)
         await self._decide(planner.IncidentRegistered(str(iid)), t)
         answers = list(s.answers)
-        while True:  # dispatch rounds until a crew accepts
+        unit = ""
+        while not unit:  # until a crew accepts and gets there (a preempted one does not)
             row = await self._case_row(iid)
             if row["state"] == "registered":  # no unit free: plan again a little later
                 t += REPLAN_EVERY_S
@@ -188,8 +190,8 @@ class HistoryPlayer:
                 await self._decide(planner.IncidentRegistered(str(iid)), t)
                 continue
             if row["state"] != "dispatched" or row["assignment_id"] is None:
-                return  # moved by something else (preempted and already re-sent, ...)
-            unit = str(row["assigned_unit"])
+                return  # moved by something this story does not know
+            crew = str(row["assigned_unit"])
             ans = answers.pop(0) if answers else None
             if ans is not None and ans.late:
                 t = max(t, float(row["accept_due"])) + 1.0
@@ -201,13 +203,15 @@ class HistoryPlayer:
             t += ans.delay_s if ans is not None else 30.0
             yield t
             if ans is not None and ans.decline_reason is not None:
-                await self._act(iid, "decline", unit, t, ans.decline_reason)
-                await self._decide(planner.UnitDeclined(str(iid), unit), t)
+                await self._act(iid, "decline", crew, t, ans.decline_reason)
+                await self._decide(planner.UnitDeclined(str(iid), crew), t)
                 continue
-            await self._act(iid, "accept", unit, t)
-            break
-        t += s.travel_s
-        yield t
+            await self._act(iid, "accept", crew, t)
+            t += s.travel_s
+            yield t
+            row = await self._case_row(iid)
+            if row["state"] == "accepted" and row["assigned_unit"] == crew:
+                unit = crew  # else a more urgent case took the crew on its way: again
         await self._act(iid, "start_handling", unit, t)
         worker = f"gridworker:{s.grid or 'town'}"
         for k, handling in enumerate(s.rounds):

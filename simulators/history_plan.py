@@ -108,13 +108,23 @@ class CaseStory:
 
 
 def report_times(rng: random.Random, since: float, until: float, n: int) -> list[float]:
-    """``n`` report times in ``[since, until)``, spread over the days by ``HOUR_WEIGHTS``."""
-    out: list[float] = []
-    while len(out) < n:
-        t = rng.uniform(since, until)
-        hour = int(((t + TOWN_UTC_OFFSET_S) % 86400) // 3600)
-        if rng.random() < HOUR_WEIGHTS[hour] / max(HOUR_WEIGHTS):
-            out.append(t)
+    """``n`` report times in ``[since, until)``, by ``HOUR_WEIGHTS`` of the town's hours.
+
+    Each time takes the same three draws whatever the window's time of day (a town day, an
+    hour by weight, a moment in it; one past the window's end wraps to its start), so a
+    seed gives the same stories, shifted, whenever it is played."""
+    span = until - since
+    if n <= 0 or span <= 0:
+        return []
+    day0 = since - (since + TOWN_UTC_OFFSET_S) % 86400.0  # the town's midnight before
+    days = math.ceil((until - day0) / 86400.0)
+    hours = range(24)
+    out = []
+    for _ in range(n):
+        d = rng.randrange(days)
+        h = rng.choices(hours, HOUR_WEIGHTS)[0]
+        t = day0 + d * 86400.0 + (h + rng.random()) * 3600.0
+        out.append(since + (t - since) % span)
     return sorted(out)
 
 
