@@ -142,6 +142,25 @@ def _near(rng: random.Random, lon: float, lat: float) -> tuple[float, float]:
     return (lon + rng.uniform(-0.0015, 0.0015), lat + rng.uniform(-0.0012, 0.0012))
 
 
+def grid_point(rng: random.Random, town: Mapping[str, Any],
+               grids: Sequence[Mapping[str, Any]] | None = None
+               ) -> tuple[float, float, str | None]:
+    """A place in a random second-level grid (near its middle) and the grid's id; near the
+    command center if the town has no grids."""
+    if grids is None:
+        grids = [g for g in town["grids"]["features"] if g["properties"].get("level") == 2]
+    if not grids:
+        cc = town["command_center"]
+        lon, lat = _near(rng, float(cc["lon"]), float(cc["lat"]))
+        return lon, lat, None
+    g = rng.choice(list(grids))
+    ring = g["geometry"]["coordinates"][0]
+    lon = sum(p[0] for p in ring[:-1]) / max(1, len(ring) - 1)
+    lat = sum(p[1] for p in ring[:-1]) / max(1, len(ring) - 1)
+    lon, lat = _near(rng, lon, lat)
+    return lon, lat, str(g["properties"]["id"])
+
+
 def _answers(crews: CrewBehaviour, priority: int, accept_timeout_s: Mapping[int, float]
              ) -> tuple[Answer, ...]:
     out: list[Answer] = []
@@ -194,17 +213,7 @@ def plan_cases(*, town: Mapping[str, Any], rules: Sequence[Mapping[str, Any]],
             priority = int(svc["priority"])
             title = (f"市民报告：{svc['name']}" if source == "open311"
                      else f"{svc['name']}（{DESCRIPTIONS[source][:4]}）")
-            if grids:
-                g = rng.choice(grids)
-                ring = g["geometry"]["coordinates"][0]
-                lon = sum(p[0] for p in ring[:-1]) / max(1, len(ring) - 1)
-                lat = sum(p[1] for p in ring[:-1]) / max(1, len(ring) - 1)
-                lon, lat = _near(rng, lon, lat)
-                grid = str(g["properties"]["id"])
-            else:
-                cc = town["command_center"]
-                lon, lat = _near(rng, float(cc["lon"]), float(cc["lat"]))
-                grid = None
+            lon, lat, grid = grid_point(rng, town, grids)
         waits = source not in ("alarm", "operator")  # registered by an operator
         cancel = shelving = None
         if waits and rng.random() < CANCEL_P:
