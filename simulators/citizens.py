@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from hub.open311_services import SERVICES
-from simulators.history_plan import CANCEL_REASONS, REGISTER_S, grid_point
+from simulators.history_plan import CANCEL_REASONS, grid_point
 
 log = logging.getLogger("simulators.citizens")
 
@@ -37,6 +37,9 @@ DEFAULT_EVERY_S = 120.0
 OPEN311_SHARE = 0.5  # the rest are hotline calls
 # Share of people's reports an operator finds to be duplicates and cancels.
 DUPLICATE_P = 0.05
+# The demo's operator registers a report within 20-90 s (a real one takes minutes:
+# history_plan.REGISTER_S), so a newcomer sees the report move on to dispatch.
+OPERATOR_S = (20.0, 90.0)
 APP_NAME = "demo-citizens"
 KEY_FILE = "open311-demo-key"
 STREETS = ("人民路", "振兴路", "芦墩街", "徐霞客大道", "祝塘路", "南环路")
@@ -106,8 +109,8 @@ class Citizens:
 
     def operator_verdict(self) -> tuple[str, float, str | None]:
         """(``register`` or ``cancel``, after how many seconds, the reason for a cancel)."""
-        delay = self.rng.uniform(REGISTER_S[0], REGISTER_S[1] / 5)  # the demo's operators
-        if self.rng.random() < DUPLICATE_P:                          # are quick
+        delay = self.rng.uniform(*OPERATOR_S)
+        if self.rng.random() < DUPLICATE_P:
             return "cancel", delay, self.rng.choice(CANCEL_REASONS)
         return "register", delay, None
 
