@@ -75,6 +75,11 @@ DEFAULT_TELEMETRY_EVERY_S = 900.0
 # so the live patrols carry on from the tracks' ends).
 DEFAULT_TRACK_HOURS = 6.0
 TRACK_FIX_S = 15.0
+# A town scaled up (simulators/town_scale.py: 10,000 devices, 2,000 units) gets the same
+# amount of history, more thinly: past readings and track fixes are spaced so that neither
+# exceeds about what the demo town writes (~400k samples, ~65k fixes at the defaults).
+MAX_READING_SAMPLES = 400_000
+MAX_TRACK_FIXES = 100_000
 # Rows handed to the writer per transaction: its own default batch size.
 WRITE_BATCH = 5000
 # A case waiting for a free unit is planned again this often (s) (the live leader does it on
@@ -284,6 +289,7 @@ async def backfill_telemetry(pool: asyncpg.Pool, town: Mapping[str, Any], since:
     if every_s <= 0:
         return 0
     devices = list(town["devices"])
+    every_s = max(every_s, (until - since) * len(devices) / MAX_READING_SAMPLES)
     rates = event_rates(devices, 0.0)
     gens = [make_generator(d, seed, Faults(event_rate_per_s=rates[d["id"]])) for d in devices]
     sink = _Sink(pool)
@@ -314,15 +320,16 @@ async def backfill_tracks(pool: asyncpg.Pool, town: Mapping[str, Any], since: fl
                   grids=town["grids"]["features"])
     rng = random.Random(f"tracks:{seed}")
     sink = _Sink(pool)
+    step = max(TRACK_FIX_S, (until - since) * len(fleet.units) / MAX_TRACK_FIXES)
     t = since
     while t < until:
-        fleet.step(t, TRACK_FIX_S)
+        fleet.step(t, step)
         for u in fleet.units.values():
             fix = gps_fix(u.id, u.mover, t, rng)
             at = ts_of(t)
             await sink.add_position((at, fix.unit_id, fix.lat, fix.lon, fix.speed,
                                      fix.heading, fix.acc, at))
-        t += TRACK_FIX_S
+        t += step
     await sink.flush()
     days_back = int((until - since) // 86400) + 1
     await reports.rollup_patrol(pool, until, days_back=days_back)
