@@ -19,8 +19,9 @@ used by the crews).
 - Citizens: reports through Open311 and hotline calls through the API, each registered (or
   cancelled as a duplicate) by the demo's operator a little later (simulators/citizens.py,
   ``--citizens-every``).
-- Scale: ``--publishers N`` splits the devices over N processes (this one and N-1 children
-  started with ``--shard k/N``; patrols, crews and citizens stay in this one); with a town
+- Scale: ``--publishers N`` splits the devices and units over N processes (this one and
+  N-1 children started with ``--shard k/N``, each with the crews of its units; citizens
+  report from this one); with a town
   file scaled by simulators/town_scale.py (``HUB_TOWN_FILE``) the same demo shows 2,000
   units and 10,000 devices.
 - ``--scenario NAME``: a load profile (normal, busy, calm) or a scenario file
@@ -276,21 +277,23 @@ async def amain(args: argparse.Namespace) -> int:
             return 2
     devices = select_devices(doc["devices"], args.devices)
     rates = event_rates(devices, args.event_every)
-    shard, shards = args.shard
+    # The first publisher takes share 0 of --publishers; its children are told theirs.
+    shard, shards = args.shard if args.shard[1] > 1 else (0, args.publishers)
     if shards > 1:  # this process publishes every shards-th device (the rates stay town-wide)
         devices = devices[shard::shards]
     gens = [make_generator(d, args.seed, Faults(event_rate_per_s=rates[d["id"]]))
             for d in devices]
     graph = RoadGraph.from_town(doc)
     positions = await last_positions(args.hub_url)
-    # Patrols, crews and citizens live in the first publisher only.
-    units = doc["units"] if shard == 0 else []
+    # Each publisher moves its share of the units too, and its crews answer for them (the
+    # hub's API and command topics serve them all); citizens report from the first only.
+    units = doc["units"][shard::shards]
     fleet = Fleet(graph, units, args.seed, time.time(), args.gps_interval,
                   grids=doc["grids"]["features"], positions=positions)
     addr = BrokerAddress.parse(args.mqtt_url)
     pub = Publisher(addr, f"gridhub-sim-{os.getpid()}", window=args.window)
     children = start_publishers(args) if shard == 0 and args.publishers > 1 else []
-    crews = None if args.no_crews or shard > 0 else Crews(
+    crews = None if args.no_crews else Crews(
         args.hub_url, fleet, seed=args.seed,
         timing=CrewTiming(speed=args.speed,
                           hub_time_scale=float(os.environ.get("HUB_SLA_TIME_SCALE", "1"))))
@@ -362,21 +365,25 @@ async def amain(args: argparse.Namespace) -> int:
 
 def start_publishers(args: argparse.Namespace) -> list[subprocess.Popen[bytes]]:
     """The other ``--publishers`` processes: this command again with ``--shard k/N``, the
-    same town, seed and event rate; each publishes its share of the devices only."""
+    same town, seed, event rate and crews (the environment's tokens are inherited); each
+    publishes its share of the devices and units."""
     out = []
     for k in range(1, args.publishers):
         cmd = [sys.executable, "-m", "simulators.run", "--town", str(args.town),
                "--shard", f"{k}/{args.publishers}", "--seed", str(args.seed),
-               "--event-every", str(args.event_every), "--no-crews",
+               "--event-every", str(args.event_every), "--speed", str(args.speed),
+               "--gps-interval", str(args.gps_interval), "--citizens-every", "0",
                "--status-every", str(args.status_every)]
+        if args.no_crews:
+            cmd.append("--no-crews")
         if args.devices is not None:
             cmd += ["--devices", str(args.devices)]
         if args.duration is not None:
             cmd += ["--duration", str(args.duration)]
         out.append(subprocess.Popen(cmd))
     if out:
-        log.info("%d more publisher processes started (devices split %d ways)", len(out),
-                 args.publishers)
+        log.info("%d more publisher processes started (devices and units split %d ways)",
+                 len(out), args.publishers)
     return out
 
 
