@@ -47,12 +47,12 @@ import asyncpg
 
 from core import log as hub_log
 from core.db import create_pool
+from core.errors import HubError
 from core.settings import Settings
 from dispatch import clocks, decisions, inspection_store, planner, reports, service
-from dispatch.inspections import DrawError
 from hub.open311_services import SERVICES
 from ingest import alarms, retention
-from ingest.writer import Batch, BatchWriter, ts_of
+from ingest.writer import Batch, BatchWriter, PositionRow, ts_of
 from simulators.devices import Faults, event_rates, make_generator
 from simulators.history_plan import CaseStory, plan_cases
 from simulators.patrol import Fleet, RoadGraph, gps_fix
@@ -269,8 +269,8 @@ class _Sink:
                                     for m, v in values.items())
         await self._maybe_flush()
 
-    async def add_position(self, row: tuple[Any, ...]) -> None:
-        self.batch.positions.append(row)  # type: ignore[arg-type]
+    async def add_position(self, row: PositionRow) -> None:
+        self.batch.positions.append(row)
         await self._maybe_flush()
 
     async def _maybe_flush(self, force: bool = False) -> None:
@@ -350,7 +350,7 @@ async def backfill_inspections(pool: asyncpg.Pool, since: float, until: float,
                                               by=SUPERVISOR, now=t)
             d = await inspection_store.make_draw(pool, commitment_id=int(c["id"]),
                                                  now=t + 3600.0, drawn_by=SUPERVISOR)
-        except (DrawError, Exception) as e:  # a matter without targets or inspectors
+        except HubError as e:  # a matter without targets or inspectors to draw from
             log.info("no inspection draw for %s: %s", m["id"], e)
             continue
         made += 1
@@ -460,7 +460,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def amain(args: argparse.Namespace) -> int:
-    settings = Settings()
+    settings = Settings()  # type: ignore[call-arg]  # database_url comes from HUB_*
     pool = await create_pool(settings.database_url)
     try:
         if args.days == 0 or await history_done(pool, args.part):
