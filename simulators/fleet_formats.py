@@ -4,23 +4,25 @@ A real town's fleet is mixed: most sensors speak the hub's own telemetry format,
 sit behind LwM2M/SenML gateways (RFC 8428 packs on ``gridhub/v1/senml/{gateway}``, one
 gateway per first-level grid, each record named ``<device>/<metric>``); most patrol phones
 run the hub's app, but some run OwnTracks (``owntracks/{user}/{unit}``, km/h, ``tst`` in
-seconds). docs/MQTT.md describes both. ``device_wire`` and ``unit_wire`` pick the format by
-the device's or unit's position in the town file, so a run is reproducible, and give the
-topic and an encoder; the simulators' gateway account (a ``fleet`` account) may publish on
+seconds). docs/MQTT.md describes both. ``device_wire`` and ``unit_wire`` pick the format
+from a checksum of the id, so a device speaks the same format in every run and whichever
+publisher process (simulators/run.py ``--publishers``) carries it, and give the topic and
+an encoder; the simulators' gateway account (a ``fleet`` account) may publish on
 every ingest topic.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ingest import wire
 
-# Every 6th device reports through a SenML gateway (about 50 of the demo town's 290), and
-# every 4th unit's phone runs OwnTracks (11 of 45): enough to see both on the console and in
+# One device in 6 reports through a SenML gateway (about 50 of the demo town's 290), and
+# one unit's phone in 4 runs OwnTracks (about 11 of 45): enough to see both on the console and in
 # the dead-letter counts, while the hub's own format stays the common case.
 SENML_EVERY = 6
 OWNTRACKS_EVERY = 4
@@ -72,19 +74,23 @@ def gateway_of(device: Mapping[str, Any]) -> str:
     return f"gw-{grid.split('-')[0]}"
 
 
-def device_wire(device: Mapping[str, Any], k: int) -> DeviceWire:
-    """The format of the ``k``-th device of the town file."""
+def _picked(ident: str, every: int) -> bool:
+    return zlib.crc32(ident.encode()) % every == 0
+
+
+def device_wire(device: Mapping[str, Any]) -> DeviceWire:
+    """The format the device speaks."""
     dev = str(device["id"])
-    if k % SENML_EVERY == SENML_EVERY - 1:
+    if _picked(dev, SENML_EVERY):
         return DeviceWire("senml", wire.senml_topic(gateway_of(device)),
                           lambda ts, values: senml_pack(dev, ts, values))
     return DeviceWire("native", wire.telemetry_topic(dev),
                       lambda ts, values: wire.encode_telemetry(round(ts, 3), values))
 
 
-def unit_wire(unit_id: str, k: int) -> UnitWire:
-    """The phone app of the ``k``-th unit of the town file."""
-    if k % OWNTRACKS_EVERY == OWNTRACKS_EVERY - 1:
+def unit_wire(unit_id: str) -> UnitWire:
+    """The phone app the unit's crew runs."""
+    if _picked(unit_id, OWNTRACKS_EVERY):
         return UnitWire("owntracks", f"owntracks/{OWNTRACKS_USER}/{unit_id}",
                         owntracks_location)
     return UnitWire("native", wire.gps_topic(unit_id),

@@ -163,7 +163,7 @@ async def run_devices(gens: list[DeviceGenerator], pub: Publisher, stats: Stats,
                       paused: set[str] | None = None) -> None:
     """Publish every device at its interval; devices in ``paused`` (a scenario drives them)
     are skipped until they leave it."""
-    wires = [fleet_formats.device_wire(g.device, k) for k, g in enumerate(gens)]
+    wires = [fleet_formats.device_wire(g.device) for g in gens]
     now = time.time()
     heap = [(now + g.interval_s * ((k * _GOLDEN) % 1.0), k) for k, g in enumerate(gens)]
     heapq.heapify(heap)
@@ -199,7 +199,7 @@ async def run_devices(gens: list[DeviceGenerator], pub: Publisher, stats: Stats,
 
 async def run_patrol(fleet: Fleet, pub: Publisher, stats: Stats,
                      tick: float = PATROL_TICK_S) -> None:
-    phones = {uid: fleet_formats.unit_wire(uid, k) for k, uid in enumerate(fleet.units)}
+    phones = {uid: fleet_formats.unit_wire(uid) for uid in fleet.units}
     last = time.monotonic()
     while True:
         await asyncio.sleep(tick)

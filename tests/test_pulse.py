@@ -152,8 +152,8 @@ def test_citizens_report_what_the_hub_takes() -> None:
 def test_fleet_formats_decode_to_the_same_readings() -> None:
     now = time.time()
     kinds: dict[str, int] = {}
-    for k, d in enumerate(TOWN["devices"]):
-        w = fleet_formats.device_wire(d, k)
+    for d in TOWN["devices"]:
+        w = fleet_formats.device_wire(d)
         kinds[w.kind] = kinds.get(w.kind, 0) + 1
         decoded: Any = wire.decode(w.topic, w.encode(now, {"m1": 1.5, "m2": 2.0}), now)
         assert not isinstance(decoded, wire.DecodeError), (w.topic, decoded)
@@ -161,8 +161,8 @@ def test_fleet_formats_decode_to_the_same_readings() -> None:
             (d["id"], "m1", 1.5), (d["id"], "m2", 2.0)]
     assert kinds["senml"] > 10 and kinds["native"] > kinds["senml"]
     phones: dict[str, int] = {}
-    for k, u in enumerate(TOWN["units"]):
-        w2 = fleet_formats.unit_wire(u["id"], k)
+    for u in TOWN["units"]:
+        w2 = fleet_formats.unit_wire(u["id"])
         phones[w2.kind] = phones.get(w2.kind, 0) + 1
         decoded = wire.decode(w2.topic, w2.encode(now, 31.8, 120.4, 3.0, 90.0, 5.0), now)
         assert not isinstance(decoded, wire.DecodeError), (w2.topic, decoded)
