@@ -192,7 +192,7 @@ async def apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: s
                 f"""WITH ended AS (
                       UPDATE assignments a SET status = e.status,
                           escalated_at = CASE WHEN e.escalated AND a.status = 'active'
-                                              THEN now() ELSE a.escalated_at END
+                                              THEN $7 ELSE a.escalated_at END
                       FROM unnest($1::bigint[], $2::text[], $3::bool[])
                            AS e (incident_id, status, escalated)
                       WHERE a.incident_id = e.incident_id
@@ -204,7 +204,9 @@ async def apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: s
                     WHERE u.id = m.id
                     RETURNING {UNIT_COLUMNS}""",
                 [e[0] for e in ended], [e[1] for e in ended], [e[2] for e in ended],
-                list(moved), [m[0] for m in moved.values()], [m[1] for m in moved.values()]):
+                list(moved), [m[0] for m in moved.values()], [m[1] for m in moved.values()],
+                # the decision's time, not the database's: a backfill decides in the past
+                store.ts(now)):
             unit_rows[str(r["id"])] = r
     alert_rows: list[Any] = []
     if d.alerts:

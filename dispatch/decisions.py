@@ -65,15 +65,19 @@ async def load_road_graph(pool: asyncpg.Pool) -> RoadGraph | None:
 
 async def decide_and_apply(pool: asyncpg.Pool, event: planner.Input, graph: RoadGraph | None,
                            policy: DispatchPolicy, *, actor: str = SYSTEM_ACTOR,
-                           note: str = "") -> tuple[planner.Decision, dict[str, Any]]:
+                           note: str = "", now: float | None = None
+                           ) -> tuple[planner.Decision, dict[str, Any]]:
     """Decide ``event`` and carry the decision out. Returns the decision and the new
     assignment rows by incident id. ``actor`` is recorded on what the input itself asked
-    (an operator's override or redirect); the rest of the plan is the system's."""
+    (an operator's override or redirect); the rest of the plan is the system's. ``now``:
+    the decision's time, the clock's when not given (the demo's history backfill passes
+    past times)."""
+    at = now
     for attempt in range(STALE_RETRIES + 1):
         try:
             async with pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", PLAN_LOCK_KEY)
-                now = time.time()
+                now = time.time() if at is None else at
                 state = await store.dispatch_state(conn)
                 decision = planner.decide(state, event, now, policy, graph)
                 views = await decision_writes.apply(conn, decision, now, actor, note)
@@ -128,16 +132,18 @@ async def redirect(pool: asyncpg.Pool, unit_id: str, actor: str, reason_code: st
 
 
 async def escalate(pool: asyncpg.Pool, assignment_id: int, graph: RoadGraph | None,
-                   policy: DispatchPolicy) -> bool:
-    """An assignment not accepted by its due time: the core takes it back, alerts the
-    supervisor and plans the case again. Returns whether it escalated now."""
+                   policy: DispatchPolicy, *, now: float | None = None) -> bool:
+    """An assignment not accepted by its due time (at ``now``, the clock's when not
+    given): the core takes it back, alerts the supervisor and plans the case again.
+    Returns whether it escalated now."""
+    at = time.time() if now is None else now
     a = await pool.fetchrow(
         "SELECT incident_id, unit_id, assigned_at FROM assignments WHERE id = $1 AND "
-        "status = 'active' AND accept_due <= now()", assignment_id)
+        "status = 'active' AND accept_due <= $2", assignment_id, store.ts(at))
     if a is None:
         return False
-    waited = time.time() - a["assigned_at"].timestamp()
+    waited = at - a["assigned_at"].timestamp()
     decision, _ = await decide_and_apply(
         pool, planner.AcceptTimedOut(str(a["incident_id"]), a["unit_id"], waited),
-        graph, policy)
+        graph, policy, now=now)
     return any(w.status == "escalated" for w in decision.withdrawals)

@@ -152,10 +152,13 @@ async def _release_unit(conn: Conn, incident_id: int, action: str, actor: str, n
 async def open_incident(pool: asyncpg.Pool, *, category: str, qualification: str,
                         priority: int, title: str, description: str, lon: float, lat: float,
                         source: str, reporter: str, alarm_id: int | None = None,
-                        grid_id: str | None = None) -> dict[str, Any]:
+                        grid_id: str | None = None, now: float | None = None
+                        ) -> dict[str, Any]:
     """Report a case; alarm and operator reports are registered at once (already verified),
-    grid-worker, hotline and Open311 reports wait for an operator to register them."""
-    now = time.time()
+    grid-worker, hotline and Open311 reports wait for an operator to register them.
+    ``now``: the report's time, the clock's when not given (the demo's history backfill,
+    simulators/backfill.py, passes past times)."""
+    now = time.time() if now is None else now
     async with pool.acquire() as conn, conn.transaction():
         grid = grid_id or await _grid_at(conn, lon, lat)
         iid = await conn.fetchval(
@@ -219,9 +222,10 @@ async def open_incident_for_alarm(pool: asyncpg.Pool, alarm: dict[str, Any]
 
 # ---------------------------------------------------------------- case steps
 async def apply_action(pool: asyncpg.Pool, incident_id: int, action: str, actor: str,
-                       reason: str | None) -> dict[str, Any]:
-    """Move a case one step (accept, start_handling, give_feedback, verify_ok, ...)."""
-    now = time.time()
+                       reason: str | None, *, now: float | None = None) -> dict[str, Any]:
+    """Move a case one step (accept, start_handling, give_feedback, verify_ok, ...) at
+    ``now`` (the clock's when not given)."""
+    now = time.time() if now is None else now
     async with pool.acquire() as conn, conn.transaction():
         inc = await store.incident_row(conn, incident_id, lock=True)
         if inc is None:

@@ -399,10 +399,15 @@ run_demo() {
   local py="$VENV/bin/python"
   "$py" -m hub migrate
   "$py" -m hub load-town --if-empty
+  # The town's past (simulators/backfill.py), on the first start only: cases before the
+  # hub runs, the sensors' readings beside it. A second start skips both (one query each).
+  "$py" -m simulators.backfill --part cases
   demo_credentials
   "$py" -m hub serve &
   DEMO_PIDS+=($!)
   "$py" -m hub wait-ready --timeout 60
+  "$py" -m simulators.backfill --part readings &
+  DEMO_PIDS+=($!)
   HUB_API_TOKEN="$(secret sim-token)" HUB_FIELD_TOKEN="$(secret crews-token)" \
     "$py" -m simulators.run "$@" &
   DEMO_PIDS+=($!)

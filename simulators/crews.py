@@ -7,13 +7,17 @@ An open case assigned to a simulated unit gets a case task that acts like the pa
 step by step (states and actions of dispatch/workflow.py), with human delays divided by
 ``speed``:
 
-1. ``dispatched``: accept after 5-30 s (actor: the unit id); in 5 % of cases decline with a
-   reason instead (the hub re-dispatches);
+1. ``dispatched``: answer as simulators/crew_behaviour.py draws it: accept within a minute
+   (actor: the unit id); now and then decline with a reason (the hub re-dispatches), or
+   answer only after the hub's accept time-out, when the hub has already escalated the case
+   to another unit and alerted the supervisor (the late accept is refused: a conflict);
 2. ``accepted``: drive there along the roads (``Fleet.send_to``); ``start_handling``
    within 30 m;
-3. ``handling``: handle for 30-120 s, ``give_feedback``; the unit heads home;
+3. ``handling``: handle for a time that depends on the case's category
+   (crew_behaviour.HANDLING_S times ``handling_scale``), ``give_feedback``; the unit heads
+   home;
 4. ``feedback``: the grid worker of the case's grid (actor ``gridworker:<grid>``, never the
-   handler) checks: ``verify_ok``, or in 10 % of cases ``verify_fail`` with a reason: the
+   handler) checks: ``verify_ok``, or now and then ``verify_fail`` with a reason: the
    case is back in ``handling`` and the unit drives back to rework it (step 3);
 5. ``verified`` -> ``closed`` -> ``evaluated`` -> ``archived``: ``operator:demo`` closes,
    evaluates and archives it a little later.
@@ -41,7 +45,10 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 
+from dispatch.service import ACCEPT_TIMEOUT_S
 from ingest.mqtt import BrokerAddress, make_client
+from simulators import crew_behaviour
+from simulators.crew_behaviour import CrewBehaviour, Odds
 from simulators.patrol import Fleet
 
 log = logging.getLogger("simulators.crews")
@@ -64,24 +71,28 @@ FINAL_STATES = frozenset({"archived", "cancelled", "shelved"})
 PHASE_BY_STATE = {"dispatched": "accept", "accepted": "drive", "handling": "reach",
                   "feedback": "verify", "verified": "close", "closed": "evaluate",
                   "evaluated": "archive"}
-DECLINE_REASONS = ("车辆故障，无法前往", "正在处置另一紧急警情", "人员不足，请改派",
-                   "不具备该事项执法资格")
-VERIFY_FAIL_REASONS = ("现场问题未彻底整改", "整改照片与现场不符", "群众反映问题仍存在")
 FEEDBACK_NOTES = ("已到场处置完毕", "已责令整改并复查", "已排除隐患", "已劝离并恢复秩序")
 
 
 @dataclass(frozen=True, slots=True)
 class CrewTiming:
-    """Human delays (seconds at speed 1) and odds; ``speed`` divides every delay."""
+    """Human delays (seconds at speed 1) and odds; ``speed`` divides every delay except a
+    late answer's, which is measured against the hub's accept time-out."""
 
-    accept_s: tuple[float, float] = (5.0, 30.0)
-    handle_s: tuple[float, float] = (30.0, 120.0)
     verify_s: tuple[float, float] = (15.0, 45.0)
     close_s: tuple[float, float] = (10.0, 30.0)
     evaluate_s: tuple[float, float] = (5.0, 20.0)
     archive_s: tuple[float, float] = (5.0, 20.0)
-    decline_p: float = 0.05
-    verify_fail_p: float = 0.10
+    decline_p: float = crew_behaviour.DECLINE_P
+    verify_fail_p: float = crew_behaviour.VERIFY_FAIL_P
+    late_p: float = crew_behaviour.LATE_P
+    # The live demo handles a case in a quarter of its history's time (a stall moved in a
+    # minute or two, an illegal building stopped in 8-20 min), so units come back to the
+    # pool while a newcomer watches; the category's order of length is kept.
+    handling_scale: float = 0.25
+    # The hub's accept time-out is this many times dispatch/service.py ACCEPT_TIMEOUT_S
+    # (its HUB_SLA_TIME_SCALE): a late answer comes after it.
+    hub_time_scale: float = 1.0
     speed: float = 1.0
 
 
@@ -127,6 +138,7 @@ class Crews:
         self.fleet = fleet
         self.timing = timing
         self.rng = random.Random(f"crews:{seed}")
+        self.behaviour = CrewBehaviour(f"crews:{seed}")
         self.clock = clock
         self.actions: Counter[str] = Counter()
         self.conflicts = 0
@@ -263,11 +275,19 @@ class Crews:
         verifier = f"gridworker:{inc.get('grid_id') or self._home_grid(uid)}"
         if verifier == uid:
             verifier = "gridworker:town"
+        behaviour = self._behaviour()
         if phase == "accept":
-            await self._wait(self.timing.accept_s)
+            timeout = ACCEPT_TIMEOUT_S.get(int(inc.get("priority") or 3), 900.0)
+            ans = behaviour.answer(timeout * self.timing.hub_time_scale)
+            if ans.late:
+                log.info("case %s: %s answers late (%.0f s, time-out %.0f s)", iid, uid,
+                         ans.delay_s, timeout * self.timing.hub_time_scale)
+                await asyncio.sleep(ans.delay_s)
+            else:
+                await self._sleep(ans.delay_s)
             self._still_mine(iid, uid)
-            if rng.random() < self.timing.decline_p:
-                await self._act(iid, "decline", uid, rng.choice(DECLINE_REASONS))
+            if ans.decline_reason is not None:
+                await self._act(iid, "decline", uid, ans.decline_reason)
                 return
             await self._act(iid, "accept", uid)
             phase = "drive"
@@ -277,16 +297,17 @@ class Crews:
                 if phase == "drive":
                     await self._act(iid, "start_handling", uid)
                 self.fleet.hold(uid)
-                await self._wait(self.timing.handle_s)
+                await self._sleep(behaviour.handling_s(str(inc.get("category") or ""))
+                                  * self.timing.handling_scale)
                 self._still_mine(iid, uid)
                 await self._act(iid, "give_feedback", uid, rng.choice(FEEDBACK_NOTES))
                 self._unclaim(uid, iid)  # heads home; free for the next case
                 phase = "verify"
             if phase == "verify":
                 await self._wait(self.timing.verify_s)
-                if rng.random() < self.timing.verify_fail_p:
-                    await self._act(iid, "verify_fail", verifier,
-                                    rng.choice(VERIFY_FAIL_REASONS))
+                why = self._behaviour().verification()
+                if why is not None:
+                    await self._act(iid, "verify_fail", verifier, why)
                     log.info("case %s: verification failed, %s goes back", iid, uid)
                     phase = "reach"  # verify_fail puts the case back in handling
                 else:
@@ -341,7 +362,18 @@ class Crews:
         return u.home_grid if u is not None and u.home_grid else "town"
 
     async def _wait(self, span: tuple[float, float]) -> None:
-        await asyncio.sleep(self.rng.uniform(*span) / max(self.timing.speed, 1e-6))
+        await self._sleep(self.rng.uniform(*span))
+
+    async def _sleep(self, seconds: float) -> None:
+        """A human delay of ``seconds`` at speed 1."""
+        await asyncio.sleep(seconds / max(self.timing.speed, 1e-6))
+
+    def _behaviour(self) -> CrewBehaviour:
+        """The seeded behaviour with the odds of the timing now in force."""
+        t = self.timing
+        self.behaviour.odds = Odds(late_p=t.late_p, decline_p=t.decline_p,
+                                   verify_fail_p=t.verify_fail_p)
+        return self.behaviour
 
     async def _act(self, iid: int, action: str, actor: str, reason: str | None = None) -> None:
         assert self.client is not None

@@ -44,9 +44,10 @@ NOISE_LIMITS = {"0": (50.0, 40.0), "1": (55.0, 45.0), "2": (60.0, 50.0), "3": (6
 # they come less often.
 EVENT_WEIGHTS = {"gas_detector": 1.0, "traffic_counter": 0.8, "smoke_detector": 0.6,
                  "water_station": 0.4, "air_station": 0.3, "noise_meter": 0.3}
-# Default: on average one event every 3 minutes in the whole town (the demo should show an
-# alarm, a case and a clear every few minutes, not a wall of red).
-DEFAULT_EVENT_EVERY_S = 180.0
+# Default: on average one event a minute in the whole town (issue 15: a newcomer should see
+# the town's pulse within the first minute; 30-90 s is the range that stays readable, not a
+# wall of red). `./hubctl demo --event-every S` sets it; the "calm" scenario turns it off.
+DEFAULT_EVENT_EVERY_S = 60.0
 # Faults per device: dead about once in ten days for 5-20 min (each one raises the hub's
 # device_offline alarm: with ~300 devices about one an hour), stuck about every two days
 # for 10-40 min (no rule sees a frozen value; the console's charts do).

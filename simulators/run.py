@@ -14,6 +14,16 @@ used by the crews).
   ``--gps-interval`` seconds.
 - Crews: simulated units answer their dispatches through the REST API
   (simulators/crews.py); ``--speed`` shortens their human delays.
+- Formats: a share of the devices report through SenML gateways and a share of the phones
+  run OwnTracks (simulators/fleet_formats.py), as in a real town's mixed fleet.
+- Citizens: reports through Open311 and hotline calls through the API, each registered (or
+  cancelled as a duplicate) by the demo's operator a little later (simulators/citizens.py,
+  ``--citizens-every``).
+- Scale: ``--publishers N`` splits the devices and units over N processes (this one and
+  N-1 children started with ``--shard k/N``, each with the crews of its units; citizens
+  report from this one); with a town
+  file scaled by simulators/town_scale.py (``HUB_TOWN_FILE``) the same demo shows 2,000
+  units and 10,000 devices.
 - ``--scenario NAME``: a load profile (normal, busy, calm) or a scenario file
   simulators/scenarios/NAME.toml (simulators/scenario.py). A scenario file plays alongside
   the living town: it takes over the devices it names for its duration (the background
@@ -37,6 +47,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -45,8 +57,9 @@ from typing import Any
 import httpx
 
 from core import log as hub_log
-from ingest import wire
 from ingest.mqtt import BrokerAddress
+from simulators import citizens as citizen_reports
+from simulators import fleet_formats
 from simulators import scenario as scenario_files
 from simulators.crews import Crews, CrewTiming, api_headers, listen_for_commands
 from simulators.devices import (
@@ -62,7 +75,8 @@ from simulators.patrol import DEFAULT_GPS_INTERVAL_S, Fleet, RoadGraph
 
 log = logging.getLogger("simulators.run")
 
-DEFAULT_TOWN = Path(__file__).resolve().parent / "data" / "xuxiake.json"
+DEFAULT_TOWN = Path(os.environ.get("HUB_TOWN_FILE")
+                    or Path(__file__).resolve().parent / "data" / "xuxiake.json")
 STATUS_EVERY_S = 30.0
 # Patrol movement tick (s): fine enough that staggered GPS fixes stay spread out.
 PATROL_TICK_S = 0.5
@@ -149,7 +163,7 @@ async def run_devices(gens: list[DeviceGenerator], pub: Publisher, stats: Stats,
                       paused: set[str] | None = None) -> None:
     """Publish every device at its interval; devices in ``paused`` (a scenario drives them)
     are skipped until they leave it."""
-    topics = [wire.telemetry_topic(g.id) for g in gens]
+    wires = [fleet_formats.device_wire(g.device) for g in gens]
     now = time.time()
     heap = [(now + g.interval_s * ((k * _GOLDEN) % 1.0), k) for k, g in enumerate(gens)]
     heapq.heapify(heap)
@@ -175,7 +189,7 @@ async def run_devices(gens: list[DeviceGenerator], pub: Publisher, stats: Stats,
         if values is None:
             stats.silent += 1
         else:
-            await pub.publish(topics[k], wire.encode_telemetry(round(ts, 3), values))
+            await pub.publish(wires[k].topic, wires[k].encode(ts, values))
             stats.telemetry += 1
         nxt = due + g.interval_s
         if nxt < ts:  # fell behind (broker away, window full): skip, do not burst
@@ -185,6 +199,7 @@ async def run_devices(gens: list[DeviceGenerator], pub: Publisher, stats: Stats,
 
 async def run_patrol(fleet: Fleet, pub: Publisher, stats: Stats,
                      tick: float = PATROL_TICK_S) -> None:
+    phones = {uid: fleet_formats.unit_wire(uid) for uid in fleet.units}
     last = time.monotonic()
     while True:
         await asyncio.sleep(tick)
@@ -193,8 +208,9 @@ async def run_patrol(fleet: Fleet, pub: Publisher, stats: Stats,
         now = time.time()
         fleet.step(now, dt)
         for fix in fleet.due_fixes(now):
-            await pub.publish(wire.gps_topic(fix.unit_id), wire.encode_gps(
-                round(fix.ts, 3), fix.lat, fix.lon, fix.speed, fix.heading, fix.acc))
+            phone = phones[fix.unit_id]
+            await pub.publish(phone.topic, phone.encode(fix.ts, fix.lat, fix.lon, fix.speed,
+                                                        fix.heading, fix.acc))
             stats.gps += 1
 
 
@@ -261,16 +277,26 @@ async def amain(args: argparse.Namespace) -> int:
             return 2
     devices = select_devices(doc["devices"], args.devices)
     rates = event_rates(devices, args.event_every)
+    # The first publisher takes share 0 of --publishers; its children are told theirs.
+    shard, shards = args.shard if args.shard[1] > 1 else (0, args.publishers)
+    if shards > 1:  # this process publishes every shards-th device (the rates stay town-wide)
+        devices = devices[shard::shards]
     gens = [make_generator(d, args.seed, Faults(event_rate_per_s=rates[d["id"]]))
             for d in devices]
     graph = RoadGraph.from_town(doc)
     positions = await last_positions(args.hub_url)
-    fleet = Fleet(graph, doc["units"], args.seed, time.time(), args.gps_interval,
+    # Each publisher moves its share of the units too, and its crews answer for them (the
+    # hub's API and command topics serve them all); citizens report from the first only.
+    units = doc["units"][shard::shards]
+    fleet = Fleet(graph, units, args.seed, time.time(), args.gps_interval,
                   grids=doc["grids"]["features"], positions=positions)
     addr = BrokerAddress.parse(args.mqtt_url)
     pub = Publisher(addr, f"gridhub-sim-{os.getpid()}", window=args.window)
+    children = start_publishers(args) if shard == 0 and args.publishers > 1 else []
     crews = None if args.no_crews else Crews(
-        args.hub_url, fleet, seed=args.seed, timing=CrewTiming(speed=args.speed))
+        args.hub_url, fleet, seed=args.seed,
+        timing=CrewTiming(speed=args.speed,
+                          hub_time_scale=float(os.environ.get("HUB_SLA_TIME_SCALE", "1"))))
     msgs_per_s = sum(1.0 / g.interval_s for g in gens) + len(fleet.units) / args.gps_interval
     log.info("town %s: %d devices, %d units, %d road nodes; ~%.1f msg/s to %s:%s; crews %s; "
              "an event every ~%s s; seed %d", doc.get("name_en", doc.get("name")), len(gens),
@@ -298,6 +324,12 @@ async def amain(args: argparse.Namespace) -> int:
             asyncio.create_task(run_status(args.status_every, pub, stats, gens, crews, fleet),
                                 name="status"),
         ]
+        if shard == 0 and args.citizens_every > 0:
+            key = await citizen_reports.ensure_key(citizen_reports.var_dir(),
+                                                   os.environ.get("HUB_DATABASE_URL"))
+            who = citizen_reports.Citizens(doc, seed=args.seed, every_s=args.citizens_every)
+            tasks.append(asyncio.create_task(citizen_reports.run_citizens(
+                args.hub_url, who, api_headers(), key), name="citizens"))
         if crews is not None:
             tasks.append(asyncio.create_task(crews.run(), name="crews"))
             # The units' phones get their assignments on their command topics.
@@ -321,9 +353,46 @@ async def amain(args: argparse.Namespace) -> int:
     if listener is not None:
         listener.disconnect()
         listener.loop_stop()
+    for child in children:  # they stop on SIGTERM within about two seconds, as this one
+        child.terminate()
     await pub.stop(flush_timeout=STOP_FLUSH_S, join_timeout=0.6)
+    for child in children:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=3)
     log.info("stopped: %s", status_line(pub, stats, gens, crews, fleet))
     return 0
+
+
+def start_publishers(args: argparse.Namespace) -> list[subprocess.Popen[bytes]]:
+    """The other ``--publishers`` processes: this command again with ``--shard k/N``, the
+    same town, seed, event rate and crews (the environment's tokens are inherited); each
+    publishes its share of the devices and units."""
+    out = []
+    for k in range(1, args.publishers):
+        cmd = [sys.executable, "-m", "simulators.run", "--town", str(args.town),
+               "--shard", f"{k}/{args.publishers}", "--seed", str(args.seed),
+               "--event-every", str(args.event_every), "--speed", str(args.speed),
+               "--gps-interval", str(args.gps_interval), "--citizens-every", "0",
+               "--status-every", str(args.status_every)]
+        if args.no_crews:
+            cmd.append("--no-crews")
+        if args.devices is not None:
+            cmd += ["--devices", str(args.devices)]
+        if args.duration is not None:
+            cmd += ["--duration", str(args.duration)]
+        out.append(subprocess.Popen(cmd))
+    if out:
+        log.info("%d more publisher processes started (devices and units split %d ways)",
+                 len(out), args.publishers)
+    return out
+
+
+def _shard(text: str) -> tuple[int, int]:
+    k, _, n = text.partition("/")
+    shard, shards = int(k), int(n)
+    if not 0 <= shard < shards:
+        raise argparse.ArgumentTypeError("--shard is k/N with 0 <= k < N")
+    return shard, shards
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -348,6 +417,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"mean seconds between alarm events town-wide (0: none; "
                         f"default {DEFAULT_EVENT_EVERY_S:g})")
     p.add_argument("--gps-interval", type=float, default=DEFAULT_GPS_INTERVAL_S, metavar="S")
+    p.add_argument("--citizens-every", type=float, default=citizen_reports.DEFAULT_EVERY_S,
+                   metavar="S", help="mean seconds between citizens' Open311 and hotline "
+                   f"reports (0: none; default {citizen_reports.DEFAULT_EVERY_S:g})")
+    p.add_argument("--publishers", type=int, default=1, metavar="N",
+                   help="publish the devices from N processes (a big town, see "
+                        "simulators/town_scale.py)")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
+                   help=argparse.SUPPRESS)  # set by --publishers for its children
     p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
                    help="max unacknowledged MQTT publishes")
     p.add_argument("--status-every", type=float, default=STATUS_EVERY_S, metavar="S")
@@ -372,6 +449,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--speed must be positive")
     if args.gps_interval <= 0:
         p.error("--gps-interval must be positive")
+    if args.publishers < 1:
+        p.error("--publishers must be >= 1")
     if args.devices is not None and args.devices < 0:
         p.error("--devices must be >= 0")
     if args.seed is None:

@@ -620,7 +620,7 @@ async def _run_crews(town: dict[str, Any], graph: patrol.RoadGraph, hub: FakeHub
     return crews, fleet
 
 
-FAST = CrewTiming(speed=2000.0, decline_p=0.0, verify_fail_p=0.0)
+FAST = CrewTiming(speed=2000.0, decline_p=0.0, verify_fail_p=0.0, late_p=0.0)
 
 
 async def test_crew_closes_the_loop(town: dict[str, Any], graph: patrol.RoadGraph) -> None:
