@@ -37,6 +37,10 @@ KINDS: frozenset[str] = frozenset({
     "mqtt_account.set",     # a gateway/fleet/service account's password set by the set-up
     "rule.changed",
     "rule.disabled",
+    "field.code_created",   # an enrolment code for a phone (hub/field_enrol.py)
+    "field.enrolled",       # a phone traded its code for a token
+    "field.enrol_failed",   # an unknown, used or expired code was tried
+    "field.revoked",        # a phone was revoked
 })
 
 # A page of the trail; a longer look-back is a narrower filter, not a bigger page.
