@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from itertools import pairwise
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -478,7 +479,7 @@ class RoadGraph:
         nodes.reverse()
         pts = [(from_lon, from_lat)] + [(float(self._lon[n]), float(self._lat[n]))
                                         for n in nodes] + [(to_lon, to_lat)]
-        metres = sum(haversine_m(a[0], a[1], b[0], b[1]) for a, b in zip(pts, pts[1:]))
+        metres = sum(haversine_m(a[0], a[1], b[0], b[1]) for a, b in pairwise(pts))
         return pts, metres, seconds, True
 
 

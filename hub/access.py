@@ -296,8 +296,8 @@ def principal_of(request: Request) -> Principal | None:
 def actor_of(request: Request) -> str:
     """The name a recorded action is attributed to: the logged-in user's username, an API
     token's name, or, for a patrol phone's unit token (or a grid worker's phone), its unit
-    id (the unit is who handles the case). Never a name from the request: bodies carry no actor (a stray ``actor`` or
-    ``by`` field is ignored, see docs/SECURITY.md)."""
+    id (the unit is who handles the case). Never a name from the request: bodies carry no
+    actor (a stray ``actor`` or ``by`` field is ignored, see docs/SECURITY.md)."""
     p = principal_of(request)
     if p is None:
         raise Forbidden("not authenticated", code="auth.required")

@@ -27,14 +27,16 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
+from core import outbox, topics
 from core.db import Conn, row_view
 from core.entities import INCIDENT_COLUMNS
 from core.errors import Forbidden, InvalidInput, NotFound
 from core.events import IncidentUpdated
-from core import outbox, topics
-from dispatch import reports, service as dispatch_service, store
+from dispatch import reports, store
+from dispatch import service as dispatch_service
 from dispatch.geo import haversine_m, straight_line_time_s
-from hub import field_idempotency as idem, open311_services, photos
+from hub import field_idempotency as idem
+from hub import open311_services, photos
 from hub.access import UNIT_ACTIONS, actor_of, principal_of, require_action_allowed
 from hub.auth import Principal
 from hub.params import RowId

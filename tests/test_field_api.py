@@ -20,7 +20,14 @@ from core import photo_check
 from hub import field_feed
 from tests.conftest import ROOT, HubProcess
 from tests.field_helpers import (
-    dispatch_to, enrol, free_unit, jpeg, key, new_case, phone, upload,
+    dispatch_to,
+    enrol,
+    free_unit,
+    jpeg,
+    key,
+    new_case,
+    phone,
+    upload,
 )
 
 LIMITS = photo_check.Limits(max_bytes=10 * 1024 * 1024, max_pixels=50_000_000)
