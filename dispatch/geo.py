@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from itertools import pairwise
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
