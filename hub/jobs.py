@@ -122,6 +122,16 @@ async def purge_auth(hub: Hub) -> None:
         await auth.purge(hub.pool, hub.settings.login_failure_window_s)
 
 
+async def field_upkeep(hub: Hub) -> None:
+    """The field app's retention: evidence photos past their time, old idempotency keys."""
+    from hub import field_idempotency, photos
+
+    gone = await photos.purge(hub.pool, hub.settings)
+    if gone:
+        log.info("photo retention: %d photos removed", gone)
+    await field_idempotency.purge(hub.pool, hub.settings.field_idempotency_keep_s)
+
+
 async def reload_sla(hub: Hub) -> None:
     """SLA edits made through another process (hub/sla_api.py) come into force here."""
     await sla_settings.load_settings(hub.pool, hub.settings)
@@ -155,6 +165,8 @@ JOBS: list[tuple[str, Any, Callable[[Settings], float], str]] = [
     ("contacts.retention", erase_contacts, _every(RETENTION_INTERVAL_S), "dispatch"),
     # Mileage and duty time per unit and day, for the assessment reports.
     ("reports.patrol_rollup", patrol_rollup, _every(PATROL_ROLLUP_S), "dispatch"),
+    # Photos live on the web nodes' (shared) photo directory; retention is in days.
+    ("field.retention", field_upkeep, _every(RETENTION_INTERVAL_S), "web"),
     # "Double random": the draw itself skips a matter already drawn this month (and the first
     # run only announces the draws: a commitment comes before its draw), so a
     # daily check makes it monthly and catches up after downtime.

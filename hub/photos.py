@@ -231,3 +231,39 @@ async def case_photos(request: Request, incident_id: RowId) -> dict[str, Any]:
     photos = await evidence(hub.pool, photo_dir(hub.settings), incident_id)
     return {"incident_id": incident_id, "photos": photos,
             "intact": all(ph["intact"] for ph in photos), "checked_at": time.time()}
+
+
+# Uploads never attached to a case step (the user discarded the action) are kept this long:
+# as long as a queued action may still arrive (Settings.field_idempotency_keep_s is 7 days).
+LOOSE_KEEP_S = 7 * 86400.0
+
+
+def _unlink(root: Path, sha: str) -> None:
+    for suffix in (".orig", ".jpg", ".thumb.jpg"):
+        _path(root, sha, suffix).unlink(missing_ok=True)
+
+
+async def purge(pool: Querier, settings: Settings) -> int:
+    """Retention (a scheduled job): photos whose cases all ended (archived or cancelled)
+    more than ``photo_retention_days`` ago, and uploads never attached after
+    ``LOOSE_KEEP_S``. The case log keeps their hashes. Returns how many went."""
+    days = settings.photo_retention_days
+    rows = await pool.fetch(
+        """SELECT p.sha256 FROM photos p
+           WHERE (NOT EXISTS (SELECT 1 FROM incident_photos ip WHERE ip.sha256 = p.sha256)
+                  AND p.uploaded_at < now() - make_interval(secs => $1))
+              OR ($2 > 0 AND EXISTS (SELECT 1 FROM incident_photos ip WHERE ip.sha256 = p.sha256)
+                  AND NOT EXISTS (
+                      SELECT 1 FROM incident_photos ip JOIN incidents i ON i.id = ip.incident_id
+                      WHERE ip.sha256 = p.sha256 AND (i.state NOT IN ('archived', 'cancelled')
+                          OR i.updated_at > now() - make_interval(days => $2))))""",
+        LOOSE_KEEP_S, days)
+    shas = [r["sha256"] for r in rows]
+    if not shas:
+        return 0
+    root = photo_dir(settings)
+    for sha in shas:
+        await asyncio.to_thread(_unlink, root, sha)
+    await pool.execute("DELETE FROM incident_photos WHERE sha256 = ANY($1::text[])", shas)
+    await pool.execute("DELETE FROM photos WHERE sha256 = ANY($1::text[])", shas)
+    return len(shas)

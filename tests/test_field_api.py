@@ -319,3 +319,33 @@ def test_patrol_positions_are_checked_like_gps_over_mqtt(hub: HubProcess, db_url
         assert p["fixes"] >= 6 and p["distance_m"] > 200
     dead = hub.client.get("/api/dead-letters", params={"reason": "bad_position"}).json()
     assert any(d["topic"].endswith("/PO-04") for d in dead["items"])
+
+
+# ------------------------------------------------------------------ retention
+def test_photo_retention_removes_loose_uploads_only(hub: HubProcess, db_url: str) -> None:
+    from core.db import create_pool
+    from core.settings import Settings
+    from hub import photos
+
+    worker = enrol(hub, "GW-08", role="grid_worker")
+    with phone(hub, worker["token"]) as w:
+        loose = upload(w, jpeg((5, 6, 7))).json()["sha256"]
+        kept = upload(w, jpeg((7, 6, 5))).json()["sha256"]
+        r = w.post("/api/field/reports", headers={"Idempotency-Key": key()}, json={
+            "category": "noise", "lon": 120.43, "lat": 31.80, "photos": [kept]})
+        assert r.status_code == 201, r.text
+    root = photo_root()
+    settings = Settings(database_url=db_url, var_dir=root.parent)
+
+    async def run() -> int:
+        pool = await create_pool(db_url, 1, 2)
+        try:
+            await pool.execute("UPDATE photos SET uploaded_at = now() - interval '8 days' "
+                               "WHERE sha256 = ANY($1::text[])", [loose, kept])
+            return await photos.purge(pool, settings)
+        finally:
+            await pool.close()
+
+    assert asyncio.run(run()) >= 1
+    assert not (root / loose[:2] / (loose + ".orig")).exists()
+    assert (root / kept[:2] / (kept + ".orig")).exists()  # its case is open: kept
