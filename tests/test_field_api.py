@@ -194,10 +194,13 @@ def test_case_closed_through_the_field_endpoints_with_photo_evidence(hub: HubPro
         other = enrol(hub, "PO-03")
         with phone(hub, other["token"]) as o:
             assert o.get(f"/api/photos/{after['sha256']}/display").status_code == 403
+    # the operator closes it: every field step went through the field app's endpoints
+    r = hub.client.post(f"/api/incidents/{cid}/actions", json={"action": "close"})
+    assert r.status_code == 200 and r.json()["state"] == "closed", r.text
     log = hub.client.get(f"/api/incidents/{cid}").json()["log"]
     actions = [e["action"] for e in log]
-    assert actions[-6:] == ["arrive", "start_handling", "evidence", "give_feedback",
-                            "evidence", "verify_ok"]
+    assert actions[-7:] == ["arrive", "start_handling", "evidence", "give_feedback",
+                            "evidence", "verify_ok", "close"]
     assert {e["actor"] for e in log if e["action"] in ("accept", "give_feedback")} == {squad}
     assert [e["actor"] for e in log if e["action"] == "verify_ok"] == ["GW-03"]
     assert hub.client.get(f"/api/incidents/{cid}/log/verify").json()["ok"]

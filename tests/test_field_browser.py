@@ -107,6 +107,9 @@ def test_dispatch_to_verification_with_photos(browser: Browser, hub: HubProcess)
         route = page.evaluate("window.field.route")
         assert route["by_road"] and route["distance_m"] > 500 and route["eta_s"] > 0
         assert page.locator(".leaflet-overlay-pane path").count() >= 1
+        page.evaluate("document.getElementById('toast').hidden = true")
+        page.locator("#route-info").scroll_into_view_if_needed()
+        page.evaluate("window.scrollBy(0, 120)")
         shot(page, "navigate")
         tap_action(page, "arrive")
         page.wait_for_function(
