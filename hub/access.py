@@ -208,6 +208,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/field/phones"): ADMIN,
     ("DELETE", "/api/field/phones/{name}"): ADMIN,
     ("GET", "/api/field/me"): FIELD,
+    ("GET", "/api/field/town"): FIELD,
     ("GET", "/api/field/inbox"): FIELD,
     ("GET", "/api/field/cases/{incident_id}"): FIELD,
     ("GET", "/api/field/cases/{incident_id}/route"): FIELD,

@@ -108,6 +108,14 @@ async def inbox(request: Request) -> dict[str, Any]:
     return {"seq": seq, "cases": [row_view(r) for r in rows]}
 
 
+@router.get("/api/field/town")
+async def town(request: Request) -> dict[str, Any]:
+    """The town's roads and grids (the console's ``/api/town``): the phone's map has no tile
+    server either, and a report's place is picked on it."""
+    _phone(request)
+    return await api.town(request)
+
+
 async def _case_for(request: Request, p: Principal, incident_id: int) -> dict[str, Any]:
     """The incident's row if this phone may see it (404 otherwise: no probing)."""
     hub = request.app.state.hub

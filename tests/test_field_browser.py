@@ -255,6 +255,20 @@ def test_patrol_mode_sends_positions(browser: Browser, hub: HubProcess) -> None:
         unit = hub.client.get("/api/units").json()
         po = next(u for u in unit if u["id"] == "PO-05")
         assert po["lon"] == pytest.approx(cc["lon"] + 0.006, abs=1e-6)
+        # a report placed by a tap on the map, not at the phone's position
+        page.tap("#tabs button[data-go=report]")
+        page.wait_for_selector("#report-map .leaflet-overlay-pane path", timeout=10000)
+        page.tap("#report-map", position={"x": 60, "y": 50})
+        pick = page.evaluate("window.field.pick")
+        assert pick and "picked" in page.inner_text("#report-where")
+        page.select_option("#report-category", "noise")
+        page.tap("#report-form button[type=submit]")
+        page.wait_for_function("window.field.pending && window.field.pending.length === 0",
+                               timeout=10000)
+        mine = [i for i in hub.client.get("/api/incidents", params={"state": "all"}).json()
+                if i["reporter"] == "PO-05"]
+        assert len(mine) == 1
+        assert (mine[0]["lon"], mine[0]["lat"]) == pytest.approx((pick["lon"], pick["lat"]))
         assert page.errors == []  # type: ignore[attr-defined]
     finally:
         ctx.close()

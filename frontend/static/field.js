@@ -387,6 +387,17 @@ function thumbs(input, box) {
   }));
 }
 
+// The town's roads and grids under the phone's maps (no tile server, as on the console).
+let townDoc = null;
+async function townLayers(m) {
+  if (!townDoc) {
+    try { townDoc = await api("GET", "/api/field/town"); } catch { return; }
+  }
+  L.geoJSON(townDoc.grids, { filter: (f) => f.properties.level === 2, interactive: false,
+                             style: { color: "#9aa7b8", weight: 1, fill: false } }).addTo(m);
+  L.geoJSON(townDoc.roads, { interactive: false, style: { color: "#555", weight: 2 } }).addTo(m);
+}
+
 let map = null;
 async function navigate() {
   const inc = S.detail && S.detail.incident;
@@ -404,6 +415,7 @@ async function navigate() {
   if (!window.L) return;
   if (!map) map = L.map("map", { zoomControl: true, attributionControl: false });
   map.eachLayer((l) => map.removeLayer(l));
+  await townLayers(map);
   const line = L.polyline(r.points.map(([x, y]) => [y, x]), { color: "#0b3d91", weight: 6 }).addTo(map);
   const [sx, sy] = r.points[0];
   L.circleMarker([sy, sx], { radius: 9, color: "#000", fillColor: "#1b5e20", fillOpacity: 1 }).addTo(map);
@@ -412,14 +424,47 @@ async function navigate() {
 }
 
 // ------------------------------------------------------------------ report
+// The report's place: the phone's position, or a point tapped on the map.
+let reportMap = null, pickMarker = null;
+async function openReport() {
+  S.pick = null;
+  $("report-where").textContent = t("f.where_here");
+  if (!window.L) return;
+  if (!reportMap) {
+    reportMap = L.map("report-map", { attributionControl: false });
+    await townLayers(reportMap);
+    reportMap.on("click", (ev) => {
+      S.pick = { lon: ev.latlng.lng, lat: ev.latlng.lat };
+      if (pickMarker) pickMarker.remove();
+      pickMarker = L.circleMarker(ev.latlng, { radius: 10, color: "#000", fillColor: "#b00020", fillOpacity: 1 }).addTo(reportMap);
+      $("report-where").textContent = t("f.where_picked", { lat: S.pick.lat.toFixed(5), lon: S.pick.lon.toFixed(5) });
+    });
+  }
+  if (pickMarker) { pickMarker.remove(); pickMarker = null; }
+  try {
+    const pos = await position();
+    reportMap.setView([pos.coords.latitude, pos.coords.longitude], 15);
+  } catch {
+    if (townDoc && townDoc.meta && townDoc.meta.command_center) {
+      const cc = townDoc.meta.command_center;
+      reportMap.setView([cc.lat, cc.lon], 13);
+    }
+  }
+  reportMap.invalidateSize();
+}
+
 async function sendReport(ev) {
   ev.preventDefault();
   let lon, lat;
-  try {
-    const pos = await position();
-    lon = pos.coords.longitude;
-    lat = pos.coords.latitude;
-  } catch (err) { toast(t("f.geo_denied", { error: err.message })); return; }
+  if (S.pick) {
+    ({ lon, lat } = S.pick);
+  } else {
+    try {
+      const pos = await position();
+      lon = pos.coords.longitude;
+      lat = pos.coords.latitude;
+    } catch (err) { toast(t("f.geo_denied", { error: err.message })); return; }
+  }
   const category = $("report-category").value;
   await submit({
     path: "/api/field/reports",
@@ -429,6 +474,9 @@ async function sendReport(ev) {
   });
   $("report-form").reset();
   $("report-thumbs").replaceChildren();
+  S.pick = null;
+  if (pickMarker) { pickMarker.remove(); pickMarker = null; }
+  $("report-where").textContent = t("f.where_here");
   toast(t("f.report_done"));
 }
 
@@ -516,7 +564,12 @@ async function start() {
 
 function wire() {
   $("enrol-form").addEventListener("submit", (ev) => { ev.preventDefault(); enrol($("enrol-code").value); });
-  for (const b of document.querySelectorAll("[data-go]")) b.addEventListener("click", () => show(b.dataset.go));
+  for (const b of document.querySelectorAll("[data-go]")) {
+    b.addEventListener("click", () => {
+      show(b.dataset.go);
+      if (b.dataset.go === "report") openReport();
+    });
+  }
   $("nav-btn").addEventListener("click", navigate);
   $("case-photo").addEventListener("change", () => thumbs($("case-photo"), $("case-thumbs")));
   $("report-photo").addEventListener("change", () => thumbs($("report-photo"), $("report-thumbs")));
