@@ -35,8 +35,8 @@ from core.events import IncidentUpdated
 from dispatch import reports, store
 from dispatch import service as dispatch_service
 from dispatch.geo import haversine_m, straight_line_time_s
+from hub import api, open311_services, photos
 from hub import field_idempotency as idem
-from hub import open311_services, photos
 from hub.access import UNIT_ACTIONS, actor_of, principal_of, require_action_allowed
 from hub.auth import Principal
 from hub.params import RowId

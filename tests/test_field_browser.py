@@ -257,17 +257,22 @@ def test_patrol_mode_sends_positions(browser: Browser, hub: HubProcess) -> None:
         assert po["lon"] == pytest.approx(cc["lon"] + 0.006, abs=1e-6)
         # a report placed by a tap on the map, not at the phone's position
         page.tap("#tabs button[data-go=report]")
-        page.wait_for_selector("#report-map .leaflet-overlay-pane path", timeout=10000)
+        page.wait_for_function(
+            "document.querySelectorAll('#report-map .leaflet-overlay-pane path').length > 100",
+            timeout=10000)  # the town's roads and grids under it
         page.tap("#report-map", position={"x": 60, "y": 50})
         pick = page.evaluate("window.field.pick")
         assert pick and "picked" in page.inner_text("#report-where")
         page.select_option("#report-category", "noise")
         page.tap("#report-form button[type=submit]")
-        page.wait_for_function("window.field.pending && window.field.pending.length === 0",
-                               timeout=10000)
-        mine = [i for i in hub.client.get("/api/incidents", params={"state": "all"}).json()
-                if i["reporter"] == "PO-05"]
-        assert len(mine) == 1
+        deadline = time.monotonic() + 10
+        while True:
+            mine = [i for i in hub.client.get("/api/incidents", params={"state": "all"}).json()
+                    if i["reporter"] == "PO-05"]
+            if mine or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(mine) == 1, page.evaluate("JSON.stringify(window.field.pending)")
         assert (mine[0]["lon"], mine[0]["lat"]) == pytest.approx((pick["lon"], pick["lat"]))
         assert page.errors == []  # type: ignore[attr-defined]
     finally:

@@ -409,18 +409,22 @@ async function navigate() {
   } catch { /* the hub uses the unit's last fix */ }
   let r;
   try { r = await api("GET", `/api/field/cases/${inc.id}/route${q}`); } catch (err) { toast(err.message); return; }
-  S.route = r;
   const eta = fmtDuration(r.eta_s);
-  $("route-info").textContent = t(r.by_road ? "f.route" : "f.route_line", { d: fmtDistance(r.distance_m), eta });
-  if (!window.L) return;
+  const info = t(r.by_road ? "f.route" : "f.route_line", { d: fmtDistance(r.distance_m), eta });
+  if (!window.L) { S.route = r; $("route-info").textContent = info; return; }
   if (!map) map = L.map("map", { zoomControl: true, attributionControl: false });
   map.eachLayer((l) => map.removeLayer(l));
+  const latlngs = r.points.map(([x, y]) => [y, x]);
+  // A view first: Leaflet's vector renderer needs one before layers are added.
+  map.fitBounds(L.latLngBounds(latlngs), { padding: [20, 20] });
   await townLayers(map);
-  const line = L.polyline(r.points.map(([x, y]) => [y, x]), { color: "#0b3d91", weight: 6 }).addTo(map);
+  const line = L.polyline(latlngs, { color: "#0b3d91", weight: 6 }).addTo(map);
   const [sx, sy] = r.points[0];
   L.circleMarker([sy, sx], { radius: 9, color: "#000", fillColor: "#1b5e20", fillOpacity: 1 }).addTo(map);
   L.circleMarker([inc.lat, inc.lon], { radius: 11, color: "#000", fillColor: "#b00020", fillOpacity: 1 }).addTo(map);
   map.fitBounds(line.getBounds(), { padding: [20, 20] });
+  S.route = r;
+  $("route-info").textContent = info;
 }
 
 // ------------------------------------------------------------------ report
@@ -432,6 +436,12 @@ async function openReport() {
   if (!window.L) return;
   if (!reportMap) {
     reportMap = L.map("report-map", { attributionControl: false });
+    if (townDoc && townDoc.meta && townDoc.meta.command_center) {
+      const cc = townDoc.meta.command_center;
+      reportMap.setView([cc.lat, cc.lon], 13);
+    } else {
+      reportMap.setView([0, 0], 2);  // replaced below; Leaflet needs a view before layers
+    }
     await townLayers(reportMap);
     reportMap.on("click", (ev) => {
       S.pick = { lon: ev.latlng.lng, lat: ev.latlng.lat };
