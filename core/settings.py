@@ -207,3 +207,22 @@ class Settings(BaseSettings):
     max_body_bytes: int = 256 * 1024
     # The largest websocket message accepted from a client (the feed's hello is ~30 bytes).
     ws_max_message_bytes: int = 64 * 1024
+
+    # ---- the field app (hub/field_*.py, hub/photos*.py)
+    # An enrolment code is shown on an admin's screen and scanned at once; ten minutes
+    # covers handing the phone over, and a code photographed by someone else soon expires.
+    field_enrol_ttl_s: float = 600.0
+    # Evidence photos: a phone camera's JPEG is 2-6 MB; 10 MB leaves room for a
+    # high-resolution one and refuses videos or archives posted by mistake.
+    photo_max_bytes: int = 10 * 1024 * 1024
+    # Decoding bombs: a 10 MB PNG can claim a gigapixel canvas; 50 Mpx is above any
+    # phone's camera (48 Mpx sensors bin to 12 Mpx by default).
+    photo_max_pixels: int = 50_000_000
+    # Where photos live (content-addressed); default <var_dir>/photos.
+    photo_dir: Path | None = None
+    # Photos are evidence of cases: kept as long as the case records are (three years,
+    # the usual retention of administrative enforcement files); 0 keeps them for ever.
+    photo_retention_days: int = 3 * 365
+    # Idempotency keys are remembered this long: a phone offline for a whole shift and
+    # a weekend still gets the first answer when it replays its queue.
+    field_idempotency_keep_s: float = 7 * 24 * 3600.0

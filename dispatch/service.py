@@ -160,25 +160,37 @@ async def open_incident(pool: asyncpg.Pool, *, category: str, qualification: str
     simulators/backfill.py, passes past times)."""
     now = time.time() if now is None else now
     async with pool.acquire() as conn, conn.transaction():
-        grid = grid_id or await _grid_at(conn, lon, lat)
-        iid = await conn.fetchval(
-            """INSERT INTO incidents (category, priority, qualification, title, description,
-                                      lon, lat, grid_id, source, reporter, state, opened_at,
-                                      updated_at)
-               VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,'reported',$11,$11) RETURNING id""",
-            category, priority, qualification, title, description, lon, lat, grid, source,
-            reporter, store.ts(now))
-        await store.append_log(conn, iid, "report", None, "reported", reporter, now, None)
-        inc = await store.incident_row(conn, iid, lock=True)
-        assert inc is not None
-        await clocks.update_clocks(conn, inc, workflow.CaseState(), "report", now)
-        if source in ("alarm", "operator"):
-            await _step(conn, inc, "register", reporter if source == "operator"
-                        else SYSTEM_ACTOR, now, None)
-        view = await store.incident_view(conn, iid)
-        await outbox.record(conn, IncidentOpened(incident=view))
-        if alarm_id is not None:
-            await _attach(conn, alarm_id, iid)
+        return await open_incident_in(
+            conn, now, category=category, qualification=qualification,
+            priority=priority, title=title, description=description, lon=lon, lat=lat,
+            source=source, reporter=reporter, alarm_id=alarm_id, grid_id=grid_id)
+
+
+async def open_incident_in(conn: Conn, now: float, *, category: str, qualification: str,
+                           priority: int, title: str, description: str, lon: float,
+                           lat: float, source: str, reporter: str, alarm_id: int | None = None,
+                           grid_id: str | None = None) -> dict[str, Any]:
+    """``open_incident`` inside the caller's transaction (the field app's reports record
+    their photos and idempotency key in the same one)."""
+    grid = grid_id or await _grid_at(conn, lon, lat)
+    iid = await conn.fetchval(
+        """INSERT INTO incidents (category, priority, qualification, title, description,
+                                  lon, lat, grid_id, source, reporter, state, opened_at,
+                                  updated_at)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,'reported',$11,$11) RETURNING id""",
+        category, priority, qualification, title, description, lon, lat, grid, source,
+        reporter, store.ts(now))
+    await store.append_log(conn, iid, "report", None, "reported", reporter, now, None)
+    inc = await store.incident_row(conn, iid, lock=True)
+    assert inc is not None
+    await clocks.update_clocks(conn, inc, workflow.CaseState(), "report", now)
+    if source in ("alarm", "operator"):
+        await _step(conn, inc, "register", reporter if source == "operator"
+                    else SYSTEM_ACTOR, now, None)
+    view = await store.incident_view(conn, iid)
+    await outbox.record(conn, IncidentOpened(incident=view))
+    if alarm_id is not None:
+        await _attach(conn, alarm_id, iid)
     return view
 
 
@@ -227,36 +239,43 @@ async def apply_action(pool: asyncpg.Pool, incident_id: int, action: str, actor:
     ``now`` (the clock's when not given)."""
     now = time.time() if now is None else now
     async with pool.acquire() as conn, conn.transaction():
-        inc = await store.incident_row(conn, incident_id, lock=True)
-        if inc is None:
-            raise NotFound(f"incident {incident_id} not found", code="incident.not_found")
-        unit_id = inc["assigned_unit"]
-        if action in ("decline", "withdraw"):
-            await _release_unit(conn, incident_id, action, actor, now, reason or "",
-                                ASSIGNMENT_STATUS_AFTER[action])
-            view = await store.incident_view(conn, incident_id)
-        else:
-            await _step(conn, inc, action, actor, now, reason)
-            if unit_id and action in UNIT_STATUS_AFTER:
-                status = UNIT_STATUS_AFTER[action]
-                freed = status == "available"
-                # Only while the unit is on this case: after feedback it may already be on
-                # another one, which closing this case must not disturb.
-                await conn.execute(
-                    """UPDATE units SET status = $2, updated_at = now(),
-                           current_incident = CASE WHEN $3 THEN NULL ELSE current_incident END
-                       WHERE id = $1 AND current_incident = $4""",
-                    unit_id, status, freed, incident_id)
-                a_status = ASSIGNMENT_STATUS_AFTER.get(action, "done" if freed else None)
-                if a_status:
-                    await conn.execute(
-                        "UPDATE assignments SET status = $2 WHERE incident_id = $1 AND "
-                        "status IN ('active', 'accepted')", incident_id, a_status)
-            view = await store.incident_view(conn, incident_id)
-            await outbox.record(conn, IncidentUpdated(incident=view, action=action))
+        return await apply_action_in(conn, incident_id, action, actor, reason, now)
+
+
+async def apply_action_in(conn: Conn, incident_id: int, action: str, actor: str,
+                          reason: str | None, now: float) -> dict[str, Any]:
+    """``apply_action`` inside the caller's transaction (the field app records its
+    evidence and its idempotency key in the same one); returns the incident's view."""
+    inc = await store.incident_row(conn, incident_id, lock=True)
+    if inc is None:
+        raise NotFound(f"incident {incident_id} not found", code="incident.not_found")
+    unit_id = inc["assigned_unit"]
+    if action in ("decline", "withdraw"):
+        await _release_unit(conn, incident_id, action, actor, now, reason or "",
+                            ASSIGNMENT_STATUS_AFTER[action])
+        view = await store.incident_view(conn, incident_id)
+    else:
+        await _step(conn, inc, action, actor, now, reason)
         if unit_id and action in UNIT_STATUS_AFTER:
-            await outbox.record(conn, UnitStatusChanged(unit=await store.unit_view(conn,
-                                                                                   unit_id)))
+            status = UNIT_STATUS_AFTER[action]
+            freed = status == "available"
+            # Only while the unit is on this case: after feedback it may already be on
+            # another one, which closing this case must not disturb.
+            await conn.execute(
+                """UPDATE units SET status = $2, updated_at = now(),
+                       current_incident = CASE WHEN $3 THEN NULL ELSE current_incident END
+                   WHERE id = $1 AND current_incident = $4""",
+                unit_id, status, freed, incident_id)
+            a_status = ASSIGNMENT_STATUS_AFTER.get(action, "done" if freed else None)
+            if a_status:
+                await conn.execute(
+                    "UPDATE assignments SET status = $2 WHERE incident_id = $1 AND "
+                    "status IN ('active', 'accepted')", incident_id, a_status)
+        view = await store.incident_view(conn, incident_id)
+        await outbox.record(conn, IncidentUpdated(incident=view, action=action))
+    if unit_id and action in UNIT_STATUS_AFTER:
+        await outbox.record(conn, UnitStatusChanged(unit=await store.unit_view(conn,
+                                                                               unit_id)))
     return view
 
 

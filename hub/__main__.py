@@ -281,8 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     p_token = sub.add_parser("create-token", help="create an API token and print it once")
     p_token.add_argument("--name", required=True)
     p_token.add_argument("--role", required=True,
-                         choices=["viewer", "operator", "supervisor", "admin", "unit"])
-    p_token.add_argument("--unit", help="the unit id a patrol phone's token (role unit) is for")
+                         choices=["viewer", "operator", "supervisor", "admin", "unit",
+                                  "grid_worker"])
+    p_token.add_argument("--unit", help="the unit id a patrol phone's token (role unit or "
+                                        "grid_worker) is for; phones normally enrol by code "
+                                        "(POST /api/field/enrolments)")
     p_token.add_argument("--token-file", type=Path,
                          help="register the token in this file instead of a new one "
                               "(idempotent; the demo keeps its tokens under var/)")

@@ -69,6 +69,7 @@ class Rule:
     role: str | None
     unit: bool = False
     page: bool = False
+    grid_worker: bool = False  # a grid worker's phone may call it too (hub/field_api.py)
 
 
 PUBLIC = Rule(None)
@@ -79,6 +80,12 @@ OPERATOR_OR_UNIT = Rule("operator", unit=True)
 SUPERVISOR = Rule("supervisor")
 ADMIN = Rule("admin")
 PAGE = Rule("viewer", page=True)
+# The field app's own routes (hub/field_api.py): phones only, a unit's or a grid worker's;
+# the handlers limit each to its unit's cases or its grids.
+FIELD_ONLY = "field"
+FIELD = Rule(FIELD_ONLY)
+# Evidence photos: staff who read cases and phones; the handler checks the case.
+PHOTO = Rule("viewer", unit=True, grid_worker=True)
 
 POLICY: dict[tuple[str, str], Rule] = {
     # ---- public: the login page, the health probe (load balancers), static assets
@@ -224,6 +231,29 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/open311/keys"): ADMIN,
     ("POST", "/api/open311/keys"): ADMIN,
     ("DELETE", "/api/open311/keys/{key_id}"): ADMIN,
+    # ---- the field app (hub/field_*.py): the page shell and its service worker are public
+    # (a phone authenticates with its own token, kept on the phone); enrolling trades a
+    # one-time code, so it is public too but rate-limited per address.
+    ("GET", "/field"): PUBLIC,
+    ("GET", "/field/sw.js"): PUBLIC,
+    ("GET", "/field/manifest.webmanifest"): PUBLIC,
+    ("POST", "/api/field/enrol"): PUBLIC,
+    ("POST", "/api/field/enrolments"): ADMIN,
+    ("GET", "/api/field/phones"): ADMIN,
+    ("DELETE", "/api/field/phones/{name}"): ADMIN,
+    ("GET", "/api/field/me"): FIELD,
+    ("GET", "/api/field/town"): FIELD,
+    ("GET", "/api/field/inbox"): FIELD,
+    ("GET", "/api/field/cases/{incident_id}"): FIELD,
+    ("GET", "/api/field/cases/{incident_id}/route"): FIELD,
+    ("POST", "/api/field/cases/{incident_id}/actions"): FIELD,
+    ("POST", "/api/field/reports"): FIELD,
+    ("POST", "/api/field/photos"): FIELD,
+    ("POST", "/api/field/positions"): FIELD,
+    ("GET", "/api/field/patrol"): FIELD,
+    ("WS", "/ws/field"): FIELD,
+    ("GET", "/api/incidents/{incident_id}/photos"): VIEWER_OR_UNIT,
+    ("GET", "/api/photos/{sha256}/{variant}"): PHOTO,
 }
 
 # Case actions a patrol phone may post, on incidents assigned to its own unit
@@ -300,13 +330,13 @@ def principal_of(request: Request) -> Principal | None:
 
 def actor_of(request: Request) -> str:
     """The name a recorded action is attributed to: the logged-in user's username, an API
-    token's name, or, for a patrol phone's unit token, its unit id (the unit is who handles
-    the case). Never a name from the request: bodies carry no actor (a stray ``actor`` or
-    ``by`` field is ignored, see docs/SECURITY.md)."""
+    token's name, or, for a patrol phone's unit token (or a grid worker's phone), its unit
+    id (the unit is who handles the case). Never a name from the request: bodies carry no
+    actor (a stray ``actor`` or ``by`` field is ignored, see docs/SECURITY.md)."""
     p = principal_of(request)
     if p is None:
         raise Forbidden("not authenticated", code="auth.required")
-    return str(p.unit_id) if p.is_unit else p.name
+    return str(p.unit_id) if p.is_field else p.name
 
 
 def require_action_allowed(p: Principal | None, action: str, assigned_unit: str | None
@@ -336,8 +366,12 @@ def require_own_incident(p: Principal | None, assigned_unit: str | None) -> None
 def allowed(rule: Rule, p: Principal) -> bool:
     if rule.role is None:
         return True
+    if rule.role == FIELD_ONLY:
+        return p.is_field
     if p.is_unit:
         return rule.unit
+    if p.is_grid_worker:
+        return rule.grid_worker
     return p.at_least(rule.role)
 
 

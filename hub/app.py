@@ -33,12 +33,17 @@ from hub import (
     audit_api,
     contacts,
     errors,
+    field_api,
+    field_enrol,
+    field_feed,
+    field_views,
     inspections_api,
     jobs,
     login,
     mqtt_accounts_api,
     open311,
     open311_keys,
+    photos,
     reports_api,
     rules_api,
     senml_map_api,
@@ -144,7 +149,8 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
     # Outermost first: an oversized body is refused before anything reads it; then every
     # route is authorised by the one policy table (hub/access.py).
     app.add_middleware(AccessMiddleware)
-    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes,
+                       wider={"/api/field/photos": settings.photo_max_bytes})
     app.include_router(login.router)
     app.include_router(api.router)
     app.include_router(open311.router)
@@ -160,6 +166,9 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
     for admin in (admin_devices, admin_units, admin_users, admin_town, admin_pages):
         app.include_router(admin.router)
     app.include_router(views.router)
+    for field_router in (field_enrol.router, field_api.router, field_feed.router,
+                         photos.router, field_views.router):
+        app.include_router(field_router)
     app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
     views.mount_vendor(app)
     return app

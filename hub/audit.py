@@ -46,6 +46,10 @@ KINDS: frozenset[str] = frozenset({
     "unit.duty",            # put on or taken off duty by hand, with a handover note
     "town.imported",        # grids and roads replaced from GeoJSON
     "device.senml_map_changed",  # a device's SenML name mapping (hub/senml_map_api.py)
+    "field.code_created",   # an enrolment code for a phone (hub/field_enrol.py)
+    "field.enrolled",       # a phone traded its code for a token
+    "field.enrol_failed",   # an unknown, used or expired code was tried
+    "field.revoked",        # a phone was revoked
 })
 
 # A page of the trail; a longer look-back is a narrower filter, not a bigger page.

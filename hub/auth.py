@@ -34,7 +34,11 @@ from hub import audit
 
 STAFF_ROLES: tuple[str, ...] = ("viewer", "operator", "supervisor", "admin")
 UNIT_ROLE = "unit"
-ALL_ROLES: tuple[str, ...] = (*STAFF_ROLES, UNIT_ROLE)
+# A grid worker's phone (the field app, hub/field_enrol.py): bound to its unit like a
+# unit's phone, and allowed only to report, patrol and verify in its own grids.
+GRID_WORKER_ROLE = "grid_worker"
+FIELD_ROLES: tuple[str, ...] = (UNIT_ROLE, GRID_WORKER_ROLE)
+ALL_ROLES: tuple[str, ...] = (*STAFF_ROLES, *FIELD_ROLES)
 
 # A person types the password; shorter ones fall to offline guessing if a hash leaks.
 MIN_PASSWORD_LEN = 12
@@ -69,6 +73,15 @@ class Principal:
     @property
     def is_unit(self) -> bool:
         return self.role == UNIT_ROLE
+
+    @property
+    def is_grid_worker(self) -> bool:
+        return self.role == GRID_WORKER_ROLE
+
+    @property
+    def is_field(self) -> bool:
+        """A phone of the field app: a unit's or a grid worker's."""
+        return self.role in FIELD_ROLES
 
     def at_least(self, role: str) -> bool:
         """True when this staff role includes ``role``; a unit includes no staff role."""
@@ -174,8 +187,8 @@ async def create_token(conn: Querier, name: str, role: str, *, unit_id: str | No
     ``token`` registers a given secret instead of a new one (the demo keeps its simulator
     token under var/); registering the same secret twice is a no-op."""
     check_role(role, allow_unit=True)
-    if (role == UNIT_ROLE) != (unit_id is not None):
-        raise InvalidInput("a unit token needs --unit, and only a unit token takes one",
+    if (role in FIELD_ROLES) != (unit_id is not None):
+        raise InvalidInput("a unit or grid-worker token needs --unit, and only those take one",
                            code="auth.bad_unit")
     if not name or len(name) > 64:
         raise InvalidInput("token name: 1-64 characters", code="auth.bad_token_name")

@@ -30,12 +30,19 @@ HTML_LANG = {"zh_CN": "zh-CN", "en": "en"}
 def load_catalogs(directory: Path = TRANSLATIONS_DIR) -> dict[str, Translations]:
     out: dict[str, Translations] = {}
     for lang in LANGUAGES:
-        po = directory / lang / "LC_MESSAGES" / "messages.po"
-        catalog = read_po(po.open("rb"), locale=lang)
-        buf = io.BytesIO()
-        write_mo(buf, catalog)
-        buf.seek(0)
-        out[lang] = Translations(fp=buf)
+        # messages.po, then the parts' own catalogs beside it (field.po: the field app),
+        # merged into one: a part's strings can be added without touching the others'.
+        pos = sorted((directory / lang / "LC_MESSAGES").glob("*.po"),
+                     key=lambda f: (f.name != "messages.po", f.name))
+        for po in pos:
+            catalog = read_po(po.open("rb"), locale=lang)
+            buf = io.BytesIO()
+            write_mo(buf, catalog)
+            buf.seek(0)
+            if lang in out:
+                out[lang].merge(Translations(fp=buf))
+            else:
+                out[lang] = Translations(fp=buf)
     return out
 
 

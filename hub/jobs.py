@@ -128,6 +128,14 @@ async def duty_roster(hub: Hub) -> None:
     """Units on or off duty as their shifts say, at the shift boundaries (hub/admin_roster.py)."""
     if _leads(hub):
         await admin_roster.apply_schedule(hub.pool, hub.settings.town_tz)
+async def field_upkeep(hub: Hub) -> None:
+    """The field app's retention: evidence photos past their time, old idempotency keys."""
+    from hub import field_idempotency, photos
+
+    gone = await photos.purge(hub.pool, hub.settings)
+    if gone:
+        log.info("photo retention: %d photos removed", gone)
+    await field_idempotency.purge(hub.pool, hub.settings.field_idempotency_keep_s)
 
 
 async def reload_sla(hub: Hub) -> None:
@@ -163,6 +171,8 @@ JOBS: list[tuple[str, Any, Callable[[Settings], float], str]] = [
     ("contacts.retention", erase_contacts, _every(RETENTION_INTERVAL_S), "dispatch"),
     # Mileage and duty time per unit and day, for the assessment reports.
     ("reports.patrol_rollup", patrol_rollup, _every(PATROL_ROLLUP_S), "dispatch"),
+    # Photos live on the web nodes' (shared) photo directory; retention is in days.
+    ("field.retention", field_upkeep, _every(RETENTION_INTERVAL_S), "web"),
     # "Double random": the draw itself skips a matter already drawn this month (and the first
     # run only announces the draws: a commitment comes before its draw), so a
     # daily check makes it monthly and catches up after downtime.

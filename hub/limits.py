@@ -24,29 +24,31 @@ class BodyTooLarge(HTTPException):
 
 
 class BodySizeLimit:
-    """Pure ASGI middleware; ``limit`` in bytes."""
+    """Pure ASGI middleware; ``limit`` in bytes. ``wider``: exact paths with a limit of
+    their own (the field app's photo upload takes a camera's photo)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, wider: dict[str, int] | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.wider = wider or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.wider.get(scope.get("path", ""), self.limit)
         length = dict(scope.get("headers", ())).get(b"content-length")
         if length is not None:
             try:
                 declared = int(length)
             except ValueError:
-                declared = self.limit + 1
-            if declared > self.limit:
+                declared = limit + 1
+            if declared > limit:
                 await JSONResponse(
-                    error_body(TOO_LARGE, f"request body larger than {self.limit} bytes"),
+                    error_body(TOO_LARGE, f"request body larger than {limit} bytes"),
                     status_code=413, headers={"Connection": "close"})(scope, receive, send)
                 return
         seen = 0
-        limit = self.limit
 
         async def counted() -> Message:
             nonlocal seen

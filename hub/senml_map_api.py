@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from core.errors import InvalidInput, NotFound
 from hub import audit
 from hub.access import actor_of
+from hub.state import HubDep, get_hub
 from ingest import senml_names
 
 router = APIRouter(prefix="/api/devices")
@@ -37,7 +38,7 @@ class MapBody(BaseModel):
 
 
 def _hub(request: Request) -> Any:
-    return request.app.state.hub
+    return get_hub(request)
 
 
 def defaults() -> dict[str, Any]:
@@ -48,8 +49,8 @@ def defaults() -> dict[str, Any]:
 
 
 @router.get("/{device_id}/senml-map")
-async def get_map(request: Request, device_id: DeviceId) -> dict[str, Any]:
-    row = await _hub(request).pool.fetchrow(
+async def get_map(request: Request, hub: HubDep, device_id: DeviceId) -> dict[str, Any]:
+    row = await hub.pool.fetchrow(
         "SELECT senml_map FROM devices WHERE id = $1", device_id)
     if row is None:
         raise NotFound(f"no device {device_id}", code="device.not_found")
@@ -57,13 +58,14 @@ async def get_map(request: Request, device_id: DeviceId) -> dict[str, Any]:
 
 
 @router.put("/{device_id}/senml-map")
-async def put_map(request: Request, device_id: DeviceId, body: MapBody) -> dict[str, Any]:
+async def put_map(request: Request, hub: HubDep, device_id: DeviceId,
+                  body: MapBody) -> dict[str, Any]:
     problems = [p for k, m in body.map.items()
                 if (p := senml_names.check_override(k, m)) is not None]
     if problems:
         raise InvalidInput("; ".join(problems), code="senml_map.invalid")
     actor = actor_of(request)
-    async with _hub(request).pool.acquire() as conn, conn.transaction():
+    async with hub.pool.acquire() as conn, conn.transaction():
         old = await conn.fetchval(
             "SELECT senml_map FROM devices WHERE id = $1 FOR UPDATE", device_id)
         if old is None:
@@ -73,7 +75,6 @@ async def put_map(request: Request, device_id: DeviceId, body: MapBody) -> dict[
         await audit.record(conn, "device.senml_map_changed", actor, target=device_id,
                            client_ip=request.client.host if request.client else None,
                            detail={"before": old, "after": body.map})
-    hub = _hub(request)
     if hub.ingest is not None and hub.ingest.pipeline is not None:
         await hub.ingest.reload()
     return {"device_id": device_id, "map": body.map}

@@ -24,7 +24,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from core.settings import Settings
-from hub.access import POLICY, Rule, route_keys
+from hub.access import FIELD_ONLY, POLICY, Rule, route_keys
 from hub.app import create_app
 from hub.auth import STAFF_ROLES
 from tests.conftest import ROOT, HubProcess, cli_user, town_doc, wait_for
@@ -37,6 +37,8 @@ def tokens(hub: HubProcess) -> dict[str, str]:
     """One token per role; the unit token is for a unit no test case is assigned to."""
     out = {role: hub.make_token(role) for role in STAFF_ROLES}
     out["unit"] = hub.make_token("unit", unit=town_doc()["units"][-1]["id"])
+    gw = next(u for u in town_doc()["units"] if u["type"] == "grid_worker")
+    out["grid_worker"] = hub.make_token("grid_worker", unit=gw["id"])
     return out
 
 
@@ -50,16 +52,22 @@ def _below(rule: Rule) -> list[str | None]:
     """The callers ``rule`` must refuse: no credentials, lower staff roles, and a unit
     token unless the route is marked for units."""
     assert rule.role is not None
+    if rule.role == FIELD_ONLY:  # phones only (hub/field_api.py)
+        return [None, *STAFF_ROLES]
     lower: list[str | None] = [None, *STAFF_ROLES[:STAFF_ROLES.index(rule.role)]]
     if not rule.unit:
         lower.append("unit")
+    if not rule.grid_worker:
+        lower.append("grid_worker")
     return lower
 
 
 def _allowed(rule: Rule) -> list[str]:
     assert rule.role is not None
+    if rule.role == FIELD_ONLY:
+        return ["unit", "grid_worker"]
     ok = list(STAFF_ROLES[STAFF_ROLES.index(rule.role):])
-    return ok + (["unit"] if rule.unit else [])
+    return ok + (["unit"] if rule.unit else []) + (["grid_worker"] if rule.grid_worker else [])
 
 
 def _concrete(key: tuple[str, str]) -> str:
@@ -122,6 +130,11 @@ def test_every_route_is_in_the_policy(app_keys: list[tuple[str, str]]) -> None:
                              # the "one public" of inspections (hub/inspections_api.py)
                              ("GET", "/inspections/public"), ("GET", "/api/inspections/public"),
                              ("GET", "/api/inspections/public/draws/{draw_id}"),
+                             # the field app's shell, and trading an enrolment code
+                             # (hub/field_views.py, hub/field_enrol.py)
+                             ("GET", "/field"), ("GET", "/field/sw.js"),
+                             ("GET", "/field/manifest.webmanifest"),
+                             ("POST", "/api/field/enrol"),
                              *([("MOUNT", "/vendor/uplot")]
                                if ("MOUNT", "/vendor/uplot") in app_keys else [])])
 

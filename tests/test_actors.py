@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ NOT_RECORDING: dict[tuple[str, str], str] = {
                                                 "nothing either",
     ("POST", "/api/inspections/draws/{draw_id}/verify"): "re-checks a stored draw; changes "
                                                          "nothing",
+    ("POST", "/api/field/enrol"): "public: a phone trades a one-time code; the token it gets "
+                                  "is recorded as made by the code's creator (created_by), "
+                                  "and the audit trail names the phone (field.enrolled)",
 }
 
 
@@ -505,6 +509,94 @@ async def _inspection_publish(c: Ctx) -> tuple[str, list[str]]:
                                draw["id"])
     assert results, "the recorded result is published with the draw"
     return c.sup.name, [by, *(e["published_by"] for e in results)]
+
+
+# ---------------------------------------------------------------- the field app's routes
+# A phone's actor is its unit id (hub/access.actor_of), whatever the body says.
+def _phone(c: Ctx, unit_id: str, role: str = "unit", grids: list[str] | None = None
+           ) -> tuple[Caller, str]:
+    r = c.post(c.admin, "/api/field/enrolments",
+               {"role": role, "unit_id": unit_id, "grids": grids or []})
+    assert r.status_code == 201, r.text
+    got = httpx.post(c.hub.url + "/api/field/enrol", json={"code": r.json()["code"]}).json()
+    return Caller(unit_id, {"Authorization": "Bearer " + got["token"]}), got["name"]
+
+
+def _field_post(c: Ctx, who: Caller, path: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(c.hub.url + path, json={**FORGED, **body}, timeout=15,
+                      headers={**who.headers, "Idempotency-Key": uuid.uuid4().hex})
+
+
+@records("POST", "/api/field/enrolments")
+async def _field_code(c: Ctx) -> tuple[str, list[str]]:
+    r = c.post(c.admin, "/api/field/enrolments", {"role": "unit", "unit_id": "PO-07"})
+    assert r.status_code == 201, r.text
+    by = await c.db.fetchval("SELECT created_by FROM field_enrolments WHERE id = $1",
+                             r.json()["enrolment_id"])
+    return c.admin.name, [by]
+
+
+@records("DELETE", "/api/field/phones/{name}")
+async def _field_revoke(c: Ctx) -> tuple[str, list[str]]:
+    _, name = _phone(c, "PO-08")
+    r = c.post(c.admin, f"/api/field/phones/{name}", method="DELETE")
+    assert r.status_code == 200, r.text
+    by = await c.db.fetchval("SELECT revoked_by FROM field_phones WHERE name = $1", name)
+    return c.admin.name, [by, *await _audit_actor(c, "field.revoked", name)]
+
+
+@records("POST", "/api/field/cases/{incident_id}/actions")
+async def _field_action(c: Ctx) -> tuple[str, list[str]]:
+    squad = await c.db.fetchval(
+        "SELECT id FROM units WHERE type = 'squad' AND status = 'available' AND "
+        "'city_management' = ANY(qualifications) ORDER BY id DESC LIMIT 1")
+    iid = _incident(c, c.admin, source="operator", priority=4)
+    await wait_for(lambda: c.db.fetchval(
+        "SELECT state FROM incidents WHERE id = $1 AND state = 'dispatched'", iid), timeout=30)
+    r = c.post(c.op, f"/api/incidents/{iid}/assign",
+               {"unit_id": squad, "reason_code": "local_knowledge", "note": "actor test"})
+    assert r.status_code == 200, r.text
+    who, _ = _phone(c, squad)
+    before = await _last_seq(c, iid)
+    r = _field_post(c, who, f"/api/field/cases/{iid}/actions", {"action": "accept"})
+    assert r.status_code == 200, r.text
+    log = await _log_after(c, iid, before)
+    return who.name, [e["actor"] for e in log]
+
+
+@records("POST", "/api/field/reports")
+async def _field_report(c: Ctx) -> tuple[str, list[str]]:
+    who, _ = _phone(c, "GW-09", role="grid_worker")
+    r = _field_post(c, who, "/api/field/reports",
+                    {"category": "noise", "description": "actor test", **_somewhere()})
+    assert r.status_code == 201, r.text
+    iid = r.json()["incident"]["id"]
+    reporter = await c.db.fetchval("SELECT reporter FROM incidents WHERE id = $1", iid)
+    log = await c.db.fetch("SELECT actor FROM case_log WHERE incident_id = $1", iid)
+    return who.name, [reporter, *(e["actor"] for e in log)]
+
+
+@records("POST", "/api/field/photos")
+async def _field_photo(c: Ctx) -> tuple[str, list[str]]:
+    from tests.field_helpers import jpeg
+
+    who, _ = _phone(c, "GW-10", role="grid_worker")
+    r = httpx.post(c.hub.url + "/api/field/photos", headers=who.headers,
+                   content=jpeg((uuid.uuid4().int % 255, 1, 2)), timeout=15)
+    assert r.status_code == 201, r.text
+    return who.name, [r.json()["uploaded_by"]]
+
+
+@records("POST", "/api/field/positions")
+async def _field_positions(c: Ctx) -> tuple[str, list[str]]:
+    who, _ = _phone(c, "PO-09")
+    at = time.time()
+    r = httpx.post(c.hub.url + "/api/field/positions", headers=who.headers, timeout=15,
+                   json={**_somewhere(), "ts": at})
+    assert r.status_code == 200, r.text
+    rows = await c.db.fetch("SELECT unit_id FROM positions WHERE unit_id = $1 "
+                            "AND ts = to_timestamp($2)", who.name, at)
+    return who.name, [r["unit_id"] for r in rows]
 
 
 # ---------------------------------------------------------------- the tests
