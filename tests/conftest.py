@@ -271,6 +271,7 @@ class HubProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self._log.close()
                 raise RuntimeError(f"hub exited with {self.proc.returncode}: "
                                    f"{self.log_path.read_text()[-2000:]}")
             try:
@@ -286,6 +287,9 @@ class HubProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
+        end_process(self.proc, kill=True)
+        self.proc = None
+        self._log.close()
         raise RuntimeError(f"hub not ready: {self.log_path.read_text()[-2000:]}")
 
     def stop(self, kill: bool = False) -> None:
