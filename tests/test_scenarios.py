@@ -32,7 +32,7 @@ import pytest_asyncio
 from core.db import connect
 from ingest import rules
 from ingest.mqtt import BrokerAddress
-from simulators import scenario as sc_mod
+from simulators import scenario_model, scenario_parse, scenario_programs
 from simulators.mqtt_pub import Publisher
 from simulators.scenario import Player, PlayResult, ScenarioError
 from tests.conftest import (
@@ -64,11 +64,11 @@ def verdicts(name: str, rule_ids: list[str], *, speed: float, t0: float
              ) -> list[tuple[float, str, str, str]]:
     """(scenario second, rule, device, verdict) for every verdict the hub's rule code gives
     on the readings the scenario sends."""
-    sc = sc_mod.load(name, TOWN)
+    sc = scenario_parse.load(name, TOWN)
     checks = [rule(r) for r in rule_ids]
     states: dict[tuple[str, str], rules.RuleState] = {}
     out: list[tuple[float, str, str, str]] = []
-    for ts, dev, values in sc_mod.dry_run(sc, t0=t0, time_scale=speed):
+    for ts, dev, values in scenario_programs.dry_run(sc, t0=t0, time_scale=speed):
         for r in checks:
             if r.metric not in values or (r.device_model and
                                           DEVICES[dev]["model"] != r.device_model):
@@ -84,10 +84,10 @@ def verdicts(name: str, rule_ids: list[str], *, speed: float, t0: float
 # ================================================================ pure: files and loader
 
 def test_every_required_scenario_ships_and_validates() -> None:
-    names = sc_mod.available()
+    names = scenario_model.available()
     assert set(REQUIRED) <= set(names)
     for name in names:
-        sc = sc_mod.load(name, TOWN)
+        sc = scenario_parse.load(name, TOWN)
         assert sc.name == name and sc.title and sc.summary and sc.devices
         assert sc.expectations(), f"{name} checks nothing"
         assert sc.duration >= sc.steps[-1].at
@@ -100,13 +100,13 @@ def test_every_required_scenario_ships_and_validates() -> None:
     ("-24h", -86400.0), ("1.5m", 90.0), (45, 45.0), (2.5, 2.5),
 ])
 def test_durations(text: Any, want: float) -> None:
-    assert sc_mod.parse_duration(text, "x") == want
+    assert scenario_model.parse_duration(text, "x") == want
 
 
 @pytest.mark.parametrize("text", ["", "m", "90 s", "2x", "1s2m", True, None])
 def test_bad_durations(text: Any) -> None:
     with pytest.raises(ScenarioError, match=r"x: .* is not a duration|x: expected a duration"):
-        sc_mod.parse_duration(text, "x")
+        scenario_model.parse_duration(text, "x")
 
 
 def _doc(**steps: Any) -> dict[str, Any]:
@@ -116,8 +116,8 @@ def _doc(**steps: Any) -> dict[str, Any]:
                       *steps.values()]}
 
 
-def _parse(doc: dict[str, Any]) -> sc_mod.Scenario:
-    return sc_mod.parse(doc, TOWN, name="t")
+def _parse(doc: dict[str, Any]) -> scenario_model.Scenario:
+    return scenario_parse.parse(doc, TOWN, name="t")
 
 
 BAD: list[tuple[str, Any, str]] = [
@@ -200,41 +200,41 @@ def test_bad_toml_and_missing_file_are_clear(tmp_path: Path) -> None:
     bad = tmp_path / "broken.toml"
     bad.write_text("[scenario\nname = 1", encoding="utf-8")
     with pytest.raises(ScenarioError, match=r"broken\.toml: not valid TOML"):
-        sc_mod.load(bad, TOWN)
+        scenario_parse.load(bad, TOWN)
     with pytest.raises(ScenarioError, match=r"no scenario file .*available: .*gas_leak"):
-        sc_mod.load("no_such_story", TOWN)
+        scenario_parse.load("no_such_story", TOWN)
 
 
 def test_selectors() -> None:
-    town = sc_mod._Town(TOWN)
-    near = sc_mod.select_devices(town, {"model": "gas_detector", "near": "SAF-0006",
+    town = scenario_parse._Town(TOWN)
+    near = scenario_parse.select_devices(town, {"model": "gas_detector", "near": "SAF-0006",
                                         "within_m": 450}, "x")
     assert near == ("SAF-0006", "SAF-0030", "SAF-0034", "SAF-0099")
     assert all(town.distance_m(DEVICES[d], DEVICES["SAF-0006"]) <= 450 for d in near)
-    grid = sc_mod.select_devices(town, {"grid": "G13-08"}, "x")
+    grid = scenario_parse.select_devices(town, {"grid": "G13-08"}, "x")
     assert len(grid) == 7 and {DEVICES[d]["grid"] for d in grid} == {"G13-08"}
-    first = sc_mod.select_devices(town, {"grid": "G13", "model": "air_station"}, "x")
+    first = scenario_parse.select_devices(town, {"grid": "G13", "model": "air_station"}, "x")
     assert first and all(DEVICES[d]["grid"].startswith("G13-") for d in first)
-    ind = sc_mod.select_devices(town, {"model": "air_station", "zone": "industrial"}, "x")
-    rest = sc_mod.select_devices(town, {"model": "air_station", "exclude": {
+    ind = scenario_parse.select_devices(town, {"model": "air_station", "zone": "industrial"}, "x")
+    rest = scenario_parse.select_devices(town, {"model": "air_station", "exclude": {
         "model": "air_station", "zone": "industrial"}}, "x")
     assert len(ind) == 14 and len(rest) == 16 and not set(ind) & set(rest)
-    river = sc_mod.select_devices(town, {"name_contains": "璜塘河"}, "x")
+    river = scenario_parse.select_devices(town, {"name_contains": "璜塘河"}, "x")
     assert "ENV-0079" in river and all("璜塘河" in DEVICES[d]["name"] for d in river)
-    assert sc_mod.select_units(town, {"qualification": "water"}, "x") == (
+    assert scenario_parse.select_units(town, {"qualification": "water"}, "x") == (
         "SQ-03", "SQ-06", "SQ-08", "SQ-10")
-    assert set(sc_mod.select_units(town, {"type": "police"}, "x")) == {
+    assert set(scenario_parse.select_units(town, {"type": "police"}, "x")) == {
         f"PO-{i:02d}" for i in range(1, 13)}
 
 
 def test_places_and_offsets() -> None:
-    lon, lat = sc_mod.resolve_place(TOWN, {"near": "SAF-0011", "offset_m": (300.0, -400.0)})
+    lon, lat = scenario_parse.resolve_place(TOWN, {"near": "SAF-0011", "offset_m": (300.0, -400.0)})
     d = DEVICES["SAF-0011"]
     east = (lon - d["lon"]) * 111_320 * math.cos(math.radians(d["lat"]))
     north = (lat - d["lat"]) * 110_574
     assert abs(east - 300) < 3 and abs(north + 400) < 3
     unit = TOWN["units"][0]
-    assert sc_mod.resolve_place(TOWN, {"near": "home", "offset_m": (0, 0)}, unit["id"]) == (
+    assert scenario_parse.resolve_place(TOWN, {"near": "home", "offset_m": (0, 0)}, unit["id"]) == (
         round(unit["lon"], 6), round(unit["lat"], 6))
 
 
@@ -250,11 +250,11 @@ def test_programs_ramp_hold_fall_off_and_return_to_normal() -> None:
     ]
     sc = _parse(doc)
     t0 = 1_700_000_000.0
-    rs = sc_mod.dry_run(sc, t0=t0, time_scale=1.0)
+    rs = scenario_programs.dry_run(sc, t0=t0, time_scale=1.0)
     by = {d: [(ts - t0, v["gas_lel_pct"]) for ts, dd, v in rs if dd == d] for d in sc.devices}
     src = dict(by["SAF-0006"])
     assert src[60] == 2.0 and src[120] == 32.0 and src[180] == 62.0 and src[300] == 62.0
-    dist = sc_mod._Town(TOWN).distance_m(DEVICES["SAF-0099"], DEVICES["SAF-0006"])
+    dist = scenario_parse._Town(TOWN).distance_m(DEVICES["SAF-0099"], DEVICES["SAF-0006"])
     delay = dist / 4
     far = dict(by["SAF-0099"])
     peak = 2 + 60 * math.exp(-dist / 700)
@@ -267,15 +267,15 @@ def test_programs_ramp_hold_fall_off_and_return_to_normal() -> None:
 
 
 def test_history_is_back_dated_hourly_and_ends_an_hour_ago() -> None:
-    sc = sc_mod.load("pm25_episode", TOWN)
+    sc = scenario_parse.load("pm25_episode", TOWN)
     h = sc.history[0]
     now = 1_700_000_123.0
-    rs = sc_mod.history_readings(h, "ENV-0005", now, sc.seed)
+    rs = scenario_programs.history_readings(h, "ENV-0005", now, sc.seed)
     assert len(rs) == 23 and rs[-1][0] == now - 3600 and rs[0][0] == now - 23 * 3600
     assert all(b[0] - a[0] == 3600 for a, b in itertools.pairwise(rs))
     assert all(abs(v["pm25"] - x) <= h.jitter + 1e-9
                for (_, v), x in zip(rs, h.values["pm25"], strict=True))
-    assert rs == sc_mod.history_readings(h, "ENV-0005", now, sc.seed)  # seeded
+    assert rs == scenario_programs.history_readings(h, "ENV-0005", now, sc.seed)  # seeded
 
 
 # ============================================ pure: the hub's rules over what is sent
@@ -321,9 +321,9 @@ def test_threshold_stories_raise_and_clear_in_time(name: str, rule_id: str,
 
 
 def test_dry_run_is_seeded() -> None:
-    sc = sc_mod.load("rush_hour_collision", TOWN)
-    a = sc_mod.dry_run(sc, t0=1_700_000_000.0, time_scale=SPEED)
-    b = sc_mod.dry_run(copy.deepcopy(sc), t0=1_700_000_000.0, time_scale=SPEED)
+    sc = scenario_parse.load("rush_hour_collision", TOWN)
+    a = scenario_programs.dry_run(sc, t0=1_700_000_000.0, time_scale=SPEED)
+    b = scenario_programs.dry_run(copy.deepcopy(sc), t0=1_700_000_000.0, time_scale=SPEED)
     assert a == b
 
 
@@ -340,7 +340,7 @@ async def scenario_db(base_db_url: str) -> AsyncIterator[str]:
     conn = await connect(url)
     # The grid that goes dark: its devices' intervals run at the scenario's pace, so the
     # no-data rule notices silence in scenario time (30 s -> 1 s, 60 s -> 2 s).
-    dark = list(sc_mod.load("grid_offline", TOWN).devices)
+    dark = list(scenario_parse.load("grid_offline", TOWN).devices)
     await conn.execute("UPDATE devices SET interval_s = interval_s / $2 WHERE id = ANY($1)",
                        dark, int(SPEED))
     await conn.close()
@@ -373,7 +373,7 @@ async def pub(mqtt_url: str) -> AsyncIterator[Publisher]:
 
 async def play(hub: HubProcess, pub: Publisher, *names: str) -> dict[str, PlayResult]:
     """Play scenarios together (they must not share units), then clean up after them."""
-    players = [Player(sc_mod.load(n, TOWN), hub_url=hub.url, publisher=pub, token=hub.token,
+    players = [Player(scenario_parse.load(n, TOWN), hub_url=hub.url, publisher=pub, token=hub.token,
                       time_scale=SPEED) for n in names]
     results = await asyncio.gather(*(p.play() for p in players))
     for p in players:
@@ -383,7 +383,7 @@ async def play(hub: HubProcess, pub: Publisher, *names: str) -> dict[str, PlayRe
     for r in results:
         assert r.ok, r.report()
         assert r.skipped == 0 and r.passed == len(
-            sc_mod.load(r.scenario, TOWN).expectations()), r.report()
+            scenario_parse.load(r.scenario, TOWN).expectations()), r.report()
     return {r.scenario: r for r in results}
 
 
@@ -411,7 +411,7 @@ async def test_gas_leak_and_a_grid_going_dark(scenario_hub: HubProcess, pub: Pub
     assert await sdb.fetchval(  # it grew to the whole grid, then shrank as devices came back
         "SELECT max((payload->'alarm'->>'members')::int) FROM events WHERE "
         "(payload->'alarm'->>'id')::bigint = $1", storms[0]["id"]) == 7
-    dark = list(sc_mod.load("grid_offline", TOWN).devices)
+    dark = list(scenario_parse.load("grid_offline", TOWN).devices)
     assert await sdb.fetchval(
         "SELECT count(*) FROM alarms WHERE rule_id = 'device_offline' AND device_id = ANY($1) "
         "AND clear_reason IS DISTINCT FROM 'grouped into situation'", dark) == 0
@@ -461,7 +461,7 @@ async def test_pm25_episode(scenario_hub: HubProcess, pub: Publisher,
 async def test_check_says_what_the_hub_did_instead() -> None:
     """``Player.check`` against canned API answers: each failed expectation is one message
     naming the case or alarm, what was expected and what the hub shows."""
-    sc = sc_mod.load("gas_leak", TOWN)
+    sc = scenario_parse.load("gas_leak", TOWN)
     incident = {"id": 7, "category": "gas_leak", "priority": 2, "grid_id": "G09-07",
                 "state": "dispatched", "source": "alarm", "assigned_unit": "SQ-06",
                 "alarms_cleared": False,
