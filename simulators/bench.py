@@ -782,7 +782,7 @@ BENCHMARKS: dict[str, Benchmark] = {
 
 # Benchmarks with a command line of their own, run as they are (same JSON last line).
 DELEGATED: dict[str, str] = {
-    "dispatch": "simulators.dispatch_bench",  # issue 5: engine vs closest idle
+    "dispatch": "simulators.dispatch_modes",  # issue 5: engine vs closest idle
     "alarm": "simulators.alarm_bench",        # issue 4: publish -> alarm on the websocket
     "console": "simulators.console_bench",    # issue 7: 2,000 units, 200 clients
     "report": "simulators.bench_report",      # issue 16: HTML plots + PERFORMANCE.md table

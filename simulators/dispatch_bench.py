@@ -1,6 +1,6 @@
 """Dispatch quality benchmark: the same seeded incident stream, two dispatch policies.
 
-``python -m simulators.dispatch_bench [--seed N] [--hours H] [--rate R] [--units-scale K]``
+``./hubctl bench dispatch [--seed N] [--hours H] [--rate R] [--units-scale K]``
 (``./hubctl bench dispatch``). A deterministic discrete-event simulation over the demo
 town (simulators/data/xuxiake.json) replays one seeded incident stream against
 
@@ -76,7 +76,6 @@ the real database with 300 units and 200 open incidents (``simulators/dispatch_l
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 import heapq
@@ -84,7 +83,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -855,93 +853,3 @@ def _policy_with(overrides: Sequence[str]) -> DispatchPolicy:
             value = type(current)(raw)
         changes[key] = value
     return dataclasses.replace(BENCH_POLICY, **changes)
-
-
-def hub_latency(town: Town, seed: int, decisions: int) -> dict[str, Any]:
-    """``hub_decision_*`` on a scratch database with the town (simulators/dispatch_latency)."""
-    import asyncio
-    import subprocess
-
-    from core.settings import Settings
-    from simulators import dispatch_latency
-    from simulators.bench import ROOT, BenchEnv, ScratchDatabase
-
-    env = BenchEnv.from_environ()
-    db = ScratchDatabase(env.database_url, f"bench_dispatch_{os.getpid()}",
-                         admin_url=os.environ.get("HUB_ADMIN_DATABASE_URL"))
-    db.create()
-    try:
-        hub_env = {**os.environ, "HUB_DATABASE_URL": db.url}
-        subprocess.run([sys.executable, "-m", "hub", "load-town"], cwd=ROOT, env=hub_env,
-                       check=True, stdout=subprocess.DEVNULL)
-        settings = Settings(database_url=db.url,
-                            mqtt_client_id=f"gridhub-dispatch-bench-{os.getpid()}")
-        return asyncio.run(dispatch_latency.measure(settings, town, seed,
-                                                    decisions_n=decisions))
-    finally:
-        db.drop()
-
-
-def _say(msg: str) -> None:
-    print(f"[dispatch-bench] {msg}", file=sys.stderr, flush=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; the last line of stdout is one JSON object. Returns 0."""
-    p = argparse.ArgumentParser(prog="python -m simulators.dispatch_bench",
-                                description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    p.add_argument("--hours", type=float, default=None,
-                   help=f"hours of arrivals (the run continues until every case is handled; "
-                        f"default {DEFAULT_HOURS:g}, --hub 3, --from-db: the range)")
-    p.add_argument("--rate", type=float, default=DEFAULT_RATE,
-                   help="mean incidents an hour over the day")
-    p.add_argument("--units-scale", type=float, default=1.0,
-                   help="round(45 x K) units: the town's plus jittered copies")
-    p.add_argument("--limits", choices=sorted(ARRIVE_LIMITS), default="township",
-                   help="arrive limits behind breach_share (the other set is reported too)")
-    p.add_argument("--town", type=Path, default=DEFAULT_TOWN)
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KNOB=VALUE", help="override a DispatchPolicy knob of the engine")
-    p.add_argument("--latency-decisions", type=int, default=200,
-                   help="decisions timed in the 300 units x 200 incidents scenario (0: skip)")
-    p.add_argument("--hub-decisions", type=int, default=100,
-                   help="decisions timed through the dispatch leader on a scratch database "
-                        "(needs ./hubctl bench's database; 0: skip)")
-    from simulators import dispatch_modes
-
-    dispatch_modes.add_arguments(p)
-    args = p.parse_args(argv)
-    policy = _policy_with(args.overrides)
-    if dispatch_modes.selected(args):
-        return dispatch_modes.main(args, policy)
-    args.hours = DEFAULT_HOURS if args.hours is None else args.hours
-
-    t = time.perf_counter()
-    town = load_town(args.town, args.units_scale, args.seed)
-    stream = make_stream(town, args.seed, args.hours, args.rate)
-    _say(f"seed {args.seed}: {len(stream)} incidents over {args.hours:g} h, "
-         f"{len(town.units)} units")
-    out = compare(town, stream, policy, args.limits, _say)
-    if args.latency_decisions > 0:
-        lat = latency_scenario(town, args.seed, decisions=args.latency_decisions,
-                               dispatch_policy=policy)
-        _say(f"300 units x 200 incidents: p50 {lat['decision_300x200_p50_ms']} ms, "
-             f"p99 {lat['decision_300x200_p99_ms']} ms")
-        out.update(lat)
-    if args.hub_decisions > 0 and os.environ.get("HUB_DATABASE_URL"):
-        hub = hub_latency(town, args.seed, args.hub_decisions)
-        _say(f"hub, through the leader: p50 {hub['hub_decision_p50_ms']} ms, "
-             f"p99 {hub['hub_decision_p99_ms']} ms")
-        out.update(hub)
-    out.update({"seed": args.seed, "hours": args.hours, "rate": args.rate,
-                "units": len(town.units), "incidents": len(stream),
-                "policy": {k: v for k, v in dataclasses.asdict(policy).items()
-                           if v != getattr(DispatchPolicy(), k)},
-                "wall_s": round(time.perf_counter() - t, 1)})
-    print(json.dumps(out, ensure_ascii=False, sort_keys=False))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

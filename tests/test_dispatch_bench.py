@@ -11,6 +11,7 @@ import pytest
 from dispatch.geo import RoadGraph
 from dispatch.model import DispatchPolicy
 from simulators import dispatch_bench as bench
+from simulators import dispatch_modes
 from simulators.dispatch_bench import (
     NFPA_ARRIVE_S,
     T0,
@@ -223,7 +224,7 @@ def test_policy_overrides() -> None:
 
 
 def test_main_prints_one_json_object_last(capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench.main(["--seed", "3", "--hours", "2", "--rate", "20",
+    assert dispatch_modes.main(["--seed", "3", "--hours", "2", "--rate", "20",
                        "--latency-decisions", "3", "--limits", "nfpa"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     out = json.loads(lines[-1])
