@@ -35,7 +35,8 @@ def load_catalogs(directory: Path = TRANSLATIONS_DIR) -> dict[str, Translations]
         pos = sorted((directory / lang / "LC_MESSAGES").glob("*.po"),
                      key=lambda f: (f.name != "messages.po", f.name))
         for po in pos:
-            catalog = read_po(po.open("rb"), locale=lang)
+            with po.open("rb") as f:
+                catalog = read_po(f, locale=lang)
             buf = io.BytesIO()
             write_mo(buf, catalog)
             buf.seek(0)
