@@ -39,6 +39,7 @@ from hub import (
     mqtt_accounts_api,
     open311,
     open311_keys,
+    replay_api,
     reports_api,
     rules_api,
     sla_api,
@@ -175,6 +176,7 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
     app.include_router(sla_api.router)
     app.include_router(mqtt_accounts_api.router)
     app.include_router(audit_api.router)
+    app.include_router(replay_api.router)
     app.include_router(views.router)
     app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
     views.mount_vendor(app)

@@ -122,6 +122,20 @@ async def purge_auth(hub: Hub) -> None:
         await auth.purge(hub.pool, hub.settings.login_failure_window_s)
 
 
+async def replay_snapshot(hub: Hub) -> None:
+    """The console's picture for after-action replay (hub/replay_store.py), when the newest
+    saved one is ``replay_snapshot_s`` old: judged from the table, so a leader that just took
+    over (or came up) saves at its first check and keeps its predecessor's cadence."""
+    if not _leads(hub):
+        return
+    from hub import replay_store
+
+    async with hub.pool.acquire() as conn:
+        if await replay_store.snapshot_due(conn, hub.settings.replay_snapshot_s):
+            await replay_store.save_snapshot(conn)
+            await replay_store.prune(conn, hub.settings.replay_keep_days)
+
+
 async def reload_sla(hub: Hub) -> None:
     """SLA edits made through another process (hub/sla_api.py) come into force here."""
     await sla_settings.load_settings(hub.pool, hub.settings)
@@ -135,6 +149,8 @@ DAY_S = 86400
 RETENTION_INTERVAL_S = 3600
 # Expired sessions are already refused; purging them is only about table size.
 AUTH_PURGE_S = 600
+# How often the dispatch leader checks whether a replay snapshot is due (one indexed read).
+REPLAY_CHECK_S = 5.0
 
 
 def _every(seconds: float) -> Callable[[Settings], float]:
@@ -159,6 +175,10 @@ JOBS: list[tuple[str, Any, Callable[[Settings], float], str]] = [
     # run only announces the draws: a commitment comes before its draw), so a
     # daily check makes it monthly and catches up after downtime.
     ("inspections.monthly_draw", monthly_draws, _every(DAY_S), "dispatch"),
+    # After-action replay starts from these pictures: checked often, so the first is saved
+    # within REPLAY_CHECK_S of a leader coming up and a replay covers nearly all its time.
+    ("replay.snapshot", replay_snapshot,
+     lambda s: min(REPLAY_CHECK_S, s.replay_snapshot_s), "dispatch"),
 ]
 
 
