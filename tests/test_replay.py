@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -138,14 +139,6 @@ async def rdb(replay_db: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
-@pytest_asyncio.fixture
-async def pub(mqtt_url: str) -> AsyncIterator[Publisher]:
-    p = Publisher(BrokerAddress.parse(gateway_url(mqtt_url)), f"test-replay-{uuid.uuid4().hex[:8]}")
-    assert await p.start(), "publisher could not connect"
-    yield p
-    await p.stop()
-
-
 async def _live_snapshot(hub: HubProcess) -> dict[str, Any]:
     """What a console connecting now is shown: the feed's snapshot frame."""
     async with hub.websocket() as ws:
@@ -177,56 +170,75 @@ def _quiet(t0: float, t1: float, times: list[float]) -> bool:
     return not any(t0 - QUIET_S < t < t1 + QUIET_S for t in times)
 
 
-async def test_replay_equals_what_the_live_console_showed(
-        replay_hub: HubProcess, pub: Publisher, rdb: asyncpg.Connection) -> None:
-    # A first snapshot exists before the story starts (the leader saves one at its first
-    # check), so the whole story can be replayed.
-    deadline = time.monotonic() + 15
-    while not await rdb.fetchval("SELECT count(*) FROM replay_snapshots"):
-        assert time.monotonic() < deadline, "no replay snapshot saved"
-        await asyncio.sleep(0.2)
-    begin = time.time()
-    captures: list[tuple[float, float, dict[str, Any]]] = []
-    tasks = [asyncio.create_task(_capture(replay_hub, captures)),
-             asyncio.create_task(_patrol(pub))]
-    try:
-        player = Player(sc_mod.load("rush_hour_collision", TOWN), hub_url=replay_hub.url,
-                        publisher=pub, token=replay_hub.token, time_scale=SPEED)
-        result = await player.play()
-        assert result.ok, result.report()
-        await player.cleanup()
-        await asyncio.sleep(2 * SNAPSHOT_S)
-    finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-    await asyncio.sleep(1.0)  # the last captures are in the past by the replay's margin
-    end = time.time()
+@dataclass
+class Played:
+    """A story played live: its span, and the live console's pictures taken while nothing
+    was in flight (at, picture), in time order."""
 
-    # Effective event times (hub/replay_fold.py) and fix times of the whole run.
-    rows = await rdb.fetch("SELECT seq, extract(epoch FROM ts)::float8 AS ts FROM events "
-                           "ORDER BY seq")
-    effective, clock = [], 0.0
-    for r in rows:
-        clock = max(clock, r["ts"])
-        effective.append(clock)
-    fixes = [r["ts"] for r in await rdb.fetch(
-        "SELECT extract(epoch FROM ts)::float8 AS ts FROM positions WHERE ts > to_timestamp($1)",
-        begin - 5)]
+    begin: float
+    end: float
+    captured: int
+    quiet: list[tuple[float, dict[str, Any]]]
+
+
+@pytest_asyncio.fixture(scope="module")
+async def played(replay_hub: HubProcess, replay_db: str, mqtt_url: str) -> Played:
+    conn = await connect(replay_db)
+    p = Publisher(BrokerAddress.parse(gateway_url(mqtt_url)), f"test-replay-{uuid.uuid4().hex[:8]}")
+    assert await p.start(), "publisher could not connect"
+    try:
+        # A first snapshot exists before the story starts (the leader saves one at its first
+        # check), so the whole story can be replayed.
+        deadline = time.monotonic() + 15
+        while not await conn.fetchval("SELECT count(*) FROM replay_snapshots"):
+            assert time.monotonic() < deadline, "no replay snapshot saved"
+            await asyncio.sleep(0.2)
+        begin = time.time()
+        captures: list[tuple[float, float, dict[str, Any]]] = []
+        tasks = [asyncio.create_task(_capture(replay_hub, captures)),
+                 asyncio.create_task(_patrol(p))]
+        try:
+            player = Player(sc_mod.load("rush_hour_collision", TOWN), hub_url=replay_hub.url,
+                            publisher=p, token=replay_hub.token, time_scale=SPEED)
+            result = await player.play()
+            assert result.ok, result.report()
+            await player.cleanup()
+            await asyncio.sleep(2 * SNAPSHOT_S)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+        await asyncio.sleep(3.0)  # the last captures are in the past by the replay's margin
+        end = time.time() - 2.5
+        # Effective event times (hub/replay_fold.py) and fix times of the whole run.
+        effective, clock = [], 0.0
+        for r in await conn.fetch("SELECT extract(epoch FROM ts)::float8 AS ts FROM events "
+                                  "ORDER BY seq"):
+            clock = max(clock, r["ts"])
+            effective.append(clock)
+        fixes = [r["ts"] for r in await conn.fetch(
+            "SELECT extract(epoch FROM ts)::float8 AS ts FROM positions "
+            "WHERE ts > to_timestamp($1)", begin - 5)]
+        busy = effective + fixes
+        quiet = [((t0 + t1) / 2, live) for t0, t1, live in captures if _quiet(t0, t1, busy)]
+        return Played(begin, end, len(captures), quiet)
+    finally:
+        await p.stop()
+        await conn.close()
+
+
+async def test_replay_equals_what_the_live_console_showed(
+        replay_hub: HubProcess, played: Played, rdb: asyncpg.Connection) -> None:
     snapshots = await rdb.fetchval(
         "SELECT count(*) FROM replay_snapshots WHERE taken_at BETWEEN to_timestamp($1) "
-        "AND to_timestamp($2)", begin, end)
+        "AND to_timestamp($2)", played.begin, played.end)
     assert snapshots >= 4, snapshots  # the story spans several: seeks start from recent ones
     first_taken = await rdb.fetchval(
         "SELECT extract(epoch FROM min(taken_at))::float8 FROM replay_snapshots")
 
-    compared: list[dict[str, Any]] = []
-    for t0, t1, live in captures:
-        if not _quiet(t0, t1, effective + fixes):
-            continue
-        at = (t0 + t1) / 2
+    for at, live in played.quiet:
         want = replay_fold.keyed(live)
         # from the nearest snapshot, as a seek does
         pic = await replay_store.picture_at(rdb, at)
@@ -239,11 +251,11 @@ async def test_replay_equals_what_the_live_console_showed(
         r = replay_hub.client.get("/api/replay/picture", params={"at": at})
         assert r.status_code == 200, r.text
         assert r.json()["seq"] == live["seq"] and replay_fold.keyed(r.json()) == want
-        compared.append(live)
 
     # The comparison covered the story: several distinct moments, a case with a unit on it,
     # a jam alarm, the patrol cars moved.
-    assert len({c["seq"] for c in compared}) >= 4, (len(captures), len(compared))
+    compared = [live for _, live in played.quiet]
+    assert len({c["seq"] for c in compared}) >= 4, (played.captured, len(compared))
     assert any(i["assigned_unit"] for c in compared for i in c["incidents"])
     assert any(a["rule_id"] == "traffic_jam" for c in compared for a in c["alarms"])
     moved = {u["position_ts"] for c in compared for u in c["units"] if u["id"] == PATROL[0]}
@@ -254,15 +266,15 @@ async def test_replay_refuses_the_future_and_time_before_history(
         replay_hub: HubProcess) -> None:
     c = replay_hub.client
     r = c.get("/api/replay/picture", params={"at": time.time() + 60})
-    assert r.status_code == 400 and r.json()["code"] == "replay.future"
+    assert r.status_code == 422 and r.json()["error"]["code"] == "replay.future"
     r = c.get("/api/replay/picture", params={"at": 1_000_000_000})
-    assert r.status_code == 404 and r.json()["code"] == "replay.no_history"
+    assert r.status_code == 404 and r.json()["error"]["code"] == "replay.no_history"
     now = time.time() - 10
     r = c.get("/api/replay/chunk", params={"after_seq": 0, "clock": now, "start": now,
                                            "end": now - 1})
-    assert r.status_code == 400 and r.json()["code"] == "replay.bad_span"
+    assert r.status_code == 422 and r.json()["error"]["code"] == "replay.bad_span"
     r = c.get("/api/replay/chunk", params={"after_seq": 0, "clock": now - 500,
                                            "start": now - 500, "end": now})
-    assert r.status_code == 400 and r.json()["code"] == "replay.span_too_long"
+    assert r.status_code == 422 and r.json()["error"]["code"] == "replay.span_too_long"
     h = c.get("/api/replay/history").json()
     assert h["snapshots"] >= 1 and h["from"] < h["to"] < time.time()
