@@ -16,10 +16,9 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
+import msgspec
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
-
-import msgspec
 
 from core.errors import InvalidInput
 from hub import replay_fold, replay_store

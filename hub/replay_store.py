@@ -195,7 +195,8 @@ async def kpis_at(conn: Conn, at: float, town_tz: str) -> dict[str, Any]:
            FROM devices d
            LEFT JOIN LATERAL (
                SELECT max(ts) AS ts FROM telemetry t WHERE t.device_id = d.id
-               AND t.ts > to_timestamp($1) - make_interval(secs => d.interval_s * {ONLINE_INTERVALS})
+               AND t.ts > to_timestamp($1)
+                          - make_interval(secs => d.interval_s * {ONLINE_INTERVALS})
                AND t.ts <= to_timestamp($1)) l ON true
            WHERE d.created_at <= to_timestamp($1)
              AND (d.revoked_at IS NULL OR d.revoked_at > to_timestamp($1))""", at)
