@@ -92,8 +92,10 @@ async def chunk(request: Request, after_seq: Seq, clock: At, start: At, end: At,
                            code="replay.span_too_long")
     _past(end)
     async with _pool(request).acquire() as conn:
+        units = [r["id"] for r in await conn.fetch("SELECT id FROM units")]
         out = await replay_store.chunk(conn, after_seq=after_seq, clock=clock, start=start,
-                                       end=end, step_s=step, max_events=CHUNK_MAX_EVENTS)
+                                       end=end, step_s=step, max_events=CHUNK_MAX_EVENTS,
+                                       unit_ids=units)
     # Each event's JSON as the live feed sends it (core.events.Envelope.wire), reused as is.
     events = b",".join(out.pop("events"))
     return _json(_enc.encode(out)[:-1] + b',"events":[' + events + b"]}")

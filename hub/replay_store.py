@@ -137,14 +137,15 @@ async def picture_at(conn: Conn, at: float, *, start_before: float | None = None
 
 
 async def chunk(conn: Conn, *, after_seq: int, clock: float, start: float, end: float,
-                step_s: float, max_events: int) -> dict[str, Any]:
+                step_s: float, max_events: int, unit_ids: list[str]) -> dict[str, Any]:
     """The events and fixes of the span (start, end] for the browser's playback.
 
     Events: those after ``after_seq`` whose effective time (running max of ``ts`` from
     ``clock``, hub/replay_fold.py) is <= ``end``, at most ``max_events``; if the cap cut the
     span, ``end`` comes back earlier (the last event's effective time). Fixes: the newest of
-    each unit in every ``step_s`` of the span (the live feed too sends a unit's position at
-    most every second), oldest first, as ``[unit, ts, lon, lat, speed, heading]``."""
+    each of ``unit_ids`` in every ``step_s`` of the span (the live feed too sends a unit's
+    position at most every second), oldest first, as ``[unit, ts, lon, lat, speed,
+    heading]``."""
     rows = await conn.fetch(
         "SELECT seq, extract(epoch FROM ts)::float8 AS ts, kind, payload FROM events "
         "WHERE seq > $1 ORDER BY seq LIMIT $2", after_seq, max_events + 1)
@@ -159,13 +160,22 @@ async def chunk(conn: Conn, *, after_seq: int, clock: float, start: float, end: 
             break
         events.append(Envelope.make(r["seq"], r["ts"], r["kind"], r["payload"]).wire)
         effective = at
+    # The newest fix of each unit in each step of the span: one index probe per (unit,
+    # step) on positions_key (unit_id, ts DESC), not a sort of every fix in the span (at
+    # 60x, 2,000 units: 16,000 probes instead of sorting 240,000 rows; docs/PERFORMANCE.md).
     fixes = await conn.fetch(
-        """SELECT unit_id, ts, lon, lat, speed, heading FROM (
-               SELECT DISTINCT ON (unit_id, time_bucket(make_interval(secs => $3), ts))
-                      unit_id, extract(epoch FROM ts)::float8 AS ts, lon, lat, speed, heading
-               FROM positions WHERE ts > to_timestamp($1) AND ts <= to_timestamp($2)
-               ORDER BY unit_id, time_bucket(make_interval(secs => $3), ts), ts DESC) f
-           ORDER BY ts""", start, end, step_s)
+        """SELECT u.id AS unit_id, extract(epoch FROM p.ts)::float8 AS ts, p.lon, p.lat,
+                  p.speed, p.heading
+           FROM unnest($4::text[]) AS u(id)
+           CROSS JOIN generate_series(0, ceil(($2::float8 - $1::float8) / $3::float8)::int - 1)
+                      AS b(k)
+           CROSS JOIN LATERAL (
+               SELECT ts, lon, lat, speed, heading FROM positions
+               WHERE unit_id = u.id AND ts > to_timestamp($1::float8 + b.k * $3::float8)
+                 AND ts <= to_timestamp(least($1::float8 + (b.k + 1) * $3::float8,
+                                              $2::float8))
+               ORDER BY ts DESC LIMIT 1) p
+           ORDER BY p.ts""", start, end, step_s, unit_ids)
     return {
         "start": start, "end": end,
         "events": events,

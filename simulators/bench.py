@@ -782,6 +782,7 @@ DELEGATED: dict[str, str] = {
     "dispatch": "simulators.dispatch_bench",  # issue 5: engine vs closest idle
     "alarm": "simulators.alarm_bench",        # issue 4: publish -> alarm on the websocket
     "console": "simulators.console_bench",    # issue 7: 2,000 units, 200 clients
+    "replay": "simulators.replay_bench",      # issue 15: a seek, a playback chunk
 }
 
 

@@ -30,9 +30,9 @@ const CHUNK_REAL_S = 2;
 const CHUNK_MAX_SPAN_S = 120;
 const CHUNK_MIN_SPAN_S = 10;
 // Fixes are thinned on the server to one per unit per this many real seconds of playback
-// (at least 1 s of history, the live feed's own per-unit rate): a marker moving faster than
-// that could not be followed on screen anyway.
-const FIX_REAL_S = 0.25;
+// (at least 1 s of history, the live feed's own per-unit rate): markers step twice a second
+// on screen, and each step costs the server one index probe per unit (hub/replay_store.chunk).
+const FIX_REAL_S = 0.5;
 // The server KPI tiles are asked for every this many seconds of replay time (the live
 // console polls every 10 s), and at most once a real second.
 const KPI_REPLAY_S = 10;
