@@ -331,7 +331,7 @@ def test_replay_in_the_browser_seeks_plays_and_pauses(
         assert "replay" in (page.get_attribute("body", "class") or "")
         assert page.inner_text("#replay-flag") == "复盘回放 · 非实时"
         assert page.inner_text("#conn-status .label") == "复盘回放"
-        assert page.get_attribute("#map-panel", "data-replay-label") == "复盘回放 · 非实时"
+        assert page.inner_text("#replay-map-flag") == "复盘回放 · 非实时"
         assert not page.is_visible("#map-create")
 
         # Seek (the slider) to moments the live console was captured at: the same picture,
