@@ -28,8 +28,8 @@ from hub.views import page
 router = APIRouter()
 
 At = Annotated[float, Query(ge=0, le=UNIX_MAX, description="UNIX seconds")]
-# One chunk covers at most this much replay time: at 60x and one request a second ahead,
-# a minute of history per request keeps the playback fed with room to spare.
+# One chunk covers at most this much replay time: two real seconds of playback at 60x
+# (replay.js asks for the next chunk while one chunk's span is still loaded ahead).
 CHUNK_MAX_SPAN_S = 120.0
 # Events per chunk: bounds a response in a storm; the chunk then ends earlier and the
 # browser asks for the rest.
