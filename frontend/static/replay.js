@@ -237,7 +237,8 @@ export class ReplayFeed {
 
   async _fetchAhead() {
     if (this._fetching || this._loadedTo >= this.span.to) return;
-    // Keep two chunks' worth of history ahead of the clock.
+    // The next chunk is asked for once less than a chunk's span is loaded ahead: at the
+    // speed played, its answer has CHUNK_REAL_S of real time to come.
     const span = Math.min(CHUNK_MAX_SPAN_S, Math.max(CHUNK_MIN_SPAN_S, this.speed * CHUNK_REAL_S));
     if (this._loadedTo - this.now > span) return;
     const gen = this._gen;
