@@ -15,8 +15,10 @@ Time rules (the same in this fold and in the browser's playback, frontend/static
 - A fix happens at its own ``ts`` (the device's time). Merged with the events in time
   order, a fix moves a unit's marker only if it is newer than the unit's shown fix (a late
   fix never moves it backwards, as ``hub.live.LiveState.on_position``) and newer than the
-  moment the unit's entity was last replaced (by the snapshot or an event, which carry the
-  unit's latest stored fix); at equal times the event comes first.
+  moment an event last replaced the unit's entity (the event carries the unit's latest
+  stored fix, as the live projection takes it); at equal times the event comes first. A
+  snapshot replaces nothing on a live console: a fix older than the snapshot but stored
+  after it (the writer's batch was still open) still moves the marker, if newer.
 
 No I/O and no clock: callers pass the records and the time (hub/replay_store.py).
 """
@@ -51,8 +53,8 @@ class Picture:
     """The console's state at ``at``: the open alarms, incidents and every unit.
 
     ``seq`` is the last event folded in, ``clock`` the effective time reached by the events
-    (never above ``at``), ``unit_set_at`` when each unit's entity was last replaced (the
-    snapshot's time or an event's effective time)."""
+    (never above ``at``), ``unit_set_at`` the effective time of the last event that replaced
+    each unit's entity (units no event touched since the snapshot have none)."""
 
     seq: int
     at: float
@@ -66,8 +68,7 @@ def start(state: Mapping[str, Mapping[str, Mapping[str, Any]]], seq: int, taken_
     """A picture from a saved snapshot (copied: the snapshot is never changed)."""
     own: State = {c: {str(k): dict(v) for k, v in state.get(c, {}).items()}
                   for c in COLLECTIONS}
-    return Picture(seq=seq, at=taken_at, clock=taken_at, state=own,
-                   unit_set_at={uid: taken_at for uid in own["units"]})
+    return Picture(seq=seq, at=taken_at, clock=taken_at, state=own)
 
 
 def apply_events(pic: Picture, events: Iterable[tuple[int, float, Mapping[str, Any]]],
@@ -97,7 +98,7 @@ def apply_fix(pic: Picture, fix: Fix) -> bool:
     if unit is None:
         return False
     if fix.ts <= pic.unit_set_at.get(fix.unit_id, float("-inf")):
-        return False  # the entity was replaced after this fix: it carries a fix as new
+        return False  # an event replaced the entity after this fix, as the live feed did
     shown = unit.get("position_ts")
     if shown is not None and fix.ts <= shown:
         return False  # a late fix never moves the marker backwards
@@ -110,11 +111,12 @@ def advance(pic: Picture, events: Iterable[tuple[int, float, Mapping[str, Any]]]
             latest_fixes: Iterable[Fix], until: float) -> Picture:
     """The picture at ``until``: ``events`` are every event after ``pic.seq`` up to at
     least ``until`` (ascending seq); ``latest_fixes`` the newest fix of each unit with
-    ``pic.at < ts <= until``. Only the newest fix of a unit matters: an older one is either
-    overtaken by it or came before the event that last replaced the unit."""
+    ``ts <= until`` (fixes no newer than the unit's shown one may be left out). Only the
+    newest fix of a unit matters: an older one is either overtaken by it or came before
+    the event that last replaced the unit."""
     apply_events(pic, events, until)
     for fix in latest_fixes:
-        if pic.at < fix.ts <= until:
+        if fix.ts <= until:
             apply_fix(pic, fix)
     pic.at = until
     return pic

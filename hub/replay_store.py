@@ -93,18 +93,21 @@ async def _events_after(conn: Conn, seq: int) -> AsyncIterator[tuple[int, float,
         seq = rows[-1]["seq"]
 
 
-async def latest_fixes(conn: Conn, unit_ids: list[str], after: float, until: float
+async def latest_fixes(conn: Conn, newer_than: dict[str, float], until: float
                        ) -> list[Fix]:
-    """The newest fix of each unit with ``after < ts <= until``: one index probe per unit
-    (positions_key is (unit_id, ts DESC)), not a scan of every fix in the span."""
+    """The newest fix with ``ts <= until`` of each unit in ``newer_than`` ({unit: the
+    shown fix's ts}), where it is newer than that: one index probe per unit (positions_key
+    is (unit_id, ts DESC)), not a scan of every fix in the span."""
     rows = await conn.fetch(
         """SELECT u.id AS unit_id, extract(epoch FROM p.ts)::float8 AS ts, p.lon, p.lat,
                   p.speed, p.heading
-           FROM unnest($1::text[]) AS u(id)
+           FROM unnest($1::text[], $2::float8[]) AS u(id, after)
            CROSS JOIN LATERAL (
                SELECT ts, lon, lat, speed, heading FROM positions
-               WHERE unit_id = u.id AND ts > to_timestamp($2) AND ts <= to_timestamp($3)
-               ORDER BY ts DESC LIMIT 1) p""", unit_ids, after, until)
+               WHERE unit_id = u.id AND ts > to_timestamp(u.after)
+                 AND ts <= to_timestamp($3)
+               ORDER BY ts DESC LIMIT 1) p""",
+        list(newer_than), list(newer_than.values()), until)
     return [Fix(r["unit_id"], r["ts"], r["lon"], r["lat"], r["speed"], r["heading"])
             for r in rows]
 
@@ -132,7 +135,10 @@ async def picture_at(conn: Conn, at: float, *, start_before: float | None = None
             if reached:
                 break
     replay_fold.apply_events(pic, batch, at)
-    fixes = await latest_fixes(conn, list(pic.state["units"]), pic.at, at)
+    # A fix older than the snapshot may have been stored after it: the lower bound is each
+    # unit's shown fix, not the snapshot's time.
+    shown = {uid: float(u.get("position_ts") or 0.0) for uid, u in pic.state["units"].items()}
+    fixes = await latest_fixes(conn, shown, at)
     return replay_fold.advance(pic, [], fixes, at)
 
 

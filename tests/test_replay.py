@@ -93,7 +93,8 @@ def test_events_apply_in_seq_order_up_to_their_effective_time() -> None:
 def test_fixes_move_markers_forward_only_and_not_over_a_newer_entity() -> None:
     pic = replay_fold.start({"units": {"U1": _unit("U1", 90.0), "U2": _unit("U2", 90.0)}},
                             0, 100.0)
-    assert not replay_fold.apply_fix(pic, Fix("U1", 99.0, 121.0, 31.0, 0.0, None))  # < snap
+    # older than the snapshot but newer than its stored fix (stored after the snapshot)
+    assert replay_fold.apply_fix(pic, Fix("U1", 99.0, 121.5, 31.0, 0.0, None))
     assert replay_fold.apply_fix(pic, Fix("U1", 101.0, 121.0, 31.0, 1.5, 90.0))
     assert pic.state["units"]["U1"]["lon"] == 121.0
     assert not replay_fold.apply_fix(pic, Fix("U1", 100.5, 122.0, 31.0, 0.0, None))  # late
@@ -171,6 +172,20 @@ async def _patrol(pub: Publisher) -> None:
             await pub.publish(wire.gps_topic(uid), wire.encode_gps(
                 round(time.time(), 3), lat, lon + 0.0002 * k, 6.5, 90.0, 5.0))
         await asyncio.sleep(PATROL_EVERY_S)
+
+
+def _diff(got: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]]) -> list[str]:
+    """What differs between two keyed pictures, entity by entity and field by field."""
+    out = []
+    for c in replay_fold.COLLECTIONS:
+        for k in sorted(set(got[c]) | set(want[c])):
+            g, w = got[c].get(k), want[c].get(k)
+            if g != w:
+                fields = sorted(f for f in set(g or {}) | set(w or {})
+                                if (g or {}).get(f) != (w or {}).get(f))
+                out.append(f"{c}/{k}: " + ", ".join(
+                    f"{f} replay={(g or {}).get(f)!r} live={(w or {}).get(f)!r}" for f in fields))
+    return out
 
 
 def _quiet(t0: float, t1: float, times: list[float]) -> bool:
@@ -257,7 +272,8 @@ async def test_replay_equals_what_the_live_console_showed(
         # from the nearest snapshot, as a seek does
         pic = await replay_store.picture_at(rdb, at)
         assert pic.seq == live["seq"], (played.nearest(at), pic.seq, live["seq"])
-        assert replay_fold.keyed(replay_fold.frame(pic)) == want, played.nearest(at)
+        assert replay_fold.keyed(replay_fold.frame(pic)) == want, (
+            played.nearest(at), _diff(replay_fold.keyed(replay_fold.frame(pic)), want))
         # from the first snapshot: the same picture, however far the fold runs
         far = await replay_store.picture_at(rdb, at, start_before=first_taken)
         assert replay_fold.keyed(replay_fold.frame(far)) == want, at
@@ -274,6 +290,17 @@ async def test_replay_equals_what_the_live_console_showed(
     assert any(a["rule_id"] == "traffic_jam" for c in compared for a in c["alarms"])
     moved = {u["position_ts"] for c in compared for u in c["units"] if u["id"] == PATROL[0]}
     assert len(moved) >= 3, moved
+
+    # The server KPI tiles as of a moment of the story: the town's devices, the story's
+    # counters reporting (readings in the minute before), and no device before the town.
+    mid = played.quiet[len(played.quiet) // 2][0]
+    k = replay_hub.client.get("/api/replay/kpis", params={"at": mid}).json()
+    assert k["devices"] == len(TOWN["devices"]) and k["updated_at"] == mid
+    assert k["ingest_points_per_s"] > 0 and k["devices_online"] >= 3
+    town_loaded = await rdb.fetchval(
+        "SELECT extract(epoch FROM min(created_at))::float8 FROM devices")
+    early = replay_hub.client.get("/api/replay/kpis", params={"at": town_loaded - 60}).json()
+    assert early["devices"] == 0 and early["devices_online"] == 0
 
 
 async def test_replay_refuses_the_future_and_time_before_history(
