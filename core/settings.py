@@ -170,6 +170,15 @@ class Settings(BaseSettings):
     # One frame per client per tick carries every change since the last.
     feed_tick_s: float = 0.05
 
+    # After-action replay (hub/replay_store.py): the dispatch leader saves the console's open
+    # picture this often; a seek folds at most this much history (events and the latest fix
+    # of each unit) onto the snapshot before it. Five minutes keeps a seek well under a
+    # second (docs/PERFORMANCE.md, "After-action replay") for about 650 KB of JSON a time at
+    # 2,000 units.
+    replay_snapshot_s: float = 300.0
+    # Pictures are kept as long as the positions they are replayed with (the map needs both).
+    replay_keep_days: float = 90.0
+
     # Demo town data loaded by `hub load-town`.
     town_file: Path = (
         Path(__file__).resolve().parent.parent / "simulators" / "data" / "xuxiake.json")

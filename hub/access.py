@@ -132,11 +132,18 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/admin/grids"): Rule("admin", page=True),
     ("GET", "/admin/rules"): Rule("supervisor", page=True),  # the rules and SLA APIs'
     ("GET", "/admin/sla"): Rule("supervisor", page=True),    # edits are a supervisor's
+    ("GET", "/replay"): PAGE,  # after-action replay: the console on a past window
     # ---- the live feed
     ("WS", "/ws/live"): VIEWER,
     # ---- reading the picture
     ("GET", "/api/ingest/stats"): VIEWER,
     ("GET", "/api/kpis"): VIEWER,
+    # ---- after-action replay (hub/replay_api.py): what the console showed, read only
+    ("GET", "/api/replay/history"): VIEWER,
+    ("GET", "/api/replay/picture"): VIEWER,
+    ("GET", "/api/replay/chunk"): VIEWER,
+    ("GET", "/api/replay/alerts"): VIEWER,
+    ("GET", "/api/replay/kpis"): VIEWER,
     ("GET", "/api/town"): VIEWER,
     ("GET", "/api/snapshot"): VIEWER,
     ("GET", "/api/events"): VIEWER,

@@ -44,6 +44,7 @@ from hub import (
     open311,
     open311_keys,
     photos,
+    replay_api,
     reports_api,
     rules_api,
     senml_map_api,
@@ -165,6 +166,7 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
     app.include_router(audit_api.router)
     for admin in (admin_devices, admin_units, admin_users, admin_town, admin_pages):
         app.include_router(admin.router)
+    app.include_router(replay_api.router)
     app.include_router(views.router)
     for field_router in (field_enrol.router, field_api.router, field_feed.router,
                          photos.router, field_views.router):

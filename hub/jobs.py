@@ -20,17 +20,13 @@ from core.db import fetch_one
 from core.settings import Settings
 from dispatch import inspection_schedule, reports, sla_settings
 from hub import admin_roster
+from hub.kpi_terms import INGEST_RATE_WINDOW_S, ONLINE_INTERVALS
 from hub.state import Hub
 from ingest import retention
 
 log = logging.getLogger("hub.jobs")
 
-# A device is online when it reported within this many of its own intervals: one missed
-# reading is noise, three in a row is a device that is down.
-ONLINE_INTERVALS = 3
 KPI_INTERVAL_S = 10
-# Ingest rate shown on the console: readings of the last minute, per second.
-INGEST_RATE_WINDOW_S = 60
 
 
 async def refresh_kpis(hub: Hub) -> None:
@@ -128,6 +124,8 @@ async def duty_roster(hub: Hub) -> None:
     """Units on or off duty as their shifts say, at the shift boundaries (hub/admin_roster.py)."""
     if _leads(hub):
         await admin_roster.apply_schedule(hub.pool, hub.settings.town_tz)
+
+
 async def field_upkeep(hub: Hub) -> None:
     """The field app's retention: evidence photos past their time, old idempotency keys."""
     from hub import field_idempotency, photos
@@ -136,6 +134,20 @@ async def field_upkeep(hub: Hub) -> None:
     if gone:
         log.info("photo retention: %d photos removed", gone)
     await field_idempotency.purge(hub.pool, hub.settings.field_idempotency_keep_s)
+
+
+async def replay_snapshot(hub: Hub) -> None:
+    """The console's picture for after-action replay (hub/replay_store.py), when the newest
+    saved one is ``replay_snapshot_s`` old: judged from the table, so a leader that just took
+    over (or came up) saves at its first check and keeps its predecessor's cadence."""
+    if not _leads(hub):
+        return
+    from hub import replay_store
+
+    async with hub.pool.acquire() as conn:
+        if await replay_store.snapshot_due(conn, hub.settings.replay_snapshot_s):
+            await replay_store.save_snapshot(conn)
+            await replay_store.prune(conn, hub.settings.replay_keep_days)
 
 
 async def reload_sla(hub: Hub) -> None:
@@ -151,6 +163,8 @@ DAY_S = 86400
 RETENTION_INTERVAL_S = 3600
 # Expired sessions are already refused; purging them is only about table size.
 AUTH_PURGE_S = 600
+# How often the dispatch leader checks whether a replay snapshot is due (one indexed read).
+REPLAY_CHECK_S = 5.0
 
 
 def _every(seconds: float) -> Callable[[Settings], float]:
@@ -178,6 +192,10 @@ JOBS: list[tuple[str, Any, Callable[[Settings], float], str]] = [
     # daily check makes it monthly and catches up after downtime.
     ("inspections.monthly_draw", monthly_draws, _every(DAY_S), "dispatch"),
     ("units.duty_roster", duty_roster, _every(admin_roster.SCHEDULE_CHECK_S), "dispatch"),
+    # After-action replay starts from these pictures: checked often, so the first is saved
+    # within REPLAY_CHECK_S of a leader coming up and a replay covers nearly all its time.
+    ("replay.snapshot", replay_snapshot,
+     lambda s: min(REPLAY_CHECK_S, s.replay_snapshot_s), "dispatch"),
 ]
 
 

@@ -786,6 +786,7 @@ DELEGATED: dict[str, str] = {
     "alarm": "simulators.alarm_bench",        # issue 4: publish -> alarm on the websocket
     "console": "simulators.console_bench",    # issue 7: 2,000 units, 200 clients
     "report": "simulators.bench_report",      # issue 16: HTML plots + PERFORMANCE.md table
+    "replay": "simulators.replay_bench",      # issue 15: a seek, a playback chunk
 }
 
 

@@ -7,7 +7,7 @@
 
 import { AlarmFeed } from "./alarms.js";
 import { openCreateDialog } from "./actions.js";
-import { bindActorField, getJsonRetry } from "./api.js";
+import { bindActorField, getJson, getJsonRetry } from "./api.js";
 import { Board } from "./board.js";
 import { LiveFeed } from "./feed.js";
 import { GridView } from "./grids.js";
@@ -15,6 +15,7 @@ import { $, setText } from "./dom.js";
 import { fmtClock, fmtLongDate, t } from "./i18n.js";
 import { Kpis } from "./kpis.js";
 import { ConsoleMap } from "./map.js";
+import { ReplayFeed } from "./replay.js";
 import { SupervisorStrip } from "./supervisor.js";
 import { indexTown, level1Of } from "./town.js";
 
@@ -34,7 +35,13 @@ let rafId = 0;
 let renderedSeq = null;
 const renderTimes = [];
 
-const feed = new LiveFeed({ onChange, onStatus });
+// After-action replay (/replay): the same console fed from the hub's records of a past
+// window (replay.js) instead of the live websocket; read only, and marked on every side.
+const REPLAY = CONFIG.replay || null;
+const feed = REPLAY
+  ? new ReplayFeed({ span: REPLAY, onChange, onStatus, onSeek: () => ctx.supervisor.load(),
+    onKpis: replayKpis })
+  : new LiveFeed({ onChange, onStatus });
 const ctx = {
   feed,
   config: CONFIG,
@@ -52,6 +59,17 @@ ctx.board = new Board(ctx);
 ctx.kpis = new Kpis(ctx);
 ctx.grids = new GridView(ctx);
 ctx.supervisor = new SupervisorStrip(ctx);
+if (REPLAY) ctx.supervisor.url = () => `/api/replay/alerts?at=${encodeURIComponent(feed.now)}`;
+
+// The server-computed KPI tiles as they were at t (replay only; live polls /api/kpis).
+async function replayKpis(at) {
+  try {
+    ctx.kpis.server = await getJson(`/api/replay/kpis?at=${encodeURIComponent(at)}`);
+    ctx.kpis.renderServer(false);
+  } catch (err) {
+    ctx.kpis.renderServer(true);
+  }
+}
 
 function onChange(change) {
   if (change.reset) pending.reset = true;
@@ -123,7 +141,7 @@ function onStatus({ phase }) {
   node.dataset.state = phase;
   setText(node.querySelector(".label"), t(`conn.${phase}`));
   node.title = phase === "live" ? t("conn.live_title") : t("conn.down_title");
-  document.body.classList.toggle("offline", phase !== "live");
+  document.body.classList.toggle("offline", phase !== "live" && phase !== "replay");
   $("offline-banner").hidden = phase !== "reconnecting";
   renderSeq();
 }
@@ -183,6 +201,7 @@ async function reloadTown() {
 }
 
 ctx.map.onCreateAt = (lat, lon) => {
+  if (REPLAY) return;  // nothing is changed from a replay
   // The grid is for the form's caption only; the server places the case itself.
   let where = "";
   for (const [id, f] of ctx.town.level1) {
@@ -199,6 +218,7 @@ window.gridhub = {
   get connected() { return feed.connected; },
   get ws() { return feed.ws; },
   get phase() { return feed.phase; },
+  get replay() { return REPLAY ? feed : null; },
   get renderedSeq() { return renderedSeq; },
   get mapReady() { return ctx.map.ready; },
   get map() { return ctx.map.map; },
@@ -218,8 +238,10 @@ window.gridhub = {
 bindActorField($("actor"));
 tick();
 setInterval(tick, TICK_CHECK_MS);
-ctx.kpis.start();
-ctx.supervisor.load();
+if (!REPLAY) {
+  ctx.kpis.start();
+  ctx.supervisor.load();
+}
 const staticsDone = loadStatics().catch((err) => console.error("gridhub console: start failed", err));
 Promise.race([staticsDone, new Promise((r) => setTimeout(r, FEED_WAITS_FOR_MAP_MS))])
   .then(() => feed.start());

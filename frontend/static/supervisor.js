@@ -13,6 +13,8 @@ export class SupervisorStrip {
   constructor(ctx) {
     this.ctx = ctx;
     this.alerts = new Map();  // id -> alert
+    // Where the open alerts are read (a replay reads those open at its clock).
+    this.url = () => "/api/supervisor/alerts";
     this.box = $("supervisor-list");
     this.box.addEventListener("click", (ev) => {
       const b = ev.target.closest("button.sv-ack");
@@ -22,7 +24,7 @@ export class SupervisorStrip {
 
   async load() {
     try {
-      const list = await getJson("/api/supervisor/alerts");
+      const list = await getJson(this.url());
       this.alerts.clear();
       for (const a of list || []) this.alerts.set(String(a.id), a);
     } catch (err) {
