@@ -11,7 +11,7 @@ and events, in the same order. Only the number of round trips differs:
 2. read every moved case's log and SLA clock rows: one statement;
 3. in memory, in the decision's order (withdrawals, alerts, dispatches): each case step
    through the pure workflow, the next hash-chain entry, the SLA clocks
-   (``clocks.clock_values``), the unit and case rows as each move leaves them and the
+   (``sla_clocks.clock_values``), the unit and case rows as each move leaves them and the
    views the events carry (a case withdrawn and sent again takes both steps, its events
    showing it in between);
 4. write: end the withdrawn assignments and move the units (one statement); the alerts
@@ -40,7 +40,7 @@ from core.events import (
     UnitAssigned,
     UnitStatusChanged,
 )
-from dispatch import clocks, planner, sla, store, workflow
+from dispatch import planner, sla, sla_clocks, store, workflow
 from dispatch.reasons import Reason
 from dispatch.service import ACCEPT_TIMEOUT_S, OVERRIDE_REASONS, SYSTEM_ACTOR
 
@@ -63,7 +63,7 @@ class _Case:
     state: workflow.CaseState
     head: store.LogHead
     clock_rows: dict[str, Any]  # by stage: met_at, warned_at, breached_at
-    clocks: clocks.ClockValues | None = None
+    clocks: sla_clocks.ClockValues | None = None
 
 
 def _text(why: Reason, note: str) -> str:
@@ -77,7 +77,7 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 def _step(case: _Case, action: str, actor: str, now: float, reason: str,
           entries: list[store.LogEntry]) -> None:
-    """``service._step`` in memory: the workflow, the chain's next entry, the clocks."""
+    """``service._step`` in memory: the workflow, the chain's next entry, the sla_clocks."""
     before = case.state
     try:
         after = workflow.apply(before, action, actor, now, reason)
@@ -86,7 +86,7 @@ def _step(case: _Case, action: str, actor: str, now: float, reason: str,
     entry = store.chain_entry(case.head, int(case.row["id"]), action, before.state,
                               after.state, actor, now, reason)
     entries.append(entry)
-    values = clocks.clock_values(case.row, after, action, now, case.clock_rows)
+    values = sla_clocks.clock_values(case.row, after, action, now, case.clock_rows)
     case.state, case.head = after, (entry.seq, entry.hash)
     case.clock_rows = values.next_rows(case.clock_rows)
     case.clocks = values
@@ -176,7 +176,7 @@ async def apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: s
             "candidates": planner.candidates_json(x.candidates),
         }
         accept_due = now + (ACCEPT_TIMEOUT_S.get(int(case.row["priority"]), 900.0)
-                            * clocks.SlaConfig.scale)
+                            * sla_clocks.SlaConfig.scale)
         new_assignments.append((iid, x.unit_id, store.ts(now), x.eta_s, text, override_text,
                                 recommendation, store.ts(accept_due), x.why.as_json()))
         case.row["assigned_unit"] = x.unit_id

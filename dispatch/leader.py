@@ -28,10 +28,10 @@ from core.db import connect
 from core.events import Envelope
 from core.settings import Settings
 from dispatch import decisions, planner, service, store
-from dispatch.clocks import SlaTimer
 from dispatch.command_sender import CommandSender
 from dispatch.geo import RoadGraph
 from dispatch.model import DispatchPolicy
+from dispatch.sla_clocks import SlaTimer
 
 log = logging.getLogger("dispatch.leader")
 

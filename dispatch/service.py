@@ -28,7 +28,7 @@ from core.events import (
     UnitStatusChanged,
 )
 from core.geometry import point_in_polygon
-from dispatch import clocks, store, workflow
+from dispatch import sla_clocks, store, workflow
 
 log = logging.getLogger("dispatch.service")
 
@@ -114,7 +114,7 @@ async def _step(conn: Conn, inc: dict[str, Any], action: str, actor: str,
         store.ts(now))
     inc.update(state=after.state, rework_count=after.rework_count,
                extension_count=after.extension_count, handler=after.handler)
-    await clocks.update_clocks(conn, inc, after, action, now, prev_rows=clock_rows)
+    await sla_clocks.update_clocks(conn, inc, after, action, now, prev_rows=clock_rows)
     return after
 
 
@@ -183,7 +183,7 @@ async def open_incident_in(conn: Conn, now: float, *, category: str, qualificati
     await store.append_log(conn, iid, "report", None, "reported", reporter, now, None)
     inc = await store.incident_row(conn, iid, lock=True)
     assert inc is not None
-    await clocks.update_clocks(conn, inc, workflow.CaseState(), "report", now)
+    await sla_clocks.update_clocks(conn, inc, workflow.CaseState(), "report", now)
     if source in ("alarm", "operator"):
         await _step(conn, inc, "register", reporter if source == "operator"
                     else SYSTEM_ACTOR, now, None)

@@ -21,7 +21,7 @@ from core.bus import Bus
 from core.db import connect, create_pool, migrate
 from core.outbox import EventFeed
 from core.settings import Settings
-from dispatch import clocks, decisions
+from dispatch import decisions, sla_clocks
 from dispatch.leader import Dispatcher
 from hub import (
     admin_devices,
@@ -93,7 +93,7 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
             await conn.close()
         pool = await create_pool(settings.database_url, settings.db_pool_min,
                                  settings.db_pool_max)
-        await clocks.configure(pool, settings)
+        await sla_clocks.configure(pool, settings)
         bus = Bus()
         live = LiveState(bus)
         await live.load(pool)

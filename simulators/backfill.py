@@ -49,7 +49,7 @@ from core import log as hub_log
 from core.db import create_pool
 from core.errors import HubError
 from core.settings import Settings
-from dispatch import clocks, decisions, inspection_store, planner, reports, service
+from dispatch import decisions, inspection_store, planner, reports, service, sla_clocks
 from hub.open311_services import SERVICES
 from ingest import alarms, retention
 from ingest.writer import Batch, BatchWriter, PositionRow, ts_of
@@ -388,7 +388,7 @@ async def backfill_cases(pool: asyncpg.Pool, settings: Settings, town: Mapping[s
     if await history_done(pool, "cases"):
         return {"skipped": True}
     since = now - days * 86400.0
-    await clocks.configure(pool, settings)  # the SLA limits and calendar in force
+    await sla_clocks.configure(pool, settings)  # the SLA limits and calendar in force
     graph = await decisions.load_road_graph(pool)
     policy = decisions.policy_from_settings(settings)
     rules = [dict(r) for r in await pool.fetch(
@@ -398,7 +398,7 @@ async def backfill_cases(pool: asyncpg.Pool, settings: Settings, town: Mapping[s
                  "priority": s.priority} for s in SERVICES.values()]
     stories = plan_cases(town=town, rules=rules, services=services, since=since, until=now,
                          cases_per_day=cases_per_day, seed=seed,
-                         accept_timeout_s={p: v * clocks.SlaConfig.scale
+                         accept_timeout_s={p: v * sla_clocks.SlaConfig.scale
                                            for p, v in service.ACCEPT_TIMEOUT_S.items()})
     t0 = time.monotonic()
     draws = await backfill_inspections(pool, since, now, seed)

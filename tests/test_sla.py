@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from dispatch import clocks, reports, sla_config
+from dispatch import reports, sla_clocks, sla_config
 from dispatch.assessment import CaseFacts, assess
 from dispatch.sla import (
     DEFAULT_LIMITS_BY_PRIORITY,
@@ -373,7 +373,7 @@ def test_breach_across_spring_festival() -> None:
     assert sla_state(due["resolve"], BEFORE_SPRING, cst(2026, 2, 24, 10), cal=SHIPPED_CAL) == "ok"
     assert sla_state(due["resolve"], BEFORE_SPRING, cst(2026, 2, 25, 17)) == "breached"
     # Amber at 80 % of the working time (21.6 of 27 h): Wednesday 10:36, not mid-holiday.
-    assert clocks._warn_at(SHIPPED_CAL, 0.8, BEFORE_SPRING, due["resolve"], True) == (
+    assert sla_clocks._warn_at(SHIPPED_CAL, 0.8, BEFORE_SPRING, due["resolve"], True) == (
         pytest.approx(cst(2026, 2, 25, 10, 36)))
     # Shelved over the holiday's first days (a pause): the deadline moves by the working
     # time the pause took, which over the holiday is only Saturday the 14th.

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from core.db import connect
-from dispatch import clocks, sla, sla_config, sla_settings, store, workflow
+from dispatch import sla, sla_clocks, sla_config, sla_settings, store, workflow
 from tests.conftest import HubProcess, town_database, town_doc
 
 TOWN = town_doc()
@@ -113,7 +113,7 @@ async def test_clocks_across_spring_festival(conn: asyncpg.Connection, in_force:
         inc = await store.incident_row(conn, iid)
         assert inc is not None
         registered = workflow.CaseState(state="registered")
-        summary = await clocks.update_clocks(conn, inc, registered, "register", opened)
+        summary = await sla_clocks.update_clocks(conn, inc, registered, "register", opened)
         assert summary["resolve"]["deadline"] == cst(2026, 2, 25, 16)
         row = await conn.fetchrow(
             "SELECT deadline, warn_at FROM sla_clocks WHERE incident_id = $1 "
@@ -122,7 +122,7 @@ async def test_clocks_across_spring_festival(conn: asyncpg.Connection, in_force:
         # amber at 80 % of the working time, on the Wednesday morning, not in the holiday
         assert row["warn_at"].timestamp() == pytest.approx(cst(2026, 2, 25, 10, 36))
         closed = workflow.CaseState(state="closed")
-        summary = await clocks.update_clocks(conn, inc, closed, "close", closed_at)
+        summary = await sla_clocks.update_clocks(conn, inc, closed, "close", closed_at)
         results[closed_at] = summary["resolve"]["state"]
     assert results == {cst(2026, 2, 24, 10): "met", cst(2026, 2, 25, 17): "breached"}
 

@@ -37,7 +37,7 @@ from core.settings import Settings
 from dispatch import sla, sla_settings, store, workflow
 from dispatch.sla_config import InForce
 
-log = logging.getLogger("dispatch.clocks")
+log = logging.getLogger("dispatch.sla_clocks")
 
 # The action that completes each stage.
 STAGE_DONE_BY: dict[str, str] = {
