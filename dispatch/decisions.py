@@ -19,11 +19,11 @@ row changed and the whole decision is taken again from fresh state (``STALE_RETR
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import asyncpg
 
+from core import clock
 from core.errors import Conflict, InvalidInput
 from core.settings import Settings
 from dispatch import decision_writes, planner, store
@@ -77,7 +77,7 @@ async def decide_and_apply(pool: asyncpg.Pool, event: planner.Input, graph: Road
         try:
             async with pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", PLAN_LOCK_KEY)
-                now = time.time() if at is None else at
+                now = clock.now() if at is None else at
                 state = await store.dispatch_state(conn)
                 decision = planner.decide(state, event, now, policy, graph)
                 views = await decision_writes.apply(conn, decision, now, actor, note)
@@ -136,7 +136,7 @@ async def escalate(pool: asyncpg.Pool, assignment_id: int, graph: RoadGraph | No
     """An assignment not accepted by its due time (at ``now``, the clock's when not
     given): the core takes it back, alerts the supervisor and plans the case again.
     Returns whether it escalated now."""
-    at = time.time() if now is None else now
+    at = clock.now() if now is None else now
     a = await pool.fetchrow(
         "SELECT incident_id, unit_id, assigned_at FROM assignments WHERE id = $1 AND "
         "status = 'active' AND accept_due <= $2", assignment_id, store.ts(at))

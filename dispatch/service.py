@@ -12,12 +12,11 @@ steps are the pure workflow's (``workflow.apply``).
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import asyncpg
 
-from core import outbox
+from core import clock, outbox
 from core.db import Conn, row_view
 from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS
 from core.errors import InvalidInput, NotFound
@@ -158,7 +157,7 @@ async def open_incident(pool: asyncpg.Pool, *, category: str, qualification: str
     grid-worker, hotline and Open311 reports wait for an operator to register them.
     ``now``: the report's time, the clock's when not given (the demo's history backfill,
     simulators/backfill.py, passes past times)."""
-    now = time.time() if now is None else now
+    now = clock.now() if now is None else now
     async with pool.acquire() as conn, conn.transaction():
         return await open_incident_in(
             conn, now, category=category, qualification=qualification,
@@ -237,7 +236,7 @@ async def apply_action(pool: asyncpg.Pool, incident_id: int, action: str, actor:
                        reason: str | None, *, now: float | None = None) -> dict[str, Any]:
     """Move a case one step (accept, start_handling, give_feedback, verify_ok, ...) at
     ``now`` (the clock's when not given)."""
-    now = time.time() if now is None else now
+    now = clock.now() if now is None else now
     async with pool.acquire() as conn, conn.transaction():
         return await apply_action_in(conn, incident_id, action, actor, reason, now)
 

@@ -20,7 +20,6 @@ import asyncio
 import heapq
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,7 +27,7 @@ from typing import Any
 
 import asyncpg
 
-from core import outbox
+from core import clock, outbox
 from core.clock import to_datetime
 from core.db import Conn, Querier
 from core.entities import INCIDENT_COLUMNS
@@ -280,7 +279,7 @@ class SlaTimer:
 
     async def run(self) -> None:
         while True:
-            now = time.time()
+            now = clock.now()
             while self.heap and self.heap[0][0] <= now:
                 item = heapq.heappop(self.heap)
                 self._queued.discard(item)
@@ -292,7 +291,7 @@ class SlaTimer:
                         self.fired += 1
                 except Exception:
                     log.exception("SLA timer failed on %s %s of #%s", kind, what, incident_id)
-                now = time.time()
+                now = clock.now()
             delay = min(TIMER_IDLE_S, self.heap[0][0] - now) if self.heap else TIMER_IDLE_S
             self.wake.clear()
             try:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from core import outbox
+from core import clock, outbox
 from core.db import row_view
 from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS, UNIT_COLUMNS
 from core.errors import InvalidInput, NotFound
@@ -135,7 +134,7 @@ async def device_series(
 ) -> dict[str, Any]:
     """A metric over a time range, from the rollups (min/max/avg/count per bucket) or raw."""
     pool = hub.pool
-    until = until if until is not None else time.time()
+    until = until if until is not None else clock.now()
     if until <= since:
         raise InvalidInput("until must be after since", code="series.bad_range")
     if resolution == "raw":
@@ -179,7 +178,7 @@ TRACK_MAX_POINTS = 20_000
 async def unit_track(request: Request, hub: HubDep, unit_id: str,
                      since: Since, until: Until = None) -> dict[str, Any]:
     """GPS fixes of a unit over a time range, for track playback (轨迹回放)."""
-    until = until if until is not None else time.time()
+    until = until if until is not None else clock.now()
     if until <= since or until - since > 31 * 86400:
         raise InvalidInput("range must be positive and at most 31 days",
                            code="track.bad_range")

@@ -20,7 +20,6 @@ import asyncio
 import hashlib
 import re
 import secrets
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +27,7 @@ import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from core import clock
 from core.db import Querier, fetch_one
 from core.errors import InvalidInput, NotFound
 from hub import audit
@@ -225,7 +225,7 @@ async def token_principal(pool: Querier, token: str) -> Principal | None:
            FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL""", digest(token))
     if row is None:
         return None
-    if row["used"] is None or time.time() - row["used"] > TOKEN_TOUCH_S:
+    if row["used"] is None or clock.now() - row["used"] > TOKEN_TOUCH_S:
         await pool.execute("UPDATE api_tokens SET last_used_at = now() WHERE id = $1", row["id"])
     return Principal("token", row["name"], row["role"], unit_id=row["unit_id"])
 

@@ -19,7 +19,6 @@ stored answer commit together.
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
@@ -27,7 +26,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from core import outbox, topics
+from core import clock, outbox, topics
 from core.db import Conn, row_view
 from core.entities import INCIDENT_COLUMNS
 from core.errors import Forbidden, InvalidInput, NotFound
@@ -215,7 +214,7 @@ async def act(request: Request, hub: HubDep, incident_id: RowId,
         raise InvalidInput(f"{body.action} takes no photos", code="photo.not_expected")
 
     async def work() -> dict[str, Any]:
-        now = time.time()
+        now = clock.now()
         if body.action == ARRIVE:
             view = await _arrive(conn, incident_id, actor, now)
         else:
@@ -256,7 +255,7 @@ async def report(request: Request, hub: HubDep, body: ReportBody) -> dict[str, A
     actor = actor_of(request)
 
     async def work() -> dict[str, Any]:
-        now = time.time()
+        now = clock.now()
         view = await dispatch_service.open_incident_in(
             conn, now, category=service.code, qualification=service.qualification,
             priority=service.priority, title=f"{service.name}（{actor}上报）",
@@ -278,7 +277,7 @@ async def positions(request: Request, hub: HubDep) -> dict[str, Any]:
     a refused body goes to the dead letters, like a bad MQTT message, and is answered 422."""
     p = _phone(request)
     raw = await request.body()
-    now = time.time()
+    now = clock.now()
     topic = topics.gps_topic(str(p.unit_id))
     decoded = wire.decode(topic, raw, now)
     if isinstance(decoded, wire.DecodeError):
@@ -315,7 +314,7 @@ async def patrol(request: Request, hub: HubDep) -> dict[str, Any]:
     """Today's patrol (the town's day so far): mileage and time on duty as the assessment
     counts them (``dispatch/assessment.patrol_stats`` over the unit's fixes)."""
     p = _phone(request)
-    now = time.time()
+    now = clock.now()
     tz = ZoneInfo(hub.settings.town_tz)
     start = datetime.fromtimestamp(now, tz).replace(hour=0, minute=0, second=0,
                                                     microsecond=0).timestamp()

@@ -12,7 +12,6 @@ naming either is refused (draws, commitments) or the name is ignored.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -20,6 +19,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from core import clock
 from core.errors import Forbidden
 from dispatch import inspection_store as store
 from dispatch import inspections, sla
@@ -75,7 +75,7 @@ async def create_commitment(request: Request, body: CommitBody) -> dict[str, Any
     return await store.commit(
         _pool(request), matter_id=body.matter_id, targets=body.targets,
         inspectors_per_target=body.inspectors_per_target, weight_by_risk=body.weight_by_risk,
-        by=_actor(request), now=time.time())
+        by=_actor(request), now=clock.now())
 
 
 @router.get("/api/inspections/commitments")
@@ -95,7 +95,7 @@ class DrawBody(BaseModel):
 async def create_draw(request: Request, body: DrawBody) -> dict[str, Any]:
     """Draw with an announced commitment, from the registries as they are now."""
     return await store.make_draw(_pool(request), commitment_id=body.commitment_id,
-                                 now=time.time(), drawn_by=_actor(request))
+                                 now=clock.now(), drawn_by=_actor(request))
 
 
 @router.get("/api/inspections/draws")
@@ -121,7 +121,7 @@ async def verify_draw(request: Request, draw_id: RowId) -> dict[str, Any]:
 async def publish_draw(request: Request, draw_id: RowId) -> dict[str, Any]:
     """Publish the draw (revealing its secret) and the results recorded so far."""
     return await store.publish_draw(_pool(request), draw_id, by=_actor(request),
-                                    now=time.time())
+                                    now=clock.now())
 
 
 class ResultBody(BaseModel):
@@ -134,7 +134,7 @@ class ResultBody(BaseModel):
 async def record_result(request: Request, draw_id: RowId, body: ResultBody) -> dict[str, Any]:
     return await store.record_result(
         _pool(request), draw_id, entity_id=body.entity_id, outcome=body.outcome,
-        notes=body.notes, recorded_by=_actor(request), now=time.time())
+        notes=body.notes, recorded_by=_actor(request), now=clock.now())
 
 
 # ---------------------------------------------------------------- the public (no login)

@@ -9,13 +9,13 @@ periodic housekeeping and figures.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from core import clock
 from core.db import fetch_one
 from core.settings import Settings
 from dispatch import inspection_schedule, reports, sla_settings
@@ -65,7 +65,7 @@ async def refresh_kpis(hub: Hub) -> None:
         p90_response_s_today=sla_today["p90_arrive_s"],
         active_alarms=alarms,
         ingest_points_per_s=round(points / INGEST_RATE_WINDOW_S, 1),
-        updated_at=time.time(),
+        updated_at=clock.now(),
     )
 
 
@@ -104,12 +104,12 @@ async def erase_contacts(hub: Hub) -> None:
 
 async def monthly_draws(hub: Hub) -> None:
     if _leads(hub):
-        await inspection_schedule.scheduled_draw(hub.pool, time.time())
+        await inspection_schedule.scheduled_draw(hub.pool, clock.now())
 
 
 async def patrol_rollup(hub: Hub) -> None:
     if _leads(hub):
-        await reports.rollup_patrol(hub.pool, time.time())
+        await reports.rollup_patrol(hub.pool, clock.now())
 
 
 async def purge_auth(hub: Hub) -> None:

@@ -25,7 +25,6 @@ import asyncio
 import hashlib
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
@@ -34,7 +33,7 @@ from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 
-from core import photo_check
+from core import clock, photo_check
 from core.db import Conn, Querier, row_view
 from core.errors import Forbidden, InvalidInput, NotFound
 from core.settings import Settings
@@ -228,7 +227,7 @@ async def case_photos(request: Request, hub: HubDep, incident_id: RowId) -> dict
                         code="auth.not_your_incident")
     photos = await evidence(hub.pool, photo_dir(hub.settings), incident_id)
     return {"incident_id": incident_id, "photos": photos,
-            "intact": all(ph["intact"] for ph in photos), "checked_at": time.time()}
+            "intact": all(ph["intact"] for ph in photos), "checked_at": clock.now()}
 
 
 # Uploads never attached to a case step (the user discarded the action) are kept this long:

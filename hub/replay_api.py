@@ -13,16 +13,18 @@ span for the browser's playback. Read only; every route is for viewers (hub/acce
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
+import asyncpg
 import msgspec
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
+from core import clock
 from core.errors import InvalidInput
 from hub import replay_fold, replay_store
 from hub.params import UNIX_MAX, Seq
+from hub.state import get_hub
 from hub.views import page
 
 router = APIRouter()
@@ -52,12 +54,12 @@ def _json(body: bytes) -> Response:
     return Response(body, media_type="application/json")
 
 
-def _pool(request: Request) -> Any:
-    return request.app.state.hub.pool
+def _pool(request: Request) -> asyncpg.Pool:
+    return get_hub(request).pool
 
 
 def _past(at: float) -> float:
-    latest = time.time() - PRESENT_MARGIN_S
+    latest = clock.now() - PRESENT_MARGIN_S
     if at > latest:
         raise InvalidInput(f"{at} is not in the past: replay reaches up to "
                            f"{PRESENT_MARGIN_S:g} s ago; the live console shows the present",

@@ -10,10 +10,10 @@ showed then. Every time here is UNIX seconds.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from core import clock
 from core.db import Conn, fetch_one, row_view
 from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS, UNIT_COLUMNS
 from core.errors import NotFound
@@ -81,7 +81,7 @@ async def history(conn: Conn) -> dict[str, Any]:
         conn,
         "SELECT extract(epoch FROM min(taken_at))::float8 AS first, count(*) AS snapshots "
         "FROM replay_snapshots")
-    return {"from": row["first"], "to": time.time(), "snapshots": row["snapshots"]}
+    return {"from": row["first"], "to": clock.now(), "snapshots": row["snapshots"]}
 
 
 async def _events_after(conn: Conn, seq: int) -> AsyncIterator[tuple[int, float, Any]]:

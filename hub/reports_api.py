@@ -7,13 +7,13 @@ with ``app.include_router(reports_api.router)``; the pool is ``app.state.hub.poo
 
 from __future__ import annotations
 
-import time
 from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from core import clock
 from core.errors import InvalidInput
 from dispatch import assessment as assessment_core
 from dispatch import reports
@@ -62,7 +62,7 @@ async def assessment(request: Request, by: By = "grid", since: Since = None,
     ``last_day``."""
     since, until = _range(since, until, first_day, last_day)
     return await reports.assessment_report(_pool(request), by=by, since=since, until=until,
-                                           now=time.time())
+                                           now=clock.now())
 
 
 @router.get("/reports/assessment.csv")
@@ -72,7 +72,7 @@ async def assessment_csv(request: Request, by: By = "grid", since: Since = None,
     """The same figures as CSV (UTF-8 with a BOM, so Excel shows the Chinese)."""
     since, until = _range(since, until, first_day, last_day)
     report = await reports.assessment_report(_pool(request), by=by, since=since, until=until,
-                                             now=time.time())
+                                             now=clock.now())
     return Response(
         reports.assessment_csv(report).encode("utf-8"), media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="assessment-{by}.csv"'})
@@ -82,5 +82,5 @@ async def assessment_csv(request: Request, by: By = "grid", since: Since = None,
 async def unit_patrol(request: Request, unit_id: str, since: Since = None,
                       until: Until = None) -> dict[str, Any]:
     """Patrol mileage, duty time, trips and stops from the unit's GPS fixes."""
-    return await reports.unit_patrol(_pool(request), unit_id, now=time.time(), since=since,
+    return await reports.unit_patrol(_pool(request), unit_id, now=clock.now(), since=since,
                                      until=until)

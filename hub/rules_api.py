@@ -4,13 +4,13 @@ child process, ingest/backtest_job.py; cancellable), and the members of a groupe
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from core import clock
 from core.db import row_view
 from core.errors import InvalidInput, NotFound
 from hub import audit
@@ -183,7 +183,7 @@ async def backtest(request: Request, hub: HubDep, body: BacktestBody) -> dict[st
         model_filter = row["device_model"]
     else:
         raise InvalidInput("give rule_id or rule", code="backtest.no_rule")
-    until = body.until if body.until is not None else time.time()
+    until = body.until if body.until is not None else clock.now()
     if not 0 < until - body.since <= BACKTEST_MAX_RANGE_S:
         raise InvalidInput("range must be positive and at most 31 days",
                            code="backtest.bad_range")

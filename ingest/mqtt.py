@@ -23,6 +23,7 @@ from paho.mqtt.client import PUBACK
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from core import clock
 from core.mqtt_client import BrokerAddress, make_client, nodelay
 from ingest import frames
 
@@ -190,7 +191,7 @@ class MqttIngest:
         self.paused = False
         self.pauses = 0
         self._burst: list[Delivery] = []
-        self._now = time.time()
+        self._now = clock.now()
         self._sock: SocketLike | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -335,7 +336,7 @@ class MqttIngest:
         anything else (acks, pings, a packet split across reads) through paho."""
         c = cast(BufferedClient, self.client)
         # Everything read in this event arrived together: one receive time for the burst.
-        now = self._now = time.time()
+        now = self._now = clock.now()
         pubs: list[frames.Publish] = []
         try:
             if c.at_boundary() and not c.buffered() and not c.fill():

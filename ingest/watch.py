@@ -36,6 +36,7 @@ from typing import Any, cast
 
 import asyncpg
 
+from core import clock
 from core.town_time import DEFAULT_TOWN_TZ, zone
 from ingest import alarms, reorder, rules
 from ingest.storm import AlarmGroups, FlapDetector, RateCap, StormGrouper, cap_key
@@ -215,7 +216,7 @@ class AlarmWatch:
                 own = await alarms.open_alarms(self.pool)
                 members = await alarms.open_members(self.pool)
                 if written == self.written and not self._busy():
-                    self.apply_open(own, members, time.time())
+                    self.apply_open(own, members, clock.now())
                     return True
             if time.monotonic() >= deadline:
                 return False
@@ -257,7 +258,7 @@ class AlarmWatch:
         states = self.states
         history = self.history
         window = self.reorder_window_s
-        rcv = time.time() if now is None else now
+        rcv = clock.now() if now is None else now
         for r in readings:
             dev = self.devices.get(r.device_id)
             if dev is None:
@@ -541,4 +542,4 @@ class AlarmWatch:
     async def clock(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            self.tick(time.time())
+            self.tick(clock.now())

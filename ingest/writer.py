@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from core import clock
+
 log = logging.getLogger("ingest.writer")
 
 # Retry back-off while the database is away: fast first retries, then a calm pace.
@@ -254,7 +256,7 @@ class BatchWriter:
                 await conn.copy_records_to_table(
                     "dead_letters", records=batch.dead,
                     columns=("received_at", "topic", "payload", "size", "reason", "detail"))
-        committed = time.time()
+        committed = clock.now()
         lat = self.stats.latencies
         lat.extend(committed - r[0].timestamp() for r in batch.telemetry)
         lat.extend(committed - r[0].timestamp() for r in batch.positions)
