@@ -244,6 +244,9 @@ class Pipeline:
             "position_rows": s.position_rows,
             "dead_letters": s.dead_letters,
             "batches": s.flushed_batches,
+            "merged_batches": s.merged_batches,
+            "conflicts": s.conflicts,
+            "flushes_in_flight": s.in_flight,
             "last_commit_ms": round(s.last_commit_ms, 2),
             "db_ok": s.db_ok,
         }

@@ -11,9 +11,9 @@ Benchmarks are entries of ``BENCHMARKS`` (name -> ``Benchmark``); the helpers ab
 ``ingest`` (issue 3): a fresh scratch database with the demo town and ``--devices`` bench
 devices; the hub with the ingest role only (``python -m hub serve --roles ingest``), on a
 fresh MQTT client id (one hub: the default one-process layout; ``--hubs`` > 1 or
-``--scaled-out``: a fresh share group and rules client id); the lean load generator (simulators/loadgen.py) in its
-own process for ``--duration`` seconds, paced (``--rate``) or flat out; then everything is
-counted in the database. Definitions of the figures:
+``--scaled-out``: a fresh share group and rules client id); the lean load generator
+(simulators/loadgen.py) in its own process for ``--duration`` seconds, paced (``--rate``) or
+flat out; then everything is counted in the database. Definitions of the figures:
 
 - ``msgs_per_s`` / ``points_per_s``: distinct messages / readings stored, divided by the
   ingest window, the time from the first to the last ``received_at`` (the hub's receive
