@@ -166,11 +166,6 @@ class Pipeline:
                 self.reject(topic, payload, "unknown_unit", p.unit_id, received_at)
                 return
         self.decoded += 1
-        # A burst shares one receive time (the adapter stamps a burst when it reads it):
-        # one datetime per burst, not per message.
-        if received_at != self._rcv_at:
-            self._rcv_at, self._rcv = received_at, ts_of(received_at)
-        rcv = self._rcv
         if res.readings:
             rows = []
             clocks = self.clocks
@@ -191,11 +186,16 @@ class Pipeline:
                         clock.newest_ts = r.ts
                     if self.evaluator is not None:
                         self._to_evaluate.append(r)
-                rows.append((ts_of(r.ts), r.device_id, r.metric, r.value, rcv, late))
+                rows.append((r.ts, r.device_id, r.metric, r.value, received_at, late))
                 dirty.add(r.device_id)
             if self.writer is not None:
                 self.writer.add_telemetry(rows)
         if res.positions:
+            # A burst shares one receive time (the adapter stamps a burst when it reads
+            # it): one datetime per burst, not per message. (Readings carry UNIX seconds.)
+            if received_at != self._rcv_at:
+                self._rcv_at, self._rcv = received_at, ts_of(received_at)
+            rcv = self._rcv
             if self.writer is not None:
                 self.writer.add_positions(
                     (ts_of(p.ts), p.unit_id, p.lat, p.lon, p.speed, p.heading, p.accuracy,

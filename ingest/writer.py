@@ -24,11 +24,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
+
+from ingest.copy_binary import TELEMETRY_COLUMNS, TelemetryValues, telemetry_copy
 
 log = logging.getLogger("ingest.writer")
 
@@ -86,7 +88,9 @@ FROM (SELECT DISTINCT ON (unit_id) * FROM stage_positions ORDER BY unit_id, ts D
 WHERE u.id = s.unit_id AND (u.position_ts IS NULL OR u.position_ts < s.ts)
 """
 
-TelemetryRow = tuple[datetime, str, str, float, datetime, bool]
+# Device time and receive time in UNIX seconds: encoded straight to binary COPY
+# (ingest/copy_binary.py), never as datetimes.
+TelemetryRow = TelemetryValues
 PositionRow = tuple[datetime, str, float, float, float | None, float | None, float | None, datetime]
 DeadLetterRow = tuple[datetime, str, bytes, int, str, str]
 
@@ -319,7 +323,7 @@ class BatchWriter:
                 self._merging = not clean
         committed = time.time()
         lat = self.stats.latencies
-        lat.extend(committed - r[0].timestamp() for r in batch.telemetry)
+        lat.extend(committed - r[0] for r in batch.telemetry)
         lat.extend(committed - r[0].timestamp() for r in batch.positions)
         self.stats.flushed_batches += 1
         self.stats.telemetry_rows += len(batch.telemetry)
@@ -335,9 +339,8 @@ class BatchWriter:
         clean = True
         await conn.execute(STAGING_SQL)
         if batch.telemetry:
-            await conn.copy_records_to_table(
-                "stage_telemetry", records=batch.telemetry,
-                columns=("ts", "device_id", "metric", "value", "received_at", "late"))
+            await conn.copy_to_table("stage_telemetry", source=_chunks(telemetry_copy(
+                batch.telemetry)), columns=TELEMETRY_COLUMNS, format="binary")
             status = await conn.execute(MERGE_TELEMETRY if merge else INSERT_TELEMETRY)
             clean = _inserted(status) == len(batch.telemetry)
             await conn.execute(MERGE_TELEMETRY_LATEST)
@@ -355,6 +358,11 @@ class BatchWriter:
                 "dead_letters", records=batch.dead,
                 columns=("received_at", "topic", "payload", "size", "reason", "detail"))
         return clean
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    # An async iterable: asyncpg reads a file-like source in a worker thread.
+    yield data
 
 
 def _inserted(status: str) -> int:

@@ -1,17 +1,23 @@
 """The batched writer against real TimescaleDB: the plain insert, the merge it falls back
 to when a batch holds a stored reading, acknowledgements released in batch order with
-overlapping flushes, and a backlog cut into bounded batches."""
+overlapping flushes, a backlog cut into bounded batches, and the binary COPY encoding of
+its rows (ingest/copy_binary.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest_asyncio
+from hypothesis import given
+from hypothesis import strategies as st
 
+from ingest import copy_binary
 from ingest.writer import Batch, BatchWriter, TelemetryRow, ts_of
 from tests.conftest import wait_for
 
@@ -24,8 +30,8 @@ async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 def _rows(device: str, start: float, n: int, value0: float = 0.0) -> list[TelemetryRow]:
-    now = ts_of(time.time())
-    return [(ts_of(start + i), device, "pm25", value0 + i, now, False) for i in range(n)]
+    now = time.time()
+    return [(start + i, device, "pm25", value0 + i, now, False) for i in range(n)]
 
 
 class Acks:
@@ -151,3 +157,34 @@ async def test_a_backlog_is_written_in_bounded_batches_in_order(pool: asyncpg.Po
     assert max(len(c) for c in acks.calls) <= 11
     assert [m for call in acks.calls for m, _g in call] == list(range(1, 41))
     assert await _stored(pool, dev) == (400, 400)
+
+
+# ---------------------------------------------------------------- binary COPY encoding
+
+
+@given(st.floats(min_value=1.5e9, max_value=2.5e9))
+def test_timestamps_encode_to_the_microsecond_python_gives(seconds: float) -> None:
+    as_datetime = datetime.fromtimestamp(seconds, UTC) - datetime(2000, 1, 1, tzinfo=UTC)
+    assert abs(copy_binary.pg_timestamp(seconds) - as_datetime // timedelta(microseconds=1)) <= 1
+
+
+async def test_binary_copy_stores_what_the_rows_say(pool: asyncpg.Pool) -> None:
+    now = time.time()
+    rows: list[TelemetryRow] = [
+        (now - 10.5, "BENCH-0001", "pm25", 12.25, now, False),
+        (now - 9.000001, "a.b:c_d-e" * 7, "x", -1e15, now, True),  # 63-byte id, short metric
+        (now - 8.0, "Z", "temperature.c", 0.0, now - 0.25, False),
+    ]
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("CREATE TEMP TABLE t (ts timestamptz, device_id text, metric text, "
+                           "value double precision, received_at timestamptz, late boolean) "
+                           "ON COMMIT DROP")
+        await conn.copy_to_table("t", source=io.BytesIO(copy_binary.telemetry_copy(rows)),
+                                 columns=copy_binary.TELEMETRY_COLUMNS, format="binary")
+        got = await conn.fetch("SELECT extract(epoch FROM ts)::float8 AS ts, device_id, "
+                               "metric, value, extract(epoch FROM received_at)::float8 AS r, "
+                               "late FROM t ORDER BY ts")
+    assert [(r["device_id"], r["metric"], r["value"], r["late"]) for r in got] == [
+        (d, m, v, late) for _t, d, m, v, _r, late in rows]
+    for r, (ts, _d, _m, _v, rcv, _l) in zip(got, rows, strict=True):
+        assert abs(r["ts"] - ts) < 1e-6 and abs(r["r"] - rcv) < 1e-6
