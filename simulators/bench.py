@@ -748,6 +748,9 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         "max_commit_ms": lat.get("max_ms"),
         "latency_samples": lat.get("samples"),
         "peak_rss_mb": round(max(hwm_kb) / 1024, 1),
+        # Flushes, and those written through the merge path (a batch held a stored reading).
+        "flushes": sum(int(h.get("batches", 0)) for h in per_hub),
+        "merged_flushes": sum(int(h.get("merged_batches", 0)) for h in per_hub),
         "sent_msgs": sent,
         "sent_points": int(gen["sent_points"]),
         "stored_msgs": msgs,
