@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     # keeps p99 publish-to-commit well under 100 ms; 5,000 rows amortise the commit.
     ingest_batch_size: int = 5000
     ingest_flush_interval_s: float = 0.02
+    # Flushes in flight at once, each on its own pooled connection; acknowledgements are
+    # still released in batch order, each after its batch and all earlier ones committed.
+    # Two let the database store one batch while the next is staged (one flush at a time
+    # left a core idle: docs/PERFORMANCE.md); more only add lock waits on telemetry_latest,
+    # whose rows consecutive batches share. 1 is the old serial writer.
+    ingest_flush_concurrency: int = 2
     # Payload bytes kept in a dead letter: enough to see what was wrong, bounded storage.
     dead_letter_max_bytes: int = 4096
 

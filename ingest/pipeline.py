@@ -171,11 +171,6 @@ class Pipeline:
                 self.reject(topic, payload, "unknown_unit", p.unit_id, received_at)
                 return
         self.decoded += 1
-        # A burst shares one receive time (the adapter stamps a burst when it reads it):
-        # one datetime per burst, not per message.
-        if received_at != self._rcv_at:
-            self._rcv_at, self._rcv = received_at, ts_of(received_at)
-        rcv = self._rcv
         if res.readings:
             rows = []
             clocks = self.clocks
@@ -196,11 +191,16 @@ class Pipeline:
                         clock.newest_ts = r.ts
                     if self.evaluator is not None:
                         self._to_evaluate.append(r)
-                rows.append((ts_of(r.ts), r.device_id, r.metric, r.value, rcv, late))
+                rows.append((r.ts, r.device_id, r.metric, r.value, received_at, late))
                 dirty.add(r.device_id)
             if self.writer is not None:
                 self.writer.add_telemetry(rows)
         if res.positions:
+            # A burst shares one receive time (the adapter stamps a burst when it reads
+            # it): one datetime per burst, not per message. (Readings carry UNIX seconds.)
+            if received_at != self._rcv_at:
+                self._rcv_at, self._rcv = received_at, ts_of(received_at)
+            rcv = self._rcv
             if self.writer is not None:
                 self.writer.add_positions(
                     (ts_of(p.ts), p.unit_id, p.lat, p.lon, p.speed, p.heading, p.accuracy,
@@ -249,6 +249,9 @@ class Pipeline:
             "position_rows": s.position_rows,
             "dead_letters": s.dead_letters,
             "batches": s.flushed_batches,
+            "merged_batches": s.merged_batches,
+            "conflicts": s.conflicts,
+            "flushes_in_flight": s.in_flight,
             "last_commit_ms": round(s.last_commit_ms, 2),
             "db_ok": s.db_ok,
         }

@@ -68,6 +68,7 @@ class IngestRole:
             writer = BatchWriter(
                 self.pool, ack=self._ack, batch_size=s.ingest_batch_size,
                 flush_interval_s=s.ingest_flush_interval_s,
+                concurrency=s.ingest_flush_concurrency,
                 dead_letter_max_bytes=s.dead_letter_max_bytes)
             self.pipeline = self._pipeline(writer, None)
             self.leader = EvaluatorLeader(s, self.pool, lambda ev: self._pipeline(None, ev))
@@ -81,6 +82,7 @@ class IngestRole:
             writer = BatchWriter(
                 self.pool, ack=self.evaluator.hold, batch_size=s.ingest_batch_size,
                 flush_interval_s=s.ingest_flush_interval_s,
+                concurrency=s.ingest_flush_concurrency,
                 dead_letter_max_bytes=s.dead_letter_max_bytes)
             self.pipeline = self._pipeline(writer, self.evaluator)
             await self.evaluator.start()

@@ -2,11 +2,21 @@
 
 Rows gather in memory and are flushed with COPY when the batch reaches a size or an age,
 whichever comes first. A flush is one transaction: COPY into per-connection staging tables,
-``INSERT ... ON CONFLICT DO NOTHING`` into the hypertables (the idempotency key drops a
-redelivered reading), the latest-value tables (a late reading never overwrites a newer one)
-and the dead letters. Only after commit are the batch's messages acknowledged to the broker.
-If the database fails, the batch is kept and retried; nothing is acknowledged meanwhile, so
-the broker holds the backlog and the hub's memory stays bounded by the in-flight window.
+a plain ``INSERT ... SELECT`` into the hypertables, the latest-value tables (a late reading
+never overwrites a newer one) and the dead letters. The idempotency key (the hypertables'
+unique indexes) makes that insert fail when the batch holds a reading already stored (a
+redelivery after a reconnect or a crash, or a copy in the same batch): the transaction is
+then rolled back and the batch written again through the merge path, ``INSERT ... ON
+CONFLICT DO NOTHING``, which drops the copies. The merge's speculative insertion costs the
+database ~3 µs more per reading than the plain insert (docs/PERFORMANCE.md), so it is taken
+only when needed, and kept while the batches it writes still hold copies (a redelivered
+backlog).
+
+Up to ``concurrency`` flushes run at once, each on its own connection, so the database
+works on one batch while the next is staged; acknowledgements are released in batch order,
+each only after its own batch and every earlier one committed. If the database fails, the
+batch is kept and retried; nothing is acknowledged meanwhile, so the broker holds the
+backlog and the hub's memory stays bounded by the in-flight window.
 """
 
 from __future__ import annotations
@@ -15,13 +25,15 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import asyncpg
 
 from core import clock
+from core.db import Conn
+from ingest.copy_binary import TELEMETRY_COLUMNS, TelemetryValues, telemetry_copy
 
 log = logging.getLogger("ingest.writer")
 
@@ -41,11 +53,13 @@ CREATE TEMP TABLE IF NOT EXISTS stage_positions (
     speed real, heading real, accuracy real, received_at timestamptz) ON COMMIT DELETE ROWS;
 """
 
-MERGE_TELEMETRY = """
+# The optimistic insert: raises unique_violation if a reading of the batch is stored already.
+INSERT_TELEMETRY = """
 INSERT INTO telemetry (ts, device_id, metric, value, received_at, late)
 SELECT ts, device_id, metric, value, received_at, late FROM stage_telemetry
-ON CONFLICT DO NOTHING
 """
+# The merge: drops the readings stored already (redelivered), keeps the rest.
+MERGE_TELEMETRY = INSERT_TELEMETRY + "ON CONFLICT DO NOTHING\n"
 
 MERGE_TELEMETRY_LATEST = """
 INSERT INTO telemetry_latest (device_id, metric, ts, value, received_at)
@@ -56,11 +70,11 @@ SET ts = excluded.ts, value = excluded.value, received_at = excluded.received_at
 WHERE telemetry_latest.ts < excluded.ts
 """
 
-MERGE_POSITIONS = """
+INSERT_POSITIONS = """
 INSERT INTO positions (ts, unit_id, lat, lon, speed, heading, accuracy, received_at)
 SELECT ts, unit_id, lat, lon, speed, heading, accuracy, received_at FROM stage_positions
-ON CONFLICT DO NOTHING
 """
+MERGE_POSITIONS = INSERT_POSITIONS + "ON CONFLICT DO NOTHING\n"
 
 # Row locks on the units a batch moves, taken in id order before the update: the dispatch
 # decision (dispatch/decisions.py) locks its units in id order too, so the two never wait
@@ -77,13 +91,15 @@ FROM (SELECT DISTINCT ON (unit_id) * FROM stage_positions ORDER BY unit_id, ts D
 WHERE u.id = s.unit_id AND (u.position_ts IS NULL OR u.position_ts < s.ts)
 """
 
-TelemetryRow = tuple[datetime, str, str, float, datetime, bool]
+# Device time and receive time in UNIX seconds: encoded straight to binary COPY
+# (ingest/copy_binary.py), never as datetimes.
+TelemetryRow = TelemetryValues
 PositionRow = tuple[datetime, str, float, float, float | None, float | None, float | None, datetime]
 DeadLetterRow = tuple[datetime, str, bytes, int, str, str]
 
 
-def ts_of(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
+# seconds -> datetime for the rows asyncpg encodes (core.clock's one conversion)
+ts_of = clock.to_datetime
 
 
 def pg_text(text: str) -> str:
@@ -130,6 +146,11 @@ class WriterStats:
     position_rows: int = 0
     dead_letters: int = 0
     failures: int = 0
+    # Batches written through the merge path (stored readings among them), and of those
+    # the ones first tried with the plain insert and rolled back.
+    merged_batches: int = 0
+    conflicts: int = 0
+    in_flight: int = 0
     last_commit_ms: float = 0.0
     db_ok: bool = True
     # seconds from device time to commit, per telemetry row and position
@@ -155,24 +176,40 @@ class BatchWriter:
         *,
         batch_size: int = 5000,
         flush_interval_s: float = 0.02,
+        concurrency: int = 2,
         dead_letter_max_bytes: int = 4096,
         on_commit: Callable[[Batch], None] | None = None,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         self.pool = pool
         self.ack = ack
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
+        self.concurrency = concurrency
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.on_commit = on_commit
         self.current = Batch()
+        # Batches cut at ``batch_size`` while every flush slot was busy, oldest first.
+        self._ready: deque[Batch] = deque()
         self.stats = WriterStats()
         self._full = asyncio.Event()
+        # True after a batch held a stored reading: the next ones go through the merge path
+        # until one of them holds none (a redelivered backlog comes as a run of batches).
+        self._merging = False
 
     # ---- adding (event loop thread, synchronous)
     def _touch(self) -> None:
         if not self.current.started:
             self.current.started = time.monotonic()
         if self.current.size() >= self.batch_size:
+            # Cut here, not at flush time: a batch that grew while the database was slow
+            # (hundreds of thousands of rows after a stall) could take longer than
+            # FLUSH_TIMEOUT_S, fail and be retried, ever larger: ingest would stop. A
+            # message's rows stay together; its acknowledgement may land in the next
+            # batch, released after this one anyway (acknowledgements go in batch order).
+            self._ready.append(self.current)
+            self.current = Batch()
             self._full.set()
 
     def add_telemetry(self, rows: Iterable[TelemetryRow]) -> None:
@@ -196,21 +233,57 @@ class BatchWriter:
             self.current.started = time.monotonic()
 
     def pending(self) -> int:
-        return self.current.size()
+        return self.current.size() + sum(b.size() for b in self._ready)
 
     # ---- flushing
     async def run(self) -> None:
-        """Flush forever: by size (woken) or by age (the flush interval)."""
-        delay = RETRY_MIN_S
+        """Flush forever: by size (woken) or by age (the flush interval), up to
+        ``concurrency`` batches at once; acknowledgements in batch order."""
+        slots = asyncio.Semaphore(self.concurrency)
+        order: asyncio.Queue[tuple[Batch, asyncio.Task[None]]] = asyncio.Queue()
+        flushes: set[asyncio.Task[None]] = set()
+        releaser = asyncio.create_task(self._release_in_order(order), name="ingest.acks")
+        try:
+            while True:
+                if not self._ready:
+                    try:
+                        await asyncio.wait_for(self._full.wait(), self.flush_interval_s)
+                    except TimeoutError:
+                        pass
+                self._full.clear()
+                if not self._ready and self.current.empty():
+                    continue
+                # With every slot busy the current batch keeps growing meanwhile (up to
+                # batch_size): under load the per-flush costs are shared by more rows.
+                await slots.acquire()
+                if self._ready:  # the oldest first: they were cut before the current one
+                    batch = self._ready.popleft()
+                else:
+                    batch, self.current = self.current, Batch()
+                task = asyncio.create_task(self._commit(batch, slots), name="ingest.flush")
+                flushes.add(task)
+                task.add_done_callback(flushes.discard)
+                order.put_nowait((batch, task))
+        finally:
+            releaser.cancel()
+            for t in list(flushes):
+                t.cancel()
+            await asyncio.gather(releaser, *flushes, return_exceptions=True)
+
+    async def _release_in_order(
+            self, order: asyncio.Queue[tuple[Batch, asyncio.Task[None]]]) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._full.wait(), self.flush_interval_s)
-            except TimeoutError:
-                pass
-            self._full.clear()
-            if self.current.empty():
-                continue
-            batch, self.current = self.current, Batch()
+            batch, task = await order.get()
+            await task  # retries until committed; never raises but for cancellation
+            self.ack(batch.acks)
+            if self.on_commit is not None:
+                self.on_commit(batch)
+
+    async def _commit(self, batch: Batch, slots: asyncio.Semaphore) -> None:
+        """Write ``batch`` until it is committed, then free its slot."""
+        delay = RETRY_MIN_S
+        self.stats.in_flight += 1
+        try:
             while True:
                 try:
                     async with asyncio.timeout(FLUSH_TIMEOUT_S):
@@ -227,41 +300,74 @@ class BatchWriter:
                                 type(e).__name__, e, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RETRY_MAX_S)
-            delay = RETRY_MIN_S
             self.stats.db_ok = True
-            # The retried batch may have grown old messages behind it: merge and go on.
-            self.ack(batch.acks)
-            if self.on_commit is not None:
-                self.on_commit(batch)
+        finally:
+            self.stats.in_flight -= 1
+            slots.release()
 
     async def write(self, batch: Batch) -> None:
+        """One batch in one transaction: the plain insert, or the merge when the batch
+        holds a reading stored already (or the last batches did)."""
         t0 = time.perf_counter()
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(STAGING_SQL)
-            if batch.telemetry:
-                await conn.copy_records_to_table(
-                    "stage_telemetry", records=batch.telemetry,
-                    columns=("ts", "device_id", "metric", "value", "received_at", "late"))
-                await conn.execute(MERGE_TELEMETRY)
-                await conn.execute(MERGE_TELEMETRY_LATEST)
-            if batch.positions:
-                await conn.copy_records_to_table(
-                    "stage_positions", records=batch.positions,
-                    columns=("ts", "unit_id", "lat", "lon", "speed", "heading", "accuracy",
-                             "received_at"))
-                await conn.execute(MERGE_POSITIONS)
-                await conn.execute(LOCK_UNITS)
-                await conn.execute(MERGE_UNIT_LATEST)
-            if batch.dead:
-                await conn.copy_records_to_table(
-                    "dead_letters", records=batch.dead,
-                    columns=("received_at", "topic", "payload", "size", "reason", "detail"))
+        async with self.pool.acquire() as conn:
+            merged = self._merging
+            if not merged:
+                try:
+                    async with conn.transaction():
+                        await self._write(conn, batch, merge=False)
+                except asyncpg.UniqueViolationError:
+                    # Rolled back: a reading of this batch is stored already.
+                    self.stats.conflicts += 1
+                    merged = self._merging = True
+            if merged:
+                async with conn.transaction():
+                    clean = await self._write(conn, batch, merge=True)
+                self.stats.merged_batches += 1
+                self._merging = not clean
         committed = clock.now()
         lat = self.stats.latencies
-        lat.extend(committed - r[0].timestamp() for r in batch.telemetry)
+        lat.extend(committed - r[0] for r in batch.telemetry)
         lat.extend(committed - r[0].timestamp() for r in batch.positions)
         self.stats.flushed_batches += 1
         self.stats.telemetry_rows += len(batch.telemetry)
         self.stats.position_rows += len(batch.positions)
         self.stats.dead_letters += len(batch.dead)
         self.stats.last_commit_ms = (time.perf_counter() - t0) * 1000.0
+
+    @staticmethod
+    async def _write(conn: Conn, batch: Batch, *, merge: bool) -> bool:
+        """The batch's statements, in the caller's transaction. True when every row was
+        inserted (nothing was stored already); always True for the plain insert, which
+        raises instead."""
+        clean = True
+        await conn.execute(STAGING_SQL)
+        if batch.telemetry:
+            await conn.copy_to_table("stage_telemetry", source=_chunks(telemetry_copy(
+                batch.telemetry)), columns=TELEMETRY_COLUMNS, format="binary")
+            status = await conn.execute(MERGE_TELEMETRY if merge else INSERT_TELEMETRY)
+            clean = _inserted(status) == len(batch.telemetry)
+            await conn.execute(MERGE_TELEMETRY_LATEST)
+        if batch.positions:
+            await conn.copy_records_to_table(
+                "stage_positions", records=batch.positions,
+                columns=("ts", "unit_id", "lat", "lon", "speed", "heading", "accuracy",
+                         "received_at"))
+            status = await conn.execute(MERGE_POSITIONS if merge else INSERT_POSITIONS)
+            clean = clean and _inserted(status) == len(batch.positions)
+            await conn.execute(LOCK_UNITS)
+            await conn.execute(MERGE_UNIT_LATEST)
+        if batch.dead:
+            await conn.copy_records_to_table(
+                "dead_letters", records=batch.dead,
+                columns=("received_at", "topic", "payload", "size", "reason", "detail"))
+        return clean
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    # An async iterable: asyncpg reads a file-like source in a worker thread.
+    yield data
+
+
+def _inserted(status: str) -> int:
+    """Rows inserted, from an INSERT's command tag (``INSERT 0 <rows>``)."""
+    return int(status.rsplit(" ", 1)[1])

@@ -10,9 +10,10 @@ Benchmarks are entries of ``BENCHMARKS`` (name -> ``Benchmark``); the helpers ab
 
 ``ingest`` (issue 3): a fresh scratch database with the demo town and ``--devices`` bench
 devices; the hub with the ingest role only (``python -m hub serve --roles ingest``), on a
-fresh MQTT client id and share group; the lean load generator (simulators/loadgen.py) in its
-own process for ``--duration`` seconds, paced (``--rate``) or flat out; then everything is
-counted in the database. Definitions of the figures:
+fresh MQTT client id (one hub: the default one-process layout; ``--hubs`` > 1 or
+``--scaled-out``: a fresh share group and rules client id); the lean load generator
+(simulators/loadgen.py) in its own process for ``--duration`` seconds, paced (``--rate``) or
+flat out; then everything is counted in the database. Definitions of the figures:
 
 - ``msgs_per_s`` / ``points_per_s``: distinct messages / readings stored, divided by the
   ingest window, the time from the first to the last ``received_at`` (the hub's receive
@@ -34,7 +35,8 @@ counted in the database. Definitions of the figures:
   (postmaster and its live children; approximate) and the generator (getrusage of its
   process, Python plus its mosquitto_pub children). ``machine_busy_pct``: all CPUs, from
   /proc/stat, 100 = every core busy; ``other_cpu_s``: CPU used meanwhile by processes
-  outside the benchmark (what a busy machine took from it).
+  outside the benchmark (what a busy machine took from it). ``*_cpu_us_per_point``: those
+  CPU seconds per stored reading.
 """
 
 from __future__ import annotations
@@ -429,6 +431,10 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hubs", type=int, default=1,
                    help="ingest processes sharing the subscription; latency figures are "
                         "then the worst process's")
+    p.add_argument("--scaled-out", action="store_true",
+                   help="one hub in the scaled-out layout (share group, rules on their own "
+                        "subscription) instead of the default one-process layout; implied "
+                        "by --hubs > 1")
     p.add_argument("--keep-db", action="store_true", help="keep the scratch database")
     p.add_argument("--profile", type=Path, metavar="FILE",
                    help="py-spy the hub during the run: FILE.svg flame graph or FILE.txt "
@@ -580,8 +586,17 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
     db = ScratchDatabase(env.database_url, f"bench_{run_id}", keep=args.keep_db,
                          admin_url=os.environ.get("HUB_ADMIN_DATABASE_URL"))
     client_ids = [f"gridhub-bench-{run_id}-{i}" for i in range(args.hubs)]
-    base_env = {**os.environ, "HUB_DATABASE_URL": db.url,
-                "HUB_MQTT_SHARE_GROUP": f"bench{run_id.replace('_', '')}"}
+    # One hub runs the default layout (a plain subscription, rules inline: what a deployment
+    # of one ingest process runs); several hubs, or --scaled-out, the scaled-out one (storage
+    # on a share group, the rules on the elected evaluator's own subscription, which sees
+    # and decodes every message a second time). The rules client id is the run's own, so no
+    # session of an earlier run queues messages into this one.
+    scaled_out = args.hubs > 1 or args.scaled_out
+    base_env = {**os.environ, "HUB_DATABASE_URL": db.url}
+    rules_client_id = f"gridhub-bench-rules-{run_id}"
+    if scaled_out:
+        base_env.update({"HUB_MQTT_SHARE_GROUP": f"bench{run_id.replace('_', '')}",
+                         "HUB_MQTT_RULES_CLIENT_ID": rules_client_id})
     hubs = [HubProcess({**base_env, "HUB_MQTT_CLIENT_ID": cid,
                         "HUB_HTTP_PORT": str(free_port())}, "ingest",
                        env.var_dir / "log" / f"bench-hub-{run_id}-{i}.log")
@@ -690,6 +705,11 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
                     forget_mqtt_session(env.mqtt_host, env.mqtt_port, cid)
                 except (OSError, subprocess.SubprocessError) as e:
                     say(f"could not clear the MQTT session {cid}: {e}")
+        if scaled_out:
+            try:
+                forget_mqtt_session(env.mqtt_host, env.mqtt_port, rules_client_id)
+            except (OSError, subprocess.SubprocessError) as e:
+                say(f"could not clear the MQTT session {rules_client_id}: {e}")
         db.drop()
 
     window = (res["last_rx"] - res["first_rx"]) if res["rows"] else 0.0
@@ -706,8 +726,12 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
     foreign = int(res["dead_letters"].get("unknown_device", 0)) + int(res["unexpected_rows"])
     if foreign:
         say(f"warning: {foreign} messages from another publisher reached this run's hub")
+    def per_point_us(cpu_s: float | None) -> float | None:
+        return round(cpu_s / points * 1e6, 2) if cpu_s is not None and points else None
+
     return {
         "benchmark": "ingest",
+        "layout": "scaled out" if scaled_out else "one process",
         "mode": args.mode,
         "batch": ppm,
         "duration_s": args.duration,
@@ -727,6 +751,9 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         "max_commit_ms": lat.get("max_ms"),
         "latency_samples": lat.get("samples"),
         "peak_rss_mb": round(max(hwm_kb) / 1024, 1),
+        # Flushes, and those written through the merge path (a batch held a stored reading).
+        "flushes": sum(int(h.get("batches", 0)) for h in per_hub),
+        "merged_flushes": sum(int(h.get("merged_batches", 0)) for h in per_hub),
         "sent_msgs": sent,
         "sent_points": int(gen["sent_points"]),
         "stored_msgs": msgs,
@@ -753,12 +780,20 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         "hub_cpu_us_per_msg": round(hub_cpu / msgs * 1e6, 1) if msgs else None,
         "broker_cpu_s": _round(broker_cpu, 2),
         "db_cpu_s": _round(db_cpu, 2),
+        # CPU per stored reading, by process (docs/PERFORMANCE.md's accounting).
+        "hub_cpu_us_per_point": per_point_us(hub_cpu),
+        "db_cpu_us_per_point": per_point_us(db_cpu),
+        "broker_cpu_us_per_point": per_point_us(broker_cpu),
+        "generator_cpu_us_per_point": per_point_us(float(gen["cpu_s"])),
+        "total_cpu_us_per_point": per_point_us(
+            hub_cpu + (db_cpu or 0.0) + (broker_cpu or 0.0) + float(gen["cpu_s"])),
         "measured_s": round(measured_s, 2),
         "machine_busy_pct": round(100.0 * (busy1 - busy0) / max(1, total1 - total0), 1),
         # CPU used meanwhile by everything outside the benchmark: 0 on a quiet machine.
         "other_cpu_s": round(max(0.0, busy_s - hub_cpu - (broker_cpu or 0.0) - (db_cpu or 0.0)
                                  - float(gen["cpu_s"])), 1),
         "load_avg_at_start": round(load1, 2),
+        "load_avg_at_end": round(os.getloadavg()[0], 2),
         "ncpu": os.cpu_count(),
         "run_id": run_id,
     }

@@ -1,0 +1,66 @@
+"""Telemetry rows as PostgreSQL's binary COPY format: pure code for the batched writer.
+
+The writer used to hand asyncpg rows of ``datetime`` objects: building two per reading and
+encoding them again was about 3.5 µs of the hub's CPU per reading (measured: 1.0-1.5 µs for
+the datetimes, 2.4-2.9 µs in ``copy_records_to_table``), the largest single item in py-spy
+of a batched run. Here a row is one ``struct`` pack from UNIX seconds: about 1 µs, and the
+bytes go to ``COPY ... (FORMAT binary)`` as they are.
+
+Layout (PostgreSQL docs, "COPY", binary format): an 11-byte signature, a 32-bit flags
+field and a 32-bit header-extension length (both 0); then per row a 16-bit field count and,
+per field, a 32-bit byte length and the value in the type's binary send format; a 16-bit
+-1 ends the data. timestamptz is a 64-bit count of microseconds since 2000-01-01 00:00 UTC,
+float8 an IEEE double, text its UTF-8 bytes, boolean one byte. All big-endian.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+
+# The signature, flags (no OIDs) and an empty header extension.
+HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+TRAILER = b"\xff\xff"
+# 2000-01-01 00:00:00 UTC, PostgreSQL's epoch, in UNIX seconds.
+PG_EPOCH_S = 946_684_800.0
+
+# The columns, in this order, of every row ``telemetry_copy`` encodes.
+TELEMETRY_COLUMNS = ("ts", "device_id", "metric", "value", "received_at", "late")
+
+TelemetryValues = tuple[float, str, str, float, float, bool]
+
+_packers: dict[tuple[int, int], Callable[..., bytes]] = {}
+
+
+def pg_timestamp(seconds: float) -> int:
+    """UNIX seconds as timestamptz's binary value (microseconds since 2000, rounded half
+    to even as Python's ``datetime.fromtimestamp`` does)."""
+    return round((seconds - PG_EPOCH_S) * 1e6)
+
+
+def _packer(device_len: int, metric_len: int) -> Callable[..., bytes]:
+    # One compiled Struct per pair of id lengths: a town has a handful of them.
+    p = _packers.get((device_len, metric_len))
+    if p is None:
+        p = _packers[(device_len, metric_len)] = struct.Struct(
+            f">hiqi{device_len}si{metric_len}sidiqi?").pack
+    return p
+
+
+def telemetry_copy(rows: Iterable[TelemetryValues]) -> bytes:
+    """``rows`` of (device time, device id, metric, value, receive time, late), times in
+    UNIX seconds, as one binary COPY payload for ``TELEMETRY_COLUMNS``."""
+    out = [HEADER]
+    append = out.append
+    packers = _packers
+    last_rcv = float("nan")
+    rcv_us = 0
+    for ts, device, metric, value, received_at, late in rows:
+        d = device.encode()
+        m = metric.encode()
+        pack = packers.get((len(d), len(m))) or _packer(len(d), len(m))
+        if received_at != last_rcv:  # a burst shares one receive time
+            last_rcv, rcv_us = received_at, pg_timestamp(received_at)
+        append(pack(6, 8, pg_timestamp(ts), len(d), d, len(m), m, 8, value, 8, rcv_us, 1, late))
+    append(TRAILER)
+    return b"".join(out)
