@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from core import clock
 from core.db import Conn, Querier, row_view
 from core.entities import INCIDENT_COLUMNS, UNIT_COLUMNS
 from dispatch import sla_config, workflow
@@ -25,8 +25,8 @@ PLANNED_STATES = ("registered", "dispatched", "accepted")
 BARRING_STATUSES = ("declined", "escalated", "redirected")
 
 
-def ts(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
+# seconds -> datetime for asyncpg (core.clock's one conversion)
+ts = clock.to_datetime
 
 
 async def unit_states(conn: Querier) -> list[UnitState]:
