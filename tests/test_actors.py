@@ -48,6 +48,8 @@ NOT_RECORDING: dict[tuple[str, str], str] = {
     ("POST", "/api/field/enrol"): "public: a phone trades a one-time code; the token it gets "
                                   "is recorded as made by the code's creator (created_by), "
                                   "and the audit trail names the phone (field.enrolled)",
+    ("POST", "/api/admin/town/preview"): "validates a GeoJSON upload and compares it with the "
+                                         "stored grids; changes nothing",
 }
 
 
@@ -509,6 +511,190 @@ async def _inspection_publish(c: Ctx) -> tuple[str, list[str]]:
                                draw["id"])
     assert results, "the recorded result is published with the draw"
     return c.sup.name, [by, *(e["published_by"] for e in results)]
+
+
+# ---------------------------------------------------------------- the administration pages
+async def _audit_detail(c: Ctx, kind: str, target: str, key: str) -> list[str]:
+    """Actors of ``kind`` events on ``target`` whose detail has ``key``."""
+    return [r["actor"] for r in await c.db.fetch(
+        "SELECT actor FROM security_events WHERE kind = $1 AND target = $2 AND detail ? $3",
+        kind, target, key)]
+
+
+def _register_device(c: Ctx, who: Caller) -> str:
+    """A new device of its own (no metrics: no rule watches it)."""
+    dev = f"actor-dv-{uuid.uuid4().hex[:8]}"
+    where = TOWN["devices"][next(_PLACE) % len(TOWN["devices"])]
+    r = c.post(who, "/api/admin/devices", {
+        "id": dev, "kind": "environment", "model": "air_station", "name": "actor test",
+        "grid_id": where["grid"], "lon": where["lon"], "lat": where["lat"], "metrics": []})
+    assert r.status_code == 201, r.text
+    return dev
+
+
+@records("POST", "/api/admin/devices")
+async def _device_register(c: Ctx) -> tuple[str, list[str]]:
+    dev = _register_device(c, c.admin)
+    return c.admin.name, await _audit_actor(c, "device.registered", dev)
+
+
+@records("PUT", "/api/admin/devices/{device_id}")
+async def _device_edit(c: Ctx) -> tuple[str, list[str]]:
+    dev = _register_device(c, c.admin)
+    where = _somewhere()
+    grid = TOWN["devices"][0]["grid"]
+    r = c.post(c.admin, f"/api/admin/devices/{dev}", {
+        "name": "actor test, moved", "model": "air_station", "grid_id": grid, **where},
+        method="PUT")
+    assert r.status_code == 200, r.text
+    return c.admin.name, await _audit_actor(c, "device.changed", dev)
+
+
+@records("DELETE", "/api/admin/devices/{device_id}")
+async def _device_decommission(c: Ctx) -> tuple[str, list[str]]:
+    dev = _register_device(c, c.admin)
+    r = c.post(c.admin, f"/api/admin/devices/{dev}", method="DELETE")
+    assert r.status_code == 200, r.text
+    return c.admin.name, await _audit_actor(c, "device.decommissioned", dev)
+
+
+@records("POST", "/api/admin/devices/{device_id}/credentials")
+async def _device_credentials(c: Ctx) -> tuple[str, list[str]]:
+    dev = _register_device(c, c.admin)
+    for rotated in (False, True):  # provisioned first, rotated the second time
+        r = c.post(c.admin, f"/api/admin/devices/{dev}/credentials")
+        assert r.status_code == 200 and r.json()["rotated"] is rotated, r.text
+    return c.admin.name, [*await _audit_actor(c, "mqtt_account.provisioned", dev),
+                          *await _audit_actor(c, "mqtt_account.rotated", dev)]
+
+
+@records("PUT", "/api/devices/{device_id}/senml-map")
+async def _senml_map(c: Ctx) -> tuple[str, list[str]]:
+    dev = _register_device(c, c.admin)
+    r = c.post(c.admin, f"/api/devices/{dev}/senml-map", {"map": {"Cel": "water_temp_c"}},
+               method="PUT")
+    assert r.status_code == 200, r.text
+    return c.admin.name, await _audit_actor(c, "device.senml_map_changed", dev)
+
+
+@records("POST", "/api/admin/town/import")
+async def _town_import(c: Ctx) -> tuple[str, list[str]]:
+    # The very town the hub was loaded with: nothing moves under the other recorders.
+    r = c.post(c.admin, "/api/admin/town/import",
+               {"grids": TOWN["grids"], "roads": TOWN["roads"], "name": TOWN["name"]})
+    assert r.status_code == 200, r.text
+    plan = r.json()
+    assert plan["grids"]["added"] == plan["grids"]["removed"] == [], plan["grids"]
+    assert plan["roads"]["added"] == plan["roads"]["removed"] == [], plan["roads"]
+    return c.admin.name, await _audit_actor(c, "town.imported", "town")
+
+
+def _new_unit(c: Ctx, who: Caller) -> str:
+    """A unit of its own, off duty and with no qualification: the dispatcher never
+    picks it for another recorder's case."""
+    unit = f"ACT-{uuid.uuid4().hex[:6]}"
+    r = c.post(who, "/api/admin/units", {
+        "id": unit, "name": "actor test", "type": "squad", "qualifications": [],
+        "home_grid": TOWN["units"][0]["home_grid"], "on_duty": False})
+    assert r.status_code == 201, r.text
+    return unit
+
+
+@records("POST", "/api/admin/units")
+async def _unit_create(c: Ctx) -> tuple[str, list[str]]:
+    unit = _new_unit(c, c.sup)
+    return c.sup.name, await _audit_actor(c, "unit.created", unit)
+
+
+@records("PUT", "/api/admin/units/{unit_id}")
+async def _unit_edit(c: Ctx) -> tuple[str, list[str]]:
+    unit = _new_unit(c, c.sup2)
+    r = c.post(c.sup, f"/api/admin/units/{unit}", {
+        "name": "actor test, renamed", "qualifications": [], "members": 2,
+        "home_grid": TOWN["units"][0]["home_grid"]}, method="PUT")
+    assert r.status_code == 200, r.text
+    return c.sup.name, await _audit_actor(c, "unit.changed", unit)
+
+
+@records("POST", "/api/admin/units/{unit_id}/duty")
+async def _unit_duty(c: Ctx) -> tuple[str, list[str]]:
+    unit = _new_unit(c, c.sup2)
+    r = c.post(c.sup, f"/api/admin/units/{unit}/duty",
+               {"on_duty": True, "note": "actor test handover"})
+    assert r.status_code == 200, r.text
+    logged = [r["actor"] for r in await c.db.fetch(
+        "SELECT actor FROM unit_duty_log WHERE unit_id = $1 AND source = 'hand'", unit)]
+    assert logged, "a duty change by hand is in the duty log"
+    return c.sup.name, [*logged, *await _audit_actor(c, "unit.duty", unit)]
+
+
+SHIFT = {"weekdays": [1, 2, 3, 4, 5], "starts": "08:00", "ends": "17:00"}
+
+
+@records("POST", "/api/admin/units/{unit_id}/shifts")
+async def _shift_add(c: Ctx) -> tuple[str, list[str]]:
+    unit = _new_unit(c, c.sup2)
+    r = c.post(c.sup, f"/api/admin/units/{unit}/shifts", SHIFT)
+    assert r.status_code == 201, r.text
+    by = await c.db.fetchval("SELECT created_by FROM unit_shifts WHERE id = $1", r.json()["id"])
+    return c.sup.name, [by, *await _audit_detail(c, "unit.changed", unit, "shift_added")]
+
+
+@records("DELETE", "/api/admin/units/{unit_id}/shifts/{shift_id}")
+async def _shift_delete(c: Ctx) -> tuple[str, list[str]]:
+    unit = _new_unit(c, c.sup2)
+    r = c.post(c.sup2, f"/api/admin/units/{unit}/shifts", SHIFT)
+    assert r.status_code == 201, r.text
+    r = c.post(c.sup, f"/api/admin/units/{unit}/shifts/{r.json()['id']}", method="DELETE")
+    assert r.status_code == 200, r.text
+    return c.sup.name, await _audit_detail(c, "unit.changed", unit, "shift_removed")
+
+
+def _new_user(c: Ctx, who: Caller) -> str:
+    name = f"actor-user-{uuid.uuid4().hex[:6]}"
+    r = c.post(who, "/api/admin/users", {"username": name, "role": "viewer"})
+    assert r.status_code == 201, r.text
+    return name
+
+
+@records("POST", "/api/admin/users")
+async def _user_create(c: Ctx) -> tuple[str, list[str]]:
+    name = _new_user(c, c.admin)
+    return c.admin.name, await _audit_actor(c, "user.created", name)
+
+
+@records("POST", "/api/admin/users/{username}/disable")
+async def _user_disable(c: Ctx) -> tuple[str, list[str]]:
+    name = _new_user(c, c.admin)
+    r = c.post(c.admin, f"/api/admin/users/{name}/disable")
+    assert r.status_code == 200, r.text
+    return c.admin.name, await _audit_actor(c, "user.disabled", name)
+
+
+@records("POST", "/api/admin/users/{username}/password")
+async def _user_password(c: Ctx) -> tuple[str, list[str]]:
+    name = _new_user(c, c.admin)
+    r = c.post(c.admin, f"/api/admin/users/{name}/password")
+    assert r.status_code == 200, r.text
+    return c.admin.name, await _audit_actor(c, "user.changed", name)
+
+
+@records("POST", "/api/admin/tokens")
+async def _token_issue(c: Ctx) -> tuple[str, list[str]]:
+    name = f"actor-tok-{uuid.uuid4().hex[:6]}"
+    r = c.post(c.admin, "/api/admin/tokens", {"name": name, "role": "viewer"})
+    assert r.status_code == 201, r.text
+    made = [r["created_by"] for r in await c.db.fetch(
+        "SELECT created_by FROM api_tokens WHERE name = $1", name)]
+    return c.admin.name, [*made, *await _audit_actor(c, "token.created", name)]
+
+
+@records("DELETE", "/api/admin/tokens/{name}")
+async def _token_revoke(c: Ctx) -> tuple[str, list[str]]:
+    name = _token(c.hub, "viewer", "actor-tok").name  # made by the command line
+    r = c.post(c.admin, f"/api/admin/tokens/{name}", method="DELETE")
+    assert r.status_code == 200 and r.json()["revoked"] == 1, r.text
+    return c.admin.name, await _audit_actor(c, "token.revoked", name)
 
 
 # ---------------------------------------------------------------- the field app's routes
