@@ -264,8 +264,8 @@ class _Sink:
 
     async def add_telemetry(self, ts: float, device_id: str,
                             values: Mapping[str, float]) -> None:
-        at = ts_of(ts)
-        self.batch.telemetry.extend((at, device_id, m, float(v), at, False)
+        # telemetry rows carry UNIX seconds (ingest/copy_binary.py encodes them)
+        self.batch.telemetry.extend((ts, device_id, m, float(v), ts, False)
                                     for m, v in values.items())
         await self._maybe_flush()
 
