@@ -185,8 +185,10 @@ function renderSla(inc, now) {
 function entryReason(e) {
   if (e.action !== "dispatch" || !e.reason) return e.reason || "";
   const at = Date.parse(e.ts);
-  const a = (detail.assignments || []).find((x) => x.why && !x.override_reason
-    && Math.abs(Date.parse(x.assigned_at) - at) < 1);
+  const coded = (detail.assignments || []).filter((x) => x.why && !x.override_reason);
+  // Same instant (milliseconds may round apart by one), else the same English text.
+  const a = coded.find((x) => Math.abs(Date.parse(x.assigned_at) - at) <= 1)
+    || coded.find((x) => x.reason === e.reason);
   return a ? reasonText(a.why, e.reason) : e.reason;
 }
 
