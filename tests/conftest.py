@@ -528,3 +528,25 @@ def dynsec_plugin() -> str:
         if found:
             return found[0]
     raise RuntimeError("mosquitto_dynamic_security.so not found (installed with Mosquitto)")
+
+
+# ---------------------------------------------------------------- Chromium
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium per test module (tests/browser.py)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def auth_state(browser: Any, hub: HubProcess) -> Any:
+    """An admin's logged-in session, made once per module through the real login page."""
+    from tests.browser import login_state
+
+    return login_state(browser, hub)

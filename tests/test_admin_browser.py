@@ -11,25 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page
 
+from tests.browser import login_state
 from tests.conftest import ARTIFACTS, HubProcess, town_doc
-from tests.test_console_browser import CHROMIUM, CHROMIUM_ARGS, login_state
 
 SHOTS = ARTIFACTS / "admin"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def auth_state(browser: Browser, hub: HubProcess) -> Any:
-    return login_state(browser, hub)
 
 
 @pytest.fixture

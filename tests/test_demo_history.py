@@ -15,11 +15,11 @@ from typing import Any
 import asyncpg
 import pytest
 import pytest_asyncio
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
 from dispatch import service
+from tests.browser import login_state
 from tests.conftest import ARTIFACTS, ROOT, HubProcess, town_database
-from tests.test_console_browser import CHROMIUM, CHROMIUM_ARGS, login_state
 
 # Two days at a busy town's rate: enough cases that every rare step (escalation, decline,
 # rework, extension, shelving, cancel) happens with this seed, in about half a minute.
@@ -115,14 +115,6 @@ def history_hub(history_url: str, mqtt_url: str) -> Iterator[HubProcess]:
     h = HubProcess(history_url, mqtt_url).start()
     yield h
     h.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def test_reports_page_has_figures_on_first_open(browser: Browser,

@@ -8,28 +8,19 @@ offline is seen on reconnect. Screenshots of the main screens go to docs/img/.""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page
 
+from tests.browser import login_state
 from tests.conftest import ROOT, HubProcess, town_doc
 from tests.field_helpers import dispatch_to, free_unit, jpeg, new_case
-from tests.test_console_browser import CHROMIUM, CHROMIUM_ARGS, login_state
 
 SHOTS = ROOT / "docs" / "img"
 # "Within a second" (issue 14): from the dispatch committed to the case on the phone.
 LIVE_MS = 1000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def mobile(browser: Browser, lang: str = "zh-CN") -> BrowserContext:

@@ -6,22 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
+from tests.browser import login_state
 from tests.conftest import ARTIFACTS, HubProcess
-from tests.test_console_browser import CHROMIUM, CHROMIUM_ARGS, login_state
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def _page(browser: Browser, state: Any = None, locale: str = "zh-CN") -> Page:

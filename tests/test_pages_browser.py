@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page
 
 from ingest import wire
 from tests.conftest import ARTIFACTS, ROOT, HubProcess, Publisher, town_doc
-from tests.test_console_browser import CHROMIUM, CHROMIUM_ARGS, login_state
 
 # Synthetic load for the responsiveness check: 2,000 units, each moving once a second,
 # delivered as the feed delivers them (a slice of the units every 100 ms tick).
@@ -24,19 +23,6 @@ LOAD_UNITS = 2000
 LOAD_SECONDS = 5
 LOAD_TICK_MS = 100
 FRAME_P95_LIMIT_MS = 50.0
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def auth_state(browser: Browser, hub: HubProcess) -> Any:
-    return login_state(browser, hub)
 
 
 @pytest.fixture

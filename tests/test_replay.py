@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 import pytest
 import pytest_asyncio
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from core.db import connect
 from hub import replay_fold, replay_store
@@ -34,6 +34,7 @@ from ingest.mqtt import BrokerAddress
 from simulators import scenario as sc_mod
 from simulators.mqtt_pub import Publisher
 from simulators.scenario import Player
+from tests.browser import login_state
 from tests.conftest import (
     ARTIFACTS,
     HubProcess,
@@ -42,7 +43,6 @@ from tests.conftest import (
     gateway_url,
     town_doc,
 )
-from tests.test_console_browser import CHROMIUM, CHROMIUM_ARGS, login_state
 
 TOWN = town_doc()
 # Scenario seconds per wall second (tests/test_scenarios.py plays at 30): the 5-minute
@@ -322,14 +322,6 @@ async def test_replay_refuses_the_future_and_time_before_history(
 
 
 # ================================================================ the replay in Chromium
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
 
 def _replay_state(page: Page) -> dict[str, Any]:
     return page.evaluate("""() => ({state: window.gridhub.state,

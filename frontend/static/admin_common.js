@@ -145,3 +145,22 @@ export function button(text, cls, onClick) {
   b.addEventListener("click", onClick);
   return b;
 }
+
+// A register-or-edit form: POST to ``api`` when new, PUT to ``api/<id>`` while
+// ``editingId()`` names the row being edited; then ``onSaved(saved, wasEdit)``. A refusal
+// shows in ``errorBox`` and changes nothing on the page.
+export function bindEditForm(form, { api, errorBox, editingId, onSaved }) {
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    showError(errorBox, null);
+    const values = formValues(form);
+    const id = editingId();
+    try {
+      const saved = id ? await send("PUT", `${api}/${encodeURIComponent(id)}`, values)
+        : await send("POST", api, values);
+      await onSaved(saved, Boolean(id));
+    } catch (err) {
+      showError(errorBox, err);
+    }
+  });
+}

@@ -3,8 +3,8 @@
 
 import { getJson } from "./api.js";
 import { t } from "./i18n.js";
-import { $, bindReveal, button, cell, fillForm, fmtTime, formValues, reveal, send, showDone,
-  showError } from "./admin_common.js";
+import { $, bindEditForm, bindReveal, button, cell, fillForm, fmtTime, reveal, send,
+  showDone, showError } from "./admin_common.js";
 
 const API = "/api/admin/devices";
 const form = $("device-form");
@@ -85,23 +85,13 @@ function stopEdit() {
   $("device-cancel").hidden = true;
 }
 
-form.addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  showError(errorBox, null);
-  const values = formValues(form);
-  try {
-    if (editing) {
-      const saved = await send("PUT", `${API}/${encodeURIComponent(editing)}`, values);
-      showDone(doneBox, t("dev.updated", { id: saved.id }));
-    } else {
-      const saved = await send("POST", API, values);
-      showDone(doneBox, t("dev.registered", { id: saved.id }));
-    }
+bindEditForm(form, {
+  api: API, errorBox, editingId: () => editing,
+  onSaved: async (saved, wasEdit) => {
+    showDone(doneBox, t(wasEdit ? "dev.updated" : "dev.registered", { id: saved.id }));
     stopEdit();
     await load();
-  } catch (err) {
-    showError(errorBox, err);
-  }
+  },
 });
 $("device-cancel").addEventListener("click", () => { stopEdit(); showError(errorBox, null); });
 $("device-filter").addEventListener("input", render);

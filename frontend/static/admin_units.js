@@ -3,8 +3,8 @@
 
 import { getJson } from "./api.js";
 import { label, t } from "./i18n.js";
-import { $, button, cell, fillForm, fmtTime, formValues, send, showDone,
-  showError } from "./admin_common.js";
+import { $, bindEditForm, button, cell, fillForm, fmtTime, formValues, send,
+  showDone, showError } from "./admin_common.js";
 
 const API = "/api/admin/units";
 const form = $("unit-form");
@@ -87,23 +87,13 @@ function stopEdit() {
   $("unit-cancel").hidden = true;
 }
 
-form.addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  showError(errorBox, null);
-  const values = formValues(form);
-  try {
-    if (editing) {
-      const saved = await send("PUT", `${API}/${encodeURIComponent(editing)}`, values);
-      showDone(doneBox, t("unit.saved", { id: saved.id }));
-    } else {
-      const saved = await send("POST", API, values);
-      showDone(doneBox, t("unit.created", { id: saved.id }));
-    }
+bindEditForm(form, {
+  api: API, errorBox, editingId: () => editing,
+  onSaved: async (saved, wasEdit) => {
+    showDone(doneBox, t(wasEdit ? "unit.saved" : "unit.created", { id: saved.id }));
     stopEdit();
     await load();
-  } catch (err) {
-    showError(errorBox, err);
-  }
+  },
 });
 $("unit-cancel").addEventListener("click", () => { stopEdit(); showError(errorBox, null); });
 $("unit-filter").addEventListener("input", render);
