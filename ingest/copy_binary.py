@@ -15,6 +15,7 @@ float8 an IEEE double, text its UTF-8 bytes, boolean one byte. All big-endian.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Iterable
 
@@ -23,6 +24,7 @@ HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 TRAILER = b"\xff\xff"
 # 2000-01-01 00:00:00 UTC, PostgreSQL's epoch, in UNIX seconds.
 PG_EPOCH_S = 946_684_800.0
+PG_EPOCH_INT = 946_684_800
 
 # The columns, in this order, of every row ``telemetry_copy`` encodes.
 TELEMETRY_COLUMNS = ("ts", "device_id", "metric", "value", "received_at", "late")
@@ -35,7 +37,12 @@ _packers: dict[tuple[int, int], Callable[..., bytes]] = {}
 def pg_timestamp(seconds: float) -> int:
     """UNIX seconds as timestamptz's binary value (microseconds since 2000, rounded half
     to even as Python's ``datetime.fromtimestamp`` does)."""
-    return round((seconds - PG_EPOCH_S) * 1e6)
+    # As CPython's datetime.fromtimestamp: whole seconds and the fraction apart, the
+    # fraction rounded to microseconds; subtracting the epoch from the float first loses
+    # a bit and can land one microsecond off.
+    frac, whole = math.modf(seconds)
+    us = round(frac * 1e6)
+    return (int(whole) - PG_EPOCH_INT) * 1_000_000 + us
 
 
 def _packer(device_len: int, metric_len: int) -> Callable[..., bytes]:
