@@ -116,6 +116,36 @@ async def test_a_client_that_leaves_a_quiet_feed_is_let_go_at_once(hub: HubProce
             await asyncio.sleep(0.05)
 
 
+async def _caught_up(client: httpx.AsyncClient, publisher: Publisher, unit_id: str,
+                     timeout: float = 90.0) -> None:
+    """Waits until the hub has read what was published before now: a probe fix for
+    ``unit_id`` (newer than any it holds) shows in its live picture. The broker and this hub
+    serve the whole test run, and a test that times the feed must not start while the hub
+    still reads another test's burst, or while it reconnects to the broker."""
+    async def held_ts() -> float:
+        snap = (await client.get("/api/snapshot")).json()
+        return max([float(u.get("position_ts") or 0.0) for u in snap["units"]
+                    if str(u["id"]) == unit_id] or [0.0])
+
+    probe = max(time.time(), await held_ts()) + 0.5
+    u = next(u for u in town_doc()["units"] if str(u["id"]) == unit_id)
+    publisher.publish(wire.gps_topic(unit_id), wire.encode_gps(probe, u["lat"], u["lon"]))
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await held_ts() < probe:
+        if asyncio.get_running_loop().time() > deadline:
+            health = (await client.get("/api/health")).json()
+            raise AssertionError(f"the hub did not read a probe fix in {timeout:.0f} s: "
+                                 f"mqtt {health['mqtt']}, ingest {health['ingest']}")
+        await asyncio.sleep(0.1)
+
+
+def _newer_than_held(snap: dict[str, Any], ids: set[str]) -> float:
+    """A device time newer than now and than any fix the hub holds for these units (a late
+    fix never moves a marker back, so an older one would not be sent)."""
+    held = [float(u.get("position_ts") or 0.0) for u in snap["units"] if str(u["id"]) in ids]
+    return max([time.time(), *held]) + 1.0
+
+
 async def _frames_until(ws: Any, done: Any, timeout: float = 15.0) -> list[str]:
     """Raw frames read from ``ws`` until ``done(frames)`` holds."""
     frames: list[str] = []
@@ -133,12 +163,14 @@ async def test_positions_go_in_one_shared_frame_and_events_in_their_own(
     operator's event in a frame of its own, not held for the positions."""
     units = town_doc()["units"][-3:]
     url = f"ws://127.0.0.1:{hub.port}/ws/live"
+    async with hub.async_client() as client:
+        await _caught_up(client, publisher, str(town_doc()["units"][20]["id"]))
     async with hub.async_client() as client, \
             websockets.connect(url, additional_headers=hub.headers) as a, \
             websockets.connect(url, additional_headers=hub.headers) as b:
         snap = await _hello(a, None)
         await _hello(b, None)
-        ts = time.time() + 1.0  # newer than any fix another test published "now"
+        ts = _newer_than_held(snap, {str(u["id"]) for u in units})
         for k, u in enumerate(units):
             publisher.publish(wire.gps_topic(u["id"]),
                               wire.encode_gps(ts, u["lat"], u["lon"] + 0.001 * k, 7.0, 90.0))
@@ -176,12 +208,14 @@ async def test_a_client_that_stops_acking_gets_positions_merged_but_every_event(
     units = town_doc()["units"][:window + 4]
     ids = [str(u["id"]) for u in units]
     url = f"ws://127.0.0.1:{hub.port}/ws/live"
+    async with hub.async_client() as client:
+        await _caught_up(client, publisher, str(town_doc()["units"][20]["id"]))
     async with hub.async_client() as client, \
             websockets.connect(url, additional_headers=hub.headers) as ws:
         await ws.send(json.dumps({"type": "hello", "last_seq": None, "acks": True}))
         snap = json.loads(await ws.recv())
         assert snap["type"] == "snapshot"
-        ts = time.time() + 1.0  # newer than any fix another test published "now"
+        ts = _newer_than_held(snap, set(ids))
         for k, u in enumerate(units):  # a tick apart or more: a frame each at least
             publisher.publish(wire.gps_topic(u["id"]),
                               wire.encode_gps(ts + k / 100, u["lat"], u["lon"], 3.0, 0.0))
