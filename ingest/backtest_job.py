@@ -2,10 +2,10 @@
 
 ``Backtests.run`` starts ``python -m ingest.backtest_job``, hands it the request on stdin
 (the database URL too: never in argv, where ``ps`` shows it) and reads one JSON result on
-stdout. The child reads the readings device by device, one short query each (no snapshot
-held across the backtest: see ``_SERIES``), through the pure ``ingest.backtest.backtest``,
-so its memory is one device's series plus the episodes, and stops at ``max_rows``
-readings. It runs at the lowest CPU priority
+stdout. The child reads the readings a block of devices at a time, one short query each (no
+snapshot held across the backtest: see ``_SERIES``), through the pure
+``ingest.backtest.backtest``, so its memory is one block's series plus the episodes, and
+stops at ``max_rows`` readings. It runs at the lowest CPU priority
 (``SCHED_IDLE``, else ``CHILD_NICE``; set by the parent as soon as it is spawned), and so
 does, where the kernel allows it, the PostgreSQL backend reading for it (``BACKEND_NICE``:
 a server on this machine, same PID namespace, run by this user or with root here); where
@@ -13,8 +13,9 @@ not, the child paces itself (``PACE``). The parent kills it after ``max_s`` seco
 when the request is cancelled (``Backtests.cancel``, or the HTTP client gone), and refuses
 a new one while ``max_running`` run.
 
-Child result: ``{"ok": true, "readings": n, "episodes": [...], "pid": n,
-"backend_lowered": "nice 19" | "not permitted" | "not local" | ...}`` or
+Child result: ``{"ok": true, "readings": n, "episodes": [...], "pid": n, "queries": n,
+"backend_lowered": "nice 19" | "not permitted" | "not local" | ..., "cpu_s": {"child": s,
+"backend": s | null}}`` (what the backtest cost the machine) or
 ``{"ok": false, "code": "backtest.too_many_rows", "detail": "..."}``.
 """
 
@@ -24,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -58,20 +60,28 @@ BACKEND_NICE = 19
 # Hosts of a database URL that mean this machine (a unix socket path starts with "/").
 _LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1"})
 
-# The devices a backtest reads, and one device's readings by time (the unique index
-# (device_id, metric, ts) yields them in order for one metric). One short query per device
-# instead of one cursor over the whole range: a cursor holds one snapshot for the whole
-# backtest (tens of seconds at the lowest priority), and while it is held PostgreSQL cannot
-# prune the dead row versions of the tables ingest updates thousands of times a second
-# (telemetry_latest, rule_state), which then grow and slow every write beside the
-# backtest, the alarm path's too. Each query here is its own snapshot, for milliseconds.
+# The devices a backtest reads, and a block of devices' readings by device and time (the
+# unique index (device_id, metric, ts) finds them). Short queries instead of one cursor over
+# the whole range: a cursor holds one snapshot for the whole backtest (tens of seconds at
+# the lowest priority), and while it is held PostgreSQL cannot prune the dead row versions
+# of the tables ingest updates thousands of times a second (telemetry_latest, rule_state),
+# which then grow and slow every write beside the backtest, the alarm path's too. Each
+# query here is its own snapshot, for milliseconds.
 _DEVICES = """SELECT id, interval_s FROM devices
     WHERE ($1::text IS NULL OR model = $1) AND (cardinality($2::text[]) = 0 OR id = ANY($2))
     ORDER BY id DESC"""
-_SERIES = """SELECT extract(epoch FROM ts)::float8 AS ts, value FROM telemetry
-    WHERE device_id = $1 AND ts >= to_timestamp($2) AND ts < to_timestamp($3)
-      AND ($4 = '' OR metric = $4)
-    ORDER BY ts LIMIT $5"""
+_SERIES = """SELECT device_id, extract(epoch FROM ts)::float8 AS ts, value FROM telemetry
+    WHERE device_id = ANY($1) AND ts >= to_timestamp($2) AND ts < to_timestamp($3)
+      {metric}
+    ORDER BY device_id, ts LIMIT $4"""
+_SERIES_OF_METRIC = _SERIES.format(metric="AND metric = $5")
+_SERIES_ANY_METRIC = _SERIES.format(metric="")
+# Devices per query. One query per device made a backtest over the 10,000-device bench town
+# 10,000 round trips, each with its executor start-up in the backend: most of the
+# backtest's CPU went there, not into reading (measured: docs/PERFORMANCE.md, backtests).
+# A block of 250 devices at the demo's reporting rates is a few thousand rows and a few
+# milliseconds of query: still a short snapshot, and 40 queries instead of 10,000.
+DEVICES_PER_QUERY = 250
 
 
 @dataclass
@@ -148,37 +158,70 @@ async def _child(req: dict[str, Any]) -> dict[str, Any]:
         # beside ingest's writes (the child's idle class does not reach them).
         await conn.execute("SET max_parallel_workers_per_gather = 0")
         backend = await _lower_backend(conn, req["database_url"])
+        backend_pid = (int(await conn.fetchval("SELECT pg_backend_pid()"))
+                       if backend != "not local" else None)
         # Pacing stands in for a lowered backend: with one, the backend gets only the CPU
         # the alarm path leaves, and resting would only slow the backtest down.
         pace = 0.0 if backend.startswith("nice") else PACE
         devices = await conn.fetch(_DEVICES, req["model"], req["device_ids"])
         intervals = {x["id"]: float(x["interval_s"]) for x in devices}
+        ids = [x["id"] for x in devices]
+        query = _SERIES_OF_METRIC if rule.metric else _SERIES_ANY_METRIC
+        extra = (rule.metric,) if rule.metric else ()
         episodes: list[bt.Episode] = []
-        n = 0
+        n = queries = 0
         since = 0  # readings since the last rest
         round_start = time.monotonic()
-        for x in devices:
-            device = x["id"]
+        for i in range(0, len(ids), DEVICES_PER_QUERY):
+            block = ids[i:i + DEVICES_PER_QUERY]
             # One more than the cap allows: enough to know it is over, never a whole range.
-            rows = await conn.fetch(_SERIES, device, req["since"], req["until"],
-                                    rule.metric or "", max_rows - n + 1)
+            rows = await conn.fetch(query, block, req["since"], req["until"],
+                                    max_rows - n + 1, *extra)
+            queries += 1
             n += len(rows)
             if n > max_rows:
                 return {"ok": False, "code": "backtest.too_many_rows",
                         "detail": f"more than {max_rows} readings; narrow the range"}
             if rows:
-                series = [(r["ts"], float(r["value"])) for r in rows]
-                episodes += bt.backtest(rule, {device: series}, intervals)
-            since += len(rows) + 1
+                episodes += bt.backtest(rule, _by_device(rows), intervals)
+            since += len(rows) + len(block)
             if pace and since >= ROUND_READINGS:
                 worked = time.monotonic() - round_start
                 await asyncio.sleep(worked * pace)
                 round_start, since = time.monotonic(), 0
+        backend_cpu = _cpu_s(backend_pid)
     finally:
         await conn.close()
     episodes.sort(key=lambda e: (e.raised_at, e.device_id))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"ok": True, "readings": n, "episodes": [asdict(e) for e in episodes],
-            "pid": os.getpid(), "backend_lowered": backend}
+            "pid": os.getpid(), "queries": queries, "backend_lowered": backend,
+            "cpu_s": {"child": round(usage.ru_utime + usage.ru_stime, 3),
+                      "backend": backend_cpu}}
+
+
+def _by_device(rows: list[Any]) -> dict[str, list[tuple[float, float]]]:
+    """Rows ordered by device and time -> each device's series, in order."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        series = out.get(r["device_id"])
+        if series is None:
+            series = out[r["device_id"]] = []
+        series.append((r["ts"], float(r["value"])))
+    return out
+
+
+def _cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system) a process on this machine has used so far, from
+    /proc/<pid>/stat; None when it is not ours to see (a server elsewhere)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # utime and stime are fields 14 and 15 of stat(5); after the ")" they are 12 and 13.
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 3)
 
 
 def lower_priority(pid: int = 0) -> None:

@@ -444,11 +444,20 @@ async def _backtests(hub: HubProcess, since: float, stop: asyncio.Event,
             times.append(took * 1000)
             out["backtest_readings"] = max(out["backtest_readings"], res["readings"])
             out["backtest_backend"] = res.get("backend_lowered")
+            cpu = res.get("cpu_s") or {}
+            out["backtest_cpu_s"] = round(out.get("backtest_cpu_s", 0.0) + (cpu.get("child") or 0.0)
+                                          + (cpu.get("backend") or 0.0), 3)
+            out["backtest_total_readings"] = out.get("backtest_total_readings", 0) + res["readings"]
         if rest > 0 or status != 200:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), took * rest if rest > 0 else 1.0)
     out["backtests"] = len(times)
     out["backtest_ms"] = summarize(sorted(times))
+    if out.get("backtest_total_readings"):
+        # What a backtest costs the machine per reading (the child and its backend): the
+        # part of the comparison the alarm path cannot hide from on two cores.
+        out["backtest_cpu_us_per_reading"] = round(
+            out["backtest_cpu_s"] * 1e6 / out["backtest_total_readings"], 2)
 
 
 def split_by_spans(triggers: list[Trigger], spans: list[tuple[float, float]]

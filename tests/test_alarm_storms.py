@@ -6,6 +6,7 @@ out-of-order spike within the reorder window raises, backtests run in a child pr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +18,7 @@ import pytest_asyncio
 
 from core.db import connect
 from core.errors import Conflict, InvalidInput
-from ingest import backtest_job, rules, wire
+from ingest import backtest, backtest_job, rules, wire
 from ingest.backtest_job import Backtests
 from tests.conftest import HubProcess, Publisher, town_database, town_doc, wait_for
 
@@ -264,6 +265,35 @@ async def test_backtests_run_in_a_child_process_with_caps_and_cancel(
     with pytest.raises(InvalidInput) as timed_out:
         await slow.run("c", rule, base - 1, base + 3600, None, [dev])
     assert timed_out.value.code == "backtest.timeout" and slow.running == {}
+
+
+async def test_a_backtest_reads_blocks_of_devices_and_finds_what_each_alone_would(
+        storm_db: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Devices are read a block per query (not a query each): the episodes are those of
+    the pure backtest over each device's own series, the cap still counts every reading,
+    and the answer says what the backtest cost."""
+    devs = [d["id"] for d in AIR[6:11]]
+    base = round(time.time() - 5400)  # whole seconds: stored exactly (microseconds)
+    series = {d: [(base + 10 * i + k, 95.0 if (i + k) % 7 == 0 else 5.0) for i in range(30)]
+              for k, d in enumerate(devs)}
+    await db.executemany(
+        "INSERT INTO telemetry (ts, device_id, metric, value, received_at) VALUES "
+        "(to_timestamp($1), $2, 'pm25', $3, now())",
+        [(ts, d, v) for d, pts in series.items() for ts, v in pts])
+    rule = {"id": "blk", "name": "blk", "kind": "threshold", "metric": "pm25",
+            "device_model": None, "params": {"raise_above": 80, "clear_below": 40},
+            "severity": "warning"}
+    req = {"database_url": storm_db, "max_rows": 1000, "rule": rule, "since": base - 1,
+           "until": base + 400, "model": None, "device_ids": devs}
+    monkeypatch.setattr(backtest_job, "DEVICES_PER_QUERY", 2)
+    done = await backtest_job._child(req)
+    assert done["ok"] and done["readings"] == 150 and done["queries"] == 3
+    want = backtest.backtest(rules.Rule(**{k: rule[k] for k in (
+        "id", "name", "kind", "metric", "device_model", "params", "severity")}), series)
+    assert done["episodes"] == [dataclasses.asdict(e) for e in want] and want
+    assert done["cpu_s"]["child"] > 0 and done["cpu_s"]["backend"] is not None
+    over = await backtest_job._child({**req, "max_rows": 149})
+    assert not over["ok"] and over["code"] == "backtest.too_many_rows"
 
 
 async def test_a_backtests_backend_is_left_alone_when_the_server_is_elsewhere(
