@@ -52,8 +52,11 @@ Figures (last stdout line, one JSON object):
   (``POST /api/rules/backtest``: a threshold rule over every background reading stored so
   far, run by the hub in a child process, ingest/backtest_job.py); ``backtests`` how many
   finished, ``backtest_ms`` their wall times (p50/max), ``backtest_readings`` the readings
-  the largest one evaluated, ``backtest_errors`` any that failed. Compare the alarm p99
-  with a run without it.
+  the largest one evaluated, ``backtest_errors`` any that failed, ``backtest_backend``
+  whether the PostgreSQL backend reading for it was lowered, ``backtest_cpu_s`` and
+  ``backtest_cpu_us_per_reading`` what the backtests cost the machine (child + backend CPU).
+  With ``--backtest-rest X`` the triggers sent while a backtest ran (``during_bt_*``) are
+  compared with those sent between (``no_bt_*``) in the same run: ``p99_ratio_bt``.
 """
 
 from __future__ import annotations
