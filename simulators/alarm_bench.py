@@ -424,7 +424,7 @@ def _post_json(url: str, token: str | None, body: dict[str, Any]) -> tuple[int, 
 
 
 async def _backtests(hub: HubProcess, since: float, stop: asyncio.Event,
-                     out: dict[str, Any], rest: float = 0.0) -> None:
+                     out: dict[str, Any], rest: float = 0.0, sham_s: float = 0.0) -> None:
     """Backtests until ``stop``: a rule over all background readings so far; after each,
     a rest of ``rest`` times its wall time (0: back to back). The wall-clock spans during
     which a backtest request was open go to ``out["busy"]``."""
@@ -436,6 +436,16 @@ async def _backtests(hub: HubProcess, since: float, stop: asyncio.Event,
     while not stop.is_set():
         t = time.monotonic()
         began = time.time()
+        if sham_s > 0:
+            # The A/A control: the same split of the triggers into spans, no backtest in
+            # them; how far p99_ratio_bt strays from 1 here is the split's own noise.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), sham_s)
+            busy.append((began, time.time()))
+            out["backtest_sham_s"] = sham_s
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), sham_s * rest)
+            continue
         status, res = await asyncio.to_thread(_post_json, url, hub.token,
                                               {**body, "until": time.time()})
         busy.append((began, time.time()))
@@ -525,7 +535,7 @@ async def _session(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run
         bt_out: dict[str, Any] = {"backtests": 0, "backtest_readings": 0,
                                   "backtest_errors": [], "backtest_ms": None}
         backtester = (asyncio.create_task(_backtests(hub, time.time() - 3600, bt_stop, bt_out,
-                                                     args.backtest_rest))
+                                                     args.backtest_rest, args.backtest_sham))
                       if args.backtest else None)
         say(f"{len(triggers)} triggers over {span:.0f}s; load {load_avg()}")
         loop = asyncio.get_running_loop()
@@ -690,8 +700,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         inside, outside = split_by_spans(triggers, bt_res.pop("busy", []))
         s_in, s_out = summarize(inside, "during_bt_"), summarize(outside, "no_bt_")
         bt_res.update(s_in, **s_out, during_bt_n=len(inside), no_bt_n=len(outside))
-        if s_in["during_bt_p99_ms"] and s_out["no_bt_p99_ms"]:
-            bt_res["p99_ratio_bt"] = round(s_in["during_bt_p99_ms"] / s_out["no_bt_p99_ms"], 2)
+        for q in ("p50", "p99"):
+            if s_in[f"during_bt_{q}_ms"] and s_out[f"no_bt_{q}_ms"]:
+                bt_res[f"{q}_ratio_bt"] = round(
+                    s_in[f"during_bt_{q}_ms"] / s_out[f"no_bt_{q}_ms"], 2)
     hub_rows = m1["hub_rows"] - m0["hub_rows"]
     return {
         "benchmark": "alarm",
@@ -770,7 +782,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backtest-rest", type=float, default=0.0, metavar="X",
                    help="with --backtest: rest X times a backtest's wall time after it, so "
                         "that triggers fall both during and between backtests (compared in "
-                        "the same run: during_bt_*, no_bt_*, p99_ratio_bt)")
+                        "the same run: during_bt_*, no_bt_*, p50_ratio_bt, p99_ratio_bt)")
+    p.add_argument("--backtest-sham", type=float, default=0.0, metavar="S",
+                   help="with --backtest: the A/A control; spans of S seconds count as "
+                        "'during' but run no backtest (the ratios' own noise)")
     p.add_argument("--profile", type=Path, metavar="FILE",
                    help="py-spy the hub during the triggers: FILE.svg flame graph or FILE.txt "
                         "collapsed stacks")
