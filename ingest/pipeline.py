@@ -38,6 +38,19 @@ class DeviceInfo:
     grid_id: str
 
 
+# What the registry is built from, as one digest per table (md5 of the rows' text in a
+# fixed order): the same rows give the same digests, any edit another.
+_REGISTRY_DIGEST = """SELECT
+  (SELECT md5(coalesce(string_agg((id, model, grid_id, props, interval_s, senml_map)::text,
+                                  '|' ORDER BY id), '')) FROM devices WHERE revoked_at IS NULL),
+  (SELECT md5(coalesce(string_agg((id, geometry)::text, '|' ORDER BY id), ''))
+     FROM grids WHERE level = 2),
+  (SELECT md5(coalesce(string_agg((id, type, home_grid, patrol_grids)::text, '|' ORDER BY id),
+                       '')) FROM units),
+  (SELECT md5(coalesce(string_agg(r::text, '|' ORDER BY r.id), ''))
+     FROM rules r WHERE r.enabled)"""
+
+
 class Registry:
     """Known devices and units, and the alarm rules over them; reloaded when they change."""
 
@@ -49,21 +62,26 @@ class Registry:
         self.senml_names = senml_names.EMPTY
         self.device_subjects: dict[str, Subject] = {}
         self.unit_subjects: dict[str, Subject] = {}
-        self._seen: list[list[tuple[Any, ...]]] | None = None  # the rows of the last load
+        self._seen: tuple[Any, ...] | None = None  # the digest of the last load
 
     async def load(self, conn: Querier) -> bool:
         """Read devices, grids, units and enabled rules; False (and nothing rebuilt) when
         they are as at the last load. The ingest role reloads every few seconds: rebuilding
         the rules' subjects for thousands of devices each time would stall the event loop
         and throw away the watch's per-device rule cache for nothing."""
+        # A digest of the rows first, computed by the database: reading and comparing
+        # 10,000 device rows in the hub took one piece of 20-40 ms of the event loop every
+        # reload, which alarms and console events waited behind (docs/PERFORMANCE.md).
+        digest = await conn.fetchrow(_REGISTRY_DIGEST)
+        assert digest is not None  # one row, always
+        seen = tuple(digest)
+        if seen == self._seen:
+            return False
         devs = await conn.fetch("SELECT id, model, grid_id, props, interval_s, senml_map "
                                 "FROM devices WHERE revoked_at IS NULL")
         grid_rows = await conn.fetch("SELECT id, geometry FROM grids WHERE level = 2")
         units = await conn.fetch("SELECT id, type, home_grid, patrol_grids FROM units")
         rule_rows = await conn.fetch("SELECT * FROM rules WHERE enabled ORDER BY id")
-        seen = [[tuple(r) for r in rows] for rows in (devs, grid_rows, units, rule_rows)]
-        if seen == self._seen:
-            return False
         self._seen = seen
         self.devices = {r["id"]: DeviceInfo(r["id"], r["model"], r["grid_id"]) for r in devs}
         self.senml_names = senml_names.NameMap(

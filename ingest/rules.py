@@ -619,13 +619,22 @@ def check_silence(rule: Rule, state: RuleState, now: float,
     than ``interval_s * factor`` (``interval_s``: the device's expected reporting interval;
     None: the rule's ``interval_s`` param). ``now`` is on the readings' clock. The state's
     ``last_ts`` is left alone; the next reading clears the alarm through ``evaluate``."""
-    spec = rule._spec
-    if not isinstance(spec, _NoData) or state.active or state.last_ts == -math.inf:
-        return state, None
-    interval = interval_s if interval_s is not None else spec.interval_s
-    if interval is None or now - state.last_ts <= interval * spec.factor:
+    gap = silence_gap(rule, interval_s)
+    if gap is None or state.active or state.last_ts == -math.inf \
+            or now - state.last_ts <= gap:
         return state, None
     return _mk(True, state.last_ts, None), "raise"
+
+
+def silence_gap(rule: Rule, interval_s: float | None = None) -> float | None:
+    """How long a ``nodata`` rule lets a device stay silent before it raises:
+    ``interval_s * factor`` (``interval_s`` as in ``check_silence``). None for other kinds
+    and when no interval is known (such a device never raises no-data)."""
+    spec = rule._spec
+    if not isinstance(spec, _NoData):
+        return None
+    interval = interval_s if interval_s is not None else spec.interval_s
+    return None if interval is None else interval * spec.factor
 
 
 # --- geofence ----------------------------------------------------------------------------

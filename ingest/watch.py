@@ -39,6 +39,7 @@ import asyncpg
 from core import clock
 from core.town_time import DEFAULT_TOWN_TZ, zone
 from ingest import alarms, reorder, rules
+from ingest.silence import SilenceSchedule
 from ingest.storm import AlarmGroups, FlapDetector, RateCap, StormGrouper, cap_key
 from ingest.subjects import Subject, Watched, in_hours
 
@@ -128,6 +129,10 @@ class AlarmWatch:
         self.replayed = 0
         self.too_late = 0  # out of order by more than the kept history: not evaluated
         self.realarm: dict[Key, float] = {}  # key -> when to raise again if still true
+        # The no-data timer's pairs by when each could first be silent (ingest/silence.py);
+        # rebuilt from the states when rules, devices or restored states change.
+        self.silence = SilenceSchedule()
+        self._silence_stale = True
         self._writing = False
 
     # ---------------------------------------------------------------- configuration
@@ -155,6 +160,7 @@ class AlarmWatch:
                 by_metric[w.rule.metric].append(w)
         self.by_metric = dict(by_metric)
         self._matching = {}
+        self._silence_stale = True
 
     def _rules_of(self, dev: Subject) -> tuple[list[Watched], dict[str, list[Watched]]]:
         """The no-data rules and the per-metric rules that apply to ``dev`` (cached: the
@@ -200,6 +206,7 @@ class AlarmWatch:
                     st = self.states.get(key, rules.INITIAL)
                     if dev.matches(w) and st.last_ts < r["ts"].timestamp():
                         self.states[key] = st._replace(last_ts=r["ts"].timestamp())
+        self._silence_stale = True
         await self.reconcile(wait_s=RECONCILE_WAIT_S)
 
     async def reconcile(self, wait_s: float = 0.0) -> bool:
@@ -312,6 +319,9 @@ class AlarmWatch:
         st = self.states.get(key, rules.INITIAL)
         new, verdict = rules.evaluate(w.rule, st, value, now)
         self.states[key] = new
+        if key not in self.silence.known:  # a pair's first reading: its timer starts
+            gap = rules.silence_gap(w.rule, dev.interval_s)
+            self.silence.track(key, None if gap is None else now + gap)
         if verdict is not None:
             self.dirty.add(key)
             self._nodata_verdict(w, dev, verdict, now)
@@ -335,20 +345,27 @@ class AlarmWatch:
 
     def tick(self, now: float) -> None:
         """The wall-clock side: silent devices, flapping spells that ended, re-alarms."""
-        for w in self.nodata:
-            for dev in self.devices.values():
-                if not dev.matches(w):
-                    continue
-                key = (w.rule.id, dev.id)
-                st = self.states.get(key)
-                if st is None:
-                    continue
-                new, verdict = rules.check_silence(w.rule, st, now, dev.interval_s)
-                if new is not st:
-                    self.states[key] = new
-                if verdict is not None:
-                    self.dirty.add(key)
-                    self._nodata_verdict(w, dev, verdict, now)
+        if self._silence_stale:
+            self._schedule_silence(now)
+        for key in self.silence.pop_due(now):
+            w = self.rules.get(key[0])
+            dev = self.devices.get(key[1])
+            st = self.states.get(key)
+            gap = rules.silence_gap(w.rule, dev.interval_s) if w and dev else None
+            if st is None or gap is None:
+                self.silence.forget(key)
+                continue
+            assert w is not None and dev is not None
+            new, verdict = rules.check_silence(w.rule, st, now, dev.interval_s)
+            if new is not st:
+                self.states[key] = new
+            if verdict is not None:
+                self.dirty.add(key)
+                self._nodata_verdict(w, dev, verdict, now)
+            # Next look: when it could first be silent again; a silent one (raised) is
+            # looked at again after a gap (a reading clears it on the reading path).
+            due = now + gap if new.active else new.last_ts + gap
+            self.silence.track(key, due if due > now else now + TICK_S)
         for rel in self.flaps.due(now):
             rid, subject = cast(Key, rel.key)
             flapped = self.rules.get(rid)
@@ -370,6 +387,22 @@ class AlarmWatch:
                 continue
             msg = f"{again.rule.name}: {subj.id} 仍在告警 (cleared by an operator, still true)"
             self._raise(again, subj, None, now, msg)
+
+    def _schedule_silence(self, now: float) -> None:
+        """Every (no-data rule, device) pair with a state, under its next deadline."""
+        self.silence.clear()
+        for w in self.nodata:
+            for dev in self.devices.values():
+                key = (w.rule.id, dev.id)
+                st = self.states.get(key)
+                if st is None or not dev.matches(w):
+                    continue
+                gap = rules.silence_gap(w.rule, dev.interval_s)
+                if gap is None:
+                    self.silence.track(key, None)
+                else:
+                    self.silence.track(key, now if st.active else st.last_ts + gap)
+        self._silence_stale = False
 
     # ---------------------------------------------------------------- verdicts
     def _verdict(self, w: Watched, subj: Subject, verdict: str, value: float, ts: float,
