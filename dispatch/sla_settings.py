@@ -29,6 +29,7 @@ from dispatch.sla_config import (
     SlaConfigError,
     check_key,
     check_warn_share,
+    day_kind,
     limits_view,
     parse_calendar,
     parse_table,
@@ -36,6 +37,7 @@ from dispatch.sla_config import (
     rows_of,
     scaled,
     table_of,
+    with_days,
 )
 
 log = logging.getLogger("dispatch.sla_settings")
@@ -59,7 +61,10 @@ async def load(db: Querier, *, sla_file: Path, calendar_file: Path, tz: str,
     a broken file: the hub must not run on limits nobody set.
     """
     cal = parse_calendar(read_toml(calendar_file), tz)
-    table, warn = parse_table(read_toml(sla_file), cal.calendar)
+    edited = {r["day"]: (r["kind"], r["name"], r["updated_by"]) for r in await db.fetch(
+        "SELECT day, kind, name, updated_by FROM sla_calendar_days")}
+    calendar = with_days(cal.calendar, {d: v[0] for d, v in edited.items()})
+    table, warn = parse_table(read_toml(sla_file), calendar)
     rows = rows_of(table)
     origin = {k: "file" for k in rows}
     for r in await db.fetch("SELECT * FROM sla_limits"):
@@ -74,13 +79,16 @@ async def load(db: Querier, *, sla_file: Path, calendar_file: Path, tz: str,
     InForce.table = scaled(base, scale)
     InForce.origin = origin
     InForce.warn_share = warn
-    InForce.calendar = cal.calendar
+    InForce.calendar = calendar
+    InForce.file_calendar = cal.calendar
+    InForce.day_names = cal.names
+    InForce.edited_days = edited
     InForce.tz = tz
     InForce.years = cal.years
     InForce.scale = scale
     InForce.sla_file = sla_file
     InForce.calendar_file = calendar_file
-    today = sla.local_date(cal.calendar, now if now is not None else datetime.now(UTC)
+    today = sla.local_date(calendar, now if now is not None else datetime.now(UTC)
                            .timestamp())
     warnings = cal.coverage_warnings(today)
     for w in warnings:
@@ -123,8 +131,29 @@ def view() -> dict[str, Any]:
                       for y in InForce.years],
             "holidays": sorted(d.isoformat() for d in cal.holidays),
             "adjusted_workdays": sorted(d.isoformat() for d in cal.extra_workdays),
+            "days": calendar_days(),
         },
     }
+
+
+def calendar_days() -> list[dict[str, Any]]:
+    """Every holiday and adjusted working day in force, and every file day removed, in
+    date order: ``date``, ``kind`` ("holiday", "workday"; "normal" for a removed file day),
+    ``name``, ``origin`` ("file" or "edited") and, when edited, ``updated_by``."""
+    file_cal, cal = InForce.file_calendar, InForce.calendar
+    dates = (file_cal.holidays | file_cal.extra_workdays | cal.holidays | cal.extra_workdays
+             | frozenset(InForce.edited_days))
+    out = []
+    for d in sorted(dates):
+        edit = InForce.edited_days.get(d)
+        row: dict[str, Any] = {"date": d.isoformat(), "kind": day_kind(cal, d)}
+        if edit is None:
+            row.update(name=InForce.day_names.get(d, ""), origin="file")
+        else:
+            row.update(name=edit[1] or InForce.day_names.get(d, ""), origin="edited",
+                       updated_by=edit[2], file_kind=day_kind(file_cal, d))
+        out.append(row)
+    return out
 
 
 def _invalid(e: SlaConfigError) -> InvalidInput:
@@ -161,7 +190,7 @@ async def set_limits(pool: asyncpg.Pool, category: str, priority: int, values: d
                  updated_at = now()""",
             category, priority, new.register_s, new.dispatch_s, new.accept_s, new.arrive_s,
             new.resolve_s, new.resolve_working, actor)
-        await _log(conn, actor, target, before, limits_view(new))
+        await log_change(conn, actor, target, before, limits_view(new))
     return {"category": category, "priority": priority, **limits_view(new),
             "origin": "edited", "updated_by": actor}
 
@@ -179,7 +208,7 @@ async def reset_limits(pool: asyncpg.Pool, category: str, priority: int, actor: 
         if gone is None:
             raise NotFound(f"no edited limits for {category} p{priority}",
                            code="sla.not_edited")
-        await _log(conn, actor, f"limits:{category}:{priority}",
+        await log_change(conn, actor, f"limits:{category}:{priority}",
                    limits_view(_limits_of(gone)), None)
 
 
@@ -194,7 +223,7 @@ async def set_warn_share(pool: asyncpg.Pool, value: float, actor: str) -> dict[s
                ON CONFLICT (key) DO UPDATE SET value = excluded.value,
                  updated_by = excluded.updated_by, updated_at = now()""",
             WARN_SHARE_KEY, share, actor)
-        await _log(conn, actor, WARN_SHARE_KEY, InForce.warn_share, share)
+        await log_change(conn, actor, WARN_SHARE_KEY, InForce.warn_share, share)
     return {"warn_share": share, "updated_by": actor}
 
 
@@ -211,7 +240,7 @@ def _current(category: str, priority: int) -> dict[str, Any] | None:
     return limits_view(found) if found is not None else None
 
 
-async def _log(conn: Conn, actor: str, target: str, before: Any, after: Any) -> None:
+async def log_change(conn: Conn, actor: str, target: str, before: Any, after: Any) -> None:
     await conn.execute(
         "INSERT INTO sla_config_log (actor, target, before, after) VALUES ($1, $2, $3, $4)",
         actor, target, before, after)

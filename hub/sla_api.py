@@ -1,5 +1,6 @@
 """SLA configuration through the API: read the limits, warn share and working calendar in
-force; supervisors edit limits and the warn share.
+force; supervisors edit limits, the warn share and the calendar's holidays and adjusted
+working days (调休).
 
 The actor recorded with every edit is the authenticated principal (``principal_of``), never
 a name in the body. The serving process puts an edit in force at once; the others pick it
@@ -9,13 +10,13 @@ from their next step on (every step recomputes its case's clocks), and of new ca
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
 
 from core.errors import Forbidden
-from dispatch import sla_settings
+from dispatch import sla_days, sla_settings
 from hub.access import principal_of
 from hub.state import HubDep, get_hub
 
@@ -43,6 +44,15 @@ class LimitsBody(BaseModel):
 
 class WarnShareBody(BaseModel):
     warn_share: Annotated[float, Field(gt=0, lt=1)]
+
+
+class CalendarDayBody(BaseModel):
+    """A holiday or an adjusted working day (调休). ``date`` as YYYY-MM-DD: checked by
+    ``sla_days.parse_day`` so a bad one gets its own code (``sla.bad_date``)."""
+
+    date: Annotated[str, Field(max_length=32)]
+    kind: Literal["holiday", "workday"]
+    name: Annotated[str, Field(max_length=64)] = ""
 
 
 def _actor(request: Request) -> str:
@@ -89,6 +99,33 @@ async def put_warn_share(request: Request, hub: HubDep, body: WarnShareBody) -> 
                                             _actor(request))
     await _reload(request)
     return out
+
+
+@router.get("/calendar/days")
+async def get_calendar_days() -> list[dict[str, Any]]:
+    """Holidays and adjusted working days in force (and file days removed), by date, each
+    with where it comes from (the calendar file or an edit here)."""
+    return sla_settings.calendar_days()
+
+
+@router.post("/calendar/days", status_code=201)
+async def post_calendar_day(request: Request, hub: HubDep, body: CalendarDayBody
+                            ) -> dict[str, Any]:
+    """Make a date a holiday or an adjusted working day, kept over the calendar file."""
+    out = await sla_days.add_day(hub.pool, body.date, body.kind, body.name.strip(),
+                                 _actor(request))
+    await _reload(request)
+    return out
+
+
+@router.delete("/calendar/days/{day}")
+async def delete_calendar_day(request: Request, hub: HubDep,
+                              day: Annotated[str, Path(max_length=32)]) -> dict[str, Any]:
+    """Make a date follow its weekday again (a file's day is overruled, an added one
+    dropped)."""
+    await sla_days.remove_day(hub.pool, day, _actor(request))
+    await _reload(request)
+    return sla_settings.view()
 
 
 @router.get("/changes")

@@ -450,6 +450,68 @@ def test_sla_bad_limits_change_nothing(context: BrowserContext, hub: HubProcess)
     assert hub.client.get("/api/sla").json() == before
 
 
+def _day_row(pg: Page, day: str) -> Any:
+    return pg.locator(f"#day-list tr[data-date='{day}']")
+
+
+def test_sla_calendar_add_and_remove_days(context: BrowserContext, hub: HubProcess) -> None:
+    """A holiday and an adjusted working day added, a file's holiday removed and restored;
+    each in force at once (the API's calendar) and recorded under the logged-in user."""
+    admin = _page(context, "/admin/sla", hub)
+    me = admin.inner_text("#user-name")
+    holiday, workday = "2026-12-07", "2026-12-12"  # a Monday, a Saturday
+    admin.fill("#d-date", holiday)
+    admin.select_option("#d-kind", "holiday")
+    admin.fill("#d-name", "镇庆日")
+    admin.click("#day-add")
+    _day_row(admin, holiday).locator(".act-remove").wait_for(timeout=10000)
+    admin.fill("#d-date", workday)
+    admin.select_option("#d-kind", "workday")
+    admin.click("#day-add")
+    _day_row(admin, workday).locator(".act-remove").wait_for(timeout=10000)
+    cal = hub.client.get("/api/sla").json()["calendar"]
+    assert holiday in cal["holidays"] and workday in cal["adjusted_workdays"]
+    # the file's National Day removed: it follows its weekday, then is restored
+    _day_row(admin, "2026-10-01").locator(".act-remove").click()
+    admin.locator("#day-list tr[data-date='2026-10-01'][data-kind='normal']").wait_for(
+        timeout=10000)
+    assert "2026-10-01" not in hub.client.get("/api/sla").json()["calendar"]["holidays"]
+    admin.locator("#sla-changes tbody tr", has_text="calendar:2026-10-01").first.wait_for(
+        timeout=10000)
+    _shot(admin, "admin_sla_calendar")
+    _day_row(admin, "2026-10-01").locator(".act-restore").click()
+    admin.locator("#day-list tr[data-date='2026-10-01'][data-kind='holiday']").wait_for(
+        timeout=10000)
+    changes = [c for c in hub.client.get("/api/sla/changes").json()
+               if c["target"] in (f"calendar:{holiday}", f"calendar:{workday}",
+                                  "calendar:2026-10-01")]
+    assert len(changes) == 4 and {c["actor"] for c in changes} == {me}
+    for day in (holiday, workday):  # leave the shared hub's calendar as it was
+        _day_row(admin, day).locator(".act-remove").click()
+        _day_row(admin, day).wait_for(state="detached", timeout=10000)
+    assert not admin.errors  # type: ignore[attr-defined]
+
+
+def test_sla_calendar_bad_days_change_nothing(context: BrowserContext,
+                                             hub: HubProcess) -> None:
+    admin = _page(context, "/admin/sla", hub)
+    before = hub.client.get("/api/sla").json()
+    admin.fill("#d-date", "2026-02-30")
+    admin.click("#day-add")
+    assert _error(admin, "day-error") == "sla.bad_date"
+    admin.fill("#d-date", "2026-10-01")  # already National Day
+    admin.click("#day-add")
+    admin.wait_for_function(
+        "document.getElementById('day-error').dataset.code === 'sla.day_exists'")
+    admin.fill("#d-date", "2026-12-08")  # a Tuesday works anyway
+    admin.select_option("#d-kind", "workday")
+    admin.click("#day-add")
+    admin.wait_for_function(
+        "document.getElementById('day-error').dataset.code === 'sla.bad_day'")
+    assert hub.client.get("/api/sla").json() == before
+    assert not admin.errors  # type: ignore[attr-defined]
+
+
 # ------------------------------------------------------------------ grids and roads
 def _upload(pg: Page, selector: str, name: str, doc: Any) -> None:
     data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()

@@ -224,3 +224,82 @@ async def test_supervisor_edit_is_recorded_and_survives_a_restart(
     allowed = (reg["deadline"] - reg["started_at"]).total_seconds()
     assert allowed == pytest.approx(NEW_P2["register_s"])
     assert (reg["warn_at"] - reg["started_at"]).total_seconds() == pytest.approx(0.7 * allowed)
+
+
+async def test_calendar_days_edited_through_the_api(sla_hub: HubProcess, sla_db: str,
+                                                    in_force: None) -> None:
+    """Holidays and adjusted working days: added and removed by a supervisor (recorded
+    under the token's principal), refused with stable codes for a bad date, a duplicate, a
+    working day that works anyway or a day that is neither; kept in the database over the
+    file, which every process's next load puts in force."""
+    supervisor = _as(sla_hub, sla_hub.make_token("supervisor", name="sup-chen"))
+    operator = _as(sla_hub, sla_hub.make_token("operator", name="op-sun"))
+    url = "/api/sla/calendar/days"
+    try:
+        days = {d["date"]: d for d in operator.get(url).json()}
+        assert days["2026-10-01"] == {"date": "2026-10-01", "kind": "holiday",
+                                      "name": "国庆节 National Day", "origin": "file"}
+        assert days["2026-02-14"]["kind"] == "workday"
+        town_day = {"date": "2026-11-02", "kind": "holiday", "name": "镇庆"}  # a Monday
+        r = operator.post(url, json=town_day)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "auth.forbidden"
+        for bad in ("2026-02-30", "tomorrow", "2026-1-5", "2206-11-02"):
+            r = supervisor.post(url, json={**town_day, "date": bad})
+            assert r.status_code == 422 and r.json()["error"]["code"] == "sla.bad_date", bad
+        r = supervisor.delete(url + "/2026-13-01")
+        assert r.status_code == 422 and r.json()["error"]["code"] == "sla.bad_date"
+        r = supervisor.post(url, json={"date": "2026-10-01", "kind": "holiday"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "sla.day_exists"
+        r = supervisor.post(url, json={"date": "2026-02-14", "kind": "holiday"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "sla.day_exists"
+        r = supervisor.post(url, json={"date": "2026-12-07", "kind": "workday"})  # Monday
+        assert r.status_code == 422 and r.json()["error"]["code"] == "sla.bad_day"
+
+        r = supervisor.post(url, json={**town_day, "actor": "mallory"})
+        assert r.status_code == 201 and r.json()["updated_by"] == "sup-chen", r.text
+        r = supervisor.post(url, json={"date": "2026-11-07", "kind": "workday"})  # Saturday
+        assert r.status_code == 201, r.text
+        r = supervisor.delete(url + "/2026-10-01")
+        assert r.status_code == 200, r.text
+        cal = r.json()["calendar"]
+        assert "2026-11-02" in cal["holidays"] and "2026-10-01" not in cal["holidays"]
+        assert "2026-11-07" in cal["adjusted_workdays"]
+        days = {d["date"]: d for d in cal["days"]}
+        assert days["2026-10-01"]["kind"] == "normal" and days["2026-10-01"]["origin"] == "edited"
+        assert days["2026-11-02"] == {**town_day, "origin": "edited", "updated_by": "sup-chen",
+                                      "file_kind": "normal"}
+        r = supervisor.delete(url + "/2026-10-01")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "sla.day_unknown"
+        # an added day removed is gone altogether; a removed file day can be restored
+        assert supervisor.delete(url + "/2026-11-07").status_code == 200
+        assert "2026-11-07" not in {d["date"] for d in supervisor.get(url).json()}
+        r = supervisor.post(url, json={"date": "2026-10-01", "kind": "holiday",
+                                       "name": "国庆节 National Day"})
+        assert r.status_code == 201, r.text
+        assert supervisor.delete(url + "/2026-10-01").status_code == 200
+
+        changes = [c for c in supervisor.get("/api/sla/changes").json()
+                   if c["target"].startswith("calendar:")]
+        assert {c["actor"] for c in changes} == {"sup-chen"}
+        assert [c["target"] for c in changes][::-1] == [
+            "calendar:2026-11-02", "calendar:2026-11-07", "calendar:2026-10-01",
+            "calendar:2026-11-07", "calendar:2026-10-01", "calendar:2026-10-01"]
+    finally:
+        supervisor.close()
+        operator.close()
+
+    # Any process loading the configuration runs its clocks on the edited calendar.
+    c = await connect(sla_db)
+    try:
+        await sla_settings.load(c, sla_file=sla_config.DEFAULT_SLA_FILE,
+                                calendar_file=sla_config.DEFAULT_CALENDAR_FILE,
+                                tz="Asia/Shanghai")
+    finally:
+        await c.close()
+    cal = sla_config.InForce.calendar
+    assert not cal.is_workday(datetime(2026, 11, 2).date())   # the town's own holiday
+    assert cal.is_workday(datetime(2026, 10, 1).date())       # the file's, removed
+    assert not cal.is_workday(datetime(2026, 11, 7).date())   # added, then removed
+    # a resolve limit of one working day opened on Friday 30 Oct runs to Tuesday 3 Nov
+    due = sla.add_working_seconds(cal, cst(2026, 10, 30, 17, 30), 9 * H)
+    assert due == cst(2026, 11, 3, 17, 30)
