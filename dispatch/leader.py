@@ -32,6 +32,7 @@ from dispatch.command_sender import CommandSender
 from dispatch.geo import RoadGraph
 from dispatch.model import DispatchPolicy
 from dispatch.sla_clocks import SlaTimer
+from dispatch.sla_retime import SLA_RETIMED
 
 log = logging.getLogger("dispatch.leader")
 
@@ -210,7 +211,9 @@ class Dispatcher:
             elif env.kind in ("incident.opened", "incident.updated"):
                 inc = env.payload["incident"]
                 released = env.payload.get("released_unit") or ""
-                if env.payload.get("action") == "decline" and released:
+                if env.payload.get("action") == SLA_RETIMED:
+                    pass  # new deadlines after an SLA edit (the timer took them): no plan
+                elif env.payload.get("action") == "decline" and released:
                     await self.decide(planner.UnitDeclined(str(inc["id"]), str(released)))
                 elif inc["state"] == "registered" and inc.get("assigned_unit") is None:
                     await self.decide(planner.IncidentRegistered(str(inc["id"])))

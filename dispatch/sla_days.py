@@ -5,8 +5,8 @@ what its date is. Adding a day writes a ``holiday`` or ``workday`` row; removing
 file lists writes a ``normal`` row (the file's entry is overruled), removing a day only the
 database added deletes its row. Every edit is one transaction with its entry in
 ``sla_config_log`` (target ``calendar:YYYY-MM-DD``) naming the actor, which the caller
-takes from authentication (hub/sla_api.py), never from a request body. The caller then puts
-the new calendar in force (``sla_settings.load``).
+takes from authentication (hub/sla_api.py), never from a request body, and the new calendar
+put in force with the open cases' clocks recomputed (``sla_retime.record_edit``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import asyncpg
 
 from core.errors import Conflict, InvalidInput, NotFound
 from dispatch.sla_config import InForce, day_kind
-from dispatch.sla_settings import log_change
+from dispatch.sla_retime import record_edit
 
 # Days the calendar may be edited for. The hub's cases run for weeks, not decades; a date
 # outside these years is a typo (2206 for 2026), not a holiday.
@@ -77,7 +77,7 @@ async def add_day(pool: asyncpg.Pool, text: str, kind: str, name: str, actor: st
                ON CONFLICT (day) DO UPDATE SET kind = excluded.kind, name = excluded.name,
                  updated_by = excluded.updated_by, updated_at = now()""",
             d, kind, name, actor)
-        await log_change(conn, actor, f"calendar:{d.isoformat()}", None, _entry(kind, name))
+        await record_edit(conn, actor, f"calendar:{d.isoformat()}", None, _entry(kind, name))
     return {"date": d.isoformat(), "kind": kind, "name": name, "origin": "edited",
             "updated_by": actor}
 
@@ -102,4 +102,4 @@ async def remove_day(pool: asyncpg.Pool, text: str, actor: str) -> None:
                 """INSERT INTO sla_calendar_days (day, kind, updated_by) VALUES ($1, 'normal', $2)
                    ON CONFLICT (day) DO UPDATE SET kind = 'normal', name = '',
                      updated_by = excluded.updated_by, updated_at = now()""", d, actor)
-        await log_change(conn, actor, f"calendar:{d.isoformat()}", _entry(current, name), None)
+        await record_edit(conn, actor, f"calendar:{d.isoformat()}", _entry(current, name), None)

@@ -1,12 +1,13 @@
-"""SLA configuration I/O: load the files and the supervisors' edits into ``InForce``, and
-record edits.
+"""SLA configuration I/O: load the files and the supervisors' edits into ``InForce``, show
+it, and append to the change log.
 
 The limits file gives the table; rows in ``sla_limits`` (edited through the API) replace
-the file's row for their (category, priority), and ``sla_options`` its warn share. Every
-edit is one transaction that changes the row and appends to ``sla_config_log`` with the
-actor, which the caller takes from authentication (hub/sla_api.py), never from a request
-body. Every process reloads (``load``) at start and periodically (hub/jobs.py); the one
-that served an edit reloads at once.
+the file's row for their (category, priority), ``sla_options`` its warn share, and
+``sla_calendar_days`` the calendar file's days. The edits themselves are
+dispatch/sla_edits.py and dispatch/sla_days.py: each one transaction that changes its row,
+appends to ``sla_config_log`` with the actor and puts the result in force
+(dispatch/sla_retime.py). Every process loads (``load``) at start, on each
+``sla.config_changed`` event (hub/config_reload.py) and periodically (hub/jobs.py).
 """
 
 from __future__ import annotations
@@ -16,18 +17,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from core.db import Conn, Querier
-from core.errors import InvalidInput, NotFound
 from core.settings import Settings
 from dispatch import sla
 from dispatch.sla_config import (
     DEFAULT_CALENDAR_FILE,
     DEFAULT_SLA_FILE,
     InForce,
-    SlaConfigError,
-    check_key,
     check_warn_share,
     day_kind,
     limits_view,
@@ -47,7 +43,7 @@ WARN_SHARE_KEY = "warn_share"
 CHANGES_LIMIT = 200
 
 
-def _limits_of(r: Any) -> sla.SlaLimits:
+def limits_of(r: Any) -> sla.SlaLimits:
     return sla.SlaLimits(r["register_s"], r["dispatch_s"], r["accept_s"], r["arrive_s"],
                          r["resolve_s"], resolve_working=r["resolve_working"])
 
@@ -69,7 +65,7 @@ async def load(db: Querier, *, sla_file: Path, calendar_file: Path, tz: str,
     origin = {k: "file" for k in rows}
     for r in await db.fetch("SELECT * FROM sla_limits"):
         key = (r["category"], int(r["priority"]))
-        rows[key] = _limits_of(r)
+        rows[key] = limits_of(r)
         origin[key] = "edited"
     stored = await db.fetchval("SELECT value FROM sla_options WHERE key = $1", WARN_SHARE_KEY)
     if stored is not None:
@@ -156,88 +152,11 @@ def calendar_days() -> list[dict[str, Any]]:
     return out
 
 
-def _invalid(e: SlaConfigError) -> InvalidInput:
-    return InvalidInput(str(e), code="sla.invalid")
-
-
-def _validated(category: str, priority: int, v: dict[str, Any]) -> sla.SlaLimits:
-    try:
-        check_key(category, priority)
-        return sla.SlaLimits(v["register_s"], v["dispatch_s"], v["accept_s"], v["arrive_s"],
-                             v["resolve_s"], resolve_working=v["resolve_working"])
-    except SlaConfigError as e:
-        raise _invalid(e) from e
-    except ValueError as e:
-        raise InvalidInput(str(e), code="sla.invalid") from e
-
-
-async def set_limits(pool: asyncpg.Pool, category: str, priority: int, values: dict[str, Any],
-                     actor: str) -> dict[str, Any]:
-    """Replace the limits of (category or ``"*"``, priority); recorded with ``actor``.
-    Raises ``InvalidInput`` (``sla.invalid``) for limits that do not make sense."""
-    new = _validated(category, priority, values)
-    target = f"limits:{category}:{priority}"
-    async with pool.acquire() as conn, conn.transaction():
-        before = _current(category, priority)
-        await conn.execute(
-            """INSERT INTO sla_limits (category, priority, register_s, dispatch_s, accept_s,
-                                       arrive_s, resolve_s, resolve_working, updated_by)
-               VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)
-               ON CONFLICT (category, priority) DO UPDATE SET register_s = excluded.register_s,
-                 dispatch_s = excluded.dispatch_s, accept_s = excluded.accept_s,
-                 arrive_s = excluded.arrive_s, resolve_s = excluded.resolve_s,
-                 resolve_working = excluded.resolve_working, updated_by = excluded.updated_by,
-                 updated_at = now()""",
-            category, priority, new.register_s, new.dispatch_s, new.accept_s, new.arrive_s,
-            new.resolve_s, new.resolve_working, actor)
-        await log_change(conn, actor, target, before, limits_view(new))
-    return {"category": category, "priority": priority, **limits_view(new),
-            "origin": "edited", "updated_by": actor}
-
-
-async def reset_limits(pool: asyncpg.Pool, category: str, priority: int, actor: str) -> None:
-    """Drop the edit of (category, priority): the file's row (or "*") applies again."""
-    try:
-        check_key(category, priority)
-    except SlaConfigError as e:
-        raise _invalid(e) from e
-    async with pool.acquire() as conn, conn.transaction():
-        gone = await conn.fetchrow(
-            "DELETE FROM sla_limits WHERE category = $1 AND priority = $2 RETURNING *",
-            category, priority)
-        if gone is None:
-            raise NotFound(f"no edited limits for {category} p{priority}",
-                           code="sla.not_edited")
-        await log_change(conn, actor, f"limits:{category}:{priority}",
-                   limits_view(_limits_of(gone)), None)
-
-
-async def set_warn_share(pool: asyncpg.Pool, value: float, actor: str) -> dict[str, Any]:
-    try:
-        share = check_warn_share(value)
-    except SlaConfigError as e:
-        raise _invalid(e) from e
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            """INSERT INTO sla_options (key, value, updated_by) VALUES ($1, $2, $3)
-               ON CONFLICT (key) DO UPDATE SET value = excluded.value,
-                 updated_by = excluded.updated_by, updated_at = now()""",
-            WARN_SHARE_KEY, share, actor)
-        await log_change(conn, actor, WARN_SHARE_KEY, InForce.warn_share, share)
-    return {"warn_share": share, "updated_by": actor}
-
-
 async def changes(db: Querier, limit: int = CHANGES_LIMIT) -> list[dict[str, Any]]:
     rows = await db.fetch(
         "SELECT id, at, actor, target, before, after FROM sla_config_log "
         "ORDER BY id DESC LIMIT $1", limit)
     return [{**dict(r), "at": r["at"].timestamp()} for r in rows]
-
-
-def _current(category: str, priority: int) -> dict[str, Any] | None:
-    """The limits in force for exactly this row, ``None`` if the row is not in the table."""
-    found = rows_of(InForce.base_table).get((category, priority))
-    return limits_view(found) if found is not None else None
 
 
 async def log_change(conn: Conn, actor: str, target: str, before: Any, after: Any) -> None:

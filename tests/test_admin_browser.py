@@ -413,6 +413,23 @@ def test_rules_that_do_not_parse_are_refused(context: BrowserContext, hub: HubPr
     assert not _audit(hub, rule)
 
 
+def test_rule_edits_reach_another_open_rules_page(context: BrowserContext,
+                                                  hub: HubProcess) -> None:
+    """A rule saved and disabled in one tab shows in another open rules page without a
+    reload (the ``rule.changed`` event on the live feed)."""
+    admin = _page(context, "/admin/rules", hub)
+    other = _page(context, "/admin/rules", hub)
+    other.wait_for_selector("body[data-live='1']", timeout=15000)
+    rule = f"adm_rule_{uuid.uuid4().hex[:6]}"
+    _rule_form(admin, rule, '{"raise_above": 98.0, "clear_below": 90.0}')
+    admin.click("#rule-save")
+    other.locator(f"#rule-list tr[data-rule-id='{rule}'] .act-disable").wait_for(
+        timeout=10000)
+    admin.locator(f"#rule-list tr[data-rule-id='{rule}'] .act-disable").click()
+    other.locator(f"#rule-list tr.retired[data-rule-id='{rule}']").wait_for(timeout=10000)
+    assert not admin.errors and not other.errors  # type: ignore[attr-defined]
+
+
 # ------------------------------------------------------------------ SLA
 def test_sla_limits_edit_and_reset(context: BrowserContext, hub: HubProcess) -> None:
     admin = _page(context, "/admin/sla", hub)
@@ -433,6 +450,40 @@ def test_sla_limits_edit_and_reset(context: BrowserContext, hub: HubProcess) -> 
     admin.locator("#limits-list tr[data-key='*/4'] .act-reset").wait_for(state="detached",
                                                                          timeout=10000)
     assert hub.client.get("/api/sla").json()["limits"] == before["limits"]
+
+
+def test_sla_edit_moves_open_case_countdowns_on_console(context: BrowserContext,
+                                                        hub: HubProcess) -> None:
+    """Limits edited on the SLA page: an open case's countdown on an open console, and
+    another open SLA page, follow without a reload; undone, they go back."""
+    category = "live_sla_" + "".join(chr(97 + b % 26) for b in uuid.uuid4().bytes[:6])
+    device = town_doc()["devices"][2]
+    r = hub.client.post("/api/incidents", json={
+        "category": category, "qualification": "city_management", "priority": 3,
+        "title": "时限联动", "lon": device["lon"], "lat": device["lat"]})
+    assert r.status_code == 201, r.text
+    iid, opened = r.json()["id"], r.json()["opened_at"]
+    before = r.json()["sla"]["resolve"]["deadline"]
+    console = _page(context, "/", hub)
+    console.wait_for_function(f"window.gridhub.state.incidents['{iid}']", timeout=15000)
+    other = _page(context, "/admin/sla", hub)
+    other.wait_for_selector("body[data-live='1']", timeout=15000)
+    admin = _page(context, "/admin/sla", hub)
+    admin.fill("#l-category", category)
+    admin.fill("#l-priority", "3")
+    for field, minutes in (("register", 5), ("dispatch", 10), ("accept", 15),
+                           ("arrive", 30), ("resolve", 777)):
+        admin.fill(f"#l-{field}", str(minutes))
+    admin.click("#limits-save")
+    resolve = f"window.gridhub.state.incidents['{iid}'].sla.resolve.deadline"
+    console.wait_for_function(f"Math.abs({resolve} - {opened + 777 * 60}) < 0.01",
+                              timeout=10000)
+    other.locator(f"#limits-list tr[data-key='{category}/3']").wait_for(timeout=10000)
+    admin.locator(f"#limits-list tr[data-key='{category}/3'] .act-reset").click()
+    console.wait_for_function(f"Math.abs({resolve} - {before}) < 0.01", timeout=10000)
+    other.locator(f"#limits-list tr[data-key='{category}/3']").wait_for(state="detached",
+                                                                       timeout=10000)
+    assert not (console.errors or admin.errors or other.errors)  # type: ignore[attr-defined]
 
 
 def test_sla_bad_limits_change_nothing(context: BrowserContext, hub: HubProcess) -> None:

@@ -5,6 +5,7 @@ calendar across Spring Festival, and "cases today" counted by the town's day.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -16,7 +17,7 @@ import pytest_asyncio
 
 from core.db import connect
 from dispatch import sla, sla_clocks, sla_config, sla_settings, store, workflow
-from tests.conftest import HubProcess, town_database, town_doc
+from tests.conftest import HubProcess, town_database, town_doc, wait_for
 
 TOWN = town_doc()
 CST = timezone(timedelta(hours=8))
@@ -303,3 +304,58 @@ async def test_calendar_days_edited_through_the_api(sla_hub: HubProcess, sla_db:
     # a resolve limit of one working day opened on Friday 30 Oct runs to Tuesday 3 Nov
     due = sla.add_working_seconds(cal, cst(2026, 10, 30, 17, 30), 9 * H)
     assert due == cst(2026, 11, 3, 17, 30)
+
+
+async def test_an_edit_retimes_open_cases_and_reaches_every_process(
+        sla_hub: HubProcess, sla_db: str, mqtt_url: str) -> None:
+    """An edit is in force when it commits: the open cases' running clocks are recomputed
+    in its transaction (an ``incident.updated`` each) and its ``sla.config_changed`` makes
+    another process (here a web node whose periodic reload would take an hour) reload."""
+    other = HubProcess(sla_db, mqtt_url, roles="web",
+                       extra_env={"HUB_SLA_RELOAD_S": "3600"}).start()
+    supervisor = _as(sla_hub, sla_hub.make_token("supervisor", name="sup-he"))
+    c = await connect(sla_db)
+    category = "retime_probe"
+    try:
+        d = TOWN["devices"][1]
+        r = sla_hub.client.post("/api/incidents", json={
+            "category": category, "qualification": "city_management", "priority": 3,
+            "title": "时限探针", "lon": d["lon"], "lat": d["lat"]})
+        assert r.status_code == 201, r.text
+        iid = r.json()["id"]
+        opened = r.json()["opened_at"]
+        seq = int(await c.fetchval("SELECT max(seq) FROM events"))
+        limits = {**NEW_P2, "resolve_s": 5 * H}
+        r = supervisor.put(f"/api/sla/limits/{category}/3", json=limits)
+        assert r.status_code == 200, r.text
+        deadline = await c.fetchval("SELECT deadline FROM sla_clocks WHERE incident_id = $1 "
+                                    "AND stage = 'resolve'", iid)
+        assert deadline.timestamp() == pytest.approx(opened + 5 * H)
+        events = await c.fetch("SELECT kind, payload FROM events WHERE seq > $1 ORDER BY seq",
+                               seq)
+        retimed = [e["payload"]["incident"] for e in events if e["kind"] == "incident.updated"
+                   and e["payload"]["action"] == "sla_retimed"]
+        mine = [inc for inc in retimed if inc["id"] == iid]
+        assert len(mine) == 1
+        assert mine[0]["sla"]["resolve"]["deadline"] == pytest.approx(opened + 5 * H)
+        (changed,) = [e["payload"] for e in events if e["kind"] == "sla.config_changed"]
+        assert changed["target"] == f"limits:{category}:3" and changed["after"] == limits
+        assert changed["retimed"] == len(retimed) >= 1
+
+        def other_has_it() -> bool:
+            rows = other.client.get("/api/sla").json()["limits"]
+            return any(x["category"] == category for x in rows)
+        await wait_for(lambda: asyncio.to_thread(other_has_it), timeout=10)
+        # undone: back to the "*" row, retimed again, the other process follows
+        assert supervisor.delete(f"/api/sla/limits/{category}/3").status_code == 200
+        star = next(x for x in supervisor.get("/api/sla").json()["limits"]
+                    if x["category"] == "*" and x["priority"] == 3)
+        deadline = await c.fetchval("SELECT deadline FROM sla_clocks WHERE incident_id = $1 "
+                                    "AND stage = 'resolve'", iid)
+        assert deadline.timestamp() != pytest.approx(opened + 5 * H)
+        assert star["resolve_s"] != 5 * H
+        await wait_for(lambda: asyncio.to_thread(lambda: not other_has_it()), timeout=10)
+    finally:
+        supervisor.close()
+        await c.close()
+        other.stop()

@@ -4,7 +4,7 @@
 
 import { getJson } from "./api.js";
 import { t } from "./i18n.js";
-import { $, button, cell, fillForm, fmtTime, formValues, send, showDone,
+import { $, button, cell, fillForm, fmtTime, followEvents, formValues, send, showDone,
   showError } from "./admin_common.js";
 
 const STAGES = ["register_s", "dispatch_s", "accept_s", "arrive_s", "resolve_s"];
@@ -115,4 +115,8 @@ $("day-form").addEventListener("submit", async (ev) => {
   if (ok) $("day-form").reset();
 });
 
-load().then(() => { document.body.dataset.ready = "1"; }).catch((err) => showError(errorBox, err));
+load().then(() => {
+  document.body.dataset.ready = "1";
+  // An edit made elsewhere (another tab or user): shown without a reload.
+  followEvents(["sla.config_changed"], () => load().catch((err) => showError(errorBox, err)));
+}).catch((err) => showError(errorBox, err));
