@@ -135,6 +135,62 @@ def test_devices_register_edit_credentials_decommission(context: BrowserContext,
     assert not console.errors and not admin.errors  # type: ignore[attr-defined]
 
 
+def _fresh_device(hub: HubProcess) -> str:
+    town = town_doc()
+    cc = town["command_center"]
+    dev = f"ADM-{uuid.uuid4().hex[:6]}"
+    r = hub.client.post("/api/admin/devices", json={
+        "id": dev, "kind": "environment", "name": "测试水温计", "model": "WT-1",
+        "grid_id": town["grids"]["features"][0]["properties"]["id"],
+        "lon": cc["lon"] + 0.001, "lat": cc["lat"], "metrics": ["water_temp_c"],
+        "interval_s": 60})
+    assert r.status_code in (200, 201), r.text
+    return dev
+
+
+def test_devices_senml_mapping_saved_from_the_device_page(context: BrowserContext,
+                                                          hub: HubProcess) -> None:
+    dev = _fresh_device(hub)
+    admin = _page(context, "/admin/devices", hub)
+    me = admin.inner_text("#user-name")
+    admin.locator(f"#device-list tr[data-device-id='{dev}'] .act-senml").click()
+    admin.wait_for_selector(f"#senml-card[data-device-id='{dev}']:not([hidden])")
+    assert admin.locator("#senml-defaults tbody tr", has_text="Cel").count() >= 1
+    admin.fill("#senml-map", "Cel = water_temp_c\n\n3303/1/5700 = pond_temp_c\n")
+    admin.click("#senml-save")
+    admin.wait_for_selector("#senml-done:not([hidden])", timeout=10000)
+    stored = hub.client.get(f"/api/devices/{dev}/senml-map").json()
+    assert stored["map"] == {"Cel": "water_temp_c", "3303/1/5700": "pond_temp_c"}
+    assert ("device.senml_map_changed", me) in {(e["kind"], e["actor"])
+                                                for e in _audit(hub, dev)}
+    # opened again, the page shows what is stored
+    admin.click("#senml-close")
+    admin.locator(f"#device-list tr[data-device-id='{dev}'] .act-senml").click()
+    admin.wait_for_function("document.getElementById('senml-map').value.includes('pond')")
+    _shot(admin, "admin_devices_senml")
+    assert not admin.errors  # type: ignore[attr-defined]
+
+
+def test_devices_bad_senml_mapping_changes_nothing(context: BrowserContext,
+                                                   hub: HubProcess) -> None:
+    dev = _fresh_device(hub)
+    admin = _page(context, "/admin/devices", hub)
+    admin.locator(f"#device-list tr[data-device-id='{dev}'] .act-senml").click()
+    admin.wait_for_selector(f"#senml-card[data-device-id='{dev}']:not([hidden])")
+    admin.fill("#senml-map", "Cel water_temp_c")  # no "="
+    admin.click("#senml-save")
+    assert _error(admin, "senml-error") == "senml_map.bad_line"
+    admin.fill("#senml-map", "3303/1 = pond_temp_c\nCel = bad metric!")
+    admin.click("#senml-save")
+    admin.wait_for_function(
+        "document.getElementById('senml-error').dataset.code === 'senml_map.invalid'")
+    message = admin.inner_text("#senml-error")
+    assert "3303/1" in message and "bad metric!" in message
+    assert hub.client.get(f"/api/devices/{dev}/senml-map").json()["map"] == {}
+    assert all(e["kind"] != "device.senml_map_changed" for e in _audit(hub, dev))
+    assert not admin.errors  # type: ignore[attr-defined]
+
+
 def test_devices_bad_input_changes_nothing(context: BrowserContext, hub: HubProcess) -> None:
     town = town_doc()
     existing = town["devices"][0]["id"] if isinstance(town["devices"], list) else None
