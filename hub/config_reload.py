@@ -10,9 +10,12 @@ web node reaches every other process within milliseconds of its commit:
   (case steps, reports) uses the new configuration.
 - ``rule.changed``: a process with an ingest role reloads its rules and reconciles its
   evaluator, as the serving process does (hub/rules_api.py).
-- ``town.changed``: a process holding the road graph (web role: ``hub.road_graph``, field
-  navigation and operators' overrides; dispatch role: the leader's ``graph``) loads it
-  again, so recommendations and routes use the imported roads.
+- ``town.changed``: this process's cached ``/api/town`` answer is dropped at once (before
+  an open console, told by the same event, asks for it again), and a process with a web or
+  dispatch role loads ``hub.road_graph`` again (field navigation, operators' overrides and
+  redirects), so routes and recommendations use the imported roads. The dispatch leader
+  reloads its own graph in its event loop (dispatch/leader.py), so the cases it plans
+  after the import's event are planned on the new roads.
 
 The periodic reloads (hub/jobs.py ``sla.reload``, ingest/service.py's registry reload)
 stay as a backstop. The listener only notes which kinds arrived; one task does the reloads
@@ -43,6 +46,8 @@ class ConfigReloader:
 
     def on_event(self, env: Envelope) -> None:
         """Bus listener (synchronous, called for every event)."""
+        if env.kind == "town.changed":
+            self.hub.town_cache = None
         if env.kind in KINDS:
             self.pending.add(env.kind)
             self.wake.set()
@@ -71,10 +76,7 @@ class ConfigReloader:
                 await hub.ingest.reload(reconcile=True)
         elif kind == "town.changed":
             if hub.roles & {"web", "dispatch"}:  # the roles hub/app.py loads a graph for
-                graph = await decisions.load_road_graph(hub.pool)
-                hub.road_graph = graph
-                if hub.dispatcher is not None:
-                    hub.dispatcher.graph = graph
+                hub.road_graph = await decisions.load_road_graph(hub.pool)
                 log.info("road graph reloaded after a town import")
 
 
