@@ -572,6 +572,7 @@ def test_sla_calendar_add_and_remove_days(context: BrowserContext, hub: HubProce
     admin.fill("#d-name", "镇庆日")
     admin.click("#day-add")
     _day_row(admin, holiday).locator(".act-remove").wait_for(timeout=10000)
+    admin.wait_for_function("document.getElementById('d-date').value === ''")  # cleared
     admin.fill("#d-date", workday)
     admin.select_option("#d-kind", "workday")
     admin.click("#day-add")

@@ -110,9 +110,11 @@ $("warn-form").addEventListener("submit", (ev) => {
 
 $("day-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
-  const ok = await act("POST", "/api/sla/calendar/days", formValues($("day-form")),
-    $("day-error"));
-  if (ok) $("day-form").reset();
+  const sent = formValues($("day-form"));
+  const ok = await act("POST", "/api/sla/calendar/days", sent, $("day-error"));
+  // Cleared for the next day, unless the user is already typing it (the list may have
+  // shown the new day first, through the live feed).
+  if (ok && $("d-date").value.trim() === sent.date) $("day-form").reset();
 });
 
 load().then(() => {
