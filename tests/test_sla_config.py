@@ -289,9 +289,14 @@ async def test_calendar_days_edited_through_the_api(sla_hub: HubProcess, sla_db:
         supervisor.close()
         operator.close()
 
-    # Any process loading the configuration runs its clocks on the edited calendar.
+    # Any process loading the configuration runs its clocks on the edited calendar: each
+    # edit told every process, in its own transaction.
     c = await connect(sla_db)
     try:
+        told = [r["t"] for r in await c.fetch(
+            "SELECT payload->>'target' AS t FROM events WHERE kind = 'sla.config_changed' "
+            "AND payload->>'target' LIKE 'calendar:%' ORDER BY seq")]
+        assert told == [c["target"] for c in changes][::-1]
         await sla_settings.load(c, sla_file=sla_config.DEFAULT_SLA_FILE,
                                 calendar_file=sla_config.DEFAULT_CALENDAR_FILE,
                                 tz="Asia/Shanghai")
