@@ -138,6 +138,30 @@ class TownChanged(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class RuleChanged(Event):
+    """An alarm rule was created, edited, enabled or disabled (hub/rules_api.py): every
+    process with an evaluator reloads its rules, open rule lists redraw. ``rule`` is the
+    rule's new row; not an entity of the console's picture (``apply_to_state``)."""
+
+    kind: ClassVar[str] = "rule.changed"
+    rule: Entity
+
+
+@dataclass(frozen=True, slots=True)
+class SlaConfigChanged(Event):
+    """The SLA configuration was edited (limits, warn share, a calendar day; hub/sla_api.py):
+    every process reloads it. The running clocks of open cases were recomputed in the same
+    transaction, each with its own ``incident.updated`` (action ``sla_retimed``).
+    ``target``, ``before`` and ``after`` are the edit as ``sla_config_log`` records it."""
+
+    kind: ClassVar[str] = "sla.config_changed"
+    target: str
+    before: Any = None
+    after: Any = None
+    retimed: int = 0  # open cases whose clocks were recomputed
+
+
+@dataclass(frozen=True, slots=True)
 class SupervisorAlerted(Event):
     """Something needs a supervisor: an escalated dispatch, a preemption, an override."""
 
@@ -164,6 +188,8 @@ CATALOGUE: dict[str, type[Event]] = {
         SupervisorAlerted,
         DeviceChanged,
         TownChanged,
+        RuleChanged,
+        SlaConfigChanged,
     )
 }
 

@@ -32,6 +32,7 @@ from dispatch.command_sender import CommandSender
 from dispatch.geo import RoadGraph
 from dispatch.model import DispatchPolicy
 from dispatch.sla_clocks import SlaTimer
+from dispatch.sla_retime import SLA_RETIMED
 
 log = logging.getLogger("dispatch.leader")
 
@@ -72,6 +73,9 @@ class Dispatcher:
         # last caused a plan with (the look-back sees a fix in two rounds: act once).
         self._positions_checked: float | None = None
         self._fix_acted: dict[str, float] = {}
+        # Set once the leader may have missed a town import (it subscribes to the bus only
+        # while leading); the graph is loaded again on taking the lead.
+        self._graph_stale = False
 
     async def start(self) -> None:
         if self.graph is None:
@@ -101,6 +105,11 @@ class Dispatcher:
                     await asyncio.sleep(LEADER_RETRY_S)
                 self.is_leader = True
                 log.info("dispatcher is leader")
+                if self._graph_stale:
+                    # A town import happened while this process followed (its
+                    # town.changed came to no one here): plan on the roads as they are now.
+                    self.graph = await decisions.load_road_graph(self.pool)
+                    self._graph_stale = False
                 sub = self.bus.subscribe(EVENT_QUEUE)
                 try:
                     await self.timer.rebuild()
@@ -142,6 +151,7 @@ class Dispatcher:
                 await asyncio.sleep(LEADER_RETRY_S)
             finally:
                 self.is_leader = False
+                self._graph_stale = True
                 for side_task in (timer_task, commands_task, positions_task):
                     if side_task is not None:
                         side_task.cancel()
@@ -205,12 +215,19 @@ class Dispatcher:
 
     async def on_event(self, env: Envelope) -> None:
         try:
-            if env.kind == "alarm.raised":
+            if env.kind == "town.changed":
+                # The roads were replaced (hub/admin_town.py), maybe by another process:
+                # events after this one are planned on the new graph (they come in order).
+                self.graph = await decisions.load_road_graph(self.pool)
+                log.info("road graph reloaded after a town import (event #%s)", env.seq)
+            elif env.kind == "alarm.raised":
                 await service.open_incident_for_alarm(self.pool, dict(env.payload["alarm"]))
             elif env.kind in ("incident.opened", "incident.updated"):
                 inc = env.payload["incident"]
                 released = env.payload.get("released_unit") or ""
-                if env.payload.get("action") == "decline" and released:
+                if env.payload.get("action") == SLA_RETIMED:
+                    pass  # new deadlines after an SLA edit (the timer took them): no plan
+                elif env.payload.get("action") == "decline" and released:
                     await self.decide(planner.UnitDeclined(str(inc["id"]), str(released)))
                 elif inc["state"] == "registered" and inc.get("assigned_unit") is None:
                     await self.decide(planner.IncidentRegistered(str(inc["id"])))

@@ -13,10 +13,11 @@ and after every edit by ``sla_settings.load``, and read, never written, by every
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -76,6 +77,8 @@ class Calendar:
     calendar: sla.WorkCalendar
     tz: str
     years: tuple[CalendarYear, ...]
+    # The name the file gives each holiday's dates (its adjusted working days have none).
+    names: Mapping[date, str] = field(default_factory=dict)
 
     def coverage_warnings(self, today: date) -> list[str]:
         """What an operator must be told: this year or the next missing or incomplete."""
@@ -153,6 +156,7 @@ def parse_calendar(doc: Mapping[str, Any], tz: str) -> Calendar:
         raise SlaConfigError("[years] must be a table of years")
     holidays: set[date] = set()
     extra: set[date] = set()
+    names: dict[date, str] = {}
     years: list[CalendarYear] = []
     for key, ydoc in sorted(years_doc.items()):
         where = f"years.{key}"
@@ -168,7 +172,9 @@ def parse_calendar(doc: Mapping[str, Any], tz: str) -> Calendar:
             raise SlaConfigError(f"{where}.source: say where the dates come from")
         days_off: list[date] = []
         for i, item in enumerate(ydoc.get("holidays", [])):
-            days_off += _span(item, f"{where}.holidays[{i}]")
+            span = _span(item, f"{where}.holidays[{i}]")
+            days_off += span
+            names.update((d, str(item.get("name", ""))) for d in span)
         worked = ydoc.get("workdays", [])
         if not isinstance(worked, list) or any(
                 not isinstance(d, date) or isinstance(d, datetime) for d in worked):
@@ -191,7 +197,36 @@ def parse_calendar(doc: Mapping[str, Any], tz: str) -> Calendar:
         raise SlaConfigError(f"hours: {e}") from e
     if cal.day_s <= 0 or not cal.workdays:
         raise SlaConfigError("hours: the calendar has no working time")
-    return Calendar(cal, tz, tuple(years))
+    return Calendar(cal, tz, tuple(years), names)
+
+
+# Kinds of a calendar day edited through the API (table sla_calendar_days, migration
+# 0025): a day off, an adjusted working day (调休), or "normal": the file's entry for
+# that date removed, so the date follows its weekday again.
+DAY_KINDS = frozenset({"holiday", "workday", "normal"})
+
+
+def with_days(cal: sla.WorkCalendar, days: Mapping[date, str]) -> sla.WorkCalendar:
+    """``cal`` with the edited days laid over its holidays and adjusted working days:
+    each date in ``days`` becomes exactly what its kind says (``DAY_KINDS``)."""
+    holidays, extra = set(cal.holidays), set(cal.extra_workdays)
+    for d, kind in days.items():
+        if kind not in DAY_KINDS:
+            raise SlaConfigError(f"{d}: a calendar day is one of {', '.join(sorted(DAY_KINDS))}")
+        holidays.discard(d)
+        extra.discard(d)
+        if kind == "holiday":
+            holidays.add(d)
+        elif kind == "workday":
+            extra.add(d)
+    return dataclasses.replace(cal, holidays=frozenset(holidays), extra_workdays=frozenset(extra))
+
+
+def day_kind(cal: sla.WorkCalendar, d: date) -> str:
+    """What ``cal`` makes of ``d``: "holiday", "workday" (adjusted) or "normal"."""
+    if d in cal.extra_workdays:
+        return "workday"
+    return "holiday" if d in cal.holidays else "normal"
 
 
 # ---------------------------------------------------------------- the limits table
@@ -299,6 +334,11 @@ class InForce:
     origin: ClassVar[dict[tuple[str, int], str]] = {}
     warn_share: ClassVar[float] = sla.DEFAULT_WARN_SHARE
     calendar: ClassVar[sla.WorkCalendar] = sla.DEFAULT_CALENDAR
+    # The calendar as its file has it, before the days edited through the API.
+    file_calendar: ClassVar[sla.WorkCalendar] = sla.DEFAULT_CALENDAR
+    # Names of the file's holidays, and the edited days: date -> (kind, name, actor).
+    day_names: ClassVar[Mapping[date, str]] = {}
+    edited_days: ClassVar[Mapping[date, tuple[str, str, str]]] = {}
     tz: ClassVar[str] = DEFAULT_TOWN_TZ
     years: ClassVar[tuple[CalendarYear, ...]] = ()
     scale: ClassVar[float] = 1.0

@@ -1,12 +1,13 @@
-"""SLA configuration I/O: load the files and the supervisors' edits into ``InForce``, and
-record edits.
+"""SLA configuration I/O: load the files and the supervisors' edits into ``InForce``, show
+it, and append to the change log.
 
 The limits file gives the table; rows in ``sla_limits`` (edited through the API) replace
-the file's row for their (category, priority), and ``sla_options`` its warn share. Every
-edit is one transaction that changes the row and appends to ``sla_config_log`` with the
-actor, which the caller takes from authentication (hub/sla_api.py), never from a request
-body. Every process reloads (``load``) at start and periodically (hub/jobs.py); the one
-that served an edit reloads at once.
+the file's row for their (category, priority), ``sla_options`` its warn share, and
+``sla_calendar_days`` the calendar file's days. The edits themselves are
+dispatch/sla_edits.py and dispatch/sla_days.py: each one transaction that changes its row,
+appends to ``sla_config_log`` with the actor and puts the result in force
+(dispatch/sla_retime.py). Every process loads (``load``) at start, on each
+``sla.config_changed`` event (hub/config_reload.py) and periodically (hub/jobs.py).
 """
 
 from __future__ import annotations
@@ -16,19 +17,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from core.db import Conn, Querier
-from core.errors import InvalidInput, NotFound
 from core.settings import Settings
 from dispatch import sla
 from dispatch.sla_config import (
     DEFAULT_CALENDAR_FILE,
     DEFAULT_SLA_FILE,
     InForce,
-    SlaConfigError,
-    check_key,
     check_warn_share,
+    day_kind,
     limits_view,
     parse_calendar,
     parse_table,
@@ -36,6 +33,7 @@ from dispatch.sla_config import (
     rows_of,
     scaled,
     table_of,
+    with_days,
 )
 
 log = logging.getLogger("dispatch.sla_settings")
@@ -45,7 +43,7 @@ WARN_SHARE_KEY = "warn_share"
 CHANGES_LIMIT = 200
 
 
-def _limits_of(r: Any) -> sla.SlaLimits:
+def limits_of(r: Any) -> sla.SlaLimits:
     return sla.SlaLimits(r["register_s"], r["dispatch_s"], r["accept_s"], r["arrive_s"],
                          r["resolve_s"], resolve_working=r["resolve_working"])
 
@@ -59,12 +57,15 @@ async def load(db: Querier, *, sla_file: Path, calendar_file: Path, tz: str,
     a broken file: the hub must not run on limits nobody set.
     """
     cal = parse_calendar(read_toml(calendar_file), tz)
-    table, warn = parse_table(read_toml(sla_file), cal.calendar)
+    edited = {r["day"]: (r["kind"], r["name"], r["updated_by"]) for r in await db.fetch(
+        "SELECT day, kind, name, updated_by FROM sla_calendar_days")}
+    calendar = with_days(cal.calendar, {d: v[0] for d, v in edited.items()})
+    table, warn = parse_table(read_toml(sla_file), calendar)
     rows = rows_of(table)
     origin = {k: "file" for k in rows}
     for r in await db.fetch("SELECT * FROM sla_limits"):
         key = (r["category"], int(r["priority"]))
-        rows[key] = _limits_of(r)
+        rows[key] = limits_of(r)
         origin[key] = "edited"
     stored = await db.fetchval("SELECT value FROM sla_options WHERE key = $1", WARN_SHARE_KEY)
     if stored is not None:
@@ -74,13 +75,16 @@ async def load(db: Querier, *, sla_file: Path, calendar_file: Path, tz: str,
     InForce.table = scaled(base, scale)
     InForce.origin = origin
     InForce.warn_share = warn
-    InForce.calendar = cal.calendar
+    InForce.calendar = calendar
+    InForce.file_calendar = cal.calendar
+    InForce.day_names = cal.names
+    InForce.edited_days = edited
     InForce.tz = tz
     InForce.years = cal.years
     InForce.scale = scale
     InForce.sla_file = sla_file
     InForce.calendar_file = calendar_file
-    today = sla.local_date(cal.calendar, now if now is not None else datetime.now(UTC)
+    today = sla.local_date(calendar, now if now is not None else datetime.now(UTC)
                            .timestamp())
     warnings = cal.coverage_warnings(today)
     for w in warnings:
@@ -123,79 +127,29 @@ def view() -> dict[str, Any]:
                       for y in InForce.years],
             "holidays": sorted(d.isoformat() for d in cal.holidays),
             "adjusted_workdays": sorted(d.isoformat() for d in cal.extra_workdays),
+            "days": calendar_days(),
         },
     }
 
 
-def _invalid(e: SlaConfigError) -> InvalidInput:
-    return InvalidInput(str(e), code="sla.invalid")
-
-
-def _validated(category: str, priority: int, v: dict[str, Any]) -> sla.SlaLimits:
-    try:
-        check_key(category, priority)
-        return sla.SlaLimits(v["register_s"], v["dispatch_s"], v["accept_s"], v["arrive_s"],
-                             v["resolve_s"], resolve_working=v["resolve_working"])
-    except SlaConfigError as e:
-        raise _invalid(e) from e
-    except ValueError as e:
-        raise InvalidInput(str(e), code="sla.invalid") from e
-
-
-async def set_limits(pool: asyncpg.Pool, category: str, priority: int, values: dict[str, Any],
-                     actor: str) -> dict[str, Any]:
-    """Replace the limits of (category or ``"*"``, priority); recorded with ``actor``.
-    Raises ``InvalidInput`` (``sla.invalid``) for limits that do not make sense."""
-    new = _validated(category, priority, values)
-    target = f"limits:{category}:{priority}"
-    async with pool.acquire() as conn, conn.transaction():
-        before = _current(category, priority)
-        await conn.execute(
-            """INSERT INTO sla_limits (category, priority, register_s, dispatch_s, accept_s,
-                                       arrive_s, resolve_s, resolve_working, updated_by)
-               VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)
-               ON CONFLICT (category, priority) DO UPDATE SET register_s = excluded.register_s,
-                 dispatch_s = excluded.dispatch_s, accept_s = excluded.accept_s,
-                 arrive_s = excluded.arrive_s, resolve_s = excluded.resolve_s,
-                 resolve_working = excluded.resolve_working, updated_by = excluded.updated_by,
-                 updated_at = now()""",
-            category, priority, new.register_s, new.dispatch_s, new.accept_s, new.arrive_s,
-            new.resolve_s, new.resolve_working, actor)
-        await _log(conn, actor, target, before, limits_view(new))
-    return {"category": category, "priority": priority, **limits_view(new),
-            "origin": "edited", "updated_by": actor}
-
-
-async def reset_limits(pool: asyncpg.Pool, category: str, priority: int, actor: str) -> None:
-    """Drop the edit of (category, priority): the file's row (or "*") applies again."""
-    try:
-        check_key(category, priority)
-    except SlaConfigError as e:
-        raise _invalid(e) from e
-    async with pool.acquire() as conn, conn.transaction():
-        gone = await conn.fetchrow(
-            "DELETE FROM sla_limits WHERE category = $1 AND priority = $2 RETURNING *",
-            category, priority)
-        if gone is None:
-            raise NotFound(f"no edited limits for {category} p{priority}",
-                           code="sla.not_edited")
-        await _log(conn, actor, f"limits:{category}:{priority}",
-                   limits_view(_limits_of(gone)), None)
-
-
-async def set_warn_share(pool: asyncpg.Pool, value: float, actor: str) -> dict[str, Any]:
-    try:
-        share = check_warn_share(value)
-    except SlaConfigError as e:
-        raise _invalid(e) from e
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            """INSERT INTO sla_options (key, value, updated_by) VALUES ($1, $2, $3)
-               ON CONFLICT (key) DO UPDATE SET value = excluded.value,
-                 updated_by = excluded.updated_by, updated_at = now()""",
-            WARN_SHARE_KEY, share, actor)
-        await _log(conn, actor, WARN_SHARE_KEY, InForce.warn_share, share)
-    return {"warn_share": share, "updated_by": actor}
+def calendar_days() -> list[dict[str, Any]]:
+    """Every holiday and adjusted working day in force, and every file day removed, in
+    date order: ``date``, ``kind`` ("holiday", "workday"; "normal" for a removed file day),
+    ``name``, ``origin`` ("file" or "edited") and, when edited, ``updated_by``."""
+    file_cal, cal = InForce.file_calendar, InForce.calendar
+    dates = (file_cal.holidays | file_cal.extra_workdays | cal.holidays | cal.extra_workdays
+             | frozenset(InForce.edited_days))
+    out = []
+    for d in sorted(dates):
+        edit = InForce.edited_days.get(d)
+        row: dict[str, Any] = {"date": d.isoformat(), "kind": day_kind(cal, d)}
+        if edit is None:
+            row.update(name=InForce.day_names.get(d, ""), origin="file")
+        else:
+            row.update(name=edit[1] or InForce.day_names.get(d, ""), origin="edited",
+                       updated_by=edit[2], file_kind=day_kind(file_cal, d))
+        out.append(row)
+    return out
 
 
 async def changes(db: Querier, limit: int = CHANGES_LIMIT) -> list[dict[str, Any]]:
@@ -205,13 +159,7 @@ async def changes(db: Querier, limit: int = CHANGES_LIMIT) -> list[dict[str, Any
     return [{**dict(r), "at": r["at"].timestamp()} for r in rows]
 
 
-def _current(category: str, priority: int) -> dict[str, Any] | None:
-    """The limits in force for exactly this row, ``None`` if the row is not in the table."""
-    found = rows_of(InForce.base_table).get((category, priority))
-    return limits_view(found) if found is not None else None
-
-
-async def _log(conn: Conn, actor: str, target: str, before: Any, after: Any) -> None:
+async def log_change(conn: Conn, actor: str, target: str, before: Any, after: Any) -> None:
     await conn.execute(
         "INSERT INTO sla_config_log (actor, target, before, after) VALUES ($1, $2, $3, $4)",
         actor, target, before, after)

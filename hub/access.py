@@ -170,6 +170,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/api/rules/{rule_id}"): VIEWER,
     ("GET", "/api/sla"): VIEWER,
     ("GET", "/api/sla/changes"): VIEWER,
+    ("GET", "/api/sla/calendar/days"): VIEWER,
     ("GET", "/api/rules/alarm-groups/{alarm_id}"): VIEWER,
     # Raw payloads of rejected messages may carry device secrets or personal data.
     ("GET", "/api/dead-letters"): OPERATOR,
@@ -224,6 +225,8 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("PUT", "/api/sla/limits/{category}/{priority}"): SUPERVISOR,
     ("DELETE", "/api/sla/limits/{category}/{priority}"): SUPERVISOR,
     ("PUT", "/api/sla/warn-share"): SUPERVISOR,
+    ("POST", "/api/sla/calendar/days"): SUPERVISOR,  # holidays, adjusted working days
+    ("DELETE", "/api/sla/calendar/days/{day}"): SUPERVISOR,
     # The security audit trail (hub/audit.py): logins, failures, account and token changes.
     ("GET", "/api/audit"): SUPERVISOR,
     # ---- administering: devices' and units' MQTT credentials (hub/mqtt_accounts_api.py)

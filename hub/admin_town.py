@@ -10,7 +10,8 @@ still points at (devices, units and their patrol areas, alarms, cases, market en
 while a grid to remove is still in use, so nothing is half-changed. The town's name and
 command centre are kept. After the commit the town document is served afresh, this
 process's road graph is reloaded, and a ``town.changed`` event makes open consoles redraw
-the town. Other processes pick up the road graph at their next start.
+the town and every other process reload its road graph (hub/config_reload.py, and the
+dispatch leader itself: dispatch/leader.py).
 """
 
 from __future__ import annotations

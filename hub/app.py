@@ -31,6 +31,7 @@ from hub import (
     admin_users,
     api,
     audit_api,
+    config_reload,
     contacts,
     errors,
     field_api,
@@ -105,6 +106,7 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
         if roles & {"dispatch", "web"}:
             hub.road_graph = await decisions.load_road_graph(pool)
         app.state.hub = hub
+        config_reload.start(hub)  # before the feed: no change published unheard
         event_feed = EventFeed(settings.database_url, bus)
         hub.tasks.append(asyncio.create_task(event_feed.run(), name="core.event_feed"))
         if "dispatch" in roles:

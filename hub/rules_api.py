@@ -10,9 +10,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from core import clock
+from core import clock, outbox
 from core.db import row_view
 from core.errors import InvalidInput, NotFound
+from core.events import RuleChanged
 from hub import audit
 from hub.access import actor_of
 from hub.params import UNIX_MAX, RowId
@@ -98,7 +99,9 @@ async def get_rule(request: Request, hub: HubDep, rule_id: str) -> dict[str, Any
 
 async def _reload(hub: Hub) -> None:
     """This process applies the change at once (to its evaluator too, when it leads); other
-    ingest processes within their registry reload interval (ingest/service.py)."""
+    hub processes with an ingest role on the change's ``rule.changed`` event
+    (hub/config_reload.py), a lone ``python -m ingest`` within its registry reload interval
+    (ingest/service.py)."""
     if hub.ingest is not None and hub.ingest.pipeline is not None:
         await hub.ingest.reload(reconcile=True)
 
@@ -127,6 +130,7 @@ async def put_rule(request: Request, hub: HubDep, rule_id: Id, body: RuleBody) -
             body.device_filter, body.hours, body.applies_to, body.enabled, actor)
         await audit.record(conn, "rule.changed", actor, target=rule_id,
                            client_ip=_client_ip(request), detail=body.model_dump())
+        await outbox.record(conn, RuleChanged(rule=row_view(row)))
     await _reload(hub)
     return row_view(row)
 
@@ -143,6 +147,7 @@ async def disable_rule(request: Request, hub: HubDep, rule_id: str) -> dict[str,
             raise NotFound(f"rule {rule_id} not found", code="rule.not_found")
         await audit.record(conn, "rule.disabled", actor, target=rule_id,
                            client_ip=_client_ip(request))
+        await outbox.record(conn, RuleChanged(rule=row_view(row)))
     await _reload(hub)
     return row_view(row)
 

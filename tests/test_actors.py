@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import Any
 
 import asyncpg
@@ -382,6 +383,33 @@ async def _sla_warn_share(c: Ctx) -> tuple[str, list[str]]:
     assert r.status_code == 200, r.text
     by = await c.db.fetchval("SELECT updated_by FROM sla_options WHERE key = 'warn_share'")
     return c.sup.name, [by, *await _sla_log(c, "warn_share", before)]
+
+
+def _free_day() -> str:
+    """A date no calendar has a holiday on (the file stops at 2027): a new one each call."""
+    return (date(2099, 1, 1) + timedelta(days=next(_PLACE))).isoformat()
+
+
+@records("POST", "/api/sla/calendar/days")
+async def _sla_day_add(c: Ctx) -> tuple[str, list[str]]:
+    day = _free_day()
+    r = c.post(c.sup, "/api/sla/calendar/days", {"date": day, "kind": "holiday"})
+    assert r.status_code == 201, r.text
+    by = await c.db.fetchval("SELECT updated_by FROM sla_calendar_days WHERE day = $1",
+                             date.fromisoformat(day))
+    return c.sup.name, [by, *await _sla_log(c, f"calendar:{day}")]
+
+
+@records("DELETE", "/api/sla/calendar/days/{day}")
+async def _sla_day_remove(c: Ctx) -> tuple[str, list[str]]:
+    day = _free_day()
+    r = c.post(c.sup2, "/api/sla/calendar/days", {"date": day, "kind": "holiday"})
+    assert r.status_code == 201, r.text
+    added = int(await c.db.fetchval("SELECT max(id) FROM sla_config_log WHERE target = $1",
+                                    f"calendar:{day}"))
+    r = c.post(c.sup, f"/api/sla/calendar/days/{day}", method="DELETE")
+    assert r.status_code == 200, r.text
+    return c.sup.name, await _sla_log(c, f"calendar:{day}", added)
 
 
 def _app_name() -> str:

@@ -135,6 +135,62 @@ def test_devices_register_edit_credentials_decommission(context: BrowserContext,
     assert not console.errors and not admin.errors  # type: ignore[attr-defined]
 
 
+def _fresh_device(hub: HubProcess) -> str:
+    town = town_doc()
+    cc = town["command_center"]
+    dev = f"ADM-{uuid.uuid4().hex[:6]}"
+    r = hub.client.post("/api/admin/devices", json={
+        "id": dev, "kind": "environment", "name": "测试水温计", "model": "WT-1",
+        "grid_id": town["grids"]["features"][0]["properties"]["id"],
+        "lon": cc["lon"] + 0.001, "lat": cc["lat"], "metrics": ["water_temp_c"],
+        "interval_s": 60})
+    assert r.status_code in (200, 201), r.text
+    return dev
+
+
+def test_devices_senml_mapping_saved_from_the_device_page(context: BrowserContext,
+                                                          hub: HubProcess) -> None:
+    dev = _fresh_device(hub)
+    admin = _page(context, "/admin/devices", hub)
+    me = admin.inner_text("#user-name")
+    admin.locator(f"#device-list tr[data-device-id='{dev}'] .act-senml").click()
+    admin.wait_for_selector(f"#senml-card[data-device-id='{dev}']:not([hidden])")
+    assert admin.locator("#senml-defaults tbody tr", has_text="Cel").count() >= 1
+    admin.fill("#senml-map", "Cel = water_temp_c\n\n3303/1/5700 = pond_temp_c\n")
+    admin.click("#senml-save")
+    admin.wait_for_selector("#senml-done:not([hidden])", timeout=10000)
+    stored = hub.client.get(f"/api/devices/{dev}/senml-map").json()
+    assert stored["map"] == {"Cel": "water_temp_c", "3303/1/5700": "pond_temp_c"}
+    assert ("device.senml_map_changed", me) in {(e["kind"], e["actor"])
+                                                for e in _audit(hub, dev)}
+    # opened again, the page shows what is stored
+    admin.click("#senml-close")
+    admin.locator(f"#device-list tr[data-device-id='{dev}'] .act-senml").click()
+    admin.wait_for_function("document.getElementById('senml-map').value.includes('pond')")
+    _shot(admin, "admin_devices_senml")
+    assert not admin.errors  # type: ignore[attr-defined]
+
+
+def test_devices_bad_senml_mapping_changes_nothing(context: BrowserContext,
+                                                   hub: HubProcess) -> None:
+    dev = _fresh_device(hub)
+    admin = _page(context, "/admin/devices", hub)
+    admin.locator(f"#device-list tr[data-device-id='{dev}'] .act-senml").click()
+    admin.wait_for_selector(f"#senml-card[data-device-id='{dev}']:not([hidden])")
+    admin.fill("#senml-map", "Cel water_temp_c")  # no "="
+    admin.click("#senml-save")
+    assert _error(admin, "senml-error") == "senml_map.bad_line"
+    admin.fill("#senml-map", "3303/1 = pond_temp_c\nCel = bad metric!")
+    admin.click("#senml-save")
+    admin.wait_for_function(
+        "document.getElementById('senml-error').dataset.code === 'senml_map.invalid'")
+    message = admin.inner_text("#senml-error")
+    assert "3303/1" in message and "bad metric!" in message
+    assert hub.client.get(f"/api/devices/{dev}/senml-map").json()["map"] == {}
+    assert all(e["kind"] != "device.senml_map_changed" for e in _audit(hub, dev))
+    assert not admin.errors  # type: ignore[attr-defined]
+
+
 def test_devices_bad_input_changes_nothing(context: BrowserContext, hub: HubProcess) -> None:
     town = town_doc()
     existing = town["devices"][0]["id"] if isinstance(town["devices"], list) else None
@@ -413,6 +469,23 @@ def test_rules_that_do_not_parse_are_refused(context: BrowserContext, hub: HubPr
     assert not _audit(hub, rule)
 
 
+def test_rule_edits_reach_another_open_rules_page(context: BrowserContext,
+                                                  hub: HubProcess) -> None:
+    """A rule saved and disabled in one tab shows in another open rules page without a
+    reload (the ``rule.changed`` event on the live feed)."""
+    admin = _page(context, "/admin/rules", hub)
+    other = _page(context, "/admin/rules", hub)
+    other.wait_for_selector("body[data-live='1']", timeout=15000)
+    rule = f"adm_rule_{uuid.uuid4().hex[:6]}"
+    _rule_form(admin, rule, '{"raise_above": 98.0, "clear_below": 90.0}')
+    admin.click("#rule-save")
+    other.locator(f"#rule-list tr[data-rule-id='{rule}'] .act-disable").wait_for(
+        timeout=10000)
+    admin.locator(f"#rule-list tr[data-rule-id='{rule}'] .act-disable").click()
+    other.locator(f"#rule-list tr.retired[data-rule-id='{rule}']").wait_for(timeout=10000)
+    assert not admin.errors and not other.errors  # type: ignore[attr-defined]
+
+
 # ------------------------------------------------------------------ SLA
 def test_sla_limits_edit_and_reset(context: BrowserContext, hub: HubProcess) -> None:
     admin = _page(context, "/admin/sla", hub)
@@ -435,6 +508,40 @@ def test_sla_limits_edit_and_reset(context: BrowserContext, hub: HubProcess) -> 
     assert hub.client.get("/api/sla").json()["limits"] == before["limits"]
 
 
+def test_sla_edit_moves_open_case_countdowns_on_console(context: BrowserContext,
+                                                        hub: HubProcess) -> None:
+    """Limits edited on the SLA page: an open case's countdown on an open console, and
+    another open SLA page, follow without a reload; undone, they go back."""
+    category = "live_sla_" + "".join(chr(97 + b % 26) for b in uuid.uuid4().bytes[:6])
+    device = town_doc()["devices"][2]
+    r = hub.client.post("/api/incidents", json={
+        "category": category, "qualification": "city_management", "priority": 3,
+        "title": "时限联动", "lon": device["lon"], "lat": device["lat"]})
+    assert r.status_code == 201, r.text
+    iid, opened = r.json()["id"], r.json()["opened_at"]
+    before = r.json()["sla"]["resolve"]["deadline"]
+    console = _page(context, "/", hub)
+    console.wait_for_function(f"window.gridhub.state.incidents['{iid}']", timeout=15000)
+    other = _page(context, "/admin/sla", hub)
+    other.wait_for_selector("body[data-live='1']", timeout=15000)
+    admin = _page(context, "/admin/sla", hub)
+    admin.fill("#l-category", category)
+    admin.fill("#l-priority", "3")
+    for field, minutes in (("register", 5), ("dispatch", 10), ("accept", 15),
+                           ("arrive", 30), ("resolve", 777)):
+        admin.fill(f"#l-{field}", str(minutes))
+    admin.click("#limits-save")
+    resolve = f"window.gridhub.state.incidents['{iid}'].sla.resolve.deadline"
+    console.wait_for_function(f"Math.abs({resolve} - {opened + 777 * 60}) < 0.01",
+                              timeout=10000)
+    other.locator(f"#limits-list tr[data-key='{category}/3']").wait_for(timeout=10000)
+    admin.locator(f"#limits-list tr[data-key='{category}/3'] .act-reset").click()
+    console.wait_for_function(f"Math.abs({resolve} - {before}) < 0.01", timeout=10000)
+    other.locator(f"#limits-list tr[data-key='{category}/3']").wait_for(state="detached",
+                                                                       timeout=10000)
+    assert not (console.errors or admin.errors or other.errors)  # type: ignore[attr-defined]
+
+
 def test_sla_bad_limits_change_nothing(context: BrowserContext, hub: HubProcess) -> None:
     admin = _page(context, "/admin/sla", hub)
     before = hub.client.get("/api/sla").json()
@@ -448,6 +555,69 @@ def test_sla_bad_limits_change_nothing(context: BrowserContext, hub: HubProcess)
     admin.wait_for_function(
         "document.getElementById('limits-error').textContent.includes('category')")
     assert hub.client.get("/api/sla").json() == before
+
+
+def _day_row(pg: Page, day: str) -> Any:
+    return pg.locator(f"#day-list tr[data-date='{day}']")
+
+
+def test_sla_calendar_add_and_remove_days(context: BrowserContext, hub: HubProcess) -> None:
+    """A holiday and an adjusted working day added, a file's holiday removed and restored;
+    each in force at once (the API's calendar) and recorded under the logged-in user."""
+    admin = _page(context, "/admin/sla", hub)
+    me = admin.inner_text("#user-name")
+    holiday, workday = "2026-12-07", "2026-12-12"  # a Monday, a Saturday
+    admin.fill("#d-date", holiday)
+    admin.select_option("#d-kind", "holiday")
+    admin.fill("#d-name", "镇庆日")
+    admin.click("#day-add")
+    _day_row(admin, holiday).locator(".act-remove").wait_for(timeout=10000)
+    admin.wait_for_function("document.getElementById('d-date').value === ''")  # cleared
+    admin.fill("#d-date", workday)
+    admin.select_option("#d-kind", "workday")
+    admin.click("#day-add")
+    _day_row(admin, workday).locator(".act-remove").wait_for(timeout=10000)
+    cal = hub.client.get("/api/sla").json()["calendar"]
+    assert holiday in cal["holidays"] and workday in cal["adjusted_workdays"]
+    # the file's National Day removed: it follows its weekday, then is restored
+    _day_row(admin, "2026-10-01").locator(".act-remove").click()
+    admin.locator("#day-list tr[data-date='2026-10-01'][data-kind='normal']").wait_for(
+        timeout=10000)
+    assert "2026-10-01" not in hub.client.get("/api/sla").json()["calendar"]["holidays"]
+    admin.locator("#sla-changes tbody tr", has_text="calendar:2026-10-01").first.wait_for(
+        timeout=10000)
+    _shot(admin, "admin_sla_calendar")
+    _day_row(admin, "2026-10-01").locator(".act-restore").click()
+    admin.locator("#day-list tr[data-date='2026-10-01'][data-kind='holiday']").wait_for(
+        timeout=10000)
+    changes = [c for c in hub.client.get("/api/sla/changes").json()
+               if c["target"] in (f"calendar:{holiday}", f"calendar:{workday}",
+                                  "calendar:2026-10-01")]
+    assert len(changes) == 4 and {c["actor"] for c in changes} == {me}
+    for day in (holiday, workday):  # leave the shared hub's calendar as it was
+        _day_row(admin, day).locator(".act-remove").click()
+        _day_row(admin, day).wait_for(state="detached", timeout=10000)
+    assert not admin.errors  # type: ignore[attr-defined]
+
+
+def test_sla_calendar_bad_days_change_nothing(context: BrowserContext,
+                                             hub: HubProcess) -> None:
+    admin = _page(context, "/admin/sla", hub)
+    before = hub.client.get("/api/sla").json()
+    admin.fill("#d-date", "2026-02-30")
+    admin.click("#day-add")
+    assert _error(admin, "day-error") == "sla.bad_date"
+    admin.fill("#d-date", "2026-10-01")  # already National Day
+    admin.click("#day-add")
+    admin.wait_for_function(
+        "document.getElementById('day-error').dataset.code === 'sla.day_exists'")
+    admin.fill("#d-date", "2026-12-08")  # a Tuesday works anyway
+    admin.select_option("#d-kind", "workday")
+    admin.click("#day-add")
+    admin.wait_for_function(
+        "document.getElementById('day-error').dataset.code === 'sla.bad_day'")
+    assert hub.client.get("/api/sla").json() == before
+    assert not admin.errors  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------ grids and roads

@@ -103,6 +103,40 @@ def test_compose_scales_ingest_and_web_replicas_by_role() -> None:
     assert "profiles" not in services["hub"]
 
 
+def test_compose_demo_backfills_its_history_like_hubctl_demo() -> None:
+    """With the "sim" profile, the demo's past is written as ./hubctl demo writes it
+    (scripts/lib.sh run_demo): the cases before the hub starts, the readings beside it;
+    without the profile the hub does not wait for (nor run) any backfill."""
+    doc = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
+    services = doc["services"]
+    cases, readings, hub = services["history"], services["history-readings"], services["hub"]
+    assert cases["profiles"] == readings["profiles"] == services["simulators"]["profiles"]
+    script = " ".join(cases["command"])
+    assert script.index("load-town --if-empty") < script.index(
+        "simulators.backfill --part cases")
+    assert readings["command"] == ["python", "-m", "simulators.backfill", "--part",
+                                   "readings"]
+    # the hub starts after the cases (its dispatcher must not meet their events), but
+    # only waits for them when the profile is on
+    dep = hub["depends_on"]["history"]
+    assert dep == {"condition": "service_completed_successfully", "required": False}
+    assert "profiles" not in hub
+    # the database is migrated (by setup) before the cases are written
+    assert cases["depends_on"]["setup"]["condition"] == "service_completed_successfully"
+    assert readings["depends_on"]["hub"]["condition"] == "service_healthy"
+    for svc in (cases, readings):
+        env = svc["environment"]
+        assert env["HUB_DATABASE_URL"] == hub["environment"]["HUB_DATABASE_URL"]
+        # the same setting as ./hubctl demo (HUB_DEMO_HISTORY_DAYS), 14 days unless set
+        assert env["HUB_DEMO_HISTORY_DAYS"] == "${GRIDHUB_DEMO_HISTORY_DAYS:-14}"
+        assert svc["restart"] == "no"
+    # the same parts, in the same order, as the local demo runs them
+    lib = (ROOT / "scripts" / "lib.sh").read_text(encoding="utf-8")
+    demo = lib[lib.index("run_demo()"):]
+    assert demo.index("backfill --part cases") < demo.index("hub serve") < demo.index(
+        "backfill --part readings")
+
+
 def test_broker_template_renders_every_placeholder_or_fails():
     """A line whose value is None is left out (compose needs no pid file); a placeholder
     without a value stops the rendering instead of starting a broker on a broken file."""

@@ -5,6 +5,7 @@ calendar across Spring Festival, and "cases today" counted by the town's day.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -16,7 +17,7 @@ import pytest_asyncio
 
 from core.db import connect
 from dispatch import sla, sla_clocks, sla_config, sla_settings, store, workflow
-from tests.conftest import HubProcess, town_database, town_doc
+from tests.conftest import HubProcess, town_database, town_doc, wait_for
 
 TOWN = town_doc()
 CST = timezone(timedelta(hours=8))
@@ -224,3 +225,142 @@ async def test_supervisor_edit_is_recorded_and_survives_a_restart(
     allowed = (reg["deadline"] - reg["started_at"]).total_seconds()
     assert allowed == pytest.approx(NEW_P2["register_s"])
     assert (reg["warn_at"] - reg["started_at"]).total_seconds() == pytest.approx(0.7 * allowed)
+
+
+async def test_calendar_days_edited_through_the_api(sla_hub: HubProcess, sla_db: str,
+                                                    in_force: None) -> None:
+    """Holidays and adjusted working days: added and removed by a supervisor (recorded
+    under the token's principal), refused with stable codes for a bad date, a duplicate, a
+    working day that works anyway or a day that is neither; kept in the database over the
+    file, which every process's next load puts in force."""
+    supervisor = _as(sla_hub, sla_hub.make_token("supervisor", name="sup-chen"))
+    operator = _as(sla_hub, sla_hub.make_token("operator", name="op-sun"))
+    url = "/api/sla/calendar/days"
+    try:
+        days = {d["date"]: d for d in operator.get(url).json()}
+        assert days["2026-10-01"] == {"date": "2026-10-01", "kind": "holiday",
+                                      "name": "国庆节 National Day", "origin": "file"}
+        assert days["2026-02-14"]["kind"] == "workday"
+        town_day = {"date": "2026-11-02", "kind": "holiday", "name": "镇庆"}  # a Monday
+        r = operator.post(url, json=town_day)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "auth.forbidden"
+        for bad in ("2026-02-30", "tomorrow", "2026-1-5", "2206-11-02"):
+            r = supervisor.post(url, json={**town_day, "date": bad})
+            assert r.status_code == 422 and r.json()["error"]["code"] == "sla.bad_date", bad
+        r = supervisor.delete(url + "/2026-13-01")
+        assert r.status_code == 422 and r.json()["error"]["code"] == "sla.bad_date"
+        r = supervisor.post(url, json={"date": "2026-10-01", "kind": "holiday"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "sla.day_exists"
+        r = supervisor.post(url, json={"date": "2026-02-14", "kind": "holiday"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "sla.day_exists"
+        r = supervisor.post(url, json={"date": "2026-12-07", "kind": "workday"})  # Monday
+        assert r.status_code == 422 and r.json()["error"]["code"] == "sla.bad_day"
+
+        r = supervisor.post(url, json={**town_day, "actor": "mallory"})
+        assert r.status_code == 201 and r.json()["updated_by"] == "sup-chen", r.text
+        r = supervisor.post(url, json={"date": "2026-11-07", "kind": "workday"})  # Saturday
+        assert r.status_code == 201, r.text
+        r = supervisor.delete(url + "/2026-10-01")
+        assert r.status_code == 200, r.text
+        cal = r.json()["calendar"]
+        assert "2026-11-02" in cal["holidays"] and "2026-10-01" not in cal["holidays"]
+        assert "2026-11-07" in cal["adjusted_workdays"]
+        days = {d["date"]: d for d in cal["days"]}
+        assert days["2026-10-01"]["kind"] == "normal" and days["2026-10-01"]["origin"] == "edited"
+        assert days["2026-11-02"] == {**town_day, "origin": "edited", "updated_by": "sup-chen",
+                                      "file_kind": "normal"}
+        r = supervisor.delete(url + "/2026-10-01")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "sla.day_unknown"
+        # an added day removed is gone altogether; a removed file day can be restored
+        assert supervisor.delete(url + "/2026-11-07").status_code == 200
+        assert "2026-11-07" not in {d["date"] for d in supervisor.get(url).json()}
+        r = supervisor.post(url, json={"date": "2026-10-01", "kind": "holiday",
+                                       "name": "国庆节 National Day"})
+        assert r.status_code == 201, r.text
+        assert supervisor.delete(url + "/2026-10-01").status_code == 200
+
+        changes = [c for c in supervisor.get("/api/sla/changes").json()
+                   if c["target"].startswith("calendar:")]
+        assert {c["actor"] for c in changes} == {"sup-chen"}
+        assert [c["target"] for c in changes][::-1] == [
+            "calendar:2026-11-02", "calendar:2026-11-07", "calendar:2026-10-01",
+            "calendar:2026-11-07", "calendar:2026-10-01", "calendar:2026-10-01"]
+    finally:
+        supervisor.close()
+        operator.close()
+
+    # Any process loading the configuration runs its clocks on the edited calendar: each
+    # edit told every process, in its own transaction.
+    c = await connect(sla_db)
+    try:
+        told = [r["t"] for r in await c.fetch(
+            "SELECT payload->>'target' AS t FROM events WHERE kind = 'sla.config_changed' "
+            "AND payload->>'target' LIKE 'calendar:%' ORDER BY seq")]
+        assert told == [c["target"] for c in changes][::-1]
+        await sla_settings.load(c, sla_file=sla_config.DEFAULT_SLA_FILE,
+                                calendar_file=sla_config.DEFAULT_CALENDAR_FILE,
+                                tz="Asia/Shanghai")
+    finally:
+        await c.close()
+    cal = sla_config.InForce.calendar
+    assert not cal.is_workday(datetime(2026, 11, 2).date())   # the town's own holiday
+    assert cal.is_workday(datetime(2026, 10, 1).date())       # the file's, removed
+    assert not cal.is_workday(datetime(2026, 11, 7).date())   # added, then removed
+    # a resolve limit of one working day opened on Friday 30 Oct runs to Tuesday 3 Nov
+    due = sla.add_working_seconds(cal, cst(2026, 10, 30, 17, 30), 9 * H)
+    assert due == cst(2026, 11, 3, 17, 30)
+
+
+async def test_an_edit_retimes_open_cases_and_reaches_every_process(
+        sla_hub: HubProcess, sla_db: str, mqtt_url: str) -> None:
+    """An edit is in force when it commits: the open cases' running clocks are recomputed
+    in its transaction (an ``incident.updated`` each) and its ``sla.config_changed`` makes
+    another process (here a web node whose periodic reload would take an hour) reload."""
+    other = HubProcess(sla_db, mqtt_url, roles="web",
+                       extra_env={"HUB_SLA_RELOAD_S": "3600"}).start()
+    supervisor = _as(sla_hub, sla_hub.make_token("supervisor", name="sup-he"))
+    c = await connect(sla_db)
+    category = "retime_probe"
+    try:
+        d = TOWN["devices"][1]
+        r = sla_hub.client.post("/api/incidents", json={
+            "category": category, "qualification": "city_management", "priority": 3,
+            "title": "时限探针", "lon": d["lon"], "lat": d["lat"]})
+        assert r.status_code == 201, r.text
+        iid = r.json()["id"]
+        opened = r.json()["opened_at"]
+        seq = int(await c.fetchval("SELECT max(seq) FROM events"))
+        limits = {**NEW_P2, "resolve_s": 5 * H}
+        r = supervisor.put(f"/api/sla/limits/{category}/3", json=limits)
+        assert r.status_code == 200, r.text
+        deadline = await c.fetchval("SELECT deadline FROM sla_clocks WHERE incident_id = $1 "
+                                    "AND stage = 'resolve'", iid)
+        assert deadline.timestamp() == pytest.approx(opened + 5 * H)
+        events = await c.fetch("SELECT kind, payload FROM events WHERE seq > $1 ORDER BY seq",
+                               seq)
+        retimed = [e["payload"]["incident"] for e in events if e["kind"] == "incident.updated"
+                   and e["payload"]["action"] == "sla_retimed"]
+        mine = [inc for inc in retimed if inc["id"] == iid]
+        assert len(mine) == 1
+        assert mine[0]["sla"]["resolve"]["deadline"] == pytest.approx(opened + 5 * H)
+        (changed,) = [e["payload"] for e in events if e["kind"] == "sla.config_changed"]
+        assert changed["target"] == f"limits:{category}:3" and changed["after"] == limits
+        assert changed["retimed"] == len(retimed) >= 1
+
+        def other_has_it() -> bool:
+            rows = other.client.get("/api/sla").json()["limits"]
+            return any(x["category"] == category for x in rows)
+        await wait_for(lambda: asyncio.to_thread(other_has_it), timeout=10)
+        # undone: back to the "*" row, retimed again, the other process follows
+        assert supervisor.delete(f"/api/sla/limits/{category}/3").status_code == 200
+        star = next(x for x in supervisor.get("/api/sla").json()["limits"]
+                    if x["category"] == "*" and x["priority"] == 3)
+        deadline = await c.fetchval("SELECT deadline FROM sla_clocks WHERE incident_id = $1 "
+                                    "AND stage = 'resolve'", iid)
+        assert deadline.timestamp() != pytest.approx(opened + 5 * H)
+        assert star["resolve_s"] != 5 * H
+        await wait_for(lambda: asyncio.to_thread(lambda: not other_has_it()), timeout=10)
+    finally:
+        supervisor.close()
+        await c.close()
+        other.stop()

@@ -2,6 +2,7 @@
 // reading a form into an object, the error line under a form, and the one-time reveal.
 
 import { ApiError, csrfToken } from "./api.js";
+import { LiveFeed } from "./feed.js";
 import { STRINGS, t } from "./i18n.js";
 
 // The page's own strings (<script id="admin-i18n">), next to the common catalog.
@@ -163,4 +164,19 @@ export function bindEditForm(form, { api, errorBox, editingId, onSaved }) {
       showError(errorBox, err);
     }
   });
+}
+
+// Follow changes made elsewhere (another tab, another user, another hub process): the live
+// feed's events of `kinds` call `refresh()` (once per frame that has any; also after a
+// snapshot, which may have skipped some). `document.body.dataset.live` is "1" while synced.
+export function followEvents(kinds, refresh) {
+  const wanted = new Set(kinds);
+  const feed = new LiveFeed({
+    onChange: (change) => {
+      if (change.reset || (change.events || []).some((ev) => wanted.has(ev.kind))) refresh();
+    },
+    onStatus: ({ phase }) => { document.body.dataset.live = phase === "live" ? "1" : "0"; },
+  });
+  feed.start();
+  return feed;
 }

@@ -1,5 +1,6 @@
 // Device administration (/admin/devices): the list, the register/edit form, MQTT
-// credentials revealed once with a QR code, decommissioning and a device's health.
+// credentials revealed once with a QR code, the SenML name-mapping overrides,
+// decommissioning and a device's health.
 
 import { getJson } from "./api.js";
 import { t } from "./i18n.js";
@@ -55,6 +56,7 @@ function render() {
         button(t("admin.edit"), "act-edit", () => startEdit(d)),
         button(t("dev.credentials"), "act-credentials", () => credentials(d)),
         button(t("dev.health"), "act-health", () => health(d)),
+        button(t("dev.senml"), "act-senml", () => openSenml(d)),
         button(t("dev.decommission"), "danger act-decommission", () => decommission(d)));
     } else {
       actions.append(button(t("dev.health"), "act-health", () => health(d)));
@@ -179,6 +181,68 @@ async function health(d) {
     showError(errorBox, err);
   }
 }
+
+// ---- SenML name mapping (PUT /api/devices/{id}/senml-map, hub/senml_map_api.py):
+// edited as "key = metric" lines; the server checks keys and metrics (senml_map.invalid).
+let senmlDevice = null;
+const senmlError = $("senml-error");
+
+async function openSenml(d) {
+  showError(senmlError, null);
+  try {
+    const m = await getJson(`/api/devices/${encodeURIComponent(d.id)}/senml-map`);
+    senmlDevice = d.id;
+    $("senml-title").textContent = t("dev.senml_title", { id: d.id });
+    $("senml-map").value = Object.entries(m.map || {}).map(([k, v]) => `${k} = ${v}`).join("\n");
+    const defs = m.defaults;
+    const rows = [...Object.entries(defs.units),
+      ...Object.entries(defs.lwm2m_objects).map(([o, v]) => [`${o}/*/${defs.lwm2m_resource}`, v])];
+    $("senml-defaults").querySelector("tbody").replaceChildren(...rows.map(([k, v]) => {
+      const tr = document.createElement("tr");
+      tr.append(cell(k), cell(v));
+      return tr;
+    }));
+    const card = $("senml-card");
+    card.hidden = false;
+    card.dataset.deviceId = d.id;
+    card.scrollIntoView({ block: "nearest" });
+  } catch (err) {
+    showError(errorBox, err);
+  }
+}
+
+// The textarea's lines as a map; throws a coded error naming a line that is not one.
+function senmlMap(text) {
+  const map = {};
+  text.split("\n").forEach((raw, i) => {
+    const line = raw.trim();
+    if (!line) return;
+    const at = line.lastIndexOf("=");
+    const key = at < 0 ? "" : line.slice(0, at).trim();
+    const metric = at < 0 ? "" : line.slice(at + 1).trim();
+    if (!key || !metric) {
+      throw { code: "senml_map.bad_line", message: t("dev.senml_bad_line", { n: i + 1, line }) };
+    }
+    map[key] = metric;
+  });
+  return map;
+}
+
+$("senml-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  showError(senmlError, null);
+  try {
+    const map = senmlMap($("senml-map").value);
+    await send("PUT", `/api/devices/${encodeURIComponent(senmlDevice)}/senml-map`, { map });
+    showDone($("senml-done"), t("dev.senml_saved", { id: senmlDevice }));
+  } catch (err) {
+    showError(senmlError, err);
+  }
+});
+$("senml-close").addEventListener("click", () => {
+  $("senml-card").hidden = true;
+  senmlDevice = null;
+});
 
 bindReveal();
 Promise.all([loadGrids(), load()]).then(() => {

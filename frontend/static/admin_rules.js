@@ -3,7 +3,7 @@
 
 import { getJson } from "./api.js";
 import { t } from "./i18n.js";
-import { $, button, cell, fillForm, fmtTime, formValues, send, showDone,
+import { $, button, cell, fillForm, fmtTime, followEvents, formValues, send, showDone,
   showError } from "./admin_common.js";
 
 const form = $("rule-form");
@@ -129,4 +129,8 @@ $("rule-backtest").addEventListener("click", async () => {
   }
 });
 
-load().then(() => { document.body.dataset.ready = "1"; }).catch((err) => showError(errorBox, err));
+load().then(() => {
+  document.body.dataset.ready = "1";
+  // A rule saved, enabled or disabled elsewhere (another tab or user): listed at once.
+  followEvents(["rule.changed"], () => load().catch((err) => showError(errorBox, err)));
+}).catch((err) => showError(errorBox, err));

@@ -1,9 +1,10 @@
 // SLA and calendar (/admin/sla): the limits per category and priority (edited in minutes,
-// stored in seconds), the warn share, the working calendar and the log of edits.
+// stored in seconds), the warn share, the working calendar with its holidays and adjusted
+// working days (added and removed here), and the log of edits.
 
 import { getJson } from "./api.js";
 import { t } from "./i18n.js";
-import { $, button, cell, fillForm, fmtTime, formValues, send, showDone,
+import { $, button, cell, fillForm, fmtTime, followEvents, formValues, send, showDone,
   showError } from "./admin_common.js";
 
 const STAGES = ["register_s", "dispatch_s", "accept_s", "arrive_s", "resolve_s"];
@@ -50,6 +51,7 @@ async function load() {
   fact(facts, t("sla.hours"), `${cal.day_start}–${cal.day_end}`);
   fact(facts, t("sla.holidays"), cal.holidays.join(", ") || "—");
   fact(facts, t("sla.adjusted"), cal.adjusted_workdays.join(", ") || "—");
+  $("day-list").querySelector("tbody").replaceChildren(...cal.days.map(dayRow));
   $("sla-changes").querySelector("tbody").replaceChildren(...changes.slice(0, 50).map((c) => {
     const tr = document.createElement("tr");
     tr.append(cell(fmtTime(c.at)), cell(c.actor), cell(c.target),
@@ -58,14 +60,35 @@ async function load() {
   }));
 }
 
-async function act(method, url, body) {
-  showError(errorBox, null);
+// A calendar day: a removed file day can be restored (added again as the file had it).
+function dayRow(d) {
+  const tr = document.createElement("tr");
+  tr.dataset.date = d.date;
+  tr.dataset.kind = d.kind;
+  tr.append(cell(d.date), cell(t(`sla.day.${d.kind}`), "kind"), cell(d.name),
+    cell(d.origin === "file" ? t("sla.file") : t("sla.edited"), "origin"));
+  const actions = document.createElement("td");
+  actions.className = "row-actions";
+  if (d.kind === "normal") {
+    actions.append(button(t("sla.day.restore"), "act-restore", () => act("POST",
+      "/api/sla/calendar/days", { date: d.date, kind: d.file_kind, name: d.name },
+      $("day-error"))));
+  } else {
+    actions.append(button(t("sla.day.remove"), "act-remove", () => act("DELETE",
+      `/api/sla/calendar/days/${encodeURIComponent(d.date)}`, undefined, $("day-error"))));
+  }
+  tr.append(actions);
+  return tr;
+}
+
+async function act(method, url, body, box = errorBox) {
+  showError(box, null);
   try {
     await send(method, url, body);
     await load();
     return true;
   } catch (err) {
-    showError(errorBox, err);
+    showError(box, err);
     return false;
   }
 }
@@ -85,4 +108,17 @@ $("warn-form").addEventListener("submit", (ev) => {
   act("PUT", "/api/sla/warn-share", { warn_share: Number($("w-share").value) });
 });
 
-load().then(() => { document.body.dataset.ready = "1"; }).catch((err) => showError(errorBox, err));
+$("day-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const sent = formValues($("day-form"));
+  const ok = await act("POST", "/api/sla/calendar/days", sent, $("day-error"));
+  // Cleared for the next day, unless the user is already typing it (the list may have
+  // shown the new day first, through the live feed).
+  if (ok && $("d-date").value.trim() === sent.date) $("day-form").reset();
+});
+
+load().then(() => {
+  document.body.dataset.ready = "1";
+  // An edit made elsewhere (another tab or user): shown without a reload.
+  followEvents(["sla.config_changed"], () => load().catch((err) => showError(errorBox, err)));
+}).catch((err) => showError(errorBox, err));
