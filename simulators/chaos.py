@@ -59,9 +59,9 @@ import asyncpg
 from dispatch.leader import LEADER_LOCK_KEY
 from ingest import wire
 from ingest.mqtt import BrokerAddress, make_client
-from simulators import loadgen
 from simulators.acked import AckedPublisher
-from simulators.bench import (
+from simulators.bench import loadgen
+from simulators.bench.harness import (
     BenchEnv,
     HubProcess,
     ScratchDatabase,
@@ -225,7 +225,7 @@ class Scenario:
         return h
 
     def setup(self) -> None:
-        from simulators.bench import _register_devices
+        from simulators.bench.harness import _register_devices
 
         self.db.create()
         subprocess.run([sys.executable, "-m", "hub", "load-town"], cwd=ROOT, check=True,

@@ -9,8 +9,8 @@ import re
 import shutil
 from pathlib import Path
 
-from simulators import bench_report
-from simulators.bench_results import Saved, load_results, save_result
+from simulators.bench import report as bench_report
+from simulators.bench.results import Saved, load_results, save_result
 
 SAMPLES = Path(__file__).parent / "golden" / "bench_results"
 

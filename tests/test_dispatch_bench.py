@@ -10,9 +10,9 @@ import pytest
 
 from dispatch.geo import RoadGraph
 from dispatch.model import DispatchPolicy
-from simulators import dispatch_bench as bench
-from simulators import dispatch_modes
-from simulators.dispatch_bench import (
+from simulators.bench import dispatch_bench as bench
+from simulators.bench import dispatch_modes
+from simulators.bench.dispatch_bench import (
     NFPA_ARRIVE_S,
     T0,
     TOWNSHIP_ARRIVE_S,

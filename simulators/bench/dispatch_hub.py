@@ -68,16 +68,7 @@ from dispatch.geo import RoadGraph
 from dispatch.model import DispatchPolicy
 from ingest import wire
 from ingest.mqtt import BrokerAddress, make_client
-from simulators.bench import (
-    ROOT,
-    BenchEnv,
-    HubProcess,
-    ScratchDatabase,
-    SyncDb,
-    forget_mqtt_session,
-    free_port,
-)
-from simulators.dispatch_bench import (
+from simulators.bench.dispatch_bench import (
     ARRIVE_LIMITS,
     BENCH_POLICY,
     T0,
@@ -91,9 +82,18 @@ from simulators.dispatch_bench import (
     make_stream,
     summarise,
 )
+from simulators.bench.harness import (
+    ROOT,
+    BenchEnv,
+    HubProcess,
+    ScratchDatabase,
+    SyncDb,
+    forget_mqtt_session,
+    free_port,
+)
 from simulators.mqtt_login import gateway_url
 
-log = logging.getLogger("simulators.dispatch_hub_bench")
+log = logging.getLogger("simulators.bench.dispatch_hub")
 
 # World seconds per real second. At 60 an hour of incidents takes a minute; the hub's own
 # reaction (~10-50 ms from registration to the unit's accept) then costs 1-3 simulated

@@ -51,8 +51,7 @@ from zoneinfo import ZoneInfo
 
 from dispatch.geo import RoadGraph
 from dispatch.model import DispatchPolicy
-from simulators.bench import ROOT, SyncDb
-from simulators.dispatch_bench import (
+from simulators.bench.dispatch_bench import (
     ARRIVE_LIMITS,
     CATEGORIES,
     T0,
@@ -61,6 +60,7 @@ from simulators.dispatch_bench import (
     UnitSpec,
     compare,
 )
+from simulators.bench.harness import ROOT, SyncDb
 
 # The town's time zone: day boundaries ("cases today") are local.
 TOWN_TZ = ZoneInfo("Asia/Shanghai")

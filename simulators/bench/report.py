@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulators.bench_results import RESULTS_DIR, ROOT, Saved, load_results, machine_description
+from simulators.bench.results import RESULTS_DIR, ROOT, Saved, load_results, machine_description
 
 HEADLINE_BEGIN = "<!-- bench-report:headline:begin (written by ./hubctl bench report) -->"
 HEADLINE_END = "<!-- bench-report:headline:end -->"

@@ -37,7 +37,7 @@ from core.settings import Settings
 from dispatch import decisions, planner, service
 from dispatch.leader import Dispatcher
 from hub.app import settle_gc
-from simulators.dispatch_bench import Town, _pct, _Sampler, scale_units
+from simulators.bench.dispatch_bench import Town, _pct, _Sampler, scale_units
 
 
 class _TimedLeader(Dispatcher):

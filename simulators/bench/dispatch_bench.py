@@ -106,7 +106,7 @@ from dispatch.planner import (
 )
 from dispatch.sla import DEFAULT_LIMITS_BY_PRIORITY
 
-DEFAULT_TOWN = Path(__file__).resolve().parent / "data" / "xuxiake.json"
+DEFAULT_TOWN = Path(__file__).resolve().parents[1] / "data" / "xuxiake.json"
 
 # Local midnight of a Monday (2026-03-02 00:00 China time), the start of every run. Only
 # the time of day matters (the arrival profile); a fixed date keeps runs byte-identical.
