@@ -23,7 +23,7 @@ lock (ingest/evaluator.py); in ``kill_hub`` the killed process is the evaluator.
 only, what devices publish before the hubs re-subscribe (docs/DEPLOYMENT.md): measured, not
 counted against ``ok``; any other loss or duplicate is.
 
-Load: the load generator's token bucket (simulators/loadgen.py ``TokenBucket``) paces
+Load: the load generator's token bucket (simulators/bench/loadgen.py ``TokenBucket``) paces
 ``--rate`` single-reading messages/s over ``--devices`` device ids, from a paho client on a
 persistent session that records each PUBACK. Not loadgen's ``mosquitto_pub -l`` workers:
 those drop what is in flight when their connection breaks and cannot report PUBACKs, and a

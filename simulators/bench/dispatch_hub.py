@@ -1,6 +1,6 @@
 """Dispatch benchmark on the running hub: ``./hubctl bench dispatch --hub``.
 
-The replay (simulators/dispatch_bench.py) feeds the decision core a seeded incident stream in
+The replay (simulators/bench/dispatch_bench.py) feeds the decision core a seeded incident stream in
 a discrete-event simulation. This mode puts the same stream through the product: a hub
 process (``python -m hub serve --roles ingest,dispatch,web``) on a scratch database with the
 demo town, its dispatch leader deciding, and simulated field crews (``BenchCrews``) doing what
@@ -52,36 +52,28 @@ import dataclasses
 import json
 import logging
 import os
-import random
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
-import paho.mqtt.client as mqtt
 
-from dispatch.geo import RoadGraph
-from dispatch.model import DispatchPolicy
-from ingest import wire
-from ingest.mqtt import BrokerAddress, make_client
-from simulators.bench.dispatch_bench import (
-    ARRIVE_LIMITS,
-    BENCH_POLICY,
-    T0,
-    TURNOUT_S,
-    Incident,
-    RunResult,
-    Simulation,
-    Town,
-    compare,
-    load_town,
-    make_stream,
-    summarise,
+from simulators.bench.dispatch_bench import compare, summarise
+from simulators.bench.dispatch_hub_crews import TITLE_PREFIX, BenchCrews, _mqtt
+from simulators.bench.dispatch_hub_figures import (
+    BUSY_SQL,
+    RESULT_SQL,
+    agreement,
+    hub_result,
+    jitter_noise,
+    reaction_sim_s,
+    same_units,
 )
+from simulators.bench.dispatch_sim import BENCH_POLICY
+from simulators.bench.dispatch_town import Town, load_town
+from simulators.bench.dispatch_workload import ARRIVE_LIMITS, T0, Incident, make_stream
 from simulators.bench.harness import (
     ROOT,
     BenchEnv,
@@ -105,21 +97,9 @@ DEFAULT_SPEED = 60.0
 # show nothing (no queue, no breach).
 DEFAULT_START_HOUR = 9.0
 DEFAULT_HOURS = 3.0
-# Every unit's fix is re-sent this often (real seconds): well inside the hub's 120 s
-# staleness, and at speed 60 an en-route position lags the truth by under 30 simulated
-# seconds (~300 m), which moves an ETA far less than the 360 s preemption penalty.
-GPS_PERIOD_S = 0.5
-# An incident assigned within this long (real seconds) of its registration found a unit
-# free: the leader acts on the registration event in milliseconds; anything later waited
-# for a unit to free up.
-QUEUED_REAL_S = 1.0
 # After the last incident, give up waiting for the hub to finish if nothing moved for this
 # long (real seconds): a case no unit can take would otherwise hang the run.
 STALL_S = 120.0
-TITLE_PREFIX = "bench "
-# Replays with jittered dispatch delays behind the noise estimate (``jitter_noise``): ~1 s
-# each on this (loaded) machine; 20 give the spread to about +-15 %.
-JITTER_RUNS = 20
 OPERATOR = "operator:bench"
 
 
@@ -132,185 +112,6 @@ def window_stream(town: Town, seed: int, start_hour: float, hours: float,
     full = make_stream(town, seed, start_hour + hours, rate)
     return tuple(dataclasses.replace(inc, opened_at=inc.opened_at - shift)
                  for inc in full if inc.opened_at >= T0 + shift)
-
-
-# ---------------------------------------------------------------------- crews
-@dataclass(slots=True)
-class CrewUnit:
-    """One simulated unit: where it is and what it does (real time)."""
-
-    id: str
-    lon: float  # available / on scene: where it is; en route: where the leg started
-    lat: float
-    status: str = "available"
-    incident: int | None = None
-    dest: tuple[float, float] | None = None
-    depart_r: float = 0.0
-    arrive_r: float = 0.0
-    moving: bool = False  # withdrawn while en route: the next leg needs no turnout
-    task: asyncio.Task[None] | None = None
-
-    def position(self, now_r: float) -> tuple[float, float]:
-        """As dispatch_bench._Unit.position: linear along the leg, by elapsed travel time."""
-        if self.status != "en_route" or self.dest is None or self.arrive_r <= self.depart_r:
-            return self.lon, self.lat
-        f = min(1.0, max(0.0, (now_r - self.depart_r) / (self.arrive_r - self.depart_r)))
-        return (self.lon + f * (self.dest[0] - self.lon), self.lat + f * (self.dest[1] - self.lat))
-
-
-class CaseMoved(Exception):
-    """The hub refused a crew's step (409/422): the case is no longer this unit's."""
-
-
-class BenchCrews:
-    """The replay's units, acting through the hub's API on the commands it sends them."""
-
-    def __init__(self, town: Town, graph: RoadGraph, handling_s: Mapping[str, float],
-                 client: httpx.AsyncClient, gps: mqtt.Client, speed: float) -> None:
-        self.units = {u.id: CrewUnit(u.id, u.lon, u.lat) for u in town.units}
-        self.graph = graph
-        self.handling_s = handling_s  # stream id -> on-scene seconds (world time)
-        self.client = client
-        self.gps = gps
-        self.speed = speed
-        self.seen: set[str] = set()
-        self.errors: list[str] = []
-        self.conflicts: list[str] = []
-        self.commands = {"dispatch": 0, "withdraw": 0}
-        self.ours: set[Any] = set()  # incident ids of this run's dispatches
-        self.foreign = 0  # commands for cases of another hub on the same broker
-
-    # ---- commands (called on the event loop)
-    def on_command(self, unit_id: str, payload: bytes) -> None:
-        unit = self.units.get(unit_id)
-        if unit is None:
-            return
-        try:
-            cmd = json.loads(payload)
-            cid, kind = str(cmd["id"]), str(cmd["type"])
-        except (ValueError, KeyError, TypeError):
-            self.errors.append(f"unreadable command for {unit_id}")
-            return
-        if cid in self.seen:  # QoS 1 may deliver twice
-            return
-        self.seen.add(cid)
-        # The broker may carry another hub's commands for units of the same ids (a shared
-        # test broker, a demo running beside): only this run's cases are ours.
-        if kind == "dispatch" and not str(cmd.get("incident", {}).get("title") or ""
-                                          ).startswith(TITLE_PREFIX):
-            self.foreign += 1
-            return
-        if kind == "withdraw" and cmd.get("incident_id") not in self.ours:
-            self.foreign += 1
-            return
-        now = time.time()
-        if kind == "withdraw":
-            self.commands["withdraw"] += 1
-            if unit.incident == cmd.get("incident_id"):
-                self._stop(unit, now)
-        elif kind == "dispatch":
-            self.commands["dispatch"] += 1
-            inc = cmd["incident"]
-            self.ours.add(inc["id"])
-            title = str(inc.get("title") or "")
-            if unit.incident is not None:
-                self._stop(unit, now)  # the withdrawal may not have arrived yet
-            unit.incident = int(inc["id"])
-            unit.task = asyncio.create_task(self._leg(
-                unit, int(inc["id"]), float(inc["lon"]), float(inc["lat"]),
-                self.handling_s.get(title.removeprefix(TITLE_PREFIX), 0.0), now))
-
-    def _stop(self, unit: CrewUnit, now: float) -> None:
-        """Taken off its case: the unit stays where it is now, still moving if it was."""
-        unit.lon, unit.lat = unit.position(now)
-        unit.moving = unit.status == "en_route"
-        unit.status, unit.incident, unit.dest = "available", None, None
-        if unit.task is not None:
-            unit.task.cancel()
-            unit.task = None
-        self.publish(unit, now)
-
-    async def _leg(self, unit: CrewUnit, iid: int, lon: float, lat: float, handling_s: float,
-                   received: float) -> None:
-        try:
-            diverted = unit.moving
-            try:
-                await self._act(iid, "accept")
-            except CaseMoved:
-                # A re-plan that withdrew and re-sent this very unit can race the accept of
-                # the first command: the hub then took that accept for the new dispatch.
-                if not await self._mine_accepted(iid, unit.id):
-                    raise
-            unit.depart_r = received + (0.0 if diverted else TURNOUT_S / self.speed)
-            travel = self.graph.travel_time_s(unit.lon, unit.lat, lon, lat)
-            unit.arrive_r = unit.depart_r + travel / self.speed
-            unit.status, unit.dest = "en_route", (lon, lat)
-            await asyncio.sleep(max(0.0, unit.arrive_r - time.time()))
-            unit.status, unit.lon, unit.lat, unit.dest = "on_scene", lon, lat, None
-            unit.moving = False
-            self.publish(unit, time.time())
-            await self._act(iid, "start_handling")
-            await asyncio.sleep(handling_s / self.speed)
-            await self._act(iid, "give_feedback", "已到场处置完毕")
-            unit.status, unit.incident, unit.task = "available", None, None
-        except asyncio.CancelledError:
-            raise
-        except CaseMoved as e:
-            # The hub moved the case between its command and this step (a re-plan of a
-            # dispatch not yet accepted, a preemption racing the arrival): its withdrawal
-            # command resets the unit. Counted: the replay has no such race.
-            self.conflicts.append(f"case {iid} unit {unit.id}: {e}")
-        except Exception as e:  # a crew must never take the run down; counted, reported
-            self.errors.append(f"case {iid} unit {unit.id}: {type(e).__name__}: {e}")
-            log.warning("case %s unit %s: %s", iid, unit.id, e)
-
-    async def _act(self, iid: int, action: str, reason: str | None = None) -> None:
-        # Recorded under the bench's token: the hub takes the actor from authentication.
-        body: dict[str, Any] = {"action": action}
-        if reason is not None:
-            body["reason"] = reason
-        r = await self.client.post(f"/api/incidents/{iid}/actions", json=body)
-        if r.status_code in (409, 422):
-            raise CaseMoved(f"{action} refused: {r.text[:200]}")
-        r.raise_for_status()
-
-    async def _mine_accepted(self, iid: int, unit_id: str) -> bool:
-        r = await self.client.get(f"/api/incidents/{iid}")
-        inc = r.json().get("incident", {}) if r.status_code == 200 else {}
-        return bool(inc.get("assigned_unit") == unit_id and inc.get("state") == "accepted")
-
-    # ---- GPS
-    def publish(self, unit: CrewUnit, now: float) -> None:
-        lon, lat = unit.position(now)
-        self.gps.publish(wire.gps_topic(unit.id), wire.encode_gps(now, lat, lon), qos=0)
-
-    async def gps_loop(self) -> None:
-        while True:
-            now = time.time()
-            for unit in self.units.values():
-                self.publish(unit, now)
-            await asyncio.sleep(GPS_PERIOD_S)
-
-
-def _mqtt(url: str, client_id: str, crews_ref: list[BenchCrews],
-          loop: asyncio.AbstractEventLoop, connected: asyncio.Event) -> mqtt.Client:
-    """One client for both directions: the fleet account publishes fixes and reads every
-    unit's commands (as the demo's crews do)."""
-    client = make_client(client_id, BrokerAddress.parse(url), persistent=False, v311=True)
-
-    def on_connect(c: mqtt.Client, *_: object) -> None:
-        c.subscribe("gridhub/v1/units/+/commands", qos=1)
-        loop.call_soon_threadsafe(connected.set)
-
-    def on_message(c: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        parts = msg.topic.split("/")
-        if len(parts) == 5 and crews_ref:
-            loop.call_soon_threadsafe(crews_ref[0].on_command, parts[3], bytes(msg.payload))
-
-    client.on_connect = on_connect
-    client.on_message = on_message
-    client.loop_start()
-    return client
 
 
 # ---------------------------------------------------------------------- the run
@@ -388,154 +189,6 @@ async def _wait_handled(client: httpx.AsyncClient, n: int, say: Any) -> None:
             say(f"stalled: {done}/{n} incidents handled after {STALL_S:.0f} s without change")
             return
         await asyncio.sleep(1.0)
-
-
-# ---------------------------------------------------------------------- figures
-RESULT_SQL = f"""
-SELECT i.id, i.title, i.priority, extract(epoch FROM i.opened_at)::float8 AS opened,
-  (SELECT extract(epoch FROM min(l.ts))::float8 FROM case_log l
-     WHERE l.incident_id = i.id AND l.action = 'start_handling') AS arrived,
-  (SELECT extract(epoch FROM min(l.ts))::float8 FROM case_log l
-     WHERE l.incident_id = i.id AND l.action = 'give_feedback') AS freed,
-  (SELECT extract(epoch FROM min(a.assigned_at))::float8 FROM assignments a
-     WHERE a.incident_id = i.id) AS first_assigned,
-  (SELECT extract(epoch FROM min(l.ts))::float8 FROM case_log l
-     WHERE l.incident_id = i.id AND l.action = 'accept') AS first_accepted,
-  (SELECT l.actor FROM case_log l WHERE l.incident_id = i.id
-     AND l.action = 'start_handling' ORDER BY l.seq LIMIT 1) AS reached_by
-FROM incidents i WHERE i.title LIKE '{TITLE_PREFIX}%' ORDER BY i.id
-"""
-# Busy time of units: each assignment from its start to the case's feedback (it finished)
-# or to the withdrawal that ended it (the unit went straight on to another case).
-BUSY_SQL = """
-SELECT a.unit_id, extract(epoch FROM a.assigned_at)::float8 AS t0,
-  extract(epoch FROM CASE WHEN a.status = 'done' THEN
-    (SELECT min(l.ts) FROM case_log l WHERE l.incident_id = a.incident_id
-       AND l.action = 'give_feedback' AND l.ts >= a.assigned_at)
-  ELSE (SELECT min(l.ts) FROM case_log l WHERE l.incident_id = a.incident_id
-       AND l.action IN ('withdraw', 'decline') AND l.ts >= a.assigned_at) END)::float8 AS t1,
-  a.status
-FROM assignments a
-"""
-
-
-def hub_result(rows: Sequence[Mapping[str, Any]], busy: Sequence[Mapping[str, Any]],
-               stream: Sequence[Incident], start: float, speed: float,
-               n_units: int) -> tuple[RunResult, dict[str, Any]]:
-    """What the database recorded, as the replay's ``RunResult`` (simulated seconds, stream
-    order) plus the hub-only figures. An incident never reached counts its response up to
-    the last recorded moment (so it is a breach of any limit it passed), and is listed."""
-    by_title = {str(r["title"]).removeprefix(TITLE_PREFIX): r for r in rows}
-    missing = [inc.id for inc in stream if inc.id not in by_title]
-    if missing:
-        raise RuntimeError(f"{len(missing)} incidents not in the database: {missing[:5]}")
-    last = max([float(r[k]) for r in rows for k in ("arrived", "freed") if r[k] is not None]
-               + [start])
-    response, queued, latency, overhead, unreached = [], [], [], [], []
-    for inc in stream:
-        r = by_title[inc.id]
-        opened = float(r["opened"])
-        arrived = float(r["arrived"]) if r["arrived"] is not None else None
-        if arrived is None:
-            unreached.append(inc.id)
-        response.append(((arrived if arrived is not None else last) - opened) * speed)
-        first = r["first_assigned"]
-        waited = first is None or float(first) - opened > QUEUED_REAL_S
-        queued.append(waited)
-        if not waited:
-            latency.append((float(first) - opened) * 1e3)
-        # The hub's lateness: registration committed vs when the stream said it happened.
-        overhead.append((opened - (start + (inc.opened_at - T0) / speed)) * speed)
-    busy_s = sum((float(b["t1"]) - float(b["t0"])) * speed for b in busy
-                 if b["t1"] is not None)
-    span = (last - start) * speed
-    preempted = sum(1 for b in busy if b["status"] == "preempted")
-    result = RunResult("hub", tuple(response), tuple(queued), preempted, tuple(latency),
-                       busy_s / (span * n_units) if span > 0 else 0.0, span)
-    return result, {"unreached": unreached,
-                    "report_lag_sim_s_mean": round(sum(overhead) / len(overhead), 2)
-                    if overhead else 0.0}
-
-
-def _diff(a: float | None, b: float | None, nd: int = 4) -> float | None:
-    return round(a - b, nd) if a is not None and b is not None else None
-
-
-def agreement(hub: Mapping[str, Any], replay: Mapping[str, Any]) -> dict[str, Any]:
-    """Hub minus replay, for the figures the issue compares."""
-    keys = [k for k in hub if k.startswith("breach_share")] + ["mean_response_s",
-                                                               "p90_response_s"]
-    out: dict[str, Any] = {k: _diff(hub.get(k), replay.get(k)) for k in keys}
-    mr = replay.get("mean_response_s")
-    out["mean_response_rel"] = (round((hub["mean_response_s"] - mr) / mr, 4) if mr else None)
-    return out
-
-
-def same_units(rows: Sequence[Mapping[str, Any]], town: Town, stream: Sequence[Incident],
-               policy: DispatchPolicy) -> dict[str, Any]:
-    """Did the hub send the units the replay sent? ``same_unit_share``: incidents reached by
-    the same unit in both; ``first_divergence_min``: simulated minutes into the window of the
-    first incident reached by another unit (timing differences show up as late
-    divergences that then cascade; a different decision rule would diverge early)."""
-    sim = Simulation(town, stream, "engine", policy)
-    sim.run()
-    replay_unit = {inc.id: (sim.units[c.unit].spec.id if c.unit is not None else None)
-                   for inc, c in zip(stream, sim.cases, strict=True)}
-    by_title = {str(r["title"]).removeprefix(TITLE_PREFIX): r for r in rows}
-    differ = [inc for inc in stream
-              if by_title.get(inc.id, {}).get("reached_by") != replay_unit[inc.id]]
-    return {"same_unit_share": round(1 - len(differ) / len(stream), 4) if stream else None,
-            "first_divergence_min": round((differ[0].opened_at - T0) / 60, 1)
-            if differ else None}
-
-
-def reaction_sim_s(rows: Sequence[Mapping[str, Any]], speed: float) -> list[float]:
-    """The hub's reaction, registration committed -> first accept committed, for each
-    incident that found a unit free, in simulated seconds: the delay the time-scaling adds
-    to a dispatch (the replay's units are en route the instant they are dispatched)."""
-    return [(float(r["first_accepted"]) - float(r["opened"])) * speed for r in rows
-            if r["first_accepted"] is not None and r["first_assigned"] is not None
-            and float(r["first_assigned"]) - float(r["opened"]) <= QUEUED_REAL_S]
-
-
-def jitter_noise(town: Town, stream: Sequence[Incident], policy: DispatchPolicy,
-                 limits: str, delays_s: Sequence[float],
-                 runs: int = JITTER_RUNS) -> dict[str, Any]:
-    """How far the replay itself moves when its dispatches come as late as the hub's: each
-    run delays each incident's arrival at the core by a delay drawn from ``delays_s`` (the
-    hub's measured reactions, resampled) and counts the delay in its response. One
-    different pick early in a busy window re-routes everything after it, so this spread,
-    not zero, is what the hub can be expected to agree within."""
-    if not delays_s:
-        delays_s = [0.0]
-    lim = ARRIVE_LIMITS[limits]
-    others = {k: v for k, v in ARRIVE_LIMITS.items() if k != limits}
-    shares: dict[str, list[float]] = {"breach_share": [], **{f"breach_share_{k}": []
-                                                           for k in others}}
-    means: list[float] = []
-    for k in range(runs):
-        rng = random.Random(f"jitter/{k}")
-        delays = [rng.choice(delays_s) for _ in stream]
-        late = [dataclasses.replace(inc, opened_at=inc.opened_at + d)
-                for inc, d in zip(stream, delays, strict=True)]
-        res = Simulation(town, late, "engine", policy).run()
-        resp = [r + d for r, d in zip(res.response_s, delays, strict=True)]
-        means.append(sum(resp) / len(resp))
-        shares["breach_share"].append(
-            sum(r > lim[i.priority] for r, i in zip(resp, stream, strict=True)) / len(resp))
-        for name, other in others.items():
-            shares[f"breach_share_{name}"].append(
-                sum(r > other[i.priority] for r, i in zip(resp, stream, strict=True))
-                / len(resp))
-    out: dict[str, Any] = {"runs": runs,
-                           "delay_mean_s": round(statistics.mean(delays_s), 2),
-                           "delay_max_s": round(max(delays_s), 2),
-                           "mean_response_s": round(statistics.mean(means), 1),
-                           "mean_response_sd": round(statistics.stdev(means), 1)}
-    for key, vals in shares.items():
-        out[key] = round(statistics.mean(vals), 4)
-        out[f"{key}_sd"] = round(statistics.stdev(vals), 4)
-    return out
 
 
 def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""The command line of ``./hubctl bench dispatch``: the replay (simulators/dispatch_bench.py,
-the default), the hub's own decision latency (simulators/dispatch_latency.py), and the two
-other modes, ``--hub`` (simulators/dispatch_hub.py) and ``--from-db``
-(simulators/dispatch_from_db.py). It sits above all of them, so none imports it back.
+"""The command line of ``./hubctl bench dispatch``: the replay (dispatch_bench.py, the
+default, over dispatch_town.py, dispatch_workload.py and dispatch_sim.py), the hub's own
+decision latency (dispatch_latency.py), and the two other modes, ``--hub``
+(dispatch_hub.py) and ``--from-db`` (dispatch_from_db.py), all in simulators/bench/. It sits
+above all of them, so none imports it back.
 """
 
 from __future__ import annotations
@@ -17,17 +18,13 @@ from typing import Any
 
 from dispatch.model import DispatchPolicy
 from simulators.bench import dispatch_bench, dispatch_from_db, dispatch_hub, dispatch_latency
-from simulators.bench.dispatch_bench import (
+from simulators.bench.dispatch_bench import _policy_with, compare, latency_scenario
+from simulators.bench.dispatch_town import DEFAULT_TOWN, Town, load_town
+from simulators.bench.dispatch_workload import (
     ARRIVE_LIMITS,
     DEFAULT_HOURS,
     DEFAULT_RATE,
     DEFAULT_SEED,
-    DEFAULT_TOWN,
-    Town,
-    _policy_with,
-    compare,
-    latency_scenario,
-    load_town,
     make_stream,
 )
 
@@ -78,7 +75,7 @@ def run_mode(args: argparse.Namespace, policy: DispatchPolicy) -> int:
 
 
 def hub_latency(town: Town, seed: int, decisions: int) -> dict[str, Any]:
-    """``hub_decision_*`` on a scratch database with the town (simulators/dispatch_latency)."""
+    """``hub_decision_*`` on a scratch database with the town (dispatch_latency.py)."""
     import asyncio
     import subprocess
 
