@@ -16,7 +16,7 @@ Layers, pure first:
   (simulators/run.py).
 
 Coordinates: WGS-84 lon/lat outside, metres on the town's local plane inside
-(simulators.town's projection, accurate to well under a metre over the town).
+(simulators.demo_town.plane's projection, accurate to well under a metre over the town).
 """
 
 from __future__ import annotations
@@ -29,13 +29,8 @@ from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import Any
 
-from simulators.town import (
-    CENTER_LAT,
-    CENTER_LON,
-    M_PER_DEG_LAT,
-    M_PER_DEG_LON,
-    point_in_polygon,
-)
+from core.geometry import point_in_polygon
+from simulators.demo_town.plane import CENTER_LAT, CENTER_LON, M_PER_DEG_LAT, M_PER_DEG_LON
 
 XY = tuple[float, float]
 
