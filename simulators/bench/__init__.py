@@ -7,11 +7,14 @@ One module per benchmark, plus what they share:
   process, CPU and memory probes) and the ``ingest`` benchmark;
 - ``loadgen.py``: the lean MQTT load generator (its own process) and its token bucket;
 - ``alarm.py`` (``alarm``), ``console.py`` (``console``), ``replay.py`` (``replay``);
-- ``dispatch_modes.py``: the command line of ``dispatch`` over its modes
-  (``dispatch_bench.py`` the replay, ``dispatch_latency.py``, ``dispatch_hub.py``,
-  ``dispatch_from_db.py``);
-- ``results.py`` (every run's saved result) and ``report.py`` (``report``: plots and the
-  PERFORMANCE.md table).
+- ``dispatch_modes.py``: the command line of ``dispatch`` over its modes: the replay
+  (``dispatch_town.py``, ``dispatch_workload.py`` the seeded stream, ``dispatch_sim.py`` the
+  simulation, ``dispatch_bench.py`` the figures and the core's latency), the running
+  leader's latency (``dispatch_latency.py``), ``--hub`` (``dispatch_hub.py`` with
+  ``dispatch_hub_crews.py`` and ``dispatch_hub_figures.py``) and ``--from-db``
+  (``dispatch_from_db.py``);
+- ``results.py`` (every run's saved result) and ``report.py`` (``report``: the
+  PERFORMANCE.md table in ``report_table.py``, the plots in ``report_plots.py``).
 
 Nothing outside the benchmarks and ``simulators/chaos.py`` imports this package; the hub never
 does (the import-layer contracts in pyproject.toml).
