@@ -1,5 +1,5 @@
 """The town file format (``gridhub-town/1``): its name and the vocabularies every producer
-of a town shares: the demo generator (simulators/town.py), the GeoJSON import
+of a town shares: the demo generator (simulators/demo_town/), the GeoJSON import
 (hub/town_geojson.py) and the loader (hub/town.py).
 """
 

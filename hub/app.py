@@ -76,7 +76,7 @@ GC_GEN0_THRESHOLD = 50_000
 def settle_gc() -> None:
     """After start-up: what exists now (town, road graph, registry, rule states) lives as
     long as the process; freeze it out of every collection, and collect the young less
-    often. (``simulators/dispatch_latency.py`` calls it too, to time the leader in the
+    often. (``simulators/bench/dispatch_latency.py`` calls it too, to time the leader in the
     heap it runs in.)"""
     gc.collect()
     gc.freeze()

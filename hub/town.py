@@ -1,6 +1,6 @@
 """Loading a town (grids, roads, devices, units) and its rules into the database.
 
-The document format is ``gridhub-town/1`` (simulators/town.py writes the demo town;
+The document format is ``gridhub-town/1`` (simulators/demo_town/ writes the demo town;
 hub/town_geojson.py turns a real town's GeoJSON into it). Loading is an upsert by
 id, so it can be re-run to pick up edits without losing history.
 """

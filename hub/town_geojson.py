@@ -2,7 +2,7 @@
 
 ``town_from_geojson(grids_fc, roads_fc, name)`` is pure: it validates two
 GeoJSON FeatureCollections and returns a town document shaped like the one
-``simulators.town.generate`` builds, with empty ``devices`` and ``units``.
+``simulators.demo_town.document.generate`` builds, with empty ``devices`` and ``units``.
 
 Grids: Polygon features with properties ``id`` (unique string), ``level`` (1
 or 2), ``parent`` (null for level 1, the id of a level-1 grid for level 2),

@@ -27,6 +27,9 @@ hub_env() {
   VAR="$ROOT/var/$ENVNAME"
   [ "$slot" = 0 ] || VAR="$VAR-$slot"
   VENV="$ROOT/.venv"
+  # The code runs from this checkout, not from site-packages (pyproject.toml packages none
+  # of it): every process hubctl starts, and each one those start, imports it from here.
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
   PG_PORT=$(( ${PG_PORTS[$ENVNAME]} + 100 * slot ))
   MQTT_PORT=$(( ${MQTT_PORTS[$ENVNAME]} + 100 * slot ))
   HTTP_PORT="${HUB_HTTP_PORT:-$(( ${HTTP_PORTS[$ENVNAME]} + 100 * slot ))}"
@@ -129,7 +132,11 @@ setup_venv() {
   log "installing the Python environment in .venv"
   [ -x "$VENV/bin/python" ] || "$(python_bin)" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]" >"$ROOT/var/pip.log" 2>&1 \
+  # The dependencies only: gridhub packages none of its code (pyproject.toml,
+  # [tool.setuptools]); it runs from this tree, on PYTHONPATH (hub_env). An editable
+  # install from before that leaves its import hook behind: remove it.
+  rm -f "$VENV"/lib/python3*/site-packages/__editable__*gridhub*
+  "$VENV/bin/python" -m pip install -q "$ROOT[dev]" >"$ROOT/var/pip.log" 2>&1 \
     || { tail -30 "$ROOT/var/pip.log" >&2; die "pip install failed (var/pip.log)"; }
   echo "$want" > "$stamp"
 }
@@ -202,7 +209,7 @@ export_env() {
 print_env() {
   export_env
   local v
-  for v in $(compgen -e | grep '^HUB_' | sort); do printf 'export %s=%q\n' "$v" "${!v}"; done
+  for v in $(compgen -e | grep '^HUB_' | sort) PYTHONPATH; do printf 'export %s=%q\n' "$v" "${!v}"; done
 }
 
 # ---------------------------------------------------------------- services

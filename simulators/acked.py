@@ -17,7 +17,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from simulators.loadgen import TokenBucket
+from simulators.bench.loadgen import TokenBucket
 
 
 class AckedPublisher:

@@ -55,7 +55,9 @@ from ingest import alarms, retention
 from ingest.writer import Batch, BatchWriter, PositionRow, ts_of
 from simulators.devices import Faults, event_rates, make_generator
 from simulators.history_plan import CaseStory, plan_cases
-from simulators.patrol import Fleet, RoadGraph, gps_fix
+from simulators.patrol import Fleet
+from simulators.patrol_motion import gps_fix
+from simulators.patrol_roads import RoadGraph
 
 log = logging.getLogger("simulators.backfill")
 

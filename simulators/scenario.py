@@ -138,7 +138,8 @@ from simulators.scenario_player import Player, PlayResult
 log = logging.getLogger("simulators.scenario")
 
 # The scenario API the demo (simulators/run.py) and the tests use; the parts live in
-# scenario_model (format), scenario_parse (loading), scenario_programs (readings),
+# scenario_model (format), scenario_parse (loading; scenario_selectors and scenario_steps
+# check the names and the steps), scenario_programs (readings),
 # scenario_player (playing) and scenario_checks (judging).
 __all__ = ["PlayResult", "Player", "Scenario", "ScenarioError", "available", "load", "main",
            "path_for"]

@@ -33,13 +33,13 @@ from simulators.scenario_model import (
     Step,
     fmt_tau,
 )
-from simulators.scenario_parse import _Town, resolve_place
 from simulators.scenario_programs import (
     apply_program,
     encode_batch,
     initial_readings,
     make_programs,
 )
+from simulators.scenario_selectors import _Town, resolve_place
 
 log = logging.getLogger("simulators.scenario")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from simulators.devices import NO_FAULTS, DeviceGenerator, make_generator
 from simulators.scenario_model import PRIME_READINGS, PROGRAM_KINDS, History, Scenario, Step
-from simulators.scenario_parse import _Town
+from simulators.scenario_selectors import _Town
 
 log = logging.getLogger("simulators.scenario")
 

@@ -12,8 +12,8 @@ from core.stats import percentile
 from hub.live import batch_frame
 from ingest import wire
 from ingest.watch import CAP_RAISES, CAP_WINDOW_S
-from simulators import loadgen
-from simulators.alarm_bench import (
+from simulators.bench import loadgen
+from simulators.bench.alarm import (
     CAP_MARGIN,
     RULE_ID,
     Trigger,
@@ -25,7 +25,7 @@ from simulators.alarm_bench import (
     summarize,
     trigger_schedule,
 )
-from simulators.console_bench import (
+from simulators.bench.console import (
     M_PER_DEG,
     Histogram,
     SeqTracker,

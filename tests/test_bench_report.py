@@ -1,4 +1,4 @@
-"""The benchmark report (simulators/bench_report.py) on recorded results: the saved runs in
+"""The benchmark report (simulators/bench/report*.py) on recorded results: the saved runs in
 tests/golden/bench_results/ are real outputs of ``./hubctl bench ingest|alarm|console`` on
 this machine (the console one with its latency histograms), as ``save_result`` wrote them."""
 
@@ -9,8 +9,9 @@ import re
 import shutil
 from pathlib import Path
 
-from simulators import bench_report
-from simulators.bench_results import Saved, load_results, save_result
+from simulators.bench import report as bench_report
+from simulators.bench import report_plots, report_table
+from simulators.bench.results import Saved, load_results, save_result
 
 SAMPLES = Path(__file__).parent / "golden" / "bench_results"
 
@@ -52,20 +53,20 @@ def test_the_report_writes_a_self_contained_page_and_the_headline_table(
                  "operator event → client"):
         assert path in page, path
 
-    runs = bench_report.latest(_samples())
+    runs = report_table.latest(_samples())
     console = runs["console 200 clients"].result
     text = doc.read_text()
     assert text.startswith("# Performance\n\nIntro paragraph.\n\n## Headline figures")
     assert text.endswith(DOC[DOC.index("## Ingest"):])  # the rest untouched
-    table = text[text.index(bench_report.HEADLINE_BEGIN):text.index(bench_report.HEADLINE_END)]
+    table = text[text.index(report_table.HEADLINE_BEGIN):text.index(report_table.HEADLINE_END)]
     row = next(line for line in table.splitlines() if "operator event p99" in line)
-    assert f"| {bench_report._num(console['event_p99_ms'])} ms |" in row
+    assert f"| {report_table._num(console['event_p99_ms'])} ms |" in row
     assert "<= 100 ms" in row
     assert runs["console 200 clients"].saved_at.replace("T", " ").removesuffix("Z") in row
     assert f"| {console['load']['start'][0]:.1f} |" in row
     assert f"Machine: {runs['console 200 clients'].machine}" in table
     ingest = runs["ingest single"].result
-    assert any(f"| {bench_report._num(ingest['msgs_per_s'])} | >= 24,000 |" in line
+    assert any(f"| {report_table._num(ingest['msgs_per_s'])} | >= 24,000 |" in line
                for line in table.splitlines())
 
     # A second run replaces the table in place: same document.
@@ -84,22 +85,22 @@ def test_latest_run_of_each_kind_wins_and_failed_runs_are_ignored(tmp_path: Path
         path.write_text(json.dumps(doc))
     save_result("console", {"benchmark": "console", "error": "hub died", "run_id": "c"},
                 [], tmp_path)
-    runs = bench_report.latest(load_results(tmp_path))
+    runs = report_table.latest(load_results(tmp_path))
     assert list(runs) == ["console 200 clients"]
     assert runs["console 200 clients"].result["event_p99_ms"] == 42.0
 
 
 def test_cpu_per_message_and_cdfs_come_from_the_recorded_figures() -> None:
-    runs = bench_report.latest(_samples())
+    runs = report_table.latest(_samples())
     console = runs["console 200 clients"]
-    cpu = bench_report.cpu_per_message(console)
+    cpu = report_plots.cpu_per_message(console)
     r = console.result
     assert cpu["hub"] == round(r["hub_cpu_pct"] / 100 / r["gps_fixes_per_s"] * 1e6, 1)
-    (_, xs, ys), (_, exs, eys) = bench_report.cdf_series("c", console)
+    (_, xs, ys), (_, exs, eys) = report_plots.cdf_series("c", console)
     assert ys[-1] == 1.0 and eys[-1] == 1.0
     assert xs == sorted(xs) and exs == sorted(exs)
     # The histogram's CDF crosses 0.99 at the p99 the benchmark reported.
     assert next(x for x, y in zip(xs, ys, strict=True) if y >= 0.99) == r["p99_ms"]
     alarm = runs[next(k for k in runs if k.startswith("alarm"))]
-    (_, axs, _ays), = bench_report.cdf_series("a", alarm)
+    (_, axs, _ays), = report_plots.cdf_series("a", alarm)
     assert len(axs) == alarm.result["alarmed"]

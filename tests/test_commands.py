@@ -12,7 +12,8 @@ from typing import Any
 from core.events import Envelope
 from dispatch.commands import command_for
 from simulators.crews import Crews, listen_for_commands
-from simulators.patrol import Fleet, RoadGraph
+from simulators.patrol import Fleet
+from simulators.patrol_roads import RoadGraph
 from tests.conftest import HubProcess, gateway_url, town_doc
 
 

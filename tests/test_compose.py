@@ -62,12 +62,13 @@ def test_compose_services_healthchecks_and_dependencies() -> None:
     sim_env = services["simulators"]["environment"]
     assert sim_env["HUB_SIM_MQTT_URL"].startswith("mqtt://gw-sim:")
     assert sim_env["HUB_API_TOKEN"]
-    # the image serves uPlot (device charts): installed from the lockfile, put next to the
-    # installed frontend package where hub/views.py looks for it
+    # the image runs the code from its tree (/app; pip installs the dependencies only) and
+    # serves uPlot (device charts): installed from the lockfile, copied into that tree's
+    # frontend/node_modules where hub/views.py looks for it
     docker = (ROOT / "deploy" / "Dockerfile").read_text(encoding="utf-8")
+    assert "WORKDIR /app" in docker and "ENV PYTHONPATH=/app" in docker
     assert "COPY frontend/package.json frontend/package-lock.json" in docker
-    assert "npm ci" in docker and "node_modules/uplot/dist" in docker
-    assert "import frontend" in docker and "node_modules/uplot" in docker
+    assert "npm ci" in docker and " frontend/node_modules/uplot/dist" in docker
     assert 'NODE_MODULES / "uplot" / "dist"' in (ROOT / "hub" / "views.py").read_text()
 
 

@@ -1,4 +1,4 @@
-"""The dispatch quality benchmark (simulators/dispatch_bench.py): pure, no services."""
+"""The dispatch quality benchmark (simulators/bench/dispatch_*.py): pure, no services."""
 
 from __future__ import annotations
 
@@ -10,18 +10,11 @@ import pytest
 
 from dispatch.geo import RoadGraph
 from dispatch.model import DispatchPolicy
-from simulators import dispatch_bench as bench
-from simulators import dispatch_modes
-from simulators.dispatch_bench import (
-    NFPA_ARRIVE_S,
-    T0,
-    TOWNSHIP_ARRIVE_S,
-    TURNOUT_S,
-    Incident,
-    Simulation,
-    Town,
-    UnitSpec,
-)
+from simulators.bench import dispatch_bench as bench
+from simulators.bench import dispatch_modes, dispatch_sim, dispatch_town, dispatch_workload
+from simulators.bench.dispatch_sim import TURNOUT_S, Simulation
+from simulators.bench.dispatch_town import Town, UnitSpec
+from simulators.bench.dispatch_workload import NFPA_ARRIVE_S, T0, TOWNSHIP_ARRIVE_S, Incident
 
 # A straight east-west road of ~1.9 km at 36 km/h, no devices: small enough to reason about.
 WEST, MID, EAST, LAT = 120.40, 120.41, 120.42, 31.80
@@ -51,7 +44,7 @@ def _incident(iid: str, lon: float, at: float, priority: int = 3,
 
 @pytest.fixture(scope="module")
 def town() -> Town:
-    return bench.load_town()
+    return dispatch_town.load_town()
 
 
 # ---------------------------------------------------------------------- accounting
@@ -124,7 +117,7 @@ def test_breaches_count_against_the_limits_of_each_priority() -> None:
         _incident("B", WEST, 0.0, priority=1),
         _incident("C", WEST, 0.0, priority=3),
     )
-    result = bench.RunResult("engine", (1199.0, 1201.0, 1801.0), (False, False, True), 0,
+    result = dispatch_sim.RunResult("engine", (1199.0, 1201.0, 1801.0), (False, False, True), 0,
                              (1.0,), 0.5, 3600.0)
     out = bench.summarise(result, stream, TOWNSHIP_ARRIVE_S, {"nfpa": NFPA_ARRIVE_S})
     assert out["breaches"] == 1  # p1: 20 min; p3: 24 h
@@ -138,41 +131,43 @@ def test_breaches_count_against_the_limits_of_each_priority() -> None:
 
 # ---------------------------------------------------------------------- the demo town
 def test_stream_is_seeded_and_independent_of_the_roster(town: Town) -> None:
-    one = bench.make_stream(town, 7, 3.0, 30.0)
-    assert one == bench.make_stream(town, 7, 3.0, 30.0)
-    assert one != bench.make_stream(town, 8, 3.0, 30.0)
-    scaled = dataclasses.replace(town, units=bench.scale_units(town.units, 90, town.vertices, 7))
-    assert one == bench.make_stream(scaled, 7, 3.0, 30.0)
+    one = dispatch_workload.make_stream(town, 7, 3.0, 30.0)
+    assert one == dispatch_workload.make_stream(town, 7, 3.0, 30.0)
+    assert one != dispatch_workload.make_stream(town, 8, 3.0, 30.0)
+    scaled = dataclasses.replace(
+        town, units=dispatch_town.scale_units(town.units, 90, town.vertices, 7))
+    assert one == dispatch_workload.make_stream(scaled, 7, 3.0, 30.0)
     assert all(T0 <= i.opened_at < T0 + 3 * 3600 for i in one)
     assert [i.opened_at for i in one] == sorted(i.opened_at for i in one)
     assert {i.priority for i in one} <= {1, 2, 3, 4}
-    known = {c.name: c.qualification for c in bench.CATEGORIES}
+    known = {c.name: c.qualification for c in dispatch_workload.CATEGORIES}
     assert all(known[i.category] == i.qualification for i in one)
 
 
 def test_categories_are_a_distribution_with_few_critical() -> None:
-    assert sum(c.share for c in bench.CATEGORIES) == pytest.approx(1.0)
-    critical = sum(c.share * c.priorities[0] / sum(c.priorities) for c in bench.CATEGORIES)
+    assert sum(c.share for c in dispatch_workload.CATEGORIES) == pytest.approx(1.0)
+    critical = sum(c.share * c.priorities[0] / sum(c.priorities)
+                   for c in dispatch_workload.CATEGORIES)
     assert 0.02 < critical < 0.10
-    assert sum(bench.DIURNAL) == pytest.approx(24.0)
+    assert sum(dispatch_workload.DIURNAL) == pytest.approx(24.0)
 
 
 def test_every_category_has_a_qualified_unit_and_places(town: Town) -> None:
     held = set().union(*(u.qualifications for u in town.units))
-    assert {c.qualification for c in bench.CATEGORIES} <= held
+    assert {c.qualification for c in dispatch_workload.CATEGORIES} <= held
     assert len(town.units) == 45 and len(town.vertices) > 500
     assert all(v.grid and v.zone for v in town.vertices)
 
 
 def test_units_scale_adds_jittered_copies(town: Town) -> None:
-    units = bench.scale_units(town.units, 100, town.vertices, 3)
+    units = dispatch_town.scale_units(town.units, 100, town.vertices, 3)
     assert len(units) == 100 and len({u.id for u in units}) == 100
     assert units[:45] == town.units
     copy = units[45]
     assert copy.id == f"{town.units[0].id}~2"
     assert copy.qualifications == town.units[0].qualifications
     assert (copy.lon, copy.lat) != (town.units[0].lon, town.units[0].lat)
-    assert units == bench.scale_units(town.units, 100, town.vertices, 3)
+    assert units == dispatch_town.scale_units(town.units, 100, town.vertices, 3)
 
 
 def _without_timings(out: dict[str, Any]) -> dict[str, Any]:
@@ -187,9 +182,9 @@ def _without_timings(out: dict[str, Any]) -> dict[str, Any]:
 def test_a_small_run_is_deterministic_and_both_policies_see_the_same_stream(
     town: Town,
 ) -> None:
-    stream = bench.make_stream(town, 5, 4.0, 40.0)
+    stream = dispatch_workload.make_stream(town, 5, 4.0, 40.0)
     first = bench.compare(town, stream)
-    again = bench.compare(town, bench.make_stream(town, 5, 4.0, 40.0))
+    again = bench.compare(town, dispatch_workload.make_stream(town, 5, 4.0, 40.0))
     assert _without_timings(first) == _without_timings(again)
     ci, eng = first["closest_idle"], first["engine"]
     assert ci["incidents"] == eng["incidents"] == len(stream) > 30
@@ -217,10 +212,10 @@ def test_policy_overrides() -> None:
     assert policy.preempt_penalty_s == 30.0
     assert policy.priority_weights == (9.0, 3.0, 2.0, 1.0)
     assert policy.dispatch_returning is True
-    assert policy.preempt_up_to_priority == bench.BENCH_POLICY.preempt_up_to_priority
+    assert policy.preempt_up_to_priority == dispatch_sim.BENCH_POLICY.preempt_up_to_priority
     with pytest.raises(SystemExit):
         bench._policy_with(["no_such_knob=1"])
-    assert isinstance(bench.BENCH_POLICY, DispatchPolicy)
+    assert isinstance(dispatch_sim.BENCH_POLICY, DispatchPolicy)
 
 
 def test_main_prints_one_json_object_last(capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 
 from dispatch.geo import RoadGraph
-from simulators.bench import ROOT, ScratchDatabase, SyncDb, with_database
-from simulators.dispatch_bench import ARRIVE_LIMITS, T0, load_town
-from simulators.dispatch_from_db import TOWN_TZ, build
-from simulators.dispatch_hub_bench import window_stream
+from simulators.bench.dispatch_from_db import TOWN_TZ, build
+from simulators.bench.dispatch_hub import window_stream
+from simulators.bench.dispatch_town import load_town
+from simulators.bench.dispatch_workload import ARRIVE_LIMITS, T0
+from simulators.bench.harness import ROOT, ScratchDatabase, SyncDb, with_database
 
 SPEED = 120.0
 HOURS = 0.2

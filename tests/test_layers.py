@@ -38,7 +38,7 @@ def test_the_tree_keeps_its_contracts(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("module", "source", "contract"), [
     ("dispatch/_back_edge.py", "from ingest import mqtt\n", "Floors point down"),
-    ("hub/_back_edge.py", "import simulators.town\n", "Floors point down"),
+    ("hub/_back_edge.py", "import simulators.demo_town\n", "Floors point down"),
     ("core/_back_edge.py", "from hub import state\n", "Floors point down"),
     # a cycle inside a floor: hub.jobs already imports hub.state
     ("hub/_cycle_a.py", "import hub.jobs\n", None),

@@ -6,8 +6,8 @@ import random
 import pytest
 
 from ingest import wire
-from simulators import loadgen
-from simulators.loadgen import (
+from simulators.bench import loadgen
+from simulators.bench.loadgen import (
     LineMaker,
     LoadConfig,
     TokenBucket,

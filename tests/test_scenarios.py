@@ -35,6 +35,7 @@ from ingest.mqtt import BrokerAddress
 from simulators import scenario_model, scenario_parse, scenario_programs
 from simulators.mqtt_pub import Publisher
 from simulators.scenario import Player, PlayResult, ScenarioError
+from simulators.scenario_selectors import _Town, resolve_place, select_devices, select_units
 from tests.conftest import (
     ROOT,
     HubProcess,
@@ -206,35 +207,35 @@ def test_bad_toml_and_missing_file_are_clear(tmp_path: Path) -> None:
 
 
 def test_selectors() -> None:
-    town = scenario_parse._Town(TOWN)
-    near = scenario_parse.select_devices(town, {"model": "gas_detector", "near": "SAF-0006",
+    town = _Town(TOWN)
+    near = select_devices(town, {"model": "gas_detector", "near": "SAF-0006",
                                         "within_m": 450}, "x")
     assert near == ("SAF-0006", "SAF-0030", "SAF-0034", "SAF-0099")
     assert all(town.distance_m(DEVICES[d], DEVICES["SAF-0006"]) <= 450 for d in near)
-    grid = scenario_parse.select_devices(town, {"grid": "G13-08"}, "x")
+    grid = select_devices(town, {"grid": "G13-08"}, "x")
     assert len(grid) == 7 and {DEVICES[d]["grid"] for d in grid} == {"G13-08"}
-    first = scenario_parse.select_devices(town, {"grid": "G13", "model": "air_station"}, "x")
+    first = select_devices(town, {"grid": "G13", "model": "air_station"}, "x")
     assert first and all(DEVICES[d]["grid"].startswith("G13-") for d in first)
-    ind = scenario_parse.select_devices(town, {"model": "air_station", "zone": "industrial"}, "x")
-    rest = scenario_parse.select_devices(town, {"model": "air_station", "exclude": {
+    ind = select_devices(town, {"model": "air_station", "zone": "industrial"}, "x")
+    rest = select_devices(town, {"model": "air_station", "exclude": {
         "model": "air_station", "zone": "industrial"}}, "x")
     assert len(ind) == 14 and len(rest) == 16 and not set(ind) & set(rest)
-    river = scenario_parse.select_devices(town, {"name_contains": "璜塘河"}, "x")
+    river = select_devices(town, {"name_contains": "璜塘河"}, "x")
     assert "ENV-0079" in river and all("璜塘河" in DEVICES[d]["name"] for d in river)
-    assert scenario_parse.select_units(town, {"qualification": "water"}, "x") == (
+    assert select_units(town, {"qualification": "water"}, "x") == (
         "SQ-03", "SQ-06", "SQ-08", "SQ-10")
-    assert set(scenario_parse.select_units(town, {"type": "police"}, "x")) == {
+    assert set(select_units(town, {"type": "police"}, "x")) == {
         f"PO-{i:02d}" for i in range(1, 13)}
 
 
 def test_places_and_offsets() -> None:
-    lon, lat = scenario_parse.resolve_place(TOWN, {"near": "SAF-0011", "offset_m": (300.0, -400.0)})
+    lon, lat = resolve_place(TOWN, {"near": "SAF-0011", "offset_m": (300.0, -400.0)})
     d = DEVICES["SAF-0011"]
     east = (lon - d["lon"]) * 111_320 * math.cos(math.radians(d["lat"]))
     north = (lat - d["lat"]) * 110_574
     assert abs(east - 300) < 3 and abs(north + 400) < 3
     unit = TOWN["units"][0]
-    assert scenario_parse.resolve_place(TOWN, {"near": "home", "offset_m": (0, 0)}, unit["id"]) == (
+    assert resolve_place(TOWN, {"near": "home", "offset_m": (0, 0)}, unit["id"]) == (
         round(unit["lon"], 6), round(unit["lat"], 6))
 
 
@@ -254,7 +255,7 @@ def test_programs_ramp_hold_fall_off_and_return_to_normal() -> None:
     by = {d: [(ts - t0, v["gas_lel_pct"]) for ts, dd, v in rs if dd == d] for d in sc.devices}
     src = dict(by["SAF-0006"])
     assert src[60] == 2.0 and src[120] == 32.0 and src[180] == 62.0 and src[300] == 62.0
-    dist = scenario_parse._Town(TOWN).distance_m(DEVICES["SAF-0099"], DEVICES["SAF-0006"])
+    dist = _Town(TOWN).distance_m(DEVICES["SAF-0099"], DEVICES["SAF-0006"])
     delay = dist / 4
     far = dict(by["SAF-0099"])
     peak = 2 + 60 * math.exp(-dist / 700)

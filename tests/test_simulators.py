@@ -24,10 +24,10 @@ import pytest
 from dispatch import workflow
 from dispatch.service import UNIT_STATUS_AFTER
 from ingest import wire
-from simulators import devices, patrol
+from simulators import devices, patrol, patrol_motion, patrol_roads
 from simulators.crews import Crews, CrewTiming
 from simulators.mqtt_pub import MAX_WINDOW, InflightWindow
-from simulators.run import select_devices
+from simulators.run_loops import select_devices
 
 DATA = Path(__file__).resolve().parents[1] / "simulators" / "data"
 T0 = 1_767_196_800.0  # 2026-01-01 00:00 Beijing time (UTC+8)
@@ -47,8 +47,8 @@ def rules() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def graph(town: dict[str, Any]) -> patrol.RoadGraph:
-    return patrol.RoadGraph.from_town(town)
+def graph(town: dict[str, Any]) -> patrol_roads.RoadGraph:
+    return patrol_roads.RoadGraph.from_town(town)
 
 
 def _rules_for(rules: list[dict[str, Any]], device: dict[str, Any], metric: str,
@@ -314,12 +314,12 @@ def test_dead_and_stuck_sensors(town: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- patrol
 
 
-def _on_graph(graph: patrol.RoadGraph, x: float, y: float, tol: float = 0.05) -> bool:
+def _on_graph(graph: patrol_roads.RoadGraph, x: float, y: float, tol: float = 0.05) -> bool:
     return graph.nearest(x, y).dist <= tol
 
 
 def test_graph_joins_roads_at_shared_vertices(town: dict[str, Any],
-                                              graph: patrol.RoadGraph) -> None:
+                                              graph: patrol_roads.RoadGraph) -> None:
     vertices = {(round(c[0], 6), round(c[1], 6)) for f in town["roads"]["features"]
                 for c in f["geometry"]["coordinates"]}
     assert len(graph.nodes) == len(vertices)
@@ -328,7 +328,7 @@ def test_graph_joins_roads_at_shared_vertices(town: dict[str, Any],
     assert degree[3] + degree[4] > 50  # crossings exist
 
 
-def test_shortest_path_is_no_longer_than_any_other(graph: patrol.RoadGraph) -> None:
+def test_shortest_path_is_no_longer_than_any_other(graph: patrol_roads.RoadGraph) -> None:
     rng = random.Random(5)
     nodes = sorted(graph.component)
     for _ in range(20):
@@ -344,19 +344,19 @@ def test_shortest_path_is_no_longer_than_any_other(graph: patrol.RoadGraph) -> N
 
 
 def test_advance_is_pure_and_follows_path() -> None:
-    path = patrol.Path.of([(0.0, 0.0), (100.0, 0.0), (100.0, 50.0)], [10.0, 5.0])
-    m0 = patrol.Mover(0.0, 0.0, cruise=8.0).follow(path)
-    m1 = patrol.advance(m0, 5.0)
+    path = patrol_roads.Path.of([(0.0, 0.0), (100.0, 0.0), (100.0, 50.0)], [10.0, 5.0])
+    m0 = patrol_motion.Mover(0.0, 0.0, cruise=8.0).follow(path)
+    m1 = patrol_motion.advance(m0, 5.0)
     assert m0.x == 0.0 and m0.leg == 0  # unchanged
     assert (m1.x, m1.y, m1.speed, m1.heading) == pytest.approx((40.0, 0.0, 8.0, 90.0))
-    m2 = patrol.advance(m1, 10.0)  # 60 m to the corner at 8 m/s (7.5 s), then 2.5 s at 5
+    m2 = patrol_motion.advance(m1, 10.0)  # 60 m to the corner at 8 m/s (7.5 s), then 2.5 s at 5
     assert (m2.x, m2.y, m2.speed, m2.heading) == pytest.approx((100.0, 12.5, 5.0, 0.0))
-    m3 = patrol.advance(m2, 60.0)
+    m3 = patrol_motion.advance(m2, 60.0)
     assert (m3.x, m3.y, m3.speed) == (100.0, 50.0, 0.0) and m3.arrived
 
 
 def test_fleet_stays_on_roads_at_realistic_speeds(town: dict[str, Any],
-                                                  graph: patrol.RoadGraph) -> None:
+                                                  graph: patrol_roads.RoadGraph) -> None:
     fleet = patrol.Fleet(graph, town["units"], seed=3, now=T0,
                          grids=town["grids"]["features"])
     area_xy = {u.id: {graph.nodes[n] for n in u.area} for u in fleet.units.values()
@@ -389,7 +389,7 @@ def test_fleet_stays_on_roads_at_realistic_speeds(town: dict[str, Any],
         assert math.dist(u.home, (u.mover.x, u.mover.y)) < radius * 2.5
 
 
-def test_fleet_is_deterministic(town: dict[str, Any], graph: patrol.RoadGraph) -> None:
+def test_fleet_is_deterministic(town: dict[str, Any], graph: patrol_roads.RoadGraph) -> None:
     def positions(seed: int) -> list[tuple[float, float]]:
         fleet = patrol.Fleet(graph, town["units"], seed=seed, now=T0)
         for k in range(300):
@@ -401,7 +401,7 @@ def test_fleet_is_deterministic(town: dict[str, Any], graph: patrol.RoadGraph) -
 
 
 def test_send_to_reaches_an_off_road_target(town: dict[str, Any],
-                                            graph: patrol.RoadGraph) -> None:
+                                            graph: patrol_roads.RoadGraph) -> None:
     fleet = patrol.Fleet(graph, town["units"], seed=1, now=T0)
     unit = town["units"][0]["id"]
     target = town["devices"][100]
@@ -421,7 +421,7 @@ def test_send_to_reaches_an_off_road_target(town: dict[str, Any],
     assert fleet.units[unit].mode in ("returning", "patrol")
 
 
-def test_route_between_points_on_one_segment(graph: patrol.RoadGraph) -> None:
+def test_route_between_points_on_one_segment(graph: patrol_roads.RoadGraph) -> None:
     a, b, _ = graph.segments[0]
     (ax, ay), (bx, by) = graph.nodes[a], graph.nodes[b]
     p = (ax + 0.2 * (bx - ax), ay + 0.2 * (by - ay))
@@ -432,11 +432,11 @@ def test_route_between_points_on_one_segment(graph: patrol.RoadGraph) -> None:
 
 def test_gps_noise_and_jumps() -> None:
     rng = random.Random(1)
-    m = patrol.Mover(0.0, 0.0, cruise=10.0, speed=10.0, heading=45.0)
+    m = patrol_motion.Mover(0.0, 0.0, cruise=10.0, speed=10.0, heading=45.0)
     errors = []
     for k in range(20_000):
-        fix = patrol.gps_fix("PO-01", m, T0 + k, rng)
-        x, y = patrol.to_xy(fix.lon, fix.lat)
+        fix = patrol_motion.gps_fix("PO-01", m, T0 + k, rng)
+        x, y = patrol_roads.to_xy(fix.lon, fix.lat)
         errors.append(math.hypot(x, y))
         assert 0 <= (fix.heading or 0) <= 360 and fix.speed >= 0 and fix.acc > 0
     jumps = sum(1 for e in errors if e > 80)
@@ -450,12 +450,13 @@ def test_gps_noise_and_jumps() -> None:
 
 
 def test_gps_stopped_unit_has_no_heading() -> None:
-    fix = patrol.gps_fix("GW-01", patrol.Mover(0.0, 0.0, cruise=1.0), T0, random.Random(2))
+    fix = patrol_motion.gps_fix("GW-01", patrol_motion.Mover(0.0, 0.0, cruise=1.0), T0,
+                                random.Random(2))
     assert fix.speed == 0 and fix.heading is None
 
 
 def test_due_fixes_every_interval_staggered(town: dict[str, Any],
-                                            graph: patrol.RoadGraph) -> None:
+                                            graph: patrol_roads.RoadGraph) -> None:
     fleet = patrol.Fleet(graph, town["units"], seed=1, now=T0, gps_interval_s=5.0)
     per_tick = []
     counts: Counter[str] = Counter()
@@ -595,7 +596,7 @@ class FakeHub:
         return httpx.Response(404, json={"error": {"code": "not_found", "message": path}})
 
 
-async def _run_crews(town: dict[str, Any], graph: patrol.RoadGraph, hub: FakeHub,
+async def _run_crews(town: dict[str, Any], graph: patrol_roads.RoadGraph, hub: FakeHub,
                      timing: CrewTiming, until: Any, setup: Any = None
                      ) -> tuple[Crews, patrol.Fleet]:
     fleet = patrol.Fleet(graph, town["units"], seed=1, now=T0)
@@ -623,7 +624,7 @@ async def _run_crews(town: dict[str, Any], graph: patrol.RoadGraph, hub: FakeHub
 FAST = CrewTiming(speed=2000.0, decline_p=0.0, verify_fail_p=0.0, late_p=0.0)
 
 
-async def test_crew_closes_the_loop(town: dict[str, Any], graph: patrol.RoadGraph) -> None:
+async def test_crew_closes_the_loop(town: dict[str, Any], graph: patrol_roads.RoadGraph) -> None:
     device = town["devices"][40]
     hub = FakeHub(town, "SQ-01", device)
     crews, fleet = await _run_crews(town, graph, hub, FAST,
@@ -643,7 +644,7 @@ async def test_crew_closes_the_loop(town: dict[str, Any], graph: patrol.RoadGrap
 
 
 async def test_crew_reworks_after_failed_verification(town: dict[str, Any],
-                                                      graph: patrol.RoadGraph) -> None:
+                                                      graph: patrol_roads.RoadGraph) -> None:
     hub = FakeHub(town, "PO-03", town["devices"][7])
     timing = dataclasses.replace(FAST, verify_fail_p=1.0)
 
@@ -660,7 +661,7 @@ async def test_crew_reworks_after_failed_verification(town: dict[str, Any],
 
 
 async def test_crew_declines_with_a_reason(town: dict[str, Any],
-                                           graph: patrol.RoadGraph) -> None:
+                                           graph: patrol_roads.RoadGraph) -> None:
     hub = FakeHub(town, "GW-05", town["devices"][3])
     timing = dataclasses.replace(FAST, decline_p=1.0)
     await _run_crews(town, graph, hub, timing, lambda: hub.incident["state"] == "registered")
@@ -669,7 +670,7 @@ async def test_crew_declines_with_a_reason(town: dict[str, Any],
 
 
 async def test_crew_survives_someone_else_moving_the_case(
-        town: dict[str, Any], graph: patrol.RoadGraph) -> None:
+        town: dict[str, Any], graph: patrol_roads.RoadGraph) -> None:
     hub = FakeHub(town, "SQ-04", town["devices"][60])
 
     def operator_starts_handling() -> None:  # the operator was faster than the app
@@ -685,7 +686,7 @@ async def test_crew_survives_someone_else_moving_the_case(
 
 
 async def test_crews_wait_while_the_hub_is_down(town: dict[str, Any],
-                                                graph: patrol.RoadGraph) -> None:
+                                                graph: patrol_roads.RoadGraph) -> None:
     def down(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
@@ -700,12 +701,12 @@ async def test_crews_wait_while_the_hub_is_down(town: dict[str, Any],
 
 
 def test_fleet_resumes_from_known_positions(town: dict[str, Any],
-                                            graph: patrol.RoadGraph) -> None:
+                                            graph: patrol_roads.RoadGraph) -> None:
     somewhere = town["devices"][5]
     fleet = patrol.Fleet(graph, town["units"], seed=2, now=T0,
                          positions={"SQ-02": (somewhere["lon"], somewhere["lat"])})
     u = fleet.units["SQ-02"]
-    here = graph.nearest(*patrol.to_xy(somewhere["lon"], somewhere["lat"]))
+    here = graph.nearest(*patrol_roads.to_xy(somewhere["lon"], somewhere["lat"]))
     assert math.dist((u.mover.x, u.mover.y), (here.x, here.y)) < 400  # snapped to a node
     start = town["units"][next(k for k, x in enumerate(town["units"]) if x["id"] == "SQ-02")]
-    assert math.dist(u.home, patrol.to_xy(start["lon"], start["lat"])) < 1.0  # home kept
+    assert math.dist(u.home, patrol_roads.to_xy(start["lon"], start["lat"])) < 1.0  # home kept

@@ -1,4 +1,4 @@
-"""The demo town document (simulators/town.py) and the GeoJSON importer."""
+"""The demo town document (simulators/demo_town/) and the GeoJSON importer."""
 
 from __future__ import annotations
 
@@ -11,17 +11,20 @@ from typing import Any
 
 import pytest
 
+from core import town_format
+from core.geometry import point_in_polygon
 from hub.town_geojson import town_from_geojson
-from simulators import town
+from simulators.demo_town import document, plane
+from simulators.demo_town.grids import NOISE_ZONE
 
 DATA_FILE = Path(__file__).resolve().parents[1] / "simulators" / "data" / "xuxiake.json"
-ORIGIN = (town.CENTER_LON, town.CENTER_LAT)  # shift before products: keeps areas exact
+ORIGIN = (plane.CENTER_LON, plane.CENTER_LAT)  # shift before products: keeps areas exact
 Edge = tuple[tuple[float, float], tuple[float, float]]
 
 
 @pytest.fixture(scope="module")
 def doc() -> dict[str, Any]:
-    return town.generate()
+    return document.generate()
 
 
 def grids(doc: dict[str, Any], level: int) -> list[dict[str, Any]]:
@@ -121,7 +124,7 @@ NOTCH = [[0, 0], [4, 0], [4, 4], [2, 1], [0, 4], [0, 0]]  # concave "M"
     (1.0, 2.0, NOTCH, True),
 ])
 def test_point_in_polygon(lon: float, lat: float, ring: list[list[float]], inside: bool) -> None:
-    assert town.point_in_polygon(lon, lat, ring) is inside
+    assert point_in_polygon(lon, lat, ring) is inside
 
 
 # -- document ------------------------------------------------------------------
@@ -131,22 +134,22 @@ def test_header(doc: dict[str, Any]) -> None:
                          "roads", "devices", "units", "departments"]
     assert doc["format"] == "gridhub-town/1"
     assert (doc["name"], doc["name_en"], doc["seed"]) == ("徐霞客镇", "Xuxiake Town", 2026)
-    assert doc["departments"] == town.DEPARTMENTS and len(town.DEPARTMENTS) == 12
+    assert doc["departments"] == town_format.DEPARTMENTS and len(town_format.DEPARTMENTS) == 12
     cc = doc["command_center"]
     assert cc["name"] == "徐霞客镇综合指挥中心"
     assert abs(cc["lon"] - 120.43) < 0.02 and abs(cc["lat"] - 31.80) < 0.02
-    assert town.point_in_polygon(cc["lon"], cc["lat"], outline(doc))
+    assert point_in_polygon(cc["lon"], cc["lat"], outline(doc))
 
 
 def test_deterministic(doc: dict[str, Any]) -> None:
-    assert town.generate() == doc
-    assert town.generate(7) != doc
-    assert town.to_json(town.generate(7)) == town.to_json(town.generate(7))
+    assert document.generate() == doc
+    assert document.generate(7) != doc
+    assert document.to_json(document.generate(7)) == document.to_json(document.generate(7))
 
 
 def test_committed_file_is_current(doc: dict[str, Any]) -> None:
     text = DATA_FILE.read_text(encoding="utf-8")
-    assert text == town.to_json(doc), "regenerate: python -m simulators.town"
+    assert text == document.to_json(doc), "regenerate: python -m simulators.demo_town"
     assert json.loads(text) == doc
 
 
@@ -204,7 +207,7 @@ def test_children_inside_and_tiling_parent(doc: dict[str, Any]) -> None:
         kids = [ring_of(f) for f in grids(doc, 2) if f["properties"]["parent"] == pid]
         for ring in kids:
             for lon, lat in ring:
-                assert (town.point_in_polygon(lon, lat, pring)
+                assert (point_in_polygon(lon, lat, pring)
                         or distance_to_ring(lon, lat, pring) < 1e-9), (pid, lon, lat)
         total = sum(area(r) for r in kids)
         assert total == pytest.approx(area(pring), rel=1e-9), pid
@@ -225,7 +228,7 @@ def test_level2_grids_tile_the_town(doc: dict[str, Any]) -> None:
     all_edges = list(dict.fromkeys(tuple(sorted(e)) for r in rings for e in edges(r)))
     assert crossings(all_edges) == []
     # About 12 km x 10 km (deg^2 -> km^2 at this latitude).
-    km2 = area(town_ring) * town.M_PER_DEG_LON * town.M_PER_DEG_LAT / 1e6
+    km2 = area(town_ring) * plane.M_PER_DEG_LON * plane.M_PER_DEG_LAT / 1e6
     assert 100 < km2 < 140
 
 
@@ -258,9 +261,9 @@ def test_roads_one_connected_network_inside_town(doc: dict[str, Any]) -> None:
             queue.append(nb)
     assert len(seen) == len(graph), "road network is not one connected component"
     town_ring = outline(doc)
-    assert all(town.point_in_polygon(x, y, town_ring) for x, y in graph)
+    assert all(point_in_polygon(x, y, town_ring) for x, y in graph)
     for f in grids(doc, 1):
-        assert any(town.point_in_polygon(x, y, ring_of(f)) for x, y in graph), \
+        assert any(point_in_polygon(x, y, ring_of(f)) for x, y in graph), \
             f"no road reaches {f['properties']['id']}"
 
 
@@ -275,7 +278,7 @@ def test_local_roads_reach_every_first_level_grid(doc: dict[str, Any]) -> None:
     local = [p for f in doc["roads"]["features"] if f["properties"]["class"] == "local"
              for p in f["geometry"]["coordinates"]]
     for g in grids(doc, 1):
-        assert any(town.point_in_polygon(x, y, ring_of(g)) for x, y in local)
+        assert any(point_in_polygon(x, y, ring_of(g)) for x, y in local)
 
 
 # -- devices -------------------------------------------------------------------
@@ -305,12 +308,12 @@ def test_devices(doc: dict[str, Any]) -> None:
                                    "environment": "ENV-"}[kind])
         assert d["name"] and all(round(d[k], 6) == d[k] for k in ("lon", "lat"))
         grid = by_id[d["grid"]]
-        assert town.point_in_polygon(d["lon"], d["lat"], ring_of(grid)), d["id"]
+        assert point_in_polygon(d["lon"], d["lat"], ring_of(grid)), d["id"]
         assert d["zone"] == grid["properties"]["zone"]
         if kind == "traffic":
             assert (d["lon"], d["lat"]) in vertices, d["id"]
         if d["model"] == "noise_meter":
-            assert d["noise_zone"] in ("4", town.NOISE_ZONE[d["zone"]])
+            assert d["noise_zone"] in ("4", NOISE_ZONE[d["zone"]])
         else:
             assert "noise_zone" not in d
     safety = [d for d in devices if d["kind"] == "safety"]
@@ -331,14 +334,14 @@ def test_units(doc: dict[str, Any]) -> None:
     for u in units:
         assert list(u) == ["id", "name", "type", "qualifications", "home_grid", "lon", "lat",
                            "members"]
-        assert all(q in town.DEPARTMENTS for q in u["qualifications"])
+        assert all(q in town_format.DEPARTMENTS for q in u["qualifications"])
         assert u["members"] >= 1
         assert (u["lon"], u["lat"]) in vertices, u["id"]
-        assert town.point_in_polygon(u["lon"], u["lat"], ring_of(by_id[u["home_grid"]])), u["id"]
+        assert point_in_polygon(u["lon"], u["lat"], ring_of(by_id[u["home_grid"]])), u["id"]
     squads = [u for u in units if u["type"] == "squad"]
     assert all(3 <= len(u["qualifications"]) <= 6 for u in squads)
     cover = Counter(q for u in squads for q in u["qualifications"])
-    for dept in town.DEPARTMENTS:
+    for dept in town_format.DEPARTMENTS:
         need = 3 if dept in ("work_safety", "environment", "city_management") else 2
         assert cover[dept] >= need, dept
     assert all(u["qualifications"] == ["public_security", "traffic"]
@@ -356,8 +359,8 @@ def test_import_round_trips_the_demo_town(doc: dict[str, Any]) -> None:
     assert imported["grids"] == doc["grids"]
     assert imported["roads"] == doc["roads"]
     assert imported["devices"] == [] and imported["units"] == []
-    assert imported["departments"] == town.DEPARTMENTS
-    assert town.point_in_polygon(imported["command_center"]["lon"],
+    assert imported["departments"] == town_format.DEPARTMENTS
+    assert point_in_polygon(imported["command_center"]["lon"],
                                  imported["command_center"]["lat"], outline(doc))
 
 

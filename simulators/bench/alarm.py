@@ -1,5 +1,5 @@
 """Alarm latency benchmark (issue 4): ``./hubctl bench alarm [args]``, or
-``python -m simulators.alarm_bench [args]`` with the bench environment's ``HUB_*`` exported.
+``python -m simulators.bench.alarm [args]`` with the bench environment's ``HUB_*`` exported.
 
 What it does: a fresh scratch database with the demo town, ``--devices`` background bench
 devices (``BENCH-<tag>-00001``..., model ``bench``, metric ``v``: no threshold rule watches
@@ -84,8 +84,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from core.stats import percentile
 from ingest import wire
 from ingest.watch import CAP_RAISES, CAP_WINDOW_S
-from simulators import loadgen
-from simulators.bench import (
+from simulators.bench import loadgen
+from simulators.bench.harness import (
     ROOT,
     BenchEnv,
     HubProcess,
@@ -402,7 +402,7 @@ async def _until(cond: Any, feed: FeedWatcher) -> None:
 def _start_generator(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run_id: str,
                      duration_s: float, bg_prefix: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "simulators.loadgen", "--port", str(env.mqtt_port),
+        [sys.executable, "-m", "simulators.bench.loadgen", "--port", str(env.mqtt_port),
          "--duration", f"{duration_s:.1f}", "--rate", str(args.rate), "--mode", args.mode,
          "--batch", str(args.batch), "--devices", str(args.devices),
          "--device-prefix", bg_prefix,
@@ -792,7 +792,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulators.alarm_bench",
+    parser = argparse.ArgumentParser(prog="python -m simulators.bench.alarm",
                                      description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -37,7 +37,9 @@ from core.settings import Settings
 from dispatch import decisions, planner, service
 from dispatch.leader import Dispatcher
 from hub.app import settle_gc
-from simulators.dispatch_bench import Town, _pct, _Sampler, scale_units
+from simulators.bench.dispatch_bench import _pct
+from simulators.bench.dispatch_town import Town, scale_units
+from simulators.bench.dispatch_workload import _Sampler
 
 
 class _TimedLeader(Dispatcher):

@@ -1,5 +1,5 @@
 """Live console load benchmark (issue 7): ``./hubctl bench console [args]``, or
-``python -m simulators.console_bench [args]`` with the bench environment's ``HUB_*`` exported.
+``python -m simulators.bench.console [args]`` with the bench environment's ``HUB_*`` exported.
 
 What it does: a fresh scratch database with the demo town plus ``--units`` bench squads
 (``BU<tag>-00001``..., ``<tag>`` random per run; qualification ``city_management``, homes
@@ -79,8 +79,8 @@ from websockets.exceptions import WebSocketException
 
 from core.stats import percentile
 from ingest import wire
-from simulators.alarm_bench import Probes, drop_quietly, load_avg
-from simulators.bench import (
+from simulators.bench.alarm import Probes, drop_quietly, load_avg
+from simulators.bench.harness import (
     ROOT,
     BenchEnv,
     HubProcess,
@@ -91,7 +91,7 @@ from simulators.bench import (
     run_and_report,
     start_profiler,
 )
-from simulators.loadgen import TokenBucket
+from simulators.bench.loadgen import TokenBucket
 from simulators.mqtt_login import login_at
 from simulators.mqtt_pub import Publisher
 
@@ -722,7 +722,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         say(f"hub pid {hub.pid} ready (log {hub.log_path})")
         probes = Probes(hub.pid, {"hub": hub.pid, "broker": env.pid_of("mqtt/mosquitto.pid"),
                                   "db": env.pid_of("pg/postmaster.pid")})
-        me = [sys.executable, "-m", "simulators.console_bench"]
+        me = [sys.executable, "-m", "simulators.bench.console"]
         url = f"ws://127.0.0.1:{hub.port}/ws/live?token={hub.token}"
         t_conn = time.monotonic()
         for i, n in enumerate(split_evenly(args.clients, args.client_procs)):
@@ -915,7 +915,7 @@ def _role_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulators.console_bench",
+    parser = argparse.ArgumentParser(prog="python -m simulators.bench.console",
                                      description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     _role_arguments(parser)

@@ -1,7 +1,8 @@
-"""The command line of ``./hubctl bench dispatch``: the replay (simulators/dispatch_bench.py,
-the default), the hub's own decision latency (simulators/dispatch_latency.py), and the two
-other modes, ``--hub`` (simulators/dispatch_hub_bench.py) and ``--from-db``
-(simulators/dispatch_from_db.py). It sits above all of them, so none imports it back.
+"""The command line of ``./hubctl bench dispatch``: the replay (dispatch_bench.py, the
+default, over dispatch_town.py, dispatch_workload.py and dispatch_sim.py), the hub's own
+decision latency (dispatch_latency.py), and the two other modes, ``--hub``
+(dispatch_hub.py) and ``--from-db`` (dispatch_from_db.py), all in simulators/bench/. It sits
+above all of them, so none imports it back.
 """
 
 from __future__ import annotations
@@ -16,18 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from dispatch.model import DispatchPolicy
-from simulators import dispatch_bench, dispatch_from_db, dispatch_hub_bench, dispatch_latency
-from simulators.dispatch_bench import (
+from simulators.bench import dispatch_bench, dispatch_from_db, dispatch_hub, dispatch_latency
+from simulators.bench.dispatch_bench import _policy_with, compare, latency_scenario
+from simulators.bench.dispatch_town import DEFAULT_TOWN, Town, load_town
+from simulators.bench.dispatch_workload import (
     ARRIVE_LIMITS,
     DEFAULT_HOURS,
     DEFAULT_RATE,
     DEFAULT_SEED,
-    DEFAULT_TOWN,
-    Town,
-    _policy_with,
-    compare,
-    latency_scenario,
-    load_town,
     make_stream,
 )
 
@@ -58,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="replay the incidents recorded in a hub's database")
     p.add_argument("--since", help="--from-db: start of the range (default: --until - 7 days)")
     p.add_argument("--until", help="--from-db: end of the range (default: now)")
-    dispatch_hub_bench.add_arguments(p)
+    dispatch_hub.add_arguments(p)
 
 
 def selected(args: argparse.Namespace) -> bool:
@@ -72,18 +69,18 @@ def run_mode(args: argparse.Namespace, policy: DispatchPolicy) -> int:
                              "to the replay and --from-db only")
         if args.units_scale != 1.0:
             raise SystemExit("--hub runs the town's own units (--units-scale 1)")
-        args.hours = dispatch_hub_bench.DEFAULT_HOURS if args.hours is None else args.hours
-        return dispatch_hub_bench.main(args)
+        args.hours = dispatch_hub.DEFAULT_HOURS if args.hours is None else args.hours
+        return dispatch_hub.main(args)
     return dispatch_from_db.main(args, policy)
 
 
 def hub_latency(town: Town, seed: int, decisions: int) -> dict[str, Any]:
-    """``hub_decision_*`` on a scratch database with the town (simulators/dispatch_latency)."""
+    """``hub_decision_*`` on a scratch database with the town (dispatch_latency.py)."""
     import asyncio
     import subprocess
 
     from core.settings import Settings
-    from simulators.bench import ROOT, BenchEnv, ScratchDatabase
+    from simulators.bench.harness import ROOT, BenchEnv, ScratchDatabase
 
     env = BenchEnv.from_environ()
     db = ScratchDatabase(env.database_url, f"bench_dispatch_{os.getpid()}",
@@ -107,7 +104,7 @@ def _say(msg: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; the last line of stdout is one JSON object. Returns 0."""
-    p = argparse.ArgumentParser(prog="python -m simulators.dispatch_modes",
+    p = argparse.ArgumentParser(prog="python -m simulators.bench.dispatch_modes",
                                 description=(dispatch_bench.__doc__ or "").split("\n\n")[0])
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--hours", type=float, default=None,

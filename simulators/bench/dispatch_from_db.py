@@ -2,7 +2,7 @@
 
 "What would this policy have done last week?" The incidents a hub's database holds in
 ``[--since, --until)`` (default: the last 7 days) go through the replay's simulation
-(simulators/dispatch_bench.py) twice, under closest-idle and under the decision core with the
+(simulators/bench/dispatch_bench.py) twice, under closest-idle and under the decision core with the
 benchmark's policy (``--set KNOB=VALUE`` to try another), on the roads, units and unit
 positions of that same database. The figures have the replay's keys, plus ``recorded``: the
 same figures for what the hub actually did, from its case log.
@@ -51,16 +51,10 @@ from zoneinfo import ZoneInfo
 
 from dispatch.geo import RoadGraph
 from dispatch.model import DispatchPolicy
-from simulators.bench import ROOT, SyncDb
-from simulators.dispatch_bench import (
-    ARRIVE_LIMITS,
-    CATEGORIES,
-    T0,
-    Incident,
-    Town,
-    UnitSpec,
-    compare,
-)
+from simulators.bench.dispatch_bench import compare
+from simulators.bench.dispatch_town import Town, UnitSpec
+from simulators.bench.dispatch_workload import ARRIVE_LIMITS, CATEGORIES, T0, Incident
+from simulators.bench.harness import ROOT, SyncDb
 
 # The town's time zone: day boundaries ("cases today") are local.
 TOWN_TZ = ZoneInfo("Asia/Shanghai")

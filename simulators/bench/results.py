@@ -1,6 +1,6 @@
 """Where benchmark results are kept, so that ``./hubctl bench report`` can read the last ones.
 
-Every successful benchmark run (``simulators.bench.run_and_report``) writes its JSON result,
+Every successful benchmark run (``simulators.bench.harness.run_and_report``) writes its JSON result,
 the same object it prints as its last stdout line, to ``RESULTS_DIR`` as
 ``<benchmark>-<run_id>.json``, wrapped with what the report needs to say where and when it
 was measured::
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Under var/ (never committed): results are this machine's, not the project's; the figures
 # worth keeping go to docs/PERFORMANCE.md through the report.
 RESULTS_DIR = ROOT / "var" / "bench-results"

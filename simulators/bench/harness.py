@@ -64,12 +64,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from simulators import loadgen
-from simulators.bench_results import save_result
+from simulators.bench import loadgen
+from simulators.bench.results import save_result
 from simulators.mqtt_login import login_at, mosquitto_client_env
 
 T = TypeVar("T")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # The probe device (subscription check) is ``<prefix>PROBE``, outside the generator's ids.
 PROBE_SUFFIX = "PROBE"
 # Seconds allowed for the hub to start (migrations on an empty database, town in memory).
@@ -629,7 +629,7 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         busy0, total0 = machine_ticks()
         t0 = time.monotonic()
         gen_proc = subprocess.Popen(
-            [sys.executable, "-m", "simulators.loadgen", "--port", str(env.mqtt_port),
+            [sys.executable, "-m", "simulators.bench.loadgen", "--port", str(env.mqtt_port),
              "--duration", str(args.duration), "--rate", str(args.rate), "--mode", args.mode,
              "--batch", str(args.batch), "--devices", str(args.devices),
              "--publishers", str(args.publishers), "--window", str(args.window),
@@ -817,11 +817,11 @@ BENCHMARKS: dict[str, Benchmark] = {
 
 # Benchmarks with a command line of their own, run as they are (same JSON last line).
 DELEGATED: dict[str, str] = {
-    "dispatch": "simulators.dispatch_modes",  # issue 5: engine vs closest idle
-    "alarm": "simulators.alarm_bench",        # issue 4: publish -> alarm on the websocket
-    "console": "simulators.console_bench",    # issue 7: 2,000 units, 200 clients
-    "report": "simulators.bench_report",      # issue 16: HTML plots + PERFORMANCE.md table
-    "replay": "simulators.replay_bench",      # issue 15: a seek, a playback chunk
+    "dispatch": "simulators.bench.dispatch_modes",  # issue 5: engine vs closest idle
+    "alarm": "simulators.bench.alarm",        # issue 4: publish -> alarm on the websocket
+    "console": "simulators.bench.console",    # issue 7: 2,000 units, 200 clients
+    "report": "simulators.bench.report",      # issue 16: HTML plots + PERFORMANCE.md table
+    "replay": "simulators.bench.replay",      # issue 15: a seek, a playback chunk
 }
 
 

@@ -36,7 +36,7 @@ The same window guards the paced mode. Every process stops by itself: the send p
 ``duration_s``, confirmation waits at most ``drain_timeout_s`` (less if it stalls), and a
 hard deadline kills whatever is left.
 
-``python -m simulators.loadgen --port 18833 --duration 10`` runs it alone; the last stdout
+``python -m simulators.bench.loadgen --port 18833 --duration 10`` runs it alone; the last stdout
 line is a JSON report. ``simulators/bench.py`` runs it this way (a separate process, so that
 its ``getrusage`` CPU figures are exactly the generator's: Python plus its mosquitto_pub
 children).
@@ -626,7 +626,7 @@ def stats_confirmer(urls: list[str], points_per_msg: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m simulators.loadgen",
+    p = argparse.ArgumentParser(prog="python -m simulators.bench.loadgen",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, default=1883, help="broker port on 127.0.0.1")
     p.add_argument("--duration", type=float, default=60.0, help="send phase, seconds")

@@ -30,7 +30,7 @@ from typing import Any
 
 from core.db import connect, migrate
 from hub import replay_store
-from simulators.bench import BenchEnv, ScratchDatabase, say
+from simulators.bench.harness import BenchEnv, ScratchDatabase, say
 
 
 def _unit(i: int, ts: float) -> dict[str, Any]:
