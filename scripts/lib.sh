@@ -427,7 +427,7 @@ run_tests() {
   local py="$VENV/bin/python" rc=0
   log "ruff"
   "$VENV/bin/ruff" check . || rc=1
-  log "mypy (strict on core/, ingest/, dispatch/ and hub/)"
+  log "mypy (strict on core/, ingest/, dispatch/, hub/ and simulators/)"
   "$VENV/bin/mypy" || rc=1
   log "import layers (import-linter)"
   "$VENV/bin/lint-imports" || rc=1

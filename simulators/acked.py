@@ -13,7 +13,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import paho.mqtt.client as mqtt
 
@@ -53,7 +53,7 @@ class AckedPublisher:
                 self.sent += 1
             time.sleep(0.005)
 
-    def start(self, connect_timeout_s: float = 15.0) -> AckedPublisher:
+    def start(self, connect_timeout_s: float = 15.0) -> Self:
         self.client.loop_start()
         deadline = time.monotonic() + connect_timeout_s
         while not self.client.is_connected():

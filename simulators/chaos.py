@@ -53,7 +53,7 @@ from typing import Any
 
 import asyncpg
 
-from ingest.mqtt import BrokerAddress, make_client
+from core.mqtt_client import BrokerAddress, make_client
 from simulators.bench.harness import (
     BenchEnv,
     HubProcess,
@@ -131,7 +131,8 @@ class Scenario:
     def run(self) -> dict[str, Any]:
         try:
             self.setup()
-            return getattr(self, self.name)()
+            result: dict[str, Any] = getattr(self, self.name)()
+            return result
         finally:
             for h in self.hubs:
                 if h.proc is not None and h.proc.poll() is None:

@@ -16,9 +16,9 @@ from urllib.parse import quote
 
 import asyncpg
 
+from core.mqtt_client import BrokerAddress, make_client
 from dispatch.leader import LEADER_LOCK_KEY
 from ingest import wire
-from ingest.mqtt import BrokerAddress, make_client
 from simulators.acked import AckedPublisher
 from simulators.bench import loadgen
 from simulators.bench.harness import (

@@ -45,8 +45,8 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 
+from core.mqtt_client import BrokerAddress, make_client
 from dispatch.service import ACCEPT_TIMEOUT_S
-from ingest.mqtt import BrokerAddress, make_client
 from simulators import crew_behaviour
 from simulators.crew_behaviour import CrewBehaviour, Odds
 from simulators.patrol import Fleet

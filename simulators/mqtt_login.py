@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
-from ingest.mqtt import BrokerAddress
+from core.mqtt_client import BrokerAddress
 
 DEFAULT_URL = "mqtt://127.0.0.1:1883"
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ingest.mqtt import BrokerAddress, make_client
+from core.mqtt_client import BrokerAddress, make_client
 from simulators.mqtt_login import gateway_url, without_password
 
 log = logging.getLogger("simulators.mqtt_pub")

@@ -52,7 +52,7 @@ import time
 from pathlib import Path
 
 from core import log as hub_log
-from ingest.mqtt import BrokerAddress
+from core.mqtt_client import BrokerAddress
 from simulators import citizens as citizen_reports
 from simulators import scenario as scenario_files
 from simulators.crews import Crews, CrewTiming, api_headers, listen_for_commands

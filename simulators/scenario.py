@@ -121,7 +121,7 @@ import logging
 import os
 import sys
 
-from ingest.mqtt import BrokerAddress
+from core.mqtt_client import BrokerAddress
 from simulators.mqtt_login import gateway_url, without_password
 from simulators.mqtt_pub import Publisher
 from simulators.scenario_model import (

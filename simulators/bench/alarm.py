@@ -701,9 +701,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         s_in, s_out = summarize(inside, "during_bt_"), summarize(outside, "no_bt_")
         bt_res.update(s_in, **s_out, during_bt_n=len(inside), no_bt_n=len(outside))
         for q in ("p50", "p99"):
-            if s_in[f"during_bt_{q}_ms"] and s_out[f"no_bt_{q}_ms"]:
-                bt_res[f"{q}_ratio_bt"] = round(
-                    s_in[f"during_bt_{q}_ms"] / s_out[f"no_bt_{q}_ms"], 2)
+            during, between = s_in[f"during_bt_{q}_ms"], s_out[f"no_bt_{q}_ms"]
+            if during is not None and between:
+                bt_res[f"{q}_ratio_bt"] = round(during / between, 2)
     hub_rows = m1["hub_rows"] - m0["hub_rows"]
     return {
         "benchmark": "alarm",

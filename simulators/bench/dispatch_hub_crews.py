@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 
+from core.mqtt_client import BrokerAddress, make_client
 from dispatch.geo import RoadGraph
 from ingest import wire
-from ingest.mqtt import BrokerAddress, make_client
 from simulators.bench.dispatch_sim import TURNOUT_S
 from simulators.bench.dispatch_town import Town
 

@@ -61,7 +61,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
-from ingest.mqtt import BrokerAddress
+from core.mqtt_client import BrokerAddress
 from simulators.mqtt_login import gateway_url, mosquitto_client_env
 
 DEVICE_PREFIX = "BENCH-"

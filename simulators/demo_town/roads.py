@@ -73,10 +73,10 @@ def _lattice_links(rng: random.Random) -> list[tuple[Node, Node, str, str]]:
         root.setdefault(b, b)
         root[find(a)] = find(b)
 
-    for a, b, _, _ in arterial:
-        add(a, b)
-    for a, b in local:
-        add(a, b)
+    for n1, n2, _, _ in arterial:
+        add(n1, n2)
+    for n1, n2 in local:
+        add(n1, n2)
     hub = arterial[0][0]
     while True:
         stray = [n for n in root if find(n) != find(hub)]
@@ -139,12 +139,12 @@ def make_roads(rng: random.Random, index: GridIndex) -> list[dict[str, Any]]:
     cells_taken: set[Node] = set()
     for parent in index.parents:
         options = []
-        for a in range(ROAD_ROWS - 1):
-            for b in range(ROAD_COLS - 1):
-                for da, db in ((0, 0), (0, 1), (1, 1), (1, 0)):
-                    start, far = (a + da, b + db), (a + 1 - da, b + 1 - db)
-                    if (a, b) not in cells_taken and start in used:
-                        options.append(((a, b), start, far))
+        for row in range(ROAD_ROWS - 1):
+            for col in range(ROAD_COLS - 1):
+                for dr, dc in ((0, 0), (0, 1), (1, 1), (1, 0)):
+                    start, far = (row + dr, col + dc), (row + 1 - dr, col + 1 - dc)
+                    if (row, col) not in cells_taken and start in used:
+                        options.append(((row, col), start, far))
         rng.shuffle(options)
         groups = sorted(rng.sample(range(1, 13), _SPURS_PER_GRID))
         for cell, start, far in options:

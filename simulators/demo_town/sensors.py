@@ -134,9 +134,10 @@ def _environment_devices(rng: random.Random, index: GridIndex, verts: list[dict[
         angle = rng.uniform(0, 2 * math.pi)
         x, y = to_metres(*v["ll"])
         ll = to_lonlat(x + 30 * math.cos(angle), y + 30 * math.sin(angle))
-        grid = index.locate(*ll)
-        if grid is None:
+        found = index.locate(*ll)
+        if found is None:
             continue
+        grid = found
         name = f"{rng.choice(RIVERS)}{index.by_id[grid['parent']]['name']}段水质水位站"
         if name in names:
             continue
