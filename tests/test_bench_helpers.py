@@ -13,15 +13,15 @@ from hub.live import batch_frame
 from ingest import wire
 from ingest.watch import CAP_RAISES, CAP_WINDOW_S
 from simulators.bench import loadgen
-from simulators.bench.alarm import (
+from simulators.bench.alarm_backtests import split_by_spans
+from simulators.bench.alarm_feed import Trigger
+from simulators.bench.alarm_setup import (
     CAP_MARGIN,
     RULE_ID,
-    Trigger,
     detector_ids,
     max_in_window,
     raised_alarms,
     run_prefixes,
-    split_by_spans,
     summarize,
     trigger_schedule,
 )

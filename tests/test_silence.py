@@ -5,7 +5,7 @@ from __future__ import annotations
 from ingest import rules as _rules
 from ingest.silence import SilenceSchedule
 from ingest.subjects import Subject, Watched
-from tests.test_storm import NODATA, _drain, _R, _watch
+from tests.test_storm import _R, NODATA, _drain, _watch
 
 
 def test_the_schedule_hands_out_due_pairs_earliest_first_and_each_once() -> None:

@@ -66,25 +66,38 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import secrets
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-from websockets.asyncio.client import ClientConnection, connect
-
-from core.stats import percentile
 from ingest import wire
 from ingest.watch import CAP_RAISES, CAP_WINDOW_S
 from simulators.bench import loadgen
+from simulators.bench.alarm_backtests import _backtests, split_by_spans
+from simulators.bench.alarm_feed import FeedWatcher, Probes, Trigger, _hub_rows, _probe, _until
+from simulators.bench.alarm_setup import (
+    BACKGROUND_SQL,
+    CAP_MARGIN,
+    CLEAR_LEL,
+    GAS_METRIC,
+    HUB_ROLES,
+    PROBE_SUFFIX,
+    RAISE_LEL,
+    RULE_ID,
+    detector_ids,
+    drop_quietly,
+    load_avg,
+    max_in_window,
+    register_devices,
+    run_prefixes,
+    say,
+    summarize,
+    trigger_schedule,
+)
 from simulators.bench.harness import (
     ROOT,
     BenchEnv,
@@ -92,311 +105,12 @@ from simulators.bench.harness import (
     ScratchDatabase,
     SyncDb,
     forget_mqtt_session,
-    machine_ticks,
     proc_status_kb,
     run_and_report,
     start_profiler,
-    tree_cpu_delta,
-    tree_cpu_s,
 )
 from simulators.mqtt_login import login_at
 from simulators.mqtt_pub import Publisher
-
-RULE_ID = "gas_lel_high"
-GAS_METRIC = "gas_lel_pct"
-# Detector ids are GAS_PREFIX + a per-run tag + "-0001"..., background devices the load
-# generator's BENCH- + the tag: every hub on the shared broker receives every publisher's
-# messages, so another benchmark's devices can never pass for this run's.
-GAS_PREFIX = "BENCHGAS"
-PROBE_SUFFIX = "PROBE"
-# Over gas_lel_high's 25 %LEL and under gas_lel_danger's 50: exactly one rule raises.
-RAISE_LEL = 40.0
-# Under gas_lel_high's 10 %LEL clear level.
-CLEAR_LEL = 1.0
-# Reporting interval registered for the bench devices: the no-data rule (3 intervals of
-# silence) then cannot fire during any run, neither for the background devices nor for a
-# detector heard twice.
-QUIET_INTERVAL_S = 24 * 3600
-# Raises the schedule leaves free under the rule's rate cap: the probe, plus send times
-# that slip a little behind the schedule and so squeeze one window.
-CAP_MARGIN = 3
-# Seconds for the whole path (MQTT subscription live, alarm written, feed delivering) to
-# carry the probe's alarm before the run is declared broken.
-PROBE_TIMEOUT_S = 30.0
-HUB_ROLES = "ingest,dispatch,web"
-
-
-def say(msg: str) -> None:
-    print(f"[alarm-bench] {msg}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- pure parts
-
-
-def summarize(values_ms: list[float], prefix: str = "") -> dict[str, float | None]:
-    """p50/p90/p99/max/mean of latencies in ms, rounded to 0.1 ms."""
-    s = sorted(values_ms)
-
-    def r(x: float | None) -> float | None:
-        return None if x is None else round(x, 1)
-
-    return {
-        f"{prefix}p50_ms": r(percentile(s, 50, nearest_rank=True)),
-        f"{prefix}p90_ms": r(percentile(s, 90, nearest_rank=True)),
-        f"{prefix}p99_ms": r(percentile(s, 99, nearest_rank=True)),
-        f"{prefix}max_ms": r(s[-1] if s else None),
-        f"{prefix}mean_ms": r(sum(s) / len(s) if s else None),
-    }
-
-
-def trigger_schedule(count: int, interval_s: float, jitter_s: float, seed: int = 1
-                     ) -> list[float]:
-    """Send offsets (seconds from the first trigger): ``interval_s`` apart, each moved by up
-    to ``jitter_s`` either way (so triggers never lock to the hub's flush or tick phase);
-    ascending because the jitter is under half an interval."""
-    if count < 1 or interval_s <= 0:
-        raise ValueError("need at least one trigger and a positive interval")
-    if not 0 <= jitter_s < interval_s / 2:
-        raise ValueError("jitter must be within [0, interval / 2)")
-    rng = random.Random(seed)
-    return [max(0.0, i * interval_s + rng.uniform(-jitter_s, jitter_s)) for i in range(count)]
-
-
-def max_in_window(times: list[float], window_s: float) -> int:
-    """Most of the ascending ``times`` inside any half-open window ``(t - window_s, t]``."""
-    best = 0
-    lo = 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - window_s:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
-
-
-def run_prefixes(tag: str) -> tuple[str, str]:
-    """(gas detector prefix, background device prefix) of a run: ``BENCHGAS<tag>-`` and
-    ``BENCH-<tag>-``, disjoint whatever the tag."""
-    return f"{GAS_PREFIX}{tag}-", f"{loadgen.DEVICE_PREFIX}{tag}-"
-
-
-def detector_ids(count: int, prefix: str = GAS_PREFIX + "-") -> list[str]:
-    """``BENCHGAS-0001``... (``prefix`` + a number)."""
-    width = max(4, len(str(count)))
-    return [f"{prefix}{i:0{width}d}" for i in range(1, count + 1)]
-
-
-def raised_alarms(frame: dict[str, Any], rule_id: str = RULE_ID
-                  ) -> list[tuple[str, int, float]]:
-    """(device id, seq, event ts) of every ``alarm.raised`` of ``rule_id`` in a feed frame."""
-    if frame.get("type") != "batch":
-        return []
-    out = []
-    for ev in frame.get("events") or ():
-        if ev.get("kind") != "alarm.raised":
-            continue
-        alarm = (ev.get("data") or {}).get("alarm") or {}
-        if alarm.get("rule_id") == rule_id and alarm.get("device_id"):
-            out.append((str(alarm["device_id"]), int(ev["seq"]), float(ev["ts"])))
-    return out
-
-
-def load_avg() -> list[float]:
-    """1/5/15-minute load averages (what ``uptime`` prints)."""
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-# --------------------------------------------------------------------------- set-up
-
-
-def register_devices(url: str, background: int, bg_prefix: str, detectors: list[str]
-                     ) -> None:
-    """Background bench devices (loadgen ids, metric ``v``) in one level-2 grid, and gas
-    detectors dealt over every level-2 grid (so their alarms open cases in many grids)."""
-    with SyncDb(url) as db:
-        grids = db.fetch("SELECT id, center_lon, center_lat FROM grids WHERE level = 2 "
-                         "ORDER BY id")
-        if not grids:
-            raise RuntimeError("no level-2 grid: the town did not load")
-        g0 = grids[0]
-        rows = [(d, "environment", "bench", d, g0["center_lon"], g0["center_lat"], g0["id"],
-                 [loadgen.METRIC], QUIET_INTERVAL_S)
-                for d in loadgen.device_ids(background, bg_prefix)]
-        for k, d in enumerate(detectors):
-            g = grids[k % len(grids)]
-            rows.append((d, "safety", "gas_detector", d, g["center_lon"] + 0.0003,
-                         g["center_lat"] + 0.0002, g["id"], [GAS_METRIC], QUIET_INTERVAL_S))
-        db.run(db.conn.copy_records_to_table(
-            "devices", records=rows,
-            columns=("id", "kind", "model", "name", "lon", "lat", "grid_id", "metrics",
-                     "interval_s")))
-
-
-BACKGROUND_SQL = """
-SELECT count(*) FROM telemetry
-WHERE device_id LIKE $3
-  AND received_at >= to_timestamp($1) AND received_at < to_timestamp($2)
-"""
-
-
-def drop_quietly(db: ScratchDatabase, attempts: int = 5) -> None:
-    """Drop the scratch database; a failure (e.g. a TimescaleDB background worker still
-    connected, which ``WITH (FORCE)`` may not terminate as the app role) is reported, not
-    raised, so that it never costs the figures of a finished run."""
-    for attempt in range(attempts):
-        try:
-            db.drop()
-            return
-        except (OSError, asyncpg.PostgresError) as e:
-            if attempt == attempts - 1:
-                say(f"could not drop {db.name} ({e}); drop it by hand")
-                return
-            time.sleep(1.0)
-
-
-# --------------------------------------------------------------------------- the run
-
-
-@dataclass
-class Trigger:
-    device: str
-    sent_at: float = 0.0
-    seq: int | None = None
-    event_ts: float | None = None
-    received_at: float | None = None
-
-    @property
-    def latency_ms(self) -> float | None:
-        if self.received_at is None:
-            return None
-        return (self.received_at - self.sent_at) * 1000.0
-
-
-@dataclass
-class Probes:
-    """CPU and memory of the processes around a run, sampled at named marks.
-
-    ``procs``: name -> pid; each counts with its live direct children (PostgreSQL's
-    backends, the load generator's mosquitto_pub processes). ``hub_pid``'s peak RSS is
-    sampled by ``sample_rss`` (VmHWM at the end is the exact figure)."""
-
-    hub_pid: int
-    procs: dict[str, int | None] = field(default_factory=dict)
-    peak_rss_kb: int = 0
-    marks: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def sample_rss(self) -> None:
-        self.peak_rss_kb = max(self.peak_rss_kb, proc_status_kb(self.hub_pid, "VmRSS") or 0)
-
-    def mark(self, name: str, **extra: Any) -> None:
-        busy, total = machine_ticks()
-        self.marks[name] = {"t": time.monotonic(), "wall": time.time(), "busy": busy,
-                            "total": total, "cpu": {k: tree_cpu_s(p) for k, p in
-                                                    self.procs.items() if p is not None},
-                            **extra}
-
-    def between(self, a: str, b: str) -> dict[str, Any]:
-        """``<name>_cpu_s``/``<name>_cpu_pct`` (100 = one core) of every process from mark
-        ``a`` to ``b``, the machine's busy share (100 = every core) and ``other_cpu_pct``:
-        CPU used meanwhile by everything else (other sessions on a shared machine)."""
-        m0, m1 = self.marks[a], self.marks[b]
-        dt = max(1e-9, m1["t"] - m0["t"])
-        out: dict[str, Any] = {"seconds": dt}
-        ours = 0.0
-        for name, after in m1["cpu"].items():
-            used = tree_cpu_delta(m0["cpu"].get(name, {}), after)
-            ours += used
-            out[f"{name}_cpu_s"] = round(used, 2)
-            out[f"{name}_cpu_pct"] = round(100.0 * used / dt, 1)
-        busy_s = (m1["busy"] - m0["busy"]) / os.sysconf("SC_CLK_TCK")
-        out["machine_busy_pct"] = round(100.0 * (m1["busy"] - m0["busy"])
-                                        / max(1, m1["total"] - m0["total"]), 1)
-        out["other_cpu_pct"] = round(100.0 * max(0.0, busy_s - ours) / dt, 1)
-        return out
-
-
-def _hub_rows(hub: HubProcess) -> int:
-    return int(hub.ingest_counters().get("telemetry_rows", 0) or 0)
-
-
-class FeedWatcher:
-    """One websocket client on /ws/live that stamps the alarms it is waiting for."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.waiting: dict[str, Trigger] = {}
-        self.frames = 0
-        self.events = 0
-        self.resyncs = 0
-        self.seen: asyncio.Event = asyncio.Event()
-        self._ws: ClientConnection | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> int:
-        self._ws = await connect(self.url, max_size=None, compression=None,
-                                 ping_interval=None, open_timeout=20,
-                                 close_timeout=2)
-        await self._ws.send(json.dumps({"type": "hello", "last_seq": None}))
-        snap = json.loads(await asyncio.wait_for(self._ws.recv(), 20))
-        if snap.get("type") != "snapshot":
-            raise RuntimeError(f"expected a snapshot, got {str(snap)[:200]}")
-        self._task = asyncio.create_task(self._read(), name="alarm-bench.feed")
-        return int(snap["seq"])
-
-    def expect(self, t: Trigger) -> None:
-        self.waiting[t.device] = t
-
-    async def _read(self) -> None:
-        assert self._ws is not None
-        async for msg in self._ws:
-            now = time.time()
-            frame = json.loads(msg)
-            self.frames += 1
-            self.events += len(frame.get("events") or ())
-            for device, seq, ev_ts in raised_alarms(frame):
-                t = self.waiting.pop(device, None)
-                if t is not None and t.received_at is None:
-                    t.received_at, t.seq, t.event_ts = now, seq, ev_ts
-                    self.seen.set()
-            if frame.get("type") == "resync":  # a fresh snapshot follows on its own
-                self.resyncs += 1
-                say("the feed told the client to resync (it fell behind)")
-
-    async def stop(self) -> None:
-        ws, self._ws = self._ws, None
-        task, self._task = self._task, None
-        if ws is not None:
-            await ws.close()
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-
-async def _probe(feed: FeedWatcher, pub: Publisher, probe_id: str) -> float:
-    """End to end once, before the load: publish an alarm reading for the probe detector
-    until its alarm arrives (the hub's subscription goes live shortly after /api/health
-    says ok). Returns the probe's latency in ms."""
-    deadline = time.monotonic() + PROBE_TIMEOUT_S
-    t = Trigger(probe_id)
-    feed.expect(t)
-    topic = wire.telemetry_topic(probe_id)
-    while time.monotonic() < deadline:
-        t.sent_at = time.time()
-        await pub.publish(topic, wire.encode_telemetry(t.sent_at, {GAS_METRIC: RAISE_LEL}))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(_until(lambda: t.received_at is not None, feed), 1.0)
-        if t.received_at is not None:
-            await pub.publish(topic, wire.encode_telemetry(time.time(), {GAS_METRIC: CLEAR_LEL}))
-            return t.latency_ms or 0.0
-    raise RuntimeError(f"no alarm for the probe reading within {PROBE_TIMEOUT_S:.0f}s")
-
-
-async def _until(cond: Any, feed: FeedWatcher) -> None:
-    while not cond():
-        feed.seen.clear()
-        if cond():
-            return
-        await feed.seen.wait()
 
 
 def _start_generator(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run_id: str,
@@ -410,80 +124,6 @@ def _start_generator(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, r
          "--confirm-url", hub.url("/api/health"), "--drain-timeout", "60",
          "--run-id", run_id],
         cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True)
-
-
-def _post_json(url: str, token: str | None, body: dict[str, Any]) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Authorization": f"Bearer {token}",
-                                          "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")[:200]
-
-
-async def _backtests(hub: HubProcess, since: float, stop: asyncio.Event,
-                     out: dict[str, Any], rest: float = 0.0, sham_s: float = 0.0) -> None:
-    """Backtests until ``stop``: a rule over all background readings so far; after each,
-    a rest of ``rest`` times its wall time (0: back to back). The wall-clock spans during
-    which a backtest request was open go to ``out["busy"]``."""
-    body = {"rule": {"name": "bench backtest", "kind": "threshold", "metric": "v",
-                     "params": {"raise_above": 1e9}}, "since": since}
-    times: list[float] = []
-    busy: list[tuple[float, float]] = out.setdefault("busy", [])
-    url = hub.url("/api/rules/backtest")
-    while not stop.is_set():
-        t = time.monotonic()
-        began = time.time()
-        if sham_s > 0:
-            # The A/A control: the same split of the triggers into spans, no backtest in
-            # them; how far p99_ratio_bt strays from 1 here is the split's own noise.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), sham_s)
-            busy.append((began, time.time()))
-            out["backtest_sham_s"] = sham_s
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), sham_s * rest)
-            continue
-        status, res = await asyncio.to_thread(_post_json, url, hub.token,
-                                              {**body, "until": time.time()})
-        busy.append((began, time.time()))
-        took = time.monotonic() - t
-        if status != 200:
-            out["backtest_errors"].append(f"{status} {res}")
-            took = max(took, 1.0)
-        else:
-            times.append(took * 1000)
-            out["backtest_readings"] = max(out["backtest_readings"], res["readings"])
-            out["backtest_backend"] = res.get("backend_lowered")
-            cpu = res.get("cpu_s") or {}
-            out["backtest_cpu_s"] = round(out.get("backtest_cpu_s", 0.0) + (cpu.get("child") or 0.0)
-                                          + (cpu.get("backend") or 0.0), 3)
-            out["backtest_total_readings"] = out.get("backtest_total_readings", 0) + res["readings"]
-        if rest > 0 or status != 200:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), took * rest if rest > 0 else 1.0)
-    out["backtests"] = len(times)
-    out["backtest_ms"] = summarize(sorted(times))
-    if out.get("backtest_total_readings"):
-        # What a backtest costs the machine per reading (the child and its backend): the
-        # part of the comparison the alarm path cannot hide from on two cores.
-        out["backtest_cpu_us_per_reading"] = round(
-            out["backtest_cpu_s"] * 1e6 / out["backtest_total_readings"], 2)
-
-
-def split_by_spans(triggers: list[Trigger], spans: list[tuple[float, float]]
-                   ) -> tuple[list[float], list[float]]:
-    """Latencies of the triggers sent inside one of ``spans`` (wall clock), and of the rest."""
-    inside: list[float] = []
-    outside: list[float] = []
-    for t in triggers:
-        if t.latency_ms is None or t.sent_at is None:
-            continue
-        hit = any(a <= t.sent_at <= b for a, b in spans)
-        (inside if hit else outside).append(t.latency_ms)
-    return sorted(inside), sorted(outside)
 
 
 async def _session(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run_id: str,

@@ -79,7 +79,8 @@ from websockets.exceptions import WebSocketException
 
 from core.stats import percentile
 from ingest import wire
-from simulators.bench.alarm import Probes, drop_quietly, load_avg
+from simulators.bench.alarm_feed import Probes
+from simulators.bench.alarm_setup import drop_quietly, load_avg
 from simulators.bench.harness import (
     ROOT,
     BenchEnv,
