@@ -53,6 +53,10 @@ STOPPED_STATES = frozenset({"cancelled", "closed", "evaluated", "archived"})
 # The timer wakes at least this often even with nothing due, to pick up deadlines set by
 # another process that it may not have heard of (belt and braces; events normally wake it).
 TIMER_IDLE_S = 30.0
+# A warning, breach or escalation whose transaction failed (a lost connection, a deadlock
+# the database broke) is tried again this much later, not dropped: an operator must see
+# it. Long enough not to spin on a database that is down, short next to an SLA's minutes.
+TIMER_RETRY_S = 2.0
 
 # The limits, warn share and working calendar in force (dispatch/sla_config.py), loaded
 # from the settings' files and the supervisors' edits by dispatch/sla_settings.py.
@@ -197,6 +201,9 @@ async def fire(pool: asyncpg.Pool, incident_id: int, stage: str, kind: str) -> b
     """Publish a due warning or breach once. Returns whether this call fired it."""
     column, cond = (("warned_at", "warn_at") if kind == "warn" else ("breached_at", "deadline"))
     async with pool.acquire() as conn, conn.transaction():
+        # The case's row lock first, as every case step and an SLA edit's retime take it
+        # before the clocks (dispatch/sla_retime.py): the other order deadlocked with them.
+        await conn.execute("SELECT 1 FROM incidents WHERE id = $1 FOR UPDATE", incident_id)
         row = await conn.fetchrow(
             f"""UPDATE sla_clocks SET {column} = now()
                 WHERE incident_id = $1 AND stage = $2 AND met_at IS NULL
@@ -290,7 +297,9 @@ class SlaTimer:
                     elif await fire(self.pool, incident_id, what, kind):
                         self.fired += 1
                 except Exception:
-                    log.exception("SLA timer failed on %s %s of #%s", kind, what, incident_id)
+                    log.exception("SLA timer failed on %s %s of #%s; trying again in %gs",
+                                  kind, what, incident_id, TIMER_RETRY_S)
+                    self.push((clock.now() + TIMER_RETRY_S, incident_id, what, kind))
                 now = clock.now()
             delay = min(TIMER_IDLE_S, self.heap[0][0] - now) if self.heap else TIMER_IDLE_S
             self.wake.clear()

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from core.db import connect
+from core.db import connect, create_pool
 from dispatch import sla, sla_clocks, sla_config, sla_settings, store, workflow
 from tests.conftest import HubProcess, town_database, town_doc, wait_for
 
@@ -364,3 +364,31 @@ async def test_an_edit_retimes_open_cases_and_reaches_every_process(
         supervisor.close()
         await c.close()
         other.stop()
+
+
+async def test_a_due_warning_and_an_sla_edit_take_their_locks_in_the_same_order(
+        sla_db: str, conn: asyncpg.Connection) -> None:
+    """An SLA edit locks the open cases, then rewrites their clocks (sla_retime); the timer's
+    warning must wait for the case's lock before touching its clock, or the two deadlock
+    (the API fuzzer found it: a due warning lost to "deadlock detected")."""
+    iid = await _incident(conn, time.time() - 600)
+    await conn.execute(
+        """INSERT INTO sla_clocks (incident_id, stage, started_at, deadline, warn_at)
+           VALUES ($1, 'accept', now() - interval '10 minutes', now() + interval '1 hour',
+                   now() - interval '1 minute')""", iid)
+    pool = await create_pool(sla_db, min_size=1, max_size=2)
+    edit = await connect(sla_db)
+    try:
+        async with edit.transaction():
+            await edit.execute("SELECT id FROM incidents WHERE id = $1 FOR UPDATE", iid)
+            warning = asyncio.create_task(sla_clocks.fire(pool, iid, "accept", "warn"))
+            await asyncio.sleep(0.5)  # the timer's transaction is waiting on its locks now
+            assert not warning.done()
+            await edit.execute("UPDATE sla_clocks SET warn_at = warn_at WHERE incident_id = $1",
+                               iid)  # as the retime rewrites the clocks it locked
+        assert await asyncio.wait_for(warning, 10) is True  # fired once the edit committed
+        assert await conn.fetchval("SELECT warned_at IS NOT NULL FROM sla_clocks "
+                                   "WHERE incident_id = $1", iid)
+    finally:
+        await edit.close()
+        await pool.close()
