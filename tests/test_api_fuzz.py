@@ -72,6 +72,9 @@ def _check(case: Any, headers: dict[str, str]) -> None:
     assert problem is None, f"{problem}\n{case.as_curl_command()}"
 
 
+# Its time grows with the API (some 130 operations x 2 modes x EXAMPLES requests: ~200 s
+# here); the suite-wide 300 s guard is for tests that hang, not for this one's length.
+@pytest.mark.timeout(600)
 def test_no_request_gets_a_server_error(fuzz_hub: HubProcess) -> None:
     # schemathesis' pytest plugin does not work with this pytest; its strategies are driven
     # by hypothesis directly, one operation at a time, valid and invalid data both.
