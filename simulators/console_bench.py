@@ -48,6 +48,9 @@ Figures (last stdout line, one JSON object):
   broker, PostgreSQL (approximate), the GPS generator (``generator_cpu_pct``) and the
   client processes together (``clients_cpu_pct``); ``machine_busy_pct`` (100 = every core),
   ``other_cpu_pct`` (everything else on the machine), ``load`` (``uptime``'s averages).
+- ``client_loop_lag_p50_ms``/``_p99_ms``/``_max_ms``: how late the client processes' own
+  event loops woke from a ``LAG_PROBE_S`` sleep in the window (every receive time is
+  stamped by such a loop, so a latency is the hub's only where this is small against it).
 - ``pos_hist``/``event_hist``: the two latency histograms (sparse 1 ms bins), for plots.
 """
 
@@ -127,6 +130,9 @@ CONNECT_TIMEOUT_S = 180.0
 # Clients acknowledge every this many position frames, as the console does
 # (frontend/static/feed.js ACK_EVERY_FRAMES; the hub's flow control, hub/live.py).
 ACK_EVERY_FRAMES = 4
+# The client processes' loop-lag probe: a sleep this long, its overshoot recorded (1 ms
+# bins). Short enough to catch a loop held by a burst of frames, long enough to cost nothing.
+LAG_PROBE_S = 0.01
 
 
 def say(msg: str) -> None:
@@ -336,6 +342,7 @@ class ClientFleet:
         self.pos_hist = Histogram()
         self.ev_hist = Histogram()
         self.counting = False
+        self.lag_hist = Histogram()  # this process's loop lag in the window (LAG_PROBE_S)
         self.final_seq: int | None = None
         self.window: list[float] = []  # [reset, end] times
         self.cpu_marks: list[float] = []
@@ -385,6 +392,15 @@ class ClientFleet:
             hello = {"type": "hello", "last_seq": c.seqs.last, "acks": True}
             await asyncio.sleep(0.5)
 
+    async def probe_lag(self) -> None:
+        """Records how late this process's loop wakes from a short sleep while counting."""
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            t = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            if self.counting:
+                self.lag_hist.add((loop.time() - t - LAG_PROBE_S) * 1000.0)
+
     def report(self) -> dict[str, Any]:
         final = self.final_seq or 0
         cs = self.clients
@@ -418,6 +434,7 @@ class ClientFleet:
             "cpu_s": round(ru.ru_utime + ru.ru_stime, 3),
             "pos_hist": self.pos_hist.to_sparse(),
             "ev_hist": self.ev_hist.to_sparse(),
+            "lag_hist": self.lag_hist.to_sparse(),
         }
 
 
@@ -432,7 +449,7 @@ async def _clients_main(args: argparse.Namespace) -> dict[str, Any]:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     deadline = loop.time() + args.hard_timeout
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(fleet.probe_lag())]
 
     def out(obj: dict[str, Any]) -> None:
         print(json.dumps(obj), flush=True)
@@ -810,10 +827,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     win = probes.between("start", "end")
     window_s = win["seconds"]
-    pos_hist, ev_hist = Histogram(), Histogram()
+    pos_hist, ev_hist, lag_hist = Histogram(), Histogram(), Histogram()
     for r in reps:
         pos_hist.merge_sparse(r["pos_hist"])
         ev_hist.merge_sparse(r["ev_hist"])
+        lag_hist.merge_sparse(r["lag_hist"])
     positions = sum(r["positions"] for r in reps)
     events = sum(r["events"] for r in reps)
     gaps = sum(r["gaps_internal"] + r["gaps_tail"] for r in reps)
@@ -834,6 +852,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             min(r["min_positions"] for r in reps) / window_s / args.units, 3),
         **pos_hist.summary(),
         **ev_hist.summary("event_"),
+        **{k: v for k, v in lag_hist.summary("client_loop_lag_").items()
+           if not k.endswith(("samples", "p90_ms"))},
         "gaps": gaps,
         "gaps_internal": sum(r["gaps_internal"] for r in reps),
         "gaps_tail": sum(r["gaps_tail"] for r in reps),
