@@ -7,7 +7,8 @@ dealt over the level-2 grids, no patrol area so the geofence rule ignores them);
 with all its roles; then, each in its own process so that none of them starves the hub's
 event loop of the GIL:
 
-- ``--client-procs`` websocket client processes, ``--clients`` connections in total on
+- ``--client-procs`` websocket client processes (default one per ``CLIENTS_PER_PROC``
+  clients), ``--clients`` connections in total on
   ``/ws/live`` (the ``websockets`` library, asyncio). Each connection says hello (with
   acks, as the console does), takes the snapshot, then acknowledges every
   ``ACK_EVERY_FRAMES`` position frames and counts the position updates and events of every
@@ -133,6 +134,11 @@ ACK_EVERY_FRAMES = 4
 # The client processes' loop-lag probe: a sleep this long, its overshoot recorded (1 ms
 # bins). Short enough to catch a loop held by a burst of frames, long enough to cost nothing.
 LAG_PROBE_S = 0.01
+# Clients per client process when --client-procs is not given. 250 per process (500 in the
+# default 2) left each process's loop p50 2.2 s late and the figures the bench's own
+# (docs/PERFORMANCE.md, console section); 100 keeps 200 clients in 2 processes as before.
+CLIENTS_PER_PROC = 100
+MAX_CLIENT_PROCS = 8
 
 
 def say(msg: str) -> None:
@@ -290,6 +296,12 @@ def make_tracks(centres: list[tuple[float, float]], seed: int = 7) -> list[Track
     rng = random.Random(seed)
     return [Track(lon, lat, rng.uniform(*TRACK_RADIUS_DEG), rng.uniform(*TRACK_SPEED_MS),
                   rng.uniform(0, 2 * math.pi)) for lon, lat in centres]
+
+
+def client_procs_for(clients: int) -> int:
+    """Client processes for ``clients`` connections: one per ``CLIENTS_PER_PROC``, within
+    1..``MAX_CLIENT_PROCS``."""
+    return max(1, min(MAX_CLIENT_PROCS, math.ceil(clients / CLIENTS_PER_PROC)))
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -706,8 +718,10 @@ def _wait_quiet(hub: HubProcess, quiet_s: float, limit_s: float) -> int:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     env = BenchEnv.from_environ()
-    if not 1 <= args.client_procs <= 8 or args.clients < args.client_procs:
-        raise ValueError("--client-procs must be 1..8 and at most --clients")
+    if not args.client_procs:
+        args.client_procs = client_procs_for(args.clients)
+    if not 1 <= args.client_procs <= MAX_CLIENT_PROCS or args.clients < args.client_procs:
+        raise ValueError(f"--client-procs must be 1..{MAX_CLIENT_PROCS} and at most --clients")
     rate = args.rate or float(args.units)
     unit_prefix = f"{UNIT_PREFIX}{secrets.token_hex(2)}-"
     run_id = f"{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}"
@@ -910,8 +924,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=0.0,
                    help="GPS fixes/s in total (default: one per unit per second)")
     p.add_argument("--clients", type=int, default=200, help="websocket clients")
-    p.add_argument("--client-procs", type=int, default=2,
-                   help="processes the clients are spread over")
+    p.add_argument("--client-procs", type=int, default=0,
+                   help="processes the clients are spread over (default: one per "
+                        f"{CLIENTS_PER_PROC} clients, at most {MAX_CLIENT_PROCS})")
     p.add_argument("--incident-rate", type=float, default=2.0,
                    help="operator cases posted per second (sequenced events)")
     p.add_argument("--warmup", type=float, default=10.0,
