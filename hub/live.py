@@ -147,6 +147,16 @@ POSITION_WINDOW_FRAMES = 10
 # first event of a quiet spell goes at once.
 EVENT_GAP_S = 0.005
 
+# Clients handed a tick's positions frame per turn of the event loop. Each hand-out wakes
+# the clients' pumps, and every pump woken in one turn sends in that turn before the loop
+# looks at its sockets again: 200 clients at once held the loop for the whole fan-out
+# (200 sends), and every database reply that came meanwhile (each round trip of an
+# operator's transaction, the event feed's fetch) waited for it. In slices, a reply waits
+# for at most one slice's sends (docs/PERFORMANCE.md, console section). Small enough that
+# a slice's sends take about a millisecond; large enough that the extra turns (a select()
+# each) cost nothing next to the sends.
+FANOUT_SLICE = 20
+
 
 class _Ack(msgspec.Struct):
     type: str
@@ -248,16 +258,25 @@ class LiveFeed:
             self._ticker = None
 
     async def _tick_positions(self) -> None:
-        """Once per tick: the due fixes, encoded once, handed to every client."""
+        """Once per tick: the due fixes, encoded once, handed to every client (in slices
+        of ``FANOUT_SLICE``; the tick's period counts from its start, slices included)."""
+        handout_s = 0.0
         while True:
-            await asyncio.sleep(self.tick_s)
-            positions = self.live.positions.take(time.monotonic())
+            await asyncio.sleep(max(0.0, self.tick_s - handout_s))
+            started = time.monotonic()
+            handout_s = 0.0
+            positions = self.live.positions.take(started)
             if not positions:
                 continue
             frame = SharedFrame.of(positions)
-            for c in self._live_clients:
-                c.outbox.put(frame)
-                c.sub.wake.set()
+            clients = list(self._live_clients)  # clients may come and go while we yield
+            for i in range(0, len(clients), FANOUT_SLICE):
+                if i:
+                    await asyncio.sleep(0)  # the woken slice sends; replies get a turn
+                for c in clients[i:i + FANOUT_SLICE]:
+                    c.outbox.put(frame)
+                    c.sub.wake.set()
+            handout_s = time.monotonic() - started
 
     async def _start(self, ws: WebSocket, last_seq: int | None) -> tuple[Subscription, int]:
         if last_seq is not None and 0 <= self.live.seq - last_seq <= self.replay_limit:
@@ -303,7 +322,13 @@ class LiveFeed:
                 await ws.send_text('{"type":"resync"}')
                 client.sub, sent_to = await self._snapshot(ws)
                 continue
-            sent_to = await self._send_events(ws, sub, sent_to, gap)
+            sent = await self._send_events(ws, sub, sent_to, gap)
+            if sent != sent_to and client.outbox:
+                # An event wakes every client at once: let each of them send it before any
+                # of them sends positions, so the last client's event does not wait for
+                # the positions frames of all the others.
+                await asyncio.sleep(0)
+            sent_to = sent
             # While the window is full the outbox merges the positions, until an ack wakes
             # this loop again.
             while client.outbox and client.may_send_positions():

@@ -31,6 +31,7 @@ from simulators.bench.console import (
     SeqTracker,
     Track,
     _frame_decoder,
+    client_procs_for,
     make_tracks,
     split_evenly,
     unit_ids,
@@ -246,6 +247,11 @@ def test_make_tracks_deterministic() -> None:
     centres = [(120.0, 30.0), (120.1, 30.1)]
     assert make_tracks(centres, 7) == make_tracks(centres, 7)
     assert [t.lon0 for t in make_tracks(centres)] == [120.0, 120.1]
+
+
+def test_client_processes_scale_with_the_clients() -> None:
+    # 200 clients stay in 2 processes; 500 get 5 (2 left each loop seconds late).
+    assert [client_procs_for(n) for n in (1, 100, 200, 201, 500, 5000)] == [1, 1, 2, 3, 5, 8]
 
 
 def test_split_evenly_and_unit_ids() -> None:

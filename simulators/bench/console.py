@@ -7,7 +7,8 @@ dealt over the level-2 grids, no patrol area so the geofence rule ignores them);
 with all its roles; then, each in its own process so that none of them starves the hub's
 event loop of the GIL:
 
-- ``--client-procs`` websocket client processes, ``--clients`` connections in total on
+- ``--client-procs`` websocket client processes (default one per ``CLIENTS_PER_PROC``
+  clients), ``--clients`` connections in total on
   ``/ws/live`` (the ``websockets`` library, asyncio). Each connection says hello (with
   acks, as the console does), takes the snapshot, then acknowledges every
   ``ACK_EVERY_FRAMES`` position frames and counts the position updates and events of every
@@ -48,6 +49,9 @@ Figures (last stdout line, one JSON object):
   broker, PostgreSQL (approximate), the GPS generator (``generator_cpu_pct``) and the
   client processes together (``clients_cpu_pct``); ``machine_busy_pct`` (100 = every core),
   ``other_cpu_pct`` (everything else on the machine), ``load`` (``uptime``'s averages).
+- ``client_loop_lag_p50_ms``/``_p99_ms``/``_max_ms``: how late the client processes' own
+  event loops woke from a ``LAG_PROBE_S`` sleep in the window (every receive time is
+  stamped by such a loop, so a latency is the hub's only where this is small against it).
 - ``pos_hist``/``event_hist``: the two latency histograms (sparse 1 ms bins), for plots.
 """
 
@@ -128,6 +132,14 @@ CONNECT_TIMEOUT_S = 180.0
 # Clients acknowledge every this many position frames, as the console does
 # (frontend/static/feed.js ACK_EVERY_FRAMES; the hub's flow control, hub/live.py).
 ACK_EVERY_FRAMES = 4
+# The client processes' loop-lag probe: a sleep this long, its overshoot recorded (1 ms
+# bins). Short enough to catch a loop held by a burst of frames, long enough to cost nothing.
+LAG_PROBE_S = 0.01
+# Clients per client process when --client-procs is not given. 250 per process (500 in the
+# default 2) left each process's loop p50 2.2 s late and the figures the bench's own
+# (docs/PERFORMANCE.md, console section); 100 keeps 200 clients in 2 processes as before.
+CLIENTS_PER_PROC = 100
+MAX_CLIENT_PROCS = 8
 
 
 def say(msg: str) -> None:
@@ -287,6 +299,12 @@ def make_tracks(centres: list[tuple[float, float]], seed: int = 7) -> list[Track
                   rng.uniform(0, 2 * math.pi)) for lon, lat in centres]
 
 
+def client_procs_for(clients: int) -> int:
+    """Client processes for ``clients`` connections: one per ``CLIENTS_PER_PROC``, within
+    1..``MAX_CLIENT_PROCS``."""
+    return max(1, min(MAX_CLIENT_PROCS, math.ceil(clients / CLIENTS_PER_PROC)))
+
+
 def split_evenly(total: int, parts: int) -> list[int]:
     q, r = divmod(total, parts)
     return [q + (1 if i < r else 0) for i in range(parts)]
@@ -337,6 +355,7 @@ class ClientFleet:
         self.pos_hist = Histogram()
         self.ev_hist = Histogram()
         self.counting = False
+        self.lag_hist = Histogram()  # this process's loop lag in the window (LAG_PROBE_S)
         self.final_seq: int | None = None
         self.window: list[float] = []  # [reset, end] times
         self.cpu_marks: list[float] = []
@@ -386,6 +405,15 @@ class ClientFleet:
             hello = {"type": "hello", "last_seq": c.seqs.last, "acks": True}
             await asyncio.sleep(0.5)
 
+    async def probe_lag(self) -> None:
+        """Records how late this process's loop wakes from a short sleep while counting."""
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            t = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            if self.counting:
+                self.lag_hist.add((loop.time() - t - LAG_PROBE_S) * 1000.0)
+
     def report(self) -> dict[str, Any]:
         final = self.final_seq or 0
         cs = self.clients
@@ -419,6 +447,7 @@ class ClientFleet:
             "cpu_s": round(ru.ru_utime + ru.ru_stime, 3),
             "pos_hist": self.pos_hist.to_sparse(),
             "ev_hist": self.ev_hist.to_sparse(),
+            "lag_hist": self.lag_hist.to_sparse(),
         }
 
 
@@ -433,7 +462,7 @@ async def _clients_main(args: argparse.Namespace) -> dict[str, Any]:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     deadline = loop.time() + args.hard_timeout
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(fleet.probe_lag())]
 
     def out(obj: dict[str, Any]) -> None:
         print(json.dumps(obj), flush=True)
@@ -690,8 +719,10 @@ def _wait_quiet(hub: HubProcess, quiet_s: float, limit_s: float) -> int:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     env = BenchEnv.from_environ()
-    if not 1 <= args.client_procs <= 8 or args.clients < args.client_procs:
-        raise ValueError("--client-procs must be 1..8 and at most --clients")
+    if not args.client_procs:
+        args.client_procs = client_procs_for(args.clients)
+    if not 1 <= args.client_procs <= MAX_CLIENT_PROCS or args.clients < args.client_procs:
+        raise ValueError(f"--client-procs must be 1..{MAX_CLIENT_PROCS} and at most --clients")
     rate = args.rate or float(args.units)
     unit_prefix = f"{UNIT_PREFIX}{secrets.token_hex(2)}-"
     run_id = f"{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}"
@@ -811,10 +842,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     win = probes.between("start", "end")
     window_s = win["seconds"]
-    pos_hist, ev_hist = Histogram(), Histogram()
+    pos_hist, ev_hist, lag_hist = Histogram(), Histogram(), Histogram()
     for r in reps:
         pos_hist.merge_sparse(r["pos_hist"])
         ev_hist.merge_sparse(r["ev_hist"])
+        lag_hist.merge_sparse(r["lag_hist"])
     positions = sum(r["positions"] for r in reps)
     events = sum(r["events"] for r in reps)
     gaps = sum(r["gaps_internal"] + r["gaps_tail"] for r in reps)
@@ -835,6 +867,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             min(r["min_positions"] for r in reps) / window_s / args.units, 3),
         **pos_hist.summary(),
         **ev_hist.summary("event_"),
+        **{k: v for k, v in lag_hist.summary("client_loop_lag_").items()
+           if not k.endswith(("samples", "p90_ms"))},
         "gaps": gaps,
         "gaps_internal": sum(r["gaps_internal"] for r in reps),
         "gaps_tail": sum(r["gaps_tail"] for r in reps),
@@ -891,8 +925,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=0.0,
                    help="GPS fixes/s in total (default: one per unit per second)")
     p.add_argument("--clients", type=int, default=200, help="websocket clients")
-    p.add_argument("--client-procs", type=int, default=2,
-                   help="processes the clients are spread over")
+    p.add_argument("--client-procs", type=int, default=0,
+                   help="processes the clients are spread over (default: one per "
+                        f"{CLIENTS_PER_PROC} clients, at most {MAX_CLIENT_PROCS})")
     p.add_argument("--incident-rate", type=float, default=2.0,
                    help="operator cases posted per second (sequenced events)")
     p.add_argument("--warmup", type=float, default=10.0,
