@@ -392,3 +392,20 @@ async def test_a_due_warning_and_an_sla_edit_take_their_locks_in_the_same_order(
     finally:
         await edit.close()
         await pool.close()
+
+
+def test_a_warn_share_at_the_edge_retimes_open_cases_without_a_server_error(
+        sla_hub: HubProcess) -> None:
+    """The smallest share the API takes (the fuzzer sent 5e-324) with cases running."""
+    d = TOWN["devices"][3]
+    made = sla_hub.client.post("/api/incidents", json={
+        "category": "city_order", "qualification": "city_management", "priority": 3,
+        "title": "占道经营 (edge share)", "lon": d["lon"], "lat": d["lat"]})
+    assert made.status_code == 201, made.text
+    supervisor = _as(sla_hub, sla_hub.make_token("supervisor", name="sup-edge"))
+    try:
+        for share in (5e-324, 0.999999999, 0.8):
+            r = supervisor.put("/api/sla/warn-share", json={"warn_share": share})
+            assert r.status_code == 200, r.text
+    finally:
+        supervisor.close()
