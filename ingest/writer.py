@@ -1,16 +1,17 @@
 """The batched writer: the only writer of telemetry, positions and dead letters.
 
 Rows gather in memory and are flushed with COPY when the batch reaches a size or an age,
-whichever comes first. A flush is one transaction: COPY into per-connection staging tables,
-a plain ``INSERT ... SELECT`` into the hypertables, the latest-value tables (a late reading
-never overwrites a newer one) and the dead letters. The idempotency key (the hypertables'
-unique indexes) makes that insert fail when the batch holds a reading already stored (a
-redelivery after a reconnect or a crash, or a copy in the same batch): the transaction is
-then rolled back and the batch written again through the merge path, ``INSERT ... ON
-CONFLICT DO NOTHING``, which drops the copies. The merge's speculative insertion costs the
-database ~3 µs more per reading than the plain insert (docs/PERFORMANCE.md), so it is taken
-only when needed, and kept while the batches it writes still hold copies (a redelivered
-backlog).
+whichever comes first. A flush is one transaction: the readings COPYed straight into the
+``telemetry`` hypertable (binary COPY, ingest/copy_binary.py), the latest-value table
+updated from the newest reading per device and metric (ingest/latest_values.py), positions
+and dead letters. The idempotency key (the hypertables' unique indexes) makes that COPY
+fail when the batch holds a reading already stored (a redelivery after a reconnect or a
+crash, or a copy in the same batch): the transaction is then rolled back and the batch
+written again through the merge path: COPY into a per-connection staging table, then
+``INSERT ... ON CONFLICT DO NOTHING``, which drops the copies. The merge costs the database
+~4 µs more per reading than the straight COPY (the staging table and the speculative
+insertion; docs/PERFORMANCE.md), so it is taken only when needed, and kept while the
+batches it writes still hold copies (a redelivered backlog).
 
 Up to ``concurrency`` flushes run at once, each on its own connection, so the database
 works on one batch while the next is staged; acknowledgements are released in batch order,
@@ -34,6 +35,7 @@ import asyncpg
 from core import clock
 from core.db import Conn
 from ingest.copy_binary import TELEMETRY_COLUMNS, TelemetryValues, telemetry_copy
+from ingest.latest_values import UPDATE_FROM_STAGE, UPSERT_FROM_STAGE, newest_per_key, updated
 
 log = logging.getLogger("ingest.writer")
 
@@ -53,21 +55,12 @@ CREATE TEMP TABLE IF NOT EXISTS stage_positions (
     speed real, heading real, accuracy real, received_at timestamptz) ON COMMIT DELETE ROWS;
 """
 
-# The optimistic insert: raises unique_violation if a reading of the batch is stored already.
-INSERT_TELEMETRY = """
+# The merge path: the batch is staged, then inserted but for the readings stored already
+# (redelivered, or twice in the batch).
+MERGE_TELEMETRY = """
 INSERT INTO telemetry (ts, device_id, metric, value, received_at, late)
 SELECT ts, device_id, metric, value, received_at, late FROM stage_telemetry
-"""
-# The merge: drops the readings stored already (redelivered), keeps the rest.
-MERGE_TELEMETRY = INSERT_TELEMETRY + "ON CONFLICT DO NOTHING\n"
-
-MERGE_TELEMETRY_LATEST = """
-INSERT INTO telemetry_latest (device_id, metric, ts, value, received_at)
-SELECT DISTINCT ON (device_id, metric) device_id, metric, ts, value, received_at
-FROM stage_telemetry ORDER BY device_id, metric, ts DESC
-ON CONFLICT (device_id, metric) DO UPDATE
-SET ts = excluded.ts, value = excluded.value, received_at = excluded.received_at
-WHERE telemetry_latest.ts < excluded.ts
+ON CONFLICT DO NOTHING
 """
 
 INSERT_POSITIONS = """
@@ -342,11 +335,22 @@ class BatchWriter:
         clean = True
         await conn.execute(STAGING_SQL)
         if batch.telemetry:
-            await conn.copy_to_table("stage_telemetry", source=_chunks(telemetry_copy(
-                batch.telemetry)), columns=TELEMETRY_COLUMNS, format="binary")
-            status = await conn.execute(MERGE_TELEMETRY if merge else INSERT_TELEMETRY)
-            clean = _inserted(status) == len(batch.telemetry)
-            await conn.execute(MERGE_TELEMETRY_LATEST)
+            rows = batch.telemetry
+            data = telemetry_copy(rows)
+            if merge:
+                await _copy_telemetry(conn, "stage_telemetry", data)
+                clean = _inserted(await conn.execute(MERGE_TELEMETRY)) == len(rows)
+                await conn.execute(UPSERT_FROM_STAGE)
+            else:
+                # Straight into the hypertable: raises unique_violation if a reading of
+                # the batch is stored already (the caller then merges).
+                await _copy_telemetry(conn, "telemetry", data)
+                newest = newest_per_key(rows)
+                await _copy_telemetry(conn, "stage_telemetry",
+                                      data if newest is rows else telemetry_copy(newest))
+                if updated(await conn.execute(UPDATE_FROM_STAGE)) < len(newest):
+                    # A device's first reading, or one older than the stored latest.
+                    await conn.execute(UPSERT_FROM_STAGE)
         if batch.positions:
             await conn.copy_records_to_table(
                 "stage_positions", records=batch.positions,
@@ -361,6 +365,11 @@ class BatchWriter:
                 "dead_letters", records=batch.dead,
                 columns=("received_at", "topic", "payload", "size", "reason", "detail"))
         return clean
+
+
+async def _copy_telemetry(conn: Conn, table: str, data: bytes) -> None:
+    await conn.copy_to_table(table, source=_chunks(data), columns=TELEMETRY_COLUMNS,
+                             format="binary")
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:

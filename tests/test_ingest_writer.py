@@ -159,6 +159,62 @@ async def test_a_backlog_is_written_in_bounded_batches_in_order(pool: asyncpg.Po
     assert await _stored(pool, dev) == (400, 400)
 
 
+# ---------------------------------------------------------------- the latest-value table
+
+
+async def _latest(pool: asyncpg.Pool, device: str, metric: str = "pm25") -> tuple[datetime, float]:
+    row = await pool.fetchrow("SELECT ts, value FROM telemetry_latest WHERE device_id = $1 "
+                              "AND metric = $2", device, metric)
+    assert row is not None
+    return row["ts"], row["value"]
+
+
+async def test_the_latest_value_is_the_newest_reading_of_each_key_whatever_its_place(
+        pool: asyncpg.Pool) -> None:
+    """Several readings per device in one flush, not in time order, two metrics: the table
+    holds each key's newest; a new device gets its row; a later flush moves it on (the
+    UPDATE path), and a late reading (older than the stored one) leaves it alone."""
+    a, b = f"W-{uuid.uuid4().hex[:8]}", f"W-{uuid.uuid4().hex[:8]}"
+    t0 = time.time() - 300
+    now = time.time()
+    w = BatchWriter(pool, Acks())
+    await w.write(Batch(telemetry=[
+        (t0 + 5, a, "pm25", 5.0, now, False), (t0 + 9, a, "pm25", 9.0, now, False),
+        (t0 + 7, a, "pm25", 7.0, now, False), (t0 + 1, a, "no2", 1.0, now, False),
+        (t0 + 3, b, "pm25", 3.0, now, False), (t0 + 2, b, "pm25", 2.0, now, False)]))
+    assert await _latest(pool, a) == (ts_of(t0 + 9), 9.0)
+    assert await _latest(pool, a, "no2") == (ts_of(t0 + 1), 1.0)
+    assert await _latest(pool, b) == (ts_of(t0 + 3), 3.0)
+
+    await w.write(Batch(telemetry=[(t0 + 20, a, "pm25", 20.0, now, False),
+                                   (t0 + 2.5, b, "pm25", 2.5, now, True)]))  # b: late
+    assert await _latest(pool, a) == (ts_of(t0 + 20), 20.0)
+    assert await _latest(pool, b) == (ts_of(t0 + 3), 3.0)
+    assert await _stored(pool, a) == (5, 5) and await _stored(pool, b) == (3, 3)
+    assert (w.stats.conflicts, w.stats.merged_batches) == (0, 0)
+
+
+async def test_a_redelivered_flush_keeps_the_latest_value_and_stores_nothing_twice(
+        pool: asyncpg.Pool) -> None:
+    """A batch committed, then delivered again with older and newer readings of the same
+    devices (a reconnect): the merge stores the new readings once, and the latest value is
+    the newest of everything, not the redelivered one."""
+    devs = [f"W-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    t0 = time.time() - 400
+    now = time.time()
+    first = [(t0 + i, d, "pm25", float(i), now, False) for i in range(10) for d in devs]
+    w = BatchWriter(pool, Acks())
+    await w.write(Batch(telemetry=first))
+    again = first + [(t0 + 10 + i, d, "pm25", 10.0 + i, now, False)
+                     for i in range(2) for d in devs]
+    await w.write(Batch(telemetry=again))
+    await w.write(Batch(telemetry=again))  # and once more, all of it stored already
+    assert (w.stats.conflicts, w.stats.merged_batches) == (1, 2)
+    for d in devs:
+        assert await _stored(pool, d) == (12, 12)
+        assert await _latest(pool, d) == (ts_of(t0 + 11), 11.0)
+
+
 # ---------------------------------------------------------------- binary COPY encoding
 
 
