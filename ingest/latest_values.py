@@ -17,9 +17,10 @@ devices and late readings cost what they did before; the steady state does not.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
-from ingest.copy_binary import TelemetryValues
+from core.db import Conn
+from ingest.copy_binary import TELEMETRY_COLUMNS, TelemetryValues
 
 # Planner settings for the rest of the flush's transaction (SET LOCAL), then the update.
 # Index probes into telemetry_latest, driven by the staged rows in key order: without
@@ -67,3 +68,30 @@ def newest_per_key(rows: Sequence[TelemetryValues]) -> Sequence[TelemetryValues]
 def updated(status: str) -> int:
     """Rows changed, from an UPDATE's command tag (``UPDATE <rows>``)."""
     return int(status.rsplit(" ", 1)[1])
+
+
+def fold_newest(pending: dict[tuple[str, str], TelemetryValues],
+                rows: Sequence[TelemetryValues]) -> None:
+    """Fold ``rows`` (one per key, as ``newest_per_key`` gives) into ``pending`` (key ->
+    newest row), keeping the newer of each key (on equal times, the later batch's)."""
+    if not pending:
+        pending.update({(r[1], r[2]): r for r in rows})
+        return
+    get = pending.get
+    for r in rows:
+        k = (r[1], r[2])
+        o = get(k)
+        if o is None or o[0] <= r[0]:
+            pending[k] = r
+
+
+async def update_latest(conn: Conn, newest: Sequence[TelemetryValues], data: bytes) -> None:
+    """``newest`` (one row per key; ``data``: its binary COPY, ingest/copy_binary.py) into
+    telemetry_latest, in the caller's transaction; the staging table must exist."""
+    async def chunks() -> AsyncIterator[bytes]:
+        yield data  # an async iterable: asyncpg reads a file-like source in a thread
+    await conn.copy_to_table("stage_telemetry", source=chunks(), columns=TELEMETRY_COLUMNS,
+                             format="binary")
+    if updated(await conn.execute(UPDATE_FROM_STAGE)) < len(newest):
+        # A device's first reading, or one older than the stored latest.
+        await conn.execute(UPSERT_FROM_STAGE)

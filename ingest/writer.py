@@ -2,12 +2,14 @@
 
 Rows gather in memory and are flushed with COPY when the batch reaches a size or an age,
 whichever comes first. A flush is one transaction: the readings COPYed straight into the
-``telemetry`` hypertable (binary COPY, ingest/copy_binary.py), the latest-value table
-updated from the newest reading per device and metric (ingest/latest_values.py), positions
-and dead letters. The idempotency key (the hypertables' unique indexes) makes that COPY
-fail when the batch holds a reading already stored (a redelivery after a reconnect or a
-crash, or a copy in the same batch): the transaction is then rolled back and the batch
-written again through the merge path: COPY into a per-connection staging table, then
+``telemetry`` hypertable (binary COPY, ingest/copy_binary.py), positions and dead letters.
+The latest-value table is updated from the newest reading per device and metric
+(ingest/latest_values.py): once for all the flushes committed within ``latest_interval_s``
+(their acknowledgements wait for it; the hub's default), or in each flush. The
+idempotency key (the hypertables' unique indexes) makes the COPY fail when the batch holds
+a reading already stored (a redelivery after a reconnect or a crash, or a copy in the same
+batch): the transaction is then rolled back and the batch written again through the merge
+path: COPY into a per-connection staging table, then
 ``INSERT ... ON CONFLICT DO NOTHING``, which drops the copies. The merge costs the database
 ~4 µs more per reading than the straight COPY (the staging table and the speculative
 insertion; docs/PERFORMANCE.md), so it is taken only when needed, and kept while the
@@ -26,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -35,7 +37,7 @@ import asyncpg
 from core import clock
 from core.db import Conn
 from ingest.copy_binary import TELEMETRY_COLUMNS, TelemetryValues, telemetry_copy
-from ingest.latest_values import UPDATE_FROM_STAGE, UPSERT_FROM_STAGE, newest_per_key, updated
+from ingest.latest_values import UPSERT_FROM_STAGE, fold_newest, newest_per_key, update_latest
 
 log = logging.getLogger("ingest.writer")
 
@@ -119,6 +121,9 @@ class Batch:
     acks: list[tuple[int, int]] = field(default_factory=list)
     # publish time of the oldest message, for the flush-by-age rule
     started: float = 0.0
+    # Set by a committed optimistic flush: the newest reading per key of this batch, for
+    # the coalesced latest-value update; its acknowledgements wait for that update.
+    newest: Sequence[TelemetryRow] = ()
 
     def size(self) -> int:
         return len(self.telemetry) + len(self.positions) + len(self.dead)
@@ -143,6 +148,9 @@ class WriterStats:
     # the ones first tried with the plain insert and rolled back.
     merged_batches: int = 0
     conflicts: int = 0
+    # Coalesced latest-value updates, and the rows they wrote (one per key each).
+    latest_writes: int = 0
+    latest_rows: int = 0
     in_flight: int = 0
     last_commit_ms: float = 0.0
     db_ok: bool = True
@@ -172,9 +180,17 @@ class BatchWriter:
         concurrency: int = 2,
         dead_letter_max_bytes: int = 4096,
         on_commit: Callable[[Batch], None] | None = None,
+        latest_interval_s: float = 0.0,
+        latest_max_held: int = 1000,
     ) -> None:
+        """``latest_interval_s`` > 0 coalesces the latest-value update across flushes: the
+        newest reading per key of the batches committed within that long (or until
+        ``latest_max_held`` messages wait) is written in one update, and those batches are
+        acknowledged after it commits. 0: each flush updates it in its own transaction."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        self.latest_interval_s = latest_interval_s
+        self.latest_max_held = latest_max_held
         self.pool = pool
         self.ack = ack
         self.batch_size = batch_size
@@ -265,12 +281,71 @@ class BatchWriter:
 
     async def _release_in_order(
             self, order: asyncio.Queue[tuple[Batch, asyncio.Task[None]]]) -> None:
+        """Acknowledge committed batches in batch order. With the latest-value update
+        coalesced, a batch that left rows for it is held, with every batch after it, until
+        an update holding its rows committed: at most ``latest_interval_s`` after the first
+        held batch, or once ``latest_max_held`` messages wait (the broker's in-flight
+        window must not fill with them). Nothing is acknowledged before its reading is
+        both stored and reflected in ``telemetry_latest``; a crash in between means a
+        redelivery, which the merge path writes to both again."""
+        held: list[Batch] = []
+        pending: dict[tuple[str, str], TelemetryRow] = {}
+        held_msgs = 0
+        deadline = 0.0
         while True:
-            batch, task = await order.get()
-            await task  # retries until committed; never raises but for cancellation
-            self.ack(batch.acks)
-            if self.on_commit is not None:
-                self.on_commit(batch)
+            got: tuple[Batch, asyncio.Task[None]] | None = None
+            if not held:
+                got = await order.get()
+            else:
+                try:
+                    got = await asyncio.wait_for(
+                        order.get(), max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    pass
+            if got is not None:
+                batch, task = got
+                await task  # retries until committed; never raises but for cancellation
+                if not held and not batch.newest:
+                    self._release(batch)
+                    continue
+                if not held:
+                    deadline = time.monotonic() + self.latest_interval_s
+                held.append(batch)
+                held_msgs += len(batch.acks)
+                fold_newest(pending, batch.newest)
+                if held_msgs < self.latest_max_held and time.monotonic() < deadline:
+                    continue
+            await self._commit_latest(list(pending.values()))
+            for b in held:
+                self._release(b)
+            held, pending, held_msgs = [], {}, 0
+
+    def _release(self, batch: Batch) -> None:
+        self.ack(batch.acks)
+        if self.on_commit is not None:
+            self.on_commit(batch)
+
+    async def _commit_latest(self, rows: list[TelemetryRow]) -> None:
+        """Write the coalesced latest values until committed (retried as a flush is)."""
+        if not rows:
+            return
+        delay = RETRY_MIN_S
+        while True:
+            try:
+                async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                    async with self.pool.acquire() as conn, conn.transaction():
+                        await conn.execute(STAGING_SQL)
+                        await update_latest(conn, rows, telemetry_copy(rows))
+                self.stats.latest_writes += 1
+                self.stats.latest_rows += len(rows)
+                return
+            except Exception as e:
+                self.stats.failures += 1
+                log.warning("latest-value update of %d rows failed (%s: %s); retrying in "
+                            "%.1fs, nothing acknowledged meanwhile", len(rows),
+                            type(e).__name__, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
 
     async def _commit(self, batch: Batch, slots: asyncio.Semaphore) -> None:
         """Write ``batch`` until it is committed, then free its slot."""
@@ -307,12 +382,14 @@ class BatchWriter:
             if not merged:
                 try:
                     async with conn.transaction():
-                        await self._write(conn, batch, merge=False)
+                        await self._write(conn, batch, merge=False,
+                                          defer_latest=self.latest_interval_s > 0)
                 except asyncpg.UniqueViolationError:
                     # Rolled back: a reading of this batch is stored already.
                     self.stats.conflicts += 1
                     merged = self._merging = True
             if merged:
+                batch.newest = ()  # the merge writes them itself
                 async with conn.transaction():
                     clean = await self._write(conn, batch, merge=True)
                 self.stats.merged_batches += 1
@@ -328,10 +405,12 @@ class BatchWriter:
         self.stats.last_commit_ms = (time.perf_counter() - t0) * 1000.0
 
     @staticmethod
-    async def _write(conn: Conn, batch: Batch, *, merge: bool) -> bool:
+    async def _write(conn: Conn, batch: Batch, *, merge: bool,
+                     defer_latest: bool = False) -> bool:
         """The batch's statements, in the caller's transaction. True when every row was
         inserted (nothing was stored already); always True for the plain insert, which
-        raises instead."""
+        raises instead. ``defer_latest``: the plain insert leaves the newest rows in
+        ``batch.newest`` for the coalesced update instead of writing them."""
         clean = True
         await conn.execute(STAGING_SQL)
         if batch.telemetry:
@@ -346,11 +425,11 @@ class BatchWriter:
                 # the batch is stored already (the caller then merges).
                 await _copy_telemetry(conn, "telemetry", data)
                 newest = newest_per_key(rows)
-                await _copy_telemetry(conn, "stage_telemetry",
-                                      data if newest is rows else telemetry_copy(newest))
-                if updated(await conn.execute(UPDATE_FROM_STAGE)) < len(newest):
-                    # A device's first reading, or one older than the stored latest.
-                    await conn.execute(UPSERT_FROM_STAGE)
+                if defer_latest:
+                    batch.newest = newest
+                else:
+                    await update_latest(conn, newest,
+                                        data if newest is rows else telemetry_copy(newest))
         if batch.positions:
             await conn.copy_records_to_table(
                 "stage_positions", records=batch.positions,

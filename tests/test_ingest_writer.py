@@ -215,6 +215,70 @@ async def test_a_redelivered_flush_keeps_the_latest_value_and_stores_nothing_twi
         assert await _latest(pool, d) == (ts_of(t0 + 11), 11.0)
 
 
+async def test_coalesced_latest_values_are_written_once_before_any_acknowledgement(
+        pool: asyncpg.Pool, db_url: str) -> None:
+    """With the latest-value update coalesced, two flushes' readings of one device make one
+    update of one row, and neither flush is acknowledged before it commits: while another
+    transaction holds that row, both batches are stored and nothing is acknowledged."""
+    dev = f"W-{uuid.uuid4().hex[:8]}"
+    t0 = time.time() - 60
+    await pool.execute("INSERT INTO telemetry_latest (device_id, metric, ts, value, "
+                       "received_at) VALUES ($1, 'pm25', $2, 0, now())", dev, ts_of(t0 - 60))
+    acks = Acks()
+    w = BatchWriter(pool, acks, batch_size=10_000, flush_interval_s=0.01, concurrency=2,
+                    latest_interval_s=0.3)
+    blocker = await asyncpg.connect(db_url)
+    runner = asyncio.create_task(w.run())
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("SELECT 1 FROM telemetry_latest WHERE device_id = $1 "
+                              "FOR UPDATE", dev)
+        w.add_telemetry(_rows(dev, t0, 3))
+        w.add_ack(1, 1)
+        await _until(lambda: w.stats.flushed_batches == 1)
+        w.add_telemetry(_rows(dev, t0 + 3, 3, 3.0))
+        w.add_ack(2, 1)
+        await _until(lambda: w.stats.flushed_batches == 2)
+        assert await _stored(pool, dev) == (6, 6)
+        await asyncio.sleep(0.6)  # past the interval: the update waits on the held row
+        assert acks.calls == [] and w.stats.latest_writes == 0
+        await tx.rollback()
+        await _until(lambda: len(acks.calls) == 2)
+        assert acks.calls == [[(1, 1)], [(2, 1)]]
+        assert (w.stats.latest_writes, w.stats.latest_rows) == (1, 1)
+        assert await _latest(pool, dev) == (ts_of(t0 + 5), 5.0)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await blocker.close()
+
+
+async def test_coalesced_latest_values_wait_at_most_for_max_held_messages(
+        pool: asyncpg.Pool) -> None:
+    """A long interval does not hold acknowledgements once ``latest_max_held`` messages
+    wait: single readings must not fill the broker's in-flight window."""
+    devs = [f"W-{uuid.uuid4().hex[:8]}" for _ in range(4)]
+    t0 = time.time() - 60
+    acks = Acks()
+    w = BatchWriter(pool, acks, batch_size=10_000, flush_interval_s=0.01, concurrency=2,
+                    latest_interval_s=30.0, latest_max_held=4)
+    runner = asyncio.create_task(w.run())
+    try:
+        for i, d in enumerate(devs):
+            w.add_telemetry(_rows(d, t0, 1, float(i)))
+            w.add_ack(i + 1, 1)
+            await _until(lambda i=i: w.stats.flushed_batches == i + 1)  # type: ignore[misc]
+        await _until(lambda: sum(map(len, acks.calls)) == 4, timeout=5)
+        assert [m for call in acks.calls for m, _g in call] == [1, 2, 3, 4]
+        assert w.stats.latest_writes == 1 and w.stats.latest_rows == 4
+        for i, d in enumerate(devs):
+            assert await _latest(pool, d) == (ts_of(t0), float(i))
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+
 # ---------------------------------------------------------------- binary COPY encoding
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ingest.copy_binary import TelemetryValues
-from ingest.latest_values import newest_per_key, updated
+from ingest.latest_values import fold_newest, newest_per_key, updated
 
 
 def _r(ts: float, device: str, value: float, metric: str = "v") -> TelemetryValues:
@@ -36,3 +36,11 @@ def test_distinct_keys_come_back_without_a_copy() -> None:
 def test_updated_reads_the_command_tag() -> None:
     assert updated("UPDATE 4999") == 4999
     assert updated("UPDATE 0") == 0
+
+
+def test_fold_newest_keeps_the_newer_row_of_each_key_across_batches() -> None:
+    pending: dict[tuple[str, str], TelemetryValues] = {}
+    fold_newest(pending, [_r(5, "a", 5), _r(1, "b", 1)])
+    fold_newest(pending, [_r(4, "a", 4), _r(2, "b", 2), _r(1, "c", 1)])  # a: older, kept
+    fold_newest(pending, [_r(2, "b", 20)])  # same time, later batch: taken
+    assert sorted(pending.values()) == [_r(1, "c", 1), _r(2, "b", 20), _r(5, "a", 5)]
