@@ -73,3 +73,9 @@ def telemetry_copy(rows: Iterable[TelemetryValues]) -> bytes:
         append(pack(6, 8, ts_us, len(d), d, len(m), m, 8, value, 8, rcv_us, 1, late))
     append(TRAILER)
     return b"".join(out)
+
+
+def copy_rows(payloads: Iterable[bytes]) -> bytes:
+    """Several ``telemetry_copy`` payloads as one: their rows, in order, under one header
+    (rows are self-contained in the binary format; only the header and trailer frame them)."""
+    return HEADER + b"".join(p[len(HEADER):-len(TRAILER)] for p in payloads) + TRAILER

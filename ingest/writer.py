@@ -36,7 +36,7 @@ import asyncpg
 
 from core import clock
 from core.db import Conn
-from ingest.copy_binary import TELEMETRY_COLUMNS, TelemetryValues, telemetry_copy
+from ingest.copy_binary import TELEMETRY_COLUMNS, TelemetryValues, copy_rows, telemetry_copy
 from ingest.latest_values import UPSERT_FROM_STAGE, fold_newest, newest_per_key, update_latest
 
 log = logging.getLogger("ingest.writer")
@@ -124,6 +124,9 @@ class Batch:
     # Set by a committed optimistic flush: the newest reading per key of this batch, for
     # the coalesced latest-value update; its acknowledgements wait for that update.
     newest: Sequence[TelemetryRow] = ()
+    # ``newest`` as binary COPY rows, when they are the whole batch (no key repeats): the
+    # telemetry COPY's own bytes, reused by the coalesced update instead of encoding again.
+    newest_copy: bytes = b""
 
     def size(self) -> int:
         return len(self.telemetry) + len(self.positions) + len(self.dead)
@@ -290,7 +293,7 @@ class BatchWriter:
         redelivery, which the merge path writes to both again."""
         held: list[Batch] = []
         pending: dict[tuple[str, str], TelemetryRow] = {}
-        held_msgs = 0
+        held_msgs = held_rows = 0
         deadline = 0.0
         while True:
             got: tuple[Batch, asyncio.Task[None]] | None = None
@@ -312,21 +315,30 @@ class BatchWriter:
                     deadline = time.monotonic() + self.latest_interval_s
                 held.append(batch)
                 held_msgs += len(batch.acks)
+                held_rows += len(batch.newest)
                 fold_newest(pending, batch.newest)
                 if held_msgs < self.latest_max_held and time.monotonic() < deadline:
                     continue
-            await self._commit_latest(list(pending.values()))
+            rows = list(pending.values())
+            if len(rows) == held_rows and all(b.newest_copy for b in held if b.newest):
+                # No key repeats across the held batches (single readings, slow devices):
+                # their telemetry COPY bytes are exactly the update's rows.
+                data = copy_rows(b.newest_copy for b in held if b.newest)
+            else:
+                data = telemetry_copy(rows)
+            await self._commit_latest(rows, data)
             for b in held:
                 self._release(b)
-            held, pending, held_msgs = [], {}, 0
+            held, pending, held_msgs, held_rows = [], {}, 0, 0
 
     def _release(self, batch: Batch) -> None:
         self.ack(batch.acks)
         if self.on_commit is not None:
             self.on_commit(batch)
 
-    async def _commit_latest(self, rows: list[TelemetryRow]) -> None:
-        """Write the coalesced latest values until committed (retried as a flush is)."""
+    async def _commit_latest(self, rows: list[TelemetryRow], data: bytes) -> None:
+        """Write the coalesced latest values (``data``: their binary COPY) until committed
+        (retried as a flush is)."""
         if not rows:
             return
         delay = RETRY_MIN_S
@@ -335,7 +347,7 @@ class BatchWriter:
                 async with asyncio.timeout(FLUSH_TIMEOUT_S):
                     async with self.pool.acquire() as conn, conn.transaction():
                         await conn.execute(STAGING_SQL)
-                        await update_latest(conn, rows, telemetry_copy(rows))
+                        await update_latest(conn, rows, data)
                 self.stats.latest_writes += 1
                 self.stats.latest_rows += len(rows)
                 return
@@ -389,7 +401,7 @@ class BatchWriter:
                     self.stats.conflicts += 1
                     merged = self._merging = True
             if merged:
-                batch.newest = ()  # the merge writes them itself
+                batch.newest, batch.newest_copy = (), b""  # the merge writes them itself
                 async with conn.transaction():
                     clean = await self._write(conn, batch, merge=True)
                 self.stats.merged_batches += 1
@@ -427,6 +439,7 @@ class BatchWriter:
                 newest = newest_per_key(rows)
                 if defer_latest:
                     batch.newest = newest
+                    batch.newest_copy = data if newest is rows else b""
                 else:
                     await update_latest(conn, newest,
                                         data if newest is rows else telemetry_copy(newest))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.copy_binary import TelemetryValues
+from ingest.copy_binary import TelemetryValues, copy_rows, telemetry_copy
 from ingest.latest_values import fold_newest, newest_per_key, updated
 
 
@@ -44,3 +44,9 @@ def test_fold_newest_keeps_the_newer_row_of_each_key_across_batches() -> None:
     fold_newest(pending, [_r(4, "a", 4), _r(2, "b", 2), _r(1, "c", 1)])  # a: older, kept
     fold_newest(pending, [_r(2, "b", 20)])  # same time, later batch: taken
     assert sorted(pending.values()) == [_r(1, "c", 1), _r(2, "b", 20), _r(5, "a", 5)]
+
+
+def test_copy_rows_joins_payloads_as_one_copy() -> None:
+    a, b = [_r(1, "a", 1)], [_r(2, "b", 2), _r(3, "c", 3)]
+    assert copy_rows([telemetry_copy(a), telemetry_copy(b)]) == telemetry_copy(a + b)
+    assert copy_rows([telemetry_copy([])]) == telemetry_copy([])
