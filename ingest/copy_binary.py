@@ -60,14 +60,22 @@ def telemetry_copy(rows: Iterable[TelemetryValues]) -> bytes:
     out = [HEADER]
     append = out.append
     packers = _packers
-    last_rcv = float("nan")
-    rcv_us = 0
+    last_rcv = last_ts = float("nan")
+    rcv_us = ts_us = 0
     for ts, device, metric, value, received_at, late in rows:
         d = device.encode()
         m = metric.encode()
         pack = packers.get((len(d), len(m))) or _packer(len(d), len(m))
         if received_at != last_rcv:  # a burst shares one receive time
             last_rcv, rcv_us = received_at, pg_timestamp(received_at)
-        append(pack(6, 8, pg_timestamp(ts), len(d), d, len(m), m, 8, value, 8, rcv_us, 1, late))
+        if ts != last_ts:  # a gateway's batch often shares one device time
+            last_ts, ts_us = ts, pg_timestamp(ts)
+        append(pack(6, 8, ts_us, len(d), d, len(m), m, 8, value, 8, rcv_us, 1, late))
     append(TRAILER)
     return b"".join(out)
+
+
+def copy_rows(payloads: Iterable[bytes]) -> bytes:
+    """Several ``telemetry_copy`` payloads as one: their rows, in order, under one header
+    (rows are self-contained in the binary format; only the header and trailer frame them)."""
+    return HEADER + b"".join(p[len(HEADER):-len(TRAILER)] for p in payloads) + TRAILER

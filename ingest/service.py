@@ -69,7 +69,9 @@ class IngestRole:
                 self.pool, ack=self._ack, batch_size=s.ingest_batch_size,
                 flush_interval_s=s.ingest_flush_interval_s,
                 concurrency=s.ingest_flush_concurrency,
-                dead_letter_max_bytes=s.dead_letter_max_bytes)
+                dead_letter_max_bytes=s.dead_letter_max_bytes,
+                latest_interval_s=s.ingest_latest_interval_s,
+                latest_max_held=s.ingest_latest_max_held)
             self.pipeline = self._pipeline(writer, None)
             self.leader = EvaluatorLeader(s, self.pool, lambda ev: self._pipeline(None, ev))
         else:
@@ -83,7 +85,9 @@ class IngestRole:
                 self.pool, ack=self.evaluator.hold, batch_size=s.ingest_batch_size,
                 flush_interval_s=s.ingest_flush_interval_s,
                 concurrency=s.ingest_flush_concurrency,
-                dead_letter_max_bytes=s.dead_letter_max_bytes)
+                dead_letter_max_bytes=s.dead_letter_max_bytes,
+                latest_interval_s=s.ingest_latest_interval_s,
+                latest_max_held=s.ingest_latest_max_held)
             self.pipeline = self._pipeline(writer, self.evaluator)
             await self.evaluator.start()
         self.mqtt = MqttIngest(

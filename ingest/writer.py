@@ -1,16 +1,19 @@
 """The batched writer: the only writer of telemetry, positions and dead letters.
 
 Rows gather in memory and are flushed with COPY when the batch reaches a size or an age,
-whichever comes first. A flush is one transaction: COPY into per-connection staging tables,
-a plain ``INSERT ... SELECT`` into the hypertables, the latest-value tables (a late reading
-never overwrites a newer one) and the dead letters. The idempotency key (the hypertables'
-unique indexes) makes that insert fail when the batch holds a reading already stored (a
-redelivery after a reconnect or a crash, or a copy in the same batch): the transaction is
-then rolled back and the batch written again through the merge path, ``INSERT ... ON
-CONFLICT DO NOTHING``, which drops the copies. The merge's speculative insertion costs the
-database ~3 µs more per reading than the plain insert (docs/PERFORMANCE.md), so it is taken
-only when needed, and kept while the batches it writes still hold copies (a redelivered
-backlog).
+whichever comes first. A flush is one transaction: the readings COPYed straight into the
+``telemetry`` hypertable (binary COPY, ingest/copy_binary.py), positions and dead letters.
+The latest-value table is updated from the newest reading per device and metric
+(ingest/latest_values.py): once for all the flushes committed within ``latest_interval_s``
+(their acknowledgements wait for it; the hub's default), or in each flush. The
+idempotency key (the hypertables' unique indexes) makes the COPY fail when the batch holds
+a reading already stored (a redelivery after a reconnect or a crash, or a copy in the same
+batch): the transaction is then rolled back and the batch written again through the merge
+path: COPY into a per-connection staging table, then
+``INSERT ... ON CONFLICT DO NOTHING``, which drops the copies. The merge costs the database
+~4 µs more per reading than the straight COPY (the staging table and the speculative
+insertion; docs/PERFORMANCE.md), so it is taken only when needed, and kept while the
+batches it writes still hold copies (a redelivered backlog).
 
 Up to ``concurrency`` flushes run at once, each on its own connection, so the database
 works on one batch while the next is staged; acknowledgements are released in batch order,
@@ -25,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -33,7 +36,8 @@ import asyncpg
 
 from core import clock
 from core.db import Conn
-from ingest.copy_binary import TELEMETRY_COLUMNS, TelemetryValues, telemetry_copy
+from ingest.copy_binary import TELEMETRY_COLUMNS, TelemetryValues, copy_rows, telemetry_copy
+from ingest.latest_values import UPSERT_FROM_STAGE, fold_newest, newest_per_key, update_latest
 
 log = logging.getLogger("ingest.writer")
 
@@ -53,21 +57,12 @@ CREATE TEMP TABLE IF NOT EXISTS stage_positions (
     speed real, heading real, accuracy real, received_at timestamptz) ON COMMIT DELETE ROWS;
 """
 
-# The optimistic insert: raises unique_violation if a reading of the batch is stored already.
-INSERT_TELEMETRY = """
+# The merge path: the batch is staged, then inserted but for the readings stored already
+# (redelivered, or twice in the batch).
+MERGE_TELEMETRY = """
 INSERT INTO telemetry (ts, device_id, metric, value, received_at, late)
 SELECT ts, device_id, metric, value, received_at, late FROM stage_telemetry
-"""
-# The merge: drops the readings stored already (redelivered), keeps the rest.
-MERGE_TELEMETRY = INSERT_TELEMETRY + "ON CONFLICT DO NOTHING\n"
-
-MERGE_TELEMETRY_LATEST = """
-INSERT INTO telemetry_latest (device_id, metric, ts, value, received_at)
-SELECT DISTINCT ON (device_id, metric) device_id, metric, ts, value, received_at
-FROM stage_telemetry ORDER BY device_id, metric, ts DESC
-ON CONFLICT (device_id, metric) DO UPDATE
-SET ts = excluded.ts, value = excluded.value, received_at = excluded.received_at
-WHERE telemetry_latest.ts < excluded.ts
+ON CONFLICT DO NOTHING
 """
 
 INSERT_POSITIONS = """
@@ -126,6 +121,12 @@ class Batch:
     acks: list[tuple[int, int]] = field(default_factory=list)
     # publish time of the oldest message, for the flush-by-age rule
     started: float = 0.0
+    # Set by a committed optimistic flush: the newest reading per key of this batch, for
+    # the coalesced latest-value update; its acknowledgements wait for that update.
+    newest: Sequence[TelemetryRow] = ()
+    # ``newest`` as binary COPY rows, when they are the whole batch (no key repeats): the
+    # telemetry COPY's own bytes, reused by the coalesced update instead of encoding again.
+    newest_copy: bytes = b""
 
     def size(self) -> int:
         return len(self.telemetry) + len(self.positions) + len(self.dead)
@@ -150,6 +151,9 @@ class WriterStats:
     # the ones first tried with the plain insert and rolled back.
     merged_batches: int = 0
     conflicts: int = 0
+    # Coalesced latest-value updates, and the rows they wrote (one per key each).
+    latest_writes: int = 0
+    latest_rows: int = 0
     in_flight: int = 0
     last_commit_ms: float = 0.0
     db_ok: bool = True
@@ -179,9 +183,17 @@ class BatchWriter:
         concurrency: int = 2,
         dead_letter_max_bytes: int = 4096,
         on_commit: Callable[[Batch], None] | None = None,
+        latest_interval_s: float = 0.0,
+        latest_max_held: int = 1000,
     ) -> None:
+        """``latest_interval_s`` > 0 coalesces the latest-value update across flushes: the
+        newest reading per key of the batches committed within that long (or until
+        ``latest_max_held`` messages wait) is written in one update, and those batches are
+        acknowledged after it commits. 0: each flush updates it in its own transaction."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        self.latest_interval_s = latest_interval_s
+        self.latest_max_held = latest_max_held
         self.pool = pool
         self.ack = ack
         self.batch_size = batch_size
@@ -272,12 +284,80 @@ class BatchWriter:
 
     async def _release_in_order(
             self, order: asyncio.Queue[tuple[Batch, asyncio.Task[None]]]) -> None:
+        """Acknowledge committed batches in batch order. With the latest-value update
+        coalesced, a batch that left rows for it is held, with every batch after it, until
+        an update holding its rows committed: at most ``latest_interval_s`` after the first
+        held batch, or once ``latest_max_held`` messages wait (the broker's in-flight
+        window must not fill with them). Nothing is acknowledged before its reading is
+        both stored and reflected in ``telemetry_latest``; a crash in between means a
+        redelivery, which the merge path writes to both again."""
+        held: list[Batch] = []
+        pending: dict[tuple[str, str], TelemetryRow] = {}
+        held_msgs = held_rows = 0
+        deadline = 0.0
         while True:
-            batch, task = await order.get()
-            await task  # retries until committed; never raises but for cancellation
-            self.ack(batch.acks)
-            if self.on_commit is not None:
-                self.on_commit(batch)
+            got: tuple[Batch, asyncio.Task[None]] | None = None
+            if not held:
+                got = await order.get()
+            else:
+                try:
+                    got = await asyncio.wait_for(
+                        order.get(), max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    pass
+            if got is not None:
+                batch, task = got
+                await task  # retries until committed; never raises but for cancellation
+                if not held and not batch.newest:
+                    self._release(batch)
+                    continue
+                if not held:
+                    deadline = time.monotonic() + self.latest_interval_s
+                held.append(batch)
+                held_msgs += len(batch.acks)
+                held_rows += len(batch.newest)
+                fold_newest(pending, batch.newest)
+                if held_msgs < self.latest_max_held and time.monotonic() < deadline:
+                    continue
+            rows = list(pending.values())
+            if len(rows) == held_rows and all(b.newest_copy for b in held if b.newest):
+                # No key repeats across the held batches (single readings, slow devices):
+                # their telemetry COPY bytes are exactly the update's rows.
+                data = copy_rows(b.newest_copy for b in held if b.newest)
+            else:
+                data = telemetry_copy(rows)
+            await self._commit_latest(rows, data)
+            for b in held:
+                self._release(b)
+            held, pending, held_msgs, held_rows = [], {}, 0, 0
+
+    def _release(self, batch: Batch) -> None:
+        self.ack(batch.acks)
+        if self.on_commit is not None:
+            self.on_commit(batch)
+
+    async def _commit_latest(self, rows: list[TelemetryRow], data: bytes) -> None:
+        """Write the coalesced latest values (``data``: their binary COPY) until committed
+        (retried as a flush is)."""
+        if not rows:
+            return
+        delay = RETRY_MIN_S
+        while True:
+            try:
+                async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                    async with self.pool.acquire() as conn, conn.transaction():
+                        await conn.execute(STAGING_SQL)
+                        await update_latest(conn, rows, data)
+                self.stats.latest_writes += 1
+                self.stats.latest_rows += len(rows)
+                return
+            except Exception as e:
+                self.stats.failures += 1
+                log.warning("latest-value update of %d rows failed (%s: %s); retrying in "
+                            "%.1fs, nothing acknowledged meanwhile", len(rows),
+                            type(e).__name__, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
 
     async def _commit(self, batch: Batch, slots: asyncio.Semaphore) -> None:
         """Write ``batch`` until it is committed, then free its slot."""
@@ -314,12 +394,14 @@ class BatchWriter:
             if not merged:
                 try:
                     async with conn.transaction():
-                        await self._write(conn, batch, merge=False)
+                        await self._write(conn, batch, merge=False,
+                                          defer_latest=self.latest_interval_s > 0)
                 except asyncpg.UniqueViolationError:
                     # Rolled back: a reading of this batch is stored already.
                     self.stats.conflicts += 1
                     merged = self._merging = True
             if merged:
+                batch.newest, batch.newest_copy = (), b""  # the merge writes them itself
                 async with conn.transaction():
                     clean = await self._write(conn, batch, merge=True)
                 self.stats.merged_batches += 1
@@ -335,18 +417,32 @@ class BatchWriter:
         self.stats.last_commit_ms = (time.perf_counter() - t0) * 1000.0
 
     @staticmethod
-    async def _write(conn: Conn, batch: Batch, *, merge: bool) -> bool:
+    async def _write(conn: Conn, batch: Batch, *, merge: bool,
+                     defer_latest: bool = False) -> bool:
         """The batch's statements, in the caller's transaction. True when every row was
         inserted (nothing was stored already); always True for the plain insert, which
-        raises instead."""
+        raises instead. ``defer_latest``: the plain insert leaves the newest rows in
+        ``batch.newest`` for the coalesced update instead of writing them."""
         clean = True
         await conn.execute(STAGING_SQL)
         if batch.telemetry:
-            await conn.copy_to_table("stage_telemetry", source=_chunks(telemetry_copy(
-                batch.telemetry)), columns=TELEMETRY_COLUMNS, format="binary")
-            status = await conn.execute(MERGE_TELEMETRY if merge else INSERT_TELEMETRY)
-            clean = _inserted(status) == len(batch.telemetry)
-            await conn.execute(MERGE_TELEMETRY_LATEST)
+            rows = batch.telemetry
+            data = telemetry_copy(rows)
+            if merge:
+                await _copy_telemetry(conn, "stage_telemetry", data)
+                clean = _inserted(await conn.execute(MERGE_TELEMETRY)) == len(rows)
+                await conn.execute(UPSERT_FROM_STAGE)
+            else:
+                # Straight into the hypertable: raises unique_violation if a reading of
+                # the batch is stored already (the caller then merges).
+                await _copy_telemetry(conn, "telemetry", data)
+                newest = newest_per_key(rows)
+                if defer_latest:
+                    batch.newest = newest
+                    batch.newest_copy = data if newest is rows else b""
+                else:
+                    await update_latest(conn, newest,
+                                        data if newest is rows else telemetry_copy(newest))
         if batch.positions:
             await conn.copy_records_to_table(
                 "stage_positions", records=batch.positions,
@@ -361,6 +457,11 @@ class BatchWriter:
                 "dead_letters", records=batch.dead,
                 columns=("received_at", "topic", "payload", "size", "reason", "detail"))
         return clean
+
+
+async def _copy_telemetry(conn: Conn, table: str, data: bytes) -> None:
+    await conn.copy_to_table(table, source=_chunks(data), columns=TELEMETRY_COLUMNS,
+                             format="binary")
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:

@@ -159,6 +159,126 @@ async def test_a_backlog_is_written_in_bounded_batches_in_order(pool: asyncpg.Po
     assert await _stored(pool, dev) == (400, 400)
 
 
+# ---------------------------------------------------------------- the latest-value table
+
+
+async def _latest(pool: asyncpg.Pool, device: str, metric: str = "pm25") -> tuple[datetime, float]:
+    row = await pool.fetchrow("SELECT ts, value FROM telemetry_latest WHERE device_id = $1 "
+                              "AND metric = $2", device, metric)
+    assert row is not None
+    return row["ts"], row["value"]
+
+
+async def test_the_latest_value_is_the_newest_reading_of_each_key_whatever_its_place(
+        pool: asyncpg.Pool) -> None:
+    """Several readings per device in one flush, not in time order, two metrics: the table
+    holds each key's newest; a new device gets its row; a later flush moves it on (the
+    UPDATE path), and a late reading (older than the stored one) leaves it alone."""
+    a, b = f"W-{uuid.uuid4().hex[:8]}", f"W-{uuid.uuid4().hex[:8]}"
+    t0 = time.time() - 300
+    now = time.time()
+    w = BatchWriter(pool, Acks())
+    await w.write(Batch(telemetry=[
+        (t0 + 5, a, "pm25", 5.0, now, False), (t0 + 9, a, "pm25", 9.0, now, False),
+        (t0 + 7, a, "pm25", 7.0, now, False), (t0 + 1, a, "no2", 1.0, now, False),
+        (t0 + 3, b, "pm25", 3.0, now, False), (t0 + 2, b, "pm25", 2.0, now, False)]))
+    assert await _latest(pool, a) == (ts_of(t0 + 9), 9.0)
+    assert await _latest(pool, a, "no2") == (ts_of(t0 + 1), 1.0)
+    assert await _latest(pool, b) == (ts_of(t0 + 3), 3.0)
+
+    await w.write(Batch(telemetry=[(t0 + 20, a, "pm25", 20.0, now, False),
+                                   (t0 + 2.5, b, "pm25", 2.5, now, True)]))  # b: late
+    assert await _latest(pool, a) == (ts_of(t0 + 20), 20.0)
+    assert await _latest(pool, b) == (ts_of(t0 + 3), 3.0)
+    assert await _stored(pool, a) == (5, 5) and await _stored(pool, b) == (3, 3)
+    assert (w.stats.conflicts, w.stats.merged_batches) == (0, 0)
+
+
+async def test_a_redelivered_flush_keeps_the_latest_value_and_stores_nothing_twice(
+        pool: asyncpg.Pool) -> None:
+    """A batch committed, then delivered again with older and newer readings of the same
+    devices (a reconnect): the merge stores the new readings once, and the latest value is
+    the newest of everything, not the redelivered one."""
+    devs = [f"W-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    t0 = time.time() - 400
+    now = time.time()
+    first = [(t0 + i, d, "pm25", float(i), now, False) for i in range(10) for d in devs]
+    w = BatchWriter(pool, Acks())
+    await w.write(Batch(telemetry=first))
+    again = first + [(t0 + 10 + i, d, "pm25", 10.0 + i, now, False)
+                     for i in range(2) for d in devs]
+    await w.write(Batch(telemetry=again))
+    await w.write(Batch(telemetry=again))  # and once more, all of it stored already
+    assert (w.stats.conflicts, w.stats.merged_batches) == (1, 2)
+    for d in devs:
+        assert await _stored(pool, d) == (12, 12)
+        assert await _latest(pool, d) == (ts_of(t0 + 11), 11.0)
+
+
+async def test_coalesced_latest_values_are_written_once_before_any_acknowledgement(
+        pool: asyncpg.Pool, db_url: str) -> None:
+    """With the latest-value update coalesced, two flushes' readings of one device make one
+    update of one row, and neither flush is acknowledged before it commits: while another
+    transaction holds that row, both batches are stored and nothing is acknowledged."""
+    dev = f"W-{uuid.uuid4().hex[:8]}"
+    t0 = time.time() - 60
+    await pool.execute("INSERT INTO telemetry_latest (device_id, metric, ts, value, "
+                       "received_at) VALUES ($1, 'pm25', $2, 0, now())", dev, ts_of(t0 - 60))
+    acks = Acks()
+    w = BatchWriter(pool, acks, batch_size=10_000, flush_interval_s=0.01, concurrency=2,
+                    latest_interval_s=0.3)
+    blocker = await asyncpg.connect(db_url)
+    runner = asyncio.create_task(w.run())
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("SELECT 1 FROM telemetry_latest WHERE device_id = $1 "
+                              "FOR UPDATE", dev)
+        w.add_telemetry(_rows(dev, t0, 3))
+        w.add_ack(1, 1)
+        await _until(lambda: w.stats.flushed_batches == 1)
+        w.add_telemetry(_rows(dev, t0 + 3, 3, 3.0))
+        w.add_ack(2, 1)
+        await _until(lambda: w.stats.flushed_batches == 2)
+        assert await _stored(pool, dev) == (6, 6)
+        await asyncio.sleep(0.6)  # past the interval: the update waits on the held row
+        assert acks.calls == [] and w.stats.latest_writes == 0
+        await tx.rollback()
+        await _until(lambda: len(acks.calls) == 2)
+        assert acks.calls == [[(1, 1)], [(2, 1)]]
+        assert (w.stats.latest_writes, w.stats.latest_rows) == (1, 1)
+        assert await _latest(pool, dev) == (ts_of(t0 + 5), 5.0)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await blocker.close()
+
+
+async def test_coalesced_latest_values_wait_at_most_for_max_held_messages(
+        pool: asyncpg.Pool) -> None:
+    """A long interval does not hold acknowledgements once ``latest_max_held`` messages
+    wait: single readings must not fill the broker's in-flight window."""
+    devs = [f"W-{uuid.uuid4().hex[:8]}" for _ in range(4)]
+    t0 = time.time() - 60
+    acks = Acks()
+    w = BatchWriter(pool, acks, batch_size=10_000, flush_interval_s=0.01, concurrency=2,
+                    latest_interval_s=30.0, latest_max_held=4)
+    runner = asyncio.create_task(w.run())
+    try:
+        for i, d in enumerate(devs):
+            w.add_telemetry(_rows(d, t0, 1, float(i)))
+            w.add_ack(i + 1, 1)
+            await _until(lambda i=i: w.stats.flushed_batches == i + 1)  # type: ignore[misc]
+        await _until(lambda: sum(map(len, acks.calls)) == 4, timeout=5)
+        assert [m for call in acks.calls for m, _g in call] == [1, 2, 3, 4]
+        assert w.stats.latest_writes == 1 and w.stats.latest_rows == 4
+        for i, d in enumerate(devs):
+            assert await _latest(pool, d) == (ts_of(t0), float(i))
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+
 # ---------------------------------------------------------------- binary COPY encoding
 
 

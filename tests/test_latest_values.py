@@ -1,0 +1,52 @@
+"""Which readings of a batch update the latest-value table (ingest/latest_values.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingest.copy_binary import TelemetryValues, copy_rows, telemetry_copy
+from ingest.latest_values import fold_newest, newest_per_key, updated
+
+
+def _r(ts: float, device: str, value: float, metric: str = "v") -> TelemetryValues:
+    return (ts, device, metric, value, 1000.0, False)
+
+
+@pytest.mark.parametrize(("rows", "newest"), [
+    ([], []),
+    # distinct keys: every row
+    ([_r(1, "a", 1), _r(1, "b", 2), _r(1, "a", 3, "w")],
+     [_r(1, "a", 1), _r(1, "b", 2), _r(1, "a", 3, "w")]),
+    # a key twice, newest last / newest first
+    ([_r(1, "a", 1), _r(2, "a", 2)], [_r(2, "a", 2)]),
+    ([_r(2, "a", 2), _r(1, "a", 1), _r(1, "b", 5)], [_r(2, "a", 2), _r(1, "b", 5)]),
+    # newest in the middle, and a tie: the later row
+    ([_r(1, "a", 1), _r(9, "a", 9), _r(5, "a", 5)], [_r(9, "a", 9)]),
+    ([_r(3, "a", 1), _r(3, "a", 2)], [_r(3, "a", 2)]),
+])
+def test_newest_per_key(rows: list[TelemetryValues], newest: list[TelemetryValues]) -> None:
+    assert sorted(newest_per_key(rows)) == sorted(newest)
+
+
+def test_distinct_keys_come_back_without_a_copy() -> None:
+    rows = [_r(1, "a", 1), _r(1, "b", 2)]
+    assert newest_per_key(rows) is rows
+
+
+def test_updated_reads_the_command_tag() -> None:
+    assert updated("UPDATE 4999") == 4999
+    assert updated("UPDATE 0") == 0
+
+
+def test_fold_newest_keeps_the_newer_row_of_each_key_across_batches() -> None:
+    pending: dict[tuple[str, str], TelemetryValues] = {}
+    fold_newest(pending, [_r(5, "a", 5), _r(1, "b", 1)])
+    fold_newest(pending, [_r(4, "a", 4), _r(2, "b", 2), _r(1, "c", 1)])  # a: older, kept
+    fold_newest(pending, [_r(2, "b", 20)])  # same time, later batch: taken
+    assert sorted(pending.values()) == [_r(1, "c", 1), _r(2, "b", 20), _r(5, "a", 5)]
+
+
+def test_copy_rows_joins_payloads_as_one_copy() -> None:
+    a, b = [_r(1, "a", 1)], [_r(2, "b", 2), _r(3, "c", 3)]
+    assert copy_rows([telemetry_copy(a), telemetry_copy(b)]) == telemetry_copy(a + b)
+    assert copy_rows([telemetry_copy([])]) == telemetry_copy([])
