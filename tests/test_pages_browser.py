@@ -367,6 +367,12 @@ def test_device_page_draws_a_chart(page: Page, hub: HubProcess, publisher: Publi
     for k in range(6):
         publisher.publish(wire.telemetry_topic(device["id"]),
                           wire.encode_telemetry(now - 300 + k * 60, {"noise_db": 50.0 + k}))
+    # The latest values trail the readings by up to HUB_INGEST_LATEST_INTERVAL_S (one update
+    # per key for all the flushes of that interval), and the page reads them once.
+    deadline = time.monotonic() + 15
+    while "noise_db" not in str(hub.client.get(f"/api/devices/{device['id']}/latest").json()):
+        assert time.monotonic() < deadline, "the latest value never showed"
+        time.sleep(0.1)
     page.goto(f"{hub.url}/devices/{device['id']}")
     chart = page.locator('.chart[data-metric="noise_db"]')
     chart.wait_for(timeout=15000)
