@@ -301,3 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(amain(args))
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
