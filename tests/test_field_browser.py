@@ -213,7 +213,9 @@ def test_offline_report_and_withdrawal(browser: Browser, hub: HubProcess) -> Non
         unit.wait_for_timeout(1500)
         assert unit.evaluate(f"window.field.cases.has({case['id']})")  # not yet: offline
         uctx.set_offline(False)
-        unit.wait_for_function(f"!window.field.cases.has({case['id']})", timeout=10000)
+        # Back online, the phone reconnects at once; if Chromium's first attempt fails while
+        # its network comes back, the app's backoff (1, 2, 5 s) tries again.
+        unit.wait_for_function(f"!window.field.cases.has({case['id']})", timeout=20000)
         assert "已撤回" in unit.inner_text("#notices")
         assert unit.evaluate(
             f"window.field.events.some(e => e.incident.id === {case['id']} "
