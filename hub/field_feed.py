@@ -14,6 +14,10 @@ from ``GET /api/field/inbox`` or an earlier message). The hub subscribes to the 
 sends every event after N that concerns the phone (``relevant``), in seq order and without
 duplicates, then each new one as it commits. Messages: ``{"type": "hello", "seq"}`` first,
 then ``{"type": "event", "seq", "kind", "action", "incident", "released_unit"}``.
+The hello carries ``ping_s``: when the hub has sent nothing for that long it sends
+``{"type": "ping", "seq"}``, so a phone that hears nothing for a few of those knows its
+socket is dead (a half-open connection after a change of network never closes by itself)
+and reconnects, resuming from its last seq.
 """
 
 from __future__ import annotations
@@ -80,14 +84,23 @@ async def field_feed(ws: WebSocket) -> None:
     # Subscribe first, then read the table: whatever commits meanwhile is in the queue,
     # and is dropped below if the table read already had it.
     sub = hub.bus.subscribe(QUEUE_SIZE)
+    ping_s = hub.settings.field_ping_s
+    clock = asyncio.get_running_loop().time
+    last_sent = clock()
+
+    async def send(msg: dict[str, Any]) -> None:
+        nonlocal last_sent
+        await ws.send_json(msg)
+        last_sent = clock()
+
     try:
-        await ws.send_json({"type": "hello", "seq": hub.bus.last_seq})
+        await send({"type": "hello", "seq": hub.bus.last_seq, "ping_s": ping_s})
         sent = after
         while True:
             page = await outbox.events_after(hub.pool, sent, REPLAY_PAGE)
             for env in page:
                 if relevant(env.kind, env.payload, unit_id, grids):
-                    await ws.send_json(message(env))
+                    await send(message(env))
                 sent = env.seq
             if len(page) < REPLAY_PAGE:
                 break
@@ -95,8 +108,15 @@ async def field_feed(ws: WebSocket) -> None:
         try:
             while not reader.done():
                 waiter = asyncio.create_task(sub.event_wake.wait())
-                await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({waiter, reader}, timeout=max(0.0, last_sent + ping_s - clock()),
+                                   return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
+                if clock() - last_sent >= ping_s:
+                    # Quiet for this phone (the town may be busy with others' cases): a
+                    # heartbeat, with the seq it has now seen everything up to.
+                    await send({"type": "ping", "seq": sent})
+                if not sub.event_wake.is_set():
+                    continue
                 sub.event_wake.clear()
                 if sub.overflowed:
                     await ws.close(code=1013, reason="feed.behind")  # resume from the table
@@ -106,7 +126,7 @@ async def field_feed(ws: WebSocket) -> None:
                         continue
                     sent = env.seq
                     if relevant(env.kind, env.payload, unit_id, grids):
-                        await ws.send_json(message(env))
+                        await send(message(env))
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
