@@ -193,6 +193,14 @@ def test_dispatch_to_verification_with_photos(browser: Browser, hub: HubProcess)
 
 def test_offline_report_and_withdrawal(browser: Browser, hub: HubProcess) -> None:
     ctx = mobile(browser)
+
+    def reports() -> list[dict[str, Any]]:
+        """GW-07's reports filed since the test began (the hub lives for the session)."""
+        return [i for i in hub.client.get("/api/incidents", params={"state": "all"}).json()
+                if i["reporter"] == "GW-07" and i["id"] not in earlier]
+
+    earlier: set[int] = set()
+    earlier = {i["id"] for i in reports()}
     try:
         # a grid worker files a report with no network: kept on the phone, sent once later
         worker = open_phone(ctx, hub, "GW-07", role="grid_worker")
@@ -211,10 +219,6 @@ def test_offline_report_and_withdrawal(browser: Browser, hub: HubProcess) -> Non
         worker.wait_for_function("window.field.pending && window.field.pending.length === 1")
         worker.tap("#tabs button[data-go=inbox]")
         shot(worker, "pending")
-
-        def reports() -> list[dict[str, Any]]:
-            return [i for i in hub.client.get("/api/incidents", params={"state": "all"}).json()
-                    if i["reporter"] == "GW-07"]
 
         assert reports() == []
         ctx.set_offline(False)
