@@ -257,6 +257,29 @@ def test_replayed_report_is_applied_once(hub: HubProcess, db_url: str) -> None:
     assert len(mine) == 2
 
 
+def test_replayed_case_action_is_applied_once(hub: HubProcess) -> None:
+    """The outbox may send a step twice (its answer lost): the second gets the first's
+    answer, the case log has the step once, and the key cannot carry another step."""
+    squad = free_unit(hub)
+    case = new_case(hub, "replayed accept")
+    dispatch_to(hub, case["id"], squad)
+    unit = enrol(hub, squad)
+    k = key()
+    with phone(hub, unit["token"]) as u:
+        path = f"/api/field/cases/{case['id']}/actions"
+        first = u.post(path, json={"action": "accept"}, headers={"Idempotency-Key": k})
+        second = u.post(path, json={"action": "accept"}, headers={"Idempotency-Key": k})
+        assert first.status_code == second.status_code == 200, second.text
+        assert (first.json()["replayed"], second.json()["replayed"]) == (False, True)
+        assert second.json()["incident"] == first.json()["incident"]
+        other = u.post(path, json={"action": "start_handling"}, headers={"Idempotency-Key": k})
+        assert other.status_code == 409 and other.json()["error"]["code"] == "field.key_reused"
+    log = hub.client.get(f"/api/incidents/{case['id']}").json()["log"]
+    assert [e["action"] for e in log].count("accept") == 1
+    assert hub.client.get(f"/api/incidents/{case['id']}").json()["incident"]["state"] \
+        == "accepted"
+
+
 def test_action_on_a_case_that_moved_on_is_refused_cleanly(hub: HubProcess) -> None:
     squad = free_unit(hub, exclude=set())
     case = new_case(hub, "moved on")
