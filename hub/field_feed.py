@@ -10,7 +10,8 @@ queued for that client id, and the command topic carries commands, not the case 
 phone needs to show a withdrawal.) See docs/ARCHITECTURE.md, "The field app".
 
 Protocol: the phone connects with ``?token=...&after=N`` (N: the last seq it has seen,
-from ``GET /api/field/inbox`` or an earlier message). The hub subscribes to the bus, then
+from ``GET /api/field/inbox`` or an earlier message; optionally ``&ping=S``, a shorter
+heartbeat, see ``heartbeat``). The hub subscribes to the bus, then
 sends every event after N that concerns the phone (``relevant``), in seq order and without
 duplicates, then each new one as it commits. Messages: ``{"type": "hello", "seq"}`` first,
 then ``{"type": "event", "seq", "kind", "action", "incident", "released_unit"}``.
@@ -43,6 +44,10 @@ REPLAY_PAGE = 2000
 # The bus queue of one phone: a phone sees a few events a minute; a backlog this long
 # means it stopped reading, and it is closed to reconnect and resume from the table.
 QUEUE_SIZE = 5000
+# A phone may ask for a more frequent heartbeat than HUB_FIELD_PING_S (``ping``, seconds:
+# a unit in poor coverage that must notice a dead link sooner; the tests); not below this,
+# so one phone's feed costs the hub at most a message a second when quiet.
+PING_MIN_S = 1.0
 CASE_KINDS = frozenset({"incident.opened", "incident.updated", "unit.assigned",
                         "sla.warned", "sla.breached"})
 
@@ -60,6 +65,18 @@ def relevant(kind: str, payload: Mapping[str, Any], unit_id: str,
     if inc.get("handler") == unit_id or inc.get("reporter") == unit_id:
         return True
     return bool(grids) and inc.get("grid_id") in grids
+
+
+def heartbeat(asked: str | None, default_s: float) -> float:
+    """The heartbeat interval for a phone that asked for ``asked`` seconds (or nothing):
+    between ``PING_MIN_S`` and the hub's ``default_s``."""
+    try:
+        want = float(asked) if asked else default_s
+    except ValueError:
+        want = default_s
+    if want != want:  # NaN
+        want = default_s
+    return max(min(PING_MIN_S, default_s), min(want, default_s))
 
 
 def message(env: Envelope) -> dict[str, Any]:
@@ -84,7 +101,7 @@ async def field_feed(ws: WebSocket) -> None:
     # Subscribe first, then read the table: whatever commits meanwhile is in the queue,
     # and is dropped below if the table read already had it.
     sub = hub.bus.subscribe(QUEUE_SIZE)
-    ping_s = hub.settings.field_ping_s
+    ping_s = heartbeat(ws.query_params.get("ping"), hub.settings.field_ping_s)
     clock = asyncio.get_running_loop().time
     last_sent = clock()
 

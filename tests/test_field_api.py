@@ -93,6 +93,15 @@ def test_feed_relevance_is_per_phone() -> None:
     assert not field_feed.relevant("alarm.raised", {"incident": inc}, "SQ-01", [])
 
 
+def test_feed_heartbeat_is_bounded() -> None:
+    assert field_feed.heartbeat(None, 15.0) == 15.0
+    assert field_feed.heartbeat("2", 15.0) == 2.0
+    assert field_feed.heartbeat("0.01", 15.0) == field_feed.PING_MIN_S  # not a flood
+    assert field_feed.heartbeat("600", 15.0) == 15.0  # not longer than the hub's
+    assert field_feed.heartbeat("nan", 15.0) == 15.0
+    assert field_feed.heartbeat("soon", 15.0) == 15.0
+
+
 # ------------------------------------------------------------------ enrolment
 def test_enrolment_code_works_once_and_revocation_stops_the_phone(hub: HubProcess) -> None:
     r = hub.client.post("/api/field/enrolments", json={"role": "unit", "unit_id": "PO-01"})

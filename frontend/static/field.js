@@ -14,6 +14,9 @@ const SEQ_KEY = "gridhub.field.seq";
 // The inbox as of the seq above, so an app opened with no network shows the cases it had
 // and the feed resumes on top of them.
 const CASES_KEY = "gridhub.field.cases";
+// A shorter heartbeat this phone asks the hub for (seconds; the hub keeps it between 1 s
+// and its own HUB_FIELD_PING_S): set on a phone that must notice a dead link sooner.
+const PING_KEY = "gridhub.field.ping_s";
 const UNIT_OPEN = ["dispatched", "accepted", "handling"];
 const DONE = ["closed", "evaluated", "archived", "cancelled"];
 const REASON_ACTIONS = ["decline", "request_extension", "verify_fail"];
@@ -237,7 +240,8 @@ function connect() {
   S.retry = null;
   if (!S.token || S.ws) return;
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(`${proto}//${location.host}/ws/field?token=${encodeURIComponent(S.token)}&after=${S.seq}`);
+  const ping = Number(localStorage.getItem(PING_KEY)) > 0 ? `&ping=${Number(localStorage.getItem(PING_KEY))}` : "";
+  const ws = new WebSocket(`${proto}//${location.host}/ws/field?token=${encodeURIComponent(S.token)}&after=${S.seq}${ping}`);
   S.ws = ws;
   watch(HELLO_TIMEOUT_MS);
   ws.onmessage = (ev) => {
