@@ -241,6 +241,12 @@ class Settings(BaseSettings):
     # An enrolment code is shown on an admin's screen and scanned at once; ten minutes
     # covers handing the phone over, and a code photographed by someone else soon expires.
     field_enrol_ttl_s: float = 600.0
+    # The live inbox sends a heartbeat this often when it has nothing else to send; a phone
+    # that hears nothing for 2.5 heartbeats takes its socket for dead (a half-open TCP
+    # connection after a change of network sends no close) and reconnects. 15 s is under
+    # the idle timeouts of mobile carriers' NATs (30 s and up), so it also keeps the path
+    # open, and costs a phone ~30 bytes every 15 s.
+    field_ping_s: float = 15.0
     # Evidence photos: a phone camera's JPEG is 2-6 MB; 10 MB leaves room for a
     # high-resolution one and refuses videos or archives posted by mistake.
     photo_max_bytes: int = 10 * 1024 * 1024

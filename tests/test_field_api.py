@@ -93,6 +93,15 @@ def test_feed_relevance_is_per_phone() -> None:
     assert not field_feed.relevant("alarm.raised", {"incident": inc}, "SQ-01", [])
 
 
+def test_feed_heartbeat_is_bounded() -> None:
+    assert field_feed.heartbeat(None, 15.0) == 15.0
+    assert field_feed.heartbeat("2", 15.0) == 2.0
+    assert field_feed.heartbeat("0.01", 15.0) == field_feed.PING_MIN_S  # not a flood
+    assert field_feed.heartbeat("600", 15.0) == 15.0  # not longer than the hub's
+    assert field_feed.heartbeat("nan", 15.0) == 15.0
+    assert field_feed.heartbeat("soon", 15.0) == 15.0
+
+
 # ------------------------------------------------------------------ enrolment
 def test_enrolment_code_works_once_and_revocation_stops_the_phone(hub: HubProcess) -> None:
     r = hub.client.post("/api/field/enrolments", json={"role": "unit", "unit_id": "PO-01"})
@@ -255,6 +264,29 @@ def test_replayed_report_is_applied_once(hub: HubProcess, db_url: str) -> None:
     mine = [i for i in hub.client.get("/api/incidents", params={"state": "all"}).json()
             if i["reporter"] == "GW-04"]
     assert len(mine) == 2
+
+
+def test_replayed_case_action_is_applied_once(hub: HubProcess) -> None:
+    """The outbox may send a step twice (its answer lost): the second gets the first's
+    answer, the case log has the step once, and the key cannot carry another step."""
+    squad = free_unit(hub)
+    case = new_case(hub, "replayed accept")
+    dispatch_to(hub, case["id"], squad)
+    unit = enrol(hub, squad)
+    k = key()
+    with phone(hub, unit["token"]) as u:
+        path = f"/api/field/cases/{case['id']}/actions"
+        first = u.post(path, json={"action": "accept"}, headers={"Idempotency-Key": k})
+        second = u.post(path, json={"action": "accept"}, headers={"Idempotency-Key": k})
+        assert first.status_code == second.status_code == 200, second.text
+        assert (first.json()["replayed"], second.json()["replayed"]) == (False, True)
+        assert second.json()["incident"] == first.json()["incident"]
+        other = u.post(path, json={"action": "start_handling"}, headers={"Idempotency-Key": k})
+        assert other.status_code == 409 and other.json()["error"]["code"] == "field.key_reused"
+    log = hub.client.get(f"/api/incidents/{case['id']}").json()["log"]
+    assert [e["action"] for e in log].count("accept") == 1
+    assert hub.client.get(f"/api/incidents/{case['id']}").json()["incident"]["state"] \
+        == "accepted"
 
 
 def test_action_on_a_case_that_moved_on_is_refused_cleanly(hub: HubProcess) -> None:

@@ -11,12 +11,29 @@ Object.assign(STRINGS, JSON.parse(document.getElementById("i18n-field").textCont
 const TOKEN_KEY = "gridhub.field.token";
 const ME_KEY = "gridhub.field.me";
 const SEQ_KEY = "gridhub.field.seq";
+// The inbox as of the seq above, so an app opened with no network shows the cases it had
+// and the feed resumes on top of them.
+const CASES_KEY = "gridhub.field.cases";
+// A shorter heartbeat this phone asks the hub for (seconds; the hub keeps it between 1 s
+// and its own HUB_FIELD_PING_S): set on a phone that must notice a dead link sooner.
+const PING_KEY = "gridhub.field.ping_s";
 const UNIT_OPEN = ["dispatched", "accepted", "handling"];
 const DONE = ["closed", "evaluated", "archived", "cancelled"];
 const REASON_ACTIONS = ["decline", "request_extension", "verify_fail"];
 const PHOTO_ACTIONS = ["give_feedback", "verify_ok", "verify_fail"];
 // Reconnect after 1 s, then up to 5 s between tries: a dispatch must not wait long.
 const RECONNECT_MS = [1000, 2000, 5000];
+// A socket that has not said hello this long after it was opened is dropped and tried
+// again: a handshake can hang where the network half-works (and did under Chromium's
+// offline emulation), and a hung one would hold the feed for minutes.
+const HELLO_TIMEOUT_MS = 6000;
+// The hub sends a heartbeat every `ping_s` of quiet (its hello says how often); hearing
+// nothing for this many of them means the socket is dead without having closed (a
+// half-open connection after a change of network), so it is dropped and reopened.
+const PING_MISSES = 2.5;
+// The outbox is retried this often while something waits, besides on `online` and on
+// each (re)connection: the `online` event can come before requests get through again.
+const FLUSH_RETRY_MS = 3000;
 // Patrol fixes are sent in batches this often (and kept while offline, up to the cap).
 const PATROL_SEND_MS = 5000;
 const PATROL_BUFFER_MAX = 2000;
@@ -28,7 +45,9 @@ const S = {
   token: localStorage.getItem(TOKEN_KEY),
   me: JSON.parse(localStorage.getItem(ME_KEY) || "null"),
   seq: Number(localStorage.getItem(SEQ_KEY) || 0),
-  cases: new Map(), current: null, detail: null, ws: null, live: false, attempt: 0,
+  cases: new Map(JSON.parse(localStorage.getItem(CASES_KEY) || "[]").map((c) => [c.id, c])),
+  current: null, detail: null, ws: null, live: false, attempt: 0,
+  retry: null, watchdog: null, reconnects: 0, pingMs: 15000, heardAt: 0,
   events: [], notices: [], formAction: null, patrol: { watch: null, buffer: [], sent: 0 },
 };
 window.field = S;  // for the browser tests and for debugging on a phone
@@ -118,7 +137,9 @@ async function enrol(code) {
   S.token = body.token;
   localStorage.setItem(TOKEN_KEY, body.token);
   localStorage.removeItem(SEQ_KEY);
+  localStorage.removeItem(CASES_KEY);
   S.seq = 0;
+  S.cases = new Map();
   history.replaceState(null, "", "/field");
   toast(t("f.enrolled", { unit: body.unit_name || body.unit_id }));
   await start();
@@ -127,8 +148,9 @@ async function enrol(code) {
 function revoked() {
   localStorage.removeItem(TOKEN_KEY);
   localStorage.removeItem(ME_KEY);
+  localStorage.removeItem(CASES_KEY);
   S.token = null;
-  if (S.ws) S.ws.close();
+  dropFeed();
   toast(t("f.revoked"));
   $("tabs").hidden = true;
   show("enrol");
@@ -170,6 +192,7 @@ function applyEvent(msg) {
 function renderCases() {
   const list = $("cases");
   const cases = [...S.cases.values()].sort((a, b) => a.priority - b.priority || a.id - b.id);
+  localStorage.setItem(CASES_KEY, JSON.stringify(cases));
   if (!cases.length) {
     const li = document.createElement("li");
     li.className = "empty";
@@ -207,29 +230,66 @@ function setSeq(seq) {
   }
 }
 
+// The live feed. One socket at a time (S.ws); a socket that is replaced or given up on
+// is dropped: its handlers detached first, so a late close from it (a socket closed
+// while the network is down stays "closing" until the network returns) cannot disturb
+// the next one. navigator.onLine is only a hint: `online` reconnects at once, but the
+// retries go on while it says offline, since phones report it wrongly both ways.
 function connect() {
-  if (!S.token || S.ws || !navigator.onLine) return;
+  clearTimeout(S.retry);
+  S.retry = null;
+  if (!S.token || S.ws) return;
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(`${proto}//${location.host}/ws/field?token=${encodeURIComponent(S.token)}&after=${S.seq}`);
+  const ping = Number(localStorage.getItem(PING_KEY)) > 0 ? `&ping=${Number(localStorage.getItem(PING_KEY))}` : "";
+  const ws = new WebSocket(`${proto}//${location.host}/ws/field?token=${encodeURIComponent(S.token)}&after=${S.seq}${ping}`);
   S.ws = ws;
-  ws.onopen = () => { S.attempt = 0; };
+  watch(HELLO_TIMEOUT_MS);
   ws.onmessage = (ev) => {
+    if (S.ws !== ws) return;
     const msg = JSON.parse(ev.data);
-    if (msg.type === "hello") { S.live = true; netStatus(); return; }
-    if (msg.type !== "event" || msg.seq <= S.seq) return;
-    S.events.push(msg);
-    applyEvent(msg);
-    setSeq(msg.seq);
+    if (msg.type === "hello") {
+      S.live = true;
+      S.attempt = 0;
+      S.pingMs = (msg.ping_s || 15) * 1000;
+      netStatus();
+      flushSoon(0);  // the hub is reachable: send what waits
+    } else if (msg.type === "ping") {
+      setSeq(msg.seq);  // everything up to it that concerns this phone has arrived
+    } else if (msg.type === "event" && msg.seq > S.seq) {
+      S.events.push(msg);
+      applyEvent(msg);
+      setSeq(msg.seq);
+    }
+    S.heardAt = Date.now();
+    watch(S.pingMs * PING_MISSES);
   };
-  ws.onclose = () => {
-    S.ws = null;
-    S.live = false;
-    netStatus();
-    if (!S.token || !navigator.onLine) return;
-    const wait = RECONNECT_MS[Math.min(S.attempt, RECONNECT_MS.length - 1)];
-    S.attempt += 1;
-    setTimeout(connect, wait);
-  };
+  ws.onclose = () => { if (S.ws === ws) dropFeed(); };
+}
+
+// Give up on the current socket (if any) and try again: at once, or after the backoff.
+function dropFeed({ now = false } = {}) {
+  const ws = S.ws;
+  S.ws = null;
+  clearTimeout(S.watchdog);
+  if (ws) {
+    ws.onmessage = ws.onclose = null;
+    if (ws.readyState < WebSocket.CLOSING) ws.close();
+  }
+  if (S.live) { S.live = false; netStatus(); }
+  clearTimeout(S.retry);
+  S.retry = null;
+  if (!S.token) return;
+  const wait = now ? 0 : RECONNECT_MS[Math.min(S.attempt, RECONNECT_MS.length - 1)];
+  if (!now) S.attempt += 1;
+  S.reconnects += 1;
+  S.retry = setTimeout(connect, wait);
+}
+
+// The socket must say something within `ms` (its hello, an event or a heartbeat).
+function watch(ms) {
+  clearTimeout(S.watchdog);
+  const ws = S.ws;
+  S.watchdog = setTimeout(() => { if (S.ws === ws) dropFeed(); }, ms);
 }
 
 function netStatus() {
@@ -253,8 +313,15 @@ async function send(item) {
   return api("POST", item.path, { json: body, key: item.key });
 }
 
+// Flush soon (coalesced); while something still waits afterwards, try again later.
+function flushSoon(ms = FLUSH_RETRY_MS) {
+  clearTimeout(S.flushTimer);
+  S.flushTimer = setTimeout(flush, ms);
+}
+
 async function flush() {
   if (!S.token) return;
+  clearTimeout(S.flushTimer);
   await queue.flush(send, ({ item, answer, error }) => {
     if (answer) {
       toast(t("f.sent", { what: item.label }));
@@ -264,6 +331,7 @@ async function flush() {
     }
   });
   await renderPending();
+  if (S.pending.some((i) => i.state === "waiting")) flushSoon();
 }
 
 async function renderPending() {
@@ -290,7 +358,7 @@ async function submit(req) {
   await queue.enqueue(req);
   toast(t("f.queued"));
   await renderPending();
-  if (navigator.onLine) flush();
+  flush();
 }
 
 // ------------------------------------------------------------------ a case
@@ -591,11 +659,20 @@ function wire() {
     act(inc, action, note, [...$("case-photo").files]);
     $("case-form").hidden = true;
   });
-  window.addEventListener("online", () => { netStatus(); connect(); flush(); });
-  window.addEventListener("offline", () => {
-    // Close the feed at once: when the network returns it resumes from the last seq seen.
-    if (S.ws) S.ws.close();
+  // Back online: whatever the socket seems to be (it may be half-open, or a close still
+  // waiting for the network), a new one now, resuming from the last seq seen.
+  window.addEventListener("online", () => {
+    S.attempt = 0;
+    dropFeed({ now: true });
     netStatus();
+    flush();
+  });
+  window.addEventListener("offline", () => { dropFeed(); netStatus(); });
+  // A phone's timers sleep with its screen: on waking, a feed silent too long is dead.
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState !== "visible" || !S.token) return;
+    if (!S.ws) connect();
+    else if (S.live && Date.now() - S.heardAt > S.pingMs * PING_MISSES) dropFeed({ now: true });
   });
   if ("serviceWorker" in navigator) {
     navigator.serviceWorker.register("/field/sw.js", { scope: "/field" }).catch(() => {});
