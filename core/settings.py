@@ -144,6 +144,13 @@ class Settings(BaseSettings):
     backtest_max_s: float = 60.0
     # Backtests running at once (each is a process): one per core of a small hub.
     backtest_max_running: int = 2
+    # CPU a running backtest may take, its child process and the PostgreSQL backend reading
+    # for it together, as a share of one core (ingest/backtest_job.py paces itself to it,
+    # measured from /proc). Priorities alone did not hide a backtest on a 2-core hub
+    # (alarm p99 doubled while one ran); at this share the alarm path's latency stayed
+    # within the A/A control's noise (docs/PERFORMANCE.md, "Backtests paced to a CPU
+    # budget"), and a backtest still reads the 2M-reading cap well inside backtest_max_s.
+    backtest_cpu_share: float = 0.25
 
     # SLA limits and accept time-outs run at this fraction of their real length. 1 in
     # production; demos and tests shrink a day's clocks into seconds.

@@ -1,0 +1,130 @@
+"""A backtest paces itself to its CPU budget, says how far it has got while it runs, and is
+still cancellable while it rests; the benchmark's ratio comes with a bootstrap interval."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from core.db import connect
+from core.errors import Conflict
+from ingest import backtest, backtest_job, rules
+from ingest.backtest_job import Backtests, rest_for
+from simulators.bench.alarm_backtests import ratio_interval
+from tests.conftest import town_database, wait_for
+
+MODEL = "bt_pace"
+N_DEVICES = 600  # three queries of DEVICES_PER_QUERY (250)
+PER_DEVICE = 5
+
+
+@pytest.mark.parametrize(("cpu", "wall", "share", "rest"), [
+    (0.1, 0.1, 0.25, 0.3),   # 100 ms of CPU in 100 ms: rest until 400 ms have passed
+    (0.1, 1.0, 0.25, 0.0),   # already under budget: no rest
+    (0.0, 0.0, 0.25, 0.0),
+    (0.5, 0.5, 1.0, 0.0),    # a whole core allowed
+    (0.2, 0.3, 0.5, 0.1),
+])
+def test_rest_for_keeps_cpu_within_the_share(cpu: float, wall: float, share: float,
+                                            rest: float) -> None:
+    assert rest_for(cpu, wall, share) == pytest.approx(rest)
+    # after resting, the CPU used is at most the share of the wall time
+    assert cpu <= share * (wall + rest_for(cpu, wall, share)) + 1e-9
+
+
+@pytest_asyncio.fixture(scope="module")
+async def pace_db(base_db_url: str) -> AsyncIterator[str]:
+    async with town_database(base_db_url, "btp") as url:
+        conn = await connect(url)
+        grid = await conn.fetchval("SELECT id FROM grids ORDER BY id LIMIT 1")
+        ids = [f"BTP-{i:04d}" for i in range(N_DEVICES)]
+        await conn.executemany(
+            """INSERT INTO devices (id, kind, model, name, lon, lat, grid_id, metrics,
+                                    interval_s)
+               VALUES ($1, 'environment', $2, $1, 120.38, 31.84, $3, '{v}', 60)""",
+            [(d, MODEL, grid) for d in ids])
+        base = round(time.time()) - 3600
+        await conn.executemany(
+            "INSERT INTO telemetry (ts, device_id, metric, value, received_at) VALUES "
+            "(to_timestamp($1), $2, 'v', $3, now())",
+            [(base + 60 * k, d, 99.0 if (i + k) % 4 == 0 else 1.0)
+             for i, d in enumerate(ids) for k in range(PER_DEVICE)])
+        await conn.close()
+        yield url
+
+
+RULE = rules.Rule(id="p", name="p", kind="threshold", metric="v", device_model=MODEL,
+                  params={"raise_above": 50, "clear_below": 10})
+
+
+async def test_a_paced_backtest_rests_and_finds_the_same_episodes(
+        pace_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a small share the child rests between its queries; what it finds is what the pure
+    backtest finds over the same series."""
+    monkeypatch.setattr(backtest_job, "DEVICES_PER_QUERY", 100)
+    since, until = time.time() - 7200, time.time()
+    req = {"database_url": pace_db, "max_rows": 10_000, "cpu_share": 0.05,
+           "rule": {"id": RULE.id, "name": RULE.name, "kind": RULE.kind,
+                    "metric": RULE.metric, "device_model": RULE.device_model,
+                    "params": dict(RULE.params), "severity": RULE.severity},
+           "since": since, "until": until, "model": MODEL, "device_ids": []}
+    done = await backtest_job._child(req)
+    assert done["ok"] and done["readings"] == N_DEVICES * PER_DEVICE and done["queries"] == 6
+    assert done["cpu_share"] == 0.05 and done["rested_s"] > 0
+    assert done["read_s"] >= done["rested_s"]
+    conn: asyncpg.Connection = await connect(pace_db)
+    try:
+        rows = await conn.fetch(
+            "SELECT t.device_id, extract(epoch FROM t.ts)::float8 AS ts, t.value FROM telemetry t"
+            " JOIN devices d ON d.id = t.device_id WHERE d.model = $1 ORDER BY 1, 2", MODEL)
+    finally:
+        await conn.close()
+    want = backtest.backtest(RULE, backtest.group_rows(
+        (r["device_id"], r["ts"], float(r["value"])) for r in rows), None)
+    assert sorted(done["episodes"], key=lambda e: (e["raised_at"], e["device_id"])) == [
+        dataclasses.asdict(e) for e in want] and want
+
+
+async def test_progress_shows_while_it_runs_and_a_resting_backtest_cancels(
+        pace_db: str) -> None:
+    """A backtest at a tiny share takes seconds: its progress is there meanwhile (readings,
+    devices done of all, elapsed of the time cap), and cancelling it mid-rest kills it."""
+    jobs = Backtests(pace_db, 10_000, 60.0, 2, cpu_share=0.005)
+    task = asyncio.create_task(jobs.run("slow", RULE, time.time() - 7200, time.time(), MODEL,
+                                        []))
+    seen = await wait_for(lambda: asyncio.sleep(0, (jobs.progress.get("slow") or {}).get(
+        "readings")), timeout=30.0, interval=0.05)
+    progress = jobs.progress["slow"]
+    assert seen > 0 and progress["devices"] == N_DEVICES
+    assert 0 < progress["devices_done"] < N_DEVICES and progress["max_s"] == 60.0
+    proc = jobs.running["slow"]
+    assert jobs.cancel("slow")
+    with pytest.raises(Conflict) as cancelled:
+        await task
+    assert cancelled.value.code == "backtest.cancelled" and proc.returncode is not None
+    assert jobs.progress == {} and jobs.running == {}
+
+
+async def test_an_unpaced_run_through_the_parent_still_answers(pace_db: str) -> None:
+    """The parent reads progress lines and the result line alike: a whole-core share
+    answers at once with every reading."""
+    jobs = Backtests(pace_db, 10_000, 60.0, 2, cpu_share=1.0)
+    done = await jobs.run("fast", RULE, time.time() - 7200, time.time(), MODEL, [])
+    assert done["readings"] == N_DEVICES * PER_DEVICE and done["cpu_share"] == 1.0
+    assert done["episodes"] and jobs.progress == {}
+
+
+def test_ratio_interval_brackets_the_ratio_and_narrows_with_data() -> None:
+    same = [float(x % 17) + 5 for x in range(120)]
+    lo, hi = ratio_interval(same, same, 50) or (0, 0)
+    assert lo <= 1.0 <= hi
+    slower = [x * 2 for x in same]
+    lo2, hi2 = ratio_interval(slower, same, 50) or (0, 0)
+    assert lo2 > 1.2 and hi2 >= 2.0 * 0.9
+    assert ratio_interval([], same, 99) is None
