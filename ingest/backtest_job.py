@@ -77,12 +77,17 @@ _SERIES = """SELECT device_id, extract(epoch FROM ts)::float8 AS ts, value FROM 
     ORDER BY device_id, ts LIMIT $4"""
 _SERIES_OF_METRIC = _SERIES.format(metric="AND metric = $5")
 _SERIES_ANY_METRIC = _SERIES.format(metric="")
-# Devices per query. One query per device made a backtest over the 10,000-device bench town
-# 10,000 round trips, each with its executor start-up in the backend: most of the
-# backtest's CPU went there, not into reading (measured: docs/PERFORMANCE.md, backtests).
-# A block of 250 devices at the demo's reporting rates is a few thousand rows and a few
-# milliseconds of query: still a short snapshot, and 40 queries instead of 10,000.
+# Devices per query, at most. One query per device made a backtest over the 10,000-device
+# bench town 10,000 round trips, each with its executor start-up in the backend: most of
+# the backtest's CPU went there, not into reading (measured: docs/PERFORMANCE.md,
+# backtests). Blocks of up to 250 devices: 40 queries instead of 10,000.
 DEVICES_PER_QUERY = 250
+# Readings a query should return (its block of devices is sized to it from the readings
+# per device seen so far: ``next_block``): ~5,000 readings are ~15-20 ms of CPU for the
+# child and backend together (3.6 us a reading, measured), so the backtest works in short
+# bursts between its rests and a query's snapshot lasts milliseconds, whatever the range.
+# A device with more readings than this in the range is still read whole (one query).
+ROUND_READINGS = 5_000
 # The child's stdout is read a line at a time; its last line is the result, episodes and
 # all (up to max_rows of them in theory): no line limit short of that.
 _LINE_LIMIT = 2**30
@@ -183,6 +188,17 @@ class Backtests:
         return True
 
 
+def next_block(size: int, rows: int, target: int = ROUND_READINGS,
+               most: int | None = None) -> int:
+    """The next block's devices, from the last block's ``size`` and the ``rows`` it
+    returned: about ``target`` readings, growing at most fourfold a step (the first block
+    is one device: a range of weeks can hold thousands of readings per device), between 1
+    and ``most`` (default ``DEVICES_PER_QUERY``). Pure."""
+    most = DEVICES_PER_QUERY if most is None else most
+    per_device = max(rows, 1) / max(size, 1)
+    return max(1, min(most, 4 * size, int(target / per_device)))
+
+
 def rest_for(cpu_s: float, wall_s: float, share: float) -> float:
     """Seconds to rest so that ``cpu_s`` of CPU over ``wall_s`` (and the rest) is at most
     ``share`` of one core. Pure."""
@@ -250,12 +266,14 @@ async def _child(req: dict[str, Any]) -> dict[str, Any]:
         episodes: list[bt.Episode] = []
         n = queries = 0
         next_progress = time.monotonic()  # the first query's, then every PROGRESS_S
-        for i in range(0, len(ids), DEVICES_PER_QUERY):
+        i, size = 0, 1
+        while i < len(ids):
             # Rest before each query until the backtest is back within its CPU budget: the
-            # work comes in bursts of one query and its evaluation (milliseconds), each
-            # followed by a rest three times as long at the default share.
+            # work comes in bursts of one query of ~ROUND_READINGS and their evaluation
+            # (milliseconds), each followed by a rest three times as long at the default
+            # share.
             await budget.rest()
-            block = ids[i:i + DEVICES_PER_QUERY]
+            block = ids[i:i + size]
             t = time.monotonic()
             # One more than the cap allows: enough to know it is over, never a whole range.
             rows = await conn.fetch(query, block, req["since"], req["until"],
@@ -268,10 +286,12 @@ async def _child(req: dict[str, Any]) -> dict[str, Any]:
                         "detail": f"more than {max_rows} readings; narrow the range"}
             if rows:
                 episodes += bt.backtest(rule, _by_device(rows), intervals)
+            i += len(block)
+            size = next_block(len(block), len(rows))
             if report and time.monotonic() >= next_progress:
-                next_progress = time.monotonic()  # the first query's, then every PROGRESS_S
+                next_progress = time.monotonic() + PROGRESS_S
                 _say({"progress": {
-                    "readings": n, "devices_done": i + len(block), "devices": len(ids),
+                    "readings": n, "devices_done": i, "devices": len(ids),
                     "elapsed_s": round(time.monotonic() - budget.started, 1),
                     "cpu_s": round(budget.cpu_s(), 2), "rested_s": round(budget.rested_s, 1)}})
         backend_cpu = _cpu_s(backend_pid)

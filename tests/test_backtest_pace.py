@@ -75,7 +75,8 @@ async def test_a_paced_backtest_rests_and_finds_the_same_episodes(
                     "params": dict(RULE.params), "severity": RULE.severity},
            "since": since, "until": until, "model": MODEL, "device_ids": []}
     done = await backtest_job._child(req)
-    assert done["ok"] and done["readings"] == N_DEVICES * PER_DEVICE and done["queries"] == 6
+    # blocks of 1, 4, 16, 64 devices, then 100 (the most, here) at a time
+    assert done["ok"] and done["readings"] == N_DEVICES * PER_DEVICE and done["queries"] == 10
     assert done["cpu_share"] == 0.05 and done["rested_s"] > 0
     assert done["read_s"] >= done["rested_s"]
     conn: asyncpg.Connection = await connect(pace_db)
@@ -118,6 +119,18 @@ async def test_an_unpaced_run_through_the_parent_still_answers(pace_db: str) -> 
     done = await jobs.run("fast", RULE, time.time() - 7200, time.time(), MODEL, [])
     assert done["readings"] == N_DEVICES * PER_DEVICE and done["cpu_share"] == 1.0
     assert done["episodes"] and jobs.progress == {}
+
+
+@pytest.mark.parametrize(("size", "rows", "most", "nxt"), [
+    (1, 10_000, 250, 1),      # a week of one device: one device a query
+    (1, 5, 250, 4),           # sparse: grows, fourfold at most
+    (64, 320, 250, 250),      # ... up to the most devices a query
+    (100, 50_000, 250, 10),   # dense: shrinks to ~ROUND_READINGS a query at once
+    (10, 0, 250, 40),         # nothing in the range: grows
+])
+def test_next_block_aims_at_a_round_of_readings(size: int, rows: int, most: int,
+                                                nxt: int) -> None:
+    assert backtest_job.next_block(size, rows, 5_000, most) == nxt
 
 
 def test_ratio_interval_brackets_the_ratio_and_narrows_with_data() -> None:
