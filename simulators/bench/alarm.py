@@ -63,6 +63,9 @@ Figures (last stdout line, one JSON object):
   at their CPU budget (``HUB_BACKTEST_CPU_SHARE``), ``backtest_cpu_pct`` the share of one
   core they took (child + backend), ``backtest_rested_s`` how long they rested for it.
   Use ``--triggers 240`` or more: with 60 triggers a side the p99 is the slowest alarm.
+  ``--backtest-window S`` runs backtests in fixed windows instead (cancelling the one
+  running at a window's end: ``backtests_cut``), so the real and the sham runs split the
+  triggers by the same clock.
 """
 
 from __future__ import annotations
@@ -181,7 +184,8 @@ async def _session(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run
         bt_out: dict[str, Any] = {"backtests": 0, "backtest_readings": 0,
                                   "backtest_errors": [], "backtest_ms": None}
         backtester = (asyncio.create_task(_backtests(hub, time.time() - 3600, bt_stop, bt_out,
-                                                     args.backtest_rest, args.backtest_sham))
+                                                     args.backtest_rest, args.backtest_sham,
+                                                     args.backtest_window))
                       if args.backtest else None)
         say(f"{len(triggers)} triggers over {span:.0f}s; load {load_avg()}")
         loop = asyncio.get_running_loop()
@@ -436,6 +440,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backtest-sham", type=float, default=0.0, metavar="S",
                    help="with --backtest: the A/A control; spans of S seconds count as "
                         "'during' but run no backtest (the ratios' own noise)")
+    p.add_argument("--backtest-window", type=float, default=0.0, metavar="S",
+                   help="with --backtest: fixed windows of S seconds of back-to-back "
+                        "backtests (the last one cancelled at the window's end), then "
+                        "S * --backtest-rest without; the split is then the same as "
+                        "--backtest-sham S, set by the clock")
     p.add_argument("--profile", type=Path, metavar="FILE",
                    help="py-spy the hub during the triggers: FILE.svg flame graph or FILE.txt "
                         "collapsed stacks")
