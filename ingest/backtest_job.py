@@ -83,8 +83,8 @@ _SERIES_ANY_METRIC = _SERIES.format(metric="")
 # backtests). Blocks of up to 250 devices: 40 queries instead of 10,000.
 DEVICES_PER_QUERY = 250
 # Readings a query should return (its block of devices is sized to it from the readings
-# per device seen so far: ``next_block``): ~5,000 readings are ~15-20 ms of CPU for the
-# child and backend together (3.6 us a reading, measured), so the backtest works in short
+# per device seen so far: ``next_block``): ~5,000 readings are ~20 ms of CPU for the
+# child and backend together (3.6-4.2 us a reading, measured), so the backtest works in short
 # bursts between its rests and a query's snapshot lasts milliseconds, whatever the range.
 # A device with more readings than this in the range is still read whole (one query).
 ROUND_READINGS = 5_000
@@ -108,6 +108,10 @@ class Backtests:
     # job id -> the child's last progress line plus "max_s" (what the time cap allows), while
     # it runs: {"readings", "devices_done", "devices", "elapsed_s", "cpu_s", "rested_s"}.
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.cpu_share > 0:
+            raise ValueError(f"backtest CPU share must be above 0, not {self.cpu_share}")
 
     async def run(self, job_id: str, rule: rules.Rule, since: float, until: float,
                   model: str | None, device_ids: list[str]) -> dict[str, Any]:
