@@ -50,8 +50,8 @@ async def _one(hub: HubProcess, body: dict[str, Any], out: dict[str, Any], times
     t = time.monotonic()
     task = asyncio.ensure_future(asyncio.to_thread(
         _call, "POST", url, hub.token, {**body, "until": time.time(), "job_id": job}))
-    if until_wall is not None:
-        await asyncio.wait({task}, timeout=max(0.0, until_wall - time.time()))
+    await asyncio.wait({task}, timeout=None if until_wall is None
+                       else max(0.0, until_wall - time.time()))
     if not task.done():
         _, prog = await asyncio.to_thread(_call, "GET", f"{url}/{job}", hub.token)
         await asyncio.to_thread(_call, "DELETE", f"{url}/{job}", hub.token)
