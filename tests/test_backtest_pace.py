@@ -17,7 +17,7 @@ from core.errors import Conflict
 from ingest import backtest, backtest_job, rules
 from ingest.backtest_job import Backtests, rest_for
 from simulators.bench.alarm_backtests import ratio_interval
-from tests.conftest import town_database, wait_for
+from tests.conftest import HubProcess, town_database, wait_for
 
 MODEL = "bt_pace"
 N_DEVICES = 600  # three queries of DEVICES_PER_QUERY (250)
@@ -131,6 +131,37 @@ async def test_an_unpaced_run_through_the_parent_still_answers(pace_db: str) -> 
 def test_next_block_aims_at_a_round_of_readings(size: int, rows: int, most: int,
                                                 nxt: int) -> None:
     assert backtest_job.next_block(size, rows, 5_000, most) == nxt
+
+
+async def test_the_api_shows_a_backtests_progress_and_cancels_it(pace_db: str,
+                                                                mqtt_url: str) -> None:
+    """Through the hub: the share is the setting's, progress answers while the POST waits
+    (readings so far, devices done of all, the time cap), DELETE ends it with a 409 on the
+    POST, and a finished or unknown job has no progress (404)."""
+    hub = HubProcess(pace_db, mqtt_url, roles="web",
+                     extra_env={"HUB_BACKTEST_CPU_SHARE": "0.005"}).start()
+    try:
+        async with hub.async_client(timeout=60) as client:
+            body = {"rule": {"name": "v > 50", "kind": "threshold", "metric": "v",
+                             "device_model": MODEL,
+                             "params": {"raise_above": 50, "clear_below": 10}},
+                    "since": time.time() - 7200, "job_id": "paced"}
+            post = asyncio.create_task(client.post("/api/rules/backtest", json=body))
+
+            async def progress() -> dict[str, object] | None:
+                r = await client.get("/api/rules/backtest/paced")
+                return r.json() if r.status_code == 200 and r.json()["readings"] else None
+
+            seen = await wait_for(progress, timeout=30.0, interval=0.1)
+            assert seen["devices"] == N_DEVICES and seen["max_s"] == 120.0
+            assert 0 < int(str(seen["devices_done"])) < N_DEVICES
+            assert (await client.delete("/api/rules/backtest/paced")).status_code == 200
+            r = await post
+            assert r.status_code == 409 and r.json()["error"]["code"] == "backtest.cancelled"
+            r = await client.get("/api/rules/backtest/paced")
+            assert r.status_code == 404 and r.json()["error"]["code"] == "backtest.not_running"
+    finally:
+        hub.stop()
 
 
 def test_ratio_interval_brackets_the_ratio_and_narrows_with_data() -> None:
