@@ -214,6 +214,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/admin/tokens/{name}"): ADMIN,
     # A backtest reads up to millions of readings: not for every viewer.
     ("POST", "/api/rules/backtest"): OPERATOR,
+    ("GET", "/api/rules/backtest/{job_id}"): OPERATOR,  # its progress
     ("DELETE", "/api/rules/backtest/{job_id}"): OPERATOR,
     # ---- supervising: publishing draws, acting on supervisor alerts, changing alarm rules
     ("POST", "/api/inspections/commitments"): SUPERVISOR,  # announcing a draw publishes

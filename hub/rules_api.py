@@ -168,7 +168,8 @@ def _backtests(request: Request) -> Backtests:
     if jobs is None:
         s = get_hub(request).settings
         jobs = state.backtests = Backtests(s.database_url, s.backtest_max_rows,
-                                           s.backtest_max_s, s.backtest_max_running)
+                                           s.backtest_max_s, s.backtest_max_running,
+                                           s.backtest_cpu_share)
     return jobs
 
 
@@ -204,6 +205,16 @@ async def backtest(request: Request, hub: HubDep, body: BacktestBody) -> dict[st
     return {"rule_id": rule.id, "job_id": job_id, "readings": result["readings"],
             "alarms": len(episodes), "episodes": episodes, "queries": result["queries"],
             "backend_lowered": result["backend_lowered"], "cpu_s": result["cpu_s"]}
+
+
+@router.get("/backtest/{job_id}")
+async def backtest_progress(request: Request, job_id: Id) -> dict[str, Any]:
+    """How far a running backtest has got (it reads at a bounded CPU share, so a long one
+    takes a while): readings so far, devices done of devices, seconds elapsed of ``max_s``."""
+    progress = _backtests(request).progress.get(job_id)
+    if progress is None:
+        raise NotFound(f"no backtest {job_id} is running", code="backtest.not_running")
+    return {"job_id": job_id, **progress}
 
 
 @router.delete("/backtest/{job_id}")

@@ -8,14 +8,20 @@ snapshot held across the backtest: see ``_SERIES``), through the pure
 stops at ``max_rows`` readings. It runs at the lowest CPU priority
 (``SCHED_IDLE``, else ``CHILD_NICE``; set by the parent as soon as it is spawned), and so
 does, where the kernel allows it, the PostgreSQL backend reading for it (``BACKEND_NICE``:
-a server on this machine, same PID namespace, run by this user or with root here); where
-not, the child paces itself (``PACE``). The parent kills it after ``max_s`` seconds and
-when the request is cancelled (``Backtests.cancel``, or the HTTP client gone), and refuses
-a new one while ``max_running`` run.
+a server on this machine, same PID namespace, run by this user or with root here). And,
+always, it paces itself to a CPU budget: after each query it rests until the CPU the child
+and that backend have used is at most ``cpu_share`` of one core over the backtest's wall
+time (``rest_for``; the setting ``backtest_cpu_share``). Priorities alone did not keep a
+backtest out of the alarm path's way on two cores (docs/PERFORMANCE.md). The parent kills
+it after ``max_s`` seconds and when the request is cancelled (``Backtests.cancel``, or the
+HTTP client gone), and refuses a new one while ``max_running`` run.
 
-Child result: ``{"ok": true, "readings": n, "episodes": [...], "pid": n, "queries": n,
+The child writes one JSON object a line on stdout: ``{"progress": {...}}`` at most every
+``PROGRESS_S`` (kept by the parent: ``Backtests.progress``), then the result:
+``{"ok": true, "readings": n, "episodes": [...], "pid": n, "queries": n,
 "backend_lowered": "nice 19" | "not permitted" | "not local" | ..., "cpu_s": {"child": s,
-"backend": s | null}}`` (what the backtest cost the machine) or
+"backend": s | null}, "rested_s": s, "cpu_share": x}`` (what the backtest cost the machine,
+and how long it rested to stay in its budget) or
 ``{"ok": false, "code": "backtest.too_many_rows", "detail": "..."}``.
 """
 
@@ -35,25 +41,20 @@ from urllib.parse import urlsplit
 
 from core.db import connect
 from core.errors import Conflict, InvalidInput
+from core.settings import Settings
 from ingest import backtest as bt
 from ingest import rules
 
-# Readings (a device without any counts as one) per round of work between two rests,
-# when the child paces itself (PACE).
-ROUND_READINGS = 10_000
 _ROOT = Path(__file__).resolve().parents[1]  # the child imports the project from here
 # The child runs at Linux's idle scheduling class (else at this niceness): on a busy
 # machine ingest and alarms get the CPU first and a backtest only what is left (a person
 # waiting seconds, not an alarm waiting milliseconds; the time cap bounds the wait).
 CHILD_NICE = 19
-# ... and, when it cannot lower the PostgreSQL backend that reads for it (a server in
-# another container or host, or run by another user: _lower_backend), it paces itself:
-# after each round of ROUND_READINGS readings it rests this many times as long as the
-# round took. The idle class covers the child, not that backend (normal priority); pacing
-# bounds both to about half a core at most (measured: back-to-back backtests on a
-# saturated 2-core machine doubled the alarm p99 without it). A backtest then takes about
-# twice as long; HUB_BACKTEST_MAX_S still bounds it.
-PACE = 1.0
+# The default CPU budget (child + backend, share of one core): the setting's default.
+DEFAULT_CPU_SHARE: float = Settings.model_fields["backtest_cpu_share"].default
+# A progress line at most this often: a console polling every second sees it move, and a
+# backtest of 2M readings writes a few dozen lines, not one per query.
+PROGRESS_S = 1.0
 # Niceness given to the PostgreSQL backend reading for a backtest (when the server is local
 # and ours, see _lower_backend): the weakest CFS weight short of the idle class.
 BACKEND_NICE = 19
@@ -76,24 +77,41 @@ _SERIES = """SELECT device_id, extract(epoch FROM ts)::float8 AS ts, value FROM 
     ORDER BY device_id, ts LIMIT $4"""
 _SERIES_OF_METRIC = _SERIES.format(metric="AND metric = $5")
 _SERIES_ANY_METRIC = _SERIES.format(metric="")
-# Devices per query. One query per device made a backtest over the 10,000-device bench town
-# 10,000 round trips, each with its executor start-up in the backend: most of the
-# backtest's CPU went there, not into reading (measured: docs/PERFORMANCE.md, backtests).
-# A block of 250 devices at the demo's reporting rates is a few thousand rows and a few
-# milliseconds of query: still a short snapshot, and 40 queries instead of 10,000.
+# Devices per query, at most. One query per device made a backtest over the 10,000-device
+# bench town 10,000 round trips, each with its executor start-up in the backend: most of
+# the backtest's CPU went there, not into reading (measured: docs/PERFORMANCE.md,
+# backtests). Blocks of up to 250 devices: 40 queries instead of 10,000.
 DEVICES_PER_QUERY = 250
+# Readings a query should return (its block of devices is sized to it from the readings
+# per device seen so far: ``next_block``): ~5,000 readings are ~20 ms of CPU for the
+# child and backend together (3.6-4.2 us a reading, measured), so the backtest works in short
+# bursts between its rests and a query's snapshot lasts milliseconds, whatever the range.
+# A device with more readings than this in the range is still read whole (one query).
+ROUND_READINGS = 5_000
+# The child's stdout is read a line at a time; its last line is the result, episodes and
+# all (up to max_rows of them in theory): no line limit short of that.
+_LINE_LIMIT = 2**30
 
 
 @dataclass
 class Backtests:
-    """The backtests running in child processes, by job id (cancellable)."""
+    """The backtests running in child processes, by job id (cancellable), and how far each
+    has got (``progress``)."""
 
     database_url: str
     max_rows: int
     max_s: float
     max_running: int
+    cpu_share: float = DEFAULT_CPU_SHARE
     running: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
     cancelled: set[str] = field(default_factory=set)
+    # job id -> the child's last progress line plus "max_s" (what the time cap allows), while
+    # it runs: {"readings", "devices_done", "devices", "elapsed_s", "cpu_s", "rested_s"}.
+    progress: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.cpu_share > 0:
+            raise ValueError(f"backtest CPU share must be above 0, not {self.cpu_share}")
 
     async def run(self, job_id: str, rule: rules.Rule, since: float, until: float,
                   model: str | None, device_ids: list[str]) -> dict[str, Any]:
@@ -103,21 +121,25 @@ class Backtests:
             raise Conflict(f"{self.max_running} backtests are running; try again later",
                            code="backtest.busy")
         request = {"database_url": self.database_url, "max_rows": self.max_rows,
+                   "cpu_share": self.cpu_share,
                    "rule": {"id": rule.id, "name": rule.name, "kind": rule.kind,
                             "metric": rule.metric, "device_model": rule.device_model,
                             "params": dict(rule.params), "severity": rule.severity},
                    "since": since, "until": until, "model": model, "device_ids": device_ids}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ingest.backtest_job", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=_ROOT)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=_ROOT,
+            limit=_LINE_LIMIT)
         self.running[job_id] = proc
+        self.progress[job_id] = {"readings": 0, "devices_done": 0, "devices": None,
+                                 "elapsed_s": 0.0, "max_s": self.max_s}
         # The child lowers itself only once its imports are done (a few hundred ms of CPU
         # at normal priority for every backtest, back to back); lowered from here it
         # imports at the idle class too.
         lower_priority(proc.pid)
         try:
             out, err = await asyncio.wait_for(
-                proc.communicate(json.dumps(request).encode()), self.max_s)
+                self._talk(job_id, proc, json.dumps(request).encode()), self.max_s)
         except TimeoutError:
             raise InvalidInput(f"backtest took over {self.max_s:g} s; narrow the range",
                                code="backtest.timeout") from None
@@ -126,6 +148,7 @@ class Backtests:
                 proc.kill()
                 await proc.wait()
             del self.running[job_id]
+            self.progress.pop(job_id, None)
         if job_id in self.cancelled:
             self.cancelled.discard(job_id)
             raise Conflict(f"backtest {job_id} was cancelled", code="backtest.cancelled")
@@ -137,6 +160,29 @@ class Backtests:
             raise InvalidInput(result["detail"], code=result["code"])
         return result
 
+    async def _talk(self, job_id: str, proc: asyncio.subprocess.Process,
+                    request: bytes) -> tuple[bytes, bytes]:
+        """Send the request, keep the child's progress lines, answer (its last line, its
+        stderr) once it has exited."""
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        proc.stdin.write(request)
+        await proc.stdin.drain()
+        proc.stdin.close()
+        err_task = asyncio.ensure_future(proc.stderr.read())
+        last = b""
+        try:
+            async for line in proc.stdout:
+                if not line.startswith(b'{"progress"'):
+                    last = line  # the result (a child that died has none: b"")
+                    continue
+                with contextlib.suppress(ValueError, KeyError):
+                    self.progress[job_id] = {**json.loads(line)["progress"],
+                                             "max_s": self.max_s}
+            await proc.wait()
+            return last, await err_task
+        finally:
+            err_task.cancel()
+
     def cancel(self, job_id: str) -> bool:
         proc = self.running.get(job_id)
         if proc is None or proc.returncode is not None:
@@ -146,12 +192,67 @@ class Backtests:
         return True
 
 
+def next_block(size: int, rows: int, target: int = ROUND_READINGS,
+               most: int | None = None) -> int:
+    """The next block's devices, from the last block's ``size`` and the ``rows`` it
+    returned: about ``target`` readings, growing at most fourfold a step (the first block
+    is one device: a range of weeks can hold thousands of readings per device), between 1
+    and ``most`` (default ``DEVICES_PER_QUERY``). Pure."""
+    most = DEVICES_PER_QUERY if most is None else most
+    per_device = max(rows, 1) / max(size, 1)
+    return max(1, min(most, 4 * size, int(target / per_device)))
+
+
+def rest_for(cpu_s: float, wall_s: float, share: float) -> float:
+    """Seconds to rest so that ``cpu_s`` of CPU over ``wall_s`` (and the rest) is at most
+    ``share`` of one core. Pure."""
+    return max(0.0, cpu_s / share - wall_s)
+
+
+@dataclass
+class _Budget:
+    """The CPU a backtest has used since it started reading, its child's and its backend's.
+    The backend's is read from /proc; where it cannot be (a server elsewhere), the time the
+    child waited for its queries stands in for it (an upper bound: the server did at most
+    that much work for it)."""
+
+    share: float
+    backend_pid: int | None
+    started: float = field(default_factory=time.monotonic)
+    child0: float = field(default_factory=time.process_time)
+    backend0: float | None = None
+    waited_s: float = 0.0  # wall time spent in queries
+    rested_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.backend0 = _cpu_s(self.backend_pid)
+
+    def cpu_s(self) -> float:
+        backend = _cpu_s(self.backend_pid)
+        if backend is None or self.backend0 is None:
+            return time.process_time() - self.child0 + self.waited_s
+        return time.process_time() - self.child0 + backend - self.backend0
+
+    async def rest(self) -> None:
+        pause = rest_for(self.cpu_s(), time.monotonic() - self.started, self.share)
+        if pause > 0:
+            await asyncio.sleep(pause)
+            self.rested_s += pause
+
+
+def _say(line: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(line) + "\n")
+    sys.stdout.flush()
+
+
 async def _child(req: dict[str, Any]) -> dict[str, Any]:
     r = req["rule"]
     rule = rules.Rule(id=r["id"], name=r["name"], kind=r["kind"], metric=r["metric"],
                       device_model=r["device_model"], params=r["params"],
                       severity=r["severity"])
     max_rows = int(req["max_rows"])
+    share = float(req.get("cpu_share") or DEFAULT_CPU_SHARE)
+    report = req.get("progress", False)
     conn = await connect(req["database_url"])
     try:
         # One backend reads for a backtest: parallel workers would run at normal priority
@@ -160,9 +261,7 @@ async def _child(req: dict[str, Any]) -> dict[str, Any]:
         backend = await _lower_backend(conn, req["database_url"])
         backend_pid = (int(await conn.fetchval("SELECT pg_backend_pid()"))
                        if backend != "not local" else None)
-        # Pacing stands in for a lowered backend: with one, the backend gets only the CPU
-        # the alarm path leaves, and resting would only slow the backtest down.
-        pace = 0.0 if backend.startswith("nice") else PACE
+        budget = _Budget(share, backend_pid)
         devices = await conn.fetch(_DEVICES, req["model"], req["device_ids"])
         intervals = {x["id"]: float(x["interval_s"]) for x in devices}
         ids = [x["id"] for x in devices]
@@ -170,13 +269,20 @@ async def _child(req: dict[str, Any]) -> dict[str, Any]:
         extra = (rule.metric,) if rule.metric else ()
         episodes: list[bt.Episode] = []
         n = queries = 0
-        since = 0  # readings since the last rest
-        round_start = time.monotonic()
-        for i in range(0, len(ids), DEVICES_PER_QUERY):
-            block = ids[i:i + DEVICES_PER_QUERY]
+        next_progress = time.monotonic()  # the first query's, then every PROGRESS_S
+        i, size = 0, 1
+        while i < len(ids):
+            # Rest before each query until the backtest is back within its CPU budget: the
+            # work comes in bursts of one query of ~ROUND_READINGS and their evaluation
+            # (milliseconds), each followed by a rest three times as long at the default
+            # share.
+            await budget.rest()
+            block = ids[i:i + size]
+            t = time.monotonic()
             # One more than the cap allows: enough to know it is over, never a whole range.
             rows = await conn.fetch(query, block, req["since"], req["until"],
                                     max_rows - n + 1, *extra)
+            budget.waited_s += time.monotonic() - t
             queries += 1
             n += len(rows)
             if n > max_rows:
@@ -184,11 +290,14 @@ async def _child(req: dict[str, Any]) -> dict[str, Any]:
                         "detail": f"more than {max_rows} readings; narrow the range"}
             if rows:
                 episodes += bt.backtest(rule, _by_device(rows), intervals)
-            since += len(rows) + len(block)
-            if pace and since >= ROUND_READINGS:
-                worked = time.monotonic() - round_start
-                await asyncio.sleep(worked * pace)
-                round_start, since = time.monotonic(), 0
+            i += len(block)
+            size = next_block(len(block), len(rows))
+            if report and time.monotonic() >= next_progress:
+                next_progress = time.monotonic() + PROGRESS_S
+                _say({"progress": {
+                    "readings": n, "devices_done": i, "devices": len(ids),
+                    "elapsed_s": round(time.monotonic() - budget.started, 1),
+                    "cpu_s": round(budget.cpu_s(), 2), "rested_s": round(budget.rested_s, 1)}})
         backend_cpu = _cpu_s(backend_pid)
     finally:
         await conn.close()
@@ -197,7 +306,9 @@ async def _child(req: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "readings": n, "episodes": [asdict(e) for e in episodes],
             "pid": os.getpid(), "queries": queries, "backend_lowered": backend,
             "cpu_s": {"child": round(usage.ru_utime + usage.ru_stime, 3),
-                      "backend": backend_cpu}}
+                      "backend": backend_cpu},
+            "read_s": round(time.monotonic() - budget.started, 3),
+            "rested_s": round(budget.rested_s, 3), "cpu_share": share}
 
 
 def _by_device(rows: list[Any]) -> dict[str, list[tuple[float, float]]]:
@@ -272,8 +383,8 @@ async def _lower_backend(conn: Any, database_url: str) -> str:
 def main() -> None:
     lower_priority()
     req = json.loads(sys.stdin.buffer.read())
-    result = asyncio.run(_child(req))
-    sys.stdout.write(json.dumps(result))
+    result = asyncio.run(_child({**req, "progress": True}))
+    _say(result)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,16 @@ Figures (last stdout line, one JSON object):
   whether the PostgreSQL backend reading for it was lowered, ``backtest_cpu_s`` and
   ``backtest_cpu_us_per_reading`` what the backtests cost the machine (child + backend CPU).
   With ``--backtest-rest X`` the triggers sent while a backtest ran (``during_bt_*``) are
-  compared with those sent between (``no_bt_*``) in the same run: ``p99_ratio_bt``.
+  compared with those sent between (``no_bt_*``) in the same run: ``p50_ratio_bt``,
+  ``p90_ratio_bt``, ``p99_ratio_bt``, each with a 90 % bootstrap interval (``*_ci90``);
+  ``--backtest-sham S`` is the A/A control (same split, no backtest), the reference the
+  real ratios are judged against. ``backtest_readings_per_s`` is how fast backtests read
+  at their CPU budget (``HUB_BACKTEST_CPU_SHARE``), ``backtest_cpu_pct`` the share of one
+  core they took (child + backend), ``backtest_rested_s`` how long they rested for it.
+  Use ``--triggers 240`` or more: with 60 triggers a side the p99 is the slowest alarm.
+  ``--backtest-window S`` runs backtests in fixed windows instead (cancelling the one
+  running at a window's end: ``backtests_cut``), so the real and the sham runs split the
+  triggers by the same clock.
 """
 
 from __future__ import annotations
@@ -77,7 +86,7 @@ from typing import Any
 from ingest import wire
 from ingest.watch import CAP_RAISES, CAP_WINDOW_S
 from simulators.bench import loadgen
-from simulators.bench.alarm_backtests import _backtests, split_by_spans
+from simulators.bench.alarm_backtests import _backtests, ratio_interval, split_by_spans
 from simulators.bench.alarm_feed import FeedWatcher, Probes, Trigger, _hub_rows, _probe, _until
 from simulators.bench.alarm_setup import (
     BACKGROUND_SQL,
@@ -175,7 +184,8 @@ async def _session(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, run
         bt_out: dict[str, Any] = {"backtests": 0, "backtest_readings": 0,
                                   "backtest_errors": [], "backtest_ms": None}
         backtester = (asyncio.create_task(_backtests(hub, time.time() - 3600, bt_stop, bt_out,
-                                                     args.backtest_rest, args.backtest_sham))
+                                                     args.backtest_rest, args.backtest_sham,
+                                                     args.backtest_window))
                       if args.backtest else None)
         say(f"{len(triggers)} triggers over {span:.0f}s; load {load_avg()}")
         loop = asyncio.get_running_loop()
@@ -340,10 +350,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         inside, outside = split_by_spans(triggers, bt_res.pop("busy", []))
         s_in, s_out = summarize(inside, "during_bt_"), summarize(outside, "no_bt_")
         bt_res.update(s_in, **s_out, during_bt_n=len(inside), no_bt_n=len(outside))
-        for q in ("p50", "p99"):
+        for q in ("p50", "p90", "p99"):
             during, between = s_in[f"during_bt_{q}_ms"], s_out[f"no_bt_{q}_ms"]
             if during is not None and between:
                 bt_res[f"{q}_ratio_bt"] = round(during / between, 2)
+                # How sure that ratio is: a 90 % bootstrap interval (the A/A control,
+                # --backtest-sham, shows how wide it is with no backtest at all).
+                bt_res[f"{q}_ratio_bt_ci90"] = ratio_interval(inside, outside,
+                                                              float(q[1:]))
     hub_rows = m1["hub_rows"] - m0["hub_rows"]
     return {
         "benchmark": "alarm",
@@ -426,6 +440,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backtest-sham", type=float, default=0.0, metavar="S",
                    help="with --backtest: the A/A control; spans of S seconds count as "
                         "'during' but run no backtest (the ratios' own noise)")
+    p.add_argument("--backtest-window", type=float, default=0.0, metavar="S",
+                   help="with --backtest: fixed windows of S seconds of back-to-back "
+                        "backtests (the last one cancelled at the window's end), then "
+                        "S * --backtest-rest without; the split is then the same as "
+                        "--backtest-sham S, set by the clock")
     p.add_argument("--profile", type=Path, metavar="FILE",
                    help="py-spy the hub during the triggers: FILE.svg flame graph or FILE.txt "
                         "collapsed stacks")
