@@ -320,6 +320,7 @@ class _Pos(msgspec.Struct):
 class _Ev(msgspec.Struct):
     seq: int
     ts: float = 0.0
+    kind: str = ""
 
 
 class _Frame(msgspec.Struct):
@@ -354,6 +355,9 @@ class ClientFleet:
         self.clients = [_Client() for _ in range(n)]
         self.pos_hist = Histogram()
         self.ev_hist = Histogram()
+        # The same latencies by event kind (which kinds make the tail: the dispatcher's
+        # decisions or the operator's own transactions).
+        self.ev_hist_by_kind: dict[str, Histogram] = {}
         self.counting = False
         self.lag_hist = Histogram()  # this process's loop lag in the window (LAG_PROBE_S)
         self.final_seq: int | None = None
@@ -383,9 +387,13 @@ class ClientFleet:
                             if self.counting:
                                 c.events += len(evs)
                                 c.positions += len(f.positions)
-                                if evs:
-                                    for e in evs:
-                                        self.ev_hist.add((now - e.ts) * 1000.0)
+                                for e in evs:
+                                    ms = (now - e.ts) * 1000.0
+                                    self.ev_hist.add(ms)
+                                    by_kind = self.ev_hist_by_kind.get(e.kind)
+                                    if by_kind is None:
+                                        by_kind = self.ev_hist_by_kind[e.kind] = Histogram()
+                                    by_kind.add(ms)
                                 if f.positions:
                                     self.pos_hist.add_since(
                                         now, [p.ts for p in f.positions.values()])
@@ -447,6 +455,7 @@ class ClientFleet:
             "cpu_s": round(ru.ru_utime + ru.ru_stime, 3),
             "pos_hist": self.pos_hist.to_sparse(),
             "ev_hist": self.ev_hist.to_sparse(),
+            "ev_hist_by_kind": {k: h.to_sparse() for k, h in self.ev_hist_by_kind.items()},
             "lag_hist": self.lag_hist.to_sparse(),
         }
 
@@ -843,10 +852,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     win = probes.between("start", "end")
     window_s = win["seconds"]
     pos_hist, ev_hist, lag_hist = Histogram(), Histogram(), Histogram()
+    by_kind: dict[str, Histogram] = {}
     for r in reps:
         pos_hist.merge_sparse(r["pos_hist"])
         ev_hist.merge_sparse(r["ev_hist"])
         lag_hist.merge_sparse(r["lag_hist"])
+        for kind, sparse in r["ev_hist_by_kind"].items():
+            by_kind.setdefault(kind, Histogram()).merge_sparse(sparse)
     positions = sum(r["positions"] for r in reps)
     events = sum(r["events"] for r in reps)
     gaps = sum(r["gaps_internal"] + r["gaps_tail"] for r in reps)
@@ -867,6 +879,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             min(r["min_positions"] for r in reps) / window_s / args.units, 3),
         **pos_hist.summary(),
         **ev_hist.summary("event_"),
+        "event_by_kind": event_summary_by_kind(by_kind),
         **{k: v for k, v in lag_hist.summary("client_loop_lag_").items()
            if not k.endswith(("samples", "p90_ms"))},
         "gaps": gaps,
@@ -914,6 +927,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pos_hist": pos_hist.to_sparse(),
         "event_hist": ev_hist.to_sparse(),
     }
+
+
+def event_summary_by_kind(hists: dict[str, Histogram]) -> dict[str, dict[str, Any]]:
+    """``{kind: {p50_ms, p99_ms, max_ms, samples}}``, the kinds with most samples first."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind, h in sorted(hists.items(), key=lambda kv: (-kv[1].total, kv[0])):
+        s = h.summary()
+        out[kind] = {k: s[k] for k in ("p50_ms", "p99_ms", "max_ms", "samples")}
+    return out
 
 
 def _r(x: float | None) -> float | None:
