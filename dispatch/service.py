@@ -18,10 +18,11 @@ import asyncpg
 
 from core import clock, outbox
 from core.db import Conn, row_view
-from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS
+from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS, UNIT_COLUMNS
 from core.errors import InvalidInput, NotFound
 from core.events import (
     AlarmAttached,
+    Event,
     IncidentUpdated,
     UnitStatusChanged,
 )
@@ -230,36 +231,46 @@ async def apply_action_in(conn: Conn, incident_id: int, action: str, actor: str,
                           reason: str | None, now: float) -> dict[str, Any]:
     """``apply_action`` inside the caller's transaction (the field app records its
     evidence and its idempotency key in the same one); returns the incident's view."""
+    # Round trips matter here: each waits its turn on the hub's event loop, and the
+    # events' time on the console counts from this transaction's start. The step leaves
+    # ``inc`` as the row was last written (so the view is not read again), the unit and its
+    # assignment move in one statement that returns the unit's view, and the events are
+    # recorded together.
     inc = await store.incident_row(conn, incident_id, lock=True)
     if inc is None:
         raise NotFound(f"incident {incident_id} not found", code="incident.not_found")
     unit_id = inc["assigned_unit"]
+    moves_unit = bool(unit_id) and action in UNIT_STATUS_AFTER
+    events: list[Event] = []
+    unit: dict[str, Any] | None = None
     if action in ("decline", "withdraw"):
         await _release_unit(conn, incident_id, action, actor, now, reason or "",
-                            ASSIGNMENT_STATUS_AFTER[action])
-        view = await store.incident_view(conn, incident_id)
+                            ASSIGNMENT_STATUS_AFTER[action], inc=inc)
+        view = row_view(inc)
     else:
         await _step(conn, inc, action, actor, now, reason)
-        if unit_id and action in UNIT_STATUS_AFTER:
+        view = row_view(inc)
+        events.append(IncidentUpdated(incident=view, action=action))
+        if moves_unit:
             status = UNIT_STATUS_AFTER[action]
             freed = status == "available"
             # Only while the unit is on this case: after feedback it may already be on
             # another one, which closing this case must not disturb.
-            await conn.execute(
-                """UPDATE units SET status = $2, updated_at = now(),
-                       current_incident = CASE WHEN $3 THEN NULL ELSE current_incident END
-                   WHERE id = $1 AND current_incident = $4""",
-                unit_id, status, freed, incident_id)
-            a_status = ASSIGNMENT_STATUS_AFTER.get(action, "done" if freed else None)
-            if a_status:
-                await conn.execute(
-                    "UPDATE assignments SET status = $2 WHERE incident_id = $1 AND "
-                    "status IN ('active', 'accepted')", incident_id, a_status)
-        view = await store.incident_view(conn, incident_id)
-        await outbox.record(conn, IncidentUpdated(incident=view, action=action))
-    if unit_id and action in UNIT_STATUS_AFTER:
-        await outbox.record(conn, UnitStatusChanged(unit=await store.unit_view(conn,
-                                                                               unit_id)))
+            row = await conn.fetchrow(
+                f"""WITH ended AS (UPDATE assignments SET status = $5 WHERE $5::text IS NOT NULL
+                                     AND incident_id = $4 AND status IN ('active', 'accepted'))
+                    UPDATE units u SET status = $2, updated_at = now(),
+                        current_incident = CASE WHEN $3 THEN NULL ELSE current_incident END
+                    WHERE u.id = $1 AND u.current_incident = $4
+                    RETURNING {UNIT_COLUMNS}""",
+                unit_id, status, freed, incident_id,
+                ASSIGNMENT_STATUS_AFTER.get(action, "done" if freed else None))
+            unit = row_view(row) if row is not None else None
+    if moves_unit:
+        if unit is None:  # the unit is on another case now: its view as it stands
+            unit = await store.unit_view(conn, unit_id)
+        events.append(UnitStatusChanged(unit=unit))
+    await outbox.record_many(conn, events)
     return view
 
 
