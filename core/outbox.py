@@ -6,16 +6,21 @@ that makes the fact true. It takes a transaction-level advisory lock before taki
 only on commit): all three in one round trip, the ``outbox_record`` function
 (core/migrations/0018_dispatch_latency.sql; ``outbox_record_many``, 0019, for several).
 
-Reading: ``EventFeed`` LISTENs on its own connection; each notification (and a slow poll,
-as a backstop for a lost connection) fetches every event after the last one it published,
-in order, and publishes them on the bus. Because seq order is commit order, "everything
-after N" never skips a fact that commits later. Every process (ingest, web node, all-in-one)
-runs the same feed, so several web nodes see the same sequence.
+Reading: ``EventFeed`` LISTENs on its own connection. Each event's notification carries
+the event (``outbox_notice``, core/migrations/0028_event_notify_payload.sql): the feed
+publishes it on the bus at once if it is the next seq the bus expects. Otherwise (a gap in
+the seqs, an event too large for a notification, a reconnect) and on a slow poll, as a
+backstop for a lost connection, it fetches every event after the last one it published, in
+order, and publishes them. Because seq order is commit order, "everything after N" never
+skips a fact that commits later, and "the next seq" after N is the next fact. Every process
+(ingest, web node, all-in-one) runs the same feed, so several web nodes see the same
+sequence.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -72,6 +77,16 @@ def envelope_from_row(row: Any) -> Envelope:
     return Envelope.make(row["seq"], row["ts"].timestamp(), row["kind"], row["payload"])
 
 
+def envelope_from_notice(text: str) -> Envelope | None:
+    """The event a notification carries (``outbox_notice``): None if it carries only the
+    seq (the event was too large) or is not one (an empty NOTIFY from an older writer)."""
+    try:
+        n = json.loads(text)
+        return Envelope.make(int(n["seq"]), float(n["ts"]), str(n["kind"]), n["payload"])
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
 async def events_after(
     conn: Querier, after: int, limit: int = FETCH_LIMIT
 ) -> list[Envelope]:
@@ -96,8 +111,19 @@ class EventFeed:
         self._wake = asyncio.Event()
         self._conn: Conn | None = None
         self.published = 0
+        self.from_notices = 0  # of which published straight from their notification
 
-    def _notified(self, *_: Any) -> None:
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        """The next event in sequence is published as it arrives (no read of the table, no
+        turn of the loop for this feed's task); anything else wakes the catch-up."""
+        env = envelope_from_notice(str(payload))
+        if env is not None and env.seq <= self.bus.last_seq:
+            return  # the catch-up has already read it
+        if env is not None and env.seq == self.bus.last_seq + 1:
+            self.bus.publish(env)
+            self.published += 1
+            self.from_notices += 1
+            return
         self._wake.set()
 
     async def start_from(self, seq: int) -> None:
