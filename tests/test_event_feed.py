@@ -121,7 +121,7 @@ async def test_a_gap_and_a_large_event_are_read_from_the_table(running: Any) -> 
 async def test_an_empty_notification_still_wakes_the_catch_up(db_url: str,
                                                               running: Any) -> None:
     """A writer that sends an empty NOTIFY (as before migration 0028) is still followed."""
-    _feed, bus, pool, got = running
+    _feed, bus, _pool, got = running
     start = bus.last_seq
     conn = await connect(db_url)
     try:
