@@ -48,6 +48,7 @@ async def running(db_url: str, monkeypatch: pytest.MonkeyPatch
         await asyncio.sleep(0.1)
         got.clear()
         feed.published = feed.from_notices = 0
+        feed.lags_ms.clear()
         yield feed, bus, pool, got
     finally:
         task.cancel()
@@ -87,6 +88,10 @@ async def test_events_come_from_their_notifications_in_order(running: Any) -> No
     assert [(e.ts, e.kind, e.payload) for e in got] == [(e.ts, e.kind, e.payload)
                                                          for e in rows]
     assert feed.from_notices == 3 and feed.published == 3
+    st = feed.stats()
+    lag: Any = st["ts_to_bus_ms"]
+    assert st["published"] == 3 and lag["events"] == 3
+    assert 0 <= lag["p50"] <= lag["p99"] <= lag["max"] < 5000
 
 
 async def test_a_gap_and_a_large_event_are_read_from_the_table(running: Any) -> None:

@@ -39,7 +39,12 @@ Figures (last stdout line, one JSON object):
   client's; ``gps_fixes_per_unit_s`` what the generator sent (the ceiling of both).
 - ``p50_ms``/``p90_ms``/``p99_ms``/``max_ms``: publish -> client of the position updates in
   the window (1 ms bins, so to within 1 ms); ``event_p99_ms``: the event row's ``ts``
-  (``now()`` of its transaction) -> client of the events.
+  (``now()`` of its transaction) -> client of the events; ``event_by_kind`` the same by
+  event kind (``incident.opened`` from the cases posted, ``unit.assigned`` and the rest
+  from the dispatcher's decisions); ``event_ts_to_bus_p50_ms``/``_p99_ms`` the hub's part
+  of it (``ts`` -> the hub's bus: the transaction, commit, NOTIFY and event feed; hub
+  stamps over its last 2,000 events, warm-up included), ``events_from_notices`` how many
+  the event feed published straight from their NOTIFY.
 - ``gaps``: sequenced events some client missed: seq jumps inside a connection plus, at
   the end, events between a client's last seq and the final one; ``clients_with_gaps``;
   ``duplicates`` (an event seen twice); ``resyncs`` (the hub told a client it was too far
@@ -863,6 +868,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     events = sum(r["events"] for r in reps)
     gaps = sum(r["gaps_internal"] + r["gaps_tail"] for r in reps)
     clients_cpu = sum(win.get(f"{ch.name}_cpu_s", 0.0) for ch in children)
+    feed_stats: dict[str, Any] = health.get("event_feed") or {}
+    feed_lag: dict[str, Any] = feed_stats.get("ts_to_bus_ms") or {}
     post_lat = sorted(poster.latencies_ms) if poster else []
     return {
         "benchmark": "console",
@@ -911,6 +918,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "gps_cpu_us_per_fix": gps_rep.get("cpu_us_per_fix"),
         "gps_fixes_per_unit_s": (round(gps_rep["fixes_per_s"] / args.units, 3)
                                  if gps_rep.get("fixes_per_s") else None),
+        # The hub's side of event_*: each event's ts to the hub's bus (its transaction,
+        # commit, NOTIFY, the event feed), over the hub's last outbox.LAG_WINDOW events
+        # (the whole run, warm-up included); the rest of event_* is the fan-out and the
+        # clients.
+        "event_ts_to_bus_p50_ms": feed_lag.get("p50"),
+        "event_ts_to_bus_p99_ms": feed_lag.get("p99"),
+        "events_on_hub_bus": feed_stats.get("published"),
+        "events_from_notices": feed_stats.get("from_notices"),
         "positions_stored": positions_stored,
         "position_rows_hub": (health.get("ingest") or {}).get("position_rows"),
         "incidents_posted": poster.ok if poster else 0,
