@@ -7,14 +7,15 @@
 -- "payload"}), so a feed publishes it as it arrives when it is the next seq it expects;
 -- anything else (a seq after a gap, a notification missed while disconnected) is read from
 -- the table as before, which stays the record. A NOTIFY payload must be under 8000 bytes:
--- a larger event's NOTIFY carries only its seq, and the feed reads it.
+-- a larger event's NOTIFY carries only its seq, and the feed reads it (a unit.assigned
+-- with its candidates' ranking is 7.1-7.9 kB: some of them).
 --
 -- Unchanged: the lock before the first seq (seq order is commit order), one INSERT per
 -- event in the order given, delivery only on commit (PostgreSQL delivers a transaction's
 -- notifications in the order sent, and transactions' in commit order).
 CREATE FUNCTION outbox_notice(p_seq bigint, p_kind text, p_payload jsonb) RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN octet_length(t) < 7900 THEN t ELSE json_build_object('seq', p_seq)::text END
+    SELECT CASE WHEN octet_length(t) < 8000 THEN t ELSE json_build_object('seq', p_seq)::text END
     FROM (SELECT json_build_object('seq', p_seq, 'ts', extract(epoch FROM now()),
                                    'kind', p_kind, 'payload', p_payload)::text AS t) AS n
 $$;
