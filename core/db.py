@@ -54,10 +54,14 @@ async def connect(url: str) -> asyncpg.Connection:
     return conn
 
 
-async def create_pool(url: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(url: str, min_size: int = 2, max_size: int = 10, *,
+                      max_inactive_s: float = 300.0) -> asyncpg.Pool:
+    """``max_inactive_s``: an idle connection is closed after this long (asyncpg's
+    default; 0 keeps it, as the dispatch leader's own connection is kept warm)."""
     try:
         pool = await asyncpg.create_pool(
-            url, min_size=min_size, max_size=max_size, init=_init_connection
+            url, min_size=min_size, max_size=max_size, init=_init_connection,
+            max_inactive_connection_lifetime=max_inactive_s,
         )
     except (OSError, asyncpg.PostgresError) as e:
         raise ConfigError(f"cannot connect to the database: {e}") from e

@@ -51,6 +51,70 @@ ACTION_FOR = {"declined": "decline", "escalated": "decline", "preempted": "withd
 DISPATCHABLE = ("available", "returning")
 
 
+# ---------------------------------------------------------------- the statements
+# Lock the decision's units, then its cases, in id order ($1: ids).
+LOCK_UNITS = (f"SELECT {UNIT_COLUMNS} FROM units u WHERE u.id = ANY($1::text[]) ORDER BY u.id "
+              "FOR NO KEY UPDATE")
+LOCK_CASES = (f"SELECT {INCIDENT_COLUMNS} FROM incidents i WHERE i.id = ANY($1::bigint[]) "
+              "ORDER BY i.id FOR UPDATE")
+# End the withdrawn assignments ($1-$3) and move the units ($4-$6); $7: the decision's time.
+END_AND_MOVE = f"""WITH ended AS (
+      UPDATE assignments a SET status = e.status,
+          escalated_at = CASE WHEN e.escalated AND a.status = 'active'
+                              THEN $7 ELSE a.escalated_at END
+      FROM unnest($1::bigint[], $2::text[], $3::bool[])
+           AS e (incident_id, status, escalated)
+      WHERE a.incident_id = e.incident_id
+        AND a.status IN ('active', 'accepted'))
+    UPDATE units u SET status = m.status, current_incident = m.incident_id,
+                       updated_at = now()
+    FROM unnest($4::text[], $5::text[], $6::bigint[])
+         AS m (id, status, incident_id)
+    WHERE u.id = m.id
+    RETURNING {UNIT_COLUMNS}"""
+# The alerts, in the decision's order.
+INSERT_ALERTS = """INSERT INTO supervisor_alerts (incident_id, kind, message, why)
+   SELECT a.incident_id, a.kind, a.message, a.why
+   FROM unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[])
+        WITH ORDINALITY AS a (incident_id, kind, message, why, k)
+   ORDER BY a.k
+   RETURNING *"""
+# Case-log entries ($1-$10), SLA clocks ($11-$16), the cases' rows ($17-$25) and the new
+# assignments ($26-$34).
+WRITE_CASES = """WITH log AS (
+     INSERT INTO case_log (incident_id, seq, action, from_state, to_state,
+                           actor, ts, reason, prev_hash, hash)
+     SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[],
+                          $5::text[], $6::text[], $7::timestamptz[],
+                          $8::text[], $9::text[], $10::text[])),
+   clk AS (
+     INSERT INTO sla_clocks (incident_id, stage, started_at, deadline,
+                             warn_at, met_at)
+     SELECT * FROM unnest($11::bigint[], $12::text[], $13::timestamptz[],
+                          $14::timestamptz[], $15::timestamptz[],
+                          $16::timestamptz[])
+     ON CONFLICT (incident_id, stage) DO UPDATE SET
+       deadline = excluded.deadline, warn_at = excluded.warn_at,
+       met_at = excluded.met_at),
+   cases AS (
+     UPDATE incidents i SET state = c.state, rework_count = c.rework_count,
+         extension_count = c.extension_count, handler = c.handler,
+         updated_at = c.updated_at, log_head = c.log_head, sla = c.sla,
+         assigned_unit = c.assigned_unit
+     FROM unnest($17::bigint[], $18::text[], $19::int[], $20::int[],
+                 $21::text[], $22::timestamptz[], $23::text[], $24::jsonb[],
+                 $25::text[])
+          AS c (id, state, rework_count, extension_count, handler,
+                updated_at, log_head, sla, assigned_unit)
+     WHERE i.id = c.id)
+   INSERT INTO assignments (incident_id, unit_id, assigned_at, eta_s, reason,
+                            override_reason, recommendation, accept_due, why)
+   SELECT * FROM unnest($26::bigint[], $27::text[], $28::timestamptz[],
+                        $29::float8[], $30::text[], $31::text[],
+                        $32::jsonb[], $33::timestamptz[], $34::jsonb[])
+   RETURNING *"""
+
+
 class Stale(Exception):
     """The committed state moved under the decision; decide again."""
 
@@ -106,16 +170,13 @@ async def apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: s
     # in id order too (ingest/writer.py LOCK_UNITS), so a decision and a flush never
     # deadlock. Then the cases, in id order (a crew's action locks one case, then its unit).
     unit_ids = sorted({w.unit_id for w in d.withdrawals} | {x.unit_id for x in d.dispatches})
-    locked_units = {str(r["id"]): r for r in await conn.fetch(
-        f"SELECT {UNIT_COLUMNS} FROM units u WHERE u.id = ANY($1::text[]) ORDER BY u.id "
-        "FOR NO KEY UPDATE", unit_ids)} if unit_ids else {}
+    locked_units = {str(r["id"]): r for r in await conn.fetch(LOCK_UNITS, unit_ids)
+                    } if unit_ids else {}
     ids = sorted({int(w.incident_id) for w in d.withdrawals}
                  | {int(x.incident_id) for x in d.dispatches})
     cases: dict[int, _Case] = {}
     if ids:
-        rows = await conn.fetch(
-            f"SELECT {INCIDENT_COLUMNS} FROM incidents i WHERE i.id = ANY($1::bigint[]) "
-            "ORDER BY i.id FOR UPDATE", ids)
+        rows = await conn.fetch(LOCK_CASES, ids)
         reads = await store.step_reads(conn, [int(r["id"]) for r in rows])
         cases = {int(r["id"]): _Case(dict(r), *reads[int(r["id"])]) for r in rows}
     units = {uid: {"status": r["status"], "current_incident": r["current_incident"]}
@@ -189,20 +250,7 @@ async def apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: s
     unit_rows: dict[str, Any] = dict(locked_units)
     if ended or moved:
         for r in await conn.fetch(
-                f"""WITH ended AS (
-                      UPDATE assignments a SET status = e.status,
-                          escalated_at = CASE WHEN e.escalated AND a.status = 'active'
-                                              THEN $7 ELSE a.escalated_at END
-                      FROM unnest($1::bigint[], $2::text[], $3::bool[])
-                           AS e (incident_id, status, escalated)
-                      WHERE a.incident_id = e.incident_id
-                        AND a.status IN ('active', 'accepted'))
-                    UPDATE units u SET status = m.status, current_incident = m.incident_id,
-                                       updated_at = now()
-                    FROM unnest($4::text[], $5::text[], $6::bigint[])
-                         AS m (id, status, incident_id)
-                    WHERE u.id = m.id
-                    RETURNING {UNIT_COLUMNS}""",
+                END_AND_MOVE,
                 [e[0] for e in ended], [e[1] for e in ended], [e[2] for e in ended],
                 list(moved), [m[0] for m in moved.values()], [m[1] for m in moved.values()],
                 # the decision's time, not the database's: a backfill decides in the past
@@ -212,12 +260,7 @@ async def apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: s
     if d.alerts:
         # Inserted in the decision's order (ids ascend with it).
         alert_rows = sorted(await conn.fetch(
-            """INSERT INTO supervisor_alerts (incident_id, kind, message, why)
-               SELECT a.incident_id, a.kind, a.message, a.why
-               FROM unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[])
-                    WITH ORDINALITY AS a (incident_id, kind, message, why, k)
-               ORDER BY a.k
-               RETURNING *""",
+            INSERT_ALERTS,
             [int(a.incident_id) for a in d.alerts], [a.kind for a in d.alerts],
             [a.why.text() for a in d.alerts], [a.why.as_json() for a in d.alerts]),
             key=lambda r: int(r["id"]))
@@ -227,38 +270,7 @@ async def apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: s
         clocked = [(int(c.row["id"]), c.clocks) for c in final if c.clocks is not None]
         n_stages = len(sla.STAGES)
         for r in await conn.fetch(
-                """WITH log AS (
-                     INSERT INTO case_log (incident_id, seq, action, from_state, to_state,
-                                           actor, ts, reason, prev_hash, hash)
-                     SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[],
-                                          $5::text[], $6::text[], $7::timestamptz[],
-                                          $8::text[], $9::text[], $10::text[])),
-                   clk AS (
-                     INSERT INTO sla_clocks (incident_id, stage, started_at, deadline,
-                                             warn_at, met_at)
-                     SELECT * FROM unnest($11::bigint[], $12::text[], $13::timestamptz[],
-                                          $14::timestamptz[], $15::timestamptz[],
-                                          $16::timestamptz[])
-                     ON CONFLICT (incident_id, stage) DO UPDATE SET
-                       deadline = excluded.deadline, warn_at = excluded.warn_at,
-                       met_at = excluded.met_at),
-                   cases AS (
-                     UPDATE incidents i SET state = c.state, rework_count = c.rework_count,
-                         extension_count = c.extension_count, handler = c.handler,
-                         updated_at = c.updated_at, log_head = c.log_head, sla = c.sla,
-                         assigned_unit = c.assigned_unit
-                     FROM unnest($17::bigint[], $18::text[], $19::int[], $20::int[],
-                                 $21::text[], $22::timestamptz[], $23::text[], $24::jsonb[],
-                                 $25::text[])
-                          AS c (id, state, rework_count, extension_count, handler,
-                                updated_at, log_head, sla, assigned_unit)
-                     WHERE i.id = c.id)
-                   INSERT INTO assignments (incident_id, unit_id, assigned_at, eta_s, reason,
-                                            override_reason, recommendation, accept_due, why)
-                   SELECT * FROM unnest($26::bigint[], $27::text[], $28::timestamptz[],
-                                        $29::float8[], $30::text[], $31::text[],
-                                        $32::jsonb[], $33::timestamptz[], $34::jsonb[])
-                   RETURNING *""",
+                WRITE_CASES,
                 *_columns([e.args() for e in entries], 10),
                 [iid for iid, _ in clocked for _ in range(n_stages)],
                 [stage for _ in clocked for stage in sla.STAGES],
@@ -287,3 +299,17 @@ async def apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: s
     events += [UnitStatusChanged(unit=row_view(unit_rows[u])) for u in released]
     await outbox.record_many(conn, events)
     return views
+
+
+async def warm(conn: Conn) -> None:
+    """Run every statement ``apply`` sends once, with nothing to write, in the caller's
+    transaction (which the caller rolls back): the connection then holds them prepared,
+    with their types known. On a fresh connection the first decision's writes cost a
+    parse round trip per statement and asyncpg's type introspection (four more queries,
+    20-30 ms in all, measured: docs/PERFORMANCE.md)."""
+    await conn.fetch(LOCK_UNITS, [])
+    await conn.fetch(LOCK_CASES, [])
+    await store.step_reads(conn, [])
+    await conn.fetch(END_AND_MOVE, [], [], [], [], [], [], None)
+    await conn.fetch(INSERT_ALERTS, [], [], [], [])
+    await conn.fetch(WRITE_CASES, *([[]] * 34))

@@ -33,10 +33,8 @@ were current. ``assign_jointly`` minimises the sum over incidents of
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from itertools import chain
 
 import numpy as np
 from numpy.typing import NDArray
@@ -99,12 +97,18 @@ class _Coverage:
         self._ones: dict[str, frozenset[str]] = {}
         if policy.coverage_penalty_s <= 0:
             return
-        by_grid: dict[str, list[frozenset[str]]] = {}
+        # One pass of plain dict counts (a Counter per grid cost ~1 ms over 300 units, and
+        # every decision builds this two or three times).
+        by_grid: dict[str, dict[str, int]] = {}
+        free = self._free
         for u in units:
-            if u.status in self._free:
-                by_grid.setdefault(u.home_grid, []).append(u.qualifications)
-        for grid, quals in by_grid.items():
-            counts = Counter(chain.from_iterable(quals))
+            if u.status in free:
+                counts = by_grid.get(u.home_grid)
+                if counts is None:
+                    counts = by_grid[u.home_grid] = {}
+                for q in u.qualifications:
+                    counts[q] = counts.get(q, 0) + 1
+        for grid, counts in by_grid.items():
             ones = frozenset(q for q, c in counts.items() if c == 1)
             if ones:
                 self._ones[grid] = ones
@@ -327,13 +331,25 @@ def _solve(
     row_qual = np.array([quals.index(i.qualification) for i in incidents], dtype=np.intp)
     feasible = has[row_qual] & free_col[None, :]
     busy_cols = np.nonzero(~free_col)[0].tolist()
+    prio = np.array([i.priority for i in incidents])
     if busy_cols:
-        for i, inc in enumerate(incidents):
-            if inc.priority <= policy.preempt_up_to_priority:
-                for j in busy_cols:
-                    feasible[i, j] = bool(has[row_qual[i], j]) and _may_preempt(
-                        inc, units[j], policy
-                    )
+        # ``_may_preempt`` for every (urgent row, busy column), vectorised: a Python loop
+        # over rows x busy units was the largest part of a decision's core time.
+        busy = [units[j] for j in busy_cols]
+        movable = np.array([u.status in PREEMPTABLE_STATUSES and u.current_incident is not None
+                            and u.current_priority is not None for u in busy],
+                           dtype=np.bool_)
+        cur_prio = np.array([u.current_priority if u.current_priority is not None else 0
+                             for u in busy])
+        may = (movable[None, :] & (prio <= policy.preempt_up_to_priority)[:, None]
+               & (cur_prio[None, :] > prio[:, None]))
+        # Never pulled off the very case it is planned for.
+        row_of = {inc.id: i for i, inc in enumerate(incidents)}
+        for k, u in enumerate(busy):
+            own = row_of.get(u.current_incident) if u.current_incident is not None else None
+            if own is not None:
+                may[own, k] = False
+        feasible[:, busy_cols] = has[row_qual][:, busy_cols] & may
 
     if excluded:
         col = {u.id: j for j, u in enumerate(units)}
@@ -343,7 +359,6 @@ def _solve(
                     feasible[i, col[uid]] = False
 
     # Soft terms, vectorised: per column, applied to the rows they concern.
-    prio = np.array([i.priority for i in incidents])
     soft_rows = prio >= policy.soft_terms_from_priority
     cases = np.array([min(u.cases_today, policy.workload_cases_cap) for u in units], dtype=float)
     score = eta + np.where(soft_rows[:, None], policy.workload_s_per_case * cases[None, :], 0.0)

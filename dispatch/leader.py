@@ -24,7 +24,7 @@ import logging
 import asyncpg
 
 from core.bus import Bus
-from core.db import connect
+from core.db import connect, create_pool
 from core.events import Envelope
 from core.settings import Settings
 from dispatch import decisions, planner, service, store
@@ -53,6 +53,11 @@ POSITION_LAG_S = 5.0
 POSITION_CANDIDATES = 50
 # Statuses of units a waiting case can get: free, or re-plannable / preemptable.
 POSITION_STATUSES = ["available", "returning", "dispatched", "en_route"]
+# The leader decides on a pool of its own with this one connection, kept open and warmed
+# (``decisions.warm``) when it takes the lead. Decisions are one at a time anyway (the plan
+# lock); on the shared pool they rotated over its connections, and each connection's first
+# decision paid 20-60 ms for statements and types it had never seen (docs/PERFORMANCE.md).
+DECIDE_CONNECTIONS = 1
 
 
 class Dispatcher:
@@ -67,6 +72,8 @@ class Dispatcher:
         self.commands = CommandSender(pool, settings.mqtt_url,
                                       f"{settings.mqtt_client_id}-commands")
         self.is_leader = False
+        # The connection decisions run on (DECIDE_CONNECTIONS), opened by ``start``.
+        self.decide_pool: asyncpg.Pool | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock_conn: asyncpg.Connection | None = None
         # Position rounds: the database time of the last round, and the fix each unit
@@ -80,6 +87,8 @@ class Dispatcher:
     async def start(self) -> None:
         if self.graph is None:
             self.graph = await decisions.load_road_graph(self.pool)
+        self.decide_pool = await create_pool(self.settings.database_url, DECIDE_CONNECTIONS,
+                                             DECIDE_CONNECTIONS, max_inactive_s=0)
         self._task = asyncio.create_task(self._run(), name="dispatch.leader")
 
     async def stop(self) -> None:
@@ -89,9 +98,16 @@ class Dispatcher:
         if self._lock_conn is not None:
             self._lock_conn.terminate()
             self._lock_conn = None
+        if self.decide_pool is not None:
+            self.decide_pool.terminate()
+            self.decide_pool = None
+
+    @property
+    def _decide_on(self) -> asyncpg.Pool:
+        return self.decide_pool if self.decide_pool is not None else self.pool
 
     async def _escalate(self, assignment_id: int) -> None:
-        await decisions.escalate(self.pool, assignment_id, self.graph, self.policy)
+        await decisions.escalate(self._decide_on, assignment_id, self.graph, self.policy)
 
     async def _run(self) -> None:
         while True:
@@ -112,6 +128,7 @@ class Dispatcher:
                     self._graph_stale = False
                 sub = self.bus.subscribe(EVENT_QUEUE)
                 try:
+                    await decisions.warm(self._decide_on)
                     await self.timer.rebuild()
                     timer_task = asyncio.create_task(self.timer.run(), name="dispatch.sla")
                     commands_task = asyncio.create_task(self.commands.run(),
@@ -209,7 +226,7 @@ class Dispatcher:
 
     async def decide(self, event: planner.Input) -> planner.Decision:
         """One input through the core, applied in one transaction."""
-        decision, _ = await decisions.decide_and_apply(self.pool, event, self.graph,
+        decision, _ = await decisions.decide_and_apply(self._decide_on, event, self.graph,
                                                        self.policy)
         return decision
 

@@ -394,7 +394,8 @@ def _plan(work: _Work, now: float, policy: DispatchPolicy,
         return plan, {}, 0.0
     # The alternative: the unaccepted dispatches undone, their cases and units free.
     freed = {u.id for _, u in held}
-    alt_incidents = [replace(i, assigned_unit=None) if i.id in {h.id for h, _ in held} else i
+    held_ids = {h.id for h, _ in held}
+    alt_incidents = [replace(i, assigned_unit=None) if i.id in held_ids else i
                      for i in incidents]
     alt_units = [replace(u, status="available", current_incident=None, current_priority=None)
                  if u.id in freed else u for u in units]

@@ -18,16 +18,15 @@ import asyncpg
 
 from core import clock, outbox
 from core.db import Conn, row_view
-from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS
+from core.entities import ALARM_COLUMNS, INCIDENT_COLUMNS, UNIT_COLUMNS
 from core.errors import InvalidInput, NotFound
 from core.events import (
     AlarmAttached,
-    IncidentOpened,
+    Event,
     IncidentUpdated,
     UnitStatusChanged,
 )
-from core.geometry import point_in_polygon
-from dispatch import sla_clocks, store, workflow
+from dispatch import opening, sla_clocks, store, workflow
 
 log = logging.getLogger("dispatch.service")
 
@@ -70,17 +69,6 @@ ASSIGNMENT_STATUS_AFTER = {"accept": "accepted", "decline": "declined",
 
 
 # ---------------------------------------------------------------- helpers
-async def _grid_at(conn: Conn, lon: float, lat: float) -> str | None:
-    """The level-2 grid containing the point (bounding box, then the polygon in Python)."""
-    rows = await conn.fetch(
-        """SELECT id, geometry FROM grids WHERE level = 2 AND $1 BETWEEN min_lon AND max_lon
-           AND $2 BETWEEN min_lat AND max_lat""", lon, lat)
-    for r in rows:
-        if point_in_polygon(lon, lat, r["geometry"]["coordinates"][0]):
-            return str(r["id"])
-    return str(rows[0]["id"]) if rows else None
-
-
 async def _attach(conn: Conn, alarm_id: int, incident_id: int) -> None:
     row = await conn.fetchrow(
         f"UPDATE alarms a SET incident_id = $2 WHERE id = $1 RETURNING {ALARM_COLUMNS}",
@@ -158,36 +146,34 @@ async def open_incident(pool: asyncpg.Pool, *, category: str, qualification: str
     ``now``: the report's time, the clock's when not given (the demo's history backfill,
     simulators/backfill.py, passes past times)."""
     now = clock.now() if now is None else now
-    async with pool.acquire() as conn, conn.transaction():
-        return await open_incident_in(
-            conn, now, category=category, qualification=qualification,
-            priority=priority, title=title, description=description, lon=lon, lat=lat,
-            source=source, reporter=reporter, alarm_id=alarm_id, grid_id=grid_id)
+    fields: dict[str, Any] = dict(
+        category=category, qualification=qualification, priority=priority, title=title,
+        description=description, lon=lon, lat=lat, source=source, reporter=reporter,
+        alarm_id=alarm_id, grid_id=grid_id)
+    async with pool.acquire() as conn:
+        if alarm_id is None:
+            # The case is written in one statement (dispatch/opening.py), atomic on its own:
+            # no BEGIN and COMMIT round trips around it.
+            return await open_incident_in(conn, now, **fields)
+        async with conn.transaction():  # the alarm is attached in the same transaction
+            return await open_incident_in(conn, now, **fields)
 
 
 async def open_incident_in(conn: Conn, now: float, *, category: str, qualification: str,
                            priority: int, title: str, description: str, lon: float,
                            lat: float, source: str, reporter: str, alarm_id: int | None = None,
                            grid_id: str | None = None) -> dict[str, Any]:
-    """``open_incident`` inside the caller's transaction (the field app's reports record
-    their photos and idempotency key in the same one)."""
-    grid = grid_id or await _grid_at(conn, lon, lat)
-    iid = await conn.fetchval(
-        """INSERT INTO incidents (category, priority, qualification, title, description,
-                                  lon, lat, grid_id, source, reporter, state, opened_at,
-                                  updated_at)
-           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,'reported',$11,$11) RETURNING id""",
-        category, priority, qualification, title, description, lon, lat, grid, source,
-        reporter, store.ts(now))
-    await store.append_log(conn, iid, "report", None, "reported", reporter, now, None)
-    inc = await store.incident_row(conn, iid, lock=True)
-    assert inc is not None
-    await sla_clocks.update_clocks(conn, inc, workflow.CaseState(), "report", now)
-    if source in ("alarm", "operator"):
-        await _step(conn, inc, "register", reporter if source == "operator"
-                    else SYSTEM_ACTOR, now, None)
-    view = await store.incident_view(conn, iid)
-    await outbox.record(conn, IncidentOpened(incident=view))
+    """``open_incident`` on ``conn``: in the caller's transaction if it has one (the field
+    app's reports record their photos and idempotency key in the same one); returns the
+    incident's view. Two round trips (dispatch/opening.py), and the alarm's attachment."""
+    iid, grid = await opening.new_id_and_grid(conn, lon, lat, grid_id)
+    register_as = (None if source not in ("alarm", "operator")
+                   else reporter if source == "operator" else SYSTEM_ACTOR)
+    case = opening.new_case(
+        iid, now, category=category, qualification=qualification, priority=priority,
+        title=title, description=description, lon=lon, lat=lat, grid_id=grid,
+        source=source, reporter=reporter, register_as=register_as)
+    view = await opening.write(conn, case)
     if alarm_id is not None:
         await _attach(conn, alarm_id, iid)
     return view
@@ -245,36 +231,46 @@ async def apply_action_in(conn: Conn, incident_id: int, action: str, actor: str,
                           reason: str | None, now: float) -> dict[str, Any]:
     """``apply_action`` inside the caller's transaction (the field app records its
     evidence and its idempotency key in the same one); returns the incident's view."""
+    # Round trips matter here: each waits its turn on the hub's event loop, and the
+    # events' time on the console counts from this transaction's start. The step leaves
+    # ``inc`` as the row was last written (so the view is not read again), the unit and its
+    # assignment move in one statement that returns the unit's view, and the events are
+    # recorded together.
     inc = await store.incident_row(conn, incident_id, lock=True)
     if inc is None:
         raise NotFound(f"incident {incident_id} not found", code="incident.not_found")
     unit_id = inc["assigned_unit"]
+    moves_unit = bool(unit_id) and action in UNIT_STATUS_AFTER
+    events: list[Event] = []
+    unit: dict[str, Any] | None = None
     if action in ("decline", "withdraw"):
         await _release_unit(conn, incident_id, action, actor, now, reason or "",
-                            ASSIGNMENT_STATUS_AFTER[action])
-        view = await store.incident_view(conn, incident_id)
+                            ASSIGNMENT_STATUS_AFTER[action], inc=inc)
+        view = row_view(inc)
     else:
         await _step(conn, inc, action, actor, now, reason)
-        if unit_id and action in UNIT_STATUS_AFTER:
+        view = row_view(inc)
+        events.append(IncidentUpdated(incident=view, action=action))
+        if moves_unit:
             status = UNIT_STATUS_AFTER[action]
             freed = status == "available"
             # Only while the unit is on this case: after feedback it may already be on
             # another one, which closing this case must not disturb.
-            await conn.execute(
-                """UPDATE units SET status = $2, updated_at = now(),
-                       current_incident = CASE WHEN $3 THEN NULL ELSE current_incident END
-                   WHERE id = $1 AND current_incident = $4""",
-                unit_id, status, freed, incident_id)
-            a_status = ASSIGNMENT_STATUS_AFTER.get(action, "done" if freed else None)
-            if a_status:
-                await conn.execute(
-                    "UPDATE assignments SET status = $2 WHERE incident_id = $1 AND "
-                    "status IN ('active', 'accepted')", incident_id, a_status)
-        view = await store.incident_view(conn, incident_id)
-        await outbox.record(conn, IncidentUpdated(incident=view, action=action))
-    if unit_id and action in UNIT_STATUS_AFTER:
-        await outbox.record(conn, UnitStatusChanged(unit=await store.unit_view(conn,
-                                                                               unit_id)))
+            row = await conn.fetchrow(
+                f"""WITH ended AS (UPDATE assignments SET status = $5 WHERE $5::text IS NOT NULL
+                                     AND incident_id = $4 AND status IN ('active', 'accepted'))
+                    UPDATE units u SET status = $2, updated_at = now(),
+                        current_incident = CASE WHEN $3 THEN NULL ELSE current_incident END
+                    WHERE u.id = $1 AND u.current_incident = $4
+                    RETURNING {UNIT_COLUMNS}""",
+                unit_id, status, freed, incident_id,
+                ASSIGNMENT_STATUS_AFTER.get(action, "done" if freed else None))
+            unit = row_view(row) if row is not None else None
+    if moves_unit:
+        if unit is None:  # the unit is on another case now: its view as it stands
+            unit = await store.unit_view(conn, unit_id)
+        events.append(UnitStatusChanged(unit=unit))
+    await outbox.record_many(conn, events)
     return view
 
 

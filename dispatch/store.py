@@ -31,53 +31,70 @@ ts = clock.to_datetime
 
 async def unit_states(conn: Querier) -> list[UnitState]:
     """Every unit as the engine sees it, with today's case count and current priority."""
-    # Today's cases of all units in one grouped scan of today's assignments (index
-    # assignments_day), not one probe per unit; times come as epoch seconds, which is what
-    # the engine takes (decoding 300 rows' timestamps into datetimes and back cost more
-    # than the query). This runs in every decision, under its lock.
-    rows = await conn.fetch(
-        """SELECT u.id, u.type, u.qualifications, u.status, u.lon, u.lat,
-                  extract(epoch FROM u.position_ts)::float8 AS position_ts, u.home_grid,
-                  extract(epoch FROM u.duty_since)::float8 AS duty_since,
-                  u.current_incident, ci.priority AS cur_priority,
-                  coalesce(today.n, 0) AS cases_today
-           FROM units u LEFT JOIN incidents ci ON ci.id = u.current_incident
-           LEFT JOIN (SELECT a.unit_id, count(*) AS n FROM assignments a
-                      WHERE a.assigned_at >= date_trunc('day', now(), $1)
-                      GROUP BY a.unit_id) today ON today.unit_id = u.id""",
-        sla_config.InForce.tz)  # the town's day, not UTC's: 00:00 in the town, not 08:00
-    # Unpacked by position (the SELECT's order): half the cost of 12 lookups by name for
-    # each of 300 rows, in every decision.
-    units = []
-    for (uid, kind, quals, status, lon, lat, fix_ts, grid, duty_since, current,
-         cur_priority, cases_today) in rows:
-        has_fix = fix_ts is not None
-        units.append(UnitState(
-            id=uid, kind=kind, qualifications=frozenset(quals), status=status,
-            lon=lon if has_fix else None, lat=lat if has_fix else None, position_ts=fix_ts,
-            home_grid=grid, duty_since=duty_since, cases_today=int(cases_today),
-            current_incident=str(current) if current else None,
-            current_priority=int(cur_priority) if cur_priority else None))
-    return units
+    return list((await dispatch_state(conn)).units)
+
+
+# The planned cases and every unit in one statement (one round trip, one snapshot: it runs
+# right after the plan lock, in every decision). The two kinds share 13 columns:
+#   kind | id | category / type | qualification / status | barred units / qualifications |
+#   lon | lat | grid / home grid | opened_at / fix time | - / on duty since |
+#   priority / current case's priority | - / cases today | assigned unit / current case
+# A case comes with the units barred from it (an index probe per planned case, bounded by
+# the open cases, not by the assignments' history). A unit's current case's priority is a
+# primary-key probe (a hash join read every incident ever recorded, a cost that grew with
+# the history), its cases today one grouped scan of today's assignments (index
+# assignments_day), in the town's day (00:00 in the town, not UTC's). Times come as epoch
+# seconds, which is what the core takes (decoding 300 rows' timestamps into datetimes and
+# back cost more than the query).
+STATE_SQL = """
+    SELECT 'i' AS kind, i.id::text AS id, i.category, i.qualification,
+           (SELECT array_agg(DISTINCT a.unit_id) FROM assignments a
+            WHERE a.incident_id = i.id AND a.status = ANY($2::text[])) AS quals,
+           i.lon, i.lat, i.grid_id AS grid,
+           extract(epoch FROM i.opened_at)::float8 AS t1, NULL::float8 AS t2,
+           i.priority AS n1, NULL::bigint AS n2, i.assigned_unit AS ref
+    FROM incidents i WHERE i.state = ANY($1::text[])
+    UNION ALL
+    SELECT 'u', u.id, u.type, u.status, u.qualifications, u.lon, u.lat, u.home_grid,
+           extract(epoch FROM u.position_ts)::float8,
+           extract(epoch FROM u.duty_since)::float8,
+           (SELECT ci.priority FROM incidents ci WHERE ci.id = u.current_incident),
+           coalesce(today.n, 0), u.current_incident::text
+    FROM units u
+    LEFT JOIN (SELECT a.unit_id, count(*) AS n FROM assignments a
+               WHERE a.assigned_at >= date_trunc('day', now(), $3)
+               GROUP BY a.unit_id) today ON today.unit_id = u.id"""
 
 
 async def dispatch_state(conn: Querier) -> DispatchState:
     """What the decision core plans over, as committed now (read inside the decision's
-    transaction, after its lock)."""
-    # The units barred from each case come with it (an index probe per planned case,
-    # bounded by the open cases, not by the assignments' history): one round trip.
-    rows = await conn.fetch(
-        """SELECT i.id, i.category, i.priority, i.qualification, i.lon, i.lat, i.grid_id,
-                  extract(epoch FROM i.opened_at)::float8 AS opened_at, i.assigned_unit,
-                  (SELECT array_agg(DISTINCT a.unit_id) FROM assignments a
-                   WHERE a.incident_id = i.id AND a.status = ANY($2::text[])) AS barred
-           FROM incidents i WHERE i.state = ANY($1::text[]) ORDER BY i.id""",
-        list(PLANNED_STATES), list(BARRING_STATUSES))
-    return DispatchState(
-        tuple(incident_state(dict(r)) for r in rows),
-        tuple(await unit_states(conn)),
-        {str(r["id"]): frozenset(r["barred"]) for r in rows if r["barred"]},
-    )
+    transaction, after its lock): ``STATE_SQL``."""
+    rows = await conn.fetch(STATE_SQL, list(PLANNED_STATES), list(BARRING_STATUSES),
+                            sla_config.InForce.tz)
+    incidents: list[IncidentState] = []
+    units: list[UnitState] = []
+    excluded: dict[str, frozenset[str]] = {}
+    # Unpacked by position (the SELECT's order): half the cost of lookups by name for
+    # each of 500 rows, in every decision.
+    for (kind, rid, a, b, quals, lon, lat, grid, t1, t2, n1, n2, ref) in rows:
+        if kind == "i":
+            incidents.append(IncidentState(
+                id=rid, category=a, priority=int(n1), qualification=b, lon=float(lon),
+                lat=float(lat), grid=grid or "", opened_at=t1, assigned_unit=ref))
+            if quals:
+                excluded[rid] = frozenset(quals)
+        else:
+            has_fix = t1 is not None
+            units.append(UnitState(
+                id=rid, kind=a, qualifications=frozenset(quals), status=b,
+                lon=lon if has_fix else None, lat=lat if has_fix else None, position_ts=t1,
+                home_grid=grid, duty_since=t2, cases_today=int(n2), current_incident=ref,
+                current_priority=int(n1) if n1 else None))
+    # Cases in id order; units in id order too, so every node plans over the same sequence
+    # whatever plan the database chose.
+    incidents.sort(key=lambda i: int(i.id))
+    units.sort(key=lambda u: u.id)
+    return DispatchState(tuple(incidents), tuple(units), excluded)
 
 
 def incident_state(row: Mapping[str, Any]) -> IncidentState:

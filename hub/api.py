@@ -37,6 +37,9 @@ async def health(request: Request, hub: HubDep) -> dict[str, Any]:
         "seq": hub.live.seq,
         "clients": hub.feed.clients,
         "ingest": hub.ingest.stats() if hub.ingest and hub.ingest.pipeline else None,
+        # Events' time from their transaction's start to this process's bus (the
+        # console benchmark quotes it next to the clients' figure).
+        "event_feed": hub.event_feed.stats() if hub.event_feed is not None else None,
         "kpis": hub.kpis,
     }
 

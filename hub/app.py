@@ -107,7 +107,7 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
             hub.road_graph = await decisions.load_road_graph(pool)
         app.state.hub = hub
         config_reload.start(hub)  # before the feed: no change published unheard
-        event_feed = EventFeed(settings.database_url, bus)
+        event_feed = hub.event_feed = EventFeed(settings.database_url, bus)
         hub.tasks.append(asyncio.create_task(event_feed.run(), name="core.event_feed"))
         if "dispatch" in roles:
             hub.dispatcher = Dispatcher(settings, pool, bus, hub.road_graph)

@@ -15,6 +15,7 @@ import asyncpg
 from fastapi import Depends, Request
 
 from core.bus import Bus
+from core.outbox import EventFeed
 from core.settings import Settings
 from dispatch.geo import RoadGraph
 from dispatch.leader import Dispatcher
@@ -35,6 +36,7 @@ class Hub:
     feed: LiveFeed
     ingest: IngestRole | None = None
     dispatcher: Dispatcher | None = None
+    event_feed: EventFeed | None = None  # committed events -> ``bus`` (core/outbox.py)
     # What every node decides with (an operator's override on a web node too): the policy
     # from settings and the town's road graph, loaded once at start.
     dispatch_policy: DispatchPolicy = field(default_factory=DispatchPolicy)

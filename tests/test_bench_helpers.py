@@ -32,6 +32,7 @@ from simulators.bench.console import (
     Track,
     _frame_decoder,
     client_procs_for,
+    event_summary_by_kind,
     make_tracks,
     split_evenly,
     unit_ids,
@@ -159,6 +160,25 @@ def test_histogram_clamps_negative_and_overflow() -> None:
     assert h.counts[0] == 1 and h.counts[9] == 1
     assert h.percentile(100) == 10.0  # the overflow bin's edge; max_ms keeps the truth
     assert h.max_ms == 5000.0
+
+
+def test_event_summary_by_kind_most_samples_first() -> None:
+    opened, assigned = Histogram(bins=1000), Histogram(bins=1000)
+    for ms in (10.5, 20.5, 30.5):
+        assigned.add(ms)
+    opened.add(4.5)
+    out = event_summary_by_kind({"incident.opened": opened, "unit.assigned": assigned})
+    assert list(out) == ["unit.assigned", "incident.opened"]
+    assert out["unit.assigned"] == {"p50_ms": 21.0, "p99_ms": 31.0, "max_ms": 30.5,
+                                    "samples": 3}
+    assert out["incident.opened"]["p99_ms"] == 5.0
+
+
+def test_frame_decoder_reads_each_events_kind() -> None:
+    f = _frame_decoder.decode(
+        b'{"type":"batch","events":[{"seq":7,"ts":1.5,"kind":"unit.assigned","data":{}}],'
+        b'"positions":{}}')
+    assert [(e.seq, e.kind) for e in f.events] == [(7, "unit.assigned")]
 
 
 def test_histogram_add_since_matches_add() -> None:

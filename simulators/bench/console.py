@@ -39,7 +39,12 @@ Figures (last stdout line, one JSON object):
   client's; ``gps_fixes_per_unit_s`` what the generator sent (the ceiling of both).
 - ``p50_ms``/``p90_ms``/``p99_ms``/``max_ms``: publish -> client of the position updates in
   the window (1 ms bins, so to within 1 ms); ``event_p99_ms``: the event row's ``ts``
-  (``now()`` of its transaction) -> client of the events.
+  (``now()`` of its transaction) -> client of the events; ``event_by_kind`` the same by
+  event kind (``incident.opened`` from the cases posted, ``unit.assigned`` and the rest
+  from the dispatcher's decisions); ``event_ts_to_bus_p50_ms``/``_p99_ms`` the hub's part
+  of it (``ts`` -> the hub's bus: the transaction, commit, NOTIFY and event feed; hub
+  stamps over its last 2,000 events, warm-up included), ``events_from_notices`` how many
+  the event feed published straight from their NOTIFY.
 - ``gaps``: sequenced events some client missed: seq jumps inside a connection plus, at
   the end, events between a client's last seq and the final one; ``clients_with_gaps``;
   ``duplicates`` (an event seen twice); ``resyncs`` (the hub told a client it was too far
@@ -320,6 +325,7 @@ class _Pos(msgspec.Struct):
 class _Ev(msgspec.Struct):
     seq: int
     ts: float = 0.0
+    kind: str = ""
 
 
 class _Frame(msgspec.Struct):
@@ -354,6 +360,9 @@ class ClientFleet:
         self.clients = [_Client() for _ in range(n)]
         self.pos_hist = Histogram()
         self.ev_hist = Histogram()
+        # The same latencies by event kind (which kinds make the tail: the dispatcher's
+        # decisions or the operator's own transactions).
+        self.ev_hist_by_kind: dict[str, Histogram] = {}
         self.counting = False
         self.lag_hist = Histogram()  # this process's loop lag in the window (LAG_PROBE_S)
         self.final_seq: int | None = None
@@ -383,9 +392,13 @@ class ClientFleet:
                             if self.counting:
                                 c.events += len(evs)
                                 c.positions += len(f.positions)
-                                if evs:
-                                    for e in evs:
-                                        self.ev_hist.add((now - e.ts) * 1000.0)
+                                for e in evs:
+                                    ms = (now - e.ts) * 1000.0
+                                    self.ev_hist.add(ms)
+                                    by_kind = self.ev_hist_by_kind.get(e.kind)
+                                    if by_kind is None:
+                                        by_kind = self.ev_hist_by_kind[e.kind] = Histogram()
+                                    by_kind.add(ms)
                                 if f.positions:
                                     self.pos_hist.add_since(
                                         now, [p.ts for p in f.positions.values()])
@@ -447,6 +460,7 @@ class ClientFleet:
             "cpu_s": round(ru.ru_utime + ru.ru_stime, 3),
             "pos_hist": self.pos_hist.to_sparse(),
             "ev_hist": self.ev_hist.to_sparse(),
+            "ev_hist_by_kind": {k: h.to_sparse() for k, h in self.ev_hist_by_kind.items()},
             "lag_hist": self.lag_hist.to_sparse(),
         }
 
@@ -843,14 +857,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     win = probes.between("start", "end")
     window_s = win["seconds"]
     pos_hist, ev_hist, lag_hist = Histogram(), Histogram(), Histogram()
+    by_kind: dict[str, Histogram] = {}
     for r in reps:
         pos_hist.merge_sparse(r["pos_hist"])
         ev_hist.merge_sparse(r["ev_hist"])
         lag_hist.merge_sparse(r["lag_hist"])
+        for kind, sparse in r["ev_hist_by_kind"].items():
+            by_kind.setdefault(kind, Histogram()).merge_sparse(sparse)
     positions = sum(r["positions"] for r in reps)
     events = sum(r["events"] for r in reps)
     gaps = sum(r["gaps_internal"] + r["gaps_tail"] for r in reps)
     clients_cpu = sum(win.get(f"{ch.name}_cpu_s", 0.0) for ch in children)
+    feed_stats: dict[str, Any] = health.get("event_feed") or {}
+    feed_lag: dict[str, Any] = feed_stats.get("ts_to_bus_ms") or {}
     post_lat = sorted(poster.latencies_ms) if poster else []
     return {
         "benchmark": "console",
@@ -867,6 +886,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             min(r["min_positions"] for r in reps) / window_s / args.units, 3),
         **pos_hist.summary(),
         **ev_hist.summary("event_"),
+        "event_by_kind": event_summary_by_kind(by_kind),
         **{k: v for k, v in lag_hist.summary("client_loop_lag_").items()
            if not k.endswith(("samples", "p90_ms"))},
         "gaps": gaps,
@@ -898,6 +918,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "gps_cpu_us_per_fix": gps_rep.get("cpu_us_per_fix"),
         "gps_fixes_per_unit_s": (round(gps_rep["fixes_per_s"] / args.units, 3)
                                  if gps_rep.get("fixes_per_s") else None),
+        # The hub's side of event_*: each event's ts to the hub's bus (its transaction,
+        # commit, NOTIFY, the event feed), over the hub's last outbox.LAG_WINDOW events
+        # (the whole run, warm-up included); the rest of event_* is the fan-out and the
+        # clients.
+        "event_ts_to_bus_p50_ms": feed_lag.get("p50"),
+        "event_ts_to_bus_p99_ms": feed_lag.get("p99"),
+        "events_on_hub_bus": feed_stats.get("published"),
+        "events_from_notices": feed_stats.get("from_notices"),
         "positions_stored": positions_stored,
         "position_rows_hub": (health.get("ingest") or {}).get("position_rows"),
         "incidents_posted": poster.ok if poster else 0,
@@ -914,6 +942,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pos_hist": pos_hist.to_sparse(),
         "event_hist": ev_hist.to_sparse(),
     }
+
+
+def event_summary_by_kind(hists: dict[str, Histogram]) -> dict[str, dict[str, Any]]:
+    """``{kind: {p50_ms, p99_ms, max_ms, samples}}``, the kinds with most samples first."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind, h in sorted(hists.items(), key=lambda kv: (-kv[1].total, kv[0])):
+        s = h.summary()
+        out[kind] = {k: s[k] for k in ("p50_ms", "p99_ms", "max_ms", "samples")}
+    return out
 
 
 def _r(x: float | None) -> float | None:
