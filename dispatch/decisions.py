@@ -82,8 +82,8 @@ async def decide_and_apply(pool: asyncpg.Pool, event: planner.Input, graph: Road
                 # BEGIN and the plan lock in one round trip (the simple-query protocol
                 # takes both statements at once), not two: the lock is taken before the
                 # state is read, whose statement's snapshot is then taken after it.
-                await conn.execute(BEGIN_LOCKED)
                 try:
+                    await conn.execute(BEGIN_LOCKED)
                     now = clock.now() if at is None else at
                     state = await store.dispatch_state(conn)
                     decision = planner.decide(state, event, now, policy, graph)

@@ -72,6 +72,9 @@ class Dispatcher:
         self.commands = CommandSender(pool, settings.mqtt_url,
                                       f"{settings.mqtt_client_id}-commands")
         self.is_leader = False
+        # Set once this leader has planned what waited before it led (``catch_up``);
+        # cleared when it steps down.
+        self.caught_up = asyncio.Event()
         # The connection decisions run on (DECIDE_CONNECTIONS), opened by ``start``.
         self.decide_pool: asyncpg.Pool | None = None
         self._task: asyncio.Task[None] | None = None
@@ -138,6 +141,7 @@ class Dispatcher:
                         positions_task = asyncio.create_task(self._position_rounds(),
                                                              name="dispatch.positions")
                     await self.catch_up()
+                    self.caught_up.set()
                     while True:
                         try:
                             await asyncio.wait_for(sub.wake.wait(), LEADER_CHECK_S)
@@ -168,6 +172,7 @@ class Dispatcher:
                 await asyncio.sleep(LEADER_RETRY_S)
             finally:
                 self.is_leader = False
+                self.caught_up.clear()
                 self._graph_stale = True
                 for side_task in (timer_task, commands_task, positions_task):
                     if side_task is not None:

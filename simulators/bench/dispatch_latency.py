@@ -141,9 +141,9 @@ async def measure(settings: Settings, town: Town, seed: int, *, n_units: int = 3
         feed_task = asyncio.create_task(EventFeed(settings.database_url, bus).run())
         leader = _TimedLeader(settings, pool, bus, graph)
         await leader.start()
-        while not leader.is_leader:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # its catch-up plan
+        # Until it leads and has made its catch-up plan (a timed case registered before
+        # that would be planned by the catch-up, not by its own decision).
+        await asyncio.wait_for(leader.caught_up.wait(), DECISION_TIMEOUT_S)
         rng = random.Random(f"hub-latency-new/{seed}")
         sampler = _Sampler(town, rng)
         ms: list[float] = []
