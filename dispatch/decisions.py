@@ -19,6 +19,7 @@ row changed and the whole decision is taken again from fresh state (``STALE_RETR
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import asyncpg
@@ -28,6 +29,7 @@ from core.db import Conn
 from core.errors import Conflict, InvalidInput
 from core.settings import Settings
 from dispatch import decision_writes, planner, store
+from dispatch.decision_stats import DecisionStats
 from dispatch.geo import RoadGraph
 from dispatch.model import DispatchPolicy
 from dispatch.service import OVERRIDE_REASONS, SYSTEM_ACTOR
@@ -68,13 +70,14 @@ async def load_road_graph(pool: asyncpg.Pool) -> RoadGraph | None:
 
 async def decide_and_apply(pool: asyncpg.Pool, event: planner.Input, graph: RoadGraph | None,
                            policy: DispatchPolicy, *, actor: str = SYSTEM_ACTOR,
-                           note: str = "", now: float | None = None
+                           note: str = "", now: float | None = None,
+                           stats: DecisionStats | None = None
                            ) -> tuple[planner.Decision, dict[str, Any]]:
     """Decide ``event`` and carry the decision out. Returns the decision and the new
     assignment rows by incident id. ``actor`` is recorded on what the input itself asked
     (an operator's override or redirect); the rest of the plan is the system's. ``now``:
     the decision's time, the clock's when not given (the demo's history backfill passes
-    past times)."""
+    past times). ``stats``: where to add the decision's times by part (the leader's)."""
     at = now
     for attempt in range(STALE_RETRIES + 1):
         try:
@@ -82,16 +85,24 @@ async def decide_and_apply(pool: asyncpg.Pool, event: planner.Input, graph: Road
                 # BEGIN and the plan lock in one round trip (the simple-query protocol
                 # takes both statements at once), not two: the lock is taken before the
                 # state is read, whose statement's snapshot is then taken after it.
+                marks = [time.perf_counter()]
                 try:
                     await conn.execute(BEGIN_LOCKED)
+                    marks.append(time.perf_counter())
                     now = clock.now() if at is None else at
                     state = await store.dispatch_state(conn)
+                    marks.append(time.perf_counter())
                     decision = planner.decide(state, event, now, policy, graph)
+                    marks.append(time.perf_counter())
                     views = await decision_writes.apply(conn, decision, now, actor, note)
+                    marks.append(time.perf_counter())
                 except BaseException:
                     await _rollback(conn)
                     raise
                 await conn.execute("COMMIT")
+                marks.append(time.perf_counter())
+            if stats is not None:
+                stats.add(marks)
             return decision, views
         except decision_writes.Stale:
             if attempt == STALE_RETRIES:

@@ -29,6 +29,7 @@ from core.events import Envelope
 from core.settings import Settings
 from dispatch import decisions, planner, service, store
 from dispatch.command_sender import CommandSender
+from dispatch.decision_stats import DecisionStats
 from dispatch.geo import RoadGraph
 from dispatch.model import DispatchPolicy
 from dispatch.sla_clocks import SlaTimer
@@ -72,6 +73,8 @@ class Dispatcher:
         self.commands = CommandSender(pool, settings.mqtt_url,
                                       f"{settings.mqtt_client_id}-commands")
         self.is_leader = False
+        # This process's decisions' times by part, shown in /api/health.
+        self.stats = DecisionStats()
         # Set once this leader has planned what waited before it led (``catch_up``);
         # cleared when it steps down.
         self.caught_up = asyncio.Event()
@@ -232,7 +235,7 @@ class Dispatcher:
     async def decide(self, event: planner.Input) -> planner.Decision:
         """One input through the core, applied in one transaction."""
         decision, _ = await decisions.decide_and_apply(self._decide_on, event, self.graph,
-                                                       self.policy)
+                                                       self.policy, stats=self.stats)
         return decision
 
     async def on_event(self, env: Envelope) -> None:

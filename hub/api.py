@@ -40,6 +40,9 @@ async def health(request: Request, hub: HubDep) -> dict[str, Any]:
         # Events' time from their transaction's start to this process's bus (the
         # console benchmark quotes it next to the clients' figure).
         "event_feed": hub.event_feed.stats() if hub.event_feed is not None else None,
+        # Only a process that has led dispatch has decided anything.
+        "dispatch_decisions": (hub.dispatcher.stats.summary()
+                               if hub.dispatcher is not None else None),
         "kpis": hub.kpis,
     }
 

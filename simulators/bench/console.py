@@ -44,7 +44,10 @@ Figures (last stdout line, one JSON object):
   from the dispatcher's decisions); ``event_ts_to_bus_p50_ms``/``_p99_ms`` the hub's part
   of it (``ts`` -> the hub's bus: the transaction, commit, NOTIFY and event feed; hub
   stamps over its last 2,000 events, warm-up included), ``events_from_notices`` how many
-  the event feed published straight from their NOTIFY.
+  the event feed published straight from their NOTIFY; ``dispatch_decisions`` the hub's
+  leader's decisions by part (``wait`` for the plan lock, ``state`` read, ``core``,
+  ``writes``, ``commit``, ``total``: p50/p99/max ms, dispatch/decision_stats.py), the
+  time a ``unit.assigned`` spends between its ``ts`` and its commit.
 - ``gaps``: sequenced events some client missed: seq jumps inside a connection plus, at
   the end, events between a client's last seq and the final one; ``clients_with_gaps``;
   ``duplicates`` (an event seen twice); ``resyncs`` (the hub told a client it was too far
@@ -926,6 +929,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "event_ts_to_bus_p99_ms": feed_lag.get("p99"),
         "events_on_hub_bus": feed_stats.get("published"),
         "events_from_notices": feed_stats.get("from_notices"),
+        "dispatch_decisions": health.get("dispatch_decisions"),
         "positions_stored": positions_stored,
         "position_rows_hub": (health.get("ingest") or {}).get("position_rows"),
         "incidents_posted": poster.ok if poster else 0,
