@@ -187,6 +187,9 @@ async def measure(settings: Settings, town: Town, seed: int, *, n_units: int = 3
             "hub_decision_in_leader_p50_ms": round(_pct(inside, 50), 2),
             "hub_decision_in_leader_p99_ms": round(_pct(inside, 99), 2),
             "hub_decisions": len(ms),
+            # Every decision of the run by part (the timed ones and the re-plans for the
+            # freed units; dispatch/decision_stats.py): where the leader's time went.
+            "hub_decision_parts_ms": leader.stats.summary()["ms"],
             "hub_open_incidents": sum(v for s, v in states.items()
                                       if s in ("registered", "dispatched", "accepted",
                                                "handling")),
