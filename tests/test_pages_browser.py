@@ -169,9 +169,13 @@ def test_acknowledge_updates_a_second_browser(browser: Browser, hub: HubProcess,
         on_duty = a.locator("#user-box #user-name").inner_text().strip()
         assert on_duty
         a.locator(f'#alarm-list [data-alarm-id="{alarm_id}"] button.ack').click()
+        # Acknowledged, by whom: waited on as one condition (a row read right after its
+        # state changed once came back empty in a full-suite run).
         b.wait_for_function(
-            "(id) => document.querySelector(`#alarm-list [data-alarm-id=\"${id}\"]`)"
-            "?.dataset.state === 'acknowledged'", arg=alarm_id, timeout=10000)
+            "([id, who]) => { const r = document.querySelector("
+            "`#alarm-list [data-alarm-id=\"${id}\"]`);"
+            " return r?.dataset.state === 'acknowledged' && r.innerText.includes(who); }",
+            arg=[alarm_id, on_duty], timeout=10000)
         assert on_duty in row_b.inner_text()
         assert b.locator(f'#alarm-list [data-alarm-id="{alarm_id}"] button.ack').count() == 0
         assert a.errors == [] and b.errors == []  # type: ignore[attr-defined]
