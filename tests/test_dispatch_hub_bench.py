@@ -143,9 +143,11 @@ def test_from_db_replays_the_recorded_incidents(
         assert out[policy]["mean_response_s"] > 0
     # What the hub did, read back at the run's speed: the --hub run's own figures.
     rec = out["recorded"]
-    assert rec["reached"] == registered
+    assert rec["reached"] == registered - len(hub_out["unreached"])
     mean_sim = sum(r["real_s"] for r in recorded) / len(recorded) * SPEED
     assert rec["mean_response_s"] == pytest.approx(mean_sim, abs=0.06)
+    if hub_out["unreached"]:
+        return  # the --hub figures then count its response up to the run's end
     assert rec["mean_response_s"] == pytest.approx(hub_out["engine"]["mean_response_s"],
                                                    abs=0.11)
     assert rec["breach_share"] == hub_out["engine"]["breach_share"]
