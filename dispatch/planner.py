@@ -395,9 +395,13 @@ def _plan(work: _Work, now: float, policy: DispatchPolicy,
     # The alternative: the unaccepted dispatches undone, their cases and units free.
     freed = {u.id for _, u in held}
     held_ids = {h.id for h, _ in held}
-    alt_incidents = [replace(i, assigned_unit=None) if i.id in held_ids else i
-                     for i in incidents]
-    alt_units = [replace(u, status="available", current_incident=None, current_priority=None)
+    # Built field by field: ``dataclasses.replace`` costs ~5x a constructor call, and at
+    # town scale a decision frees a hundred or more held pairs.
+    alt_incidents = [IncidentState(i.id, i.category, i.priority, i.qualification, i.lon,
+                                   i.lat, i.grid, i.opened_at, None)
+                     if i.id in held_ids else i for i in incidents]
+    alt_units = [UnitState(u.id, u.kind, u.qualifications, "available", u.lon, u.lat,
+                           u.position_ts, u.home_grid, u.duty_since, u.cases_today, None, None)
                  if u.id in freed else u for u in units]
     alt = assign_jointly(alt_incidents, alt_units, graph, now, policy, work.excluded)
     by_id = work.incidents

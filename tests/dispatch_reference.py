@@ -1,12 +1,14 @@
-"""The dispatch core's ranking and matching as they were before they were vectorised
-(engine.rank and engine._solve at main e138444), kept verbatim as the reference the
-equivalence tests compare the faster code with: every Python-level step per unit, no
-shortcut. Not used by the product.
+"""The dispatch core's ranking, matching and re-plan check as they were before they were
+made faster (``engine.rank``, ``engine._solve`` and ``planner._plan`` at main e138444),
+kept verbatim as the reference the equivalence tests (tests/test_dispatch_scale_equivalence.py)
+compare the faster code with: every Python-level step per unit, no shortcut. Not used by
+the product.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -21,17 +23,20 @@ from dispatch.engine import (
     _Row,
     _terms,
     _unserved,
+    assign_jointly,
 )
 from dispatch.geo import RoadGraph, haversine_m_np, travel_time_matrix
 from dispatch.model import (
     DEFAULT_POLICY,
     PREEMPTABLE_STATUSES,
+    Assignment,
     Candidate,
     DispatchPolicy,
     IncidentState,
     Recommendation,
     UnitState,
 )
+from dispatch.planner import _cost, _held_cost, _Work
 from dispatch.reasons import reason, texts
 
 
@@ -252,3 +257,44 @@ def solve_reference(
         out.append((j, eta_ij, text, why))
     return out
 
+
+
+def plan_reference(work: _Work, now: float, policy: DispatchPolicy,
+          graph: RoadGraph | None) -> tuple[list[Assignment], dict[str, str], float]:
+    """The joint plan, and the dispatched-not-accepted pairs it re-plans (incident ->
+    its old unit) with the weighted seconds that saves (0 when it keeps them)."""
+    incidents = list(work.incidents.values())
+    units = list(work.units.values())
+    plan = assign_jointly(incidents, units, graph, now, policy, work.excluded)
+    # Only an unaccepted dispatch whose unit could take a case now waiting can gain from
+    # re-planning (the first plan already was the best for everything else).
+    wanted = {i.qualification for i in incidents if i.assigned_unit is None}
+    held = [(i, work.units[i.assigned_unit]) for i in incidents
+            if i.assigned_unit is not None and i.id not in work.fixed
+            and i.assigned_unit in work.units
+            and work.units[i.assigned_unit].status == "dispatched"
+            and work.units[i.assigned_unit].current_incident == i.id
+            and work.units[i.assigned_unit].qualifications & wanted]
+    if not held or not plan:
+        return plan, {}, 0.0
+    # The alternative: the unaccepted dispatches undone, their cases and units free.
+    freed = {u.id for _, u in held}
+    held_ids = {h.id for h, _ in held}
+    alt_incidents = [replace(i, assigned_unit=None) if i.id in held_ids else i
+                     for i in incidents]
+    alt_units = [replace(u, status="available", current_incident=None, current_priority=None)
+                 if u.id in freed else u for u in units]
+    alt = assign_jointly(alt_incidents, alt_units, graph, now, policy, work.excluded)
+    by_id = work.incidents
+    gain = (_cost(plan, by_id, policy) + _held_cost(held, graph, now, policy)
+            - _cost(alt, by_id, policy))
+    old = {i.id: u.id for i, u in held}
+    new = {line.incident_id: line.unit_id for line in alt}
+    moved = {iid: uid for iid, uid in old.items() if new.get(iid) != uid}
+    # Each unit moved is one crew told "not you": the gain must pay for every one.
+    if not moved or gain <= policy.replan_gain_s * len(moved):
+        return plan, {}, 0.0
+    # Lines for held cases whose unit stays are no-ops: drop them.
+    alt = [line for line in alt if not (line.incident_id in old
+                                        and old[line.incident_id] == line.unit_id)]
+    return alt, moved, gain

@@ -1,8 +1,9 @@
 """The decision core's faster ranking and matching decide exactly as before, at town scale.
 
-``engine.rank`` (scores as numpy columns, one lexsort) and ``engine._solve`` (in-place
-benefit matrix, coverage only on its columns) replaced per-unit Python loops; the code
-before is kept verbatim in ``tests/dispatch_reference.py``. Every decision here is made
+``engine.rank`` (scores as numpy columns, one lexsort), ``engine._solve`` (in-place
+benefit matrix, coverage only on its columns) and ``planner._plan`` (held pairs freed by
+constructor) replaced per-unit Python steps; the code before is kept verbatim in
+``tests/dispatch_reference.py``. Every decision here is made
 twice, once with the reference swapped in, on states of the console benchmark's size
 (2,000 squads around the demo town's grids, up to 140 dispatched-not-accepted cases, the
 town's road graph: simulators/bench/dispatch_scale.py), and must be the same ``Decision``:
@@ -36,7 +37,7 @@ from dispatch.planner import (
 )
 from simulators.bench import dispatch_scale
 from simulators.bench.dispatch_scale import HUB_POLICY, NOW
-from tests.dispatch_reference import rank_reference, solve_reference
+from tests.dispatch_reference import plan_reference, rank_reference, solve_reference
 
 TOWN = dispatch_scale.load_town()
 POLICIES = (
@@ -70,6 +71,7 @@ def _both(state: DispatchState, event: Input, policy: DispatchPolicy,
     with monkeypatch.context() as m:
         m.setattr(planner, "rank", rank_reference)
         m.setattr(engine, "_solve", solve_reference)
+        m.setattr(planner, "_plan", plan_reference)
         old = run()
     return new, old
 
