@@ -322,8 +322,11 @@ def _solve(
     policy: DispatchPolicy,
     coverage: _Coverage,
     excluded: Mapping[str, frozenset[str]],
+    explain: bool = True,
 ) -> list[_Row]:
     """Min-cost assignment of ``incidents`` (rows) to ``units`` (columns), one row each.
+    ``explain=False``: served rows come without their reason text (""), the same
+    assignment otherwise.
 
     Minimises sum(weight x score) over served incidents + sum(weight x
     unserved_cost_s) over waiting ones. Subtracting the constant sum(weight x
@@ -440,7 +443,10 @@ def _solve(
                 out.append(_unserved(reason("wait.no_free_unit", qualification=inc.qualification)))
             continue
         unit = units[j]
-        _, preempts, lost = _terms(inc, unit, coverage, policy)
+        if explain:
+            _, preempts, lost = _terms(inc, unit, coverage, policy)
+        else:
+            preempts = _may_preempt(inc, unit, policy)
         if fresh[j]:
             t_ij = float(eta[i, j])
             head = reason("cand.eta_road" if by_road[i, j] else "cand.eta_line", eta_s=t_ij)
@@ -455,7 +461,8 @@ def _solve(
             head = reason("assign.joint_no_position")
             why = head
             eta_ij = None
-        text = "joint: " + "; ".join(texts(_reasons(head, unit, preempts, lost)))
+        text = "joint: " + "; ".join(texts(_reasons(head, unit, preempts, lost))) \
+            if explain else ""
         out.append((j, eta_ij, text, why))
     return out
 
@@ -485,6 +492,7 @@ def assign_jointly(
     now: float,
     policy: DispatchPolicy = DEFAULT_POLICY,
     excluded: Mapping[str, frozenset[str]] | None = None,
+    explain: bool = True,
 ) -> list[Assignment]:
     """A plan for every waiting incident, minimising priority-weighted response time.
 
@@ -502,7 +510,10 @@ def assign_jointly(
     the incident that displaced them, so they never preempt in turn. The coverage
     term is computed once from the free units before the solve (it does not see
     two units leaving the same grid in one plan). ``excluded`` maps an incident id to
-    units that must not get it (they declined it or let it time out).
+    units that must not get it (they declined it or let it time out). ``explain=False``:
+    the same plan, its served lines without their reason text (a plan only costed, as the
+    re-plan check's alternative mostly is: at town scale the texts of a few hundred lines
+    were a tenth of a decision).
     """
     excluded = excluded or {}
     waiting = sorted((i for i in incidents if i.assigned_unit is None), key=_priority_order)
@@ -525,7 +536,7 @@ def assign_jointly(
         and u.qualifications & quals
     ]
     pool = free + busy
-    first = _solve(waiting, pool, graph, now, policy, coverage, excluded)
+    first = _solve(waiting, pool, graph, now, policy, coverage, excluded, explain)
     preempting = {i: row for i, row in enumerate(first) if row[0] >= len(free)}
     if not preempting:
         return [_line(inc, pool, row, "") for inc, row in zip(waiting, first, strict=True)]
@@ -550,7 +561,7 @@ def assign_jointly(
     # Displaced incidents may need qualifications no waiting incident needed.
     rest_quals = {i.qualification for i in rest}
     rest_free = [u for u in all_free if u.qualifications & rest_quals]
-    second = _solve(rest, rest_free, graph, now, policy, coverage, excluded)
+    second = _solve(rest, rest_free, graph, now, policy, coverage, excluded, explain)
     for inc, row in zip(rest, second, strict=True):
         note = f"displaced by {displaced_by[inc.id]}; " if inc.id in displaced_by else ""
         lines.append((_priority_order(inc), _line(inc, rest_free, row, note)))

@@ -403,7 +403,10 @@ def _plan(work: _Work, now: float, policy: DispatchPolicy,
     alt_units = [UnitState(u.id, u.kind, u.qualifications, "available", u.lon, u.lat,
                            u.position_ts, u.home_grid, u.duty_since, u.cases_today, None, None)
                  if u.id in freed else u for u in units]
-    alt = assign_jointly(alt_incidents, alt_units, graph, now, policy, work.excluded)
+    # Costed first without reason texts; only a re-plan that is carried out needs them
+    # (the same plan again, with them: the core is deterministic).
+    alt = assign_jointly(alt_incidents, alt_units, graph, now, policy, work.excluded,
+                         explain=False)
     by_id = work.incidents
     gain = (_cost(plan, by_id, policy) + _held_cost(held, graph, now, policy)
             - _cost(alt, by_id, policy))
@@ -413,6 +416,7 @@ def _plan(work: _Work, now: float, policy: DispatchPolicy,
     # Each unit moved is one crew told "not you": the gain must pay for every one.
     if not moved or gain <= policy.replan_gain_s * len(moved):
         return plan, {}, 0.0
+    alt = assign_jointly(alt_incidents, alt_units, graph, now, policy, work.excluded)
     # Lines for held cases whose unit stays are no-ops: drop them.
     alt = [line for line in alt if not (line.incident_id in old
                                         and old[line.incident_id] == line.unit_id)]

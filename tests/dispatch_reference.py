@@ -298,3 +298,10 @@ def plan_reference(work: _Work, now: float, policy: DispatchPolicy,
     alt = [line for line in alt if not (line.incident_id in old
                                         and old[line.incident_id] == line.unit_id)]
     return alt, moved, gain
+
+
+def solve_reference_compat(*args: object) -> list[_Row]:
+    """``solve_reference`` called as ``engine.assign_jointly`` now calls ``_solve`` (with
+    a trailing ``explain`` flag, which only leaves texts out: the reference always writes
+    them, and the reference ``_plan`` always asks for them)."""
+    return solve_reference(*args[:7])  # type: ignore[arg-type]
