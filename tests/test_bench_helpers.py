@@ -25,18 +25,10 @@ from simulators.bench.alarm_setup import (
     summarize,
     trigger_schedule,
 )
-from simulators.bench.console import (
-    M_PER_DEG,
-    Histogram,
-    SeqTracker,
-    Track,
-    _frame_decoder,
-    client_procs_for,
-    event_summary_by_kind,
-    make_tracks,
-    split_evenly,
-    unit_ids,
-)
+from simulators.bench.console_clients import _frame_decoder, client_procs_for, split_evenly
+from simulators.bench.console_counts import Histogram, SeqTracker, event_summary_by_kind
+from simulators.bench.console_gps import M_PER_DEG, Track, make_tracks
+from simulators.bench.console_load import unit_ids
 
 
 @pytest.mark.parametrize(("values", "q", "expected"), [
