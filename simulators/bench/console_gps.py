@@ -18,7 +18,7 @@ from typing import Any
 
 from ingest import wire
 from simulators.bench.console_counts import self_cpu
-from simulators.bench.loadgen import TokenBucket
+from simulators.bench.loadgen_lines import TokenBucket
 from simulators.mqtt_login import login_at
 from simulators.mqtt_pub import Publisher
 
