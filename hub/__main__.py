@@ -1,5 +1,5 @@
-"""The hub's command line: ``python -m hub [serve|migrate|load-town|import-geojson|wait-ready|
-mqtt-accounts|create-user|create-token|revoke-token]``.
+"""The hub's command line: ``python -m hub [serve|dispatch|migrate|load-town|import-geojson|
+wait-ready|mqtt-accounts|create-user|create-token|revoke-token]``.
 
 Settings are built once here from ``HUB_*`` variables and passed down.
 """
@@ -238,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="run the hub (all roles by default)")
     p_serve.add_argument("--roles", default="ingest,dispatch,web",
                          help="comma-separated subset of ingest,dispatch,web")
+    p_dispatch = sub.add_parser(
+        "dispatch", help="run the dispatch role alone, without an HTTP port (serve runs it "
+                         "so, as its child, beside its other roles)")
+    # Set by the hub process that starts it as its child (hub/dispatch_child.py).
+    p_dispatch.add_argument("--control-fd", type=int, help=argparse.SUPPRESS)
+    p_dispatch.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     sub.add_parser("migrate", help="apply database migrations")
     p_town = sub.add_parser("load-town", help="load a gridhub-town/1 JSON file and rules")
     p_town.add_argument("file", nargs="?", type=Path)
@@ -293,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     p_revoke.add_argument("--name", required=True)
     args = parser.parse_args(argv)
 
+    if args.cmd == "dispatch":
+        # Its settings may come from the hub process that started it, not from HUB_*.
+        from hub import dispatch_process
+
+        return dispatch_process.run_from(args.control_fd, args.parent_pid)
     hub_log.setup()
     try:
         settings = Settings()  # type: ignore[call-arg]  # database_url comes from HUB_*
