@@ -13,12 +13,15 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import log as hub_log
 from core.db import connect, migrate
 from core.errors import HubError, InvalidInput
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from hub.dispatch_child import DispatchChild
 
 RULES_FILE = Path(__file__).resolve().parent.parent / "simulators" / "data" / "rules.toml"
 
@@ -206,12 +209,26 @@ async def _revoke_token(settings: Settings, name: str) -> None:
         await conn.close()
 
 
-def _serve(settings: Settings, roles: frozenset[str]) -> None:
+def _early_dispatch(settings: Settings, roles: frozenset[str]) -> DispatchChild | None:
+    """The dispatch process's supervisor with its first child already starting, when this
+    hub runs dispatch in a process of its own (hub/dispatch_child.py); else None."""
+    from hub import dispatch_child
+
+    if not dispatch_child.wanted(settings, roles):
+        return None
+    child = dispatch_child.DispatchChild(settings)
+    child.spawn_early()
+    return child
+
+
+def _serve(settings: Settings, roles: frozenset[str],
+           dispatch_child: DispatchChild | None) -> None:
     import uvicorn
 
     from hub.app import create_app
 
-    uvicorn.run(create_app(settings, roles), host=settings.http_host, port=settings.http_port,
+    uvicorn.run(create_app(settings, roles, dispatch_child), host=settings.http_host,
+                port=settings.http_port,
                 ws="websockets-sansio", ws_per_message_deflate=False, log_config=None,
                 ws_max_size=settings.ws_max_message_bytes,
                 lifespan="on")
@@ -313,9 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd in (None, "serve"):
             roles = frozenset((getattr(args, "roles", None) or "ingest,dispatch,web").split(","))
+            # First: it starts while this process migrates and imports the app.
+            child = _early_dispatch(settings, roles)
             # Refuse to start, in one line, without a database or without TimescaleDB.
             asyncio.run(_migrate(settings))
-            _serve(settings, roles)
+            _serve(settings, roles, child)
         elif args.cmd == "migrate":
             asyncio.run(_migrate(settings))
         elif args.cmd == "load-town":

@@ -56,6 +56,7 @@ from hub import (
 )
 from hub.access import AccessMiddleware
 from hub.dispatch_child import DispatchChild
+from hub.dispatch_child import wanted as dispatch_child_wanted
 from hub.limits import BodySizeLimit
 from hub.live import LiveFeed, LiveState
 from hub.positions import PositionFeed
@@ -71,7 +72,12 @@ ALL_ROLES = frozenset({"ingest", "dispatch", "web"})
 DISPATCH_START_S = 30.0
 
 
-def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI:
+def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES,
+               dispatch_child: DispatchChild | None = None) -> FastAPI:
+    """The app serving ``roles``. ``dispatch_child``: the dispatch process's supervisor,
+    when the caller started its child already (``DispatchChild.spawn_early``); otherwise
+    the lifespan makes one if ``roles`` want it (``dispatch_child.wanted``)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         conn = await connect(settings.database_url)
@@ -79,10 +85,11 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
             await migrate(conn)
         finally:
             await conn.close()
-        child: DispatchChild | None = None
-        if "dispatch" in roles and len(roles) > 1 and settings.dispatch_own_process:
-            # First, so that it starts while this process does (hub/dispatch_child.py).
+        child = dispatch_child
+        if child is None and dispatch_child_wanted(settings, roles):
             child = DispatchChild(settings)
+        if child is not None:
+            # First, so that it starts while this process does (hub/dispatch_child.py).
             await child.start()
         pool = await create_pool(settings.database_url, settings.db_pool_min,
                                  settings.db_pool_max)

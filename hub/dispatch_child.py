@@ -49,6 +49,11 @@ STOP_TIMEOUT_S = 10.0
 LINE_LIMIT = 1 << 20
 
 
+def wanted(settings: Settings, roles: frozenset[str]) -> bool:
+    """Whether a hub process serving ``roles`` runs dispatch in a child process."""
+    return "dispatch" in roles and len(roles) > 1 and settings.dispatch_own_process
+
+
 class DispatchChild:
     """Runs and supervises the dispatch process; keeps what it reported."""
 
@@ -66,8 +71,15 @@ class DispatchChild:
         self.started = asyncio.Event()  # the current child runs its role
         self.caught_up = asyncio.Event()  # ... leads and has planned what waited
         self._proc: subprocess.Popen[bytes] | None = None
+        self._early: tuple[subprocess.Popen[bytes], socket.socket] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+
+    def spawn_early(self) -> None:
+        """Start the first child now, before this process has its event loop: ``python -m
+        hub serve`` does so first thing, so that the child's start-up (interpreter, imports:
+        seconds on a busy machine) overlaps the hub's own; ``start`` adopts it."""
+        self._early = self._spawn()
 
     async def start(self) -> None:
         """Start the child and its supervision; returns at once (see ``wait_started``)."""
@@ -141,7 +153,8 @@ class DispatchChild:
 
     async def _run_once(self) -> int | None:
         """One child, from its start to its exit; returns its exit status."""
-        proc, sock = self._spawn()
+        proc, sock = self._early or self._spawn()
+        self._early = None
         self._proc, self.pid = proc, proc.pid
         self.starts += 1
         ended = False
@@ -158,6 +171,7 @@ class DispatchChild:
         except (OSError, ValueError):
             log.exception("lost the dispatch process's reports")
         finally:
+            sock.close()
             self.started.clear()
             self.caught_up.clear()
             self.leading = False
@@ -168,11 +182,12 @@ class DispatchChild:
 
     def _on_line(self, line: bytes) -> None:
         try:
-            msg = json.loads(line)
-            kind = msg["type"]
+            self._on_report(json.loads(line))
         except (ValueError, KeyError, TypeError):
-            log.warning("dispatch process sent %r", line[:200])
-            return
+            log.warning("dispatch process sent %r", line[:200], exc_info=True)
+
+    def _on_report(self, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
         if kind == "decided":
             self.stats.add(msg["marks"])
             if self.on_decided is not None:

@@ -178,7 +178,7 @@ def _die_with(parent_pid: int) -> None:
     """Be killed when the hub process dies (Linux), and leave if it already has."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
             log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %s): this process stops when "
                         "its control socket closes", ctypes.get_errno())
     if os.getppid() != parent_pid:
