@@ -192,6 +192,14 @@ class Settings(BaseSettings):
     # plan per round, not per fix. 15 s: a unit at 40 km/h moves ~170 m, a few tens of
     # seconds of ETA, finer than the re-plan threshold above; 0 turns the rounds off.
     dispatch_position_replan_s: float = Field(default=15.0, ge=0.0)
+    # Where a hub process that serves dispatch with other roles (the default `python -m hub
+    # serve`: ingest, dispatch, web) runs it. True: in a supervised child process of its own
+    # (`python -m hub dispatch`, hub/dispatch_child.py), because on the shared event loop
+    # each of a decision's awaits queued behind ingest and the live feed (at 2,000 units
+    # under `./hubctl bench console` every part of the p99 decision was slow at once:
+    # p50 124 / p99 210 ms; docs/PERFORMANCE.md). False: on the hub's own loop, as before,
+    # for a host that must run one process only, or to compare the two.
+    dispatch_own_process: bool = True
 
     # Live feed: a client further behind than this many events resyncs from a snapshot.
     feed_replay_limit: int = 5000

@@ -25,12 +25,16 @@ class DecisionStats:
 
     def __init__(self, window: int = WINDOW) -> None:
         self.decisions = 0
+        # The latest decision's marks (``add``), for a report of it elsewhere: the dispatch
+        # process sends each decision's to its hub (hub/dispatch_process.py).
+        self.last: list[float] = []
         self._ms: dict[str, deque[float]] = {p: deque(maxlen=window) for p in PARTS}
 
     def add(self, marks: list[float]) -> None:
         """One decision's ``time.perf_counter()`` marks: start, lock taken, state read,
         decided, written, committed."""
         self.decisions += 1
+        self.last = list(marks)
         for part, (a, b) in zip(PARTS[:-1], pairwise(marks), strict=True):
             self._ms[part].append((b - a) * 1000.0)
         self._ms["total"].append((marks[-1] - marks[0]) * 1000.0)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import asyncpg
 
@@ -75,6 +76,10 @@ class Dispatcher:
         self.is_leader = False
         # This process's decisions' times by part, shown in /api/health.
         self.stats = DecisionStats()
+        # Called after each decision of ``decide`` has committed, with its input, the
+        # decision and its times (``DecisionStats.add``'s marks): the dispatch process
+        # reports them to its hub (hub/dispatch_process.py). Synchronous, so cheap.
+        self.on_decided: list[Callable[[planner.Input, planner.Decision, list[float]], None]] = []
         # Set once this leader has planned what waited before it led (``catch_up``);
         # cleared when it steps down.
         self.caught_up = asyncio.Event()
@@ -236,6 +241,8 @@ class Dispatcher:
         """One input through the core, applied in one transaction."""
         decision, _ = await decisions.decide_and_apply(self._decide_on, event, self.graph,
                                                        self.policy, stats=self.stats)
+        for fn in self.on_decided:
+            fn(event, decision, self.stats.last)
         return decision
 
     async def on_event(self, env: Envelope) -> None:

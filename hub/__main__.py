@@ -1,5 +1,5 @@
-"""The hub's command line: ``python -m hub [serve|migrate|load-town|import-geojson|wait-ready|
-mqtt-accounts|create-user|create-token|revoke-token]``.
+"""The hub's command line: ``python -m hub [serve|dispatch|migrate|load-town|import-geojson|
+wait-ready|mqtt-accounts|create-user|create-token|revoke-token]``.
 
 Settings are built once here from ``HUB_*`` variables and passed down.
 """
@@ -13,12 +13,15 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import log as hub_log
 from core.db import connect, migrate
 from core.errors import HubError, InvalidInput
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from hub.dispatch_child import DispatchChild
 
 RULES_FILE = Path(__file__).resolve().parent.parent / "simulators" / "data" / "rules.toml"
 
@@ -206,12 +209,26 @@ async def _revoke_token(settings: Settings, name: str) -> None:
         await conn.close()
 
 
-def _serve(settings: Settings, roles: frozenset[str]) -> None:
+def _early_dispatch(settings: Settings, roles: frozenset[str]) -> DispatchChild | None:
+    """The dispatch process's supervisor with its first child already starting, when this
+    hub runs dispatch in a process of its own (hub/dispatch_child.py); else None."""
+    from hub import dispatch_child
+
+    if not dispatch_child.wanted(settings, roles):
+        return None
+    child = dispatch_child.DispatchChild(settings)
+    child.spawn_early()
+    return child
+
+
+def _serve(settings: Settings, roles: frozenset[str],
+           dispatch_child: DispatchChild | None) -> None:
     import uvicorn
 
     from hub.app import create_app
 
-    uvicorn.run(create_app(settings, roles), host=settings.http_host, port=settings.http_port,
+    uvicorn.run(create_app(settings, roles, dispatch_child), host=settings.http_host,
+                port=settings.http_port,
                 ws="websockets-sansio", ws_per_message_deflate=False, log_config=None,
                 ws_max_size=settings.ws_max_message_bytes,
                 lifespan="on")
@@ -238,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="run the hub (all roles by default)")
     p_serve.add_argument("--roles", default="ingest,dispatch,web",
                          help="comma-separated subset of ingest,dispatch,web")
+    p_dispatch = sub.add_parser(
+        "dispatch", help="run the dispatch role alone, without an HTTP port (serve runs it "
+                         "so, as its child, beside its other roles)")
+    # Set by the hub process that starts it as its child (hub/dispatch_child.py).
+    p_dispatch.add_argument("--control-fd", type=int, help=argparse.SUPPRESS)
+    p_dispatch.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     sub.add_parser("migrate", help="apply database migrations")
     p_town = sub.add_parser("load-town", help="load a gridhub-town/1 JSON file and rules")
     p_town.add_argument("file", nargs="?", type=Path)
@@ -293,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     p_revoke.add_argument("--name", required=True)
     args = parser.parse_args(argv)
 
+    if args.cmd == "dispatch":
+        # Its settings may come from the hub process that started it, not from HUB_*.
+        from hub import dispatch_process
+
+        return dispatch_process.run_from(args.control_fd, args.parent_pid)
     hub_log.setup()
     try:
         settings = Settings()  # type: ignore[call-arg]  # database_url comes from HUB_*
@@ -302,9 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd in (None, "serve"):
             roles = frozenset((getattr(args, "roles", None) or "ingest,dispatch,web").split(","))
+            # First: it starts while this process migrates and imports the app.
+            child = _early_dispatch(settings, roles)
             # Refuse to start, in one line, without a database or without TimescaleDB.
             asyncio.run(_migrate(settings))
-            _serve(settings, roles)
+            _serve(settings, roles, child)
         elif args.cmd == "migrate":
             asyncio.run(_migrate(settings))
         elif args.cmd == "load-town":

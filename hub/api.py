@@ -40,9 +40,13 @@ async def health(request: Request, hub: HubDep) -> dict[str, Any]:
         # Events' time from their transaction's start to this process's bus (the
         # console benchmark quotes it next to the clients' figure).
         "event_feed": hub.event_feed.stats() if hub.event_feed is not None else None,
-        # Only a process that has led dispatch has decided anything.
-        "dispatch_decisions": (hub.dispatcher.stats.summary()
-                               if hub.dispatcher is not None else None),
+        # Only a process that has led dispatch has decided anything: this one, or its
+        # dispatch process (whose decisions it is told of, hub/dispatch_child.py).
+        "dispatch_decisions": (hub.dispatcher.stats.summary() if hub.dispatcher is not None
+                               else hub.dispatch_child.stats.summary()
+                               if hub.dispatch_child is not None else None),
+        "dispatch_process": (hub.dispatch_child.status() if hub.dispatch_child is not None
+                             else None),
         "kpis": hub.kpis,
     }
 

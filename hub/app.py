@@ -2,13 +2,14 @@
 
 The lifespan starts, names and cancels every background task of the roles this process
 runs (all of them by default): the event feed (every role), ingest, the dispatcher and the
-scheduled jobs. Nothing starts at import time; ``create_app(settings)`` is all there is.
+scheduled jobs. The dispatcher runs in a child process of its own when this process
+serves other roles too (``Settings.dispatch_own_process``, hub/dispatch_child.py).
+Nothing starts at import time; ``create_app(settings)`` is all there is.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 
 from core.bus import Bus
 from core.db import connect, create_pool, migrate
+from core.heap import settle_gc
 from core.outbox import EventFeed
 from core.settings import Settings
 from dispatch import decisions, sla_clocks
@@ -53,6 +55,8 @@ from hub import (
     views,
 )
 from hub.access import AccessMiddleware
+from hub.dispatch_child import DispatchChild
+from hub.dispatch_child import wanted as dispatch_child_wanted
 from hub.limits import BodySizeLimit
 from hub.live import LiveFeed, LiveState
 from hub.positions import PositionFeed
@@ -63,28 +67,17 @@ log = logging.getLogger("hub.app")
 
 FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
 ALL_ROLES = frozenset({"ingest", "dispatch", "web"})
+# The hub says it is ready once its dispatch process runs its role (1-3 s), or after this
+# long: the web and ingest do not wait for dispatch, whose start is retried meanwhile.
+DISPATCH_START_S = 30.0
 
 
-# Young-generation collections every this many allocations (CPython's default is 700). A
-# busy ingest allocates a few tuples per reading; at the default, collections ran hundreds
-# of times a second and promoted each pending batch's rows to the old generation, whose
-# full collections then scanned everything: stalls of 0.4-1.4 s on the event loop, seen as
-# the alarm latency's tail (docs/PERFORMANCE.md).
-GC_GEN0_THRESHOLD = 50_000
+def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES,
+               dispatch_child: DispatchChild | None = None) -> FastAPI:
+    """The app serving ``roles``. ``dispatch_child``: the dispatch process's supervisor,
+    when the caller started its child already (``DispatchChild.spawn_early``); otherwise
+    the lifespan makes one if ``roles`` want it (``dispatch_child.wanted``)."""
 
-
-def settle_gc() -> None:
-    """After start-up: what exists now (town, road graph, registry, rule states) lives as
-    long as the process; freeze it out of every collection, and collect the young less
-    often. (``simulators/bench/dispatch_latency.py`` calls it too, to time the leader in the
-    heap it runs in.)"""
-    gc.collect()
-    gc.freeze()
-    _, g1, g2 = gc.get_threshold()
-    gc.set_threshold(GC_GEN0_THRESHOLD, g1, g2)
-
-
-def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         conn = await connect(settings.database_url)
@@ -92,6 +85,12 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
             await migrate(conn)
         finally:
             await conn.close()
+        child = dispatch_child
+        if child is None and dispatch_child_wanted(settings, roles):
+            child = DispatchChild(settings)
+        if child is not None:
+            # First, so that it starts while this process does (hub/dispatch_child.py).
+            await child.start()
         pool = await create_pool(settings.database_url, settings.db_pool_min,
                                  settings.db_pool_max)
         await sla_clocks.configure(pool, settings)
@@ -102,6 +101,7 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
                   feed=LiveFeed(live, bus, pool, replay_limit=settings.feed_replay_limit,
                                 queue_size=settings.feed_client_queue,
                                 tick_s=settings.feed_tick_s))
+        hub.dispatch_child = child
         hub.dispatch_policy = decisions.policy_from_settings(settings)
         if roles & {"dispatch", "web"}:
             hub.road_graph = await decisions.load_road_graph(pool)
@@ -109,7 +109,7 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
         config_reload.start(hub)  # before the feed: no change published unheard
         event_feed = hub.event_feed = EventFeed(settings.database_url, bus)
         hub.tasks.append(asyncio.create_task(event_feed.run(), name="core.event_feed"))
-        if "dispatch" in roles:
+        if "dispatch" in roles and child is None:
             hub.dispatcher = Dispatcher(settings, pool, bus, hub.road_graph)
             await hub.dispatcher.start()
         if "ingest" in roles:
@@ -125,7 +125,11 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
                 # It sees none or a share of them: from the broker (hub/positions.py).
                 positions = PositionFeed(settings, live.on_position)
                 positions.start()
-        scheduler = jobs.start(hub)
+        # The dispatch role's jobs run where its leader runs (hub/dispatch_process.py).
+        scheduler = jobs.start(hub, roles - {"dispatch"} if child is not None else roles)
+        if child is not None and not await child.wait_started(DISPATCH_START_S):
+            log.error("the dispatch process has not started after %.0f s; serving without "
+                      "it while it is retried", DISPATCH_START_S)
         settle_gc()
         hub.ready = True
         log.info("hub ready: roles %s, http://%s:%s/", ",".join(sorted(roles)),
@@ -141,6 +145,8 @@ def create_app(settings: Settings, roles: frozenset[str] = ALL_ROLES) -> FastAPI
                 await hub.ingest.stop()
             if hub.dispatcher:
                 await hub.dispatcher.stop()
+            if hub.dispatch_child:
+                await hub.dispatch_child.stop()
             for t in hub.tasks:
                 t.cancel()
             await asyncio.gather(*hub.tasks, return_exceptions=True)

@@ -1,4 +1,5 @@
-"""Scheduled jobs, listed in one place (APScheduler 3.x on the hub's event loop).
+"""Scheduled jobs, listed in one place (APScheduler 3.x on the hub's event loop; the
+dispatch role's on the dispatch process's loop when it runs apart, hub/dispatch_process.py).
 
 Per-incident SLA timers are not here: they live in the database and an in-process timer
 heap (dispatch). Nor is the ingest role's periodic work (device and rule reload, device
@@ -11,14 +12,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
+import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from core import clock
 from core.db import fetch_one
 from core.settings import Settings
 from dispatch import inspection_schedule, reports, sla_settings
+from dispatch.leader import Dispatcher
 from hub import admin_roster
 from hub.kpi_terms import INGEST_RATE_WINDOW_S, ONLINE_INTERVALS
 from hub.state import Hub
@@ -27,6 +30,15 @@ from ingest import retention
 log = logging.getLogger("hub.jobs")
 
 KPI_INTERVAL_S = 10
+
+
+class JobHost(Protocol):
+    """What the jobs of the dispatch role (and ``sla.reload``) use: a hub process's ``Hub``,
+    or the dispatch process's host (hub/dispatch_process.py), which has no web part."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    dispatcher: Dispatcher | None
 
 
 async def refresh_kpis(hub: Hub) -> None:
@@ -69,18 +81,18 @@ async def refresh_kpis(hub: Hub) -> None:
     )
 
 
-def _leads(hub: Hub) -> bool:
+def _leads(hub: JobHost) -> bool:
     return hub.dispatcher is not None and hub.dispatcher.is_leader
 
 
-async def rollups(hub: Hub) -> None:
+async def rollups(hub: JobHost) -> None:
     if not _leads(hub):
         return
     for r in retention.ROLLUPS:
         await retention.run_rollup(hub.pool, r)
 
 
-async def apply_retention(hub: Hub) -> None:
+async def apply_retention(hub: JobHost) -> None:
     if not _leads(hub):
         return
     s = hub.settings
@@ -94,7 +106,7 @@ async def apply_retention(hub: Hub) -> None:
         s.retention_dead_letters_days)
 
 
-async def erase_contacts(hub: Hub) -> None:
+async def erase_contacts(hub: JobHost) -> None:
     """Citizens' contact data past its retention (hub/contacts.py)."""
     if _leads(hub):
         from hub import contacts
@@ -102,17 +114,17 @@ async def erase_contacts(hub: Hub) -> None:
         await contacts.erase_due(hub.pool, datetime.now(UTC))
 
 
-async def monthly_draws(hub: Hub) -> None:
+async def monthly_draws(hub: JobHost) -> None:
     if _leads(hub):
         await inspection_schedule.scheduled_draw(hub.pool, clock.now())
 
 
-async def patrol_rollup(hub: Hub) -> None:
+async def patrol_rollup(hub: JobHost) -> None:
     if _leads(hub):
         await reports.rollup_patrol(hub.pool, clock.now())
 
 
-async def purge_auth(hub: Hub) -> None:
+async def purge_auth(hub: JobHost) -> None:
     """Expired sessions and login failures older than the rate-limit window."""
     if _leads(hub):
         from hub import auth
@@ -120,7 +132,7 @@ async def purge_auth(hub: Hub) -> None:
         await auth.purge(hub.pool, hub.settings.login_failure_window_s)
 
 
-async def duty_roster(hub: Hub) -> None:
+async def duty_roster(hub: JobHost) -> None:
     """Units on or off duty as their shifts say, at the shift boundaries (hub/admin_roster.py)."""
     if _leads(hub):
         await admin_roster.apply_schedule(hub.pool, hub.settings.town_tz)
@@ -136,7 +148,7 @@ async def field_upkeep(hub: Hub) -> None:
     await field_idempotency.purge(hub.pool, hub.settings.field_idempotency_keep_s)
 
 
-async def replay_snapshot(hub: Hub) -> None:
+async def replay_snapshot(hub: JobHost) -> None:
     """The console's picture for after-action replay (hub/replay_store.py), when the newest
     saved one is ``replay_snapshot_s`` old: judged from the table, so a leader that just took
     over (or came up) saves at its first check and keeps its predecessor's cadence."""
@@ -150,7 +162,7 @@ async def replay_snapshot(hub: Hub) -> None:
             await replay_store.prune(conn, hub.settings.replay_keep_days)
 
 
-async def reload_sla(hub: Hub) -> None:
+async def reload_sla(hub: JobHost) -> None:
     """SLA edits made through another process (hub/sla_api.py) come into force here."""
     await sla_settings.load_settings(hub.pool, hub.settings)
 
@@ -199,10 +211,11 @@ JOBS: list[tuple[str, Any, Callable[[Settings], float], str]] = [
 ]
 
 
-def start(hub: Hub) -> AsyncIOScheduler:
+def start(hub: JobHost, roles: frozenset[str]) -> AsyncIOScheduler:
+    """The jobs of ``roles`` (those this process runs) and every process's, on ``hub``."""
     scheduler = AsyncIOScheduler(timezone="UTC")
     for name, fn, interval, role in JOBS:
-        if role != "any" and role not in hub.roles:
+        if role != "any" and role not in roles:
             continue
         every_s = interval(hub.settings)
         scheduler.add_job(fn, "interval", seconds=every_s, args=[hub], id=name, name=name,

@@ -20,6 +20,7 @@ from core.settings import Settings
 from dispatch.geo import RoadGraph
 from dispatch.leader import Dispatcher
 from dispatch.model import DispatchPolicy
+from hub.dispatch_child import DispatchChild
 from hub.live import LiveFeed, LiveState
 from ingest.service import IngestRole
 
@@ -35,7 +36,8 @@ class Hub:
     live: LiveState
     feed: LiveFeed
     ingest: IngestRole | None = None
-    dispatcher: Dispatcher | None = None
+    dispatcher: Dispatcher | None = None  # the dispatch role on this process's loop, or
+    dispatch_child: DispatchChild | None = None  # ... in a child process (the default)
     event_feed: EventFeed | None = None  # committed events -> ``bus`` (core/outbox.py)
     # What every node decides with (an operator's override on a web node too): the policy
     # from settings and the town's road graph, loaded once at start.

@@ -17,7 +17,7 @@ from typing import Any, Self
 
 import paho.mqtt.client as mqtt
 
-from simulators.bench.loadgen import TokenBucket
+from simulators.bench.loadgen_lines import TokenBucket
 
 
 class AckedPublisher:

@@ -20,7 +20,7 @@ from core.mqtt_client import BrokerAddress, make_client
 from dispatch.leader import LEADER_LOCK_KEY
 from ingest import wire
 from simulators.acked import AckedPublisher
-from simulators.bench import loadgen
+from simulators.bench import loadgen_lines
 from simulators.bench.harness import (
     BenchEnv,
     HubProcess,
@@ -39,12 +39,12 @@ class AckedLoad(AckedPublisher):
     with value ``i`` (its id in the database)."""
 
     def __init__(self, mqtt_url: str, prefix: str, devices: int, rate: float) -> None:
-        topics = [wire.telemetry_topic(d) for d in loadgen.device_ids(devices, prefix)]
+        topics = [wire.telemetry_topic(d) for d in loadgen_lines.device_ids(devices, prefix)]
         super().__init__(
             make_client(f"chaos-load-{secrets.token_hex(4)}", BrokerAddress.parse(mqtt_url),
                         persistent=True, session_expiry_s=600),
             lambda i: topics[i % len(topics)],
-            lambda i: wire.encode_telemetry(time.time(), {loadgen.METRIC: float(i)}),
+            lambda i: wire.encode_telemetry(time.time(), {loadgen_lines.METRIC: float(i)}),
             rate=rate, window=WINDOW)
 
     def stop(self, drain_s: float = 30.0) -> None:

@@ -12,7 +12,7 @@ from core.stats import percentile
 from hub.live import batch_frame
 from ingest import wire
 from ingest.watch import CAP_RAISES, CAP_WINDOW_S
-from simulators.bench import loadgen
+from simulators.bench import loadgen_lines
 from simulators.bench.alarm_backtests import split_by_spans
 from simulators.bench.alarm_feed import Trigger
 from simulators.bench.alarm_setup import (
@@ -25,18 +25,10 @@ from simulators.bench.alarm_setup import (
     summarize,
     trigger_schedule,
 )
-from simulators.bench.console import (
-    M_PER_DEG,
-    Histogram,
-    SeqTracker,
-    Track,
-    _frame_decoder,
-    client_procs_for,
-    event_summary_by_kind,
-    make_tracks,
-    split_evenly,
-    unit_ids,
-)
+from simulators.bench.console_clients import _frame_decoder, client_procs_for, split_evenly
+from simulators.bench.console_counts import Histogram, SeqTracker, event_summary_by_kind
+from simulators.bench.console_gps import M_PER_DEG, Track, make_tracks
+from simulators.bench.console_load import unit_ids
 
 
 @pytest.mark.parametrize(("values", "q", "expected"), [
@@ -106,9 +98,9 @@ def test_max_in_window(times: list[float], window: float, expected: int) -> None
 def test_detector_ids_unique_and_disjoint_from_background() -> None:
     ids = detector_ids(200)
     assert len(set(ids)) == 200 and ids[0] == "BENCHGAS-0001"
-    assert not set(ids) & set(loadgen.device_ids(10_000))
+    assert not set(ids) & set(loadgen_lines.device_ids(10_000))
     # The background count in the database is "device_id LIKE 'BENCH-%'".
-    assert not any(i.startswith(loadgen.DEVICE_PREFIX) for i in ids)
+    assert not any(i.startswith(loadgen_lines.DEVICE_PREFIX) for i in ids)
     assert all(wire.telemetry_topic(i) for i in ids)  # valid ids for topics
 
 
@@ -116,7 +108,7 @@ def test_run_prefixes_keep_runs_and_kinds_apart() -> None:
     gas, bg = run_prefixes("ab12")
     assert (gas, bg) == ("BENCHGASab12-", "BENCH-ab12-")
     detectors = detector_ids(200, gas)
-    background = loadgen.device_ids(10_000, bg)
+    background = loadgen_lines.device_ids(10_000, bg)
     # The database counts background rows with LIKE '<bg>%'; detectors never match it.
     assert not any(d.startswith(bg) for d in detectors)
     assert not any(b.startswith(gas) for b in background)

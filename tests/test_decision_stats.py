@@ -6,6 +6,8 @@ from dispatch.decision_stats import DecisionStats
 def test_parts_are_the_gaps_between_marks_and_total_the_whole() -> None:
     stats = DecisionStats()
     stats.add([10.000, 10.001, 10.004, 10.010, 10.030, 10.032])
+    # the latest decision's marks, as the dispatch process reports them to its hub
+    assert stats.last == [10.000, 10.001, 10.004, 10.010, 10.030, 10.032]
     s = stats.summary()
     assert s["decisions"] == 1
     ms = s["ms"]

@@ -6,10 +6,10 @@ import random
 import pytest
 
 from ingest import wire
-from simulators.bench import loadgen
-from simulators.bench.loadgen import (
+from simulators.bench import loadgen, loadgen_lines
+from simulators.bench.loadgen import LoadConfig
+from simulators.bench.loadgen_lines import (
     LineMaker,
-    LoadConfig,
     TokenBucket,
     device_ids,
     format_ts,
@@ -20,7 +20,7 @@ from simulators.bench.loadgen import (
 )
 
 NOW = 1767225600.0
-GATEWAY_TOPIC = f"gridhub/v1/gateways/{loadgen.GATEWAY_PREFIX}0/telemetry"
+GATEWAY_TOPIC = f"gridhub/v1/gateways/{loadgen_lines.GATEWAY_PREFIX}0/telemetry"
 
 
 def _lines(data: bytes) -> list[bytes]:
@@ -76,7 +76,7 @@ def test_single_lines_decode_as_one_reading_each() -> None:
         assert isinstance(res, wire.Decoded), res
         (r,) = res.readings
         assert r.device_id == devices[n % len(devices)]
-        assert r.metric == loadgen.METRIC
+        assert r.metric == loadgen_lines.METRIC
         assert r.value == point_id(1, n)
     assert maker.n == 7
 

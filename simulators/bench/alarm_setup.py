@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from core.stats import percentile
-from simulators.bench import loadgen
+from simulators.bench import loadgen_lines
 from simulators.bench.harness import (
     ScratchDatabase,
     SyncDb,
@@ -92,7 +92,7 @@ def max_in_window(times: list[float], window_s: float) -> int:
 def run_prefixes(tag: str) -> tuple[str, str]:
     """(gas detector prefix, background device prefix) of a run: ``BENCHGAS<tag>-`` and
     ``BENCH-<tag>-``, disjoint whatever the tag."""
-    return f"{GAS_PREFIX}{tag}-", f"{loadgen.DEVICE_PREFIX}{tag}-"
+    return f"{GAS_PREFIX}{tag}-", f"{loadgen_lines.DEVICE_PREFIX}{tag}-"
 
 
 def detector_ids(count: int, prefix: str = GAS_PREFIX + "-") -> list[str]:
@@ -135,8 +135,8 @@ def register_devices(url: str, background: int, bg_prefix: str, detectors: list[
             raise RuntimeError("no level-2 grid: the town did not load")
         g0 = grids[0]
         rows = [(d, "environment", "bench", d, g0["center_lon"], g0["center_lat"], g0["id"],
-                 [loadgen.METRIC], QUIET_INTERVAL_S)
-                for d in loadgen.device_ids(background, bg_prefix)]
+                 [loadgen_lines.METRIC], QUIET_INTERVAL_S)
+                for d in loadgen_lines.device_ids(background, bg_prefix)]
         for k, d in enumerate(detectors):
             g = grids[k % len(grids)]
             rows.append((d, "safety", "gas_detector", d, g["center_lon"] + 0.0003,

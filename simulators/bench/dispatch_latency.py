@@ -8,12 +8,16 @@ cases (the stream sampler's categories, priorities and places), planned once by 
 decision core; then all but ``UNACCEPTED`` of the assigned ones are accepted, half of
 those started (on scene), and the cases nobody could take wait. The
 dispatch leader (``dispatch.leader.Dispatcher``: its event feed, its decisions through
-``dispatch.decisions.decide_and_apply``) runs in this process, as it does in a hub.
+``dispatch.decisions.decide_and_apply``) runs where the hub runs it
+(``Settings.dispatch_own_process``, ``HUB_DISPATCH_OWN_PROCESS``): by default in a process
+of its own, ``python -m hub dispatch`` started and supervised as the hub does
+(hub/dispatch_child.py); off, in this process, on its event loop.
 
 Each timed decision registers one new case (``dispatch.service.open_incident``, one
 committed transaction: t0 is when it returns) and waits until the leader's decision on
 that case has committed (t1: when ``Dispatcher.decide`` returns for it, the transaction
-committed). So t1 - t0 holds the leader's wake-up (LISTEN/NOTIFY, the event feed's read of
+committed; from the leader's own process, when its report of the decision reaches this
+one). So t1 - t0 holds the leader's wake-up (LISTEN/NOTIFY, the event feed's read of
 the events table, the bus), its state read, the core's decision, the write transaction
 and its commit. The timed case must have been assigned by that decision: every timed case
 is a city-management matter (the commonest qualification) at a new road vertex.
@@ -23,44 +27,49 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
-from collections.abc import Container
+from collections.abc import Callable, Container
 from typing import Any
 
 import asyncpg
 
 from core.bus import Bus
 from core.db import create_pool
+from core.heap import settle_gc
 from core.outbox import EventFeed
 from core.settings import Settings
 from dispatch import decisions, planner, service
 from dispatch.leader import Dispatcher
-from hub.app import settle_gc
+from hub.dispatch_child import DispatchChild
 from simulators.bench.dispatch_bench import _pct
 from simulators.bench.dispatch_town import Town, scale_units
 from simulators.bench.dispatch_workload import _Sampler
 
 
-class _TimedLeader(Dispatcher):
-    """The dispatch leader, noting when each registered case's decision has committed."""
+class _Seen:
+    """The leader's committed decisions as this process learns of them."""
 
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.committed: dict[str, tuple[float, float, planner.Decision]] = {}
+    def __init__(self) -> None:
+        # case -> (ms inside the leader's decision, t1, the unit it was sent, the reason
+        # it waits when none was)
+        self.committed: dict[str, tuple[float, float, str | None, str]] = {}
         self.freed: set[str] = set()  # units whose UnitFreed decision has committed
         self.wake = asyncio.Event()
 
-    async def decide(self, event: planner.Input) -> planner.Decision:
-        started = time.perf_counter()
-        decision = await super().decide(event)
-        if isinstance(event, planner.IncidentRegistered):
-            self.committed[event.incident_id] = (started, time.perf_counter(), decision)
+    def note(self, t1: float, event: str, ref: dict[str, Any], inside_ms: float,
+             dispatched: list[tuple[str, str]], waiting: Callable[[], str]) -> None:
+        """A decision on ``event`` (the input's class name and fields) heard of at ``t1``;
+        ``waiting`` says why its case waits if it was not assigned."""
+        if event == "IncidentRegistered":
+            iid = str(ref["incident_id"])
+            sent = next((u for i, u in dispatched if i == iid), None)
+            self.committed[iid] = (inside_ms, t1, sent, waiting() if sent is None else "")
             self.wake.set()
-        elif isinstance(event, planner.UnitFreed):
-            self.freed.add(event.unit_id)
+        elif event == "UnitFreed":
+            self.freed.add(str(ref["unit_id"]))
             self.wake.set()
-        return decision
 
     async def wait(self, box: Container[str], key: str) -> None:
         """Until ``key`` is in ``box`` (``committed`` or ``freed``), woken by the leader's
@@ -74,12 +83,79 @@ class _TimedLeader(Dispatcher):
                 await asyncio.wait_for(self.wake.wait(), deadline - time.perf_counter())
 
 
+class _InProcess:
+    """The leader on this process's loop, with the event feed it needs."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, graph: Any) -> None:
+        self.seen = _Seen()
+        self.bus = Bus()
+        self.settings = settings
+        self.dispatcher = Dispatcher(settings, pool, self.bus, graph)
+        self.dispatcher.on_decided.append(self._decided)
+        self._feed: asyncio.Task[None] | None = None
+
+    def _decided(self, event: planner.Input, decision: planner.Decision,
+                 marks: list[float]) -> None:
+        self.seen.note(time.perf_counter(), type(event).__name__, dataclasses.asdict(event),
+                       (marks[-1] - marks[0]) * 1e3,
+                       [(d.incident_id, d.unit_id) for d in decision.dispatches],
+                       lambda: str(decision.waiting))
+
+    async def start(self, pool: asyncpg.Pool) -> None:
+        self.bus.last_seq = int(await pool.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
+        self._feed = asyncio.create_task(EventFeed(self.settings.database_url, self.bus).run())
+        await self.dispatcher.start()
+        # Until it leads and has made its catch-up plan (a timed case registered before
+        # that would be planned by the catch-up, not by its own decision).
+        await asyncio.wait_for(self.dispatcher.caught_up.wait(), DECISION_TIMEOUT_S)
+        # The hub settles its heap once started (frozen out of collections, young ones
+        # collected less often); time the leader in the same heap, not in CPython's
+        # defaults, whose full collections walked the road graph (40-70 ms in a decision).
+        settle_gc()
+
+    def parts(self) -> object:
+        return self.dispatcher.stats.summary()["ms"]
+
+    async def stop(self) -> None:
+        await self.dispatcher.stop()
+        if self._feed is not None:
+            self._feed.cancel()
+            await asyncio.gather(self._feed, return_exceptions=True)
+
+
+class _OwnProcess:
+    """The leader in ``python -m hub dispatch``, started as the hub starts it; it settles
+    its own heap once started (hub/dispatch_process.py)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.seen = _Seen()
+        self.child = DispatchChild(settings, on_decided=self._decided)
+
+    def _decided(self, msg: dict[str, Any]) -> None:
+        marks = msg["marks"]
+        self.seen.note(time.perf_counter(), msg["input"], msg["ref"],
+                       (marks[-1] - marks[0]) * 1e3, [(i, u) for i, u in msg["dispatched"]],
+                       lambda: "(the leader's own process reports only what it sent)")
+
+    async def start(self, pool: asyncpg.Pool) -> None:
+        await self.child.start()
+        await asyncio.wait_for(self.child.caught_up.wait(), CHILD_START_TIMEOUT_S)
+
+    def parts(self) -> object:
+        return self.child.stats.summary()["ms"]
+
+    async def stop(self) -> None:
+        await self.child.stop()
+
+
 # Dispatches not yet accepted at the timed moments: crews accept within a minute or two and
 # cases arrive about one a minute at the peak, so a few are pending at any time; each of
 # them the core weighs re-planning (its second solve) on every decision.
 UNACCEPTED = 8
 # A timed decision that has not committed after this long is a failure, not a data point.
 DECISION_TIMEOUT_S = 10.0
+# The leader's own process starts (imports, connections, warm-up, catch-up) within this.
+CHILD_START_TIMEOUT_S = 60.0
 # Pause after the leader's re-plan for each timed case's freed unit has committed (see the
 # loop), for what follows it (the command sender, the event feed) to settle too.
 SETTLE_S = 0.3
@@ -129,29 +205,20 @@ async def measure(settings: Settings, town: Town, seed: int, *, n_units: int = 3
                   n_open: int = 200, decisions_n: int = 100) -> dict[str, Any]:
     """The figures (see the module docstring); the database must hold the town."""
     pool = await create_pool(settings.database_url, 2, 10)
-    bus = Bus()
-    feed_task: asyncio.Task[None] | None = None
-    leader: _TimedLeader | None = None
+    leader: _InProcess | _OwnProcess | None = None
     try:
         graph = await decisions.load_road_graph(pool)
         policy = decisions.policy_from_settings(settings)
         await _populate(pool, town, seed, n_units, n_open)
         states = await _settle(pool, graph, policy)
-        bus.last_seq = int(await pool.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
-        feed_task = asyncio.create_task(EventFeed(settings.database_url, bus).run())
-        leader = _TimedLeader(settings, pool, bus, graph)
-        await leader.start()
-        # Until it leads and has made its catch-up plan (a timed case registered before
-        # that would be planned by the catch-up, not by its own decision).
-        await asyncio.wait_for(leader.caught_up.wait(), DECISION_TIMEOUT_S)
+        leader = (_OwnProcess(settings) if settings.dispatch_own_process
+                  else _InProcess(settings, pool, graph))
+        await leader.start(pool)
+        seen = leader.seen
         rng = random.Random(f"hub-latency-new/{seed}")
         sampler = _Sampler(town, rng)
         ms: list[float] = []
-        inside: list[float] = []  # from the leader taking the case up to the commit
-        # The hub settles its heap once started (frozen out of collections, young ones
-        # collected less often); time the leader in the same heap, not in CPython's
-        # defaults, whose full collections walked the road graph (40-70 ms in a decision).
-        settle_gc()
+        inside: list[float] = []  # from the leader's BEGIN to its commit
         k = 0
         while len(ms) < decisions_n:
             k += 1
@@ -162,34 +229,35 @@ async def measure(settings: Settings, town: Town, seed: int, *, n_units: int = 3
                 lat=inc.lat, source="operator", reporter="bench")
             t0 = time.perf_counter()
             iid = int(view["id"])
-            await leader.wait(leader.committed, str(iid))
-            started, t1, decision = leader.committed.pop(str(iid))
-            sent = next((d.unit_id for d in decision.dispatches
-                         if d.incident_id == str(iid)), None)
+            await seen.wait(seen.committed, str(iid))
+            in_leader, t1, sent, waiting = seen.committed.pop(str(iid))
             if sent is None:
-                raise RuntimeError(f"case {iid} was not assigned: {decision.waiting}")
+                raise RuntimeError(f"case {iid} was not assigned: {waiting}")
             ms.append((t1 - t0) * 1e3)
-            inside.append((t1 - started) * 1e3)
+            inside.append(in_leader)
             # Free the unit again so that the picture stays the same size.
-            leader.freed.discard(sent)
+            seen.freed.discard(sent)
             await service.apply_action(pool, iid, "cancel", "bench", "bench: timed case")
             # Let the leader re-plan for the freed unit before the next case is timed: a
             # decision queued behind another is the leader's backlog, not its latency (and
             # that re-plan would take the next case up before its own decision does).
-            await leader.wait(leader.freed, sent)
+            await seen.wait(seen.freed, sent)
             await asyncio.sleep(SETTLE_S)
         return {
             "hub_decision_p50_ms": round(_pct(ms, 50), 2),
             "hub_decision_p99_ms": round(_pct(ms, 99), 2),
             "hub_decision_max_ms": round(max(ms), 2),
-            # The part inside the leader's decision (state read, core, writes, commit);
-            # the rest is the wake-up (NOTIFY, the event feed's read, the bus).
+            # The part inside the leader's decision (its BEGIN and plan lock, state read,
+            # core, writes, commit); the rest is the wake-up (NOTIFY, the event feed's
+            # read, the bus) and, from its own process, the report of the decision.
             "hub_decision_in_leader_p50_ms": round(_pct(inside, 50), 2),
             "hub_decision_in_leader_p99_ms": round(_pct(inside, 99), 2),
             "hub_decisions": len(ms),
             # Every decision of the run by part (the timed ones and the re-plans for the
             # freed units; dispatch/decision_stats.py): where the leader's time went.
-            "hub_decision_parts_ms": leader.stats.summary()["ms"],
+            "hub_decision_parts_ms": leader.parts(),
+            # Where the leader ran (HUB_DISPATCH_OWN_PROCESS), as in a hub.
+            "hub_dispatch_own_process": settings.dispatch_own_process,
             "hub_open_incidents": sum(v for s, v in states.items()
                                       if s in ("registered", "dispatched", "accepted",
                                                "handling")),
@@ -198,7 +266,4 @@ async def measure(settings: Settings, town: Town, seed: int, *, n_units: int = 3
     finally:
         if leader is not None:
             await leader.stop()
-        if feed_task is not None:
-            feed_task.cancel()
-            await asyncio.gather(feed_task, return_exceptions=True)
         await pool.close()

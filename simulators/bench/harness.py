@@ -64,7 +64,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from simulators.bench import loadgen
+from simulators.bench import loadgen, loadgen_lines
 from simulators.bench.results import save_result
 from simulators.mqtt_login import login_at, mosquitto_client_env
 
@@ -447,11 +447,11 @@ def _register_devices(url: str, count: int, prefix: str) -> None:
             "SELECT id, center_lon, center_lat FROM grids WHERE level = 2 ORDER BY id LIMIT 1")
         if grid is None:
             raise RuntimeError("no level-2 grid: the town did not load")
-        ids = [*loadgen.device_ids(count, prefix), prefix + PROBE_SUFFIX]
+        ids = [*loadgen_lines.device_ids(count, prefix), prefix + PROBE_SUFFIX]
         db.run(db.conn.copy_records_to_table(
             "devices",
             records=[(d, "environment", "bench", d, grid["center_lon"], grid["center_lat"],
-                      grid["id"], [loadgen.METRIC]) for d in ids],
+                      grid["id"], [loadgen_lines.METRIC]) for d in ids],
             columns=("id", "kind", "model", "name", "lon", "lat", "grid_id", "metrics")))
 
 
@@ -467,7 +467,8 @@ def _probe_until_stored(hubs: list[HubProcess], env: BenchEnv, prefix: str,
     deadline = time.monotonic() + timeout_s
     n = 0
     while time.monotonic() < deadline:
-        payload = json.dumps({"ts": round(time.time(), 6), "values": {loadgen.METRIC: -1 - n}})
+        payload = json.dumps({"ts": round(time.time(), 6),
+                              "values": {loadgen_lines.METRIC: -1 - n}})
         with mosquitto_client_env(login_at(env.mqtt_port, "BENCH", env.mqtt_host)) as cenv:
             subprocess.run([exe, "-h", env.mqtt_host, "-p", str(env.mqtt_port), "-q", "1",
                             "-t", topic, "-m", payload], timeout=10, capture_output=True,
@@ -536,7 +537,8 @@ def _wait_db_stable(url: str, prefix: str, expected: int, hubs: list[HubProcess]
 def _db_results(url: str, prefix: str, gen: dict[str, Any]) -> dict[str, Any]:
     with SyncDb(url) as db:
         row = db.fetchrow(
-            RESULT_SQL, prefix, prefix + PROBE_SUFFIX, loadgen.POINT_STRIDE, loadgen.ID_STRIDE,
+            RESULT_SQL, prefix, prefix + PROBE_SUFFIX, loadgen_lines.POINT_STRIDE,
+            loadgen_lines.ID_STRIDE,
             [int(x) for x in gen["sent_by_worker"]], int(gen["batch"]))
         per_s = [int(r["n"]) for r in db.fetch(PER_SECOND_SQL, prefix, prefix + PROBE_SUFFIX)]
         dead = {r["reason"]: int(r["n"]) for r in db.fetch(
@@ -573,7 +575,7 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
     run_id = f"{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}"
     # Device ids unique to this run: messages from another publisher on the same broker (a
     # second benchmark, a simulator) are then dead letters here, not rows counted as ours.
-    prefix = f"{loadgen.DEVICE_PREFIX}{secrets.token_hex(2)}-"
+    prefix = f"{loadgen_lines.DEVICE_PREFIX}{secrets.token_hex(2)}-"
     cfg = loadgen.LoadConfig(  # validates the arguments before anything starts
         port=env.mqtt_port, duration_s=args.duration, rate=args.rate, mode=args.mode,
         batch=args.batch, devices=args.devices, publishers=args.publishers,
