@@ -33,6 +33,7 @@ were current. ``assign_jointly`` minimises the sum over incidents of
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
@@ -97,21 +98,17 @@ class _Coverage:
         self._ones: dict[str, frozenset[str]] = {}
         if policy.coverage_penalty_s <= 0:
             return
-        # One pass of plain dict counts (a Counter per grid cost ~1 ms over 300 units, and
+        # One Counter over (home grid, qualification) pairs, counted in C (a Counter per
+        # grid cost ~1 ms over 300 units, a Python dict per grid ~1 ms over 2,000, and
         # every decision builds this two or three times).
-        by_grid: dict[str, dict[str, int]] = {}
         free = self._free
-        for u in units:
-            if u.status in free:
-                counts = by_grid.get(u.home_grid)
-                if counts is None:
-                    counts = by_grid[u.home_grid] = {}
-                for q in u.qualifications:
-                    counts[q] = counts.get(q, 0) + 1
-        for grid, counts in by_grid.items():
-            ones = frozenset(q for q, c in counts.items() if c == 1)
-            if ones:
-                self._ones[grid] = ones
+        pairs = Counter((u.home_grid, q) for u in units if u.status in free
+                        for q in u.qualifications)
+        ones: dict[str, set[str]] = {}
+        for (grid, q), c in pairs.items():
+            if c == 1:
+                ones.setdefault(grid, set()).add(q)
+        self._ones = {grid: frozenset(qs) for grid, qs in ones.items()}
 
     def lost(self, unit: UnitState) -> tuple[str, ...]:
         """Qualifications the unit's home grid has no other free holder of (if it leaves)."""
@@ -163,6 +160,50 @@ def _duty_key(unit: UnitState) -> float:
     return unit.duty_since if unit.duty_since is not None else float("inf")
 
 
+def _ranked_order(
+    incident: IncidentState,
+    fresh: Sequence[UnitState],
+    stale: Sequence[UnitState],
+    times: FloatArray,
+    coverage: _Coverage,
+    policy: DispatchPolicy,
+) -> tuple[list[int], list[float]]:
+    """The candidates ``fresh + stale`` best first (indices into that concatenation), and
+    every candidate's score.
+
+    The order of sorting ``(stale?, score, cases today, duty key, id)`` tuples, and each
+    score the float ``_terms`` gives (its terms added in the same order, so the same
+    rounding): one stable lexsort over numpy columns instead of a Python tuple per unit
+    and a sort of them, which at town scale (2,000 units) was most of a decision's core
+    time. Ids are unique, so the order is total and the same as the tuples'.
+    """
+    both = [*fresh, *stale]
+    cap = policy.workload_cases_cap
+    base = np.empty(len(both), dtype=np.float64)
+    base[: len(fresh)] = times
+    base[len(fresh):] = policy.stale_eta_s
+    extra = np.zeros(len(both), dtype=np.float64)
+    preempts = np.array([_may_preempt(incident, u, policy) for u in both], dtype=np.bool_)
+    if preempts.any():
+        extra += np.where(preempts, policy.preempt_penalty_s, 0.0)
+    cases = np.array([u.cases_today for u in both], dtype=np.int64)
+    if incident.priority >= policy.soft_terms_from_priority:
+        extra += policy.workload_s_per_case * np.minimum(cases, cap)
+        grid = incident.grid
+        lost = np.array([u.home_grid != grid and bool(coverage.lost(u)) for u in both],
+                        dtype=np.bool_)
+        if lost.any():
+            extra += np.where(lost, policy.coverage_penalty_s, 0.0)
+    scores = base + extra
+    group = np.zeros(len(both), dtype=np.int8)
+    group[len(fresh):] = 1
+    duty = np.array([_duty_key(u) for u in both], dtype=np.float64)
+    ids = np.array([u.id for u in both], dtype=np.str_)
+    # np.lexsort: the last key is the primary one.
+    order = np.lexsort((ids, duty, cases, scores, group))
+    return order.tolist(), scores.tolist()
+
+
 def rank(
     incident: IncidentState,
     units: Sequence[UnitState],
@@ -193,8 +234,10 @@ def rank(
         why = reason("wait.no_unit", qualification=incident.qualification)
         return Recommendation(incident.id, (), None, why.text(), why)
     coverage = _Coverage(units, policy)
-    fresh = [u for u in pool if _fresh(u, now, policy)]
-    stale = [u for u in pool if not _fresh(u, now, policy)]
+    fresh: list[UnitState] = []
+    stale: list[UnitState] = []
+    for u in pool:
+        (fresh if _fresh(u, now, policy) else stale).append(u)
     times = np.zeros((1, 0))
     by_road = np.zeros((1, 0), dtype=np.bool_)
     dists = np.zeros(0)
@@ -204,20 +247,11 @@ def rank(
         times, by_road = travel_time_matrix(graph, [incident.lon], [incident.lat], lons, lats)
         dists = haversine_m_np(lons, lats, incident.lon, incident.lat)
 
-    # Score everything cheaply, sort, and spell out reasons only for the shortlist.
-    keyed: list[tuple[tuple[int, float, int, float, str], int]] = []
-    for k, (unit, t) in enumerate(zip(fresh, times[0].tolist(), strict=True)):
-        extra = _terms(incident, unit, coverage, policy)[0]
-        keyed.append(((0, t + extra, unit.cases_today, _duty_key(unit), unit.id), k))
-    for k, unit in enumerate(stale, start=len(fresh)):
-        extra = _terms(incident, unit, coverage, policy)[0]
-        keyed.append(
-            ((1, policy.stale_eta_s + extra, unit.cases_today, _duty_key(unit), unit.id), k)
-        )
-    keyed.sort()
+    # Score everything at once, sort, and spell out reasons only for the shortlist.
+    order, scores = _ranked_order(incident, fresh, stale, times[0], coverage, policy)
 
     ranked: list[Candidate] = []
-    for key, k in keyed[: policy.max_candidates]:
+    for k in order[: policy.max_candidates]:
         unit = fresh[k] if k < len(fresh) else stale[k - len(fresh)]
         _, preempts, lost = _terms(incident, unit, coverage, policy)
         if k < len(fresh):
@@ -237,7 +271,7 @@ def rank(
                 unit.id,
                 eta,
                 dist,
-                key[1],
+                scores[k],
                 texts(codes),
                 unit.current_incident if preempts else None,
                 codes,
@@ -288,8 +322,11 @@ def _solve(
     policy: DispatchPolicy,
     coverage: _Coverage,
     excluded: Mapping[str, frozenset[str]],
+    explain: bool = True,
 ) -> list[_Row]:
     """Min-cost assignment of ``incidents`` (rows) to ``units`` (columns), one row each.
+    ``explain=False``: served rows come without their reason text (""), the same
+    assignment otherwise.
 
     Minimises sum(weight x score) over served incidents + sum(weight x
     unserved_cost_s) over waiting ones. Subtracting the constant sum(weight x
@@ -305,8 +342,10 @@ def _solve(
 
     # Travel times: fresh units by road, stale ones at the flat stale_eta_s.
     fresh = np.array([_fresh(u, now, policy) for u in units], dtype=np.bool_)
-    eta = np.full((n, m), policy.stale_eta_s, dtype=np.float64)
-    by_road = np.zeros((n, m), dtype=np.bool_)
+    all_fresh = bool(fresh.all())
+    if not all_fresh:
+        eta = np.full((n, m), policy.stale_eta_s, dtype=np.float64)
+        by_road = np.zeros((n, m), dtype=np.bool_)
     if fresh.any():
         fidx = np.nonzero(fresh)[0]
         fresh_units = [units[j] for j in fidx.tolist()]
@@ -317,7 +356,7 @@ def _solve(
             np.array([u.lon for u in fresh_units], dtype=np.float64),
             np.array([u.lat for u in fresh_units], dtype=np.float64),
         )
-        if fresh.all():
+        if all_fresh:
             eta, by_road = t, r
         else:
             eta[:, fidx] = t
@@ -361,19 +400,36 @@ def _solve(
     # Soft terms, vectorised: per column, applied to the rows they concern.
     soft_rows = prio >= policy.soft_terms_from_priority
     cases = np.array([min(u.cases_today, policy.workload_cases_cap) for u in units], dtype=float)
-    score = eta + np.where(soft_rows[:, None], policy.workload_s_per_case * cases[None, :], 0.0)
-    sole = np.array([bool(coverage.lost(u)) for u in units], dtype=np.bool_)
-    if sole.any():
+    workload = policy.workload_s_per_case * cases[None, :]
+    # Every row soft (the usual case: no critical one) or none: no n x m select needed.
+    # The same floats either way (x + 0.0 == x).
+    if soft_rows.all():
+        score = eta + workload
+    elif not soft_rows.any():
+        score = eta + 0.0
+    else:
+        score = eta + np.where(soft_rows[:, None], workload, 0.0)
+    sole_cols = [j for j, u in enumerate(units) if coverage.lost(u)]
+    if sole_cols:
+        # Only the columns of units that are their grid's last free holder of something.
         grid_ids: dict[str, int] = {}
         inc_grid = np.array([grid_ids.setdefault(i.grid, len(grid_ids)) for i in incidents])
-        home = np.array([grid_ids.setdefault(u.home_grid, len(grid_ids)) for u in units])
-        hit = (inc_grid[:, None] != home[None, :]) & sole[None, :] & soft_rows[:, None]
-        score[hit] += policy.coverage_penalty_s
+        home = np.array([grid_ids.setdefault(units[j].home_grid, len(grid_ids))
+                         for j in sole_cols])
+        hit = (inc_grid[:, None] != home[None, :]) & soft_rows[:, None]
+        # Added where hit, 0.0 elsewhere: the same floats (x + 0.0 == x).
+        score[:, sole_cols] += np.where(hit, policy.coverage_penalty_s, 0.0)
     if busy_cols:
         score[:, busy_cols] += policy.preempt_penalty_s
 
     weights = np.array([policy.weight(p) for p in prio.tolist()], dtype=np.float64)
-    benefit = np.where(feasible, weights[:, None] * (score - policy.unserved_cost_s), 0.0)
+    # benefit = where(feasible, weights x (score - unserved_cost_s), 0), computed in place
+    # on ``score`` (its own array): at 141 x 2,000 each fresh n x m temporary cost more
+    # than the arithmetic.
+    benefit = score
+    np.subtract(benefit, policy.unserved_cost_s, out=benefit)
+    np.multiply(benefit, weights[:, None], out=benefit)
+    np.copyto(benefit, 0.0, where=~feasible)
     rows, cols = linear_sum_assignment(benefit)
 
     out: list[_Row] = []
@@ -387,7 +443,10 @@ def _solve(
                 out.append(_unserved(reason("wait.no_free_unit", qualification=inc.qualification)))
             continue
         unit = units[j]
-        _, preempts, lost = _terms(inc, unit, coverage, policy)
+        if explain:
+            _, preempts, lost = _terms(inc, unit, coverage, policy)
+        else:
+            preempts = _may_preempt(inc, unit, policy)
         if fresh[j]:
             t_ij = float(eta[i, j])
             head = reason("cand.eta_road" if by_road[i, j] else "cand.eta_line", eta_s=t_ij)
@@ -402,7 +461,8 @@ def _solve(
             head = reason("assign.joint_no_position")
             why = head
             eta_ij = None
-        text = "joint: " + "; ".join(texts(_reasons(head, unit, preempts, lost)))
+        text = "joint: " + "; ".join(texts(_reasons(head, unit, preempts, lost))) \
+            if explain else ""
         out.append((j, eta_ij, text, why))
     return out
 
@@ -432,6 +492,7 @@ def assign_jointly(
     now: float,
     policy: DispatchPolicy = DEFAULT_POLICY,
     excluded: Mapping[str, frozenset[str]] | None = None,
+    explain: bool = True,
 ) -> list[Assignment]:
     """A plan for every waiting incident, minimising priority-weighted response time.
 
@@ -449,7 +510,10 @@ def assign_jointly(
     the incident that displaced them, so they never preempt in turn. The coverage
     term is computed once from the free units before the solve (it does not see
     two units leaving the same grid in one plan). ``excluded`` maps an incident id to
-    units that must not get it (they declined it or let it time out).
+    units that must not get it (they declined it or let it time out). ``explain=False``:
+    the same plan, its served lines without their reason text (a plan only costed, as the
+    re-plan check's alternative mostly is: at town scale the texts of a few hundred lines
+    were a tenth of a decision).
     """
     excluded = excluded or {}
     waiting = sorted((i for i in incidents if i.assigned_unit is None), key=_priority_order)
@@ -472,7 +536,7 @@ def assign_jointly(
         and u.qualifications & quals
     ]
     pool = free + busy
-    first = _solve(waiting, pool, graph, now, policy, coverage, excluded)
+    first = _solve(waiting, pool, graph, now, policy, coverage, excluded, explain)
     preempting = {i: row for i, row in enumerate(first) if row[0] >= len(free)}
     if not preempting:
         return [_line(inc, pool, row, "") for inc, row in zip(waiting, first, strict=True)]
@@ -497,7 +561,7 @@ def assign_jointly(
     # Displaced incidents may need qualifications no waiting incident needed.
     rest_quals = {i.qualification for i in rest}
     rest_free = [u for u in all_free if u.qualifications & rest_quals]
-    second = _solve(rest, rest_free, graph, now, policy, coverage, excluded)
+    second = _solve(rest, rest_free, graph, now, policy, coverage, excluded, explain)
     for inc, row in zip(rest, second, strict=True):
         note = f"displaced by {displaced_by[inc.id]}; " if inc.id in displaced_by else ""
         lines.append((_priority_order(inc), _line(inc, rest_free, row, note)))
