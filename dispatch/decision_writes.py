@@ -192,6 +192,10 @@ async def apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: s
         case = cases.get(int(w.incident_id))
         if case is None or case.row["assigned_unit"] != w.unit_id:
             raise Stale
+        if w.why.code == "withdraw.replanned" and case.row["state"] != "dispatched":
+            # Re-planning moves only a unit that has not accepted; its crew accepted since
+            # the state was read (crews take no plan lock): an accepted unit stays.
+            raise Stale
         iid = int(w.incident_id)
         _step(case, ACTION_FOR[w.status], actor if by_operator else SYSTEM_ACTOR, now,
               _text(w.why, note if by_operator else ""), entries)

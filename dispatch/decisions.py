@@ -6,14 +6,17 @@ freed unit, decline and accept time-out; the API feeds it operators' overrides a
 redirects, on whichever node serves them (policy and road graph come from settings and
 the database on every node: ``policy_from_settings``, ``load_road_graph``).
 
-One decision is one transaction: a transaction-scoped advisory lock (``PLAN_LOCK_KEY``)
-serialises deciders across processes, the state is read under it
-(``store.dispatch_state``), the pure core decides (``planner.decide``), and every
-withdrawal, alert and dispatch is written with its case-log entries, SLA clocks and events
-(``core.outbox``), set-based: a fixed number of statements however many cases the
-decision moves (``dispatch/decision_writes.py``). A crew's own action (accept, decline)
-does not take that lock; if one lands between the read and a write, the write finds the
-row changed and the whole decision is taken again from fresh state (``STALE_RETRIES``).
+A decision reads the state (``store.dispatch_state``, one statement), the pure core
+decides (``planner.decide``), and, if there is anything to write, one transaction under a
+transaction-scoped advisory lock (``PLAN_LOCK_KEY``, which serialises deciders across
+processes) writes every withdrawal, alert and dispatch with its case-log entries, SLA
+clocks and events (``core.outbox``), set-based: a fixed number of statements however many
+cases the decision moves (``dispatch/decision_writes.py``). The first attempt reads and
+decides before the lock, so the lock and the transaction cover only the writes
+(``_decide_then_lock``); the writes check every case and unit they move against the
+locked rows, so if another decider or a crew's own action (accept, decline: they take no
+plan lock) moved one since the read, ``Stale`` is raised and the decision is taken again,
+this time reading under the lock (``_lock_then_decide``, up to ``STALE_RETRIES``).
 """
 
 from __future__ import annotations
@@ -82,27 +85,14 @@ async def decide_and_apply(pool: asyncpg.Pool, event: planner.Input, graph: Road
     for attempt in range(STALE_RETRIES + 1):
         try:
             async with pool.acquire() as conn:
-                # BEGIN and the plan lock in one round trip (the simple-query protocol
-                # takes both statements at once), not two: the lock is taken before the
-                # state is read, whose statement's snapshot is then taken after it.
-                marks = [time.perf_counter()]
-                try:
-                    await conn.execute(BEGIN_LOCKED)
-                    marks.append(time.perf_counter())
-                    now = clock.now() if at is None else at
-                    state = await store.dispatch_state(conn)
-                    marks.append(time.perf_counter())
-                    decision = planner.decide(state, event, now, policy, graph)
-                    marks.append(time.perf_counter())
-                    views = await decision_writes.apply(conn, decision, now, actor, note)
-                    marks.append(time.perf_counter())
-                except BaseException:
-                    await _rollback(conn)
-                    raise
-                await conn.execute("COMMIT")
-                marks.append(time.perf_counter())
+                if attempt == 0:
+                    decision, views, parts = await _decide_then_lock(
+                        conn, event, graph, policy, at, actor, note)
+                else:
+                    decision, views, parts = await _lock_then_decide(
+                        conn, event, graph, policy, at, actor, note)
             if stats is not None:
-                stats.add(marks)
+                stats.add(parts)
             return decision, views
         except decision_writes.Stale:
             if attempt == STALE_RETRIES:
@@ -110,6 +100,76 @@ async def decide_and_apply(pool: asyncpg.Pool, event: planner.Input, graph: Road
                                code="dispatch.conflict") from None
             log.info("decision on %s raced a crew's action; deciding again", event)
     raise AssertionError("unreachable")
+
+
+def _marks(start: float, **ms: float) -> list[float]:
+    """``DecisionStats.add``'s marks (start, then the end of each part in its order) from
+    the parts' durations in seconds, whatever order they ran in: the total is the same."""
+    out = [start]
+    for part in ("wait", "state", "core", "writes", "commit"):
+        out.append(out[-1] + ms.get(part, 0.0))
+    return out
+
+
+async def _decide_then_lock(conn: Conn, event: planner.Input, graph: RoadGraph | None,
+                            policy: DispatchPolicy, at: float | None, actor: str, note: str
+                            ) -> tuple[planner.Decision, dict[str, Any], list[float]]:
+    """A decision's first attempt: the state read (one statement, one snapshot) and the core
+    run before the plan lock, which then covers only the writes. So the lock is held for
+    milliseconds rather than for the whole decision (an operator's override waits less
+    behind the leader), and the transaction, whose start stamps the decision's events,
+    begins when there is something to write: a ``unit.assigned`` reaches the screens that
+    much sooner after its ``ts``. A decider that committed in between cannot be overwritten:
+    the writes check every case and unit they move against the locked rows and raise
+    ``Stale``, and the retry decides under the lock. A decision with nothing to write
+    (most position rounds) takes no lock at all."""
+    t0 = time.perf_counter()
+    now = clock.now() if at is None else at
+    state = await store.dispatch_state(conn)
+    t1 = time.perf_counter()
+    decision = planner.decide(state, event, now, policy, graph)
+    t2 = time.perf_counter()
+    if decision.empty:
+        return decision, {}, _marks(t0, state=t1 - t0, core=t2 - t1)
+    try:
+        await conn.execute(BEGIN_LOCKED)
+        t3 = time.perf_counter()
+        views = await decision_writes.apply(conn, decision, now, actor, note)
+        t4 = time.perf_counter()
+    except BaseException:
+        await _rollback(conn)
+        raise
+    await conn.execute("COMMIT")
+    t5 = time.perf_counter()
+    return decision, views, _marks(t0, state=t1 - t0, core=t2 - t1, wait=t3 - t2,
+                                   writes=t4 - t3, commit=t5 - t4)
+
+
+async def _lock_then_decide(conn: Conn, event: planner.Input, graph: RoadGraph | None,
+                            policy: DispatchPolicy, at: float | None, actor: str, note: str
+                            ) -> tuple[planner.Decision, dict[str, Any], list[float]]:
+    """A decision taken again after ``Stale``: everything under the plan lock, so no other
+    decider can move what it reads before it is written."""
+    # BEGIN and the plan lock in one round trip (the simple-query protocol takes both
+    # statements at once), not two: the lock is taken before the state is read, whose
+    # statement's snapshot is then taken after it.
+    marks = [time.perf_counter()]
+    try:
+        await conn.execute(BEGIN_LOCKED)
+        marks.append(time.perf_counter())
+        now = clock.now() if at is None else at
+        state = await store.dispatch_state(conn)
+        marks.append(time.perf_counter())
+        decision = planner.decide(state, event, now, policy, graph)
+        marks.append(time.perf_counter())
+        views = await decision_writes.apply(conn, decision, now, actor, note)
+        marks.append(time.perf_counter())
+    except BaseException:
+        await _rollback(conn)
+        raise
+    await conn.execute("COMMIT")
+    marks.append(time.perf_counter())
+    return decision, views, marks
 
 
 async def _rollback(conn: Conn) -> None:

@@ -5,6 +5,7 @@ was written on its own (dispatch/decision_writes.py), on the real database.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -279,3 +280,65 @@ async def test_warming_a_connection_writes_nothing_and_prepares_every_statement(
     finally:
         await conn.close()
         await pool.close()
+
+
+async def test_a_decider_that_commits_between_read_and_write_makes_the_other_decide_again(
+        db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first attempt reads the state and decides before it takes the plan lock. If
+    another decider commits in that gap (here: an operator's override of the same case,
+    from another connection), the writes find their rows moved (``Stale``) and the
+    decision is taken again under the lock: the case is assigned once, to the operator's
+    unit, with one dispatch in its log and one ``unit.assigned`` event."""
+    pool = await create_pool(db_url)
+    conn = await connect(db_url)
+    try:
+        a = await _open(pool, 4)
+        # The operator's pick: a qualified unit other than the plan's.
+        plan_unit = await planner_pick(pool, a)
+        other = await conn.fetchval(
+            "SELECT id FROM units WHERE 'city_management' = ANY(qualifications) "
+            "AND status = 'available' AND id <> $1 ORDER BY id LIMIT 1", plan_unit)
+        assert other is not None
+        reads = 0
+        real_read = store.dispatch_state
+
+        async def read_then_race(c: Any) -> Any:
+            nonlocal reads
+            reads += 1
+            state = await real_read(c)
+            if reads == 1:  # the leader's optimistic read: the override lands right after
+                await decisions.override(pool, int(a), other, OPERATOR, "local_knowledge",
+                                         NOTE, None, POLICY)
+            return state
+
+        monkeypatch.setattr(store, "dispatch_state", read_then_race)
+        d, views = await decisions.decide_and_apply(pool, planner.IncidentRegistered(a),
+                                                    None, POLICY)
+        monkeypatch.undo()
+        # The override read once (it ran inside the hook), the leader twice: its optimistic
+        # read, then its read under the lock, where the case is no longer waiting.
+        assert reads == 3
+        assert not d.dispatches and views == {}
+        assert await conn.fetchval("SELECT assigned_unit FROM incidents WHERE id = $1",
+                                   int(a)) == other
+        assert await conn.fetchval(
+            "SELECT count(*) FROM assignments WHERE incident_id = $1", int(a)) == 1
+        assert await conn.fetchval(
+            "SELECT count(*) FROM case_log WHERE incident_id = $1 AND action = 'dispatch'",
+            int(a)) == 1
+        assert await conn.fetchval(
+            "SELECT count(*) FROM events WHERE kind = 'unit.assigned' "
+            "AND (payload->'assignment'->>'incident_id')::bigint = $1", int(a)) == 1
+        assert (await service.verify_case_log(pool, int(a)))["ok"]
+    finally:
+        await conn.close()
+        await pool.close()
+
+
+async def planner_pick(pool: asyncpg.Pool, incident_id: str) -> str:
+    """The unit the core would send to ``incident_id`` now (read only)."""
+    async with pool.acquire() as c:
+        state = await store.dispatch_state(c)
+    d = planner.decide(state, planner.IncidentRegistered(incident_id), time.time(), POLICY,
+                       None)
+    return d.dispatches[0].unit_id
