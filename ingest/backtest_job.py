@@ -258,9 +258,7 @@ async def _child(req: dict[str, Any]) -> dict[str, Any]:
         # One backend reads for a backtest: parallel workers would run at normal priority
         # beside ingest's writes (the child's idle class does not reach them).
         await conn.execute("SET max_parallel_workers_per_gather = 0")
-        backend = await _lower_backend(conn, req["database_url"])
-        backend_pid = (int(await conn.fetchval("SELECT pg_backend_pid()"))
-                       if backend != "not local" else None)
+        backend, backend_pid = await _lower_backend(conn, req["database_url"])
         budget = _Budget(share, backend_pid)
         devices = await conn.fetch(_DEVICES, req["model"], req["device_ids"])
         intervals = {x["id"]: float(x["interval_s"]) for x in devices}
@@ -354,7 +352,7 @@ def _is_local_postgres(pid: int) -> bool:
         return False
 
 
-async def _lower_backend(conn: Any, database_url: str) -> str:
+async def _lower_backend(conn: Any, database_url: str) -> tuple[str, int | None]:
     """Lower the CPU priority of the PostgreSQL backend that reads for this backtest, when
     the server runs on this machine as the same OS user (the kernel lets a user renice only
     their own processes): the child's idle class does not reach the backend, which would
@@ -362,22 +360,53 @@ async def _lower_backend(conn: Any, database_url: str) -> str:
 
     Niceness, not the idle class: the backend holds buffer locks that ingest's writers may
     wait for, and an idle-class holder on a saturated machine can wait seconds for a CPU;
-    at ``BACKEND_NICE`` it still gets its small share. Answers what was done (``"nice 19"``)
-    or why not (``"not permitted"``, ``"not local"``); without it the backtest relies on
-    its pacing (``PACE``) alone."""
+    at ``BACKEND_NICE`` it still gets its small share. The backend's autogroup too
+    (``_lower_autogroup``): where the kernel groups tasks by session, a backend's own nice
+    counts only against its own session, which PostgreSQL gives every backend.
+
+    Answers what was done (``"nice 19, autogroup 19"``, ``"nice 19"``) or why not (``"not
+    permitted"``, ``"not local"``), and the backend's pid where it is on this machine (its
+    CPU is read from /proc for the budget), else None; without a lowered backend the
+    backtest relies on its budget alone."""
     host = urlsplit(database_url).hostname or ""
     pid = int(await conn.fetchval("SELECT pg_backend_pid()"))
     if host not in _LOCAL_HOSTS and not host.startswith("/"):
-        return "not local"
+        return "not local", None
     if not _is_local_postgres(pid):
-        return "not local"
+        return "not local", None
     try:
         os.setpriority(os.PRIO_PROCESS, pid, BACKEND_NICE)
     except PermissionError:
-        return "not permitted"
+        return "not permitted", pid
     except OSError as e:
-        return f"not lowered: {e}"
-    return f"nice {BACKEND_NICE}"
+        return f"not lowered: {e}", pid
+    return f"nice {BACKEND_NICE}{_lower_autogroup(pid)}", pid
+
+
+def _lower_autogroup(pid: int) -> str:
+    """Give the backend's autogroup ``BACKEND_NICE`` when the backend leads its own session
+    (PostgreSQL calls setsid() in every backend), so the autogroup is the backend's alone;
+    answers ``", autogroup 19"`` if done, ``""`` where there is nothing to do.
+
+    Why: with autogroups (Linux's ``sched_autogroup_enabled``, on by default on desktop
+    and many server kernels; they apply to tasks outside any cpu cgroup), the scheduler
+    first shares the CPU between sessions, each at its autogroup's weight, and only then
+    between a session's tasks by their nice. A backend alone in its session at nice 19
+    still took a full nice-0 share against the hub, the broker and ingest's backends, each
+    in sessions of their own (measured: docs/PERFORMANCE.md, backtests). Its autogroup's
+    nice is the knob that counts there."""
+    try:
+        session = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+        enabled = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
+    except (OSError, IndexError, ValueError):
+        return ""  # a kernel without autogroups
+    if session != pid or enabled != "1":
+        return ""  # another session's group (or none in use): not the backend's to lower
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(BACKEND_NICE))
+    except OSError as e:  # EAGAIN: unprivileged writers are rate-limited (10 a second)
+        return f", autogroup not lowered: {e.strerror}"
+    return f", autogroup {BACKEND_NICE}"
 
 
 def main() -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -119,6 +121,26 @@ async def test_an_unpaced_run_through_the_parent_still_answers(pace_db: str) -> 
     done = await jobs.run("fast", RULE, time.time() - 7200, time.time(), MODEL, [])
     assert done["readings"] == N_DEVICES * PER_DEVICE and done["cpu_share"] == 1.0
     assert done["episodes"] and jobs.progress == {}
+
+
+async def test_the_backend_is_lowered_in_its_own_autogroup_too(pace_db: str) -> None:
+    """The test server runs on this machine as a user the tests may renice (root, or the
+    server's own): the backend gets nice 19 and, where the kernel groups tasks by session
+    (PostgreSQL puts every backend in a session of its own), its autogroup too, without
+    which its nice counted for nothing against other sessions' processes."""
+    conn: asyncpg.Connection = await connect(pace_db)
+    try:
+        answer, pid = await backtest_job._lower_backend(conn, pace_db)
+        assert pid == await conn.fetchval("SELECT pg_backend_pid()")
+        assert os.getpriority(os.PRIO_PROCESS, pid) == 19
+        grouped = Path("/proc/sys/kernel/sched_autogroup_enabled")
+        if grouped.exists() and grouped.read_text().strip() == "1":
+            assert answer == "nice 19, autogroup 19"
+            assert Path(f"/proc/{pid}/autogroup").read_text().split()[-1] == "19"
+        else:  # no autogroups here: the nice is all there is to lower
+            assert answer == "nice 19"
+    finally:
+        await conn.close()
 
 
 @pytest.mark.parametrize(("size", "rows", "most", "nxt"), [
