@@ -42,7 +42,6 @@ from urllib.parse import urlsplit
 
 from core.db import connect
 from core.errors import Conflict, InvalidInput
-from core.settings import Settings
 from ingest import backtest as bt
 from ingest import rules
 
@@ -51,8 +50,6 @@ _ROOT = Path(__file__).resolve().parents[1]  # the child imports the project fro
 # machine ingest and alarms get the CPU first and a backtest only what is left (a person
 # waiting seconds, not an alarm waiting milliseconds; the time cap bounds the wait).
 CHILD_NICE = 19
-# The default CPU budget (child + backend, share of one core): the setting's default.
-DEFAULT_CPU_SHARE: float = Settings.model_fields["backtest_cpu_share"].default
 # A progress line at most this often: a console polling every second sees it move, and a
 # backtest of 2M readings writes a few dozen lines, not one per query.
 PROGRESS_S = 1.0
@@ -94,6 +91,18 @@ ROUND_READINGS = 5_000
 _LINE_LIMIT = 2**30
 
 
+def default_cpu_share() -> float:
+    """The default CPU budget (child + backend, share of one core): the setting's default.
+    Imported when asked for, not with this module: the child process is always given its
+    share, and the settings' import (pydantic) was half of its start-up, which runs at the
+    idle class and, on a saturated machine, waits runnable for seconds (docs/PERFORMANCE.md,
+    backtests)."""
+    from core.settings import Settings
+
+    share: float = Settings.model_fields["backtest_cpu_share"].default
+    return share
+
+
 @dataclass
 class Backtests:
     """The backtests running in child processes, by job id (cancellable), and how far each
@@ -103,7 +112,7 @@ class Backtests:
     max_rows: int
     max_s: float
     max_running: int
-    cpu_share: float = DEFAULT_CPU_SHARE
+    cpu_share: float = field(default_factory=default_cpu_share)
     running: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
     cancelled: set[str] = field(default_factory=set)
     # job id -> the child's last progress line plus "max_s" (what the time cap allows), while
@@ -276,7 +285,7 @@ async def _child(req: dict[str, Any]) -> dict[str, Any]:
                       device_model=r["device_model"], params=r["params"],
                       severity=r["severity"])
     max_rows = int(req["max_rows"])
-    share = float(req.get("cpu_share") or DEFAULT_CPU_SHARE)
+    share = float(req.get("cpu_share") or default_cpu_share())
     report = req.get("progress", False)
     conn = await connect(req["database_url"])
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -79,7 +80,7 @@ async def test_a_paced_backtest_rests_and_finds_the_same_episodes(
     done = await backtest_job._child(req)
     # blocks of 1, 4, 16, 64 devices, then 100 (the most, here) at a time
     assert done["ok"] and done["readings"] == N_DEVICES * PER_DEVICE and done["queries"] == 10
-    assert done["cpu_share"] == 0.05 and done["rested_s"] > 0
+    assert done["cpu_share"] == 0.05 and done["rested_s"] > 0 and done["queued_s"] >= 0
     assert done["read_s"] >= done["rested_s"]
     conn: asyncpg.Connection = await connect(pace_db)
     try:
@@ -141,6 +142,32 @@ async def test_the_backend_is_lowered_in_its_own_autogroup_too(pace_db: str) -> 
             assert answer == "nice 19"
     finally:
         await conn.close()
+
+
+def test_a_process_that_shares_its_session_keeps_its_autogroup() -> None:
+    """Only a session leader's autogroup is its own: another process's (here one in the
+    tests' session) is never lowered, whatever it is."""
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        group = Path(f"/proc/{proc.pid}/autogroup")  # absent on kernels without autogroups
+        before = group.read_text() if group.exists() else None
+        assert backtest_job._lower_autogroup(proc.pid) == ""
+        assert (group.read_text() if group.exists() else None) == before
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_sched_times_of_a_process_are_read_from_proc() -> None:
+    """The budget's figures: time on a CPU and time waited runnable for one, in seconds;
+    None for no process or one that is not there."""
+    end = time.process_time() + 0.05
+    while time.process_time() < end:
+        pass
+    on_cpu, waited = backtest_job._sched_s(os.getpid()) or (0.0, -1.0)
+    assert on_cpu >= 0.05 and waited >= 0
+    assert backtest_job._sched_s(None) is None
+    assert backtest_job._sched_s(2**22 + 1) is None  # above the kernel's pid limit
 
 
 @pytest.mark.parametrize(("size", "rows", "most", "nxt"), [
