@@ -148,11 +148,15 @@ class Settings(BaseSettings):
     # Backtests running at once (each is a process): one per core of a small hub.
     backtest_max_running: int = 2
     # CPU a running backtest may take, its child process and the PostgreSQL backend reading
-    # for it together, as a share of one core (ingest/backtest_job.py paces itself to it,
-    # measured from /proc). Priorities alone did not hide a backtest on a 2-core hub
-    # (alarm p99 doubled while one ran); at this share the alarm path's latency stayed
-    # within the A/A control's noise (docs/PERFORMANCE.md, "Backtests paced to a CPU
-    # budget"), and a backtest of the 2M-reading cap still finishes inside backtest_max_s.
+    # for it together, as a share of one core, counting the time they wait runnable for a
+    # CPU as taken (ingest/backtest_job.py paces itself to it, measured from /proc).
+    # Priorities alone did not hide a backtest on a 2-core hub (alarm p99 doubled while one
+    # ran); at this share the alarm path's latency stayed within the A/A control's noise
+    # (docs/PERFORMANCE.md, "What was still shared"), and where a core is free a backtest of
+    # the 2M-reading cap (~4 us of CPU a reading: ~35 s) still finishes inside
+    # backtest_max_s. Not lower: with the queued time counted, 0.25 already measured
+    # within the A/A control on a saturated 2-core machine, and 0.1 would bring that
+    # backtest near the cap (~85 s of 120 s, no room for a slower machine).
     backtest_cpu_share: float = 0.25
 
     # SLA limits and accept time-outs run at this fraction of their real length. 1 in

@@ -10,8 +10,9 @@ stops at ``max_rows`` readings. It runs at the lowest CPU priority
 does, where the kernel allows it, the PostgreSQL backend reading for it (``BACKEND_NICE``:
 a server on this machine, same PID namespace, run by this user or with root here). And,
 always, it paces itself to a CPU budget: after each query it rests until the CPU the child
-and that backend have used is at most ``cpu_share`` of one core over the backtest's wall
-time (``rest_for``; the setting ``backtest_cpu_share``). Priorities alone did not keep a
+and that backend have used, plus the time they waited runnable for a CPU (``_Budget``), is
+at most ``cpu_share`` of one core over the backtest's wall time (``rest_for``; the setting
+``backtest_cpu_share``). Priorities alone did not keep a
 backtest out of the alarm path's way on two cores (docs/PERFORMANCE.md). The parent kills
 it after ``max_s`` seconds and when the request is cancelled (``Backtests.cancel``, or the
 HTTP client gone), and refuses a new one while ``max_running`` run.
@@ -20,8 +21,8 @@ The child writes one JSON object a line on stdout: ``{"progress": {...}}`` at mo
 ``PROGRESS_S`` (kept by the parent: ``Backtests.progress``), then the result:
 ``{"ok": true, "readings": n, "episodes": [...], "pid": n, "queries": n,
 "backend_lowered": "nice 19" | "not permitted" | "not local" | ..., "cpu_s": {"child": s,
-"backend": s | null}, "rested_s": s, "cpu_share": x}`` (what the backtest cost the machine,
-and how long it rested to stay in its budget) or
+"backend": s | null}, "queued_s": s, "rested_s": s, "cpu_share": x}`` (what the backtest
+cost the machine, and how long it rested to stay in its budget) or
 ``{"ok": false, "code": "backtest.too_many_rows", "detail": "..."}``.
 """
 
@@ -41,7 +42,6 @@ from urllib.parse import urlsplit
 
 from core.db import connect
 from core.errors import Conflict, InvalidInput
-from core.settings import Settings
 from ingest import backtest as bt
 from ingest import rules
 
@@ -50,8 +50,6 @@ _ROOT = Path(__file__).resolve().parents[1]  # the child imports the project fro
 # machine ingest and alarms get the CPU first and a backtest only what is left (a person
 # waiting seconds, not an alarm waiting milliseconds; the time cap bounds the wait).
 CHILD_NICE = 19
-# The default CPU budget (child + backend, share of one core): the setting's default.
-DEFAULT_CPU_SHARE: float = Settings.model_fields["backtest_cpu_share"].default
 # A progress line at most this often: a console polling every second sees it move, and a
 # backtest of 2M readings writes a few dozen lines, not one per query.
 PROGRESS_S = 1.0
@@ -93,6 +91,18 @@ ROUND_READINGS = 5_000
 _LINE_LIMIT = 2**30
 
 
+def default_cpu_share() -> float:
+    """The default CPU budget (child + backend, share of one core): the setting's default.
+    Imported when asked for, not with this module: the child process is always given its
+    share, and the settings' import (pydantic) was half of its start-up, which runs at the
+    idle class and, on a saturated machine, waits runnable for seconds (docs/PERFORMANCE.md,
+    backtests)."""
+    from core.settings import Settings
+
+    share: float = Settings.model_fields["backtest_cpu_share"].default
+    return share
+
+
 @dataclass
 class Backtests:
     """The backtests running in child processes, by job id (cancellable), and how far each
@@ -102,7 +112,7 @@ class Backtests:
     max_rows: int
     max_s: float
     max_running: int
-    cpu_share: float = DEFAULT_CPU_SHARE
+    cpu_share: float = field(default_factory=default_cpu_share)
     running: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
     cancelled: set[str] = field(default_factory=set)
     # job id -> the child's last progress line plus "max_s" (what the time cap allows), while
@@ -211,21 +221,32 @@ def rest_for(cpu_s: float, wall_s: float, share: float) -> float:
 
 @dataclass
 class _Budget:
-    """The CPU a backtest has used since it started reading, its child's and its backend's.
-    The backend's is read from /proc; where it cannot be (a server elsewhere), the time the
-    child waited for its queries stands in for it (an upper bound: the server did at most
-    that much work for it)."""
+    """The time a backtest has held or queued for a CPU since it started reading, its
+    child's and its backend's: their CPU, plus the time they waited runnable for a CPU
+    (``/proc/<pid>/schedstat``). Where the backend's figures cannot be read (a server
+    elsewhere), the time the child waited for its queries stands in for them (an upper
+    bound: the server did at most that much for it).
+
+    Why the queued time counts: on a saturated machine the idle-class child gets a few % of
+    a core but stays *runnable* nearly all the time (measured: 0.9 s of every second during
+    back-to-back backtests). A runnable task, whatever its priority, keeps its CPU from
+    going idle, and a CPU about to go idle is where Linux pulls the tasks queued on the
+    other one (newly-idle balancing), so the alarm path's tasks waited longer on two cores
+    though the backtest used little CPU. Counting runnable time keeps the backtest runnable
+    at most ``share`` of the time; on an idle machine (no queueing) it is the CPU budget."""
 
     share: float
     backend_pid: int | None
     started: float = field(default_factory=time.monotonic)
     child0: float = field(default_factory=time.process_time)
     backend0: float | None = None
+    queued0: float = 0.0
     waited_s: float = 0.0  # wall time spent in queries
     rested_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.backend0 = _cpu_s(self.backend_pid)
+        self.queued0 = self._queued_total()
 
     def cpu_s(self) -> float:
         backend = _cpu_s(self.backend_pid)
@@ -233,8 +254,21 @@ class _Budget:
             return time.process_time() - self.child0 + self.waited_s
         return time.process_time() - self.child0 + backend - self.backend0
 
+    def _queued_total(self) -> float:
+        total = 0.0
+        for pid in (os.getpid(), self.backend_pid):
+            sched = _sched_s(pid)
+            if sched is not None:
+                total += sched[1]
+        return total
+
+    def queued_s(self) -> float:
+        """Seconds the child and its backend have waited runnable for a CPU so far."""
+        return self._queued_total() - self.queued0
+
     async def rest(self) -> None:
-        pause = rest_for(self.cpu_s(), time.monotonic() - self.started, self.share)
+        pause = rest_for(self.cpu_s() + self.queued_s(), time.monotonic() - self.started,
+                         self.share)
         if pause > 0:
             await asyncio.sleep(pause)
             self.rested_s += pause
@@ -251,16 +285,14 @@ async def _child(req: dict[str, Any]) -> dict[str, Any]:
                       device_model=r["device_model"], params=r["params"],
                       severity=r["severity"])
     max_rows = int(req["max_rows"])
-    share = float(req.get("cpu_share") or DEFAULT_CPU_SHARE)
+    share = float(req.get("cpu_share") or default_cpu_share())
     report = req.get("progress", False)
     conn = await connect(req["database_url"])
     try:
         # One backend reads for a backtest: parallel workers would run at normal priority
         # beside ingest's writes (the child's idle class does not reach them).
         await conn.execute("SET max_parallel_workers_per_gather = 0")
-        backend = await _lower_backend(conn, req["database_url"])
-        backend_pid = (int(await conn.fetchval("SELECT pg_backend_pid()"))
-                       if backend != "not local" else None)
+        backend, backend_pid = await _lower_backend(conn, req["database_url"])
         budget = _Budget(share, backend_pid)
         devices = await conn.fetch(_DEVICES, req["model"], req["device_ids"])
         intervals = {x["id"]: float(x["interval_s"]) for x in devices}
@@ -297,8 +329,10 @@ async def _child(req: dict[str, Any]) -> dict[str, Any]:
                 _say({"progress": {
                     "readings": n, "devices_done": i, "devices": len(ids),
                     "elapsed_s": round(time.monotonic() - budget.started, 1),
-                    "cpu_s": round(budget.cpu_s(), 2), "rested_s": round(budget.rested_s, 1)}})
+                    "cpu_s": round(budget.cpu_s(), 2), "queued_s": round(budget.queued_s(), 2),
+                    "rested_s": round(budget.rested_s, 1)}})
         backend_cpu = _cpu_s(backend_pid)
+        queued = budget.queued_s()
     finally:
         await conn.close()
     episodes.sort(key=lambda e: (e.raised_at, e.device_id))
@@ -308,7 +342,8 @@ async def _child(req: dict[str, Any]) -> dict[str, Any]:
             "cpu_s": {"child": round(usage.ru_utime + usage.ru_stime, 3),
                       "backend": backend_cpu},
             "read_s": round(time.monotonic() - budget.started, 3),
-            "rested_s": round(budget.rested_s, 3), "cpu_share": share}
+            "queued_s": round(queued, 3), "rested_s": round(budget.rested_s, 3),
+            "cpu_share": share}
 
 
 def _by_device(rows: list[Any]) -> dict[str, list[tuple[float, float]]]:
@@ -335,6 +370,18 @@ def _cpu_s(pid: int | None) -> float | None:
     return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 3)
 
 
+def _sched_s(pid: int | None) -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds waited runnable for one) of a process's main thread so
+    far, from /proc/<pid>/schedstat; None where it is not ours to see."""
+    if pid is None:
+        return None
+    try:
+        on_cpu, waiting = Path(f"/proc/{pid}/schedstat").read_text().split()[:2]
+        return int(on_cpu) / 1e9, int(waiting) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
 def lower_priority(pid: int = 0) -> None:
     """Put a process (0: this one) in the idle scheduling class, else at ``CHILD_NICE``."""
     try:
@@ -354,7 +401,7 @@ def _is_local_postgres(pid: int) -> bool:
         return False
 
 
-async def _lower_backend(conn: Any, database_url: str) -> str:
+async def _lower_backend(conn: Any, database_url: str) -> tuple[str, int | None]:
     """Lower the CPU priority of the PostgreSQL backend that reads for this backtest, when
     the server runs on this machine as the same OS user (the kernel lets a user renice only
     their own processes): the child's idle class does not reach the backend, which would
@@ -362,22 +409,53 @@ async def _lower_backend(conn: Any, database_url: str) -> str:
 
     Niceness, not the idle class: the backend holds buffer locks that ingest's writers may
     wait for, and an idle-class holder on a saturated machine can wait seconds for a CPU;
-    at ``BACKEND_NICE`` it still gets its small share. Answers what was done (``"nice 19"``)
-    or why not (``"not permitted"``, ``"not local"``); without it the backtest relies on
-    its pacing (``PACE``) alone."""
+    at ``BACKEND_NICE`` it still gets its small share. The backend's autogroup too
+    (``_lower_autogroup``): where the kernel groups tasks by session, a backend's own nice
+    counts only against its own session, which PostgreSQL gives every backend.
+
+    Answers what was done (``"nice 19, autogroup 19"``, ``"nice 19"``) or why not (``"not
+    permitted"``, ``"not local"``), and the backend's pid where it is on this machine (its
+    CPU is read from /proc for the budget), else None; without a lowered backend the
+    backtest relies on its budget alone."""
     host = urlsplit(database_url).hostname or ""
     pid = int(await conn.fetchval("SELECT pg_backend_pid()"))
     if host not in _LOCAL_HOSTS and not host.startswith("/"):
-        return "not local"
+        return "not local", None
     if not _is_local_postgres(pid):
-        return "not local"
+        return "not local", None
     try:
         os.setpriority(os.PRIO_PROCESS, pid, BACKEND_NICE)
     except PermissionError:
-        return "not permitted"
+        return "not permitted", pid
     except OSError as e:
-        return f"not lowered: {e}"
-    return f"nice {BACKEND_NICE}"
+        return f"not lowered: {e}", pid
+    return f"nice {BACKEND_NICE}{_lower_autogroup(pid)}", pid
+
+
+def _lower_autogroup(pid: int) -> str:
+    """Give the backend's autogroup ``BACKEND_NICE`` when the backend leads its own session
+    (PostgreSQL calls setsid() in every backend), so the autogroup is the backend's alone;
+    answers ``", autogroup 19"`` if done, ``""`` where there is nothing to do.
+
+    Why: with autogroups (Linux's ``sched_autogroup_enabled``, on by default on desktop
+    and many server kernels; they apply to tasks outside any cpu cgroup), the scheduler
+    first shares the CPU between sessions, each at its autogroup's weight, and only then
+    between a session's tasks by their nice. A backend alone in its session at nice 19
+    still took a full nice-0 share against the hub, the broker and ingest's backends, each
+    in sessions of their own (measured: docs/PERFORMANCE.md, backtests). Its autogroup's
+    nice is the knob that counts there."""
+    try:
+        session = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+        enabled = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
+    except (OSError, IndexError, ValueError):
+        return ""  # a kernel without autogroups
+    if session != pid or enabled != "1":
+        return ""  # another session's group (or none in use): not the backend's to lower
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(BACKEND_NICE))
+    except OSError as e:  # EAGAIN: unprivileged writers are rate-limited (10 a second)
+        return f", autogroup not lowered: {e.strerror}"
+    return f", autogroup {BACKEND_NICE}"
 
 
 def main() -> None:

@@ -4,17 +4,28 @@ change recorded under the logged-in admin (never a name from the request)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page
 
+from core.db import connect
 from tests.browser import login_state
-from tests.conftest import ARTIFACTS, HubProcess, town_doc
+from tests.conftest import (
+    ARTIFACTS,
+    HubProcess,
+    create_database,
+    drop_database,
+    load_town,
+    town_doc,
+)
 
 SHOTS = ARTIFACTS / "admin"
 
@@ -450,6 +461,95 @@ def test_rules_backtest_then_save_disable_enable(context: BrowserContext,
     kinds = [(e["kind"], e["actor"]) for e in _audit(hub, rule)]
     assert kinds.count(("rule.changed", me)) == 2 and ("rule.disabled", me) in kinds
     assert not admin.errors  # type: ignore[attr-defined]
+
+
+SLOW_MODEL = "bt_page"  # the slow backtest's devices: 600 of them, 5 readings each
+SLOW_DEVICES = 600
+
+
+def _off_loop(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine to its end on a thread of its own (Playwright's sync API owns this
+    thread's event loop)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def _seed_slow(url: str) -> None:
+    conn = await connect(url)
+    try:
+        grid = await conn.fetchval("SELECT id FROM grids ORDER BY id LIMIT 1")
+        ids = [f"BTUI-{i:04d}" for i in range(SLOW_DEVICES)]
+        await conn.executemany(
+            """INSERT INTO devices (id, kind, model, name, lon, lat, grid_id, metrics,
+                                    interval_s)
+               VALUES ($1, 'environment', $2, $1, 120.38, 31.84, $3, '{v}', 60)""",
+            [(d, SLOW_MODEL, grid) for d in ids])
+        base = round(time.time()) - 3600
+        await conn.executemany(
+            "INSERT INTO telemetry (ts, device_id, metric, value, received_at) VALUES "
+            "(to_timestamp($1), $2, 'v', $3, now())",
+            [(base + 60 * k, d, 99.0 if (i + k) % 4 == 0 else 1.0)
+             for i, d in enumerate(ids) for k in range(5)])
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def slow_backtest_hub(base_db_url: str, mqtt_url: str) -> Iterator[HubProcess]:
+    """A web hub of its own whose backtests take seconds (a CPU share of 0.5 %), over a town
+    of its own with 600 devices' readings: long enough to watch one run."""
+    name = f"gridhub_btui{uuid.uuid4().hex[:8]}"
+    url = _off_loop(create_database(base_db_url, name))
+    try:
+        _off_loop(load_town(url))
+        _off_loop(_seed_slow(url))
+        hub = HubProcess(url, mqtt_url, roles="web",
+                         extra_env={"HUB_BACKTEST_CPU_SHARE": "0.005"}).start()
+        try:
+            yield hub
+        finally:
+            hub.stop()
+    finally:
+        _off_loop(drop_database(base_db_url, name))
+
+
+def test_rules_page_shows_a_running_backtests_progress_and_cancels_it(
+        browser: Browser, slow_backtest_hub: HubProcess) -> None:
+    """While a backtest runs the page shows how far it has got (readings, devices done of
+    all, seconds of the time cap: polled from GET /api/rules/backtest/{job}); its cancel
+    button ends it, and the page says it was cancelled."""
+    hub = slow_backtest_hub
+    ctx = browser.new_context(viewport={"width": 1600, "height": 1000}, locale="zh-CN",
+                              storage_state=login_state(browser, hub))
+    try:
+        admin = _page(ctx, "/admin/rules", hub)
+        _rule_form(admin, f"adm_rule_{uuid.uuid4().hex[:6]}", '{"raise_above": 50}')
+        admin.fill("#r-metric", "v")
+        admin.fill("#r-model", SLOW_MODEL)
+        admin.click("#rule-backtest")
+        admin.wait_for_function(
+            "Number(document.getElementById('backtest-progress').dataset.readings) > 0",
+            timeout=30000)
+        box = admin.locator("#backtest-progress")
+        assert box.is_visible() and admin.is_disabled("#rule-backtest")
+        devices, done = int(box.get_attribute("data-devices") or 0), int(
+            box.get_attribute("data-done") or 0)
+        assert devices == SLOW_DEVICES and 0 < done < SLOW_DEVICES
+        assert str(SLOW_DEVICES) in admin.inner_text("#backtest-progress-text")
+        assert admin.get_attribute("#backtest-bar", "max") == str(SLOW_DEVICES)
+        job = box.get_attribute("data-job") or ""
+        assert hub.client.get(f"/api/rules/backtest/{job}").json()["devices"] == SLOW_DEVICES
+        _shot(admin, "admin_rules_backtest_progress")
+        admin.click("#backtest-cancel")
+        assert _error(admin, "rule-error") == "backtest.cancelled"
+        admin.wait_for_selector("#backtest-progress", state="hidden", timeout=10000)
+        assert not admin.is_disabled("#rule-backtest")
+        assert admin.is_hidden("#backtest-result")
+        r = hub.client.get(f"/api/rules/backtest/{job}")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "backtest.not_running"
+        assert not admin.errors  # type: ignore[attr-defined]
+    finally:
+        ctx.close()
 
 
 def test_rules_that_do_not_parse_are_refused(context: BrowserContext, hub: HubProcess) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import subprocess
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -77,7 +80,7 @@ async def test_a_paced_backtest_rests_and_finds_the_same_episodes(
     done = await backtest_job._child(req)
     # blocks of 1, 4, 16, 64 devices, then 100 (the most, here) at a time
     assert done["ok"] and done["readings"] == N_DEVICES * PER_DEVICE and done["queries"] == 10
-    assert done["cpu_share"] == 0.05 and done["rested_s"] > 0
+    assert done["cpu_share"] == 0.05 and done["rested_s"] > 0 and done["queued_s"] >= 0
     assert done["read_s"] >= done["rested_s"]
     conn: asyncpg.Connection = await connect(pace_db)
     try:
@@ -119,6 +122,52 @@ async def test_an_unpaced_run_through_the_parent_still_answers(pace_db: str) -> 
     done = await jobs.run("fast", RULE, time.time() - 7200, time.time(), MODEL, [])
     assert done["readings"] == N_DEVICES * PER_DEVICE and done["cpu_share"] == 1.0
     assert done["episodes"] and jobs.progress == {}
+
+
+async def test_the_backend_is_lowered_in_its_own_autogroup_too(pace_db: str) -> None:
+    """The test server runs on this machine as a user the tests may renice (root, or the
+    server's own): the backend gets nice 19 and, where the kernel groups tasks by session
+    (PostgreSQL puts every backend in a session of its own), its autogroup too, without
+    which its nice counted for nothing against other sessions' processes."""
+    conn: asyncpg.Connection = await connect(pace_db)
+    try:
+        answer, pid = await backtest_job._lower_backend(conn, pace_db)
+        assert pid == await conn.fetchval("SELECT pg_backend_pid()")
+        assert os.getpriority(os.PRIO_PROCESS, pid) == 19
+        grouped = Path("/proc/sys/kernel/sched_autogroup_enabled")
+        if grouped.exists() and grouped.read_text().strip() == "1":
+            assert answer == "nice 19, autogroup 19"
+            assert Path(f"/proc/{pid}/autogroup").read_text().split()[-1] == "19"
+        else:  # no autogroups here: the nice is all there is to lower
+            assert answer == "nice 19"
+    finally:
+        await conn.close()
+
+
+def test_a_process_that_shares_its_session_keeps_its_autogroup() -> None:
+    """Only a session leader's autogroup is its own: another process's (here one in the
+    tests' session) is never lowered, whatever it is."""
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        group = Path(f"/proc/{proc.pid}/autogroup")  # absent on kernels without autogroups
+        before = group.read_text() if group.exists() else None
+        assert backtest_job._lower_autogroup(proc.pid) == ""
+        assert (group.read_text() if group.exists() else None) == before
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_sched_times_of_a_process_are_read_from_proc() -> None:
+    """The budget's figures: time on a CPU and time waited runnable for one, in seconds;
+    None for no process or one that is not there."""
+    end = time.process_time() + 0.05
+    while time.process_time() < end:
+        pass
+    on_cpu, waited = backtest_job._sched_s(os.getpid()) or (0.0, -1.0)
+    assert on_cpu >= 0.05 and waited >= 0
+    assert backtest_job._sched_s(None) is None
+    assert backtest_job._sched_s(2**22 + 1) is None  # above the kernel's pid limit
 
 
 @pytest.mark.parametrize(("size", "rows", "most", "nxt"), [

@@ -1,5 +1,6 @@
 // Alarm rules (/admin/rules): list, edit, enable/disable, and backtest the form's draft on
-// recorded history (POST /api/rules/backtest with the rule inline) before saving it.
+// recorded history (POST /api/rules/backtest with the rule inline) before saving it, its
+// progress shown while it runs (GET /api/rules/backtest/{job}) and cancellable (DELETE).
 
 import { getJson } from "./api.js";
 import { t } from "./i18n.js";
@@ -105,16 +106,83 @@ async function disable(r) {
   }
 }
 
+// How often the page asks a running backtest how far it has got: the child reports about
+// once a second (PROGRESS_S in ingest/backtest_job.py), so asking faster shows nothing new.
+const PROGRESS_POLL_MS = 1000;
+let backtestJob = null;  // the running backtest's job id, while the page waits for it
+
+// A job id of our own, so that its progress can be asked for and the job cancelled
+// (crypto.randomUUID needs a secure context; getRandomValues does not).
+function newJobId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(8));
+  return `page-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+}
+
+function showProgress(p) {
+  const box = $("backtest-progress");
+  const bar = $("backtest-bar");
+  if (!p) {
+    bar.removeAttribute("value");  // indeterminate until the child's first report
+    $("backtest-progress-text").textContent = t("rule.backtest_starting");
+    return;
+  }
+  bar.max = Math.max(1, p.devices || 1);
+  bar.value = p.devices_done || 0;
+  box.dataset.readings = String(p.readings);
+  box.dataset.done = String(p.devices_done);
+  box.dataset.devices = String(p.devices);
+  $("backtest-progress-text").textContent = t("rule.backtest_progress", {
+    readings: p.readings, done: p.devices_done, devices: p.devices ?? "?",
+    elapsed: Math.round(p.elapsed_s || 0), max: Math.round(p.max_s || 0) });
+}
+
+// Polls GET /api/rules/backtest/{job} while `job` runs. A 404 is a job not started yet or
+// just finished (the POST's answer says which); other failures leave the last figures up.
+async function followProgress(job) {
+  while (backtestJob === job) {
+    try {
+      const p = await getJson(`/api/rules/backtest/${encodeURIComponent(job)}`);
+      if (backtestJob === job) showProgress(p);
+    } catch { /* see above */ }
+    await new Promise((r) => setTimeout(r, PROGRESS_POLL_MS));
+  }
+}
+
+$("backtest-cancel").addEventListener("click", async () => {
+  if (!backtestJob) return;
+  try {
+    await send("DELETE", `/api/rules/backtest/${encodeURIComponent(backtestJob)}`);
+  } catch (err) {
+    showError(errorBox, err);  // it had just finished (backtest.not_running)
+  }
+});
+
 $("rule-backtest").addEventListener("click", async () => {
   showError(errorBox, null);
   const box = $("backtest-result");
+  const progress = $("backtest-progress");
+  let rule;
   try {
-    const rule = draft();
+    rule = draft();
+  } catch (err) {
+    showError(errorBox, err);
+    return;
+  }
+  const job = newJobId();
+  backtestJob = job;
+  $("rule-backtest").disabled = true;
+  box.hidden = true;
+  for (const k of ["readings", "done", "devices"]) delete progress.dataset[k];
+  progress.dataset.job = job;
+  showProgress(null);
+  progress.hidden = false;
+  followProgress(job);
+  try {
     const hours = Number($("r-backtest-hours").value || 24);
     const now = Date.now() / 1000;
     const res = await send("POST", "/api/rules/backtest", {
       rule, rule_id: editing ? editing.id : ($("r-id").value.trim() || null),
-      since: now - hours * 3600, until: now });
+      since: now - hours * 3600, until: now, job_id: job });
     $("backtest-summary").textContent = t("rule.backtest_summary", { readings: res.readings, alarms: res.alarms });
     $("backtest-episodes").querySelector("tbody").replaceChildren(...res.episodes.slice(0, 200).map((e) => {
       const tr = document.createElement("tr");
@@ -125,7 +193,11 @@ $("rule-backtest").addEventListener("click", async () => {
     box.hidden = false;
     box.dataset.alarms = String(res.alarms);
   } catch (err) {
-    showError(errorBox, err);
+    showError(errorBox, err);  // backtest.cancelled, .timeout, .too_many_rows, rule.invalid
+  } finally {
+    backtestJob = null;
+    progress.hidden = true;
+    $("rule-backtest").disabled = false;
   }
 });
 
