@@ -333,7 +333,12 @@ def main(argv: list[str] | None = None) -> int:
             # First: it starts while this process migrates and imports the app.
             child = _early_dispatch(settings, roles)
             # Refuse to start, in one line, without a database or without TimescaleDB.
-            asyncio.run(_migrate(settings))
+            try:
+                asyncio.run(_migrate(settings))
+            except BaseException:
+                if child is not None:
+                    child.abandon_early()  # before the error: it is the one line printed
+                raise
             _serve(settings, roles, child)
         elif args.cmd == "migrate":
             asyncio.run(_migrate(settings))

@@ -81,6 +81,18 @@ class DispatchChild:
         seconds on a busy machine) overlaps the hub's own; ``start`` adopts it."""
         self._early = self._spawn()
 
+    def abandon_early(self) -> None:
+        """Kill the child ``spawn_early`` started, when the hub will not start after all (it
+        has not been sent its settings, so it holds nothing: SIGKILL, quietly)."""
+        if self._early is None:
+            return
+        proc, sock = self._early
+        self._early = None
+        sock.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
     async def start(self) -> None:
         """Start the child and its supervision; returns at once (see ``wait_started``)."""
         self._task = asyncio.create_task(self._supervise(), name="hub.dispatch_child")

@@ -182,7 +182,9 @@ def _die_with(parent_pid: int) -> None:
             log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %s): this process stops when "
                         "its control socket closes", ctypes.get_errno())
     if os.getppid() != parent_pid:
-        raise SystemExit(f"the hub process {parent_pid} is gone")
+        # The hub stopped (or failed to start) before this process got going: nothing to
+        # do and nothing to say (the hub has said why, in its one line).
+        raise SystemExit(0)
 
 
 async def _watch_hub(reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
