@@ -13,6 +13,7 @@ import pytest
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 from playwright.sync_api import Browser, BrowserContext, Page
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from ingest import wire
 from tests.conftest import ARTIFACTS, ROOT, HubProcess, Publisher, town_doc
@@ -171,11 +172,21 @@ def test_acknowledge_updates_a_second_browser(browser: Browser, hub: HubProcess,
         a.locator(f'#alarm-list [data-alarm-id="{alarm_id}"] button.ack').click()
         # Acknowledged, by whom: waited on as one condition (a row read right after its
         # state changed once came back empty in a full-suite run).
-        b.wait_for_function(
-            "([id, who]) => { const r = document.querySelector("
-            "`#alarm-list [data-alarm-id=\"${id}\"]`);"
-            " return r?.dataset.state === 'acknowledged' && r.innerText.includes(who); }",
-            arg=[alarm_id, on_duty], timeout=10000)
+        try:
+            b.wait_for_function(
+                "([id, who]) => { const r = document.querySelector("
+                "`#alarm-list [data-alarm-id=\"${id}\"]`);"
+                " return r?.dataset.state === 'acknowledged' && r.innerText.includes(who); }",
+                arg=[alarm_id, on_duty], timeout=20000)
+        except PlaywrightTimeout:
+            # Failed twice in full-suite runs: say what each browser shows, and the toasts.
+            seen = ("([id]) => { const r = document.querySelector("
+                    "`#alarm-list [data-alarm-id=\"${id}\"]`);"
+                    " return [r ? r.dataset.state + ' | ' + r.innerText : 'no row',"
+                    " [...document.querySelectorAll('.toast')].map(t => t.innerText)]; }")
+            raise AssertionError(f"alarm {alarm_id} by {on_duty!r}: A shows "
+                                 f"{a.evaluate(seen, [alarm_id])}, B shows "
+                                 f"{b.evaluate(seen, [alarm_id])}") from None
         assert on_duty in row_b.inner_text()
         assert b.locator(f'#alarm-list [data-alarm-id="{alarm_id}"] button.ack').count() == 0
         assert a.errors == [] and b.errors == []  # type: ignore[attr-defined]
