@@ -205,11 +205,15 @@ class Envelope:
     kind: str
     payload: Mapping[str, Any]
     wire: bytes = field(default=b"", compare=False)
+    # ``time.perf_counter()`` when this process received it (the event feed's notification
+    # or read; 0.0: not stamped): the start of the dispatch leader's reaction's timeline.
+    received: float = field(default=0.0, compare=False)
 
     @staticmethod
-    def make(seq: int, ts: float, kind: str, payload: Mapping[str, Any]) -> Envelope:
+    def make(seq: int, ts: float, kind: str, payload: Mapping[str, Any],
+             received: float = 0.0) -> Envelope:
         wire = _encoder.encode({"seq": seq, "ts": ts, "kind": kind, "data": payload})
-        return Envelope(seq, ts, kind, payload, wire)
+        return Envelope(seq, ts, kind, payload, wire, received)
 
 
 # ------------------------------------------------------------------ live state projection

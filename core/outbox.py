@@ -79,16 +79,19 @@ async def record_many(conn: Conn, events: Sequence[Event]) -> list[int]:
     return seqs
 
 
-def envelope_from_row(row: Any) -> Envelope:
-    return Envelope.make(row["seq"], row["ts"].timestamp(), row["kind"], row["payload"])
+def envelope_from_row(row: Any, received: float = 0.0) -> Envelope:
+    return Envelope.make(row["seq"], row["ts"].timestamp(), row["kind"], row["payload"],
+                         received)
 
 
-def envelope_from_notice(text: str) -> Envelope | None:
+def envelope_from_notice(text: str, received: float = 0.0) -> Envelope | None:
     """The event a notification carries (``outbox_notice``): None if it carries only the
-    seq (the event was too large) or is not one (an empty NOTIFY from an older writer)."""
+    seq (the event was too large) or is not one (an empty NOTIFY from an older writer).
+    ``received``: when it came (``Envelope.received``)."""
     try:
         n = json.loads(text)
-        return Envelope.make(int(n["seq"]), float(n["ts"]), str(n["kind"]), n["payload"])
+        return Envelope.make(int(n["seq"]), float(n["ts"]), str(n["kind"]), n["payload"],
+                             received)
     except (ValueError, TypeError, KeyError):
         return None
 
@@ -101,7 +104,8 @@ async def events_after(
         after,
         limit,
     )
-    return [envelope_from_row(r) for r in rows]
+    received = time.perf_counter()
+    return [envelope_from_row(r, received) for r in rows]
 
 
 async def last_seq(conn: Querier) -> int:
@@ -143,7 +147,7 @@ class EventFeed:
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         """The next event in sequence is published as it arrives (no read of the table, no
         turn of the loop for this feed's task); anything else wakes the catch-up."""
-        env = envelope_from_notice(str(payload))
+        env = envelope_from_notice(str(payload), time.perf_counter())
         if env is not None and env.seq <= self.bus.last_seq:
             return  # the catch-up has already read it
         if env is not None and env.seq == self.bus.last_seq + 1:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import asyncpg
@@ -80,6 +81,12 @@ class Dispatcher:
         # decision and its times (``DecisionStats.add``'s marks): the dispatch process
         # reports them to its hub (hub/dispatch_process.py). Synchronous, so cheap.
         self.on_decided: list[Callable[[planner.Input, planner.Decision, list[float]], None]] = []
+        # The latest decision's way through this process (``time.perf_counter()`` stamps,
+        # for its report): ``received`` (the event that caused it came), ``woke`` (the
+        # leader's loop woke for it), ``event`` (its turn in ``on_event`` began), ``done``
+        # (``decide_and_apply`` returned). Empty for decisions no event caused.
+        self.timeline: dict[str, float] = {}
+        self._reacting: dict[str, float] = {}
         # Set once this leader has planned what waited before it led (``catch_up``);
         # cleared when it steps down.
         self.caught_up = asyncio.Event()
@@ -159,10 +166,16 @@ class Dispatcher:
                             await self._lock_conn.fetchval("SELECT 1")
                             continue
                         sub.wake.clear()
+                        woke = time.perf_counter()
                         for env in sub.drain():
                             self.timer.observe(env)
                             self.commands.observe(env.kind)
-                            await self.on_event(env)
+                            self._reacting = {"received": env.received, "woke": woke,
+                                              "event": time.perf_counter()}
+                            try:
+                                await self.on_event(env)
+                            finally:
+                                self._reacting = {}
                         if sub.overflowed:
                             self.bus.unsubscribe(sub)
                             sub = self.bus.subscribe(EVENT_QUEUE)
@@ -241,6 +254,8 @@ class Dispatcher:
         """One input through the core, applied in one transaction."""
         decision, _ = await decisions.decide_and_apply(self._decide_on, event, self.graph,
                                                        self.policy, stats=self.stats)
+        self.timeline = ({**self._reacting, "done": time.perf_counter()} if self._reacting
+                         else {})
         for fn in self.on_decided:
             fn(event, decision, self.stats.last)
         return decision

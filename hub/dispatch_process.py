@@ -10,8 +10,10 @@ Two ways to run it:
   benchmark's, gets the same dispatcher). This process sends JSON lines back:
   ``{"type": "started", "pid"}`` once its role runs; ``{"type": "leader", "leading",
   "caught_up"}`` when its leadership changes; ``{"type": "decided", "input", "ref",
-  "marks", "dispatched"}`` after each decision has committed (the input's class and
-  fields, ``DecisionStats`` marks, the ``[incident, unit]`` pairs sent), from which the hub
+  "marks", "dispatched", "timeline"}`` after each decision has committed (the input's class
+  and fields, ``DecisionStats`` marks, the ``[incident, unit]`` pairs sent, the
+  ``Dispatcher.timeline`` stamps and ``sent``: ``time.perf_counter()``, CLOCK_MONOTONIC on
+  Linux, so comparable with the hub's own), from which the hub
   serves ``/api/health``'s ``dispatch_decisions``. The end of the socket (the hub is gone)
   stops this process; on Linux the kernel also kills it when the hub dies
   (``PR_SET_PDEATHSIG``), so a hub killed with SIGKILL leaves no leader holding the lock.
@@ -38,6 +40,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,10 +91,11 @@ class Reports:
             self.writer.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
 
     def decided(self, event: planner.Input, decision: planner.Decision,
-                marks: list[float]) -> None:
+                marks: list[float], timeline: dict[str, float]) -> None:
         self.send({"type": "decided", "input": type(event).__name__,
                    "ref": dataclasses.asdict(event), "marks": marks,
-                   "dispatched": [[d.incident_id, d.unit_id] for d in decision.dispatches]})
+                   "dispatched": [[d.incident_id, d.unit_id] for d in decision.dispatches],
+                   "timeline": {**timeline, "sent": time.perf_counter()}})
 
 
 class SlaReload:
@@ -150,7 +154,10 @@ async def run(settings: Settings, stop: asyncio.Event, reports: Reports) -> None
         tasks.append(asyncio.create_task(EventFeed(settings.database_url, bus).run(),
                                          name="core.event_feed"))
         dispatcher = Dispatcher(settings, pool, bus)
-        dispatcher.on_decided.append(reports.decided)
+        leader = dispatcher
+        dispatcher.on_decided.append(
+            lambda event, decision, marks: reports.decided(event, decision, marks,
+                                                           leader.timeline))
         await dispatcher.start()
         scheduler = jobs.start(DispatchHost(settings, pool, dispatcher), ROLES)
         tasks.append(asyncio.create_task(_report_leadership(dispatcher, reports),

@@ -31,6 +31,7 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable, Container
+from itertools import pairwise
 from typing import Any
 
 import asyncpg
@@ -56,16 +57,21 @@ class _Seen:
         # it waits when none was)
         self.committed: dict[str, tuple[float, float, str | None, str]] = {}
         self.freed: set[str] = set()  # units whose UnitFreed decision has committed
+        # case -> its decision's way (``timeline_gaps``' stamps, ``t1`` among them)
+        self.timelines: dict[str, dict[str, Any]] = {}
         self.wake = asyncio.Event()
 
     def note(self, t1: float, event: str, ref: dict[str, Any], inside_ms: float,
-             dispatched: list[tuple[str, str]], waiting: Callable[[], str]) -> None:
+             dispatched: list[tuple[str, str]], waiting: Callable[[], str],
+             timeline: dict[str, Any]) -> None:
         """A decision on ``event`` (the input's class name and fields) heard of at ``t1``;
-        ``waiting`` says why its case waits if it was not assigned."""
+        ``waiting`` says why its case waits if it was not assigned; ``timeline``: the
+        leader's stamps (``Dispatcher.timeline``, the report's ``sent``, the marks)."""
         if event == "IncidentRegistered":
             iid = str(ref["incident_id"])
             sent = next((u for i, u in dispatched if i == iid), None)
             self.committed[iid] = (inside_ms, t1, sent, waiting() if sent is None else "")
+            self.timelines[iid] = {**timeline, "t1": t1}
             self.wake.set()
         elif event == "UnitFreed":
             self.freed.add(str(ref["unit_id"]))
@@ -96,10 +102,12 @@ class _InProcess:
 
     def _decided(self, event: planner.Input, decision: planner.Decision,
                  marks: list[float]) -> None:
-        self.seen.note(time.perf_counter(), type(event).__name__, dataclasses.asdict(event),
+        t1 = time.perf_counter()
+        self.seen.note(t1, type(event).__name__, dataclasses.asdict(event),
                        (marks[-1] - marks[0]) * 1e3,
                        [(d.incident_id, d.unit_id) for d in decision.dispatches],
-                       lambda: str(decision.waiting))
+                       lambda: str(decision.waiting),
+                       {**self.dispatcher.timeline, "sent": t1, "marks": list(marks)})
 
     async def start(self, pool: asyncpg.Pool) -> None:
         self.bus.last_seq = int(await pool.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
@@ -135,7 +143,8 @@ class _OwnProcess:
         marks = msg["marks"]
         self.seen.note(time.perf_counter(), msg["input"], msg["ref"],
                        (marks[-1] - marks[0]) * 1e3, [(i, u) for i, u in msg["dispatched"]],
-                       lambda: "(the leader's own process reports only what it sent)")
+                       lambda: "(the leader's own process reports only what it sent)",
+                       {**msg.get("timeline", {}), "marks": marks})
 
     async def start(self, pool: asyncpg.Pool) -> None:
         await self.child.start()
@@ -159,6 +168,38 @@ CHILD_START_TIMEOUT_S = 60.0
 # Pause after the leader's re-plan for each timed case's freed unit has committed (see the
 # loop), for what follows it (the command sender, the event feed) to settle too.
 SETTLE_S = 0.3
+
+
+# A timed decision's way from t0 to t1, gap by gap (ms; they add up to t1 - t0). Stamps
+# are ``time.perf_counter()`` (CLOCK_MONOTONIC on Linux: one clock for both processes).
+GAPS = ("notify", "wake", "queue", "to_decide", "wait", "state", "core", "writes", "commit",
+        "release", "report_out", "report_in")
+
+
+def timeline_gaps(t0: float, tl: dict[str, Any]) -> dict[str, float]:
+    """``GAPS`` of one timed decision: ``notify`` t0 -> the registration's notification
+    received by the leader's process (negative when it came before the bench's
+    ``open_incident`` returned: t0 is after its connection's release); ``wake`` -> the
+    leader's loop woke; ``queue`` -> its event's turn (events drained before it);
+    ``to_decide`` -> the decision began; ``wait`` (BEGIN and plan lock), ``state``,
+    ``core``, ``writes``, ``commit``: the decision's parts (``DecisionStats``);
+    ``release`` -> ``decide_and_apply`` returned (its connection back in the pool);
+    ``report_out`` -> the report was sent; ``report_in`` -> t1, heard here."""
+    marks = tl["marks"]
+    start, end = marks[0], marks[-1]
+    parts = dict(zip(("wait", "state", "core", "writes", "commit"),
+                     ((b - a) for a, b in pairwise(marks)), strict=True))
+    secs = {"notify": tl["received"] - t0, "wake": tl["woke"] - tl["received"],
+            "queue": tl["event"] - tl["woke"], "to_decide": start - tl["event"], **parts,
+            "release": tl["done"] - end, "report_out": tl["sent"] - tl["done"],
+            "report_in": tl["t1"] - tl["sent"]}
+    return {k: secs[k] * 1e3 for k in GAPS}
+
+
+def _gap_summary(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {k: {"p50": round(_pct([r[k] for r in rows], 50), 2),
+                "p99": round(_pct([r[k] for r in rows], 99), 2),
+                "max": round(max(r[k] for r in rows), 2)} for k in GAPS} if rows else {}
 
 
 def _unit_id(bench_id: str) -> str:
@@ -219,6 +260,7 @@ async def measure(settings: Settings, town: Town, seed: int, *, n_units: int = 3
         sampler = _Sampler(town, rng)
         ms: list[float] = []
         inside: list[float] = []  # from the leader's BEGIN to its commit
+        gaps: list[dict[str, float]] = []
         k = 0
         while len(ms) < decisions_n:
             k += 1
@@ -234,6 +276,9 @@ async def measure(settings: Settings, town: Town, seed: int, *, n_units: int = 3
             if sent is None:
                 raise RuntimeError(f"case {iid} was not assigned: {waiting}")
             ms.append((t1 - t0) * 1e3)
+            timeline = seen.timelines.pop(str(iid))
+            if "received" in timeline:  # decided on its own event (always, by the waits)
+                gaps.append(timeline_gaps(t0, timeline))
             inside.append(in_leader)
             # Free the unit again so that the picture stays the same size.
             seen.freed.discard(sent)
@@ -253,6 +298,9 @@ async def measure(settings: Settings, town: Town, seed: int, *, n_units: int = 3
             "hub_decision_in_leader_p50_ms": round(_pct(inside, 50), 2),
             "hub_decision_in_leader_p99_ms": round(_pct(inside, 99), 2),
             "hub_decisions": len(ms),
+            # The timed decisions' way from t0 to t1 by gap (``timeline_gaps``): where the
+            # figure's milliseconds go, p50/p99/max of each.
+            "hub_decision_timeline_ms": _gap_summary(gaps),
             # Every decision of the run by part (the timed ones and the re-plans for the
             # freed units; dispatch/decision_stats.py): where the leader's time went.
             "hub_decision_parts_ms": leader.parts(),
