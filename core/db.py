@@ -54,14 +54,25 @@ async def connect(url: str) -> asyncpg.Connection:
     return conn
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A pool's release without asyncpg's session reset (see ``create_pool``)."""
+
+
 async def create_pool(url: str, min_size: int = 2, max_size: int = 10, *,
-                      max_inactive_s: float = 300.0) -> asyncpg.Pool:
+                      max_inactive_s: float = 300.0,
+                      session_reset: bool = True) -> asyncpg.Pool:
     """``max_inactive_s``: an idle connection is closed after this long (asyncpg's
-    default; 0 keeps it, as the dispatch leader's own connection is kept warm)."""
+    default; 0 keeps it, as the dispatch leader's own connection is kept warm).
+    ``session_reset``: on each release, asyncpg rolls back an open transaction and then
+    resets the session (advisory locks, cursors, LISTENs, settings: one more round trip).
+    False skips the latter, for a pool whose users leave no session state behind (the
+    dispatch leader's: transaction-scoped locks only; that round trip came before each of
+    its decisions was reported)."""
     try:
         pool = await asyncpg.create_pool(
             url, min_size=min_size, max_size=max_size, init=_init_connection,
             max_inactive_connection_lifetime=max_inactive_s,
+            reset=None if session_reset else _keep_session,
         )
     except (OSError, asyncpg.PostgresError) as e:
         raise ConfigError(f"cannot connect to the database: {e}") from e

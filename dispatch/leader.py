@@ -105,8 +105,12 @@ class Dispatcher:
     async def start(self) -> None:
         if self.graph is None:
             self.graph = await decisions.load_road_graph(self.pool)
+        # Its users hold transaction-scoped locks only (the plan lock) and leave no session
+        # state: a release rolls back an open transaction but skips asyncpg's session
+        # reset, a round trip between each decision's commit and its report.
         self.decide_pool = await create_pool(self.settings.database_url, DECIDE_CONNECTIONS,
-                                             DECIDE_CONNECTIONS, max_inactive_s=0)
+                                             DECIDE_CONNECTIONS, max_inactive_s=0,
+                                             session_reset=False)
         self._task = asyncio.create_task(self._run(), name="dispatch.leader")
 
     async def stop(self) -> None:

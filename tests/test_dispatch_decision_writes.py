@@ -282,6 +282,33 @@ async def test_warming_a_connection_writes_nothing_and_prepares_every_statement(
         await pool.close()
 
 
+async def test_the_leaders_pool_without_session_reset_still_ends_a_left_open_decision(
+        db_url: str) -> None:
+    """The leader's pool skips asyncpg's session reset on release (``create_pool``'s
+    ``session_reset=False``: a round trip before each decision's report). A decision's
+    transaction left open (cut short between its plan lock and its commit) is still rolled
+    back on release: the next user of the connection is outside any transaction, the plan
+    lock is free for other deciders, and nothing of the cut decision was kept."""
+    pool = await create_pool(db_url, 1, 1, max_inactive_s=0, session_reset=False)
+    other = await connect(db_url)
+    try:
+        async with pool.acquire() as c:
+            await c.execute(decisions.BEGIN_LOCKED)
+            await c.execute("CREATE TEMP TABLE cut_short (x int) ON COMMIT DROP")
+            pid = await c.fetchval("SELECT pg_backend_pid()")
+        async with pool.acquire() as c:
+            assert not c.is_in_transaction()
+            assert await c.fetchval("SELECT pg_backend_pid()") == pid  # the same connection
+            assert await c.fetchval("SELECT to_regclass('cut_short') IS NULL")
+        assert await other.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1", pid) == 0
+        assert await other.fetchval("SELECT pg_try_advisory_xact_lock($1)",
+                                    decisions.PLAN_LOCK_KEY)
+    finally:
+        await other.close()
+        await pool.close()
+
+
 async def test_a_decider_that_commits_between_read_and_write_makes_the_other_decide_again(
         db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first attempt reads the state and decides before it takes the plan lock. If
