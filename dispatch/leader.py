@@ -28,6 +28,7 @@ import asyncpg
 from core.bus import Bus
 from core.db import connect, create_pool
 from core.events import Envelope
+from core.heap import GC_CLOCK
 from core.settings import Settings
 from dispatch import decisions, planner, service, store
 from dispatch.command_sender import CommandSender
@@ -84,7 +85,9 @@ class Dispatcher:
         # The latest decision's way through this process (``time.perf_counter()`` stamps,
         # for its report): ``received`` (the event that caused it came), ``woke`` (the
         # leader's loop woke for it), ``event`` (its turn in ``on_event`` began), ``done``
-        # (``decide_and_apply`` returned). Empty for decisions no event caused.
+        # (``decide_and_apply`` returned); ``gc``: seconds of garbage collection from
+        # ``event`` to ``done`` (``core.heap.GC_CLOCK``, once installed by ``settle_gc``).
+        # Empty for decisions no event caused.
         self.timeline: dict[str, float] = {}
         self._reacting: dict[str, float] = {}
         # Set once this leader has planned what waited before it led (``catch_up``);
@@ -175,7 +178,8 @@ class Dispatcher:
                             self.timer.observe(env)
                             self.commands.observe(env.kind)
                             self._reacting = {"received": env.received, "woke": woke,
-                                              "event": time.perf_counter()}
+                                              "event": time.perf_counter(),
+                                              "gc": GC_CLOCK.seconds}
                             try:
                                 await self.on_event(env)
                             finally:
@@ -258,8 +262,9 @@ class Dispatcher:
         """One input through the core, applied in one transaction."""
         decision, _ = await decisions.decide_and_apply(self._decide_on, event, self.graph,
                                                        self.policy, stats=self.stats)
-        self.timeline = ({**self._reacting, "done": time.perf_counter()} if self._reacting
-                         else {})
+        self.timeline = ({**self._reacting, "done": time.perf_counter(),
+                          "gc": GC_CLOCK.seconds - self._reacting["gc"]}
+                         if self._reacting else {})
         for fn in self.on_decided:
             fn(event, decision, self.stats.last)
         return decision

@@ -230,3 +230,22 @@ def test_main_prints_one_json_object_last(capsys: pytest.CaptureFixture[str]) ->
                 "mean_response_change", "seed"):
         assert key in out
     assert out["seed"] == 3 and out["limits"] == "nfpa"
+
+
+def test_a_timed_decisions_gaps_add_up_to_its_latency() -> None:
+    """``hub_decision_timeline_ms``: the gaps of one timed decision, from the leader's
+    stamps (``Dispatcher.timeline``, the report's ``sent``, the decision's marks), add up
+    to t1 - t0; the notification may come before t0 (a negative first gap); the garbage
+    collections inside are reported beside them, not added."""
+    from simulators.bench.dispatch_latency import GAPS, timeline_gaps
+
+    t0 = 100.0
+    tl = {"received": 99.9995, "woke": 100.0002, "event": 100.0003, "gc": 0.0015,
+          "marks": [100.0004, 100.0010, 100.0060, 100.0110, 100.0170, 100.0180],
+          "done": 100.0181, "sent": 100.0182, "t1": 100.0190}
+    gaps = timeline_gaps(t0, tl)
+    assert list(gaps) == [*GAPS, "gc_in_leader"]
+    assert sum(gaps[k] for k in GAPS) == pytest.approx((tl["t1"] - t0) * 1e3)
+    assert gaps["notify"] == pytest.approx(-0.5)
+    assert gaps["state"] == pytest.approx(5.0) and gaps["writes"] == pytest.approx(6.0)
+    assert gaps["gc_in_leader"] == pytest.approx(1.5)

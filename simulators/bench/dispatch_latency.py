@@ -193,13 +193,15 @@ def timeline_gaps(t0: float, tl: dict[str, Any]) -> dict[str, float]:
             "queue": tl["event"] - tl["woke"], "to_decide": start - tl["event"], **parts,
             "release": tl["done"] - end, "report_out": tl["sent"] - tl["done"],
             "report_in": tl["t1"] - tl["sent"]}
-    return {k: secs[k] * 1e3 for k in GAPS}
+    # Not a gap: the garbage collections' share of the leader's part (``Dispatcher.timeline``).
+    return {**{k: secs[k] * 1e3 for k in GAPS}, "gc_in_leader": tl.get("gc", 0.0) * 1e3}
 
 
 def _gap_summary(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return {k: {"p50": round(_pct([r[k] for r in rows], 50), 2),
                 "p99": round(_pct([r[k] for r in rows], 99), 2),
-                "max": round(max(r[k] for r in rows), 2)} for k in GAPS} if rows else {}
+                "max": round(max(r[k] for r in rows), 2)}
+            for k in (*GAPS, "gc_in_leader")} if rows else {}
 
 
 def _unit_id(bench_id: str) -> str:
@@ -299,7 +301,8 @@ async def measure(settings: Settings, town: Town, seed: int, *, n_units: int = 3
             "hub_decision_in_leader_p99_ms": round(_pct(inside, 99), 2),
             "hub_decisions": len(ms),
             # The timed decisions' way from t0 to t1 by gap (``timeline_gaps``): where the
-            # figure's milliseconds go, p50/p99/max of each.
+            # figure's milliseconds go, p50/p99/max of each (and ``gc_in_leader``: the
+            # garbage collections from its event's turn to its return, part of the gaps).
             "hub_decision_timeline_ms": _gap_summary(gaps),
             # Every decision of the run by part (the timed ones and the re-plans for the
             # freed units; dispatch/decision_stats.py): where the leader's time went.
