@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -75,18 +74,13 @@ async def load_road_graph(pool: asyncpg.Pool) -> RoadGraph | None:
 async def decide_and_apply(pool: asyncpg.Pool, event: planner.Input, graph: RoadGraph | None,
                            policy: DispatchPolicy, *, actor: str = SYSTEM_ACTOR,
                            note: str = "", now: float | None = None,
-                           stats: DecisionStats | None = None,
-                           committed: Callable[[planner.Decision], None] | None = None
+                           stats: DecisionStats | None = None
                            ) -> tuple[planner.Decision, dict[str, Any]]:
     """Decide ``event`` and carry the decision out. Returns the decision and the new
     assignment rows by incident id. ``actor`` is recorded on what the input itself asked
     (an operator's override or redirect); the rest of the plan is the system's. ``now``:
     the decision's time, the clock's when not given (the demo's history backfill passes
-    past times). ``stats``: where to add the decision's times by part (the leader's).
-    ``committed``: called with the decision once it has committed, before its connection
-    goes back to the pool (the leader reports its decisions there: the release, and what
-    the event loop runs meanwhile, such as the notifications of the decision's own
-    events, come after the report, not before it)."""
+    past times). ``stats``: where to add the decision's times by part (the leader's)."""
     at = now
     for attempt in range(STALE_RETRIES + 1):
         try:
@@ -97,10 +91,8 @@ async def decide_and_apply(pool: asyncpg.Pool, event: planner.Input, graph: Road
                 else:
                     decision, views, parts = await _lock_then_decide(
                         conn, event, graph, policy, at, actor, note)
-                if stats is not None:
-                    stats.add(parts)
-                if committed is not None:
-                    committed(decision)
+            if stats is not None:
+                stats.add(parts)
             return decision, views
         except decision_writes.Stale:
             if attempt == STALE_RETRIES:

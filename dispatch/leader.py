@@ -85,7 +85,7 @@ class Dispatcher:
         # The latest decision's way through this process (``time.perf_counter()`` stamps,
         # for its report): ``received`` (the event that caused it came), ``woke`` (the
         # leader's loop woke for it), ``event`` (its turn in ``on_event`` began), ``done``
-        # (committed, about to be reported); ``gc``: seconds of garbage collection from
+        # (``decide_and_apply`` returned); ``gc``: seconds of garbage collection from
         # ``event`` to ``done`` (``core.heap.GC_CLOCK``, once installed by ``settle_gc``).
         # Empty for decisions no event caused.
         self.timeline: dict[str, float] = {}
@@ -260,19 +260,14 @@ class Dispatcher:
 
     async def decide(self, event: planner.Input) -> planner.Decision:
         """One input through the core, applied in one transaction."""
-        decision, _ = await decisions.decide_and_apply(
-            self._decide_on, event, self.graph, self.policy, stats=self.stats,
-            committed=lambda d: self._decided(event, d))
-        return decision
-
-    def _decided(self, event: planner.Input, decision: planner.Decision) -> None:
-        """A decision committed: its timeline, then ``on_decided`` (before its connection
-        goes back to the pool: that, and the loop's other work, wait for the report)."""
+        decision, _ = await decisions.decide_and_apply(self._decide_on, event, self.graph,
+                                                       self.policy, stats=self.stats)
         self.timeline = ({**self._reacting, "done": time.perf_counter(),
                           "gc": GC_CLOCK.seconds - self._reacting["gc"]}
                          if self._reacting else {})
         for fn in self.on_decided:
             fn(event, decision, self.stats.last)
+        return decision
 
     async def on_event(self, env: Envelope) -> None:
         try:

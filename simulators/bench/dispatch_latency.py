@@ -173,7 +173,7 @@ SETTLE_S = 0.3
 # A timed decision's way from t0 to t1, gap by gap (ms; they add up to t1 - t0). Stamps
 # are ``time.perf_counter()`` (CLOCK_MONOTONIC on Linux: one clock for both processes).
 GAPS = ("notify", "wake", "queue", "to_decide", "wait", "state", "core", "writes", "commit",
-        "to_report", "report_out", "report_in")
+        "release", "report_out", "report_in")
 
 
 def timeline_gaps(t0: float, tl: dict[str, Any]) -> dict[str, float]:
@@ -183,8 +183,7 @@ def timeline_gaps(t0: float, tl: dict[str, Any]) -> dict[str, float]:
     leader's loop woke; ``queue`` -> its event's turn (events drained before it);
     ``to_decide`` -> the decision began; ``wait`` (BEGIN and plan lock), ``state``,
     ``core``, ``writes``, ``commit``: the decision's parts (``DecisionStats``);
-    ``to_report`` -> the leader turned to reporting it (``Dispatcher.timeline``'s
-    ``done``: before its connection goes back to the pool);
+    ``release`` -> ``decide_and_apply`` returned (its connection back in the pool);
     ``report_out`` -> the report was sent; ``report_in`` -> t1, heard here."""
     marks = tl["marks"]
     start, end = marks[0], marks[-1]
@@ -192,7 +191,7 @@ def timeline_gaps(t0: float, tl: dict[str, Any]) -> dict[str, float]:
                      ((b - a) for a, b in pairwise(marks)), strict=True))
     secs = {"notify": tl["received"] - t0, "wake": tl["woke"] - tl["received"],
             "queue": tl["event"] - tl["woke"], "to_decide": start - tl["event"], **parts,
-            "to_report": tl["done"] - end, "report_out": tl["sent"] - tl["done"],
+            "release": tl["done"] - end, "report_out": tl["sent"] - tl["done"],
             "report_in": tl["t1"] - tl["sent"]}
     # Not a gap: the garbage collections' share of the leader's part (``Dispatcher.timeline``).
     return {**{k: secs[k] * 1e3 for k in GAPS}, "gc_in_leader": tl.get("gc", 0.0) * 1e3}
