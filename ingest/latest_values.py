@@ -72,10 +72,15 @@ def updated(status: str) -> int:
 
 def fold_newest(pending: dict[tuple[str, str], TelemetryValues],
                 rows: Sequence[TelemetryValues]) -> None:
-    """Fold ``rows`` (one per key, as ``newest_per_key`` gives) into ``pending`` (key ->
-    newest row), keeping the newer of each key (on equal times, the later batch's)."""
+    """Fold ``rows`` into ``pending`` (key -> newest row), keeping the newer of each key
+    (on equal times, the later row's). ``rows`` may repeat a key (a whole batch)."""
     if not pending:
-        pending.update({(r[1], r[2]): r for r in rows})
+        pending.update({(r[1], r[2]): r for r in rows})  # the last row of each key
+        if len(pending) < len(rows):  # a key repeats: its last row may not be its newest
+            for r in rows:
+                k = (r[1], r[2])
+                if pending[k][0] < r[0]:
+                    pending[k] = r
         return
     get = pending.get
     for r in rows:

@@ -46,6 +46,21 @@ def test_fold_newest_keeps_the_newer_row_of_each_key_across_batches() -> None:
     assert sorted(pending.values()) == [_r(1, "c", 1), _r(2, "b", 20), _r(5, "a", 5)]
 
 
+@pytest.mark.parametrize(("rows", "newest"), [
+    ([_r(1, "a", 1), _r(2, "a", 2)], [_r(2, "a", 2)]),
+    ([_r(9, "a", 9), _r(1, "a", 1), _r(1, "b", 5)], [_r(1, "b", 5), _r(9, "a", 9)]),
+    ([_r(3, "a", 1), _r(3, "a", 2)], [_r(3, "a", 2)]),  # a tie: the later row
+])
+def test_fold_newest_takes_each_keys_newest_when_a_batch_repeats_it(
+        rows: list[TelemetryValues], newest: list[TelemetryValues]) -> None:
+    # The writer folds whole batches (every row), whose keys may repeat; into an empty
+    # pending map too, where a plain dict of the rows would keep each key's last row.
+    for before in ({}, {("z", "v"): _r(0, "z", 0)}):
+        pending = dict(before)
+        fold_newest(pending, rows)
+        assert sorted(pending.values()) == sorted(newest + list(before.values()))
+
+
 def test_copy_rows_joins_payloads_as_one_copy() -> None:
     a, b = [_r(1, "a", 1)], [_r(2, "b", 2), _r(3, "c", 3)]
     assert copy_rows([telemetry_copy(a), telemetry_copy(b)]) == telemetry_copy(a + b)

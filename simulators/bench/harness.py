@@ -756,6 +756,11 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         # Flushes, and those written through the merge path (a batch held a stored reading).
         "flushes": sum(int(h.get("batches", 0)) for h in per_hub),
         "merged_flushes": sum(int(h.get("merged_batches", 0)) for h in per_hub),
+        # Mean per batch (the first hub's): waiting for a flush slot, flushing, and
+        # commit to acknowledgement (ingest/writer.py): where a batch's time goes.
+        "flush_queue_ms": per_hub[0].get("flush_queue_ms"),
+        "flush_ms": per_hub[0].get("flush_ms"),
+        "ack_hold_ms": per_hub[0].get("ack_hold_ms"),
         "sent_msgs": sent,
         "sent_points": int(gen["sent_points"]),
         "stored_msgs": msgs,
