@@ -42,6 +42,7 @@ from core.heap import settle_gc
 from core.outbox import EventFeed
 from core.settings import Settings
 from dispatch import decisions, planner, service
+from dispatch.decision_stats import PARTS
 from dispatch.leader import Dispatcher
 from hub.dispatch_child import DispatchChild
 from simulators.bench.dispatch_bench import _pct
@@ -187,8 +188,9 @@ def timeline_gaps(t0: float, tl: dict[str, Any]) -> dict[str, float]:
     ``report_out`` -> the report was sent; ``report_in`` -> t1, heard here."""
     marks = tl["marks"]
     start, end = marks[0], marks[-1]
-    parts = dict(zip(("wait", "state", "core", "writes", "commit"),
-                     ((b - a) for a, b in pairwise(marks)), strict=True))
+    # The decision's own parts, named as DecisionStats names them (its last, "total",
+    # is not a gap).
+    parts = dict(zip(PARTS[:-1], ((b - a) for a, b in pairwise(marks)), strict=True))
     secs = {"notify": tl["received"] - t0, "wake": tl["woke"] - tl["received"],
             "queue": tl["event"] - tl["woke"], "to_decide": start - tl["event"], **parts,
             "release": tl["done"] - end, "report_out": tl["sent"] - tl["done"],
