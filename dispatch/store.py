@@ -75,12 +75,15 @@ class _Built:
     same content (most units and cases between two decisions: a decision moves a few, a
     position round a few dozen) is given the value built the first time, not built again
     (building ~400 values was ~2 ms of every decision's state read). Every read still
-    reads every row; only the Python objects are reused, so a read's values equal those
-    built afresh from its rows, whoever wrote them. Kept: the rows of the last read only.
+    reads every row and compares it whole with the row the value was built from; only the
+    Python objects are reused, so a read's values equal those built afresh from its rows,
+    whoever wrote them. Kept: the rows of the last read only.
     """
 
     def __init__(self) -> None:
-        self.values: dict[Any, Any] = {}
+        # id -> (the row, the value built from it); cases and units apart (ids may clash)
+        self.incidents: dict[str, tuple[Any, IncidentState]] = {}
+        self.units: dict[str, tuple[Any, UnitState]] = {}
 
 
 _BUILT = _Built()
@@ -96,12 +99,13 @@ async def dispatch_state(conn: Querier) -> DispatchState:
 
 def state_from_rows(rows: Iterable[Any], built: _Built) -> DispatchState:
     """``STATE_SQL``'s rows as the core's values; ``built``: the values of earlier reads'
-    rows by row, reused when a row is unchanged (``_Built``), replaced by this read's."""
+    rows, reused where the row is equal (``_Built``), replaced by this read's."""
     incidents: list[IncidentState] = []
     units: list[UnitState] = []
     excluded: dict[str, frozenset[str]] = {}
-    memo = built.values
-    seen: dict[Any, Any] = {}
+    old_incidents, old_units = built.incidents, built.units
+    new_incidents: dict[str, tuple[Any, IncidentState]] = {}
+    new_units: dict[str, tuple[Any, UnitState]] = {}
     # A town's units hold a handful of distinct qualification sets: one frozenset each.
     qual_sets: dict[tuple[str, ...], frozenset[str]] = {}
     # Unpacked by position (the SELECT's order) and built with positional arguments (the
@@ -112,33 +116,30 @@ def state_from_rows(rows: Iterable[Any], built: _Built) -> DispatchState:
         if kind == "i":
             if quals:
                 excluded[rid] = frozenset(quals)
-                # A row with an array is not hashable: built every time (a case some
-                # unit declined; few).
-                incidents.append(IncidentState(rid, a, int(n1), b, float(lon), float(lat),
-                                               grid or "", t1, ref))
-                continue
-            inc = memo.get(row)
-            if inc is None:
+            prev_i = old_incidents.get(rid)
+            if prev_i is not None and prev_i[0] == row:
+                inc = prev_i[1]
+            else:
                 inc = IncidentState(rid, a, int(n1), b, float(lon), float(lat), grid or "",
                                     t1, ref)
-            seen[row] = inc
+            new_incidents[rid] = (row, inc)
             incidents.append(inc)
         else:
-            # The qualifications are a list: the key is the row's other columns with them
-            # as a tuple.
-            key = (rid, a, b, tuple(quals), lon, lat, grid, t1, t2, n1, n2, ref)
-            unit = memo.get(key)
-            if unit is None:
-                qs = qual_sets.get(key[3])
+            prev_u = old_units.get(rid)
+            if prev_u is not None and prev_u[0] == row:
+                unit = prev_u[1]
+            else:
+                key = tuple(quals)
+                qs = qual_sets.get(key)
                 if qs is None:
-                    qs = qual_sets[key[3]] = frozenset(key[3])
+                    qs = qual_sets[key] = frozenset(key)
                 if t1 is None:  # no fix: no position, whatever the columns hold
                     lon = lat = None
                 unit = UnitState(rid, a, qs, b, lon, lat, t1, grid, t2, int(n2), ref,
                                  int(n1) if n1 else None)
-            seen[key] = unit
+            new_units[rid] = (row, unit)
             units.append(unit)
-    built.values = seen
+    built.incidents, built.units = new_incidents, new_units
     # Cases in id order; units in id order too, so every node plans over the same sequence
     # whatever plan the database chose.
     incidents.sort(key=lambda i: int(i.id))

@@ -84,7 +84,7 @@ async def test_the_state_read_equals_a_fresh_read_after_other_connections_write(
         assert state.unit(unit.id) is not None and state.unit(unit.id).status == "off_duty"
 
         # The crew declines (the assignment's status, from another connection): the case
-        # bars that unit; its row is then built every time.
+        # bars that unit.
         await writer.execute("UPDATE assignments SET status = 'declined' "
                              "WHERE incident_id = $1", int(iid))
         barred = await _check(reader)
