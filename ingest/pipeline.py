@@ -191,6 +191,7 @@ class Pipeline:
             dirty = self.dirty_clocks
             window = self.reorder_window_s
             limit_s = self.clock_skew_limit_s
+            in_order = True  # every reading at least as new as its device's newest so far
             for r in res.readings:
                 clock = clocks.get(r.device_id)
                 if clock is None:
@@ -204,6 +205,8 @@ class Pipeline:
                 clock.samples += 1
                 clock.flagged = abs(smoothed) > limit_s
                 late = r.ts < clock.newest_ts - window
+                if r.ts < clock.newest_ts:
+                    in_order = False
                 if late:
                     # Stored by device time, but too old to change what the rules decided.
                     clock.late += 1
@@ -216,7 +219,7 @@ class Pipeline:
                 rows.append((r.ts, r.device_id, r.metric, r.value, received_at, late))
                 dirty.add(r.device_id)
             if self.writer is not None:
-                self.writer.add_telemetry(rows)
+                self.writer.add_telemetry(rows, in_order)
         if res.positions:
             # A burst shares one receive time (the adapter stamps a burst when it reads
             # it): one datetime per burst, not per message. (Readings carry UNIX seconds.)
