@@ -66,7 +66,20 @@ def _key(device: str, metric: str) -> bytes:
 def telemetry_copy(rows: Iterable[TelemetryValues]) -> bytes:
     """``rows`` of (device time, device id, metric, value, receive time, late), times in
     UNIX seconds, as one binary COPY payload for ``TELEMETRY_COLUMNS``."""
-    out = [HEADER]
+    return copy_of(telemetry_rows(rows))
+
+
+def copy_of(parts: Iterable[bytes]) -> bytes:
+    """Rows encoded by ``telemetry_rows`` as one binary COPY payload (rows are
+    self-contained in the format; only the header and trailer frame them)."""
+    return HEADER + b"".join(parts) + TRAILER
+
+
+def telemetry_rows(rows: Iterable[TelemetryValues]) -> list[bytes]:
+    """Each of ``rows`` (as ``telemetry_copy`` takes them) as its binary COPY row: kept by
+    the writer, so the coalesced latest-value update reuses them instead of encoding the
+    newest rows again."""
+    out: list[bytes] = []
     append = out.append
     keys = _keys
     head, tail = _HEAD, _TAIL
@@ -80,11 +93,4 @@ def telemetry_copy(rows: Iterable[TelemetryValues]) -> bytes:
         if ts != last_ts:  # a gateway's batch often shares one device time
             last_ts, hd = ts, head(6, 8, pg_timestamp(ts))
         append(hd + k + tail(8, value, 8, rcv_us, 1, late))
-    append(TRAILER)
-    return b"".join(out)
-
-
-def copy_rows(payloads: Iterable[bytes]) -> bytes:
-    """Several ``telemetry_copy`` payloads as one: their rows, in order, under one header
-    (rows are self-contained in the binary format; only the header and trailer frame them)."""
-    return HEADER + b"".join(p[len(HEADER):-len(TRAILER)] for p in payloads) + TRAILER
+    return out

@@ -18,6 +18,7 @@ devices and late readings cost what they did before; the steady state does not.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from operator import itemgetter
 
 from core.db import Conn
 from ingest.copy_binary import TELEMETRY_COLUMNS, TelemetryValues
@@ -70,24 +71,27 @@ def updated(status: str) -> int:
     return int(status.rsplit(" ", 1)[1])
 
 
-def fold_newest(pending: dict[tuple[str, str], TelemetryValues],
-                rows: Sequence[TelemetryValues]) -> None:
-    """Fold ``rows`` into ``pending`` (key -> newest row), keeping the newer of each key
-    (on equal times, the later row's). ``rows`` may repeat a key (a whole batch)."""
-    if not pending:
-        pending.update({(r[1], r[2]): r for r in rows})  # the last row of each key
-        if len(pending) < len(rows):  # a key repeats: its last row may not be its newest
-            for r in rows:
-                k = (r[1], r[2])
-                if pending[k][0] < r[0]:
-                    pending[k] = r
+# A row and its binary COPY bytes (ingest/copy_binary.py ``telemetry_rows``).
+Encoded = tuple[TelemetryValues, bytes]
+_key = itemgetter(1, 2)  # (device id, metric)
+
+
+def fold_newest(pending: dict[tuple[str, str], Encoded], rows: Sequence[TelemetryValues],
+                parts: Sequence[bytes], in_order: bool = False) -> None:
+    """Fold ``rows`` (with ``parts``, their encoded rows) into ``pending`` (key -> newest
+    row and its bytes), keeping the newer of each key (on equal times, the later row's).
+    ``rows`` may repeat a key (a whole batch). ``in_order``: no row is older than a row of
+    its device folded before it (the pipeline knows it from the device's clock; the
+    usual case): the last row of each key wins, found in C, not row by row in Python."""
+    if in_order:
+        pending.update(zip(map(_key, rows), zip(rows, parts, strict=True), strict=True))
         return
     get = pending.get
-    for r in rows:
+    for r, b in zip(rows, parts, strict=True):
         k = (r[1], r[2])
         o = get(k)
-        if o is None or o[0] <= r[0]:
-            pending[k] = r
+        if o is None or o[0][0] <= r[0]:
+            pending[k] = (r, b)
 
 
 async def update_latest(conn: Conn, newest: Sequence[TelemetryValues], data: bytes) -> None:

@@ -134,6 +134,13 @@ class AlarmWatch:
         self.silence = SilenceSchedule()
         self._silence_stale = True
         self._writing = False
+        # No-data rules judge when a device was last seen. For a "quiet" device (every
+        # no-data pair of it timed and not raised) a reading changes nothing else, so the
+        # time is kept here, one C-level dict update per burst, and folded into the pairs'
+        # states where the timer looks (``_nodata_state``): a new state per reading was a
+        # quarter of the ingest loop's CPU in batched ingest (docs/PERFORMANCE.md).
+        self.seen: dict[str, float] = {}
+        self._quiet: set[str] = set()
 
     # ---------------------------------------------------------------- configuration
     def configure(self, watched: Iterable[Watched], devices: Mapping[str, Subject],
@@ -160,6 +167,7 @@ class AlarmWatch:
                 by_metric[w.rule.metric].append(w)
         self.by_metric = dict(by_metric)
         self._matching = {}
+        self._quiet.clear()  # which no-data rules apply may have changed
         self._silence_stale = True
 
     def _rules_of(self, dev: Subject) -> tuple[list[Watched], dict[str, list[Watched]]]:
@@ -206,6 +214,7 @@ class AlarmWatch:
                     st = self.states.get(key, rules.INITIAL)
                     if dev.matches(w) and st.last_ts < r["ts"].timestamp():
                         self.states[key] = st._replace(last_ts=r["ts"].timestamp())
+        self._quiet.clear()  # restored states may be raised
         self._silence_stale = True
         await self.reconcile(wait_s=RECONCILE_WAIT_S)
 
@@ -252,6 +261,7 @@ class AlarmWatch:
             if not st.active:
                 self.states[key] = st._replace(active=True)
                 self.dirty.add(key)
+                self._quiet.discard(key[1])  # its next reading clears it (or a metric rule's)
             self.realarm.pop(key, None)
         for key, st in self.states.items():
             if st.active and key not in open_keys and key not in self.realarm \
@@ -266,14 +276,16 @@ class AlarmWatch:
         history = self.history
         window = self.reorder_window_s
         rcv = clock.now() if now is None else now
+        if self.nodata:
+            self._seen(readings, rcv)
+        any_metric = self.by_metric
         for r in readings:
+            if r.metric not in any_metric:  # no rule watches this metric on any device
+                continue
             dev = self.devices.get(r.device_id)
             if dev is None:
                 continue
-            nodata, by_metric = self._rules_of(dev)
-            for w in nodata:
-                self._apply(w, dev, r.value, rcv)
-            candidates = by_metric.get(r.metric)
+            candidates = self._rules_of(dev)[1].get(r.metric)
             if not candidates:
                 continue
             for w in candidates:
@@ -314,10 +326,36 @@ class AlarmWatch:
         for a in applied:
             self._verdict(w, dev, a.verdict, a.value, a.ts, a.state)
 
-    def _apply(self, w: Watched, dev: Subject, value: float, now: float) -> None:
+    def _seen(self, readings: Sequence[Any], now: float) -> None:
+        """The no-data side of a burst received at ``now``: its devices were seen. Only a
+        device that is not quiet (its first reading, a raised pair, rules just changed)
+        has its pairs evaluated; each device once, as every reading of a burst shares
+        ``now``."""
+        ids = {r.device_id for r in readings}
+        quiet = self._quiet
+        for d in ids - quiet:
+            dev = self.devices.get(d)
+            if dev is None:
+                continue
+            nodata = self._rules_of(dev)[0]
+            for w in nodata:
+                self._apply(w, dev, now)
+            if not any(self.states[(w.rule.id, d)].active for w in nodata):
+                quiet.add(d)
+        self.seen.update(dict.fromkeys(ids, now))
+
+    def _nodata_state(self, key: Key) -> rules.RuleState | None:
+        """A no-data pair's state with the device's last sighting folded in."""
+        st = self.states.get(key)
+        seen = self.seen.get(key[1])
+        if st is not None and seen is not None and seen > st.last_ts:
+            st = self.states[key] = st._replace(last_ts=seen)
+        return st
+
+    def _apply(self, w: Watched, dev: Subject, now: float) -> None:
         key = (w.rule.id, dev.id)
         st = self.states.get(key, rules.INITIAL)
-        new, verdict = rules.evaluate(w.rule, st, value, now)
+        new, verdict = rules.evaluate(w.rule, st, 0.0, now)  # no-data ignores the value
         self.states[key] = new
         if key not in self.silence.known:  # a pair's first reading: its timer starts
             gap = rules.silence_gap(w.rule, dev.interval_s)
@@ -350,15 +388,18 @@ class AlarmWatch:
         for key in self.silence.pop_due(now):
             w = self.rules.get(key[0])
             dev = self.devices.get(key[1])
-            st = self.states.get(key)
+            st = self._nodata_state(key)
             gap = rules.silence_gap(w.rule, dev.interval_s) if w and dev else None
             if st is None or gap is None:
                 self.silence.forget(key)
+                self._quiet.discard(key[1])  # a reading of it tracks the pair anew
                 continue
             assert w is not None and dev is not None
             new, verdict = rules.check_silence(w.rule, st, now, dev.interval_s)
             if new is not st:
                 self.states[key] = new
+                if new.active:
+                    self._quiet.discard(key[1])  # its next reading clears the alarm
             if verdict is not None:
                 self.dirty.add(key)
                 self._nodata_verdict(w, dev, verdict, now)
@@ -394,7 +435,7 @@ class AlarmWatch:
         for w in self.nodata:
             for dev in self.devices.values():
                 key = (w.rule.id, dev.id)
-                st = self.states.get(key)
+                st = self._nodata_state(key)
                 if st is None or not dev.matches(w):
                     continue
                 gap = rules.silence_gap(w.rule, dev.interval_s)

@@ -40,8 +40,20 @@ import asyncpg
 
 from core import clock
 from core.db import Conn
-from ingest.copy_binary import TELEMETRY_COLUMNS, TelemetryValues, copy_rows, telemetry_copy
-from ingest.latest_values import UPSERT_FROM_STAGE, fold_newest, newest_per_key, update_latest
+from ingest.copy_binary import (
+    TELEMETRY_COLUMNS,
+    TelemetryValues,
+    copy_of,
+    telemetry_copy,
+    telemetry_rows,
+)
+from ingest.latest_values import (
+    UPSERT_FROM_STAGE,
+    Encoded,
+    fold_newest,
+    newest_per_key,
+    update_latest,
+)
 
 log = logging.getLogger("ingest.writer")
 
@@ -97,6 +109,8 @@ PositionRow = tuple[datetime, str, float, float, float | None, float | None, flo
 DeadLetterRow = tuple[datetime, str, bytes, int, str, str]
 
 
+_ROW, _BYTES = itemgetter(0), itemgetter(1)  # of a pending latest value (Encoded)
+
 # seconds -> datetime for the rows asyncpg encodes (core.clock's one conversion)
 ts_of = clock.to_datetime
 
@@ -128,9 +142,12 @@ class Batch:
     # Set by a committed optimistic flush: the newest reading per key of this batch, for
     # the coalesced latest-value update; its acknowledgements wait for that update.
     newest: Sequence[TelemetryRow] = ()
-    # ``newest`` as binary COPY rows, when they are the whole batch (no key repeats): the
-    # telemetry COPY's own bytes, reused by the coalesced update instead of encoding again.
-    newest_copy: bytes = b""
+    # ``newest`` as binary COPY rows, one per row, when they are the whole batch: the
+    # telemetry COPY's own rows, reused by the coalesced update instead of encoding again.
+    newest_parts: Sequence[bytes] = ()
+    # No reading of the batch is older than one of its device seen before it (the
+    # pipeline's device clocks say so): the coalesced update folds it in C.
+    in_order: bool = True
     # When (monotonic) it was cut, its flush began and it committed: the stage timings.
     cut: float = 0.0
     flush_start: float = 0.0
@@ -244,8 +261,11 @@ class BatchWriter:
             self.current = Batch()
             self._full.set()
 
-    def add_telemetry(self, rows: Iterable[TelemetryRow]) -> None:
+    def add_telemetry(self, rows: Iterable[TelemetryRow], in_order: bool = False) -> None:
+        """``in_order``: no row is older than a row of its device added before it."""
         self.current.telemetry.extend(rows)
+        if not in_order:
+            self.current.in_order = False
         self._touch()
 
     def add_positions(self, rows: Iterable[PositionRow]) -> None:
@@ -318,8 +338,8 @@ class BatchWriter:
         both stored and reflected in ``telemetry_latest``; a crash in between means a
         redelivery, which the merge path writes to both again."""
         held: list[Batch] = []
-        pending: dict[tuple[str, str], TelemetryRow] = {}
-        held_msgs = held_rows = 0
+        pending: dict[tuple[str, str], Encoded] = {}
+        held_msgs = 0
         deadline = 0.0
         while True:
             got: tuple[Batch, asyncio.Task[None]] | None = None
@@ -341,21 +361,18 @@ class BatchWriter:
                     deadline = time.monotonic() + self.latest_interval_s
                 held.append(batch)
                 held_msgs += len(batch.acks)
-                held_rows += len(batch.newest)
-                fold_newest(pending, batch.newest)
+                fold_newest(pending, batch.newest,
+                            batch.newest_parts or telemetry_rows(batch.newest),
+                            batch.in_order)
                 if held_msgs < self.latest_max_held and time.monotonic() < deadline:
                     continue
-            rows = list(pending.values())
-            if len(rows) == held_rows and all(b.newest_copy for b in held if b.newest):
-                # No key repeats across the held batches (single readings, slow devices):
-                # their telemetry COPY bytes are exactly the update's rows.
-                data = copy_rows(b.newest_copy for b in held if b.newest)
-            else:
-                data = telemetry_copy(rows)
+            newest = pending.values()
+            rows = list(map(_ROW, newest))
+            data = copy_of(map(_BYTES, newest))
             await self._commit_latest(rows, data)
             for b in held:
                 self._release(b)
-            held, pending, held_msgs, held_rows = [], {}, 0, 0
+            held, pending, held_msgs = [], {}, 0
 
     def _release(self, batch: Batch) -> None:
         self.stats.released_batches += 1
@@ -461,7 +478,7 @@ class BatchWriter:
                 self.stats.conflicts += 1
                 merged = self._merging = True
         if merged:
-            batch.newest, batch.newest_copy = (), b""  # the merge writes them itself
+            batch.newest, batch.newest_parts = (), ()  # the merge writes them itself
             async with conn.transaction():
                 clean = await self._write(conn, batch, merge=True)
             self.stats.merged_batches += 1
@@ -486,9 +503,9 @@ class BatchWriter:
     async def _copy_readings(conn: Conn, batch: Batch) -> None:
         """The readings straight into ``telemetry`` in one autocommitted COPY; every row
         is left for the coalesced latest-value update, which keeps each key's newest."""
-        data = telemetry_copy(batch.telemetry)
-        await _copy_telemetry(conn, "telemetry", data)
-        batch.newest, batch.newest_copy = batch.telemetry, data
+        parts = telemetry_rows(batch.telemetry)
+        await _copy_telemetry(conn, "telemetry", copy_of(parts))
+        batch.newest, batch.newest_parts = batch.telemetry, parts
 
     @staticmethod
     async def _write(conn: Conn, batch: Batch, *, merge: bool,
@@ -501,7 +518,8 @@ class BatchWriter:
         await conn.execute(STAGING_SQL)
         if batch.telemetry:
             rows = batch.telemetry
-            data = telemetry_copy(rows)
+            parts = telemetry_rows(rows)
+            data = copy_of(parts)
             if merge:
                 await _copy_telemetry(conn, "stage_telemetry", data)
                 clean = _inserted(await conn.execute(MERGE_TELEMETRY)) == len(rows)
@@ -513,7 +531,7 @@ class BatchWriter:
                 newest = newest_per_key(rows)
                 if defer_latest:
                     batch.newest = newest
-                    batch.newest_copy = data if newest is rows else b""
+                    batch.newest_parts = parts if newest is rows else ()
                 else:
                     await update_latest(conn, newest,
                                         data if newest is rows else telemetry_copy(newest))

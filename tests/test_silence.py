@@ -72,3 +72,27 @@ def test_a_rule_edit_rebuilds_the_schedule() -> None:
     assert [(t.kind, t.subject) for t in _drain(w)] == [("raise", "D")]
     w.tick(10_000.0)  # raised once; silent on, it is not raised again
     assert _drain(w) == []
+
+
+def test_a_reporting_device_s_readings_move_its_deadline_and_an_open_alarm_still_clears(
+) -> None:
+    # After its first reading a device's readings only record when it was seen (no new
+    # state per reading); the timer must still see them, and an alarm opened elsewhere
+    # (reconciliation) must still be cleared by the device's next reading.
+    dev = Subject("D", "noise", "G1", interval_s=10.0)
+    w = _watch(NODATA, [dev])
+    for t in range(0, 100, 5):
+        w.readings([_R("D", "x", float(t), 1.0), _R("D", "y", float(t), 1.0)], now=float(t))
+        w.tick(t + 1.0)
+    assert _drain(w) == []
+    w.tick(95.0 + 30.5)  # silent 30.5 s after the last reading at 95
+    assert [(t.kind, t.subject) for t in _drain(w)] == [("raise", "D")]
+    w.readings([_R("D", "x", 130.0, 1.0)], now=130.0)
+    assert [(t.kind, t.subject) for t in _drain(w)] == [("clear", "D")]
+    w.apply_open([{"rule_id": "offline", "device_id": "D", "situation": None}], [], now=131.0)
+    w.readings([_R("D", "x", 132.0, 1.0)], now=132.0)
+    assert [(t.kind, t.subject) for t in _drain(w)] == [("clear", "D")]
+    w.tick(132.0 + 29.0)  # its deadline follows its last reading
+    assert _drain(w) == []
+    w.tick(132.0 + 30.5)
+    assert [(t.kind, t.subject) for t in _drain(w)] == [("raise", "D")]
