@@ -22,6 +22,7 @@ import pytest
 from dispatch.geo import RoadGraph
 from simulators.bench.dispatch_from_db import TOWN_TZ, build
 from simulators.bench.dispatch_hub import window_stream
+from simulators.bench.dispatch_hub_figures import RESULT_SQL
 from simulators.bench.dispatch_town import load_town
 from simulators.bench.dispatch_workload import ARRIVE_LIMITS, T0
 from simulators.bench.harness import ROOT, ScratchDatabase, SyncDb, with_database
@@ -60,15 +61,18 @@ def hub_run() -> Iterator[tuple[dict[str, Any], str, float]]:
 
 
 def _recorded(url: str) -> list[dict[str, Any]]:
-    """Per bench incident: priority, seconds from opening to arrival (real), the unit
-    that arrived (from the case log, not from the bench's own query)."""
+    """Per bench incident: priority, seconds from opening to arrival (real) and the
+    unit that arrived (its live or finished assignment), read here rather than
+    by the bench's own query."""
     with SyncDb(url) as db:
         rows = db.fetch(
-            """SELECT i.id, i.title, i.priority, i.opened_at, l.ts AS arrived, l.actor
+            """SELECT i.id, i.title, i.priority, i.opened_at, l.ts AS arrived, a.unit_id
                FROM incidents i JOIN case_log l ON l.incident_id = i.id
                  AND l.action = 'start_handling'
+               JOIN assignments a ON a.incident_id = i.id
+                 AND a.status IN ('active', 'accepted', 'done')
                WHERE i.title LIKE 'bench %' ORDER BY i.id""")
-    return [{"title": r["title"], "priority": r["priority"], "actor": r["actor"],
+    return [{"title": r["title"], "priority": r["priority"], "unit": r["unit_id"],
              "real_s": (r["arrived"] - r["opened_at"]).total_seconds()} for r in rows]
 
 
@@ -108,6 +112,11 @@ def test_hub_mode_reports_what_the_database_recorded(
         eng["mean_response_s"] - rep["mean_response_s"], abs=0.06)
     assert out["agreement"]["breach_share"] == pytest.approx(
         eng["breach_share"] - rep["breach_share"], abs=1e-4)
+    # The unit the bench compares with the replay's is the one that arrived (not the case
+    # log's actor, which is the crews' login).
+    with SyncDb(url) as db:
+        reached = {r["title"]: r["reached_by"] for r in db.fetch(RESULT_SQL)}
+    assert {r["title"]: r["unit"] for r in recorded} == reached
 
 
 def test_from_db_replays_the_recorded_incidents(

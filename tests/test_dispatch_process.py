@@ -20,8 +20,8 @@ import pytest_asyncio
 
 from core.db import create_pool
 from dispatch import service
-from dispatch.leader import LEADER_LOCK_KEY
 from tests.conftest import ROOT, HubProcess, end_process, town_database, town_doc, wait_for
+from tests.leader_probes import leader_backend, report_incident
 
 TOWN = town_doc()
 
@@ -47,25 +47,6 @@ def _parent(pid: int) -> int | None:
     return int(fields[1]) if fields else None
 
 
-async def _leader_backend(conn: asyncpg.Connection) -> int | None:
-    """The database backend holding this database's leader lock (None: nobody leads)."""
-    pid = await conn.fetchval(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-        "AND classid = 0 AND objid = $1 AND database = "
-        "(SELECT oid FROM pg_database WHERE datname = current_database())", LEADER_LOCK_KEY)
-    return int(pid) if pid is not None else None
-
-
-async def _report(client: Any, i: int) -> int:
-    dev = TOWN["devices"][(7 * i) % len(TOWN["devices"])]
-    r = await client.post("/api/incidents", json={
-        "category": "city_order", "qualification": "city_management", "priority": 3,
-        "title": f"调度进程 #{i}", "reporter": "operator1", "lon": dev["lon"],
-        "lat": dev["lat"]})
-    assert r.status_code == 201, r.text
-    return int(r.json()["id"])
-
-
 async def _assigned(conn: asyncpg.Connection, iid: int) -> bool:
     return bool(await conn.fetchval(
         "SELECT count(*) FROM assignments WHERE incident_id = $1 AND status = 'active'", iid))
@@ -83,7 +64,7 @@ async def test_the_default_hub_dispatches_from_a_child_it_restarts_and_takes_alo
         assert child["running"] and child["restarts"] == 0
         assert _parent(child["pid"]) == hub.proc.pid
         async with hub.async_client() as client:
-            first = await _report(client, 0)
+            first = await report_incident(client, 0, "调度进程")
             await wait_for(lambda: _assigned(conn, first), timeout=20)
 
             # The hub serves the child's decision times, as it did its own leader's.
@@ -105,15 +86,15 @@ async def test_the_default_hub_dispatches_from_a_child_it_restarts_and_takes_alo
             again = await wait_for(restarted, timeout=30)
             assert again["restarts"] == 1 and again["last_exit"] == -signal.SIGKILL
             assert _parent(again["pid"]) == hub.proc.pid
-            second = await _report(client, 1)
+            second = await report_incident(client, 1, "调度进程")
             await wait_for(lambda: _assigned(conn, second), timeout=20)
-            assert await _leader_backend(conn) is not None
+            assert await leader_backend(conn) is not None
 
         # A hub killed outright takes its child along, and with it the leader lock.
         hub.stop(kill=True)
 
         async def gone() -> bool:
-            return _stat(again["pid"]) is None and await _leader_backend(conn) is None
+            return _stat(again["pid"]) is None and await leader_backend(conn) is None
 
         await wait_for(gone, timeout=10)
     finally:
@@ -140,12 +121,12 @@ async def test_in_process_dispatch_and_the_portless_dispatch_process_hand_over(
     standby: subprocess.Popen[bytes] | None = None
     try:
         async with hub.async_client() as client:
-            first = await _report(client, 0)
+            first = await report_incident(client, 0, "调度进程")
             await wait_for(lambda: _assigned(conn, first), timeout=20)
             health = (await client.get("/api/health")).json()
         assert health["dispatch_process"] is None
         assert health["dispatch_decisions"]["decisions"] >= 1
-        leader = await _leader_backend(conn)
+        leader = await leader_backend(conn)
         assert leader is not None
 
         standby = _dispatch_process({**hub.env, "HUB_MQTT_CLIENT_ID": f"standby-{os.getpid()}"},
@@ -153,7 +134,7 @@ async def test_in_process_dispatch_and_the_portless_dispatch_process_hand_over(
         hub.stop()
 
         async def taken_over() -> bool:
-            return await _leader_backend(conn) not in (None, leader)
+            return await leader_backend(conn) not in (None, leader)
 
         await wait_for(taken_over, timeout=30)
         assert standby.poll() is None, "the dispatch process stopped"

@@ -18,8 +18,8 @@ import pytest
 import pytest_asyncio
 
 from core.db import connect
-from dispatch.leader import LEADER_LOCK_KEY
 from tests.conftest import HubProcess, ThrowawayMosquitto, town_database, town_doc, wait_for
+from tests.leader_probes import leader_backend, report_incident
 from tests.load import AckedStream
 
 TOWN = town_doc()
@@ -243,26 +243,6 @@ async def test_mosquitto_restart_under_load(
 
 
 # ------------------------------------------------------------------ dispatch leader
-async def _leader_pid(conn: asyncpg.Connection) -> int | None:
-    # pg_locks is cluster-wide, and every test hub with the dispatch role holds this key in
-    # its own database: only this database's holder counts.
-    pid = await conn.fetchval(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-        "AND classid = 0 AND objid = $1 AND database = "
-        "(SELECT oid FROM pg_database WHERE datname = current_database())", LEADER_LOCK_KEY)
-    return int(pid) if pid is not None else None
-
-
-async def _report(client: Any, i: int) -> int:
-    dev = TOWN["devices"][(7 * i) % len(TOWN["devices"])]
-    r = await client.post("/api/incidents", json={
-        "category": "city_order", "qualification": "city_management", "priority": 3,
-        "title": f"接管测试 #{i}", "reporter": "operator1", "lon": dev["lon"],
-        "lat": dev["lat"]})
-    assert r.status_code == 201, r.text
-    return int(r.json()["id"])
-
-
 async def _dispatched(conn: asyncpg.Connection, ids: list[int]) -> bool:
     n = await conn.fetchval("SELECT count(DISTINCT incident_id) FROM assignments "
                             "WHERE incident_id = ANY($1)", ids)
@@ -274,27 +254,27 @@ async def test_dispatch_leader_failover_is_quick_and_dispatches_once(
     a = HubProcess(fault_db, mqtt_url, roles="dispatch,web").start()
     b: HubProcess | None = None
     try:
-        first = await wait_for(lambda: _leader_pid(conn), timeout=20)
+        first = await wait_for(lambda: leader_backend(conn), timeout=20)
         b = HubProcess(fault_db, mqtt_url, roles="dispatch,web").start()
         async with b.async_client() as client:
-            before = [await _report(client, i) for i in range(2)]
+            before = [await report_incident(client, i, "接管测试") for i in range(2)]
             await wait_for(lambda: _dispatched(conn, before), timeout=20)
-            assert await _leader_pid(conn) == first, "the first hub leads"
+            assert await leader_backend(conn) == first, "the first hub leads"
 
             a.stop(kill=True)
             killed = time.monotonic()
             # Cases keep coming while nobody leads; the new leader catches up on them.
-            after = [await _report(client, i) for i in range(2, 5)]
+            after = [await report_incident(client, i, "接管测试") for i in range(2, 5)]
 
             async def new_leader() -> bool:
-                pid = await _leader_pid(conn)
+                pid = await leader_backend(conn)
                 return pid is not None and pid != first
 
             await wait_for(new_leader, timeout=30, interval=0.05)
             takeover_s = time.monotonic() - killed
             await wait_for(lambda: _dispatched(conn, after), timeout=30, interval=0.05)
             dispatched_s = time.monotonic() - killed
-            later = [await _report(client, i) for i in range(5, 7)]
+            later = [await report_incident(client, i, "接管测试") for i in range(5, 7)]
             await wait_for(lambda: _dispatched(conn, later), timeout=20)
         ids = before + after + later
         # LEADER_RETRY_S is 1 s; a loaded 2-core machine gets generous room, no more.

@@ -25,6 +25,8 @@ QUEUED_REAL_S = 1.0
 JITTER_RUNS = 20
 
 
+# reached_by: the unit whose assignment was holding the case when handling started. Not the
+# case log's actor: that is the authenticated principal (the crews' login), not a unit.
 RESULT_SQL = f"""
 SELECT i.id, i.title, i.priority, extract(epoch FROM i.opened_at)::float8 AS opened,
   (SELECT extract(epoch FROM min(l.ts))::float8 FROM case_log l
@@ -35,8 +37,11 @@ SELECT i.id, i.title, i.priority, extract(epoch FROM i.opened_at)::float8 AS ope
      WHERE a.incident_id = i.id) AS first_assigned,
   (SELECT extract(epoch FROM min(l.ts))::float8 FROM case_log l
      WHERE l.incident_id = i.id AND l.action = 'accept') AS first_accepted,
-  (SELECT l.actor FROM case_log l WHERE l.incident_id = i.id
-     AND l.action = 'start_handling' ORDER BY l.seq LIMIT 1) AS reached_by
+  (SELECT a.unit_id FROM assignments a WHERE a.incident_id = i.id
+     AND a.status IN ('active', 'accepted', 'done') AND a.assigned_at <= (
+       SELECT min(l.ts) FROM case_log l WHERE l.incident_id = i.id
+         AND l.action = 'start_handling')
+     ORDER BY a.assigned_at DESC LIMIT 1) AS reached_by
 FROM incidents i WHERE i.title LIKE '{TITLE_PREFIX}%' ORDER BY i.id
 """
 # Busy time of units: each assignment from its start to the case's feedback (it finished)
