@@ -167,7 +167,7 @@ async def apply(conn: Conn, d: planner.Decision, now: float, actor: str, note: s
     if d.empty:
         return {}
     # Units first, in id order: the ingest writer locks the units a position batch carries
-    # in id order too (ingest/writer.py LOCK_UNITS), so a decision and a flush never
+    # in id order too (ingest/flush_sql.py LOCK_UNITS), so a decision and a flush never
     # deadlock. Then the cases, in id order (a crew's action locks one case, then its unit).
     unit_ids = sorted({w.unit_id for w in d.withdrawals} | {x.unit_id for x in d.dispatches})
     locked_units = {str(r["id"]): r for r in await conn.fetch(LOCK_UNITS, unit_ids)

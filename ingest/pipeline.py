@@ -25,10 +25,11 @@ import asyncpg
 from core.db import Querier
 from core.geometry import Polygon
 from ingest import senml_names, wire
+from ingest.batch import TelemetryRow, ts_of
 from ingest.evaluator import RuleEvaluator
 from ingest.mqtt import Delivery
 from ingest.subjects import Subject, Watched
-from ingest.writer import BatchWriter, TelemetryRow, ts_of
+from ingest.writer import BatchWriter
 
 log = logging.getLogger("ingest.pipeline")
 

@@ -30,9 +30,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from itertools import repeat
 from operator import itemgetter, sub
 
@@ -40,20 +39,10 @@ import asyncpg
 
 from core import clock
 from core.db import Conn
-from ingest.copy_binary import (
-    TELEMETRY_COLUMNS,
-    TelemetryValues,
-    copy_of,
-    telemetry_copy,
-    telemetry_rows,
-)
-from ingest.latest_values import (
-    UPSERT_FROM_STAGE,
-    Encoded,
-    fold_newest,
-    newest_per_key,
-    update_latest,
-)
+from ingest.batch import Batch, PositionRow, TelemetryRow, pg_text, ts_of
+from ingest.copy_binary import copy_of
+from ingest.flush_sql import STAGING_SQL, copy_readings, write_batch
+from ingest.latest_values import Encoded, fold_newest, update_latest
 
 log = logging.getLogger("ingest.writer")
 
@@ -64,101 +53,7 @@ RETRY_MAX_S = 5.0
 # mid-COPY (database restart) may otherwise never answer. Healthy flushes take milliseconds.
 FLUSH_TIMEOUT_S = 10.0
 
-STAGING_SQL = """
-CREATE TEMP TABLE IF NOT EXISTS stage_telemetry (
-    ts timestamptz, device_id text, metric text, value double precision,
-    received_at timestamptz, late boolean) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_positions (
-    ts timestamptz, unit_id text, lat double precision, lon double precision,
-    speed real, heading real, accuracy real, received_at timestamptz) ON COMMIT DELETE ROWS;
-"""
-
-# The merge path: the batch is staged, then inserted but for the readings stored already
-# (redelivered, or twice in the batch).
-MERGE_TELEMETRY = """
-INSERT INTO telemetry (ts, device_id, metric, value, received_at, late)
-SELECT ts, device_id, metric, value, received_at, late FROM stage_telemetry
-ON CONFLICT DO NOTHING
-"""
-
-INSERT_POSITIONS = """
-INSERT INTO positions (ts, unit_id, lat, lon, speed, heading, accuracy, received_at)
-SELECT ts, unit_id, lat, lon, speed, heading, accuracy, received_at FROM stage_positions
-"""
-MERGE_POSITIONS = INSERT_POSITIONS + "ON CONFLICT DO NOTHING\n"
-
-# Row locks on the units a batch moves, taken in id order before the update: the dispatch
-# decision (dispatch/decisions.py) locks its units in id order too, so the two never wait
-# on each other in a cycle (an UPDATE ... FROM locks in join order: a deadlock otherwise).
-LOCK_UNITS = """
-SELECT 1 FROM units WHERE id IN (SELECT unit_id FROM stage_positions)
-ORDER BY id FOR NO KEY UPDATE
-"""
-
-MERGE_UNIT_LATEST = """
-UPDATE units u SET lon = s.lon, lat = s.lat, speed = s.speed, heading = s.heading,
-                   position_ts = s.ts
-FROM (SELECT DISTINCT ON (unit_id) * FROM stage_positions ORDER BY unit_id, ts DESC) s
-WHERE u.id = s.unit_id AND (u.position_ts IS NULL OR u.position_ts < s.ts)
-"""
-
-# Device time and receive time in UNIX seconds: encoded straight to binary COPY
-# (ingest/copy_binary.py), never as datetimes.
-TelemetryRow = TelemetryValues
-PositionRow = tuple[datetime, str, float, float, float | None, float | None, float | None, datetime]
-DeadLetterRow = tuple[datetime, str, bytes, int, str, str]
-
-
 _ROW, _BYTES = itemgetter(0), itemgetter(1)  # of a pending latest value (Encoded)
-
-# seconds -> datetime for the rows asyncpg encodes (core.clock's one conversion)
-ts_of = clock.to_datetime
-
-
-def pg_text(text: str) -> str:
-    """``text`` as PostgreSQL can store it: NUL escaped, lone surrogates backslash-escaped.
-
-    A decode error's detail can quote attacker-chosen text (an unknown JSON field whose
-    name is a NUL character); PostgreSQL refuses NUL in text, the whole batch would fail,
-    and the writer would retry it forever with nothing acknowledged: one message would
-    stop ingest."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-@dataclass
-class Batch:
-    telemetry: list[TelemetryRow] = field(default_factory=list)
-    positions: list[PositionRow] = field(default_factory=list)
-    dead: list[DeadLetterRow] = field(default_factory=list)
-    acks: list[tuple[int, int]] = field(default_factory=list)
-    # publish time of the oldest message, for the flush-by-age rule
-    started: float = 0.0
-    # Set by a committed optimistic flush: the newest reading per key of this batch, for
-    # the coalesced latest-value update; its acknowledgements wait for that update.
-    newest: Sequence[TelemetryRow] = ()
-    # ``newest`` as binary COPY rows, one per row, when they are the whole batch: the
-    # telemetry COPY's own rows, reused by the coalesced update instead of encoding again.
-    newest_parts: Sequence[bytes] = ()
-    # No reading of the batch is older than one of its device seen before it (the
-    # pipeline's device clocks say so): the coalesced update folds it in C.
-    in_order: bool = True
-    # When (monotonic) it was cut, its flush began and it committed: the stage timings.
-    cut: float = 0.0
-    flush_start: float = 0.0
-    committed: float = 0.0
-
-    def size(self) -> int:
-        return len(self.telemetry) + len(self.positions) + len(self.dead)
-
-    def empty(self) -> bool:
-        return not (self.telemetry or self.positions or self.dead or self.acks)
-
 
 # Publish-to-commit latencies kept for percentiles (device time is the publisher's clock on
 # this machine in benchmarks): the last million readings, about 8 MB.
@@ -361,9 +256,7 @@ class BatchWriter:
                     deadline = time.monotonic() + self.latest_interval_s
                 held.append(batch)
                 held_msgs += len(batch.acks)
-                fold_newest(pending, batch.newest,
-                            batch.newest_parts or telemetry_rows(batch.newest),
-                            batch.in_order)
+                fold_newest(pending, batch.newest, batch.newest_parts, batch.in_order)
                 if held_msgs < self.latest_max_held and time.monotonic() < deadline:
                     continue
             newest = pending.values()
@@ -469,10 +362,10 @@ class BatchWriter:
                     # flush, so it runs as its own statement's transaction (committed,
                     # synchronously, before it returns): no BEGIN, staging or COMMIT
                     # round trips, each of which waited for the busy event loop.
-                    await self._copy_readings(conn, batch)
+                    await copy_readings(conn, batch, defer_latest=True)
                 else:
                     async with conn.transaction():
-                        await self._write(conn, batch, merge=False, defer_latest=defer)
+                        await write_batch(conn, batch, merge=False, defer_latest=defer)
             except asyncpg.UniqueViolationError:
                 # Rolled back: a reading of this batch is stored already.
                 self.stats.conflicts += 1
@@ -480,7 +373,7 @@ class BatchWriter:
         if merged:
             batch.newest, batch.newest_parts = (), ()  # the merge writes them itself
             async with conn.transaction():
-                clean = await self._write(conn, batch, merge=True)
+                clean = await write_batch(conn, batch, merge=True)
             self.stats.merged_batches += 1
             self._merging = not clean
         committed = clock.now()
@@ -498,69 +391,3 @@ class BatchWriter:
         self.stats.position_rows += len(batch.positions)
         self.stats.dead_letters += len(batch.dead)
         self.stats.last_commit_ms = (time.perf_counter() - t0) * 1000.0
-
-    @staticmethod
-    async def _copy_readings(conn: Conn, batch: Batch) -> None:
-        """The readings straight into ``telemetry`` in one autocommitted COPY; every row
-        is left for the coalesced latest-value update, which keeps each key's newest."""
-        parts = telemetry_rows(batch.telemetry)
-        await _copy_telemetry(conn, "telemetry", copy_of(parts))
-        batch.newest, batch.newest_parts = batch.telemetry, parts
-
-    @staticmethod
-    async def _write(conn: Conn, batch: Batch, *, merge: bool,
-                     defer_latest: bool = False) -> bool:
-        """The batch's statements, in the caller's transaction. True when every row was
-        inserted (nothing was stored already); always True for the plain insert, which
-        raises instead. ``defer_latest``: the plain insert leaves the newest rows in
-        ``batch.newest`` for the coalesced update instead of writing them."""
-        clean = True
-        await conn.execute(STAGING_SQL)
-        if batch.telemetry:
-            rows = batch.telemetry
-            parts = telemetry_rows(rows)
-            data = copy_of(parts)
-            if merge:
-                await _copy_telemetry(conn, "stage_telemetry", data)
-                clean = _inserted(await conn.execute(MERGE_TELEMETRY)) == len(rows)
-                await conn.execute(UPSERT_FROM_STAGE)
-            else:
-                # Straight into the hypertable: raises unique_violation if a reading of
-                # the batch is stored already (the caller then merges).
-                await _copy_telemetry(conn, "telemetry", data)
-                newest = newest_per_key(rows)
-                if defer_latest:
-                    batch.newest = newest
-                    batch.newest_parts = parts if newest is rows else ()
-                else:
-                    await update_latest(conn, newest,
-                                        data if newest is rows else telemetry_copy(newest))
-        if batch.positions:
-            await conn.copy_records_to_table(
-                "stage_positions", records=batch.positions,
-                columns=("ts", "unit_id", "lat", "lon", "speed", "heading", "accuracy",
-                         "received_at"))
-            status = await conn.execute(MERGE_POSITIONS if merge else INSERT_POSITIONS)
-            clean = clean and _inserted(status) == len(batch.positions)
-            await conn.execute(LOCK_UNITS)
-            await conn.execute(MERGE_UNIT_LATEST)
-        if batch.dead:
-            await conn.copy_records_to_table(
-                "dead_letters", records=batch.dead,
-                columns=("received_at", "topic", "payload", "size", "reason", "detail"))
-        return clean
-
-
-async def _copy_telemetry(conn: Conn, table: str, data: bytes) -> None:
-    await conn.copy_to_table(table, source=_chunks(data), columns=TELEMETRY_COLUMNS,
-                             format="binary")
-
-
-async def _chunks(data: bytes) -> AsyncIterator[bytes]:
-    # An async iterable: asyncpg reads a file-like source in a worker thread.
-    yield data
-
-
-def _inserted(status: str) -> int:
-    """Rows inserted, from an INSERT's command tag (``INSERT 0 <rows>``)."""
-    return int(status.rsplit(" ", 1)[1])

@@ -52,7 +52,8 @@ from core.settings import Settings
 from dispatch import decisions, inspection_store, planner, reports, service, sla_clocks
 from hub.open311_services import SERVICES
 from ingest import alarms, retention
-from ingest.writer import Batch, BatchWriter, PositionRow, ts_of
+from ingest.batch import Batch, PositionRow, ts_of
+from ingest.writer import BatchWriter
 from simulators.devices import Faults, event_rates, make_generator
 from simulators.history_plan import CaseStory, plan_cases
 from simulators.patrol import Fleet

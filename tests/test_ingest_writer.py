@@ -18,7 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ingest import copy_binary
-from ingest.writer import Batch, BatchWriter, TelemetryRow, ts_of
+from ingest.batch import Batch, TelemetryRow, ts_of
+from ingest.writer import BatchWriter
 from tests.conftest import wait_for
 
 

@@ -24,7 +24,7 @@ from paho.mqtt.client import topic_matches_sub
 
 from core.db import connect
 from ingest import wire
-from ingest.writer import pg_text
+from ingest.batch import pg_text
 from tests import fuzz_payloads as fz
 from tests.conftest import HubProcess, Publisher, town_database, town_doc, wait_for
 
