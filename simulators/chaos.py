@@ -120,13 +120,13 @@ class Scenario:
         return h
 
     def setup(self) -> None:
-        from simulators.bench.harness import _register_devices
+        from simulators.bench.ingest import register_devices
 
         self.db.create()
         subprocess.run([sys.executable, "-m", "hub", "load-town"], cwd=ROOT, check=True,
                        env={**os.environ, "HUB_DATABASE_URL": self.db.url},
                        stdout=subprocess.DEVNULL)
-        _register_devices(self.db.url, self.args.devices, self.prefix)
+        register_devices(self.db.url, self.args.devices, self.prefix)
 
     def run(self) -> dict[str, Any]:
         try:

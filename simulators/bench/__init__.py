@@ -2,9 +2,10 @@
 
 One module per benchmark, plus what they share:
 
-- ``harness.py``: the command line (``BENCHMARKS``, the delegated names, the one JSON last
-  line), what every benchmark shares (the bench environment, scratch databases, a hub
-  process, CPU and memory probes) and the ``ingest`` benchmark;
+- ``harness.py``: the command line (``BENCHMARKS``: name -> module, the one JSON last
+  line) and what every benchmark shares (the bench environment, scratch databases, a hub
+  process, CPU and memory probes);
+- ``ingest.py`` (``ingest``): MQTT -> TimescaleDB throughput, loss and latency;
 - ``loadgen.py``: the lean MQTT load generator (its own process) and its token bucket;
 - ``alarm.py`` (``alarm``), ``console.py`` (``console``), ``replay.py`` (``replay``);
 - ``dispatch_modes.py``: the command line of ``dispatch`` over its modes: the replay
