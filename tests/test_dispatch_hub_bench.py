@@ -8,7 +8,6 @@ database, whose ``recorded`` figures must be the hub run's own, in real seconds.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from simulators.bench.dispatch_hub_figures import RESULT_SQL
 from simulators.bench.dispatch_town import load_town
 from simulators.bench.dispatch_workload import ARRIVE_LIMITS, T0
 from simulators.bench.harness import ROOT, ScratchDatabase, SyncDb, with_database
+from tests.bench_cli import bench_json
 
 SPEED = 120.0
 HOURS = 0.2
@@ -34,14 +34,7 @@ SEED = 3
 
 
 def _bench(*args: str) -> dict[str, Any]:
-    """``python -m simulators.bench dispatch ARGS`` as ``./hubctl bench`` runs it; the last
-    stdout line is the JSON."""
-    r = subprocess.run([sys.executable, "-m", "simulators.bench", "dispatch", *args],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-                       env={**os.environ, "HUB_VAR_DIR": str(ROOT / "var" / "test")})
-    assert r.returncode == 0, r.stderr[-3000:]
-    out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
-    return out
+    return bench_json("dispatch", *args)
 
 
 @pytest.fixture(scope="module")

@@ -7,26 +7,15 @@ right (nothing lost or duplicated is what the hub must show), not a speed.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
-from simulators.bench.harness import ROOT
+from tests.bench_cli import bench_json
 
 
 def _bench(*args: str) -> dict[str, Any]:
-    """``python -m simulators.bench ingest ARGS`` as ``./hubctl bench`` runs it; the last
-    stdout line is the JSON."""
-    r = subprocess.run([sys.executable, "-m", "simulators.bench", "ingest", *args],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-                       env={**os.environ, "HUB_VAR_DIR": str(ROOT / "var" / "test")})
-    assert r.returncode == 0, r.stderr[-3000:]
-    out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
-    return out
+    return bench_json("ingest", *args)
 
 
 @pytest.mark.parametrize("mode", ["single", "batched"])
