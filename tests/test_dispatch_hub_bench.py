@@ -33,15 +33,12 @@ START_HOUR = 9.0
 SEED = 3
 
 
-def _bench(*args: str) -> dict[str, Any]:
-    return bench_json("dispatch", *args)
-
-
 @pytest.fixture(scope="module")
 def hub_run() -> Iterator[tuple[dict[str, Any], str, float]]:
     started = time.time()
-    out = _bench("--hub", "--seed", str(SEED), "--hours", str(HOURS), "--start-hour",
-                 str(START_HOUR), "--speed", str(SPEED), "--limits", "nfpa", "--keep-db")
+    out = bench_json("dispatch", "--hub", "--seed", str(SEED), "--hours", str(HOURS),
+                     "--start-hour", str(START_HOUR), "--speed", str(SPEED), "--limits", "nfpa",
+                     "--keep-db")
     name = out["database"]
     url = with_database(os.environ["HUB_DATABASE_URL"], name)
     try:
@@ -117,8 +114,9 @@ def test_from_db_replays_the_recorded_incidents(
     hub_out, url, started = hub_run
     since = datetime.fromtimestamp(started - 60, UTC).isoformat()
     until = datetime.fromtimestamp(time.time() + 60, UTC).isoformat()
-    out = _bench("--from-db", url, "--since", since, "--until", until, "--limits", "nfpa",
-                 "--speed", str(SPEED), "--latency-decisions", "0", "--hub-decisions", "0")
+    out = bench_json("dispatch", "--from-db", url, "--since", since, "--until", until,
+                     "--limits", "nfpa", "--speed", str(SPEED), "--latency-decisions", "0",
+                     "--hub-decisions", "0")
     recorded = _recorded(url)
     with SyncDb(url) as db:
         registered = db.fetchval(

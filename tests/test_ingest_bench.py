@@ -7,20 +7,14 @@ right (nothing lost or duplicated is what the hub must show), not a speed.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from tests.bench_cli import bench_json
 
 
-def _bench(*args: str) -> dict[str, Any]:
-    return bench_json("ingest", *args)
-
-
 @pytest.mark.parametrize("mode", ["single", "batched"])
 def test_the_ingest_benchmark_counts_what_it_sent(mode: str) -> None:
-    out = _bench("--mode", mode, "--batch", "10", "--duration", "3", "--rate", "200",
+    out = bench_json("ingest", "--mode", mode, "--batch", "10", "--duration", "3", "--rate", "200",
                  "--devices", "50", "--publishers", "1")
     assert out["benchmark"] == "ingest" and out["mode"] == mode and out["hubs"] == 1
     assert out["sent_msgs"] > 0 and out["stored_msgs"] == out["sent_msgs"]

@@ -126,10 +126,8 @@ def _start_generator(args: argparse.Namespace, env: BenchEnv, hub: HubProcess, r
                      duration_s: float, bg_prefix: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "simulators.bench.loadgen", "--port", str(env.mqtt_port),
-         "--duration", f"{duration_s:.1f}", "--rate", str(args.rate), "--mode", args.mode,
-         "--batch", str(args.batch), "--devices", str(args.devices),
+         "--duration", f"{duration_s:.1f}", "--rate", str(args.rate), *loadgen.mix_argv(args),
          "--device-prefix", bg_prefix,
-         "--publishers", str(args.publishers),
          "--confirm-url", hub.url("/api/health"), "--drain-timeout", "60",
          "--run-id", run_id],
         cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True)
@@ -412,11 +410,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=10_000.0,
                    help="background telemetry, messages/s (one reading each)")
-    p.add_argument("--mode", choices=("single", "batched"), default="single",
-                   help="background messages of one reading, or gateway batches of --batch")
-    p.add_argument("--batch", type=int, default=50, help="readings per batched message")
-    p.add_argument("--devices", type=int, default=10_000, help="background bench devices")
-    p.add_argument("--publishers", type=int, default=2, help="mosquitto_pub processes")
+    loadgen.add_mix_arguments(p, devices_help="background bench devices")
     p.add_argument("--triggers", type=int, default=200, help="alarm readings, one per detector")
     p.add_argument("--interval", type=float, default=0.7,
                    help="seconds between triggers (the rule caps raises at "

@@ -76,11 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=60.0, help="seconds of publishing")
     p.add_argument("--rate", type=float, default=0.0,
                    help="messages/s offered in total; 0 = flat out (closed loop)")
-    p.add_argument("--mode", choices=("single", "batched"), default="single",
-                   help="one reading per message, or gateway batches of --batch readings")
-    p.add_argument("--batch", type=int, default=50, help="readings per batched message")
-    p.add_argument("--devices", type=int, default=10_000, help="bench device ids")
-    p.add_argument("--publishers", type=int, default=2, help="mosquitto_pub processes")
+    loadgen.add_mix_arguments(p)
     p.add_argument("--window", type=int, default=0,
                    help="messages sent but not yet stored, at most (bounds the backlog; "
                         f"default {loadgen.DEFAULT_WINDOW_POINTS:,} readings' worth, at least "
@@ -289,9 +285,8 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.monotonic()
         gen_proc = subprocess.Popen(
             [sys.executable, "-m", "simulators.bench.loadgen", "--port", str(env.mqtt_port),
-             "--duration", str(args.duration), "--rate", str(args.rate), "--mode", args.mode,
-             "--batch", str(args.batch), "--devices", str(args.devices),
-             "--publishers", str(args.publishers), "--window", str(args.window),
+             "--duration", str(args.duration), "--rate", str(args.rate),
+             *loadgen.mix_argv(args), "--window", str(args.window),
              "--device-prefix", prefix,
              "--confirm-url", ",".join(h.url("/api/health") for h in hubs),
              "--run-id", run_id],

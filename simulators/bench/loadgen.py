@@ -494,18 +494,31 @@ def stats_confirmer(urls: list[str], points_per_msg: int,
     return confirmed
 
 
+def add_mix_arguments(p: argparse.ArgumentParser, devices_help: str = "bench device ids") -> None:
+    """The message mix: ``--mode``, ``--batch``, ``--devices``, ``--publishers``. Defined
+    once for this command line and for the benchmarks that start it (``mix_argv``)."""
+    p.add_argument("--mode", choices=("single", "batched"), default="single",
+                   help="one reading per message, or gateway batches of --batch readings")
+    p.add_argument("--batch", type=int, default=50, help="readings per batched message")
+    p.add_argument("--devices", type=int, default=10_000, help=devices_help)
+    p.add_argument("--publishers", type=int, default=2, help="mosquitto_pub processes")
+
+
+def mix_argv(args: argparse.Namespace) -> list[str]:
+    """The mix of ``args`` (parsed with ``add_mix_arguments``) as this command's flags."""
+    return ["--mode", args.mode, "--batch", str(args.batch), "--devices", str(args.devices),
+            "--publishers", str(args.publishers)]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m simulators.bench.loadgen",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, default=1883, help="broker port on 127.0.0.1")
     p.add_argument("--duration", type=float, default=60.0, help="send phase, seconds")
     p.add_argument("--rate", type=float, default=0.0, help="messages/s in total; 0 = flat out")
-    p.add_argument("--mode", choices=("single", "batched"), default="single")
-    p.add_argument("--batch", type=int, default=50, help="readings per batched message")
-    p.add_argument("--devices", type=int, default=10_000)
+    add_mix_arguments(p)
     p.add_argument("--device-prefix", default=DEVICE_PREFIX,
                    help="device ids are PREFIX00001...")
-    p.add_argument("--publishers", type=int, default=2, help="mosquitto_pub processes")
     p.add_argument("--window", type=int, default=0,
                    help="messages sent but not yet confirmed, at most (default: "
                         f"{DEFAULT_WINDOW_POINTS:,} readings' worth, at least "
