@@ -1,9 +1,10 @@
 """The ``ingest`` benchmark (issue 3): ``./hubctl bench ingest [args]``.
 
 A fresh scratch database with the demo town and ``--devices`` bench
-devices; the hub with the ingest role only (``python -m hub serve --roles ingest``), on a
-fresh MQTT client id (one hub: the default one-process layout; ``--hubs`` > 1 or
-``--scaled-out``: a fresh share group and rules client id); the lean load generator
+devices; the hub with the product's default roles (``python -m hub serve``: ingest,
+dispatch, web; ``--roles`` for others), on a fresh MQTT client id (one hub: the default
+one-process layout; ``--hubs`` > 1 or ``--scaled-out``: a fresh share group and rules
+client id); the lean load generator
 (simulators/loadgen.py) in its own process for ``--duration`` seconds, paced (``--rate``) or
 flat out; then everything is counted in the database. Definitions of the figures:
 
@@ -23,7 +24,8 @@ flat out; then everything is counted in the database. Definitions of the figures
   the time it was written to mosquitto_pub, so this is publish-to-commit. In a flat-out run
   it includes the time spent in the deliberate backlog, so it is meaningful at a set rate.
 - ``peak_rss_mb``: the hub's VmHWM; ``*_cpu_s``: CPU seconds over the measurement (from the
-  generator's start until the database stopped growing) of the hub, the broker, PostgreSQL
+  generator's start until the database stopped growing) of the hub (with its dispatch
+  child), the broker, PostgreSQL
   (postmaster and its live children; approximate) and the generator (getrusage of its
   process, Python plus its mosquitto_pub children). ``machine_busy_pct``: all CPUs, from
   /proc/stat, 100 = every core busy; ``other_cpu_s``: CPU used meanwhile by processes
@@ -70,6 +72,8 @@ from simulators.mqtt_login import login_at, mosquitto_client_env
 PROBE_SUFFIX = "PROBE"
 # The database is "done" when its row count has not moved for this many polls 1 s apart.
 STABLE_POLLS = 3
+# The roles of `python -m hub serve` without --roles (hub/__main__.py).
+DEFAULT_ROLES = "ingest,dispatch,web"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -88,6 +92,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="one hub in the scaled-out layout (share group, rules on their own "
                         "subscription) instead of the default one-process layout; implied "
                         "by --hubs > 1")
+    p.add_argument("--roles", default=DEFAULT_ROLES,
+                   help=f"each hub's roles (default {DEFAULT_ROLES}, as `python -m hub serve`)")
     p.add_argument("--keep-db", action="store_true", help="keep the scratch database")
     p.add_argument("--profile", type=Path, metavar="FILE",
                    help="py-spy the hub during the run: FILE.svg flame graph or FILE.txt "
@@ -253,7 +259,7 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         base_env.update({"HUB_MQTT_SHARE_GROUP": f"bench{run_id.replace('_', '')}",
                          "HUB_MQTT_RULES_CLIENT_ID": rules_client_id})
     hubs = [HubProcess({**base_env, "HUB_MQTT_CLIENT_ID": cid,
-                        "HUB_HTTP_PORT": str(free_port())}, "ingest",
+                        "HUB_HTTP_PORT": str(free_port())}, args.roles,
                        env.var_dir / "log" / f"bench-hub-{run_id}-{i}.log")
             for i, cid in enumerate(client_ids)]
     gen_proc: subprocess.Popen[bytes] | None = None
@@ -278,7 +284,8 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
 
         broker_pid = env.pid_of("mqtt/mosquitto.pid")
         pg_pid = env.pid_of("pg/postmaster.pid")
-        hub_cpu0 = [loadgen.proc_cpu_s(p) or 0.0 for p in pids]
+        # Each hub with its children (the dispatch role's own process).
+        hub_cpu0 = [tree_cpu_s(p) for p in pids]
         broker_cpu0 = loadgen.proc_cpu_s(broker_pid)
         db_cpu0 = tree_cpu_s(pg_pid)
         busy0, total0 = machine_ticks()
@@ -298,7 +305,7 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         next_report = t0 + 5.0
 
         def hub_cpu_now() -> float:
-            return sum((loadgen.proc_cpu_s(p) or 0.0) - c0
+            return sum(tree_cpu_delta(c0, tree_cpu_s(p))
                        for p, c0 in zip(pids, hub_cpu0, strict=True))
 
         while gen_proc.poll() is None:
@@ -386,6 +393,7 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "ingest",
         "layout": "scaled out" if scaled_out else "one process",
+        "roles": args.roles,
         "mode": args.mode,
         "batch": ppm,
         "duration_s": args.duration,
